@@ -1,0 +1,210 @@
+//! The collector: a plain OS thread (it does blocking I/O through its reporters, so it is
+//! never a coroutine) that seals each window shortly after it closes, merges the shards and
+//! hands the result to the [`WindowSink`].
+//!
+//! It wakes [`SETTLE`] after each boundary rather than at it: a worker thread can be
+//! descheduled between reading the clock and recording the id, and the delay lets such
+//! records reach their window before it is sealed (see [`crate::shards`] for what happens to
+//! one that is later still). Windows are sealed strictly in order, each exactly once, empty
+//! ones included, so every window gets its count line even if the thread fell behind.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+
+use crate::clock::{Clock, Windows};
+use crate::ids::IdSet;
+use crate::metrics::Metrics;
+use crate::shards::Shards;
+use crate::sink::{SealedWindow, WindowSink};
+
+/// How long after a boundary the window is sealed. Long enough to cover a worker thread
+/// descheduled between its clock read and its insert (a few scheduler ticks under load),
+/// short enough that the count line comes well within the contract's 1 s.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// Longest sleep between clock reads: bounds how late the collector notices a clock that a
+/// test moved by hand, and costs nothing measurable.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Everything the collector works on.
+pub struct Collector {
+    pub shards: Arc<Shards>,
+    pub windows: Windows,
+    pub clock: Arc<dyn Clock>,
+    pub sink: Box<dyn WindowSink>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Asks the collector to close the open window and stop.
+struct Stop {
+    deadline: Instant,
+}
+
+/// The running collector thread.
+pub struct CollectorHandle {
+    stop: Sender<Stop>,
+    thread: JoinHandle<()>,
+}
+
+impl CollectorHandle {
+    /// Closes the shards, reports every window still open (the last one with the ids counted
+    /// so far), lets the reporters finish until `deadline` and waits for the thread.
+    pub fn shutdown(self, deadline: Instant) {
+        let _ = self.stop.send(Stop { deadline });
+        let _ = self.thread.join();
+    }
+}
+
+impl Collector {
+    /// Starts the thread; the first window it reports is the one open now.
+    pub fn spawn(self) -> std::io::Result<CollectorHandle> {
+        let (stop, stopped) = bounded::<Stop>(1);
+        // Read on the caller's thread: the window open when `spawn` is called is reported
+        // even if the thread starts late.
+        let mut next = self.windows.index_of(self.clock.now_ms());
+        let thread = std::thread::Builder::new()
+            .name("verve-collector".into())
+            .spawn(move || {
+                let mut this = self;
+                loop {
+                    let due = this.windows.end_ms(next) + SETTLE.as_millis() as u64;
+                    let now = this.clock.now_ms();
+                    if now >= due {
+                        this.seal(next);
+                        next += 1;
+                        continue;
+                    }
+                    let wait = Duration::from_millis(due - now).min(POLL);
+                    match stopped.recv_timeout(wait) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(Stop { deadline }) => return this.close(next, deadline),
+                        Err(RecvTimeoutError::Disconnected) => {
+                            return this.close(next, Instant::now() + Duration::from_secs(1))
+                        }
+                    }
+                }
+            })?;
+        Ok(CollectorHandle { stop, thread })
+    }
+
+    /// Seals `window` and hands it on.
+    fn seal(&mut self, window: u64) {
+        let sealed = self.shards.seal(window);
+        if sealed.late > 0 {
+            self.metrics.late_ids.fetch_add(sealed.late, Relaxed);
+            log::warn!(
+                "{} requests arrived after their window was sealed: answered 503 and not counted",
+                sealed.late
+            );
+        }
+        self.sink.accept(SealedWindow {
+            window,
+            window_start: self.windows.start_secs(window),
+            ids: IdSet::union_all(sealed.parts),
+            endpoints: sealed.endpoints,
+        });
+    }
+
+    /// Shutdown: refuse further records, then report every window from `next` to the newest
+    /// one holding ids (at least the one open now), then let the reporters finish.
+    fn close(mut self, next: u64, deadline: Instant) {
+        self.shards.close();
+        let open = self.windows.index_of(self.clock.now_ms());
+        let last = open.max(self.shards.newest_window().unwrap_or(open));
+        for window in next..=last {
+            self.seal(window);
+        }
+        self.sink.finish(deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::endpoints::EndpointPolicy;
+    use crossbeam_channel::{unbounded, Receiver};
+
+    struct ChannelSink(Sender<(u64, u64, Vec<String>)>);
+
+    impl WindowSink for ChannelSink {
+        fn accept(&mut self, s: SealedWindow) {
+            self.0
+                .send((s.window_start, s.ids.len(), s.endpoints))
+                .unwrap();
+        }
+        fn finish(&mut self, _: Instant) {
+            self.0.send((u64::MAX, 0, vec![])).unwrap();
+        }
+    }
+
+    fn start(
+        clock: Arc<ManualClock>,
+    ) -> (
+        Arc<Shards>,
+        CollectorHandle,
+        Receiver<(u64, u64, Vec<String>)>,
+    ) {
+        let shards = Arc::new(Shards::new(2, EndpointPolicy::default(), 10));
+        let (tx, rx) = unbounded();
+        let handle = Collector {
+            shards: shards.clone(),
+            windows: Windows::new(10),
+            clock,
+            sink: Box::new(ChannelSink(tx)),
+            metrics: Arc::new(Metrics::new(2)),
+        }
+        .spawn()
+        .unwrap();
+        (shards, handle, rx)
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn reports_each_window_once_in_order_after_the_settling_delay() {
+        let clock = ManualClock::new(1_000_000);
+        let (shards, handle, rx) = start(clock.clone());
+        let w = 100; // 1_000_000 ms / 10 s
+        shards.record(0, w, 1, Some("http://cb.test/")).unwrap();
+        shards.record(1, w, 1, None).unwrap();
+        shards.record(1, w, 2, None).unwrap();
+        // Past the boundary but inside the settling delay: not sealed yet, and a straggler
+        // that read the clock before the boundary still lands in the window.
+        clock.set(1_010_100);
+        shards.record(1, w + 1, 7, None).unwrap();
+        shards.record(0, w, 3, None).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        clock.set(1_010_000 + SETTLE.as_millis() as u64);
+        assert_eq!(
+            rx.recv_timeout(WAIT).unwrap(),
+            (1000, 3, vec!["http://cb.test/".to_string()])
+        );
+        // Two boundaries at once (the clock jumped): both windows, in order, empty one too.
+        clock.set(1_030_500);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1010, 1, vec![]));
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1020, 0, vec![]));
+        handle.shutdown(Instant::now());
+        // The open window is reported at shutdown, then the sink finishes.
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1030, 0, vec![]));
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+    }
+
+    #[test]
+    fn shutdown_reports_the_partial_window_and_refuses_later_records() {
+        let clock = ManualClock::new(5_000);
+        let (shards, handle, rx) = start(clock.clone());
+        shards.record(0, 0, 10, None).unwrap();
+        shards.record(1, 0, 11, None).unwrap();
+        handle.shutdown(Instant::now());
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (0, 2, vec![]));
+        assert_eq!(
+            shards.record(0, 0, 12, None),
+            Ok(crate::shards::Recorded::Closed)
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! The configuration: every flag of the contract that this build implements, each with a
+//! `VERVE_<FLAG>` environment fallback, parsed and range-checked by clap (which names the
+//! flag and exits 2 on a bad value) and read-only after start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::endpoints::EndpointPolicy;
+use crate::report::callback::Method;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "verve",
+    version,
+    about = "Counts distinct ids per wall-clock window and reports them."
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "VERVE_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Window length in seconds; windows are aligned to multiples of it since the epoch.
+    #[arg(long, env = "VERVE_INTERVAL", default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub interval: u64,
+
+    /// File the count lines and endpoint results are appended to.
+    #[arg(
+        long,
+        env = "VERVE_LOG_FILE",
+        default_value = "verve.log",
+        value_name = "PATH"
+    )]
+    pub log_file: PathBuf,
+
+    /// How endpoints are called with a window's count.
+    #[arg(long, env = "VERVE_ENDPOINT_METHOD", value_enum, default_value = "get")]
+    pub endpoint_method: Method,
+
+    /// Limit for a whole endpoint call, in seconds (fractions allowed).
+    #[arg(long, env = "VERVE_ENDPOINT_TIMEOUT", default_value = "2", value_name = "SECS",
+          value_parser = parse_timeout)]
+    pub endpoint_timeout: Duration,
+
+    /// Most distinct endpoints per window; past it requests are answered 503 (ids still count).
+    #[arg(long, env = "VERVE_MAX_ENDPOINTS", default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_endpoints: u32,
+
+    /// Hosts endpoints may name (a leading `*.` matches subdomains); default: any host except
+    /// link-local addresses.
+    #[arg(
+        long,
+        env = "VERVE_ENDPOINT_ALLOW",
+        value_delimiter = ',',
+        value_name = "HOST[,HOST...]"
+    )]
+    pub endpoint_allow: Vec<String>,
+
+    /// Seconds a keep-alive connection may stay silent (also mid-request) before it is closed.
+    #[arg(long, env = "VERVE_IDLE_TIMEOUT", default_value = "60", value_name = "SECS",
+          value_parser = parse_timeout)]
+    pub idle_timeout: Duration,
+
+    /// HTTP worker threads (each runs many connection coroutines); default: one per core.
+    #[arg(long, env = "VERVE_WORKERS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+}
+
+/// Seconds as a positive, finite number, at most a day.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!(
+            "{s:?} must be more than 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Config {
+    /// Checks what clap cannot: the allow-list entries.
+    pub fn endpoint_policy(&self) -> Result<EndpointPolicy, String> {
+        EndpointPolicy::new(&self.endpoint_allow)
+            .map_err(|e| format!("invalid value for --endpoint-allow: {e}"))
+    }
+
+    /// Worker threads: the flag, or the cores this process may run on.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            Some(n) => n as usize,
+            None => core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("verve").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_the_contracts() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.interval, 60);
+        assert_eq!(c.log_file, PathBuf::from("verve.log"));
+        assert_eq!(c.endpoint_method, Method::Get);
+        assert_eq!(c.endpoint_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_endpoints, 1000);
+        assert!(c.endpoint_allow.is_empty());
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, flag) in [
+            (&["--interval", "0"][..], "--interval"),
+            (&["--interval", "x"], "--interval"),
+            (&["--listen", "nowhere"], "--listen"),
+            (&["--endpoint-timeout", "0"], "--endpoint-timeout"),
+            (&["--endpoint-timeout", "NaN"], "--endpoint-timeout"),
+            (&["--endpoint-method", "put"], "--endpoint-method"),
+            (&["--max-endpoints", "0"], "--max-endpoints"),
+            (&["--bogus"], "--bogus"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn allow_list_is_comma_separated_and_checked() {
+        let c = parse(&[
+            "--endpoint-allow",
+            "a.test,*.b.test",
+            "--endpoint-method",
+            "post",
+        ])
+        .unwrap();
+        assert_eq!(c.endpoint_allow, ["a.test", "*.b.test"]);
+        assert!(c.endpoint_policy().unwrap().listed("x.b.test"));
+        let bad = parse(&["--endpoint-allow", "*."]).unwrap();
+        assert!(bad
+            .endpoint_policy()
+            .unwrap_err()
+            .contains("--endpoint-allow"));
+    }
+}

@@ -1,0 +1,355 @@
+//! One client connection: read, parse every complete request in the buffer, answer them all
+//! in one write, repeat. Buffers are allocated once per connection and reused; the request
+//! path allocates nothing, logs nothing and takes no lock but its shard's.
+//!
+//! Limits (the contract's): a request head of at most [`MAX_HEAD`] bytes (431 past it), at
+//! most [`MAX_HEADERS`] headers (431), a body of at most [`MAX_BODY`] bytes, read and
+//! discarded (413 past it), no `Transfer-Encoding` (400: a body of unknown length cannot be
+//! skipped safely), and `--idle-timeout` for a client that sends nothing, also mid-request.
+//! Every error answer closes the connection, so a confused client cannot desynchronise it.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+
+use may::net::TcpStream;
+
+use super::response::{self, Persist, Status};
+use super::{date, Ctx};
+use crate::query::{decode_endpoint, parse_accept};
+use crate::shards::Recorded;
+
+/// Longest request head (request line and headers), like nginx's default buffer.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Most request headers accepted.
+pub const MAX_HEADERS: usize = 64;
+/// Longest request body verve reads (and throws away): the API takes no body.
+pub const MAX_BODY: u64 = 64 * 1024;
+/// Read buffer: room for a full head plus the pipelined requests after it.
+const READ_BUF: usize = 2 * MAX_HEAD;
+/// Output buffer kept between batches; larger ones (a `/metrics` page) are shrunk back.
+const WRITE_BUF: usize = 16 * 1024;
+
+/// Per-connection state, reused for every request on it.
+struct Conn {
+    buf: Box<[u8]>,
+    /// Unparsed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Body bytes of the last request still to skip.
+    discard: u64,
+    out: Vec<u8>,
+    /// Percent-decoded `endpoint`, reused.
+    scratch: Vec<u8>,
+}
+
+/// Decrements the open-connection gauge however the connection ends.
+struct Open<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Serves one connection until the client leaves, an error closes it, or shutdown.
+pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
+    let shard = ctx.shards.shard_for_fd(stream.as_raw_fd());
+    let counters = ctx.metrics.worker(shard);
+    counters.connections.fetch_add(1, Relaxed);
+    let _open = Open(&counters.connections);
+    // Three setsockopt calls per connection, none per request.
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(ctx.idle_timeout));
+    let _ = stream.set_write_timeout(Some(ctx.idle_timeout));
+    let mut conn = Conn {
+        buf: vec![0; READ_BUF].into_boxed_slice(),
+        start: 0,
+        end: 0,
+        discard: 0,
+        out: Vec::with_capacity(4096),
+        scratch: Vec::new(),
+    };
+    loop {
+        conn.compact();
+        let n = match stream.read(&mut conn.buf[conn.end..]) {
+            Ok(0) | Err(_) => return, // closed, reset or idle too long: nothing to answer
+            Ok(n) => n,
+        };
+        conn.end += n;
+        // Dekker-style pairing with shutdown: either this batch sees `draining`, or shutdown
+        // sees it busy and waits for it (both sides use SeqCst).
+        counters.busy.fetch_add(1, SeqCst);
+        let draining = ctx.draining.load(SeqCst);
+        // The instant of arrival: every request of this read belongs to this window.
+        let window = ctx.windows.index_of(ctx.clock.now_ms());
+        let keep_open = conn.answer(ctx, shard, window, draining);
+        let written = conn.out.is_empty() || stream.write_all(&conn.out).is_ok();
+        conn.out.clear();
+        if conn.out.capacity() > WRITE_BUF {
+            conn.out.shrink_to(WRITE_BUF);
+        }
+        counters.busy.fetch_sub(1, SeqCst);
+        if !written || !keep_open {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+    }
+}
+
+impl Conn {
+    /// Moves an unfinished request to the front so the next read has room for the rest.
+    fn compact(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// Answers every complete request in the buffer. False when the connection must close.
+    fn answer(&mut self, ctx: &Ctx, shard: usize, window: u64, draining: bool) -> bool {
+        let date = date::now();
+        loop {
+            if self.discard > 0 {
+                let skip = self.discard.min((self.end - self.start) as u64);
+                self.start += skip as usize;
+                self.discard -= skip;
+                if self.discard > 0 {
+                    return true;
+                }
+            }
+            if self.start == self.end {
+                return true;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            let head_len = match req.parse(&self.buf[self.start..self.end]) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => {
+                    if self.end - self.start >= MAX_HEAD {
+                        response::failed(
+                            &mut self.out,
+                            Status::HeaderFieldsTooLarge,
+                            &date,
+                            Persist::Close,
+                        );
+                        return false;
+                    }
+                    return true;
+                }
+                Err(httparse::Error::TooManyHeaders) => {
+                    response::failed(
+                        &mut self.out,
+                        Status::HeaderFieldsTooLarge,
+                        &date,
+                        Persist::Close,
+                    );
+                    return false;
+                }
+                Err(_) => {
+                    response::failed(&mut self.out, Status::BadRequest, &date, Persist::Close);
+                    return false;
+                }
+            };
+            if head_len > MAX_HEAD {
+                response::failed(
+                    &mut self.out,
+                    Status::HeaderFieldsTooLarge,
+                    &date,
+                    Persist::Close,
+                );
+                return false;
+            }
+            let head = match Head::read(&req) {
+                Ok(head) => head,
+                Err(status) => {
+                    response::failed(&mut self.out, status, &date, Persist::Close);
+                    return false;
+                }
+            };
+            let persist = if draining || head.close {
+                Persist::Close
+            } else if req.version == Some(0) {
+                Persist::KeepAlive
+            } else {
+                Persist::Default
+            };
+            let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
+            route(
+                ctx,
+                shard,
+                window,
+                draining,
+                method,
+                target.as_bytes(),
+                &mut self.scratch,
+                &mut self.out,
+                &date,
+                persist,
+            );
+            self.start += head_len;
+            self.discard = head.body;
+            if persist == Persist::Close {
+                return false;
+            }
+        }
+    }
+}
+
+/// What the headers say about the connection and the body.
+struct Head {
+    close: bool,
+    body: u64,
+}
+
+impl Head {
+    fn read(req: &httparse::Request<'_, '_>) -> Result<Head, Status> {
+        // HTTP/1.0 closes unless the client asks for keep-alive; 1.1 the other way round.
+        let mut close = req.version == Some(0);
+        let mut body: Option<u64> = None;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("connection") {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && req.version == Some(0) {
+                        close = false;
+                    }
+                }
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let n = parse_length(h.value).ok_or(Status::BadRequest)?;
+                if body.is_some_and(|b| b != n) {
+                    return Err(Status::BadRequest);
+                }
+                body = Some(n);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(Status::BadRequest);
+            }
+        }
+        let body = body.unwrap_or(0);
+        if body > MAX_BODY {
+            return Err(Status::PayloadTooLarge);
+        }
+        Ok(Head { close, body })
+    }
+}
+
+/// A `Content-Length` value: digits only, at most 18 of them (no overflow possible).
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, &d| n * 10 + (d - b'0') as u64))
+}
+
+/// Dispatches one request by path and method and appends its answer.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn route(
+    ctx: &Ctx,
+    shard: usize,
+    window: u64,
+    draining: bool,
+    method: &str,
+    target: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    date: &[u8; date::DATE_LEN],
+    persist: Persist,
+) {
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(q) => (&target[..q], &target[q + 1..]),
+        None => (target, &target[target.len()..]),
+    };
+    let counters = ctx.metrics.worker(shard);
+    match path {
+        b"/api/verve/accept" => {
+            let status = if method == "GET" {
+                accept(ctx, shard, window, query, scratch)
+            } else {
+                Status::MethodNotAllowed
+            };
+            let counter = match status {
+                Status::Ok => &counters.ok,
+                Status::Unavailable => &counters.unavailable,
+                Status::InternalError => &counters.error,
+                _ => &counters.bad_request,
+            };
+            counter.fetch_add(1, Relaxed);
+            if status == Status::Ok {
+                response::ok(out, date, persist);
+            } else {
+                response::failed(out, status, date, persist);
+            }
+        }
+        b"/healthz" if method == "GET" => {
+            if draining {
+                response::failed(out, Status::Unavailable, date, persist);
+            } else {
+                response::ok(out, date, persist);
+            }
+        }
+        b"/metrics" if method == "GET" => {
+            let unique = ctx.shards.unique_so_far(window);
+            let page = ctx.metrics.render(unique);
+            response::write(
+                out,
+                Status::Ok,
+                response::PROMETHEUS,
+                page.as_bytes(),
+                date,
+                persist,
+            );
+        }
+        b"/healthz" | b"/metrics" => response::failed(out, Status::MethodNotAllowed, date, persist),
+        _ => response::failed(out, Status::NotFound, date, persist),
+    }
+}
+
+/// The accept API: validate, then record.
+#[inline]
+fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<u8>) -> Status {
+    let Ok(accept) = parse_accept(query) else {
+        return Status::BadRequest;
+    };
+    let endpoint = match accept.endpoint {
+        None => None,
+        Some(raw) => match decode_endpoint(raw, scratch) {
+            Ok(url) => Some(url),
+            Err(_) => return Status::BadRequest,
+        },
+    };
+    match ctx.shards.record(shard, window, accept.id, endpoint) {
+        Ok(Recorded::Counted) => Status::Ok,
+        Ok(Recorded::EndpointTableFull | Recorded::Late | Recorded::Closed) => Status::Unavailable,
+        Err(_) => Status::BadRequest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 12 "), Some(12));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1e3",
+            b"0x10",
+            b"1 2",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_length(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The set of distinct ids of one window: a roaring treemap over an order-preserving map of
+//! `i64` onto `u64`, with a plain 32-bit roaring bitmap in front for the ids most clients send
+//! (`0..2^32`), because that bitmap skips the treemap's B-tree lookup on every insert
+//! (`benches/hot_path.rs` measures both).
+
+use roaring::{MultiOps, RoaringBitmap, RoaringTreemap};
+
+/// Flips the sign bit, so that `i64::MIN..=i64::MAX` maps monotonically onto `0..=u64::MAX`.
+/// Order preservation keeps nearby ids in the same roaring container, whatever their sign.
+#[inline]
+pub fn to_key(id: i64) -> u64 {
+    (id as u64) ^ (1 << 63)
+}
+
+/// The inverse of [`to_key`].
+#[inline]
+pub fn from_key(key: u64) -> i64 {
+    (key ^ (1 << 63)) as i64
+}
+
+/// The high 32 bits of the key of every id in `0..2^32`: those ids go to the fast bitmap.
+const HOT_HIGH: u32 = 0x8000_0000;
+
+/// Distinct ids, exact. `hot` and `rest` never hold the same key, so the cardinality is the
+/// sum of theirs.
+#[derive(Default, Clone, Debug, PartialEq)]
+pub struct IdSet {
+    /// Low 32 bits of keys whose high half is [`HOT_HIGH`] (ids `0..2^32`).
+    hot: RoaringBitmap,
+    /// Every other key.
+    rest: RoaringTreemap,
+}
+
+impl IdSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `id`; true when it was not there yet.
+    #[inline]
+    pub fn insert(&mut self, id: i64) -> bool {
+        let key = to_key(id);
+        if (key >> 32) as u32 == HOT_HIGH {
+            self.hot.insert(key as u32)
+        } else {
+            self.rest.insert(key)
+        }
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        let key = to_key(id);
+        if (key >> 32) as u32 == HOT_HIGH {
+            self.hot.contains(key as u32)
+        } else {
+            self.rest.contains(key)
+        }
+    }
+
+    /// The number of distinct ids.
+    pub fn len(&self) -> u64 {
+        self.hot.len() + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hot.is_empty() && self.rest.is_empty()
+    }
+
+    /// Adds every id of `other` (in place, without cloning `self`).
+    pub fn union_with(&mut self, other: &IdSet) {
+        self.hot |= &other.hot;
+        self.rest |= &other.rest;
+    }
+
+    /// The union of many sets, with roaring's multi-way union, which sizes the result once
+    /// instead of growing it set by set.
+    pub fn union_all(sets: Vec<IdSet>) -> IdSet {
+        let (hots, rests): (Vec<_>, Vec<_>) = sets.into_iter().map(|s| (s.hot, s.rest)).unzip();
+        IdSet {
+            hot: hots.union(),
+            rest: rests.union(),
+        }
+    }
+
+    /// One treemap over the keys of [`to_key`]: the form that is serialized (roaring's portable
+    /// format per 32-bit half) when a window is shipped elsewhere.
+    pub fn to_treemap(&self) -> RoaringTreemap {
+        let mut all = self.rest.clone();
+        if !self.hot.is_empty() {
+            all |= RoaringTreemap::from_bitmaps([(HOT_HIGH, self.hot.clone())]);
+        }
+        all
+    }
+
+    /// The inverse of [`IdSet::to_treemap`].
+    pub fn from_treemap(tree: RoaringTreemap) -> IdSet {
+        let mut set = IdSet::new();
+        for (high, bitmap) in tree.bitmaps() {
+            if high == HOT_HIGH {
+                set.hot = bitmap.clone();
+            } else {
+                set.rest |= RoaringTreemap::from_bitmaps([(high, bitmap.clone())]);
+            }
+        }
+        set
+    }
+
+    /// Heap bytes the set would take serialized: a close stand-in for its memory footprint.
+    pub fn serialized_size(&self) -> usize {
+        self.hot.serialized_size() + self.rest.serialized_size()
+    }
+
+    /// Every id, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
+        // `rest` keys below HOT_HIGH come first, then `hot`, then the rest above it.
+        let below = self.rest.iter().take_while(|k| (k >> 32) < HOT_HIGH as u64);
+        let hot = self
+            .hot
+            .iter()
+            .map(|low| ((HOT_HIGH as u64) << 32) | low as u64);
+        let above = self.rest.iter().skip_while(|k| (k >> 32) < HOT_HIGH as u64);
+        below.chain(hot).chain(above).map(from_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_map_preserves_order_over_the_whole_range() {
+        let ids = [
+            i64::MIN,
+            i64::MIN + 1,
+            -(1 << 32),
+            -1,
+            0,
+            1,
+            u32::MAX as i64,
+            1 << 32,
+            i64::MAX,
+        ];
+        for pair in ids.windows(2) {
+            assert!(to_key(pair[0]) < to_key(pair[1]), "{pair:?}");
+        }
+        for id in ids {
+            assert_eq!(from_key(to_key(id)), id);
+        }
+        assert_eq!(to_key(i64::MIN), 0);
+        assert_eq!(to_key(i64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn counts_distinct_ids_on_both_paths() {
+        let mut set = IdSet::new();
+        for id in [
+            0,
+            1,
+            1,
+            u32::MAX as i64,
+            1 << 32,
+            -1,
+            -1,
+            i64::MIN,
+            i64::MAX,
+            i64::MAX,
+        ] {
+            set.insert(id);
+        }
+        assert_eq!(set.len(), 7);
+        assert!(set.contains(-1) && set.contains(1 << 32) && !set.contains(2));
+        let all: Vec<i64> = set.iter().collect();
+        assert_eq!(
+            all,
+            vec![i64::MIN, -1, 0, 1, u32::MAX as i64, 1 << 32, i64::MAX]
+        );
+    }
+
+    #[test]
+    fn union_all_equals_pairwise_union() {
+        let mut a = IdSet::new();
+        let mut b = IdSet::new();
+        let mut c = IdSet::new();
+        for i in 0..1000i64 {
+            a.insert(i * 3);
+            b.insert(i * 5 - 2000);
+            c.insert(i64::MAX - i);
+        }
+        let mut pairwise = a.clone();
+        pairwise.union_with(&b);
+        pairwise.union_with(&c);
+        let all = IdSet::union_all(vec![a, b, c]);
+        assert_eq!(all, pairwise);
+        assert_eq!(all.len(), pairwise.iter().count() as u64);
+    }
+
+    #[test]
+    fn treemap_round_trip_keeps_every_id() {
+        let mut set = IdSet::new();
+        for id in [i64::MIN, -5, 0, 7, u32::MAX as i64, 1 << 40, i64::MAX] {
+            set.insert(id);
+        }
+        let tree = set.to_treemap();
+        assert_eq!(tree.len(), set.len());
+        let mut bytes = Vec::new();
+        tree.serialize_into(&mut bytes).unwrap();
+        let back = IdSet::from_treemap(RoaringTreemap::deserialize_from(&bytes[..]).unwrap());
+        assert_eq!(back, set);
+    }
+}

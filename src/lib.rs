@@ -1,0 +1,45 @@
+//! verve counts the distinct ids it receives in every wall-clock window and reports each
+//! window's count to a log file and to callback URLs.
+//!
+//! Layout:
+//! - [`config`]: flags and environment, validated once at start-up.
+//! - [`server`]: wiring and the shutdown sequence.
+//! - [`http`]: the may coroutine front: connection loop, routing, responses, `Date` cache.
+//! - [`query`]: parsing and validating the accept API's query string.
+//! - [`clock`]: the clock (real or test-driven) and window arithmetic.
+//! - [`ids`]: the exact id set of a window (roaring).
+//! - [`shards`]: per-worker id shards, sealed per window; why they are sound under may.
+//! - [`endpoints`]: which callback URLs are allowed; the per-window endpoint table.
+//! - [`collector`]: the thread that seals each window and hands it on.
+//! - [`sink`]: the sealed-window handover (local now; cluster mode later).
+//! - [`report`]: the reporters (count log, endpoint callbacks) behind one trait.
+//! - [`metrics`]: counters and the `/metrics` page.
+//! - [`logging`]: the log file format.
+
+pub mod clock;
+pub mod collector;
+pub mod config;
+pub mod endpoints;
+pub mod http;
+pub mod ids;
+pub mod logging;
+pub mod metrics;
+pub mod query;
+pub mod report;
+pub mod server;
+pub mod shards;
+pub mod sink;
+
+/// Tunes the may runtime; call once, before the first coroutine.
+///
+/// `workers` threads, one per core by default, each pinned by may to its core. Coroutine
+/// stacks of 32 KiB: a connection's deepest path (URL parsing of a new endpoint) uses a few
+/// KiB, and stack pages are only touched as used.
+pub fn configure_runtime(workers: usize) {
+    may::config()
+        .set_workers(workers)
+        .set_stack_size(COROUTINE_STACK_BYTES);
+}
+
+/// Stack per coroutine, in bytes.
+pub const COROUTINE_STACK_BYTES: usize = 32 * 1024;

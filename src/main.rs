@@ -1,0 +1,66 @@
+//! The verve binary: read the config, open the log, bind, serve until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use verve::clock::SystemClock;
+use verve::config::Config;
+use verve::server::{self, Server};
+
+/// Start-up failures caused by the configuration exit with 2, like clap's own errors.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let policy_check = config.endpoint_policy();
+    if let Err(e) = policy_check {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Err(e) = verve::logging::init(&config.log_file) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let listener = match server::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: --listen {}: cannot bind: {e}", config.listen);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Register before serving so an early signal is not lost.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: installing signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let workers = config.worker_count();
+    verve::configure_runtime(workers);
+    let server = match Server::start(&config, listener, Arc::new(SystemClock), workers) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "verve {} listening on {} ({workers} workers, interval {} s, log {})",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        config.interval,
+        config.log_file.display()
+    );
+    println!("verve listening on {}", server.local_addr());
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    log::info!("signal {signal}: shutting down");
+    server.shutdown();
+    log::info!("stopped");
+    log::logger().flush();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,183 @@
+//! Counters for `/metrics`, in Prometheus text format. Request outcomes are counted per
+//! worker shard (each on its own cache line, so workers never write a shared line on the
+//! request path) and summed at scrape time; everything the collector and reporters count is
+//! rare enough for plain shared atomics.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+
+/// Outcomes of API requests, one set per shard.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub ok: AtomicU64,
+    pub bad_request: AtomicU64,
+    pub unavailable: AtomicU64,
+    pub error: AtomicU64,
+    /// Connections of this shard that are between reading a batch and writing its answers:
+    /// shutdown waits for this to reach zero before it seals the last window.
+    pub busy: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+/// Endpoint call results, by the `result` label.
+#[derive(Debug, Default)]
+pub struct EndpointCalls {
+    /// A 2xx answer.
+    pub success: AtomicU64,
+    /// Any other HTTP status.
+    pub http_error: AtomicU64,
+    /// No HTTP answer: refused, timed out, DNS, TLS, a denied address.
+    pub failed: AtomicU64,
+    /// Never attempted: the call queue was full or shutdown ran out of time.
+    pub dropped: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub workers: Box<[CachePadded<WorkerCounters>]>,
+    pub windows_reported: AtomicU64,
+    pub endpoint_calls: EndpointCalls,
+    /// Requests refused because their window had already been sealed (see `shards`).
+    pub late_ids: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub kafka_errors: AtomicU64,
+    /// Sealed windows whose reports are not finished yet.
+    pub backlog_windows: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Self {
+        Metrics {
+            workers: (0..workers.max(1))
+                .map(|_| CachePadded::new(WorkerCounters::default()))
+                .collect(),
+            windows_reported: AtomicU64::new(0),
+            endpoint_calls: EndpointCalls::default(),
+            late_ids: AtomicU64::new(0),
+            redis_errors: AtomicU64::new(0),
+            kafka_errors: AtomicU64::new(0),
+            backlog_windows: AtomicU64::new(0),
+        }
+    }
+
+    pub fn worker(&self, shard: usize) -> &WorkerCounters {
+        &self.workers[shard % self.workers.len()]
+    }
+
+    fn sum(&self, f: impl Fn(&WorkerCounters) -> &AtomicU64) -> u64 {
+        self.workers.iter().map(|w| f(w).load(Relaxed)).sum()
+    }
+
+    /// True while any connection is between reading requests and writing their answers.
+    pub fn any_busy(&self) -> bool {
+        self.sum(|w| &w.busy) > 0
+    }
+
+    /// The `/metrics` page. `window_unique_ids` is computed by the caller (it needs the shards).
+    pub fn render(&self, window_unique_ids: u64) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        family(
+            "verve_requests_total",
+            "counter",
+            "Accept API requests by outcome.",
+            &[
+                ("{outcome=\"ok\"}", self.sum(|w| &w.ok)),
+                ("{outcome=\"bad_request\"}", self.sum(|w| &w.bad_request)),
+                ("{outcome=\"unavailable\"}", self.sum(|w| &w.unavailable)),
+                ("{outcome=\"error\"}", self.sum(|w| &w.error)),
+            ],
+        );
+        family(
+            "verve_window_unique_ids",
+            "gauge",
+            "Distinct ids so far in the open window.",
+            &[("", window_unique_ids)],
+        );
+        family(
+            "verve_windows_reported_total",
+            "counter",
+            "Windows whose count line was written.",
+            &[("", self.windows_reported.load(Relaxed))],
+        );
+        let calls = &self.endpoint_calls;
+        family(
+            "verve_endpoint_calls_total",
+            "counter",
+            "Endpoint callbacks by result.",
+            &[
+                ("{result=\"success\"}", calls.success.load(Relaxed)),
+                ("{result=\"http_error\"}", calls.http_error.load(Relaxed)),
+                ("{result=\"failed\"}", calls.failed.load(Relaxed)),
+                ("{result=\"dropped\"}", calls.dropped.load(Relaxed)),
+            ],
+        );
+        family(
+            "verve_redis_errors_total",
+            "counter",
+            "Failed Redis operations (cluster mode).",
+            &[("", self.redis_errors.load(Relaxed))],
+        );
+        family(
+            "verve_kafka_errors_total",
+            "counter",
+            "Failed Kafka deliveries.",
+            &[("", self.kafka_errors.load(Relaxed))],
+        );
+        family(
+            "verve_backlog_windows",
+            "gauge",
+            "Sealed windows whose reports are not finished.",
+            &[("", self.backlog_windows.load(Relaxed))],
+        );
+        family(
+            "verve_late_ids_total",
+            "counter",
+            "Requests refused because their window was already sealed.",
+            &[("", self.late_ids.load(Relaxed))],
+        );
+        family(
+            "verve_open_connections",
+            "gauge",
+            "Client connections open now.",
+            &[("", self.sum(|w| &w.connections))],
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_sums_workers_and_lists_every_contract_metric() {
+        let m = Metrics::new(2);
+        m.worker(0).ok.fetch_add(3, Relaxed);
+        m.worker(1).ok.fetch_add(4, Relaxed);
+        m.worker(1).bad_request.fetch_add(1, Relaxed);
+        m.endpoint_calls.http_error.fetch_add(2, Relaxed);
+        let page = m.render(17);
+        assert!(page.contains("verve_requests_total{outcome=\"ok\"} 7\n"));
+        assert!(page.contains("verve_requests_total{outcome=\"bad_request\"} 1\n"));
+        assert!(page.contains("verve_requests_total{outcome=\"unavailable\"} 0\n"));
+        assert!(page.contains("verve_requests_total{outcome=\"error\"} 0\n"));
+        assert!(page.contains("verve_window_unique_ids 17\n"));
+        assert!(page.contains("verve_endpoint_calls_total{result=\"http_error\"} 2\n"));
+        for name in [
+            "verve_windows_reported_total ",
+            "verve_redis_errors_total ",
+            "verve_kafka_errors_total ",
+            "verve_backlog_windows ",
+        ] {
+            assert!(page.contains(name), "{name}");
+        }
+    }
+}

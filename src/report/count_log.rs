@@ -1,0 +1,38 @@
+//! The count line: one per window, through the `log` facade to the `--log-file` that
+//! [`crate::logging`] set up, in the exact form of the contract (§3).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::clock::rfc3339_secs;
+use crate::metrics::Metrics;
+use crate::report::{Reporter, WindowReport};
+
+/// The log target of count lines: the contract's example shows it after the level.
+pub const TARGET: &str = "count";
+
+pub struct CountLog {
+    metrics: Arc<Metrics>,
+}
+
+impl CountLog {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl Reporter for CountLog {
+    fn report(&mut self, report: &WindowReport) {
+        log::info!(
+            target: TARGET,
+            "window_start={} unique_count={}",
+            rfc3339_secs(report.window_start),
+            report.unique_count
+        );
+        self.metrics.windows_reported.fetch_add(1, Relaxed);
+    }
+
+    fn finish(&mut self, _deadline: std::time::Instant) {
+        log::logger().flush();
+    }
+}

@@ -1,0 +1,96 @@
+//! Where a window's final count goes. Each destination is a [`Reporter`] in a file of its
+//! own; [`Fanout`] hands every report to all of them in order (the count log first, so the
+//! count line is never delayed by a slower destination).
+
+pub mod callback;
+pub mod count_log;
+
+use std::time::Instant;
+
+/// The final count of one window, as every reporter receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowReport {
+    /// Window start, whole seconds since the Unix epoch.
+    pub window_start: u64,
+    pub unique_count: u64,
+    /// Distinct endpoints named during the window, to be called once each.
+    pub endpoints: Vec<String>,
+}
+
+/// One destination of window counts. `report` runs on the collector thread: it must hand
+/// slow work (network calls) to a thread of its own rather than block the next window.
+pub trait Reporter: Send {
+    fn report(&mut self, report: &WindowReport);
+
+    /// Shutdown: finish queued work, waiting at most until `deadline`.
+    fn finish(&mut self, _deadline: Instant) {}
+}
+
+/// All reporters, called in the order they were added.
+#[derive(Default)]
+pub struct Fanout {
+    reporters: Vec<Box<dyn Reporter>>,
+}
+
+impl Fanout {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, reporter: impl Reporter + 'static) -> Self {
+        self.reporters.push(Box::new(reporter));
+        self
+    }
+}
+
+impl Reporter for Fanout {
+    fn report(&mut self, report: &WindowReport) {
+        for r in &mut self.reporters {
+            r.report(report);
+        }
+    }
+
+    fn finish(&mut self, deadline: Instant) {
+        for r in &mut self.reporters {
+            r.finish(deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    struct Recording(&'static str, Arc<Mutex<Vec<String>>>);
+
+    impl Reporter for Recording {
+        fn report(&mut self, report: &WindowReport) {
+            self.1
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", self.0, report.unique_count));
+        }
+        fn finish(&mut self, _: Instant) {
+            self.1.lock().unwrap().push(format!("{} finish", self.0));
+        }
+    }
+
+    #[test]
+    fn fanout_reports_to_all_in_order() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut fanout = Fanout::new()
+            .with(Recording("a", seen.clone()))
+            .with(Recording("b", seen.clone()));
+        fanout.report(&WindowReport {
+            window_start: 60,
+            unique_count: 3,
+            endpoints: vec![],
+        });
+        fanout.finish(Instant::now());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["a 3", "b 3", "a finish", "b finish"]
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Wiring: builds the shards, the reporters, the collector and the HTTP front from the
+//! config, and runs the shutdown sequence. Takes its listener and clock as arguments so tests
+//! can bind `127.0.0.1:0` and move time by hand.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::clock::{Clock, Windows};
+use crate::collector::{Collector, CollectorHandle};
+use crate::config::Config;
+use crate::http::{self, Ctx};
+use crate::metrics::Metrics;
+use crate::report::callback::Callbacks;
+use crate::report::count_log::CountLog;
+use crate::report::Fanout;
+use crate::shards::Shards;
+use crate::sink::LocalSink;
+
+/// The contract allows 5 s from the signal to exit; this leaves room for the process to
+/// unwind after the reporters' deadline.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4_000);
+
+/// Longest wait for requests already read to be answered before the last window is sealed.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// Calls that may wait for a callback thread: a window's worth of endpoints, four times over.
+fn callback_queue_len(config: &Config) -> usize {
+    config.max_endpoints as usize * 4
+}
+
+/// Binds the listening socket: `SO_REUSEADDR` (restart while old connections linger) but not
+/// `SO_REUSEPORT`, so a second instance on the same port fails instead of sharing it.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    // A deep accept queue absorbs connection bursts from load generators and balancers.
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// A running verve.
+pub struct Server {
+    ctx: Arc<Ctx>,
+    addr: SocketAddr,
+    acceptor: may::coroutine::JoinHandle<()>,
+    collector: CollectorHandle,
+}
+
+impl Server {
+    /// Starts serving on `listener`. `shards` should equal the may worker count.
+    pub fn start(
+        config: &Config,
+        listener: std::net::TcpListener,
+        clock: Arc<dyn Clock>,
+        shards: usize,
+    ) -> anyhow::Result<Server> {
+        let policy = config.endpoint_policy().map_err(anyhow::Error::msg)?;
+        let metrics = Arc::new(Metrics::new(shards));
+        let shards = Arc::new(Shards::new(
+            shards,
+            policy.clone(),
+            config.max_endpoints as usize,
+        ));
+        let windows = Windows::new(config.interval);
+        let callbacks = Callbacks::start(
+            config.endpoint_method,
+            config.endpoint_timeout,
+            policy,
+            callback_queue_len(config),
+            metrics.clone(),
+        )
+        .context("starting the callback threads")?;
+        let reporters = Fanout::new()
+            .with(CountLog::new(metrics.clone()))
+            .with(callbacks);
+        let collector = Collector {
+            shards: shards.clone(),
+            windows,
+            clock: clock.clone(),
+            sink: Box::new(LocalSink::new(reporters)),
+            metrics: metrics.clone(),
+        }
+        .spawn()
+        .context("starting the collector thread")?;
+        http::date::start();
+        let addr = listener
+            .local_addr()
+            .context("reading the listening address")?;
+        listener
+            .set_nonblocking(true)
+            .context("making the listener non-blocking")?;
+        // SAFETY: the descriptor comes from a listener we own and give up here.
+        let listener = unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let ctx = Arc::new(Ctx {
+            shards,
+            metrics,
+            clock,
+            windows,
+            draining: AtomicBool::new(false),
+            idle_timeout: config.idle_timeout,
+        });
+        let acceptor = http::spawn_acceptor(listener, ctx.clone());
+        Ok(Server {
+            ctx,
+            addr,
+            acceptor,
+            collector,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The graceful stop: `/healthz` turns 503, no new connections, requests already read
+    /// are answered, then the open window is sealed and reported (a partial count) and the
+    /// reporters get what is left of [`SHUTDOWN_BUDGET`].
+    pub fn shutdown(self) {
+        let deadline = Instant::now() + SHUTDOWN_BUDGET;
+        self.ctx.draining.store(true, SeqCst);
+        http::wake(self.addr);
+        let _ = self.acceptor.join();
+        let drain_until = Instant::now() + DRAIN_TIMEOUT;
+        while self.ctx.metrics.any_busy() && Instant::now() < drain_until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.collector.shutdown(deadline);
+    }
+}

@@ -1,0 +1,408 @@
+//! Per-worker id shards: where the request path records ids, and where the collector seals
+//! each window.
+//!
+//! **Why a lock, and why it is not contended.** A may coroutine can resume on another worker
+//! thread after any yield (work stealing, a timer, a channel wake-up), so a `thread_local!`
+//! shard held across a yield would be unsound. Instead each connection picks its shard once,
+//! from its socket: `fd % shards`, the same rule by which may assigns the socket to the
+//! selector of one worker. The shard sits behind its own `Mutex`, held only for the insert
+//! (never across a yield), so migration costs at worst a short wait, never a data race. In
+//! the common case only that worker and, once per window, the collector ever take the lock:
+//! an uncontended futex lock is one atomic compare-and-swap.
+//!
+//! **Exact windows.** The connection reads the clock when a read returns and passes the
+//! window index in; a shard holds one slot per window it has seen, so a request that read the
+//! clock just before a boundary still lands in the old window even if another request has
+//! already opened the new one. The collector waits [`crate::collector::SETTLE`] past each
+//! boundary, then seals the window: it takes that window's slot from every shard and marks
+//! the window collected. A record for a collected window (its thread was descheduled for
+//! longer than the settling delay between reading the clock and recording) is not counted
+//! anywhere: it is refused, so the client gets a 503 `failed` and may retry, and it is counted
+//! in `verve_late_ids_total` and logged with the next window's report. It is never silently
+//! dropped. After [`Shards::close`] (shutdown) every record is refused the same way.
+
+use std::collections::HashSet;
+use std::mem;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crossbeam_utils::CachePadded;
+
+use crate::endpoints::{canonicalize, Admit, EndpointPolicy, EndpointTable};
+use crate::ids::IdSet;
+use crate::query::QueryError;
+
+/// What happened to a recorded id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Counted in its window (and its endpoint, if any, will be called).
+    Counted,
+    /// Counted, but the window's endpoint table is full: the endpoint will not be called.
+    EndpointTableFull,
+    /// Not counted: the window was already sealed by the collector.
+    Late,
+    /// Not counted: the service is shutting down.
+    Closed,
+}
+
+/// One window's share of one shard.
+#[derive(Debug, Default)]
+struct Slot {
+    window: u64,
+    ids: IdSet,
+    /// Decoded endpoints this shard already admitted to the window's table: lets repeats
+    /// skip the URL parse and the shared table lock.
+    endpoints: HashSet<Box<str>>,
+}
+
+impl Slot {
+    fn new(window: u64) -> Self {
+        Slot {
+            window,
+            ..Slot::default()
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.endpoints.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// The newest window this shard has seen.
+    current: Slot,
+    /// Older windows not collected yet: normally empty, briefly one entry after a boundary.
+    older: Vec<Slot>,
+    /// Windows up to and including this one have been sealed; records for them are late.
+    collected_upto: Option<u64>,
+    /// Set once at shutdown: nothing more is recorded.
+    closed: bool,
+    /// Records refused as late since the collector last asked.
+    late: u64,
+}
+
+impl Shard {
+    fn slot(&mut self, window: u64) -> &mut Slot {
+        if window > self.current.window {
+            let previous = mem::replace(&mut self.current, Slot::new(window));
+            if !previous.is_empty() {
+                self.older.push(previous);
+            }
+            return &mut self.current;
+        }
+        if window == self.current.window {
+            return &mut self.current;
+        }
+        let at = match self.older.iter().position(|s| s.window == window) {
+            Some(at) => at,
+            None => {
+                self.older.push(Slot::new(window));
+                self.older.len() - 1
+            }
+        };
+        &mut self.older[at]
+    }
+
+    fn take(&mut self, window: u64) -> IdSet {
+        self.collected_upto = Some(self.collected_upto.map_or(window, |c| c.max(window)));
+        let mut ids = IdSet::new();
+        if self.current.window == window {
+            ids = mem::replace(&mut self.current, Slot::new(window)).ids;
+        }
+        // Anything at or below a sealed window can never be recorded again: drop it here.
+        let mut i = 0;
+        while i < self.older.len() {
+            if self.older[i].window <= window {
+                let slot = self.older.swap_remove(i);
+                if slot.window == window {
+                    ids = slot.ids;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        ids
+    }
+}
+
+/// What the collector gets when it seals a window.
+#[derive(Debug, Default)]
+pub struct Sealed {
+    /// One set per shard.
+    pub parts: Vec<IdSet>,
+    /// Records refused as late (for any window) since the previous seal.
+    pub late: u64,
+    /// The distinct endpoints named in the window.
+    pub endpoints: Vec<String>,
+}
+
+/// All shards, plus the shared endpoint rules and table.
+#[derive(Debug)]
+pub struct Shards {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    policy: EndpointPolicy,
+    table: EndpointTable,
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding the lock cannot leave a half-inserted bitmap that matters more
+    // than losing the service: keep counting.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shards {
+    pub fn new(count: usize, policy: EndpointPolicy, max_endpoints: usize) -> Self {
+        Shards {
+            shards: (0..count.max(1))
+                .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+                .collect(),
+            policy,
+            table: EndpointTable::new(max_endpoints),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// The shard a connection uses, from its socket's file descriptor (see the module doc).
+    pub fn shard_for_fd(&self, fd: i32) -> usize {
+        fd.unsigned_abs() as usize % self.shards.len()
+    }
+
+    /// Records `id` in `window` on `shard`, with the already percent-decoded `endpoint`. An
+    /// endpoint that is not a valid, allowed URL refuses the whole request (the id is not
+    /// counted); a full endpoint table still counts the id.
+    #[inline]
+    pub fn record(
+        &self,
+        shard: usize,
+        window: u64,
+        id: i64,
+        endpoint: Option<&str>,
+    ) -> Result<Recorded, QueryError> {
+        let mut s = lock(&self.shards[shard % self.shards.len()]);
+        if s.closed {
+            return Ok(Recorded::Closed);
+        }
+        if s.collected_upto.is_some_and(|c| window <= c) {
+            s.late += 1;
+            return Ok(Recorded::Late);
+        }
+        let slot = s.slot(window);
+        let mut outcome = Recorded::Counted;
+        if let Some(endpoint) = endpoint {
+            if !slot.endpoints.contains(endpoint) {
+                // First sighting in this window on this shard: the slow path (parse, policy,
+                // shared table), at most once per endpoint, window and shard.
+                let url = canonicalize(endpoint, &self.policy)?;
+                match self.table.admit(window, url.as_str()) {
+                    Admit::Full => outcome = Recorded::EndpointTableFull,
+                    Admit::Added | Admit::Known => {
+                        slot.endpoints.insert(endpoint.into());
+                    }
+                }
+            }
+        }
+        slot.ids.insert(id);
+        Ok(outcome)
+    }
+
+    /// Seals `window` on every shard and returns its ids and endpoints. Called by the
+    /// collector only, in window order, after the settling delay.
+    pub fn seal(&self, window: u64) -> Sealed {
+        let mut sealed = Sealed::default();
+        for shard in self.shards.iter() {
+            let mut s = lock(shard);
+            sealed.parts.push(s.take(window));
+            sealed.late += mem::take(&mut s.late);
+        }
+        // After every shard is sealed no request can add an endpoint to this window: a
+        // request admits its endpoint while it holds its shard's lock.
+        sealed.endpoints = self.table.take(window);
+        sealed
+    }
+
+    /// Refuses every later record (shutdown). The windows still open are sealed afterwards
+    /// with [`Shards::seal`], so a request is either counted and reported or refused.
+    pub fn close(&self) {
+        for shard in self.shards.iter() {
+            lock(shard).closed = true;
+        }
+    }
+
+    /// The newest window any shard holds ids for: at shutdown, the collector seals every
+    /// window up to it.
+    pub fn newest_window(&self) -> Option<u64> {
+        self.shards
+            .iter()
+            .filter_map(|shard| {
+                let s = lock(shard);
+                let newest_older = s
+                    .older
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .map(|o| o.window)
+                    .max();
+                let current = (!s.current.is_empty()).then_some(s.current.window);
+                newest_older.max(current)
+            })
+            .max()
+    }
+
+    /// Distinct ids recorded so far in `window` (the `verve_window_unique_ids` gauge). Each
+    /// shard's lock is held while its part is added, so a scrape delays that worker by the
+    /// union's cost; scrapes are rare and the shards are merged one at a time.
+    pub fn unique_so_far(&self, window: u64) -> u64 {
+        let mut acc = IdSet::new();
+        for shard in self.shards.iter() {
+            let s = lock(shard);
+            if s.current.window == window {
+                acc.union_with(&s.current.ids);
+            }
+            for o in s.older.iter().filter(|o| o.window == window) {
+                acc.union_with(&o.ids);
+            }
+        }
+        acc.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock, Windows};
+    use std::time::Duration;
+
+    fn shards(n: usize) -> Shards {
+        Shards::new(n, EndpointPolicy::default(), 2)
+    }
+
+    fn count(sealed: &Sealed) -> u64 {
+        IdSet::union_all(sealed.parts.clone()).len()
+    }
+
+    #[test]
+    fn each_id_counts_in_the_window_its_request_arrived_in() {
+        let clock = ManualClock::new(59_000);
+        let windows = Windows::new(60);
+        let s = shards(2);
+        let w0 = windows.index_of(clock.now_ms());
+        s.record(0, w0, 1, None).unwrap();
+        s.record(1, w0, 2, None).unwrap();
+        // A request read the clock just before the boundary...
+        clock.set(59_999);
+        let before = windows.index_of(clock.now_ms());
+        // ...and others arrive after it, on both shards, before the first is recorded.
+        clock.set(60_000);
+        let w1 = windows.index_of(clock.now_ms());
+        assert_eq!(w1, w0 + 1);
+        s.record(0, w1, 1, None).unwrap();
+        s.record(1, w1, 3, None).unwrap();
+        assert_eq!(s.record(0, before, 4, None), Ok(Recorded::Counted));
+        s.record(1, w0, 2, None).unwrap();
+        clock.advance(Duration::from_millis(200));
+        let sealed0 = s.seal(w0);
+        assert_eq!(count(&sealed0), 3, "ids 1, 2 and 4 before the boundary");
+        assert_eq!(sealed0.late, 0);
+        s.record(0, w1, 5, None).unwrap();
+        clock.set(120_000);
+        s.record(1, windows.index_of(clock.now_ms()), 9, None)
+            .unwrap();
+        let sealed1 = s.seal(w1);
+        assert_eq!(count(&sealed1), 3, "ids 1, 3 and 5 after it");
+        assert_eq!(count(&s.seal(w1 + 1)), 1);
+    }
+
+    #[test]
+    fn a_record_after_its_window_was_sealed_is_refused_and_counted_as_late() {
+        let s = shards(2);
+        s.record(0, 10, 1, None).unwrap();
+        assert_eq!(count(&s.seal(10)), 1);
+        assert_eq!(s.record(0, 10, 2, None), Ok(Recorded::Late));
+        assert_eq!(s.record(1, 9, 2, None), Ok(Recorded::Late));
+        assert_eq!(s.record(1, 11, 3, None), Ok(Recorded::Counted));
+        let next = s.seal(11);
+        assert_eq!(next.late, 2);
+        assert_eq!(count(&next), 1);
+    }
+
+    #[test]
+    fn an_empty_window_seals_to_zero() {
+        let s = shards(3);
+        let sealed = s.seal(42);
+        assert_eq!(sealed.parts.len(), 3);
+        assert_eq!(count(&sealed), 0);
+        assert!(sealed.endpoints.is_empty());
+    }
+
+    #[test]
+    fn duplicates_across_shards_count_once() {
+        let s = shards(4);
+        for shard in 0..4 {
+            for id in [i64::MIN, -1, 0, 1, i64::MAX] {
+                s.record(shard, 3, id, None).unwrap();
+            }
+        }
+        assert_eq!(s.unique_so_far(3), 5);
+        assert_eq!(count(&s.seal(3)), 5);
+    }
+
+    #[test]
+    fn close_refuses_later_records_but_keeps_what_was_counted() {
+        let s = shards(2);
+        s.record(0, 5, 1, None).unwrap();
+        s.record(1, 6, 2, None).unwrap();
+        s.close();
+        assert_eq!(s.record(0, 6, 3, None), Ok(Recorded::Closed));
+        assert_eq!(s.newest_window(), Some(6));
+        assert_eq!(count(&s.seal(5)), 1);
+        assert_eq!(count(&s.seal(6)), 1);
+    }
+
+    #[test]
+    fn endpoints_are_collected_per_window_and_bounded() {
+        let s = shards(2);
+        assert_eq!(
+            s.record(0, 1, 1, Some("http://a.test/x")),
+            Ok(Recorded::Counted)
+        );
+        assert_eq!(
+            s.record(1, 1, 2, Some("http://a.test/x")),
+            Ok(Recorded::Counted)
+        );
+        assert_eq!(
+            s.record(1, 1, 3, Some("http://A.test/x#f")),
+            Ok(Recorded::Counted)
+        );
+        assert_eq!(
+            s.record(0, 1, 4, Some("http://b.test/")),
+            Ok(Recorded::Counted)
+        );
+        // The third distinct endpoint does not fit (max 2); the id still counts.
+        assert_eq!(
+            s.record(0, 1, 5, Some("http://c.test/")),
+            Ok(Recorded::EndpointTableFull)
+        );
+        assert_eq!(
+            s.record(0, 1, 6, Some("ftp://c.test/")),
+            Err(QueryError::BadEndpoint)
+        );
+        assert_eq!(
+            s.record(0, 2, 7, Some("http://c.test/")),
+            Ok(Recorded::Counted)
+        );
+        let sealed = s.seal(1);
+        assert_eq!(
+            count(&sealed),
+            5,
+            "the id with the refused endpoint is not counted"
+        );
+        assert_eq!(sealed.endpoints, vec!["http://a.test/x", "http://b.test/"]);
+        assert_eq!(s.seal(2).endpoints, vec!["http://c.test/"]);
+    }
+}

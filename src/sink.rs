@@ -1,0 +1,54 @@
+//! The sealed-window handover: what the collector produces at each boundary, and the
+//! [`WindowSink`] that takes it. A single instance counts and reports it at once
+//! ([`LocalSink`]); cluster mode will ship it elsewhere first and report the global count.
+
+use std::time::Instant;
+
+use crate::ids::IdSet;
+use crate::report::{Reporter, WindowReport};
+
+/// One closed window, merged across all shards of this instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedWindow {
+    /// Window index (see [`crate::clock::Windows`]).
+    pub window: u64,
+    /// Window start, whole seconds since the epoch.
+    pub window_start: u64,
+    pub ids: IdSet,
+    /// Distinct endpoints named during the window on this instance.
+    pub endpoints: Vec<String>,
+}
+
+/// Takes sealed windows, in window order, on the collector thread. Like a reporter it must
+/// not block for long.
+pub trait WindowSink: Send {
+    fn accept(&mut self, sealed: SealedWindow);
+
+    /// Shutdown: finish what is queued, waiting at most until `deadline`.
+    fn finish(&mut self, deadline: Instant);
+}
+
+/// Single-instance mode: the window's count is this instance's count.
+pub struct LocalSink<R: Reporter> {
+    reporter: R,
+}
+
+impl<R: Reporter> LocalSink<R> {
+    pub fn new(reporter: R) -> Self {
+        Self { reporter }
+    }
+}
+
+impl<R: Reporter> WindowSink for LocalSink<R> {
+    fn accept(&mut self, sealed: SealedWindow) {
+        self.reporter.report(&WindowReport {
+            window_start: sealed.window_start,
+            unique_count: sealed.ids.len(),
+            endpoints: sealed.endpoints,
+        });
+    }
+
+    fn finish(&mut self, deadline: Instant) {
+        self.reporter.finish(deadline);
+    }
+}
