@@ -1,5 +1,6 @@
 //! The verve binary: read the config, open the log, bind, serve until SIGTERM or SIGINT.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -56,7 +57,11 @@ fn main() -> ExitCode {
         config.interval,
         config.log_file.display()
     );
-    println!("verve listening on {}", server.local_addr());
+    // One line on stdout for scripts and tests to learn the port; never fatal (stdout may be
+    // closed under a supervisor).
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "verve listening on {}", server.local_addr());
+    let _ = stdout.flush();
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     log::info!("signal {signal}: shutting down");
     server.shutdown();

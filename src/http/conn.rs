@@ -5,7 +5,8 @@
 //! Limits (the contract's): a request head of at most [`MAX_HEAD`] bytes (431 past it), at
 //! most [`MAX_HEADERS`] headers (431), a body of at most [`MAX_BODY`] bytes, read and
 //! discarded (413 past it), no `Transfer-Encoding` (400: a body of unknown length cannot be
-//! skipped safely), and `--idle-timeout` for a client that sends nothing, also mid-request.
+//! skipped safely), and `--idle-timeout` both for a client that sends nothing and for one
+//! whose unfinished request (head or body) has been arriving for longer than that.
 //! Every error answer closes the connection, so a confused client cannot desynchronise it.
 
 use std::io::{Read, Write};
@@ -70,6 +71,10 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         out: Vec::with_capacity(4096),
         scratch: Vec::new(),
     };
+    let idle_ms = ctx.idle_timeout.as_millis() as u64;
+    // When the unfinished request in the buffer began: a client that trickles a head byte
+    // by byte is closed once it has taken longer than the idle timeout in total.
+    let mut partial_since: Option<u64> = None;
     loop {
         conn.compact();
         let n = match stream.read(&mut conn.buf[conn.end..]) {
@@ -82,8 +87,15 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         counters.busy.fetch_add(1, SeqCst);
         let draining = ctx.draining.load(SeqCst);
         // The instant of arrival: every request of this read belongs to this window.
-        let window = ctx.windows.index_of(ctx.clock.now_ms());
-        let keep_open = conn.answer(ctx, shard, window, draining);
+        let now = ctx.clock.now_ms();
+        let window = ctx.windows.index_of(now);
+        let mut keep_open = conn.answer(ctx, shard, window, draining);
+        if conn.start == conn.end && conn.discard == 0 {
+            partial_since = None;
+        } else {
+            let since = *partial_since.get_or_insert(now);
+            keep_open &= now.saturating_sub(since) <= idle_ms;
+        }
         let written = conn.out.is_empty() || stream.write_all(&conn.out).is_ok();
         conn.out.clear();
         if conn.out.capacity() > WRITE_BUF {
