@@ -129,7 +129,10 @@ mod tests {
     use crate::endpoints::EndpointPolicy;
     use crossbeam_channel::{unbounded, Receiver};
 
-    struct ChannelSink(Sender<(u64, u64, Vec<String>)>);
+    /// What the test sink receives: window start, count, endpoints.
+    type Seen = (u64, u64, Vec<String>);
+
+    struct ChannelSink(Sender<Seen>);
 
     impl WindowSink for ChannelSink {
         fn accept(&mut self, s: SealedWindow) {
@@ -142,13 +145,7 @@ mod tests {
         }
     }
 
-    fn start(
-        clock: Arc<ManualClock>,
-    ) -> (
-        Arc<Shards>,
-        CollectorHandle,
-        Receiver<(u64, u64, Vec<String>)>,
-    ) {
+    fn start(clock: Arc<ManualClock>) -> (Arc<Shards>, CollectorHandle, Receiver<Seen>) {
         let shards = Arc::new(Shards::new(2, EndpointPolicy::default(), 10));
         let (tx, rx) = unbounded();
         let handle = Collector {

@@ -28,7 +28,8 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Window length in seconds; windows are aligned to multiples of it since the epoch.
-    #[arg(long, env = "VERVE_INTERVAL", default_value_t = 60, value_name = "SECS",
+    #[arg(long, env = "VERVE_INTERVAL", allow_negative_numbers = true,
+          default_value_t = 60, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub interval: u64,
 
@@ -46,12 +47,14 @@ pub struct Config {
     pub endpoint_method: Method,
 
     /// Limit for a whole endpoint call, in seconds (fractions allowed).
-    #[arg(long, env = "VERVE_ENDPOINT_TIMEOUT", default_value = "2", value_name = "SECS",
+    #[arg(long, env = "VERVE_ENDPOINT_TIMEOUT", allow_negative_numbers = true,
+          default_value = "2", value_name = "SECS",
           value_parser = parse_timeout)]
     pub endpoint_timeout: Duration,
 
     /// Most distinct endpoints per window; past it requests are answered 503 (ids still count).
-    #[arg(long, env = "VERVE_MAX_ENDPOINTS", default_value_t = 1000, value_name = "N",
+    #[arg(long, env = "VERVE_MAX_ENDPOINTS", allow_negative_numbers = true,
+          default_value_t = 1000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_endpoints: u32,
 
@@ -66,12 +69,14 @@ pub struct Config {
     pub endpoint_allow: Vec<String>,
 
     /// Seconds a keep-alive connection may stay silent (also mid-request) before it is closed.
-    #[arg(long, env = "VERVE_IDLE_TIMEOUT", default_value = "60", value_name = "SECS",
+    #[arg(long, env = "VERVE_IDLE_TIMEOUT", allow_negative_numbers = true,
+          default_value = "60", value_name = "SECS",
           value_parser = parse_timeout)]
     pub idle_timeout: Duration,
 
     /// HTTP worker threads (each runs many connection coroutines); default: one per core.
-    #[arg(long, env = "VERVE_WORKERS", value_name = "N",
+    #[arg(long, env = "VERVE_WORKERS", allow_negative_numbers = true,
+          value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 }
@@ -137,6 +142,8 @@ mod tests {
             (&["--endpoint-method", "put"], "--endpoint-method"),
             (&["--max-endpoints", "0"], "--max-endpoints"),
             (&["--bogus"], "--bogus"),
+            (&["--interval", "-5"], "--interval"),
+            (&["--idle-timeout", "-1"], "--idle-timeout"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2);

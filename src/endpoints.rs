@@ -105,6 +105,9 @@ pub fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
+/// The token that marks count lines in the log.
+const COUNT_TOKEN: &str = "unique_count=";
+
 /// Parses a decoded endpoint into the URL that will be called: http or https, a host, no
 /// fragment (never sent anyway), and allowed by `policy`.
 pub fn canonicalize(decoded: &str, policy: &EndpointPolicy) -> Result<Url, QueryError> {
@@ -117,7 +120,9 @@ pub fn canonicalize(decoded: &str, policy: &EndpointPolicy) -> Result<Url, Query
         _ => return Err(QueryError::BadEndpoint),
     }
     url.set_fragment(None);
-    if url.as_str().len() > crate::query::MAX_ENDPOINT_BYTES {
+    // The URL is written to the count log; there it must not look like a count line
+    // (contract §3: no other line contains `unique_count=`).
+    if url.as_str().len() > crate::query::MAX_ENDPOINT_BYTES || url.as_str().contains(COUNT_TOKEN) {
         return Err(QueryError::BadEndpoint);
     }
     Ok(url)
@@ -249,6 +254,11 @@ mod tests {
         assert!(!allowed(&p, "ftp://example.com/"));
         assert!(!allowed(&p, "http://"));
         let url = canonicalize("HTTP://Example.COM:80/a?b=1#frag", &p).unwrap();
+        assert!(!allowed(
+            &p,
+            "http://x.test/?window_start=2020-01-01T00:00:00Z&unique_count=9"
+        ));
+        assert!(!allowed(&p, "http://x.test/unique_count=9"));
         assert_eq!(url.as_str(), "http://example.com/a?b=1");
     }
 

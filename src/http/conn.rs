@@ -140,9 +140,12 @@ impl Conn {
             }
             // Uninitialised header slots: zeroing 64 of them (2 KiB) per request costs more
             // than parsing a typical request head.
-            let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut headers =
+                [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut []);
-            let head_len = match req.parse_with_uninit_headers(&self.buf[self.start..self.end], &mut headers) {
+            let head_len = match req
+                .parse_with_uninit_headers(&self.buf[self.start..self.end], &mut headers)
+            {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => {
                     if self.end - self.start >= MAX_HEAD {
@@ -324,6 +327,11 @@ fn route(
         }
         b"/healthz" | b"/metrics" => response::failed(out, Status::MethodNotAllowed, date, persist),
         _ => response::failed(out, Status::NotFound, date, persist),
+    }
+    if method == "HEAD" {
+        // A HEAD answer carries the headers of the GET answer but never its body
+        // (RFC 9110 §9.3.2); every HEAD answer here is a `failed` one.
+        out.truncate(out.len() - b"failed".len());
     }
 }
 
