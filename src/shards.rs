@@ -28,7 +28,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crossbeam_utils::CachePadded;
 
 use crate::endpoints::{canonicalize, Admit, EndpointPolicy, EndpointTable};
-use crate::ids::IdSet;
+use crate::ids::{BatchedIdSet, IdSet};
 use crate::query::QueryError;
 
 /// What happened to a recorded id.
@@ -48,7 +48,7 @@ pub enum Recorded {
 #[derive(Debug, Default)]
 struct Slot {
     window: u64,
-    ids: IdSet,
+    ids: BatchedIdSet,
     /// Decoded endpoints this shard already admitted to the window's table: lets repeats
     /// skip the URL parse and the shared table lock.
     endpoints: HashSet<Box<str>>,
@@ -107,7 +107,9 @@ impl Shard {
         self.collected_upto = Some(self.collected_upto.map_or(window, |c| c.max(window)));
         let mut ids = IdSet::new();
         if self.current.window == window {
-            ids = mem::replace(&mut self.current, Slot::new(window)).ids;
+            ids = mem::replace(&mut self.current, Slot::new(window))
+                .ids
+                .into_set();
         }
         // Anything at or below a sealed window can never be recorded again: drop it here.
         let mut i = 0;
@@ -115,7 +117,7 @@ impl Shard {
             if self.older[i].window <= window {
                 let slot = self.older.swap_remove(i);
                 if slot.window == window {
-                    ids = slot.ids;
+                    ids = slot.ids.into_set();
                 }
             } else {
                 i += 1;
@@ -260,12 +262,13 @@ impl Shards {
     pub fn unique_so_far(&self, window: u64) -> u64 {
         let mut acc = IdSet::new();
         for shard in self.shards.iter() {
-            let s = lock(shard);
+            let mut s = lock(shard);
+            let s = &mut *s;
             if s.current.window == window {
-                acc.union_with(&s.current.ids);
+                acc.union_with(s.current.ids.set());
             }
-            for o in s.older.iter().filter(|o| o.window == window) {
-                acc.union_with(&o.ids);
+            for o in s.older.iter_mut().filter(|o| o.window == window) {
+                acc.union_with(o.ids.set());
             }
         }
         acc.len()
