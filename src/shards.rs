@@ -3,12 +3,17 @@
 //!
 //! **Why a lock, and why it is not contended.** A may coroutine can resume on another worker
 //! thread after any yield (work stealing, a timer, a channel wake-up), so a `thread_local!`
-//! shard held across a yield would be unsound. Instead each connection picks its shard once,
-//! from its socket: `fd % shards`, the same rule by which may assigns the socket to the
-//! selector of one worker. The shard sits behind its own `Mutex`, held only for the insert
-//! (never across a yield), so migration costs at worst a short wait, never a data race. In
-//! the common case only that worker and, once per window, the collector ever take the lock:
-//! an uncontended futex lock is one atomic compare-and-swap.
+//! shard held across a yield would be unsound. Instead each batch of requests picks its
+//! shard when it starts, from the thread running it ([`Shards::current`]: a per-thread index
+//! read once and kept only until the next yield), and the shard sits behind its own `Mutex`,
+//! held only for one insert, never across a yield. Each may worker thread thus has a shard of
+//! its own: only that worker and, once per window, the collector ever take its lock, and an
+//! uncontended futex lock is one atomic compare-and-swap. Should a coroutine migrate between
+//! picking the shard and inserting (it cannot: nothing in between yields), the lock would
+//! still make it correct, only slower. (An earlier design picked the shard from the socket,
+//! `fd % workers`, the worker that polls it; but may's work stealing runs a connection on the
+//! other worker often enough that the lock was contended ~1 500 times a second under wrk, and
+//! a contended lock parks the whole worker thread.)
 //!
 //! **Exact windows.** The connection reads the clock when a read returns and passes the
 //! window index in; a shard holds one slot per window it has seen, so a request that read the
@@ -21,8 +26,10 @@
 //! in `verve_late_ids_total` and logged with the next window's report. It is never silently
 //! dropped. After [`Shards::close`] (shutdown) every record is refused the same way.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::mem;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crossbeam_utils::CachePadded;
@@ -171,9 +178,25 @@ impl Shards {
         self.shards.is_empty()
     }
 
-    /// The shard a connection uses, from its socket's file descriptor (see the module doc).
-    pub fn shard_for_fd(&self, fd: i32) -> usize {
-        fd.unsigned_abs() as usize % self.shards.len()
+    /// The shard of the calling thread (see the module doc). Threads are numbered in the
+    /// order they first ask, so the first `len()` threads to record (the may workers) each get
+    /// a shard of their own. The index must not be kept across a yield; a stale one is still
+    /// correct, only possibly contended.
+    #[inline]
+    pub fn current(&self) -> usize {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+        }
+        let index = INDEX.with(|i| {
+            let mut index = i.get();
+            if index == usize::MAX {
+                index = NEXT.fetch_add(1, Relaxed);
+                i.set(index);
+            }
+            index
+        });
+        index % self.shards.len()
     }
 
     /// Records `id` in `window` on `shard`, with the already percent-decoded `endpoint`. An
@@ -279,6 +302,7 @@ impl Shards {
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock, Windows};
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn shards(n: usize) -> Shards {
@@ -332,6 +356,30 @@ mod tests {
         let next = s.seal(11);
         assert_eq!(next.late, 2);
         assert_eq!(count(&next), 1);
+    }
+
+    #[test]
+    fn each_thread_gets_its_own_shard_and_keeps_it() {
+        let s = Arc::new(shards(1024));
+        let mine = s.current();
+        assert_eq!(s.current(), mine);
+        let theirs: Vec<usize> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || (s.current(), s.current()))
+                    .join()
+                    .unwrap()
+            })
+            .map(|(a, b)| {
+                assert_eq!(a, b);
+                a
+            })
+            .collect();
+        let mut all = theirs.clone();
+        all.push(mine);
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 5, "{theirs:?} and {mine}");
     }
 
     #[test]

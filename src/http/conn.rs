@@ -56,8 +56,12 @@ impl Drop for Open<'_> {
 
 /// Serves one connection until the client leaves, an error closes it, or shutdown.
 pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
-    let shard = ctx.shards.shard_for_fd(stream.as_raw_fd());
-    let counters = ctx.metrics.worker(shard);
+    // The connection and busy gauges use a slot fixed for the connection's life (every
+    // increment meets its decrement); ids and outcome counters use the shard of the thread
+    // running the batch (see `Shards::current`).
+    let counters = ctx
+        .metrics
+        .worker(stream.as_raw_fd().unsigned_abs() as usize);
     counters.connections.fetch_add(1, Relaxed);
     let _open = Open(&counters.connections);
     // Three setsockopt calls per connection, none per request.
@@ -90,6 +94,8 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         // The instant of arrival: every request of this read belongs to this window.
         let now = ctx.clock.now_ms();
         let window = ctx.windows.index_of(now);
+        // Read after the last yield and used before the next one (the write below).
+        let shard = ctx.shards.current();
         let mut keep_open = conn.answer(ctx, shard, window, draining);
         if conn.start == conn.end && conn.discard == 0 {
             partial_since = None;
