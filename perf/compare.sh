@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# verve vs. the bare may_minihttp baseline (examples/baseline.rs), under wrk.
+#
+#   perf/compare.sh                      # 3 rounds of 10 s each
+#   ROUNDS=5 DURATION=30 perf/compare.sh
+#
+# Builds both in release mode, then runs ROUNDS rounds; each round starts the baseline, then
+# verve, each on a free loopback port, warms it up for WARMUP seconds, measures it with
+#   wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s perf/random_ids.lua
+# and stops it. Prints a table (req/s of both, verve/baseline ratio, p99 latencies, load) and
+# the median ratio, and appends everything, raw wrk output included, to perf/out/.
+#
+# "verve windows" is the number of count lines verve logged: 2 when the run crossed a window
+# boundary (every minute with the default --interval 60), after which verve starts an empty
+# window and pays again for building it (see perf/RESULTS.md).
+#
+# Checks, each of which makes the script exit 1 (after the table): verve answered only 2xx
+# (no "Non-2xx" in wrk's report, no socket errors), exited 0 on SIGTERM, and its count log
+# holds at least one `unique_count=` line with a count above 0 and at most the number of
+# requests sent (plus those wrk leaves in flight when it stops).
+#
+# Environment: ROUNDS (3), DURATION (10), WARMUP (2), THREADS (2), CONNECTIONS (64), SEED (1,
+# the request stream's seed), CARGO_TARGET_DIR (as cargo), VERVE_ARGS (extra verve flags,
+# e.g. "--interval 1"). VERVE_* variables reach verve as usual.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+export SEED=${SEED:-1}
+VERVE_ARGS=${VERVE_ARGS:-}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LUA=$ROOT/perf/random_ids.lua
+OUT_DIR=$ROOT/perf/out
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RAW=$OUT_DIR/compare-$STAMP.txt
+TMP=$(mktemp -d -t verve-compare.XXXXXX)
+SERVER_PID=
+
+for tool in cargo wrk awk; do
+    command -v "$tool" >/dev/null || { echo "compare.sh: $tool not found" >&2; exit 2; }
+done
+mkdir -p "$OUT_DIR"
+
+cleanup() {
+    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        sleep 1
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "$*" | tee -a "$RAW"; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# Percent of all CPUs busy over one second, measured while no server or wrk of ours runs:
+# what other jobs on the machine take (the load average lags and includes our own runs).
+other_busy() {
+    local a b
+    read -ra a </proc/stat
+    sleep 1
+    read -ra b </proc/stat
+    awk -v u="$((b[1] + b[2] + b[3] + b[6] + b[7] + b[8] - a[1] - a[2] - a[3] - a[6] - a[7] - a[8]))" \
+        -v i="$((b[4] + b[5] - a[4] - a[5]))" 'BEGIN {printf "%d%%", (u + i) ? 100 * u / (u + i) : 0}'
+}
+
+# A loopback port nobody listens on, below Linux's ephemeral range so that wrk's own client
+# ports cannot take it.
+free_port() {
+    local port
+    for _ in $(seq 1 100); do
+        port=$((20000 + RANDOM % 12000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    echo "compare.sh: no free port found" >&2
+    return 1
+}
+
+# Waits until $2 accepts connections on port $1, or fails if the process died / 10 s passed.
+wait_port() {
+    local port=$1 pid=$2
+    for _ in $(seq 1 200); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# Stops the current server with SIGTERM; sets STOP_RC to its exit status (KILLed after 10 s).
+stop_server() {
+    local rc=0
+    STOP_RC=0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        STOP_RC=timeout
+    fi
+    wait "$SERVER_PID" 2>/dev/null || rc=$?
+    [[ $STOP_RC == timeout ]] || STOP_RC=$rc
+    SERVER_PID=
+}
+
+# run_one NAME ROUND: start, warm up, measure, stop. Sets RPS, P99, REQUESTS, WARM_REQUESTS,
+# WRK_OUT.
+run_one() {
+    local name=$1 round=$2 port url
+    BUSY=$(other_busy)
+    port=$(free_port)
+    url="http://127.0.0.1:$port"
+    case $name in
+        baseline) "$BASELINE_BIN" "127.0.0.1:$port" >"$TMP/$name.out" 2>&1 & ;;
+        verve)
+            VERVE_LOG=$TMP/verve-round$round.log
+            # shellcheck disable=SC2086 # VERVE_ARGS is a list of flags
+            "$VERVE_BIN" --listen "127.0.0.1:$port" --log-file "$VERVE_LOG" $VERVE_ARGS \
+                >"$TMP/$name.out" 2>&1 &
+            ;;
+    esac
+    SERVER_PID=$!
+    if ! wait_port "$port" "$SERVER_PID"; then
+        echo "compare.sh: $name did not start on port $port:" >&2
+        cat "$TMP/$name.out" >&2
+        exit 1
+    fi
+    # The warm-up uses another seed so that the measured ids are new to verve too.
+    SEED=$((SEED + 1000)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$LUA" "$url" \
+        >"$TMP/warmup.txt"
+    WARM_REQUESTS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$TMP/warmup.txt")
+    WRK_OUT=$TMP/wrk-$name-$round.txt
+    {
+        echo "=== round $round: $name on $url, $(date -u +%FT%TZ), nproc $(nproc)," \
+            "load $(cut -d' ' -f1-3 /proc/loadavg), other CPU busy in the second before: $BUSY"
+        echo "\$ wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s perf/random_ids.lua $url"
+    } >>"$RAW"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$url" >"$WRK_OUT"
+    cat "$WRK_OUT" >>"$RAW"
+    stop_server
+    echo "(server exit status: $STOP_RC)" >>"$RAW"
+    RPS=$(awk '/^Requests\/sec:/ {print $2}' "$WRK_OUT")
+    P99=$(awk '$1 == "99%" {print $2}' "$WRK_OUT")
+    REQUESTS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$WRK_OUT")
+    [[ -n $RPS ]] || { echo "compare.sh: no Requests/sec in wrk output" >&2; exit 1; }
+}
+
+FAILURES=()
+fail() { FAILURES+=("$*"); log "CHECK FAILED: $*"; }
+
+# verve's checks for one round.
+check_verve() {
+    local round=$1 lines sum
+    if grep -q "Non-2xx" "$WRK_OUT"; then
+        fail "round $round: verve answered non-2xx: $(grep 'Non-2xx' "$WRK_OUT")"
+    fi
+    if grep -q "Socket errors" "$WRK_OUT"; then
+        fail "round $round: wrk saw socket errors: $(grep 'Socket errors' "$WRK_OUT")"
+    fi
+    [[ $STOP_RC == 0 ]] || fail "round $round: verve exit status $STOP_RC after SIGTERM"
+    lines=$(grep -c 'unique_count=' "$VERVE_LOG" 2>/dev/null || true)
+    lines=${lines:-0}
+    COUNT_LINES=$lines
+    sum=$(sed -n 's/.*unique_count=\([0-9]*\).*/\1/p' "$VERVE_LOG" 2>/dev/null |
+        awk '{s += $1} END {print s + 0}')
+    log "round $round: verve log: $lines count line(s), unique_count total $sum;" \
+        "requests sent $((WARM_REQUESTS + REQUESTS)) (warm-up $WARM_REQUESTS + measured $REQUESTS)"
+    {
+        echo "--- verve log, round $round"
+        cat "$VERVE_LOG"
+    } >>"$RAW"
+    if ((lines < 1)); then
+        fail "round $round: no unique_count= line in verve's log"
+    elif ((sum < 1)); then
+        fail "round $round: verve counted 0 distinct ids"
+    elif ((sum > WARM_REQUESTS + REQUESTS + 2 * CONNECTIONS)); then
+        # wrk does not report the requests still in flight when it stops (at most one per
+        # connection, twice: warm-up and measurement), but verve may have counted them.
+        fail "round $round: verve counted $sum distinct ids, more than the requests sent"
+    fi
+}
+
+cd "$ROOT"
+log "# perf/compare.sh $STAMP: ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s" \
+    "THREADS=$THREADS CONNECTIONS=$CONNECTIONS SEED=$SEED VERVE_ARGS='$VERVE_ARGS'"
+log "# $(uname -srm); nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //');" \
+    "load $(cut -d' ' -f1-3 /proc/loadavg); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+    "$(git diff --quiet -- src 2>/dev/null || echo '(src modified)')"
+
+echo "building (cargo build --release --bin verve --example baseline) ..." >&2
+cargo build --release --quiet --bin verve --example baseline
+TARGET_DIR=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
+VERVE_BIN=$TARGET_DIR/release/verve
+BASELINE_BIN=$TARGET_DIR/release/examples/baseline
+[[ -x $VERVE_BIN && -x $BASELINE_BIN ]] || { echo "compare.sh: binaries not found in $TARGET_DIR" >&2; exit 2; }
+
+ROWS=()
+RATIOS=()
+for round in $(seq 1 "$ROUNDS"); do
+    load_b=$(load1)
+    run_one baseline "$round"
+    base_rps=$RPS base_p99=$P99 busy_b=$BUSY
+    load_v=$(load1)
+    run_one verve "$round"
+    busy_v=$BUSY
+    check_verve "$round"
+    ratio=$(awk -v v="$RPS" -v b="$base_rps" 'BEGIN {printf "%.3f", v / b}')
+    RATIOS+=("$ratio")
+    ROWS+=("$(printf '| %5s | %12s | %12s | %6s | %9s | %9s | %7s | %5s / %-5s | %4s / %-4s |' \
+        "$round" "$base_rps" "$RPS" "$ratio" "$base_p99" "$P99" "$COUNT_LINES" \
+        "$load_b" "$load_v" "$busy_b" "$busy_v")")
+    echo "round $round: baseline $base_rps req/s, verve $RPS req/s, ratio $ratio" >&2
+done
+
+MEDIAN=$(printf '%s\n' "${RATIOS[@]}" | sort -g | awk '{r[NR] = $1}
+    END {if (NR % 2) printf "%.3f", r[(NR + 1) / 2]; else printf "%.3f", (r[NR / 2] + r[NR / 2 + 1]) / 2}')
+
+{
+    echo
+    echo "| round | baseline req/s | verve req/s | verve/baseline | baseline p99 | verve p99 | verve windows | load1 at start (b / v) | other CPU busy before (b / v) |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "median verve/baseline ratio: $MEDIAN  (nproc $(nproc), load now $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "raw output: ${RAW#"$ROOT"/}"
+} | tee -a "$RAW"
+
+if ((${#FAILURES[@]})); then
+    echo "${#FAILURES[@]} check(s) failed:" >&2
+    printf '  %s\n' "${FAILURES[@]}" >&2
+    exit 1
+fi
