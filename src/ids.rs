@@ -7,6 +7,13 @@ use roaring::{MultiOps, RoaringBitmap, RoaringTreemap};
 
 /// Flips the sign bit, so that `i64::MIN..=i64::MAX` maps monotonically onto `0..=u64::MAX`.
 /// Order preservation keeps nearby ids in the same roaring container, whatever their sign.
+///
+/// ```
+/// use verve::ids::{from_key, to_key};
+/// assert!(to_key(-1) < to_key(0));
+/// assert_eq!((to_key(i64::MIN), to_key(i64::MAX)), (0, u64::MAX));
+/// assert_eq!(from_key(to_key(-42)), -42);
+/// ```
 #[inline]
 pub fn to_key(id: i64) -> u64 {
     (id as u64) ^ (1 << 63)

@@ -75,6 +75,14 @@ pub fn parse_accept(query: &[u8]) -> Result<Accept<'_>, QueryError> {
 /// `-?[0-9]+` over the whole `i64` range and nothing else: no `+`, no spaces, no percent
 /// escapes (`str::parse` would accept a leading `+`). Accumulates negatively so that
 /// `i64::MIN` parses without overflow.
+///
+/// ```
+/// use verve::query::parse_id;
+/// assert_eq!(parse_id(b"-9223372036854775808"), Some(i64::MIN));
+/// assert_eq!(parse_id(b"007"), Some(7));
+/// assert_eq!(parse_id(b"+7"), None);
+/// assert_eq!(parse_id(b"9223372036854775808"), None);
+/// ```
 #[inline]
 pub fn parse_id(raw: &[u8]) -> Option<i64> {
     let (negative, digits) = match raw {
