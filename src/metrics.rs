@@ -43,7 +43,8 @@ pub struct Metrics {
     pub late_ids: AtomicU64,
     pub redis_errors: AtomicU64,
     pub kafka_errors: AtomicU64,
-    /// Sealed windows whose reports are not finished yet.
+    /// Sealed windows whose reports are not finished yet: in single-instance mode, windows
+    /// with endpoint calls still queued or running.
     pub backlog_windows: AtomicU64,
 }
 

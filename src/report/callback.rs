@@ -45,11 +45,23 @@ pub enum Method {
 }
 
 /// One call to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Call {
     url: String,
     window_start: u64,
     count: u64,
+    /// Calls of this window not finished yet: the last one to finish takes the window off
+    /// `verve_backlog_windows`.
+    window_left: Arc<AtomicU64>,
+}
+
+impl Call {
+    /// Marks this call finished (made, or given up).
+    fn done(&self, metrics: &Metrics) {
+        if self.window_left.fetch_sub(1, Relaxed) == 1 {
+            metrics.backlog_windows.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 /// The GET form of a callback URL: `count=N` appended as a query parameter.
@@ -219,6 +231,7 @@ impl Callbacks {
                     .spawn(move || {
                         for job in rx {
                             call(&agent, method, &job, &metrics);
+                            job.done(&metrics);
                             pending.fetch_sub(1, Relaxed);
                         }
                         let _ = done_tx.send(());
@@ -238,17 +251,25 @@ impl Callbacks {
 impl Reporter for Callbacks {
     fn report(&mut self, report: &WindowReport) {
         let Some(queue) = &self.queue else { return };
+        if report.endpoints.is_empty() {
+            return;
+        }
+        // The window is in the backlog until its last call is finished.
+        self.metrics.backlog_windows.fetch_add(1, Relaxed);
+        let window_left = Arc::new(AtomicU64::new(report.endpoints.len() as u64));
         for url in &report.endpoints {
             let job = Call {
                 url: url.clone(),
                 window_start: report.window_start,
                 count: report.unique_count,
+                window_left: window_left.clone(),
             };
             self.pending.fetch_add(1, Relaxed);
             if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
                 queue.try_send(job)
             {
                 self.pending.fetch_sub(1, Relaxed);
+                job.done(&self.metrics);
                 self.metrics.endpoint_calls.dropped.fetch_add(1, Relaxed);
                 log::warn!(
                     target: TARGET,
@@ -306,6 +327,41 @@ mod tests {
             json_body(1_795_305_000, 1234),
             "{\"unique_count\": 1234, \"window_start\": \"2026-11-21T23:50:00Z\"}"
         );
+    }
+
+    #[test]
+    fn a_window_leaves_the_backlog_when_its_last_call_is_done() {
+        // A port nobody listens on: the call fails at once with "connection refused".
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics = Arc::new(Metrics::new(1));
+        let mut callbacks = Callbacks::start(
+            Method::Get,
+            Duration::from_secs(5),
+            EndpointPolicy::default(),
+            8,
+            metrics.clone(),
+        )
+        .unwrap();
+        callbacks.report(&WindowReport {
+            window_start: 60,
+            unique_count: 1,
+            endpoints: vec![
+                format!("http://127.0.0.1:{port}/a"),
+                format!("http://127.0.0.1:{port}/b"),
+            ],
+        });
+        callbacks.report(&WindowReport {
+            window_start: 120,
+            unique_count: 0,
+            endpoints: vec![],
+        });
+        callbacks.finish(Instant::now() + Duration::from_secs(30));
+        assert_eq!(metrics.endpoint_calls.failed.load(Relaxed), 2);
+        assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
     }
 
     #[test]
