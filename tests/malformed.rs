@@ -107,6 +107,30 @@ fn a_200_kb_request_head_is_refused() {
     }
 }
 
+/// A client that writes its whole oversized request before it reads still gets the 431: the
+/// server drains what the client sends after the answer instead of resetting the connection
+/// (a reset can destroy the unread answer).
+#[test]
+fn an_oversized_head_sent_in_full_before_reading_still_gets_its_431() {
+    let mut server = Server::start(INTERVAL, &[]);
+    let mut request = b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    request.extend_from_slice(b"\r\n\r\n");
+    let mut client = server.client();
+    client.send(&request);
+    client.send(b"GET /api/verve/accept?id=2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Read only once the server has had every chance to close: without draining it would
+    // have reset the connection by now, and the reset discards the unread 431.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let response = client.response();
+    assert_eq!(
+        (response.status, response.text()),
+        (431, "failed".to_string())
+    );
+    assert!(response.says_close());
+    server.assert_serves();
+}
+
 /// A request whose head (request line to blank line) is exactly `len` bytes.
 fn head_of(len: usize) -> Vec<u8> {
     let start = "GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: x\r\nX-Pad: ";

@@ -109,9 +109,36 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
             conn.out.shrink_to(WRITE_BUF);
         }
         counters.busy.fetch_sub(1, SeqCst);
-        if !written || !keep_open {
-            let _ = stream.shutdown(std::net::Shutdown::Write);
+        if !written {
             return;
+        }
+        if !keep_open {
+            linger(&mut stream, &mut conn.buf);
+            return;
+        }
+    }
+}
+
+/// How long a connection we close is drained of what the client still sends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most bytes read while draining.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes our side, then reads and discards what the client is still sending, for at most
+/// [`LINGER`] and [`LINGER_BYTES`], before the socket is dropped. Closing a socket with unread
+/// data makes the kernel send a reset, which can destroy the answer (a 431, say) before the
+/// client has read it; nginx's `lingering_close` exists for the same reason.
+fn linger(stream: &mut TcpStream, buf: &mut [u8]) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(LINGER));
+    let started = std::time::Instant::now();
+    let mut drained = 0;
+    while drained < LINGER_BYTES && started.elapsed() < LINGER {
+        match stream.read(buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
         }
     }
 }
@@ -287,6 +314,7 @@ fn route(
     date: &[u8; date::DATE_LEN],
     persist: Persist,
 ) {
+    let target = origin_form(target);
     let (path, query) = match target.iter().position(|&b| b == b'?') {
         Some(q) => (&target[..q], &target[q + 1..]),
         None => (target, &target[target.len()..]),
@@ -341,6 +369,26 @@ fn route(
     }
 }
 
+/// The path and query of a request target: an absolute-form target
+/// (`http://host/api/...`, which HTTP/1.1 servers must accept) loses its scheme and authority.
+fn origin_form(target: &[u8]) -> &[u8] {
+    let rest = match target {
+        [b'h' | b'H', b't' | b'T', b't' | b'T', b'p' | b'P', rest @ ..] => rest,
+        _ => return target,
+    };
+    let rest = rest
+        .strip_prefix(b"s")
+        .or_else(|| rest.strip_prefix(b"S"))
+        .unwrap_or(rest);
+    let Some(rest) = rest.strip_prefix(b"://") else {
+        return target;
+    };
+    match rest.iter().position(|&b| b == b'/' || b == b'?') {
+        Some(at) => &rest[at..],
+        None => b"/",
+    }
+}
+
 /// The accept API: validate, then record.
 #[inline]
 fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<u8>) -> Status {
@@ -364,6 +412,23 @@ fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_form_targets_are_reduced_to_path_and_query() {
+        assert_eq!(
+            origin_form(b"/api/verve/accept?id=1"),
+            b"/api/verve/accept?id=1"
+        );
+        assert_eq!(
+            origin_form(b"http://h:80/api/verve/accept?id=1"),
+            b"/api/verve/accept?id=1"
+        );
+        assert_eq!(origin_form(b"HTTPS://h/healthz"), b"/healthz");
+        assert_eq!(origin_form(b"http://h?x"), b"?x");
+        assert_eq!(origin_form(b"http://h"), b"/");
+        assert_eq!(origin_form(b"httpx://h/a"), b"httpx://h/a");
+        assert_eq!(origin_form(b"*"), b"*");
+    }
 
     #[test]
     fn content_length_is_digits_only() {
