@@ -1,3 +1,11 @@
+// Quiet-machine re-run, 2026-11-22 ~02:50-03:05 UTC, same command, commit 89bb91f (nothing
+// else running): request verve 587 ms [563, 617] = 560 ns, naive 166 ms [158, 180] = 158 ns;
+// parse_accept 15.5 ns, split + str::parse 12.2 ns; insert random 0..2^32 IdSet 510 ms,
+// RoaringTreemap 548 ms, BatchedIdSet 523 ms; sequential 9.16 / 10.0 / 5.33 ms; random full
+// i64 914 / 818 / 567 ms; into a 1M-id set IdSet 282 ms, BatchedIdSet 236 ms; merge random
+// union_all 14.9 ms, union_all_multiops 197 ms, union_with into first 16.8 ms, from empty
+// 30.6 ms; merge dense 9.1 / 5.3 / 9.2 / 14.2 us.
+
 // Measured 2026-11-22 02:20-02:29 UTC, `cargo bench --bench hot_path`, verve at 71cb97f (src
 // clean; 99bb356, committed during the run, changes none of the code measured here), nproc 2
 // (AMD EPYC, 2 cores, no SMT), load average 2.13 at start / 1.28 at end (the bench itself is

@@ -56,14 +56,14 @@ impl Drop for Open<'_> {
 
 /// Serves one connection until the client leaves, an error closes it, or shutdown.
 pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
-    // The connection and busy gauges use a slot fixed for the connection's life (every
-    // increment meets its decrement); ids and outcome counters use the shard of the thread
+    // The open-connection gauge uses a slot fixed for the connection's life, so that every
+    // increment meets its decrement; everything per batch uses the shard of the thread
     // running the batch (see `Shards::current`).
-    let counters = ctx
+    let slot = ctx
         .metrics
         .worker(stream.as_raw_fd().unsigned_abs() as usize);
-    counters.connections.fetch_add(1, Relaxed);
-    let _open = Open(&counters.connections);
+    slot.connections.fetch_add(1, Relaxed);
+    let _open = Open(&slot.connections);
     // Three setsockopt calls per connection, none per request.
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(ctx.idle_timeout));
@@ -87,6 +87,10 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
             Ok(n) => n,
         };
         conn.end += n;
+        // Read after the last yield and used before the next one (the write below); the
+        // busy count below is decremented through the same index, wherever the write resumes.
+        let shard = ctx.shards.current();
+        let counters = ctx.metrics.worker(shard);
         // Dekker-style pairing with shutdown: either this batch sees `draining`, or shutdown
         // sees it busy and waits for it (both sides use SeqCst).
         counters.busy.fetch_add(1, SeqCst);
@@ -94,8 +98,6 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         // The instant of arrival: every request of this read belongs to this window.
         let now = ctx.clock.now_ms();
         let window = ctx.windows.index_of(now);
-        // Read after the last yield and used before the next one (the write below).
-        let shard = ctx.shards.current();
         let mut keep_open = conn.answer(ctx, shard, window, draining);
         if conn.start == conn.end && conn.discard == 0 {
             partial_since = None;
