@@ -33,7 +33,10 @@ impl Rng {
 fn main() {
     let mut args = std::env::args().skip(1);
     let kind = args.next().unwrap_or_else(|| "random-u32".into());
-    let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
+    let n: u64 = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let before = rss_bytes();
     let mut set = BatchedIdSet::new();
