@@ -310,3 +310,24 @@ fn metrics_lists_the_contract_metrics_and_counts_outcomes() {
     let page = client.get("/metrics").text();
     assert_eq!(samples(&page)["verve_requests_total{outcome=\"ok\"}"], 5.0);
 }
+
+/// A HEAD answer has the headers of a GET answer but no body (RFC 9110 §9.3.2): the next
+/// answer on the connection starts right after its blank line. Absolute-form targets
+/// (`GET http://host/path`) are routed like origin-form ones.
+#[test]
+fn head_answers_carry_no_body_and_absolute_form_targets_are_served() {
+    let server = Server::start(INTERVAL, &[]);
+    let mut client = server.client();
+    client.send(
+        b"HEAD /api/verve/accept?id=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET http://x/api/verve/accept?id=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8(client.read_until_closed()).unwrap();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .expect("a complete first answer");
+    assert!(head.starts_with("HTTP/1.1 405 "), "{head}");
+    assert!(head.contains("\r\nContent-Length: 6"), "{head}");
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest:?}");
+    assert!(rest.ends_with("\r\n\r\nok"), "{rest:?}");
+}
