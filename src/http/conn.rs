@@ -32,8 +32,9 @@ const READ_BUF: usize = 2 * MAX_HEAD;
 /// Output buffer kept between batches; larger ones (a `/metrics` page) are shrunk back.
 const WRITE_BUF: usize = 16 * 1024;
 
-/// Per-connection state, reused for every request on it.
-struct Conn {
+/// Per-connection state, reused for every request on it. Socket-free, so the parser and
+/// router can be driven directly (the fuzz target in `fuzz/` does).
+pub struct Conn {
     buf: Box<[u8]>,
     /// Unparsed bytes are `buf[start..end]`.
     start: usize,
@@ -68,25 +69,17 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(ctx.idle_timeout));
     let _ = stream.set_write_timeout(Some(ctx.idle_timeout));
-    let mut conn = Conn {
-        buf: vec![0; READ_BUF].into_boxed_slice(),
-        start: 0,
-        end: 0,
-        discard: 0,
-        out: Vec::with_capacity(4096),
-        scratch: Vec::new(),
-    };
+    let mut conn = Conn::new();
     let idle_ms = ctx.idle_timeout.as_millis() as u64;
     // When the unfinished request in the buffer began: a client that trickles a head byte
     // by byte is closed once it has taken longer than the idle timeout in total.
     let mut partial_since: Option<u64> = None;
     loop {
-        conn.compact();
-        let n = match stream.read(&mut conn.buf[conn.end..]) {
+        let n = match stream.read(conn.input()) {
             Ok(0) | Err(_) => return, // closed, reset or idle too long: nothing to answer
             Ok(n) => n,
         };
-        conn.end += n;
+        conn.received(n);
         // Read after the last yield and used before the next one (the write below); the
         // busy count below is decremented through the same index, wherever the write resumes.
         let shard = ctx.shards.current();
@@ -99,17 +92,14 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         let now = ctx.clock.now_ms();
         let window = ctx.windows.index_of(now);
         let mut keep_open = conn.answer(ctx, shard, window, draining);
-        if conn.start == conn.end && conn.discard == 0 {
+        if !conn.unfinished() {
             partial_since = None;
         } else {
             let since = *partial_since.get_or_insert(now);
             keep_open &= now.saturating_sub(since) <= idle_ms;
         }
-        let written = conn.out.is_empty() || stream.write_all(&conn.out).is_ok();
-        conn.out.clear();
-        if conn.out.capacity() > WRITE_BUF {
-            conn.out.shrink_to(WRITE_BUF);
-        }
+        let written = conn.output().is_empty() || stream.write_all(conn.output()).is_ok();
+        conn.sent();
         counters.busy.fetch_sub(1, SeqCst);
         if !written {
             return;
@@ -145,7 +135,55 @@ fn linger(stream: &mut TcpStream, buf: &mut [u8]) {
     }
 }
 
+impl Default for Conn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Conn {
+    pub fn new() -> Conn {
+        Conn {
+            buf: vec![0; READ_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            discard: 0,
+            out: Vec::with_capacity(4096),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Where the next read goes: the free end of the buffer, after moving an unfinished
+    /// request to the front. Never empty: an unfinished head is at most [`MAX_HEAD`] bytes
+    /// (longer ones are refused), and the buffer is twice that.
+    pub fn input(&mut self) -> &mut [u8] {
+        self.compact();
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were read into [`Conn::input`].
+    pub fn received(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    /// True while part of a request (head or body) is still to come.
+    pub fn unfinished(&self) -> bool {
+        self.start != self.end || self.discard > 0
+    }
+
+    /// The answers to the requests parsed so far; clear them with [`Conn::sent`].
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Forgets the answers once written.
+    pub fn sent(&mut self) {
+        self.out.clear();
+        if self.out.capacity() > WRITE_BUF {
+            self.out.shrink_to(WRITE_BUF);
+        }
+    }
+
     /// Moves an unfinished request to the front so the next read has room for the rest.
     fn compact(&mut self) {
         if self.start == self.end {
@@ -158,8 +196,9 @@ impl Conn {
         }
     }
 
-    /// Answers every complete request in the buffer. False when the connection must close.
-    fn answer(&mut self, ctx: &Ctx, shard: usize, window: u64, draining: bool) -> bool {
+    /// Answers every complete request in the buffer, all counted in `window`, recorded in
+    /// `shard`. False when the connection must close.
+    pub fn answer(&mut self, ctx: &Ctx, shard: usize, window: u64, draining: bool) -> bool {
         let date = date::now();
         loop {
             if self.discard > 0 {
