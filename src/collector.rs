@@ -8,6 +8,7 @@
 //! one that is later still). Windows are sealed strictly in order, each exactly once, empty
 //! ones included, so every window gets its count line even if the thread fell behind.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,6 +21,7 @@ use crate::ids::IdSet;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
+use crate::state::{self, SavedWindow};
 
 /// How long after a boundary the window is sealed. Long enough to cover a worker thread
 /// descheduled between its clock read and its insert (a few scheduler ticks under load),
@@ -37,6 +39,8 @@ pub struct Collector {
     pub clock: Arc<dyn Clock>,
     pub sink: Box<dyn WindowSink>,
     pub metrics: Arc<Metrics>,
+    /// `--state-file`: where the open window goes at shutdown instead of being reported.
+    pub state_file: Option<PathBuf>,
 }
 
 /// Asks the collector to close the open window and stop.
@@ -93,6 +97,12 @@ impl Collector {
 
     /// Seals `window` and hands it on.
     fn seal(&mut self, window: u64) {
+        let sealed = self.merge(window);
+        self.sink.accept(sealed);
+    }
+
+    /// Seals `window` and merges its shards.
+    fn merge(&mut self, window: u64) -> SealedWindow {
         let sealed = self.shards.seal(window);
         if sealed.late > 0 {
             self.metrics.late_ids.fetch_add(sealed.late, Relaxed);
@@ -101,22 +111,57 @@ impl Collector {
                 sealed.late
             );
         }
-        self.sink.accept(SealedWindow {
+        SealedWindow {
             window,
             window_start: self.windows.start_secs(window),
             ids: IdSet::union_all(sealed.parts),
             endpoints: sealed.endpoints,
-        });
+        }
+    }
+
+    /// Seals the open window at shutdown and saves it to the state file; reports it as
+    /// usual (a partial count) if it cannot be saved, so nothing is lost silently.
+    fn save(&mut self, window: u64, path: &std::path::Path) {
+        let sealed = self.merge(window);
+        let saved = SavedWindow {
+            interval_secs: self.windows.len().as_secs(),
+            window_start: sealed.window_start,
+            ids: sealed.ids,
+            endpoints: sealed.endpoints,
+        };
+        match state::save(path, &saved) {
+            Ok(()) => log::info!(
+                "saved the open window {} ({} ids, {} endpoints) to {}",
+                crate::clock::rfc3339_secs(saved.window_start),
+                saved.ids.len(),
+                saved.endpoints.len(),
+                path.display()
+            ),
+            Err(e) => {
+                log::error!("cannot save the open window, reporting it now instead: {e:#}");
+                self.sink.accept(SealedWindow {
+                    window,
+                    window_start: saved.window_start,
+                    ids: saved.ids,
+                    endpoints: saved.endpoints,
+                });
+            }
+        }
     }
 
     /// Shutdown: refuse further records, then report every window from `next` to the newest
-    /// one holding ids (at least the one open now), then let the reporters finish.
+    /// one holding ids (at least the one open now), except that with a state file the open
+    /// one is saved instead, then let the reporters finish.
     fn close(mut self, next: u64, deadline: Instant) {
         self.shards.close();
         let open = self.windows.index_of(self.clock.now_ms());
         let last = open.max(self.shards.newest_window().unwrap_or(open));
+        let state_file = self.state_file.take();
         for window in next..=last {
-            self.seal(window);
+            match &state_file {
+                Some(path) if window == open => self.save(window, path),
+                _ => self.seal(window),
+            }
         }
         self.sink.finish(deadline);
     }
@@ -154,6 +199,7 @@ mod tests {
             clock,
             sink: Box::new(ChannelSink(tx)),
             metrics: Arc::new(Metrics::new(2)),
+            state_file: None,
         }
         .spawn()
         .unwrap();

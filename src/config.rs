@@ -79,6 +79,11 @@ pub struct Config {
           value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+
+    /// Where the open window is saved at shutdown and resumed from at start (single
+    /// instance); without it, shutdown reports the open window at once with a partial count.
+    #[arg(long, env = "VERVE_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
 }
 
 /// Seconds as a positive, finite number, at most a day.

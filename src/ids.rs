@@ -206,6 +206,11 @@ impl BatchedIdSet {
         self.pending.clear();
     }
 
+    /// Adds every id of `other` (a window resumed from a state file).
+    pub fn union_with(&mut self, other: &IdSet) {
+        self.set.union_with(other);
+    }
+
     /// The exact set (flushes first).
     pub fn set(&mut self) -> &IdSet {
         self.flush();

@@ -12,6 +12,7 @@
 //! - [`endpoints`]: which callback URLs are allowed; the per-window endpoint table.
 //! - [`collector`]: the thread that seals each window and hands it on.
 //! - [`sink`]: the sealed-window handover (local now; cluster mode later).
+//! - [`state`]: `--state-file`, the open window kept across a restart.
 //! - [`report`]: the reporters (count log, endpoint callbacks) behind one trait.
 //! - [`metrics`]: counters and the `/metrics` page.
 //! - [`logging`]: the log file format.
@@ -29,6 +30,7 @@ pub mod report;
 pub mod server;
 pub mod shards;
 pub mod sink;
+pub mod state;
 
 /// Tunes the may runtime; call once, before the first coroutine.
 ///

@@ -26,6 +26,13 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // A state file that cannot be written would only fail at shutdown: find out now.
+    if let Some(path) = &config.state_file {
+        if let Err(e) = verve::state::check_writable(path) {
+            eprintln!("error: --state-file {}: {e:#}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     let listener = match server::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {

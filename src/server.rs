@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -20,7 +21,8 @@ use crate::report::callback::Callbacks;
 use crate::report::count_log::CountLog;
 use crate::report::Fanout;
 use crate::shards::Shards;
-use crate::sink::LocalSink;
+use crate::sink::{LocalSink, SealedWindow, WindowSink};
+use crate::state::{self, Loaded};
 
 /// The contract allows 5 s from the signal to exit; this leaves room for the process to
 /// unwind after the reporters' deadline.
@@ -44,6 +46,66 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     // A deep accept queue absorbs connection bursts from load generators and balancers.
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// Start-up with `--state-file`: a window saved by the previous run resumes if it is still
+/// open (or not yet open: the clock went back), and is reported at once, late, if it has
+/// closed or was counted with another `--interval`.
+fn restore(
+    path: &Path,
+    shards: &Shards,
+    windows: Windows,
+    now_ms: u64,
+    sink: &mut dyn WindowSink,
+) -> anyhow::Result<()> {
+    let saved = match state::load(path).context("--state-file")? {
+        Loaded::Nothing => None,
+        Loaded::Window(saved) => Some(saved),
+        Loaded::Unreadable { error, moved_to } => {
+            log::error!(
+                "--state-file {} is unreadable ({error:#}); moved to {}, its ids are not counted",
+                path.display(),
+                moved_to.display()
+            );
+            None
+        }
+    };
+    let Some(saved) = saved else {
+        return Ok(());
+    };
+    let start = crate::clock::rfc3339_secs(saved.window_start);
+    let window = saved.window_start / windows.len().as_secs().max(1);
+    let resumable =
+        saved.interval_secs == windows.len().as_secs() && window >= windows.index_of(now_ms);
+    if resumable {
+        let refused = shards.restore(window, &saved.ids, &saved.endpoints);
+        log::info!(
+            "resumed window {start} from {} ({} ids, {} endpoints)",
+            path.display(),
+            saved.ids.len(),
+            saved.endpoints.len()
+        );
+        for endpoint in refused {
+            // The contract's endpoint line: `endpoint=` with an `error=`.
+            log::warn!(
+                target: crate::report::callback::TARGET,
+                "window_start={start} endpoint={endpoint} error=not-allowed-after-restart"
+            );
+        }
+    } else {
+        log::warn!(
+            "window {start} (interval {} s) from {} has closed: reporting it now, late",
+            saved.interval_secs,
+            path.display()
+        );
+        sink.accept(SealedWindow {
+            window,
+            window_start: saved.window_start,
+            ids: saved.ids,
+            endpoints: saved.endpoints,
+        });
+    }
+    Ok(())
 }
 
 /// A running verve.
@@ -81,12 +143,17 @@ impl Server {
         let reporters = Fanout::new()
             .with(CountLog::new(metrics.clone()))
             .with(callbacks);
+        let mut sink = LocalSink::new(reporters);
+        if let Some(path) = &config.state_file {
+            restore(path, &shards, windows, clock.now_ms(), &mut sink)?;
+        }
         let collector = Collector {
             shards: shards.clone(),
             windows,
             clock: clock.clone(),
-            sink: Box::new(LocalSink::new(reporters)),
+            sink: Box::new(sink),
             metrics: metrics.clone(),
+            state_file: config.state_file.clone(),
         }
         .spawn()
         .context("starting the collector thread")?;

@@ -237,6 +237,22 @@ impl Shards {
         Ok(outcome)
     }
 
+    /// Puts a saved window's ids and endpoints back (a restart inside the window, see
+    /// [`crate::state`]), before any request is served. Returns the endpoints refused now: the
+    /// allow-list or `--max-endpoints` may have changed since they were admitted.
+    pub fn restore(&self, window: u64, ids: &IdSet, endpoints: &[String]) -> Vec<String> {
+        lock(&self.shards[0]).slot(window).ids.union_with(ids);
+        endpoints
+            .iter()
+            .filter(|e| {
+                let admitted = canonicalize(e, &self.policy)
+                    .is_ok_and(|url| self.table.admit(window, url.as_str()) != Admit::Full);
+                !admitted
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Seals `window` on every shard and returns its ids and endpoints. Called by the
     /// collector only, in window order, after the settling delay.
     pub fn seal(&self, window: u64) -> Sealed {

@@ -216,7 +216,12 @@ impl Server {
     /// Starts `verve --listen 127.0.0.1:0 --interval <interval> --log-file <dir>/verve.log`
     /// plus `extra`, and waits for its `verve listening on` line.
     pub fn start(interval: u64, extra: &[&str]) -> Server {
-        let dir = temp_dir("srv");
+        Server::start_in(temp_dir("srv"), interval, extra)
+    }
+
+    /// [`Server::start`] in a given directory: a restarted instance shares its predecessor's
+    /// log file and state file.
+    pub fn start_in(dir: PathBuf, interval: u64, extra: &[&str]) -> Server {
         let log_path = dir.join("verve.log");
         let mut child = command(&dir)
             .arg("--listen")

@@ -1,0 +1,159 @@
+//! `--state-file` (contract §7) with real signals and real restarts: a restart inside a
+//! window resumes it, so the window gets one count line with the exact union of what both
+//! processes received and its endpoints are called once; a window saved before it closed is
+//! reported, late, by the next start; a damaged or unwritable state file is reported clearly.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use common::{encode, temp_dir, window_now, CountLine, Receiver, Reply, Server};
+
+/// Sends `ids` on one keep-alive connection, each answered `200 ok`.
+fn send(server: &Server, ids: impl IntoIterator<Item = i64>) {
+    let mut client = server.client();
+    for id in ids {
+        let r = client.get(&format!("/api/verve/accept?id={id}"));
+        assert_eq!((r.status, r.text()), (200, "ok".to_string()), "id {id}");
+    }
+}
+
+fn start(dir: &Path, interval: u64, state: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--state-file", state.to_str().expect("UTF-8 temp path")];
+    args.extend_from_slice(extra);
+    Server::start_in(dir.to_path_buf(), interval, &args)
+}
+
+/// Stops `server` with SIGTERM and checks it exits 0.
+fn stop(mut server: Server) -> Server {
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0), "exit status");
+    server
+}
+
+fn lines_for(server: &Server, window_start: u64) -> Vec<CountLine> {
+    server
+        .count_lines()
+        .into_iter()
+        .filter(|c| c.window_start == window_start)
+        .collect()
+}
+
+#[test]
+fn a_restart_inside_a_window_resumes_it() {
+    // Long enough for a stop and a start inside one window with room to spare; a run that
+    // straddles a boundary anyway is repeated in a fresh directory.
+    const INTERVAL: u64 = 6;
+    const ATTEMPTS: u32 = 4;
+    let receiver = Receiver::start(|_| Reply::status(200));
+    let endpoint = receiver.url("/cb");
+    for attempt in 0..ATTEMPTS {
+        let dir = temp_dir("state-resume");
+        let state: PathBuf = dir.join("window.state");
+        let first = start(&dir, INTERVAL, &state, &[]);
+        // Start right after a boundary: the window has almost all of its length left.
+        first.wait_for_count_lines(1);
+        let window = window_now(INTERVAL);
+        let before: HashSet<i64> = (0..500).map(|i| i * 7 - 1_000).collect();
+        send(&first, before.iter().copied());
+        let r = first.get(&format!(
+            "/api/verve/accept?id=-1000&endpoint={}",
+            encode(&endpoint)
+        ));
+        assert_eq!(r.status, 200);
+        let first = stop(first);
+        assert!(state.exists(), "no state file after SIGTERM");
+        // The second process writes to the same log and reads the state file.
+        let second = start(&dir, INTERVAL, &state, &[]);
+        assert!(!state.exists(), "the state file is removed once loaded");
+        let after: HashSet<i64> = (0..500).map(|i| i * 11 + 3 + (1 << 40)).collect();
+        send(&second, after.iter().copied());
+        send(&second, before.iter().copied().take(50));
+        if window_now(INTERVAL) != window {
+            eprintln!("attempt {attempt} straddled a window boundary, trying again");
+            continue;
+        }
+        let line = second.wait_for_window(window);
+        let expected = before.union(&after).count() as u64;
+        assert_eq!(line.unique_count, expected, "{}", line.line);
+        assert_eq!(lines_for(&second, window).len(), 1, "{}", second.log());
+        assert!(
+            first.log().contains("saved the open window"),
+            "{}",
+            first.log()
+        );
+        let calls = receiver.wait_for_requests(1);
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].target, format!("/cb?count={expected}"));
+        return;
+    }
+    panic!("{ATTEMPTS} attempts in a row straddled a window boundary");
+}
+
+#[test]
+fn a_window_that_closed_while_stopped_is_reported_late_at_start() {
+    const INTERVAL: u64 = 2;
+    let dir = temp_dir("state-late");
+    let state = dir.join("window.state");
+    let first = start(&dir, INTERVAL, &state, &[]);
+    first.wait_for_count_lines(1);
+    let window = window_now(INTERVAL);
+    let ids: HashSet<i64> = (0..300).map(|i| i64::MAX - i * 3).collect();
+    send(&first, ids.iter().copied());
+    let first = stop(first);
+    // Stopped in `window` or just after it: either way the saved window is the one the ids
+    // went to, or (had the boundary passed before the signal) it was reported normally.
+    let already = lines_for(&first, window);
+    common::wait_until("the saved window to close", || {
+        (window_now(INTERVAL) > window).then_some(())
+    });
+    let second = start(&dir, INTERVAL, &state, &[]);
+    let line = second.wait_for_window(window);
+    assert_eq!(line.unique_count, ids.len() as u64, "{}", line.line);
+    assert_eq!(lines_for(&second, window).len(), 1, "{}", second.log());
+    if already.is_empty() {
+        assert!(
+            second.log().contains("reporting it now, late"),
+            "{}",
+            second.log()
+        );
+    }
+    assert!(!state.exists());
+}
+
+#[test]
+fn a_damaged_state_file_is_moved_aside_and_the_service_starts() {
+    let dir = temp_dir("state-damaged");
+    let state = dir.join("window.state");
+    std::fs::write(&state, b"VERVEST1 but not really").unwrap();
+    let server = start(&dir, 3600, &state, &[]);
+    send(&server, [1, 2, 3]);
+    let line = server.wait_for_log("the unreadable-state error", |l| {
+        l.contains("ERROR") && l.contains("is unreadable")
+    });
+    assert!(line.contains("window.state.unreadable"), "{line}");
+    assert_eq!(
+        std::fs::read(dir.join("window.state.unreadable")).unwrap(),
+        b"VERVEST1 but not really"
+    );
+    assert!(server.stderr().contains("is unreadable"));
+}
+
+#[test]
+fn a_state_file_in_a_missing_directory_is_a_configuration_error() {
+    let dir = temp_dir("state-missing-dir");
+    let output = common::command(&dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--state-file",
+            "no/such/dir/w.state",
+        ])
+        .output()
+        .expect("running verve");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--state-file"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
