@@ -1,11 +1,12 @@
-//! The verve binary: read the config, open the log, bind, serve until SIGTERM or SIGINT.
+//! The verve binary: read the config, open the log, bind, serve until SIGTERM or SIGINT;
+//! SIGHUP reopens the log file (after rotation) and serving goes on.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use verve::clock::SystemClock;
@@ -17,15 +18,27 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    // Register first, so an early signal is not lost and an early SIGHUP (logrotate right
+    // after a start) does not kill the process by its default action.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: installing signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let policy_check = config.endpoint_policy();
     if let Err(e) = policy_check {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Err(e) = verve::logging::init(&config.log_file) {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let log_file = match verve::logging::init(&config.log_file) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     // A state file that cannot be written would only fail at shutdown: find out now.
     if let Some(path) = &config.state_file {
         if let Err(e) = verve::state::check_writable(path) {
@@ -38,14 +51,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: --listen {}: cannot bind: {e}", config.listen);
             return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    // Register before serving so an early signal is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: installing signal handlers: {e}");
-            return ExitCode::FAILURE;
         }
     };
     let workers = config.worker_count();
@@ -69,7 +74,16 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "verve listening on {}", server.local_addr());
     let _ = stdout.flush();
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let mut signal = SIGTERM;
+    for received in signals.forever() {
+        if received != SIGHUP {
+            signal = received;
+            break;
+        }
+        if let Err(e) = log_file.reopen() {
+            log::warn!("signal {received}: {e:#}; still writing to the old file");
+        }
+    }
     log::info!("signal {signal}: shutting down");
     server.shutdown();
     log::info!("stopped");
