@@ -95,6 +95,13 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         if !conn.unfinished() {
             partial_since = None;
         } else {
+            // A request completed in this read (every one is answered) means the unfinished
+            // rest began arriving in it too. Without this, a client pipelining steadily whose
+            // reads never end on a request boundary was cut off after the idle timeout, and
+            // the requests it had sent meanwhile were drained unanswered.
+            if !conn.output().is_empty() {
+                partial_since = Some(now);
+            }
             let since = *partial_since.get_or_insert(now);
             keep_open &= now.saturating_sub(since) <= idle_ms;
         }
