@@ -379,15 +379,26 @@ impl Server {
         wait_until(what, || self.log_lines().into_iter().find(|l| pred(l)))
     }
 
-    /// Runs `f` inside one window: waits for a fresh count line (so a window opened about
-    /// 200 ms ago), runs `f`, and checks by the clock that it started and ended in the same
-    /// window. If it did not, it tries again in a later window (up to 5 attempts); `f` gets
-    /// the attempt number so it can use fresh ids. Returns the window start and `f`'s result.
+    /// Runs `f` inside one window that nothing was sent in before: waits for a window that
+    /// opens after this call (the count line of its predecessor marks that it has opened, so
+    /// it is about 200 ms old), runs `f`, and checks by the clock that it started and ended in
+    /// the same window. If it did not, it tries again in a window after the one `f` spilled
+    /// into (up to 5 attempts); `f` gets the attempt number so it can use fresh ids. Returns
+    /// the window start and `f`'s result.
     pub fn in_one_window<T>(&self, mut f: impl FnMut(u32) -> T) -> (u64, T) {
         const ATTEMPTS: u32 = 5;
+        // The first window `f` may run in: later than any the caller has already sent to.
+        let mut not_before = window_now(self.interval) + self.interval;
         for attempt in 0..ATTEMPTS {
-            let seen = self.count_lines().len();
-            self.wait_for_count_lines(seen + 1);
+            wait_until("a fresh window", || {
+                let now = window_now(self.interval);
+                let opened = now >= not_before
+                    && self
+                        .count_lines()
+                        .iter()
+                        .any(|c| c.window_start == now - self.interval);
+                opened.then_some(())
+            });
             let before = window_now(self.interval);
             let out = f(attempt);
             let after = window_now(self.interval);
@@ -399,6 +410,7 @@ impl Server {
                 rfc3339_secs(before),
                 rfc3339_secs(after)
             );
+            not_before = after + self.interval;
         }
         panic!("{ATTEMPTS} attempts in a row straddled a window boundary");
     }
