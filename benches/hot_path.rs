@@ -232,6 +232,27 @@ fn request(c: &mut Criterion) {
     g.finish();
 }
 
+/// [`BatchedIdSet`] for ids in `0..2^32` with one roaring bitmap instead of `ids::Hot`.
+#[derive(Default)]
+struct OneBitmapBatched {
+    bitmap: roaring::RoaringBitmap,
+    pending: Vec<u32>,
+}
+
+impl OneBitmapBatched {
+    fn insert(&mut self, id: i64) {
+        self.pending.push(id as u32);
+        if self.pending.len() >= verve::ids::BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.pending.sort_unstable();
+        self.bitmap.extend(self.pending.drain(..));
+    }
+}
+
 fn insert(c: &mut Criterion) {
     let cases = [
         ("random 0..2^32", random_u32_ids(WINDOW_IDS, 2)),
@@ -264,6 +285,21 @@ fn insert(c: &mut Criterion) {
             )
         });
     }
+    // The naive alternative to `ids::Hot`'s 256 parts: the same sorted batches of 2048 into
+    // one 32-bit bitmap (what verve did before the split).
+    let (name, ids) = &cases[0];
+    g.bench_function(format!("one RoaringBitmap, sorted batches/{name}"), |b| {
+        window_fill_then(
+            b,
+            ids.len(),
+            OneBitmapBatched::default,
+            |set, i| set.insert(black_box(ids[i])),
+            |set| {
+                set.flush();
+                black_box(&set.bitmap);
+            },
+        )
+    });
     // The same random ids into a set that already holds 1M others: all 65536 containers
     // exist, so none is created (no shifting of the container vector): the steady state of a
     // long, busy window.

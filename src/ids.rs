@@ -1,7 +1,8 @@
 //! The set of distinct ids of one window: a roaring treemap over an order-preserving map of
-//! `i64` onto `u64`, with a plain 32-bit roaring bitmap in front for the ids most clients send
-//! (`0..2^32`), because that bitmap skips the treemap's B-tree lookup on every insert
-//! (`benches/hot_path.rs` measures both).
+//! `i64` onto `u64`, with 32-bit roaring bitmaps in front for the ids most clients send
+//! (`0..2^32`), because they skip the treemap's B-tree lookup on every insert, split in
+//! [`HOT_PARTS`] by the ids' top bits (see [`Hot`]). `benches/hot_path.rs` measures each
+//! choice against the plain alternative.
 
 use roaring::{MultiOps, RoaringBitmap, RoaringTreemap};
 
@@ -28,12 +29,122 @@ pub fn from_key(key: u64) -> i64 {
 /// The high 32 bits of the key of every id in `0..2^32`: those ids go to the fast bitmap.
 const HOT_HIGH: u32 = 0x8000_0000;
 
+/// Bitmaps the ids `0..2^32` are split into, by their top 8 bits.
+pub const HOT_PARTS: usize = 256;
+
+/// The ids `0..2^32`, as [`HOT_PARTS`] roaring bitmaps, part `i` holding the ids whose top 8
+/// bits are `i`.
+///
+/// Why not one bitmap: a roaring bitmap keeps its containers (one per 65 536 ids) in one
+/// sorted vector. Random ids make up to 65 536 of them, so every insert binary-searches a
+/// 2 MB vector (cache misses all the way down), and each new container shifts half of it
+/// (`Vec::insert`): in a fresh window that memmove was 7-10% of verve's CPU under wrk
+/// (`scripts/flamegraph.sh`). Split, a part holds at most 256 containers (8 KiB), picked by
+/// one shift. `benches/hot_path.rs` (`insert`) compares the two.
+#[derive(Default, Clone, Debug)]
+pub struct Hot {
+    /// Empty until the first insert (a window without ids allocates nothing), then
+    /// [`HOT_PARTS`] long.
+    parts: Vec<RoaringBitmap>,
+}
+
+impl Hot {
+    #[inline]
+    fn part(&mut self, value: u32) -> &mut RoaringBitmap {
+        if self.parts.is_empty() {
+            self.parts.resize_with(HOT_PARTS, RoaringBitmap::new);
+        }
+        &mut self.parts[(value >> 24) as usize]
+    }
+
+    #[inline]
+    pub fn insert(&mut self, value: u32) -> bool {
+        self.part(value).insert(value)
+    }
+
+    pub fn contains(&self, value: u32) -> bool {
+        self.parts
+            .get((value >> 24) as usize)
+            .is_some_and(|p| p.contains(value))
+    }
+
+    /// Inserts the low halves of ascending keys that share their high half (the hot range of
+    /// [`BatchedIdSet`]'s sorted batch), each run of one part with one roaring `extend`.
+    pub fn extend_sorted(&mut self, keys: &[u64]) {
+        let top = |k: &u64| (*k as u32) >> 24;
+        for run in keys.chunk_by(|a, b| top(a) == top(b)) {
+            self.part(run[0] as u32)
+                .extend(run.iter().map(|&k| k as u32));
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.parts.iter().map(RoaringBitmap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(RoaringBitmap::is_empty)
+    }
+
+    /// Adds every value of `other`, part by part, each with `&a | &b` (see
+    /// [`IdSet::union_with`] for why not `|=`).
+    pub fn union_with(&mut self, other: &Hot) {
+        if other.parts.is_empty() {
+            return;
+        }
+        if self.parts.is_empty() {
+            self.parts = other.parts.clone();
+            return;
+        }
+        for (mine, theirs) in self.parts.iter_mut().zip(&other.parts) {
+            if theirs.is_empty() {
+            } else if mine.is_empty() {
+                *mine = theirs.clone();
+            } else {
+                *mine = &*mine | theirs;
+            }
+        }
+    }
+
+    /// One bitmap of all the parts (for serialization). Appending the parts in order only
+    /// ever adds containers at the end of the vector: linear.
+    pub fn to_bitmap(&self) -> RoaringBitmap {
+        let mut all = RoaringBitmap::new();
+        for part in &self.parts {
+            all |= part;
+        }
+        all
+    }
+
+    /// The inverse of [`Hot::to_bitmap`].
+    pub fn from_bitmap(bitmap: &RoaringBitmap) -> Hot {
+        let mut hot = Hot::default();
+        for value in bitmap.iter() {
+            hot.insert(value);
+        }
+        hot
+    }
+
+    /// Every value, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.parts.iter().flat_map(|p| p.iter())
+    }
+}
+
+impl PartialEq for Hot {
+    fn eq(&self, other: &Hot) -> bool {
+        let empty = RoaringBitmap::new();
+        (0..HOT_PARTS)
+            .all(|i| self.parts.get(i).unwrap_or(&empty) == other.parts.get(i).unwrap_or(&empty))
+    }
+}
+
 /// Distinct ids, exact. `hot` and `rest` never hold the same key, so the cardinality is the
 /// sum of theirs.
 #[derive(Default, Clone, Debug, PartialEq)]
 pub struct IdSet {
     /// Low 32 bits of keys whose high half is [`HOT_HIGH`] (ids `0..2^32`).
-    hot: RoaringBitmap,
+    hot: Hot,
     /// Every other key.
     rest: RoaringTreemap,
 }
@@ -77,14 +188,10 @@ impl IdSet {
     /// The 32-bit half is merged with `&a | &b`, a linear walk over both container lists
     /// into a new one. roaring's in-place `|=` inserts each container the left side lacks
     /// with `Vec::insert`, quadratic in the number of containers: with random ids (tens of
-    /// thousands of containers) that took 0.3-0.4 s per window here.
+    /// thousands of containers, before the split into parts) that took 0.3-0.4 s per window
+    /// here.
     pub fn union_with(&mut self, other: &IdSet) {
-        if other.hot.is_empty() {
-        } else if self.hot.is_empty() {
-            self.hot = other.hot.clone();
-        } else {
-            self.hot = &self.hot | &other.hot;
-        }
+        self.hot.union_with(&other.hot);
         // The treemap's `|=` goes through its B-tree: no quadratic step.
         self.rest |= &other.rest;
     }
@@ -105,9 +212,12 @@ impl IdSet {
     /// The same union with roaring's `MultiOps` (kept for the benchmark that justifies
     /// [`IdSet::union_all`]).
     pub fn union_all_multiops(sets: Vec<IdSet>) -> IdSet {
-        let (hots, rests): (Vec<_>, Vec<_>) = sets.into_iter().map(|s| (s.hot, s.rest)).unzip();
+        let (hots, rests): (Vec<_>, Vec<_>) = sets
+            .into_iter()
+            .map(|s| (s.hot.to_bitmap(), s.rest))
+            .unzip();
         IdSet {
-            hot: hots.union(),
+            hot: Hot::from_bitmap(&hots.union()),
             rest: rests.union(),
         }
     }
@@ -117,7 +227,7 @@ impl IdSet {
     pub fn to_treemap(&self) -> RoaringTreemap {
         let mut all = self.rest.clone();
         if !self.hot.is_empty() {
-            all |= RoaringTreemap::from_bitmaps([(HOT_HIGH, self.hot.clone())]);
+            all |= RoaringTreemap::from_bitmaps([(HOT_HIGH, self.hot.to_bitmap())]);
         }
         all
     }
@@ -127,7 +237,7 @@ impl IdSet {
         let mut set = IdSet::new();
         for (high, bitmap) in tree.bitmaps() {
             if high == HOT_HIGH {
-                set.hot = bitmap.clone();
+                set.hot = Hot::from_bitmap(bitmap);
             } else {
                 set.rest |= RoaringTreemap::from_bitmaps([(high, bitmap.clone())]);
             }
@@ -137,7 +247,7 @@ impl IdSet {
 
     /// Heap bytes the set would take serialized: a close stand-in for its memory footprint.
     pub fn serialized_size(&self) -> usize {
-        self.hot.serialized_size() + self.rest.serialized_size()
+        self.hot.to_bitmap().serialized_size() + self.rest.serialized_size()
     }
 
     /// Every id, ascending.
@@ -201,7 +311,7 @@ impl BatchedIdSet {
         self.set.rest.extend(&self.pending[..hot_start]);
         self.set
             .hot
-            .extend(self.pending[hot_start..hot_end].iter().map(|&k| k as u32));
+            .extend_sorted(&self.pending[hot_start..hot_end]);
         self.set.rest.extend(&self.pending[hot_end..]);
         self.pending.clear();
     }
@@ -278,6 +388,43 @@ mod tests {
             all,
             vec![i64::MIN, -1, 0, 1, u32::MAX as i64, 1 << 32, i64::MAX]
         );
+    }
+
+    #[test]
+    fn hot_parts_split_at_the_top_bits_and_join_back() {
+        let values = [
+            0,
+            1,
+            0x00ff_ffff,
+            0x0100_0000,
+            0x7fff_ffff,
+            0xff00_0000,
+            u32::MAX,
+        ];
+        let mut hot = Hot::default();
+        assert_eq!(hot, Hot::default());
+        for v in values {
+            assert!(hot.insert(v));
+        }
+        assert!(!hot.insert(u32::MAX));
+        assert_eq!(hot.len(), values.len() as u64);
+        assert_eq!(hot.iter().collect::<Vec<_>>(), values);
+        let one = hot.to_bitmap();
+        assert_eq!(one.iter().collect::<Vec<_>>(), values);
+        assert_eq!(Hot::from_bitmap(&one), hot);
+        let mut sorted = Hot::default();
+        let keys: Vec<u64> = values
+            .iter()
+            .map(|&v| (HOT_HIGH as u64) << 32 | v as u64)
+            .collect();
+        sorted.extend_sorted(&keys);
+        assert_eq!(sorted, hot);
+        // Allocated but emptied parts equal never-allocated ones.
+        let mut emptied = Hot::default();
+        emptied.insert(5);
+        emptied.parts[0].remove(5);
+        assert_eq!(emptied, Hot::default());
+        assert!(emptied.is_empty() && !emptied.contains(5) && !Hot::default().contains(5));
     }
 
     #[test]
