@@ -113,6 +113,7 @@ pub struct Server {
     ctx: Arc<Ctx>,
     addr: SocketAddr,
     acceptor: may::coroutine::JoinHandle<()>,
+    reaper: std::thread::JoinHandle<()>,
     collector: CollectorHandle,
 }
 
@@ -166,6 +167,10 @@ impl Server {
             .context("making the listener non-blocking")?;
         // SAFETY: the descriptor comes from a listener we own and give up here.
         let listener = unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let idle = http::idle::Idle::new(shards.len(), config.idle_timeout);
+        let reaper = idle
+            .spawn_reaper()
+            .context("starting the idle-connection reaper")?;
         let ctx = Arc::new(Ctx {
             shards,
             metrics,
@@ -173,6 +178,7 @@ impl Server {
             windows,
             draining: AtomicBool::new(false),
             idle_timeout: config.idle_timeout,
+            idle,
         });
         let acceptor = http::spawn_acceptor(listener, ctx.clone());
         Ok(Server {
@@ -180,6 +186,7 @@ impl Server {
             addr,
             acceptor,
             collector,
+            reaper,
         })
     }
 
@@ -200,5 +207,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.collector.shutdown(deadline);
+        self.ctx.idle.stop();
+        let _ = self.reaper.join();
     }
 }

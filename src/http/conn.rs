@@ -65,10 +65,13 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         .worker(stream.as_raw_fd().unsigned_abs() as usize);
     slot.connections.fetch_add(1, Relaxed);
     let _open = Open(&slot.connections);
-    // Three setsockopt calls per connection, none per request.
+    // Two setsockopt calls per connection, none per request. No read timeout: a silent
+    // client is closed by the idle reaper (see `idle`), which costs no timer per read; the
+    // write timeout only arms a timer when a write would block.
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(ctx.idle_timeout));
     let _ = stream.set_write_timeout(Some(ctx.idle_timeout));
+    // Dropped before `stream` (declared after it): unregistered before the socket closes.
+    let watch = ctx.idle.register(ctx.shards.current(), stream.as_raw_fd());
     let mut conn = Conn::new();
     let idle_ms = ctx.idle_timeout.as_millis() as u64;
     // When the unfinished request in the buffer began: a client that trickles a head byte
@@ -80,6 +83,7 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
             Ok(n) => n,
         };
         conn.received(n);
+        watch.active();
         // Read after the last yield and used before the next one (the write below); the
         // busy count below is decremented through the same index, wherever the write resumes.
         let shard = ctx.shards.current();

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod date;
+pub mod idle;
 pub mod response;
 
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct Ctx {
     pub draining: AtomicBool,
     /// `--idle-timeout`.
     pub idle_timeout: Duration,
+    /// Closes connections silent for longer than `idle_timeout`.
+    pub idle: Arc<idle::Idle>,
 }
 
 /// Pause after a failed accept (out of file descriptors, say) before trying again, so the
