@@ -186,7 +186,11 @@ mod tests {
         // Three ticks without activity: past the limit.
         assert_eq!(idle.reap(), 1);
         let mut buf = [0u8; 1];
-        assert_eq!(silent.read(&mut buf).unwrap(), 0, "shut down: reads see EOF");
+        assert_eq!(
+            silent.read(&mut buf).unwrap(),
+            0,
+            "shut down: reads see EOF"
+        );
         // Reported once, not at every later tick.
         busy_watch.active();
         assert_eq!(idle.reap(), 0);
