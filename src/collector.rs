@@ -114,7 +114,7 @@ impl Collector {
         SealedWindow {
             window,
             window_start: self.windows.start_secs(window),
-            ids: IdSet::union_all(sealed.parts),
+            ids: IdSet::union_all_pausing(sealed.parts, &mut std::thread::yield_now),
             endpoints: sealed.endpoints,
         }
     }

@@ -87,8 +87,8 @@ impl Hot {
     }
 
     /// Adds every value of `other`, part by part, each with `&a | &b` (see
-    /// [`IdSet::union_with`] for why not `|=`).
-    pub fn union_with(&mut self, other: &Hot) {
+    /// [`IdSet::union_with`] for why not `|=`), calling `pause` after each part.
+    pub fn union_with(&mut self, other: &Hot, pause: &mut dyn FnMut()) {
         if other.parts.is_empty() {
             return;
         }
@@ -98,10 +98,23 @@ impl Hot {
         }
         for (mine, theirs) in self.parts.iter_mut().zip(&other.parts) {
             if theirs.is_empty() {
+                continue;
             } else if mine.is_empty() {
                 *mine = theirs.clone();
             } else {
                 *mine = &*mine | theirs;
+            }
+            pause();
+        }
+    }
+
+    /// Frees the parts one at a time, calling `pause` after each.
+    fn release(mut self, pause: &mut dyn FnMut()) {
+        while let Some(part) = self.parts.pop() {
+            let had_any = !part.is_empty();
+            drop(part);
+            if had_any {
+                pause();
             }
         }
     }
@@ -191,7 +204,7 @@ impl IdSet {
     /// thousands of containers, before the split into parts) that took 0.3-0.4 s per window
     /// here.
     pub fn union_with(&mut self, other: &IdSet) {
-        self.hot.union_with(&other.hot);
+        self.hot.union_with(&other.hot, &mut || {});
         // The treemap's `|=` goes through its B-tree: no quadratic step.
         self.rest |= &other.rest;
     }
@@ -201,12 +214,32 @@ impl IdSet {
     /// while it works, which for the sparse containers of random ids cost ~0.5 s and ~300 MB
     /// per window at 250 000 ids (measured; `benches/hot_path.rs` compares them).
     pub fn union_all(sets: Vec<IdSet>) -> IdSet {
+        IdSet::union_all_pausing(sets, &mut || {})
+    }
+
+    /// [`IdSet::union_all`], calling `pause` between the pieces of work (one bitmap part
+    /// each, well under a millisecond at 10M ids) and freeing the merged shards the same way.
+    /// The collector passes `std::thread::yield_now`: on a machine whose every core runs a
+    /// may worker, a 50 ms merge in one piece held a worker off its core for a whole
+    /// scheduler slice (a 4.6 ms stall in `perf/merge_stall.sh`); yielding between pieces
+    /// lets a woken worker run at once.
+    pub fn union_all_pausing(sets: Vec<IdSet>, pause: &mut dyn FnMut()) -> IdSet {
         let mut parts = sets.into_iter();
         let mut acc = parts.next().unwrap_or_default();
         for part in parts {
-            acc.union_with(&part);
+            acc.hot.union_with(&part.hot, pause);
+            acc.rest |= &part.rest;
+            part.release(pause);
         }
         acc
+    }
+
+    /// Frees the set a piece at a time, calling `pause` between pieces (see
+    /// [`IdSet::union_all_pausing`]).
+    pub fn release(self, pause: &mut dyn FnMut()) {
+        self.hot.release(pause);
+        drop(self.rest);
+        pause();
     }
 
     /// The same union with roaring's `MultiOps` (kept for the benchmark that justifies

@@ -110,27 +110,30 @@ impl Shard {
         &mut self.older[at]
     }
 
-    fn take(&mut self, window: u64) -> IdSet {
+    /// Marks `window` collected and removes its slot, and any older one, which can never be
+    /// recorded again. The caller flushes and frees them after releasing the lock, so the
+    /// worker that owns this shard waits only for the removal.
+    fn take(&mut self, window: u64) -> (Option<Slot>, Vec<Slot>) {
         self.collected_upto = Some(self.collected_upto.map_or(window, |c| c.max(window)));
-        let mut ids = IdSet::new();
+        let mut taken = None;
         if self.current.window == window {
-            ids = mem::replace(&mut self.current, Slot::new(window))
-                .ids
-                .into_set();
+            taken = Some(mem::replace(&mut self.current, Slot::new(window)));
         }
-        // Anything at or below a sealed window can never be recorded again: drop it here.
+        let mut stale = Vec::new();
         let mut i = 0;
         while i < self.older.len() {
             if self.older[i].window <= window {
                 let slot = self.older.swap_remove(i);
                 if slot.window == window {
-                    ids = slot.ids.into_set();
+                    taken = Some(slot);
+                } else {
+                    stale.push(slot);
                 }
             } else {
                 i += 1;
             }
         }
-        ids
+        (taken, stale)
     }
 }
 
@@ -258,9 +261,15 @@ impl Shards {
     pub fn seal(&self, window: u64) -> Sealed {
         let mut sealed = Sealed::default();
         for shard in self.shards.iter() {
-            let mut s = lock(shard);
-            sealed.parts.push(s.take(window));
-            sealed.late += mem::take(&mut s.late);
+            let (taken, stale) = {
+                let mut s = lock(shard);
+                sealed.late += mem::take(&mut s.late);
+                s.take(window)
+            };
+            sealed
+                .parts
+                .push(taken.map(|slot| slot.ids.into_set()).unwrap_or_default());
+            drop(stale);
         }
         // After every shard is sealed no request can add an endpoint to this window: a
         // request admits its endpoint while it holds its shard's lock.

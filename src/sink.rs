@@ -46,6 +46,8 @@ impl<R: Reporter> WindowSink for LocalSink<R> {
             unique_count: sealed.ids.len(),
             endpoints: sealed.endpoints,
         });
+        // Freed in pieces, like the merge (see `IdSet::union_all_pausing`).
+        sealed.ids.release(&mut std::thread::yield_now);
     }
 
     fn finish(&mut self, deadline: Instant) {
