@@ -13,6 +13,11 @@ use verve::clock::SystemClock;
 use verve::config::Config;
 use verve::server::{self, Server};
 
+// Measured against the system allocator in perf/RESULTS.md; off by default.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Start-up failures caused by the configuration exit with 2, like clap's own errors.
 const EXIT_CONFIG: u8 = 2;
 
