@@ -21,7 +21,11 @@
 #
 # Environment: ROUNDS (3), DURATION (10), WARMUP (2), THREADS (2), CONNECTIONS (64), SEED (1,
 # the request stream's seed), CARGO_TARGET_DIR (as cargo), VERVE_ARGS (extra verve flags,
-# e.g. "--interval 1"). VERVE_* variables reach verve as usual.
+# e.g. "--interval 1"), SVG (perf/compare.svg). VERVE_* variables reach verve as usual.
+#
+# Also writes the per-round figures to perf/out/compare-<UTC time>.csv (round, baseline_rps,
+# verve_rps, ratio) and draws them with gnuplot (perf/plot_compare.gnuplot) into $SVG; without
+# gnuplot it says how to install it and skips the chart.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -37,6 +41,8 @@ LUA=$ROOT/perf/random_ids.lua
 OUT_DIR=$ROOT/perf/out
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RAW=$OUT_DIR/compare-$STAMP.txt
+CSV=$OUT_DIR/compare-$STAMP.csv
+SVG=${SVG:-$ROOT/perf/compare.svg}
 TMP=$(mktemp -d -t verve-compare.XXXXXX)
 SERVER_PID=
 
@@ -210,6 +216,7 @@ BASELINE_BIN=$TARGET_DIR/release/examples/baseline
 
 ROWS=()
 RATIOS=()
+CSV_ROWS=()
 for round in $(seq 1 "$ROUNDS"); do
     load_b=$(load1)
     run_one baseline "$round"
@@ -220,6 +227,7 @@ for round in $(seq 1 "$ROUNDS"); do
     check_verve "$round"
     ratio=$(awk -v v="$RPS" -v b="$base_rps" 'BEGIN {printf "%.3f", v / b}')
     RATIOS+=("$ratio")
+    CSV_ROWS+=("$round,$base_rps,$RPS,$ratio")
     ROWS+=("$(printf '| %5s | %12s | %12s | %6s | %9s | %9s | %7s | %5s / %-5s | %4s / %-4s |' \
         "$round" "$base_rps" "$RPS" "$ratio" "$base_p99" "$P99" "$COUNT_LINES" \
         "$load_b" "$load_v" "$busy_b" "$busy_v")")
@@ -238,6 +246,23 @@ MEDIAN=$(printf '%s\n' "${RATIOS[@]}" | sort -g | awk '{r[NR] = $1}
     echo "median verve/baseline ratio: $MEDIAN  (nproc $(nproc), load now $(cut -d' ' -f1-3 /proc/loadavg))"
     echo "raw output: ${RAW#"$ROOT"/}"
 } | tee -a "$RAW"
+
+# Per-round CSV and the chart (verve beside the baseline per round, the ratio on the right).
+{
+    echo "round,baseline_rps,verve_rps,ratio"
+    printf '%s\n' "${CSV_ROWS[@]}"
+} >"$CSV"
+echo "per-round CSV: ${CSV#"$ROOT"/}" | tee -a "$RAW"
+if command -v gnuplot >/dev/null; then
+    if gnuplot -e "csv='$CSV'; out='$SVG'; subtitle='$STAMP, $ROUNDS x ${DURATION}s, median ratio $MEDIAN, nproc $(nproc)'" \
+        "$ROOT/perf/plot_compare.gnuplot"; then
+        echo "chart: ${SVG#"$ROOT"/}" | tee -a "$RAW"
+    else
+        fail "gnuplot could not draw $SVG"
+    fi
+else
+    echo "no chart: gnuplot not found (apt-get install -y gnuplot-nox)" | tee -a "$RAW" >&2
+fi
 
 if ((${#FAILURES[@]})); then
     echo "${#FAILURES[@]} check(s) failed:" >&2

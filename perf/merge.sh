@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Window merge cost (examples/merge.rs): IDS ids (10 million) recorded into SHARDS shards
+# (2, one per may worker on a 2-core machine) through Shards::record from one thread per
+# shard, then what the collector does at a boundary, timed: Shards::seal, IdSet::union_all,
+# LocalSink::accept (report + drop of the merged set). Median, min and max over RUNS runs,
+# each on freshly filled shards.
+#
+#   perf/merge.sh                          # 10M random u32 ids, 2 shards, 5 runs
+#   IDS=1000000 RUNS=3 perf/merge.sh       # quicker
+#   DIST=random-i64 perf/merge.sh          # or sequential
+#
+# Environment: IDS (10000000), SHARDS (2), RUNS (5), DIST (random-u32 | sequential |
+# random-i64), BUDGET_MS (800: the count line is due within 1 s of the boundary and the
+# collector starts 200 ms after it), CARGO_TARGET_DIR.
+# Output: a markdown table on stdout and perf/out/merge-<UTC time>.txt. Exit status 1 if the
+# example failed or a distinct count is implausible; a median over BUDGET_MS is reported
+# loudly, not an error.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+IDS=${IDS:-10000000}
+SHARDS=${SHARDS:-2}
+RUNS=${RUNS:-5}
+DIST=${DIST:-random-u32}
+BUDGET_MS=${BUDGET_MS:-800}
+for v in IDS SHARDS RUNS BUDGET_MS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+done
+
+need_common
+mkdir -p "$PERF_OUT"
+RAW=$PERF_OUT/merge-$PERF_STAMP.txt
+
+build --example merge
+BIN=$(target_dir)/release/examples/merge
+[[ -x $BIN ]] || die "$BIN not found after the build"
+
+{
+    echo "# perf/merge.sh $PERF_STAMP: IDS=$IDS SHARDS=$SHARDS RUNS=$RUNS DIST=$DIST"
+    machine_line
+    echo "# other CPU busy in the second before: $(other_busy)"
+    echo "\$ $BIN --ids $IDS --shards $SHARDS --runs $RUNS --dist $DIST"
+} | tee "$RAW"
+"$BIN" --ids "$IDS" --shards "$SHARDS" --runs "$RUNS" --dist "$DIST" | tee -a "$RAW"
+
+SUMMARY=$(grep '^SUMMARY ' "$RAW" || true)
+[[ -n $SUMMARY ]] || { echo "CHECK FAILED: no SUMMARY line" >&2; exit 1; }
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$SUMMARY"; }
+distinct=$(field distinct)
+triple() { awk -F, '{printf "%s | %s | %s", $1, $2, $3}' <<<"$(field "$1")"; }
+
+{
+    echo
+    echo "| phase ($IDS $DIST ids, $SHARDS shards, $distinct distinct, $RUNS runs) | median ms | min ms | max ms |"
+    echo "| --- | ---: | ---: | ---: |"
+    echo "| \`Shards::seal\` | $(triple seal_ms) |"
+    echo "| \`IdSet::union_all\` | $(triple union_ms) |"
+    echo "| \`LocalSink::accept\` (report, free the set) | $(triple report_drop_ms) |"
+    echo "| **total (the collector's work)** | $(triple total_ms) |"
+    echo
+} | tee -a "$RAW"
+
+status=0
+case $DIST in
+    random-u32) expect=$(awk -v n="$IDS" 'BEGIN {printf "%.0f", n - n * n / 2^33}') ;;
+    *) expect=$IDS ;;
+esac
+if [[ $(awk -v d="$distinct" -v e="$expect" 'BEGIN {print (d >= e * 0.999 && d <= e * 1.001 + 1)}') != 1 ]]; then
+    echo "CHECK FAILED: $distinct distinct ids, expected about $expect" | tee -a "$RAW" >&2
+    status=1
+fi
+median=$(field total_ms | cut -d, -f1)
+if awk -v m="$median" -v b="$BUDGET_MS" 'BEGIN {exit !(m <= b)}'; then
+    echo "merge median ${median} ms: within the ${BUDGET_MS} ms budget (count line due 1 s after the boundary, collector starts at +200 ms)" | tee -a "$RAW"
+else
+    echo "WARNING: merge median ${median} ms is over the ${BUDGET_MS} ms budget: count lines would be late" | tee -a "$RAW"
+fi
+echo "raw output: ${RAW#"$PERF_ROOT"/}"
+exit "$status"
