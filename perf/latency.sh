@@ -68,8 +68,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-build --bin verve
+build --bin verve --example baseline
 VERVE_BIN=$(target_dir)/release/verve
+BASELINE_BIN=$(target_dir)/release/examples/baseline
 [[ -x $VERVE_BIN ]] || die "$VERVE_BIN not found after the build"
 
 {
@@ -121,6 +122,25 @@ fi
 
 stop_verve
 echo "verve exit status after SIGTERM: $STOP_RC" >>"$RAW"
+
+# The same load against the bare may_minihttp server (examples/baseline.rs): on a machine
+# where oha shares the cores with the server, this says how much of the tail is the load
+# generator's and the machine's rather than verve's. BASELINE=0 skips it.
+BASELINE_SUMMARY="not measured (BASELINE=0)"
+if [[ ${BASELINE:-1} == 1 ]]; then
+    BPORT=$(free_port)
+    "$BASELINE_BIN" "127.0.0.1:$BPORT" >"$TMP/baseline.out" 2>&1 &
+    BASELINE_PID=$!
+    wait_port "$BPORT" "$BASELINE_PID" || die "the baseline did not start"
+    B_URL="http://127.0.0.1:$BPORT/api/verve/accept\\?id=[0-3][0-9]{9}"
+    echo "\$ oha -q $RATE --latency-correction -z ${DURATION}s -c $CONNECTIONS --no-tui --rand-regex-url '$B_URL'   # baseline" | tee -a "$RAW"
+    oha -q "$RATE" --latency-correction -z "${DURATION}s" -c "$CONNECTIONS" --no-tui \
+        --rand-regex-url "$B_URL" >"$TMP/baseline-oha.txt" 2>&1 || die "oha failed against the baseline"
+    kill_pids "$BASELINE_PID"
+    cat "$TMP/baseline-oha.txt" >>"$RAW"
+    pct() { awk -v p="$1" '$1 == p {print $3, $4}' "$TMP/baseline-oha.txt"; }
+    BASELINE_SUMMARY="p50 $(pct 50.00%)   p90 $(pct 90.00%)   p99 $(pct 99.00%)   p99.9 $(pct 99.90%)"
+fi
 
 FAILURES=()
 fail() {
@@ -204,6 +224,7 @@ gzip -f "$OHA_CSV"
     echo "rate $RATE req/s (max ${MAX_RATE:-not measured}), ${DURATION}s, $CONNECTIONS connections, $N requests:"
     echo "  p50 $P50 ms   p90 $P90 ms   p99 $P99 ms   p99.9 $P999 ms   max $MAX ms"
     echo "  p99 <= $TARGET_P99_MS ms: $VERDICT"
+    echo "  bare baseline, same load: $BASELINE_SUMMARY"
     echo "  window boundaries crossed during the run: $(($(grep -c 'unique_count=' "$TMP/verve.log" || true) - 1))" \
         "(each starts an empty window, whose first seconds cost the most)"
     echo "outputs: ${RAW#"$PERF_ROOT"/} (+ -percentiles.csv, -histogram.csv, -curve.csv, -oha.csv.gz); $CHART"
