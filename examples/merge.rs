@@ -5,7 +5,7 @@
 //!
 //! 1. `Shards::seal(window)`: takes the window's slot from every shard (flushing each
 //!    `BatchedIdSet`'s pending batch),
-//! 2. `IdSet::union_all(sealed.parts)`: the pairwise union of the shards,
+//! 2. `IdSet::union_all_pausing(sealed.parts, yield_now)`: the pairwise union of the shards, as the collector does it,
 //! 3. `WindowSink::accept` on a `LocalSink` (what the server uses in single-instance mode):
 //!    the count goes to a reporter, then the merged set is dropped (freed). The reporter here
 //!    only keeps the count; the server's writes one log line, which is not timed here.
@@ -158,7 +158,7 @@ fn main() -> ExitCode {
         let t0 = Instant::now();
         let sealed = shards.seal(window);
         let t1 = Instant::now();
-        let ids = IdSet::union_all(black_box(sealed.parts));
+        let ids = IdSet::union_all_pausing(black_box(sealed.parts), &mut std::thread::yield_now);
         let t2 = Instant::now();
         distinct = ids.len();
         sink.accept(SealedWindow {
