@@ -5,7 +5,8 @@
 //!
 //! 1. `Shards::seal(window)`: takes the window's slot from every shard (flushing each
 //!    `BatchedIdSet`'s pending batch),
-//! 2. `IdSet::union_all_pausing(sealed.parts, yield_now)`: the pairwise union of the shards, as the collector does it,
+//! 2. `IdSet::union_all_pausing(sealed.parts, yield_now)`: the pairwise union of the shards,
+//!    as the collector does it,
 //! 3. `WindowSink::accept` on a `LocalSink` (what the server uses in single-instance mode):
 //!    the count goes to a reporter, then the merged set is dropped (freed). The reporter here
 //!    only keeps the count; the server's writes one log line, which is not timed here.
