@@ -1,0 +1,63 @@
+//! The shipped systemd unit, checked with systemd's own tool (Debian package `systemd`,
+//! which `.ci/run` installs; it does not need systemd to be running): `systemd-analyze
+//! verify` accepts it, and its sandbox keeps the exposure score at 2.0 or below.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verve.service");
+const INSTALLED_BIN: &str = "/usr/local/bin/verve";
+
+/// The unit as shipped, except that it runs the binary under test: `verify` checks that the
+/// `ExecStart` program exists, and the test must not depend on an installed copy.
+fn unit_for_test(tag: &str) -> PathBuf {
+    let text = std::fs::read_to_string(UNIT).expect("reading scripts/verve.service");
+    let exec = format!("ExecStart={INSTALLED_BIN}");
+    assert!(text.contains(&exec), "the unit runs {INSTALLED_BIN}");
+    let dir = std::env::temp_dir().join(format!("verve-unit-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("verve.service");
+    let local = text.replace(&exec, &format!("ExecStart={}", env!("CARGO_BIN_EXE_verve")));
+    std::fs::write(&path, local).unwrap();
+    path
+}
+
+fn analyze(args: &[&str], unit: &Path) -> (bool, String) {
+    let out = Command::new("systemd-analyze")
+        .args(args)
+        .arg(unit)
+        .output()
+        .expect("running systemd-analyze (Debian package systemd; .ci/run installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_unit_verifies() {
+    let unit = unit_for_test("verify");
+    let (ok, text) = analyze(&["verify"], &unit);
+    assert!(ok, "systemd-analyze verify:\n{text}");
+    // verify prints nothing for a clean unit; anything it prints is a finding.
+    assert!(text.trim().is_empty(), "systemd-analyze verify:\n{text}");
+}
+
+#[test]
+fn the_sandbox_exposure_is_at_most_2() {
+    let unit = unit_for_test("security");
+    let (ok, text) = analyze(&["security", "--offline=yes", "--threshold=20"], &unit);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure line:\n{text}"));
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the score in {line:?}"));
+    assert!(ok && score <= 2.0, "exposure {score} (> 2.0):\n{text}");
+}
