@@ -10,7 +10,10 @@ use std::net::Shutdown;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{get_request, parse_responses, wait_until, Client, Response, Server};
+use common::{
+    answered_or_closed, answered_then_closed, get_request, parse_responses, wait_until,
+    write_in_background, Client, Response, Server,
+};
 
 /// Windows do not matter to most cases: a long interval keeps the log quiet.
 const INTERVAL: u64 = 60;
@@ -32,47 +35,6 @@ fn assert_unharmed(server: &mut Server) {
 /// Panics unless `r` is `status` with body `body`.
 fn assert_answer(r: &Response, status: u16, body: &str, what: &str) {
     assert_eq!((r.status, r.text().as_str()), (status, body), "{what}");
-}
-
-/// Reads until the server closes; what arrived before must be exactly one `failed` answer
-/// with one of `statuses`, or nothing at all (the server just closed).
-fn answered_or_closed(client: &mut Client, statuses: &[u16], what: &str) {
-    let bytes = client.read_until_closed();
-    if bytes.is_empty() {
-        return;
-    }
-    let responses = parse_responses(&bytes);
-    assert_eq!(
-        responses.len(),
-        1,
-        "{what}: expected one answer, got {:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    let r = &responses[0];
-    assert!(statuses.contains(&r.status), "{what}: status {}", r.status);
-    assert_eq!(r.text(), "failed", "{what}");
-}
-
-/// Sends `request` on a new connection: it must be answered exactly `status` `failed`, saying
-/// so, and then the connection must close with nothing more.
-fn answered_then_closed(server: &Server, request: &[u8], status: u16, what: &str) {
-    let mut client = server.client();
-    client.send(request);
-    let r = client
-        .try_response()
-        .unwrap_or_else(|e| panic!("{what}: no answer: {e:?}"));
-    assert_answer(&r, status, "failed", what);
-    assert!(r.says_close(), "{what}: a closing answer says so: {r:?}");
-    client.expect_closed();
-}
-
-/// Writes `data` on a thread, ignoring errors: the server may refuse and close long before
-/// it is all sent, and the test must read the answer meanwhile.
-fn write_in_background(client: &Client, data: Vec<u8>) -> JoinHandle<()> {
-    let mut stream = client.stream.try_clone().unwrap();
-    std::thread::spawn(move || {
-        let _ = stream.write_all(&data);
-    })
 }
 
 /// Reproducible "random" bytes (xorshift64*): a failure can be replayed from its seed.

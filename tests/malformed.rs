@@ -6,52 +6,11 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{parse_responses, Client, Server};
+use common::{
+    answered_or_closed, answered_then_closed, parse_responses, write_in_background, Server,
+};
 
 const INTERVAL: u64 = 60;
-
-/// Reads until the server closes; whatever arrived before must be exactly one response with
-/// one of `statuses` saying `failed` (an empty read means the server just closed).
-fn answered_or_closed(client: &mut Client, statuses: &[u16], what: &str) {
-    let bytes = client.read_until_closed();
-    if bytes.is_empty() {
-        return;
-    }
-    let responses = parse_responses(&bytes);
-    assert_eq!(
-        responses.len(),
-        1,
-        "{what}: expected one response, got {:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    let r = &responses[0];
-    assert!(statuses.contains(&r.status), "{what}: status {}", r.status);
-    assert_eq!(r.text(), "failed", "{what}");
-}
-
-/// Sends `request` on a new connection; it must be answered exactly with `status` and
-/// `failed`, then the connection must close.
-fn answered_then_closed(server: &Server, request: &[u8], status: u16, what: &str) {
-    let mut client = server.client();
-    client.send(request);
-    let r = client
-        .try_response()
-        .unwrap_or_else(|e| panic!("{what}: no response: {e:?}"));
-    assert_eq!((r.status, r.text()), (status, "failed".into()), "{what}");
-    assert!(
-        r.says_close(),
-        "{what}: an error that closes says so: {r:?}"
-    );
-    client.expect_closed();
-}
-
-/// Writes `data` on a thread, ignoring errors (the server may close before it is all sent).
-fn write_in_background(client: &Client, data: Vec<u8>) -> std::thread::JoinHandle<()> {
-    let mut stream = client.stream.try_clone().unwrap();
-    std::thread::spawn(move || {
-        let _ = stream.write_all(&data);
-    })
-}
 
 #[test]
 fn garbage_is_refused_and_the_server_goes_on() {

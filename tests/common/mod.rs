@@ -641,6 +641,47 @@ impl Client {
     }
 }
 
+/// Reads until the server closes; what arrived before must be exactly one `failed` answer
+/// with one of `statuses`, or nothing at all (the server just closed).
+pub fn answered_or_closed(client: &mut Client, statuses: &[u16], what: &str) {
+    let bytes = client.read_until_closed();
+    if bytes.is_empty() {
+        return;
+    }
+    let responses = parse_responses(&bytes);
+    assert_eq!(
+        responses.len(),
+        1,
+        "{what}: expected one answer, got {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let r = &responses[0];
+    assert!(statuses.contains(&r.status), "{what}: status {}", r.status);
+    assert_eq!(r.text(), "failed", "{what}");
+}
+
+/// Sends `request` on a new connection: it must be answered exactly `status` `failed`, saying
+/// so, and then the connection must close with nothing more.
+pub fn answered_then_closed(server: &Server, request: &[u8], status: u16, what: &str) {
+    let mut client = server.client();
+    client.send(request);
+    let r = client
+        .try_response()
+        .unwrap_or_else(|e| panic!("{what}: no answer: {e:?}"));
+    assert_eq!((r.status, r.text().as_str()), (status, "failed"), "{what}");
+    assert!(r.says_close(), "{what}: a closing answer says so: {r:?}");
+    client.expect_closed();
+}
+
+/// Writes `data` on a thread, ignoring errors: the server may refuse and close long before
+/// it is all sent, and the test must read the answer meanwhile.
+pub fn write_in_background(client: &Client, data: Vec<u8>) -> std::thread::JoinHandle<()> {
+    let mut stream = client.stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = stream.write_all(&data);
+    })
+}
+
 /// A minimal `GET` request.
 pub fn get_request(target: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: verve.test\r\n\r\n")
