@@ -37,6 +37,8 @@ export SEED=${SEED:-1}
 VERVE_ARGS=${VERVE_ARGS:-}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=perf/lib.sh
+. "$ROOT/perf/lib.sh"
 LUA=$ROOT/perf/random_ids.lua
 OUT_DIR=$ROOT/perf/out
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -64,45 +66,6 @@ trap 'exit 130' INT TERM
 
 log() { echo "$*" | tee -a "$RAW"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
-
-# Percent of all CPUs busy over one second, measured while no server or wrk of ours runs:
-# what other jobs on the machine take (the load average lags and includes our own runs).
-other_busy() {
-    local a b
-    read -ra a </proc/stat
-    sleep 1
-    read -ra b </proc/stat
-    awk -v u="$((b[1] + b[2] + b[3] + b[6] + b[7] + b[8] - a[1] - a[2] - a[3] - a[6] - a[7] - a[8]))" \
-        -v i="$((b[4] + b[5] - a[4] - a[5]))" 'BEGIN {printf "%d%%", (u + i) ? 100 * u / (u + i) : 0}'
-}
-
-# A loopback port nobody listens on, below Linux's ephemeral range so that wrk's own client
-# ports cannot take it.
-free_port() {
-    local port
-    for _ in $(seq 1 100); do
-        port=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    echo "compare.sh: no free port found" >&2
-    return 1
-}
-
-# Waits until $2 accepts connections on port $1, or fails if the process died / 10 s passed.
-wait_port() {
-    local port=$1 pid=$2
-    for _ in $(seq 1 200); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    return 1
-}
 
 # Stops the current server with SIGTERM; sets STOP_RC to its exit status (KILLed after 10 s).
 stop_server() {

@@ -1,4 +1,4 @@
-# Shared helpers for the perf/ scripts (sourced, not run). compare.sh keeps its own copies.
+# Shared helpers for the perf/ scripts and scripts/flamegraph.sh (sourced, not run).
 # shellcheck shell=bash
 
 PERF_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

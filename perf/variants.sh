@@ -22,6 +22,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 export SEED=${SEED:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=perf/lib.sh
+. "$ROOT/perf/lib.sh"
 OUT_DIR=$ROOT/perf/out
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RAW=$OUT_DIR/variants-$STAMP.txt
@@ -52,10 +54,6 @@ build() { # dir cargo-flags rustflags profile-env
   # shellcheck disable=SC2086
   (cd "$ROOT" && env $profile CARGO_TARGET_DIR="$dir" RUSTFLAGS="$rustflags" \
     cargo build --release --quiet $flags --bin verve)
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 PID=

@@ -58,6 +58,8 @@ VERVE_ARGS=${VERVE_ARGS:-}
 KEEP_DATA=${KEEP_DATA:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=perf/lib.sh
+. "$ROOT/perf/lib.sh"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-$ROOT/perf/out/flamegraph-$STAMP.svg}
 [[ $OUT == /* ]] || OUT=$PWD/$OUT
@@ -156,33 +158,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "flamegraph.sh: interrupted" >&2; exit 130' INT TERM HUP
 
-# --- helpers (as in perf/compare.sh) -------------------------------------------------------
-# A loopback port nobody listens on, below Linux's ephemeral range.
-free_port() {
-    local port
-    for _ in $(seq 1 100); do
-        port=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-
-# Waits until $2 accepts connections on port $1; fails if it died or 10 s passed.
-wait_port() {
-    local port=$1 pid=$2
-    for _ in $(seq 1 200); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    return 1
-}
-
+# --- helpers (free_port and wait_port come from perf/lib.sh) -------------------------------
 # Waits until the server on port $1 answers GET /healthz with 200. The port accepts
 # connections as soon as it is bound, before may has started its worker threads, and
 # `perf record -p` only sees the threads that exist when it starts.
