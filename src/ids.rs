@@ -245,12 +245,17 @@ impl IdSet {
     /// The same union with roaring's `MultiOps` (kept for the benchmark that justifies
     /// [`IdSet::union_all`]).
     pub fn union_all_multiops(sets: Vec<IdSet>) -> IdSet {
-        let (hots, rests): (Vec<_>, Vec<_>) = sets
-            .into_iter()
-            .map(|s| (s.hot.to_bitmap(), s.rest))
-            .unzip();
+        let (hots, rests): (Vec<Hot>, Vec<RoaringTreemap>) =
+            sets.into_iter().map(|s| (s.hot, s.rest)).unzip();
+        let mut hot = Hot::default();
+        if hots.iter().any(|h| !h.parts.is_empty()) {
+            // Part by part, as `union_all` does, so that only the union itself differs.
+            hot.parts = (0..HOT_PARTS)
+                .map(|i| hots.iter().filter_map(|h| h.parts.get(i)).union())
+                .collect();
+        }
         IdSet {
-            hot: Hot::from_bitmap(&hots.union()),
+            hot,
             rest: rests.union(),
         }
     }
