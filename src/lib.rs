@@ -6,6 +6,7 @@
 //! - [`server`]: wiring and the shutdown sequence.
 //! - [`http`]: the may coroutine front: connection loop, routing, responses, `Date` cache.
 //! - [`query`]: parsing and validating the accept API's query string.
+//! - [`cluster`]: cluster mode on Redis (in progress: the Redis store so far).
 //! - [`clock`]: the clock (real or test-driven) and window arithmetic.
 //! - [`ids`]: the exact id set of a window (roaring).
 //! - [`shards`]: per-worker id shards, sealed per window; why they are sound under may.
@@ -18,6 +19,7 @@
 //! - [`logging`]: the log file format.
 
 pub mod clock;
+pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod endpoints;
