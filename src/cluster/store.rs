@@ -14,7 +14,7 @@
 //! | `P:live` | sorted set | instance -> time of its last heartbeat (ms) |
 //!
 //! `{wS}` is a Redis Cluster hash tag: all keys of one window live in one slot, so a window's
-//! writes can be one atomic pipeline and its reads one `MGET`, on Redis Cluster too. Every
+//! writes can be one atomic script and its reads one `MGET`, on Redis Cluster too. Every
 //! key carries an expiry and disappears on its own.
 
 use redis::{ConnectionLike, RedisResult};
@@ -83,29 +83,42 @@ end
 return 0
 ";
 
+/// The shipment, atomically: a script rather than a `MULTI` pipeline, because the sync
+/// Redis Cluster connection of the `redis` crate does not pipeline; a script runs on the
+/// node of its keys, which share the window's slot. Endpoints are added 1000 at a time
+/// (Lua's `unpack` has a stack limit).
+const SHIP: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if #ARGV > 4 then
+  for i = 5, #ARGV, 1000 do
+    redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+if ARGV[3] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+return 1
+";
+
 /// Ships `s`: the ids replace the instance's previous shipment of the window, the endpoints
 /// join the window's set, and a last shipment marks the instance as done with the window.
-/// One atomic pipeline, so the leader never sees the marker without the ids.
+/// Atomic, so the leader never sees the marker without the ids.
 pub fn ship(con: &mut dyn ConnectionLike, keys: &Keys, s: &Shipment<'_>) -> RedisResult<()> {
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    pipe.cmd("SET")
-        .arg(keys.ids(s.window_start, s.instance))
+    let script = redis::Script::new(SHIP);
+    let mut call = script.prepare_invoke();
+    call.key(keys.ids(s.window_start, s.instance))
+        .key(keys.endpoints(s.window_start))
+        .key(keys.shipped(s.window_start))
         .arg(s.ids)
-        .arg("PX")
         .arg(s.ttl_ms)
-        .ignore();
-    if !s.endpoints.is_empty() {
-        let key = keys.endpoints(s.window_start);
-        pipe.cmd("SADD").arg(&key).arg(s.endpoints).ignore();
-        pipe.cmd("PEXPIRE").arg(&key).arg(s.ttl_ms).ignore();
+        .arg(if s.last { "1" } else { "0" })
+        .arg(s.instance);
+    for endpoint in s.endpoints {
+        call.arg(endpoint);
     }
-    if s.last {
-        let key = keys.shipped(s.window_start);
-        pipe.cmd("SADD").arg(&key).arg(s.instance).ignore();
-        pipe.cmd("PEXPIRE").arg(&key).arg(s.ttl_ms).ignore();
-    }
-    pipe.query(con)
+    call.invoke::<i64>(con).map(drop)
 }
 
 /// Records that `instance` is alive at `now_ms`, and forgets instances silent for longer
@@ -117,24 +130,19 @@ pub fn heartbeat(
     now_ms: u64,
     ttl_ms: u64,
 ) -> RedisResult<()> {
+    // Three plain commands (no pipeline: see SHIP); none depends on another being atomic.
     let key = keys.live();
-    redis::pipe()
-        .atomic()
-        .cmd("ZADD")
+    redis::cmd("ZADD")
         .arg(&key)
         .arg(now_ms)
         .arg(instance)
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
+        .query::<()>(con)?;
+    redis::cmd("ZREMRANGEBYSCORE")
         .arg(&key)
         .arg("-inf")
         .arg(format!("({}", now_ms.saturating_sub(ttl_ms)))
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(ttl_ms)
-        .ignore()
-        .query(con)
+        .query::<()>(con)?;
+    redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms).query(con)
 }
 
 /// The instances whose last heartbeat is at most `ttl_ms` old at `now_ms`, sorted.
