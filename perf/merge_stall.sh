@@ -18,14 +18,16 @@
 # boundary it was written: the collector starts 200 ms after the boundary, so the rest is
 # seal + merge + report), the probe's worst latency in the second after the boundary
 # ([B, B+1 s), which holds the seal) against its p99 over the whole probe, the same from oha,
-# and draws the probe's latencies around the boundary into $SVG (perf/merge_stall.svg).
+# and draws the probe's latencies around the boundary, with oha's worst request per 50 ms as a
+# line, into $SVG (perf/merge_stall.svg).
 #
 # Environment: INTERVAL (60), TARGET (10000000 distinct ids), FILL (seconds of filling,
 # INTERVAL - LEAD - 3), FILL_CONNECTIONS (8), DEPTH (32 requests pipelined per write), LEAD
 # (5), TAIL (5), PROBE_PERIOD_US (1000), LOAD_RATE (10000; 0 = no oha), LOAD_CONNECTIONS (16),
 # VERVE_ARGS, SVG, CARGO_TARGET_DIR.
 # Outputs in perf/out/: merge_stall-<UTC>.txt (everything), -probe.csv (every probe request:
-# due_unix_ms,latency_us,service_us,status), -oha.csv.gz (oha's per-request CSV).
+# due_unix_ms,latency_us,service_us,status), -oha.csv.gz (oha's per-request CSV), -oha-50ms.csv
+# (oha's worst request per 50 ms, by start time relative to the boundary: the chart's line).
 # Exit status 1 if a request failed, verve did not exit 0, or no count line came for the
 # filled window. A window that could not be filled to TARGET is reported loudly (raise FILL,
 # i.e. INTERVAL, or lower TARGET), not an error.
@@ -63,6 +65,7 @@ BASE=$PERF_OUT/merge_stall-$PERF_STAMP
 RAW=$BASE.txt
 PROBE_CSV=$BASE-probe.csv
 OHA_CSV=$BASE-oha.csv
+OHA_POINTS=$BASE-oha-50ms.csv
 TMP=$(mktemp -d -t verve-stall.XXXXXX)
 OHA_PID=
 cleanup() {
@@ -134,6 +137,7 @@ if ((LOAD_RATE > 0)); then
     OHA_START=$(now)
     oha "${OHA_ARGS[@]}" "$OHA_URL" 2>"$TMP/oha.err" &
     OHA_PID=$!
+    echo "oha launched at unix time $OHA_START (B1 = $B1): its request-start column is relative to about then" >>"$RAW"
 fi
 PROBE_ARGS=(--addr "127.0.0.1:$PORT" --seconds "$SPAN" --period-us "$PROBE_PERIOD_US"
     --interval "$INTERVAL" --out "$PROBE_CSV")
@@ -204,21 +208,31 @@ fi
 # --- oha: overall p99 and max, and the max of requests due in [B1, B1 + 1 s)
 OHA_LINE="no oha run (LOAD_RATE=0)"
 if ((LOAD_RATE > 0)) && [[ -s $OHA_CSV ]]; then
-    read -r O_N O_BAD O_MAX O_BMAX < <(awk -F, -v s="$OHA_START" -v b="$B1" '
+    # Requests by the time they started (oha's start + request-start): the worst per 50 ms
+    # for the chart, the worst in [B1, B1 + 1 s) and when it started.
+    read -r O_N O_BAD O_MAX O_BMAX O_BAT < <(awk -F, -v s="$OHA_START" -v b="$B1" -v pts="$OHA_POINTS" '
         NR > 1 {
             n++; if ($7 != 200) bad++
             l = $5 * 1000; if (l > max) max = l
-            t = s + $1; if (t >= b && t < b + 1 && l > bmax) bmax = l
+            t = s + $1 - b
+            if (t >= 0 && t < 1 && l > bmax) { bmax = l; bat = t * 1000 }
+            k = int((t + 1000) * 20) - 20000; if (!(k in w) || l > w[k]) w[k] = l
         }
-        END {printf "%d %d %.2f %.2f\n", n, bad, max, bmax}' "$OHA_CSV")
+        END {
+            print "seconds_since_boundary,max_latency_ms" > pts
+            for (k = -20000; k <= 20000; k++) if (k in w) printf "%.2f,%.3f\n", k / 20, w[k] > pts
+            printf "%d %d %.2f %.2f %.0f\n", n, bad, max, bmax, bat
+        }' "$OHA_CSV")
     O_P99=$(awk -F, 'NR > 1 {printf "%.6f\n", $5 * 1000}' "$OHA_CSV" | sort -n |
         awk '{v[NR] = $1} END {r = int(0.99 * NR); if (r < 0.99 * NR) r++; if (r < 1) r = 1; printf "%.2f", v[r]}')
     ((O_BAD == 0)) || fail "oha: $O_BAD answers were not 200"
-    OHA_LINE="oha ($O_N requests at $LOAD_RATE/s): p99 $O_P99 ms, max $O_MAX ms; max in [B, B+1 s) $O_BMAX ms (start times placed by oha's launch, +-few ms)"
+    OHA_LINE="oha ($O_N requests at $LOAD_RATE/s): p99 $O_P99 ms, max $O_MAX ms; max in [B, B+1 s) $O_BMAX ms (started at +$O_BAT ms; times placed by oha's launch, +-few ms)"
     gzip -f "$OHA_CSV"
 fi
 
-if gnuplot -e "csv='$PROBE_CSV'; boundary=$B1; out='$SVG'; subtitle='$PERF_STAMP: window of $COUNT ids sealed at +0.2 s, count line at +$DELAY ms; nproc $(nproc)'" \
+OHA_PLOT=
+[[ -s $OHA_POINTS ]] && OHA_PLOT="oha='$OHA_POINTS';"
+if gnuplot -e "csv='$PROBE_CSV'; $OHA_PLOT boundary=$B1; out='$SVG'; subtitle='$PERF_STAMP: window of $COUNT ids sealed at +0.2 s, count line at +$DELAY ms; nproc $(nproc)'" \
     "$PERF_ROOT/perf/plot_stall.gnuplot"; then
     CHART="chart: ${SVG#"$PERF_ROOT"/}"
 else
