@@ -191,6 +191,13 @@ mod tests {
     }
 
     fn start(clock: Arc<ManualClock>) -> (Arc<Shards>, CollectorHandle, Receiver<Seen>) {
+        start_with(clock, None)
+    }
+
+    fn start_with(
+        clock: Arc<ManualClock>,
+        state_file: Option<PathBuf>,
+    ) -> (Arc<Shards>, CollectorHandle, Receiver<Seen>) {
         let shards = Arc::new(Shards::new(2, EndpointPolicy::default(), 10));
         let (tx, rx) = unbounded();
         let handle = Collector {
@@ -199,7 +206,7 @@ mod tests {
             clock,
             sink: Box::new(ChannelSink(tx)),
             metrics: Arc::new(Metrics::new(2)),
-            state_file: None,
+            state_file,
         }
         .spawn()
         .unwrap();
@@ -249,5 +256,37 @@ mod tests {
             shards.record(0, 0, 12, None),
             Ok(crate::shards::Recorded::Closed)
         );
+    }
+
+    #[test]
+    fn with_a_state_file_the_open_window_is_saved_not_reported() {
+        let dir = std::env::temp_dir().join(format!("verve-collector-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.state");
+        let clock = ManualClock::new(5_000);
+        let (shards, handle, rx) = start_with(clock, Some(path.clone()));
+        shards.record(0, 0, 10, Some("http://cb.test/")).unwrap();
+        shards.record(1, 0, 11, None).unwrap();
+        handle.shutdown(Instant::now());
+        // Only the sink's finish: no count for the open window.
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+        match crate::state::load(&path).unwrap() {
+            crate::state::Loaded::Window(w) => {
+                assert_eq!((w.window_start, w.ids.len()), (0, 2));
+                assert_eq!(w.endpoints, ["http://cb.test/"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_that_cannot_be_written_reports_the_window_instead() {
+        let clock = ManualClock::new(5_000);
+        let missing = std::env::temp_dir().join("verve-no-such-dir-for-sure/w.state");
+        let (shards, handle, rx) = start_with(clock, Some(missing));
+        shards.record(0, 0, 10, None).unwrap();
+        handle.shutdown(Instant::now());
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (0, 1, vec![]));
     }
 }

@@ -487,4 +487,24 @@ mod tests {
         assert_eq!(sealed.endpoints, vec!["http://a.test/x", "http://b.test/"]);
         assert_eq!(s.seal(2).endpoints, vec!["http://c.test/"]);
     }
+
+    #[test]
+    fn restore_puts_ids_back_and_refuses_endpoints_no_longer_allowed() {
+        let policy = EndpointPolicy::new(&["kept.test"]).unwrap();
+        let s = Shards::new(2, policy, 10);
+        let mut ids = IdSet::new();
+        ids.insert(1);
+        ids.insert(-7);
+        let refused = s.restore(
+            3,
+            &ids,
+            &["http://kept.test/a".into(), "http://gone.test/b".into()],
+        );
+        assert_eq!(refused, ["http://gone.test/b"]);
+        s.record(1, 3, 1, None).unwrap();
+        s.record(1, 3, 2, None).unwrap();
+        let sealed = s.seal(3);
+        assert_eq!(IdSet::union_all(sealed.parts).len(), 3);
+        assert_eq!(sealed.endpoints, ["http://kept.test/a"]);
+    }
 }
