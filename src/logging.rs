@@ -37,6 +37,16 @@ struct State {
 }
 
 impl Shared {
+    fn open(path: &Path) -> anyhow::Result<Arc<Shared>> {
+        Ok(Arc::new(Shared {
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                file: open(path)?,
+                line: Vec::with_capacity(256),
+            }),
+        }))
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves at worst a half-built line buffer, which the
         // next line clears.
@@ -100,13 +110,7 @@ impl log::Log for FileOutput {
 /// Opens (appends to) `path` and installs the logger. Fails when the file cannot be opened.
 /// The returned handle reopens the file after rotation.
 pub fn init(path: &Path) -> anyhow::Result<LogFile> {
-    let shared = Arc::new(Shared {
-        path: path.to_path_buf(),
-        state: Mutex::new(State {
-            file: open(path)?,
-            line: Vec::with_capacity(256),
-        }),
-    });
+    let shared = Shared::open(path)?;
     let output: Box<dyn log::Log> = Box::new(FileOutput(shared.clone()));
     fern::Dispatch::new()
         .format(|out, message, record| {
@@ -138,6 +142,12 @@ mod tests {
     use super::*;
     use log::Log;
 
+    /// The file output and its reopen handle, without installing a global logger.
+    fn file_output(path: &Path) -> (FileOutput, LogFile) {
+        let shared = Shared::open(path).unwrap();
+        (FileOutput(shared.clone()), LogFile(shared))
+    }
+
     fn line(output: &FileOutput, text: &str) {
         output.log(
             &log::Record::builder()
@@ -153,15 +163,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.log");
         let _ = std::fs::remove_file(&path);
-        let shared = Arc::new(Shared {
-            path: path.clone(),
-            state: Mutex::new(State {
-                file: open(&path).unwrap(),
-                line: Vec::new(),
-            }),
-        });
-        let output = FileOutput(shared.clone());
-        let handle = LogFile(shared);
+        let (output, handle) = file_output(&path);
         line(&output, "one");
         let rotated = dir.join("x.log.1");
         std::fs::rename(&path, &rotated).unwrap();
@@ -183,15 +185,7 @@ mod tests {
         let sub = dir.join("sub");
         std::fs::create_dir_all(&sub).unwrap();
         let path = sub.join("x.log");
-        let shared = Arc::new(Shared {
-            path: path.clone(),
-            state: Mutex::new(State {
-                file: open(&path).unwrap(),
-                line: Vec::new(),
-            }),
-        });
-        let output = FileOutput(shared.clone());
-        let handle = LogFile(shared);
+        let (output, handle) = file_output(&path);
         // The directory moves away: the path cannot be opened any more.
         let moved = dir.join("moved");
         std::fs::rename(&sub, &moved).unwrap();

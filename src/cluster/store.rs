@@ -206,11 +206,7 @@ pub fn shipped(
     keys: &Keys,
     window_start: u64,
 ) -> RedisResult<Vec<String>> {
-    let mut shipped: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(keys.shipped(window_start))
-        .query(con)?;
-    shipped.sort();
-    Ok(shipped)
+    sorted_members(con, &keys.shipped(window_start))
 }
 
 /// The latest shipment of each of `instances` for the window (`None`: nothing shipped), in
@@ -237,11 +233,7 @@ pub fn endpoints(
     keys: &Keys,
     window_start: u64,
 ) -> RedisResult<Vec<String>> {
-    let mut endpoints: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(keys.endpoints(window_start))
-        .query(con)?;
-    endpoints.sort();
-    Ok(endpoints)
+    sorted_members(con, &keys.endpoints(window_start))
 }
 
 /// Marks the window reported with its global count.
@@ -267,4 +259,11 @@ pub fn done(
     window_start: u64,
 ) -> RedisResult<Option<u64>> {
     redis::cmd("GET").arg(keys.done(window_start)).query(con)
+}
+
+/// The members of the set at `key`, sorted (Redis returns them in no order).
+fn sorted_members(con: &mut dyn ConnectionLike, key: &str) -> RedisResult<Vec<String>> {
+    let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(key).query(con)?;
+    members.sort();
+    Ok(members)
 }
