@@ -67,21 +67,9 @@ trap 'exit 130' INT TERM
 log() { echo "$*" | tee -a "$RAW"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
-# Stops the current server with SIGTERM; sets STOP_RC to its exit status (KILLed after 10 s).
+# Stops the current server with SIGTERM; sets STOP_RC (perf/lib.sh's stop_pid).
 stop_server() {
-    local rc=0
-    STOP_RC=0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        STOP_RC=timeout
-    fi
-    wait "$SERVER_PID" 2>/dev/null || rc=$?
-    [[ $STOP_RC == timeout ]] || STOP_RC=$rc
+    stop_pid "$SERVER_PID"
     SERVER_PID=
 }
 

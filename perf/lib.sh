@@ -99,23 +99,29 @@ start_verve() {
     fi
 }
 
-# stop_verve: SIGTERM, wait up to 10 s (then SIGKILL); sets STOP_RC (exit status or "timeout").
+# stop_pid PID: SIGTERM, wait up to 10 s (then SIGKILL); sets STOP_RC (exit status or
+# "timeout"). PID must be a child of this shell (for its exit status).
 STOP_RC=
-stop_verve() {
-    local rc=0
+stop_pid() {
+    local pid=$1 rc=0
     STOP_RC=0
-    [[ -n $VERVE_PID ]] || return 0
-    kill -TERM "$VERVE_PID" 2>/dev/null || true
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do
-        kill -0 "$VERVE_PID" 2>/dev/null || break
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    if kill -0 "$VERVE_PID" 2>/dev/null; then
-        kill -KILL "$VERVE_PID" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
         STOP_RC=timeout
     fi
-    wait "$VERVE_PID" 2>/dev/null || rc=$?
+    wait "$pid" 2>/dev/null || rc=$?
     [[ $STOP_RC == timeout ]] || STOP_RC=$rc
+}
+
+# stop_verve: stop_pid on the verve that start_verve started.
+stop_verve() {
+    stop_pid "$VERVE_PID"
     VERVE_PID=
 }
 
