@@ -34,17 +34,9 @@ use verve::report::{Reporter, WindowReport};
 use verve::shards::Shards;
 use verve::sink::{LocalSink, SealedWindow, WindowSink};
 
-/// xorshift64*: deterministic, fast, good enough to spread ids.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// Keeps the last count (the server's count log writes it instead).
 struct KeepCount(Arc<std::sync::atomic::AtomicU64>);
