@@ -158,6 +158,7 @@ fn main() -> ExitCode {
             window,
             window_start: 0,
             ids,
+            unshipped: None,
             endpoints: sealed.endpoints,
         });
         let t3 = Instant::now();

@@ -111,10 +111,24 @@ impl Collector {
                 sealed.late
             );
         }
+        let pause = &mut std::thread::yield_now;
+        let recent = IdSet::union_all_pausing(sealed.parts, pause);
+        let (ids, unshipped) = if sealed.drained.is_empty() {
+            (recent, None)
+        } else {
+            // Cluster mode: the drains took most of the window; what is new since the last
+            // one is all that still has to be shipped.
+            let mut unshipped = recent;
+            unshipped.subtract(&sealed.drained);
+            let mut ids = sealed.drained;
+            ids.union_with(&unshipped);
+            (ids, Some(unshipped))
+        };
         SealedWindow {
             window,
             window_start: self.windows.start_secs(window),
-            ids: IdSet::union_all_pausing(sealed.parts, &mut std::thread::yield_now),
+            ids,
+            unshipped,
             endpoints: sealed.endpoints,
         }
     }
@@ -143,6 +157,7 @@ impl Collector {
                     window,
                     window_start: saved.window_start,
                     ids: saved.ids,
+                    unshipped: None,
                     endpoints: saved.endpoints,
                 });
             }

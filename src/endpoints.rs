@@ -167,6 +167,15 @@ impl EndpointTable {
         }
     }
 
+    /// The endpoints of `window` so far (cluster mode ships them during the window).
+    pub fn snapshot(&self, window: u64) -> Vec<String> {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows
+            .get(&window)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Removes and returns the endpoints of `window`, sorted (so calls happen in a stable
     /// order), and forgets any older window that was somehow left behind.
     pub fn take(&self, window: u64) -> Vec<String> {

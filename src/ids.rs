@@ -108,6 +108,16 @@ impl Hot {
         }
     }
 
+    /// Removes every value of `other`, part by part (roaring's in-place `-=` keeps the
+    /// container order: linear).
+    fn subtract(&mut self, other: &Hot) {
+        for (mine, theirs) in self.parts.iter_mut().zip(&other.parts) {
+            if !mine.is_empty() && !theirs.is_empty() {
+                *mine -= theirs;
+            }
+        }
+    }
+
     /// Frees the parts one at a time, calling `pause` after each.
     fn release(mut self, pause: &mut dyn FnMut()) {
         while let Some(part) = self.parts.pop() {
@@ -207,6 +217,12 @@ impl IdSet {
         self.hot.union_with(&other.hot, &mut || {});
         // The treemap's `|=` goes through its B-tree: no quadratic step.
         self.rest |= &other.rest;
+    }
+
+    /// Removes every id of `other`: what a shipment adds to what was shipped before.
+    pub fn subtract(&mut self, other: &IdSet) {
+        self.hot.subtract(&other.hot);
+        self.rest -= &other.rest;
     }
 
     /// The union of many sets (one per shard), merged pairwise with [`IdSet::union_with`].
@@ -378,6 +394,25 @@ impl BatchedIdSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtract_leaves_only_the_ids_the_other_set_lacks() {
+        let mut a = IdSet::new();
+        let mut b = IdSet::new();
+        for id in [1, 2, 3, 1 << 40, -7, u32::MAX as i64, 70_000] {
+            a.insert(id);
+        }
+        for id in [2, 1 << 40, 70_000, 99, -8] {
+            b.insert(id);
+        }
+        a.subtract(&b);
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [-7, 1, 3, u32::MAX as i64]
+        );
+        a.subtract(&IdSet::new());
+        assert_eq!(a.len(), 4);
+    }
 
     #[test]
     fn key_map_preserves_order_over_the_whole_range() {

@@ -102,6 +102,7 @@ fn restore(
             window,
             window_start: saved.window_start,
             ids: saved.ids,
+            unshipped: None,
             endpoints: saved.endpoints,
         });
     }

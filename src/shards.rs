@@ -110,6 +110,17 @@ impl Shard {
         &mut self.older[at]
     }
 
+    /// Takes the ids recorded in `window` so far, leaving its slot (and its endpoint cache) in
+    /// place: the request path goes on recording into an empty set.
+    fn take_ids(&mut self, window: u64) -> Vec<BatchedIdSet> {
+        let current = (self.current.window == window).then_some(&mut self.current);
+        current
+            .into_iter()
+            .chain(self.older.iter_mut().filter(|o| o.window == window))
+            .map(|slot| mem::take(&mut slot.ids))
+            .collect()
+    }
+
     /// Marks `window` collected and removes its slot, and any older one, which can never be
     /// recorded again. The caller flushes and frees them after releasing the lock, so the
     /// worker that owns this shard waits only for the removal.
@@ -146,6 +157,28 @@ pub struct Sealed {
     pub late: u64,
     /// The distinct endpoints named in the window.
     pub endpoints: Vec<String>,
+    /// The ids earlier [`Shards::drain`]s of the window handed out (cluster mode); `parts`
+    /// hold only what was recorded after the last drain.
+    pub drained: IdSet,
+}
+
+/// What a [`Shards::drain`] hands out.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Ids of the window no earlier drain handed out (or, with `everything`, all so far).
+    pub ids: IdSet,
+    /// Endpoints of the window no earlier drain handed out (or all so far).
+    pub endpoints: Vec<String>,
+}
+
+/// What the drains of the open window have handed out so far.
+#[derive(Debug, Default)]
+struct DrainLog {
+    window: u64,
+    ids: IdSet,
+    endpoints: HashSet<String>,
+    /// Windows up to this one are sealed: draining them hands out nothing.
+    sealed_upto: Option<u64>,
 }
 
 /// All shards, plus the shared endpoint rules and table.
@@ -154,6 +187,8 @@ pub struct Shards {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     policy: EndpointPolicy,
     table: EndpointTable,
+    /// Taken before any shard lock, by the collector and the cluster thread only.
+    drains: Mutex<DrainLog>,
 }
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -170,6 +205,7 @@ impl Shards {
                 .collect(),
             policy,
             table: EndpointTable::new(max_endpoints),
+            drains: Mutex::new(DrainLog::default()),
         }
     }
 
@@ -260,6 +296,11 @@ impl Shards {
     /// collector only, in window order, after the settling delay.
     pub fn seal(&self, window: u64) -> Sealed {
         let mut sealed = Sealed::default();
+        let mut drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
+        if drains.window == window {
+            sealed.drained = mem::take(&mut drains.ids);
+        }
+        drains.sealed_upto = Some(drains.sealed_upto.map_or(window, |s| s.max(window)));
         for shard in self.shards.iter() {
             let (taken, stale) = {
                 let mut s = lock(shard);
@@ -275,6 +316,41 @@ impl Shards {
         // request admits its endpoint while it holds its shard's lock.
         sealed.endpoints = self.table.take(window);
         sealed
+    }
+
+    /// Cluster mode, during a window: takes what the shards recorded in `window` since the
+    /// last drain and returns the ids and endpoints no earlier drain returned (with
+    /// `everything`, all of them so far: a shipment to a Redis that may have lost the earlier
+    /// ones). `None` once the window is sealed. Each worker's lock is held only to swap its
+    /// set for an empty one; the union and the difference are computed outside it.
+    pub fn drain(&self, window: u64, everything: bool) -> Option<Drained> {
+        let mut drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
+        if drains.sealed_upto.is_some_and(|s| window <= s) || window < drains.window {
+            return None;
+        }
+        if drains.window != window {
+            // The previous window's log went with its seal; start this one's.
+            drains.window = window;
+            drains.ids = IdSet::new();
+            drains.endpoints.clear();
+        }
+        let mut parts = Vec::new();
+        for shard in self.shards.iter() {
+            let taken = lock(shard).take_ids(window);
+            parts.extend(taken.into_iter().map(BatchedIdSet::into_set));
+        }
+        let mut fresh = IdSet::union_all_pausing(parts, &mut std::thread::yield_now);
+        fresh.subtract(&drains.ids);
+        drains.ids.union_with(&fresh);
+        let mut endpoints = Vec::new();
+        for endpoint in self.table.snapshot(window) {
+            if everything || !drains.endpoints.contains(&endpoint) {
+                endpoints.push(endpoint.clone());
+            }
+            drains.endpoints.insert(endpoint);
+        }
+        let ids = if everything { drains.ids.clone() } else { fresh };
+        Some(Drained { ids, endpoints })
     }
 
     /// Refuses every later record (shutdown). The windows still open are sealed afterwards
@@ -309,6 +385,7 @@ impl Shards {
     /// scrape delays a worker only by the copy (a few milliseconds at millions of ids), not by
     /// the union; scrapes are rare.
     pub fn unique_so_far(&self, window: u64) -> u64 {
+        let drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
         let mut acc = IdSet::new();
         for shard in self.shards.iter() {
             let parts: Vec<IdSet> = {
@@ -324,6 +401,11 @@ impl Shards {
             for part in &parts {
                 acc.union_with(part);
             }
+        }
+        // Cluster mode: add what drains took out of the shards, without copying it.
+        if drains.window == window && !drains.ids.is_empty() {
+            acc.subtract(&drains.ids);
+            return acc.len() + drains.ids.len();
         }
         acc.len()
     }

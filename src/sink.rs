@@ -1,11 +1,11 @@
 //! The sealed-window handover: what the collector produces at each boundary, and the
 //! [`WindowSink`] that takes it. A single instance counts and reports it at once
-//! ([`LocalSink`]); cluster mode will ship it elsewhere first and report the global count.
+//! ([`LocalSink`]); cluster mode ([`crate::cluster`]) ships it to Redis and reports the global count.
 
 use std::time::Instant;
 
 use crate::ids::IdSet;
-use crate::report::{Reporter, WindowReport};
+use crate::report::{Reporter, Scope, WindowReport};
 
 /// One closed window, merged across all shards of this instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,7 +14,11 @@ pub struct SealedWindow {
     pub window: u64,
     /// Window start, whole seconds since the epoch.
     pub window_start: u64,
+    /// All of this instance's ids of the window.
     pub ids: IdSet,
+    /// Cluster mode: the part of `ids` that no shipment during the window carried (`None`:
+    /// all of it).
+    pub unshipped: Option<IdSet>,
     /// Distinct endpoints named during the window on this instance.
     pub endpoints: Vec<String>,
 }
@@ -45,6 +49,7 @@ impl<R: Reporter> WindowSink for LocalSink<R> {
             window_start: sealed.window_start,
             unique_count: sealed.ids.len(),
             endpoints: sealed.endpoints,
+            scope: Scope::Global,
         });
         // Freed in pieces, like the merge (see `IdSet::union_all_pausing`).
         sealed.ids.release(&mut std::thread::yield_now);

@@ -22,7 +22,7 @@ use ureq::Agent;
 use crate::clock::rfc3339_secs;
 use crate::endpoints::EndpointPolicy;
 use crate::metrics::Metrics;
-use crate::report::{Reporter, WindowReport};
+use crate::report::{Reporter, Scope, WindowReport};
 
 /// The log target of endpoint lines.
 pub const TARGET: &str = "endpoint";
@@ -254,6 +254,19 @@ impl Reporter for Callbacks {
         if report.endpoints.is_empty() {
             return;
         }
+        if report.scope == Scope::Local {
+            // Endpoints are promised the cluster's count; this instance's alone would be
+            // wrong, so none is sent, and each endpoint says why.
+            for url in &report.endpoints {
+                self.metrics.endpoint_calls.dropped.fetch_add(1, Relaxed);
+                log::warn!(
+                    target: TARGET,
+                    "window_start={} endpoint={url} error=cluster-count-unavailable",
+                    rfc3339_secs(report.window_start)
+                );
+            }
+            return;
+        }
         // The window is in the backlog until its last call is finished.
         self.metrics.backlog_windows.fetch_add(1, Relaxed);
         let window_left = Arc::new(AtomicU64::new(report.endpoints.len() as u64));
@@ -353,11 +366,13 @@ mod tests {
                 format!("http://127.0.0.1:{port}/a"),
                 format!("http://127.0.0.1:{port}/b"),
             ],
+            scope: Scope::Global,
         });
         callbacks.report(&WindowReport {
             window_start: 120,
             unique_count: 0,
             endpoints: vec![],
+            scope: Scope::Global,
         });
         callbacks.finish(Instant::now() + Duration::from_secs(30));
         assert_eq!(metrics.endpoint_calls.failed.load(Relaxed), 2);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::clock::rfc3339_secs;
 use crate::metrics::Metrics;
-use crate::report::{Reporter, WindowReport};
+use crate::report::{Reporter, Scope, WindowReport};
 
 /// The log target of count lines: the contract's example shows it after the level.
 pub const TARGET: &str = "count";
@@ -23,12 +23,20 @@ impl CountLog {
 
 impl Reporter for CountLog {
     fn report(&mut self, report: &WindowReport) {
-        log::info!(
-            target: TARGET,
-            "window_start={} unique_count={}",
-            rfc3339_secs(report.window_start),
-            report.unique_count
-        );
+        let start = rfc3339_secs(report.window_start);
+        match report.scope {
+            Scope::Global => log::info!(
+                target: TARGET,
+                "window_start={start} unique_count={}",
+                report.unique_count
+            ),
+            // The contract's trailing token, and a warning at the level operators alert on.
+            Scope::Local => log::warn!(
+                target: TARGET,
+                "window_start={start} unique_count={} scope=local",
+                report.unique_count
+            ),
+        }
         self.metrics.windows_reported.fetch_add(1, Relaxed);
     }
 

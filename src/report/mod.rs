@@ -15,6 +15,20 @@ pub struct WindowReport {
     pub unique_count: u64,
     /// Distinct endpoints named during the window, to be called once each.
     pub endpoints: Vec<String>,
+    pub scope: Scope,
+}
+
+/// Whose ids a count covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every instance's: a single instance, or the leader of a cluster window.
+    #[default]
+    Global,
+    /// Cluster mode, a window that could not be shipped to Redis in time (it fell off the
+    /// `--cluster-backlog`): this instance's ids only. The count line says `scope=local`,
+    /// and endpoints are not called with it (each is logged with an `error=`), because the
+    /// contract promises them the cluster's count.
+    Local,
 }
 
 /// One destination of window counts. `report` runs on the collector thread: it must hand
@@ -86,6 +100,7 @@ mod tests {
             window_start: 60,
             unique_count: 3,
             endpoints: vec![],
+            scope: Scope::Global,
         });
         fanout.finish(Instant::now());
         assert_eq!(
