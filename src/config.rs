@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::cluster::conn::{check_instance_id, Target};
 use crate::endpoints::EndpointPolicy;
 use crate::report::callback::Method;
 
@@ -84,6 +85,52 @@ pub struct Config {
     /// instance); without it, shutdown reports the open window at once with a partial count.
     #[arg(long, env = "VERVE_STATE_FILE", value_name = "PATH")]
     pub state_file: Option<PathBuf>,
+
+    /// Cluster mode: the Redis all instances share, `redis://HOST:PORT[/DB]` (or several
+    /// comma-separated seed nodes of a Redis Cluster).
+    #[arg(long, env = "VERVE_REDIS", value_name = "URL",
+          value_parser = Target::parse)]
+    pub redis: Option<Target>,
+
+    /// Cluster mode: the prefix of every Redis key.
+    #[arg(long, env = "VERVE_REDIS_PREFIX", default_value = "verve", value_name = "PREFIX",
+          value_parser = parse_prefix)]
+    pub redis_prefix: String,
+
+    /// Cluster mode: longest wait after a window closes for the live instances to ship it.
+    #[arg(long, env = "VERVE_CLUSTER_GRACE", allow_negative_numbers = true,
+          default_value = "2", value_name = "SECS",
+          value_parser = parse_timeout)]
+    pub cluster_grace: Duration,
+
+    /// Cluster mode: most sealed windows kept in memory while Redis is unavailable.
+    #[arg(long, env = "VERVE_CLUSTER_BACKLOG", allow_negative_numbers = true,
+          default_value_t = 10, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub cluster_backlog: u32,
+
+    /// Cluster mode: this instance's name in Redis and in logs; default: host name and port.
+    #[arg(long, env = "VERVE_INSTANCE_ID", value_name = "NAME",
+          value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+}
+
+/// A key prefix: no spaces, and no braces (they would change the Redis Cluster hash tag).
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 100 {
+        return Err("must be 1 to 100 bytes long".into());
+    }
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
+        return Err("must not contain spaces, control characters or braces".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_instance_id(s: &str) -> Result<String, String> {
+    check_instance_id(s).map_err(|e| format!("{e:#}"))?;
+    Ok(s.to_owned())
 }
 
 /// Seconds as a positive, finite number, at most a day.
@@ -105,6 +152,19 @@ impl Config {
     pub fn endpoint_policy(&self) -> Result<EndpointPolicy, String> {
         EndpointPolicy::new(&self.endpoint_allow)
             .map_err(|e| format!("invalid value for --endpoint-allow: {e}"))
+    }
+
+    /// `--instance-id`, or the host name and the port this instance listens on.
+    pub fn instance_id(&self, port: u16) -> String {
+        if let Some(id) = &self.instance_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| check_instance_id(h).is_ok())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{port}")
     }
 
     /// Worker threads: the flag, or the cores this process may run on.
@@ -134,6 +194,12 @@ mod tests {
         assert_eq!(c.max_endpoints, 1000);
         assert!(c.endpoint_allow.is_empty());
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert!(c.redis.is_none());
+        assert_eq!(c.redis_prefix, "verve");
+        assert_eq!(c.cluster_grace, Duration::from_secs(2));
+        assert_eq!(c.cluster_backlog, 10);
+        let id = c.instance_id(8080);
+        assert!(id.ends_with(":8080") && id.len() > 5, "{id}");
     }
 
     #[test]
@@ -149,6 +215,12 @@ mod tests {
             (&["--bogus"], "--bogus"),
             (&["--interval", "-5"], "--interval"),
             (&["--idle-timeout", "-1"], "--idle-timeout"),
+            (&["--redis", "http://x"], "--redis"),
+            (&["--redis", ""], "--redis"),
+            (&["--redis-prefix", "a{b}"], "--redis-prefix"),
+            (&["--cluster-grace", "0"], "--cluster-grace"),
+            (&["--cluster-backlog", "0"], "--cluster-backlog"),
+            (&["--instance-id", "a b"], "--instance-id"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2);

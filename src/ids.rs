@@ -406,10 +406,7 @@ mod tests {
             b.insert(id);
         }
         a.subtract(&b);
-        assert_eq!(
-            a.iter().collect::<Vec<_>>(),
-            [-7, 1, 3, u32::MAX as i64]
-        );
+        assert_eq!(a.iter().collect::<Vec<_>>(), [-7, 1, 3, u32::MAX as i64]);
         a.subtract(&IdSet::new());
         assert_eq!(a.len(), 4);
     }

@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use verve::clock::SystemClock;
+use verve::cluster::conn::Problem;
 use verve::config::Config;
 use verve::server::{self, Server};
 
@@ -44,6 +45,32 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(target) = &config.redis {
+        if config.state_file.is_some() {
+            eprintln!(
+                "error: --state-file is for a single instance; with --redis the open window is \
+                 shipped to Redis at shutdown instead"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        // Said plainly now rather than at the first window boundary.
+        match verve::cluster::conn::check(target) {
+            Ok(kind) => log::info!("{kind} at {} is ready", target.display()),
+            Err(Problem::Unreachable(e)) => {
+                let msg = format!(
+                    "--redis {}: not reachable ({e:#}); serving anyway, windows wait in the \
+                     backlog until it is",
+                    target.display()
+                );
+                eprintln!("warning: {msg}");
+                log::warn!("{msg}");
+            }
+            Err(Problem::Unusable(e)) => {
+                eprintln!("error: --redis {}: {e:#}", target.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     // A state file that cannot be written would only fail at shutdown: find out now.
     if let Some(path) = &config.state_file {
         if let Err(e) = verve::state::check_writable(path) {

@@ -46,6 +46,13 @@ pub struct Metrics {
     /// Sealed windows whose reports are not finished yet: in single-instance mode, windows
     /// with endpoint calls still queued or running.
     pub backlog_windows: AtomicU64,
+    /// Cluster mode: shipments stored in Redis, and their bytes.
+    pub cluster_shipments: AtomicU64,
+    pub cluster_shipped_bytes: AtomicU64,
+    /// Cluster mode: windows this instance reported alone (`scope=local`).
+    pub cluster_local_windows: AtomicU64,
+    /// Cluster mode: windows whose ids reached Redis after the cluster had reported them.
+    pub cluster_late_windows: AtomicU64,
 }
 
 impl Metrics {
@@ -60,6 +67,10 @@ impl Metrics {
             redis_errors: AtomicU64::new(0),
             kafka_errors: AtomicU64::new(0),
             backlog_windows: AtomicU64::new(0),
+            cluster_shipments: AtomicU64::new(0),
+            cluster_shipped_bytes: AtomicU64::new(0),
+            cluster_local_windows: AtomicU64::new(0),
+            cluster_late_windows: AtomicU64::new(0),
         }
     }
 
@@ -137,6 +148,30 @@ impl Metrics {
             "gauge",
             "Sealed windows whose reports are not finished.",
             &[("", self.backlog_windows.load(Relaxed))],
+        );
+        family(
+            "verve_cluster_shipments_total",
+            "counter",
+            "Shipments of ids stored in Redis (cluster mode).",
+            &[("", self.cluster_shipments.load(Relaxed))],
+        );
+        family(
+            "verve_cluster_shipped_bytes_total",
+            "counter",
+            "Bytes of serialized ids shipped to Redis (cluster mode).",
+            &[("", self.cluster_shipped_bytes.load(Relaxed))],
+        );
+        family(
+            "verve_cluster_local_windows_total",
+            "counter",
+            "Windows this instance reported alone, scope=local (cluster mode).",
+            &[("", self.cluster_local_windows.load(Relaxed))],
+        );
+        family(
+            "verve_cluster_late_windows_total",
+            "counter",
+            "Windows whose ids reached Redis after the cluster reported them (cluster mode).",
+            &[("", self.cluster_late_windows.load(Relaxed))],
         );
         family(
             "verve_late_ids_total",

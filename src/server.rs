@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::clock::{Clock, Windows};
+use crate::cluster::node::{ClusterSink, Settings};
+use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
 use crate::http::{self, Ctx};
@@ -145,24 +147,52 @@ impl Server {
         let reporters = Fanout::new()
             .with(CountLog::new(metrics.clone()))
             .with(callbacks);
-        let mut sink = LocalSink::new(reporters);
+        let addr = listener
+            .local_addr()
+            .context("reading the listening address")?;
+        let mut sink: Box<dyn WindowSink> = match &config.redis {
+            None => Box::new(LocalSink::new(reporters)),
+            Some(target) => {
+                let settings = Settings {
+                    target: target.clone(),
+                    keys: Keys::new(&config.redis_prefix),
+                    instance: config.instance_id(addr.port()),
+                    grace: config.cluster_grace,
+                    backlog: config.cluster_backlog as usize,
+                    windows,
+                };
+                log::info!(
+                    "cluster mode: Redis {}, instance {}, grace {:?}, backlog {} windows",
+                    target.display(),
+                    settings.instance,
+                    settings.grace,
+                    settings.backlog
+                );
+                let sink = ClusterSink::start(
+                    settings,
+                    shards.clone(),
+                    clock.clone(),
+                    Box::new(reporters),
+                    metrics.clone(),
+                )
+                .context("starting the cluster thread")?;
+                Box::new(sink)
+            }
+        };
         if let Some(path) = &config.state_file {
-            restore(path, &shards, windows, clock.now_ms(), &mut sink)?;
+            restore(path, &shards, windows, clock.now_ms(), &mut *sink)?;
         }
         let collector = Collector {
             shards: shards.clone(),
             windows,
             clock: clock.clone(),
-            sink: Box::new(sink),
+            sink,
             metrics: metrics.clone(),
             state_file: config.state_file.clone(),
         }
         .spawn()
         .context("starting the collector thread")?;
         http::date::start();
-        let addr = listener
-            .local_addr()
-            .context("reading the listening address")?;
         listener
             .set_nonblocking(true)
             .context("making the listener non-blocking")?;

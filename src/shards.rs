@@ -349,7 +349,11 @@ impl Shards {
             }
             drains.endpoints.insert(endpoint);
         }
-        let ids = if everything { drains.ids.clone() } else { fresh };
+        let ids = if everything {
+            drains.ids.clone()
+        } else {
+            fresh
+        };
         Some(Drained { ids, endpoints })
     }
 

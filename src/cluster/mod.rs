@@ -1,15 +1,40 @@
 //! Cluster mode (contract §5): several instances behind a load balancer count each id once
-//! per window by shipping their windows to one Redis.
+//! per window by shipping their windows to one Redis (or Redis Cluster).
 //!
-//! Built so far: [`store`], the Redis side (key layout, shipping, heartbeats, the per-window
-//! lease, the leader's reads), tested against a real `redis-server`. Not yet wired into the
-//! server: the shipping thread, the leader's merge and reporting, the backlog and the
-//! `--redis*` flags are the rest of issue 4.
+//! - [`store`]: the Redis side: key layout, shipments, heartbeats, the per-window lease and
+//!   the leader's reads, each an atomic command or script.
+//! - [`conn`]: connecting (one server, or a Redis Cluster found through it) and the
+//!   start-up check.
+//! - [`node`]: the cluster thread that ships, holds the backlog and leads windows, and the
+//!   [`node::ClusterSink`] through which the collector hands it sealed windows.
 //!
-//! The shape (decided in issue 4): the request path never touches Redis. A plain thread ships
-//! each instance's ids of a window as roaring's portable serialization, during the window and
-//! at its close. One instance leads each window (a lease taken with `SET NX PX`), waits until
-//! every live instance has shipped it or the grace period has passed, unions the bitmaps,
-//! writes the one count line, calls each endpoint once and marks the window done.
+//! The request path never touches Redis: workers record into their shards as in single
+//! mode, and the cluster thread drains the open window's new ids every second and ships them
+//! (roaring's portable serialization, a few bytes per id), then ships the rest once the
+//! window is sealed. One instance leads each window (a lease taken with `SET NX PX`), waits
+//! until every live instance has shipped it or `--cluster-grace` has passed, unions the
+//! shipments, writes the one count line, calls each endpoint once and marks the window done.
+//!
+//! **Failure cases, and what they cost.**
+//! - Redis down: windows wait in memory (at most `--cluster-backlog`) and are shipped in full
+//!   when it is back; the leader then waits a grace period for the others to come back too.
+//!   A window pushed off the backlog is reported by its instance alone with `scope=local`.
+//! - An instance killed hard: what it shipped counts; the ids it took since its last
+//!   shipment (at most [`node::SHIP_EVERY`]) are lost. Leaders stop waiting for it once its
+//!   heartbeat is [`node::LIVE_TTL`] old, or at the grace.
+//! - The leader killed: its lease expires after [`node::LEASE`] and another instance takes
+//!   the window over, re-reads every shipment and reports it.
+//!
+//! **Duplicates that remain possible.** The leader renews its lease (checking it still holds
+//! it and the window is not done), writes the count line and queues the calls, then marks
+//! the window done, all within a few milliseconds. If it dies, or stalls for longer than the
+//! lease, between the renewal and the mark, a successor reports the window again: a second
+//! count line (same window, the same count or a larger one if an instance shipped late) and
+//! a second call to each endpoint. Calls the dead leader had queued but not made are lost,
+//! not repeated, unless the successor makes them. Without an outage that window is a few
+//! milliseconds per window; it cannot be closed without making a window that is never
+//! reported possible instead, and the contract prefers a repeat to a gap.
 
+pub mod conn;
+pub mod node;
 pub mod store;

@@ -1,0 +1,171 @@
+//! Connecting to the `--redis` deployment: one server, or a Redis Cluster found through it.
+//! Blocking, bounded by timeouts, for the cluster thread and the start-up check only.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{ConnectionLike, RedisError};
+
+/// Longest wait to connect to one node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Longest wait for one reply. A shipment of a million random ids is ~4 MB, well under this
+/// on any network Redis should be used over; a Redis that hangs longer is treated as down.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `--redis`: `redis://HOST:PORT[/DB]` (or `rediss://`, with a password if needed), or
+/// several comma-separated seed nodes of one Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    urls: Vec<String>,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let urls: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        if urls.is_empty() {
+            return Err("no Redis URL given".into());
+        }
+        for url in &urls {
+            redis::Client::open(url.as_str()).map_err(|e| format!("{url:?}: {e}"))?;
+        }
+        Ok(Target { urls })
+    }
+
+    /// The URLs without passwords, for logs.
+    pub fn display(&self) -> String {
+        self.urls
+            .iter()
+            .map(|u| match url::Url::parse(u) {
+                Ok(mut parsed) if parsed.password().is_some() => {
+                    let _ = parsed.set_password(Some("***"));
+                    parsed.to_string()
+                }
+                _ => u.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A live connection to the deployment.
+pub enum Redis {
+    Single(redis::Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Redis {
+    pub fn con(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Redis::Single(c) => c,
+            Redis::Cluster(c) => &mut **c,
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Redis::Cluster(_))
+    }
+}
+
+/// Connects: the first seed node that answers says whether it is part of a Redis Cluster
+/// (`INFO cluster`); a cluster is then reached through all the seeds.
+pub fn connect(target: &Target) -> anyhow::Result<Redis> {
+    let mut last_error = None;
+    for url in &target.urls {
+        match connect_one(url) {
+            Ok((con, false)) => return Ok(Redis::Single(con)),
+            Ok((_, true)) => return connect_cluster(target),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no Redis URL given")))
+}
+
+fn connect_one(url: &str) -> anyhow::Result<(redis::Connection, bool)> {
+    let client = redis::Client::open(url).with_context(|| format!("Redis URL {url:?}"))?;
+    let mut con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    let info: String = redis::cmd("INFO").arg("cluster").query(&mut con)?;
+    Ok((con, info.contains("cluster_enabled:1")))
+}
+
+fn connect_cluster(target: &Target) -> anyhow::Result<Redis> {
+    let client = ClusterClient::builder(target.urls.clone())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(IO_TIMEOUT)
+        .build()
+        .context("Redis Cluster seed nodes")?;
+    let con = client
+        .get_connection()
+        .context("joining the Redis Cluster")?;
+    Ok(Redis::Cluster(Box::new(con)))
+}
+
+/// What the start-up check found wrong.
+#[derive(Debug)]
+pub enum Problem {
+    /// Nothing answers (yet): verve starts anyway and keeps windows in its backlog.
+    Unreachable(anyhow::Error),
+    /// Something answers but cannot be used (authentication, wrong database, not Redis, a
+    /// cluster without all slots): a configuration error.
+    Unusable(anyhow::Error),
+}
+
+/// True for errors that mean "not reachable now" rather than "misconfigured".
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<RedisError>().is_some_and(|r| {
+            r.is_io_error()
+                || r.is_connection_refusal()
+                || r.is_timeout()
+                || r.is_connection_dropped()
+                || r.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        }) || cause.downcast_ref::<std::io::Error>().is_some()
+    })
+}
+
+/// The start-up check: connects and runs a write and a script the way shipping will.
+pub fn check(target: &Target) -> Result<&'static str, Problem> {
+    let classify = |e: anyhow::Error| {
+        if is_transient(&e) {
+            Problem::Unreachable(e)
+        } else {
+            Problem::Unusable(e)
+        }
+    };
+    let mut redis = connect(target).map_err(classify)?;
+    let kind = if redis.is_cluster() {
+        "Redis Cluster"
+    } else {
+        "Redis"
+    };
+    // A key of its own hash slot, gone in a second: proves writes and scripts are allowed
+    // (a replica, a read-only user or a disabled EVAL fail here, not at the first boundary).
+    let probe: anyhow::Result<i64> =
+        redis::Script::new("return redis.call('SET', KEYS[1], '1', 'PX', 1000) and 1")
+            .key("verve-startup-check")
+            .invoke(redis.con())
+            .context("writing a test key with a script");
+    match probe {
+        Ok(_) => Ok(kind),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// Fails unless `id` can name an instance in keys and log lines.
+pub fn check_instance_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || id.len() > 200 {
+        bail!("must be 1 to 200 bytes long");
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("must not contain spaces or control characters");
+    }
+    Ok(())
+}
