@@ -58,15 +58,17 @@ fn main() -> ExitCode {
             Ok(kind) => log::info!("{kind} at {} is ready", target.display()),
             Err(Problem::Unreachable(e)) => {
                 let msg = format!(
-                    "--redis {}: not reachable ({e:#}); serving anyway, windows wait in the \
+                    "--redis {}: not reachable ({}); serving anyway, windows wait in the \
                      backlog until it is",
-                    target.display()
+                    target.display(),
+                    verve::cluster::conn::describe(&e)
                 );
                 eprintln!("warning: {msg}");
                 log::warn!("{msg}");
             }
             Err(Problem::Unusable(e)) => {
-                eprintln!("error: --redis {}: {e:#}", target.display());
+                let why = verve::cluster::conn::describe(&e);
+                eprintln!("error: --redis {}: {why}", target.display());
                 return ExitCode::from(EXIT_CONFIG);
             }
         }

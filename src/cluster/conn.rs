@@ -118,6 +118,30 @@ pub enum Problem {
     Unusable(anyhow::Error),
 }
 
+/// The error and its causes on one line, each part once (a `RedisError` prints the
+/// `io::Error` it wraps, which is also its source), with a hint when the peer did not speak
+/// Redis's protocol.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        for part in cause.to_string().split(": ") {
+            let part = part.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !part.is_empty() && !parts.contains(&part) {
+                parts.push(part);
+            }
+        }
+    }
+    let mut out = parts.join(": ");
+    let not_redis = e.chain().any(|c| {
+        c.downcast_ref::<RedisError>()
+            .is_some_and(|r| r.kind() == redis::ErrorKind::Parse)
+    });
+    if not_redis {
+        out.push_str(" (the server does not answer in Redis's protocol: is this a Redis?)");
+    }
+    out
+}
+
 /// True for errors that mean "not reachable now" rather than "misconfigured".
 pub fn is_transient(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {

@@ -301,9 +301,10 @@ impl Node {
         if self.outage_since.is_none() {
             self.outage_since = Some(Instant::now());
             log::warn!(
-                "Redis {} is unavailable ({e:#}): requests are still answered; up to {} sealed \
+                "Redis {} is unavailable ({}): requests are still answered; up to {} sealed \
                  windows wait in the backlog until it is back",
                 self.s.target.display(),
+                conn::describe(&e),
                 self.s.backlog
             );
         }

@@ -53,6 +53,10 @@ impl Redis {
         });
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (its data is gone: no persistence).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
