@@ -30,7 +30,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::mem;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use crossbeam_utils::CachePadded;
 
@@ -388,8 +388,18 @@ impl Shards {
     /// shard's part is copied under its lock and merged after the lock is released, so a
     /// scrape delays a worker only by the copy (a few milliseconds at millions of ids), not by
     /// the union; scrapes are rare.
-    pub fn unique_so_far(&self, window: u64) -> u64 {
-        let drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
+    ///
+    /// Called from a connection coroutine: the drain log's lock, which the cluster thread
+    /// holds while it drains (a millisecond or so each second), is only tried, and `pause`
+    /// (a coroutine yield) runs between tries instead of blocking the worker thread.
+    pub fn unique_so_far(&self, window: u64, pause: &mut dyn FnMut()) -> u64 {
+        let drains = loop {
+            match self.drains.try_lock() {
+                Ok(guard) => break guard,
+                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(TryLockError::WouldBlock) => pause(),
+            }
+        };
         let mut acc = IdSet::new();
         for shard in self.shards.iter() {
             let parts: Vec<IdSet> = {
@@ -516,8 +526,44 @@ mod tests {
                 s.record(shard, 3, id, None).unwrap();
             }
         }
-        assert_eq!(s.unique_so_far(3), 5);
+        assert_eq!(s.unique_so_far(3, &mut || {}), 5);
         assert_eq!(count(&s.seal(3)), 5);
+    }
+
+    #[test]
+    fn drains_hand_out_each_id_once_and_the_seal_still_sees_the_whole_window() {
+        let s = Shards::new(2, EndpointPolicy::default(), 10);
+        s.record(0, 7, 1, Some("http://a.test/")).unwrap();
+        s.record(1, 7, 2, None).unwrap();
+        let first = s.drain(7, false).unwrap();
+        assert_eq!(first.ids.iter().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(first.endpoints, ["http://a.test/"]);
+        // Repeats of drained ids are not handed out again; new ones and a new endpoint are.
+        s.record(0, 7, 2, None).unwrap();
+        s.record(1, 7, 3, Some("http://a.test/")).unwrap();
+        s.record(1, 7, 4, Some("http://b.test/")).unwrap();
+        s.record(0, 8, 99, None).unwrap(); // the next window is not touched
+        assert_eq!(s.unique_so_far(7, &mut || {}), 4);
+        let second = s.drain(7, false).unwrap();
+        assert_eq!(second.ids.iter().collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(second.endpoints, ["http://b.test/"]);
+        // Everything: what a fresh Redis must be sent again.
+        s.record(0, 7, 5, None).unwrap();
+        let all = s.drain(7, true).unwrap();
+        assert_eq!(all.ids.iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(all.endpoints.len(), 2);
+        s.record(1, 7, 6, None).unwrap();
+        let sealed = s.seal(7);
+        assert_eq!(sealed.drained.iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            count(&sealed),
+            1,
+            "only 6 was recorded after the last drain"
+        );
+        assert_eq!(sealed.endpoints, ["http://a.test/", "http://b.test/"]);
+        assert!(s.drain(7, false).is_none(), "sealed");
+        let next = s.drain(8, false).unwrap();
+        assert_eq!(next.ids.iter().collect::<Vec<_>>(), [99]);
     }
 
     #[test]

@@ -370,7 +370,7 @@ fn check_counters(
     }
     // The ids: at most one per accepted request (a 503 for a full endpoint table counts its
     // id too), each one an `id=` value that was sent.
-    let unique = ctx.shards.unique_so_far(window);
+    let unique = ctx.shards.unique_so_far(window, &mut || {});
     stats.unique = unique;
     ensure!(
         unique <= ok + unavailable && (ok == 0 || unique > 0),

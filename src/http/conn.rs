@@ -400,7 +400,9 @@ fn route(
             }
         }
         b"/metrics" if method == "GET" => {
-            let unique = ctx.shards.unique_so_far(window);
+            let unique = ctx
+                .shards
+                .unique_so_far(window, &mut may::coroutine::yield_now);
             let page = ctx.metrics.render(unique);
             response::write(
                 out,
