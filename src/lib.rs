@@ -6,13 +6,13 @@
 //! - [`server`]: wiring and the shutdown sequence.
 //! - [`http`]: the may coroutine front: connection loop, routing, responses, `Date` cache.
 //! - [`query`]: parsing and validating the accept API's query string.
-//! - [`cluster`]: cluster mode on Redis (in progress: the Redis store so far).
+//! - [`cluster`]: cluster mode: shipping windows to Redis, leading them, the backlog.
 //! - [`clock`]: the clock (real or test-driven) and window arithmetic.
 //! - [`ids`]: the exact id set of a window (roaring).
 //! - [`shards`]: per-worker id shards, sealed per window; why they are sound under may.
 //! - [`endpoints`]: which callback URLs are allowed; the per-window endpoint table.
 //! - [`collector`]: the thread that seals each window and hands it on.
-//! - [`sink`]: the sealed-window handover (local now; cluster mode later).
+//! - [`sink`]: the sealed-window handover (reported here, or shipped to the cluster).
 //! - [`state`]: `--state-file`, the open window kept across a restart.
 //! - [`report`]: the reporters (count log, endpoint callbacks) behind one trait.
 //! - [`metrics`]: counters and the `/metrics` page.
