@@ -27,7 +27,7 @@
 //! dropped. After [`Shards::close`] (shutdown) every record is refused the same way.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::mem;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
@@ -171,14 +171,20 @@ pub struct Drained {
     pub endpoints: Vec<String>,
 }
 
-/// What the drains of the open window have handed out so far.
+/// What the drains of each window not sealed yet have handed out so far: normally the open
+/// window only, and for the settling delay after a boundary also the one before it (the
+/// cluster thread drains the new window while the old one waits for its seal).
 #[derive(Debug, Default)]
 struct DrainLog {
-    window: u64,
-    ids: IdSet,
-    endpoints: HashSet<String>,
+    windows: BTreeMap<u64, WindowDrains>,
     /// Windows up to this one are sealed: draining them hands out nothing.
     sealed_upto: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct WindowDrains {
+    ids: IdSet,
+    endpoints: HashSet<String>,
 }
 
 /// All shards, plus the shared endpoint rules and table.
@@ -297,9 +303,11 @@ impl Shards {
     pub fn seal(&self, window: u64) -> Sealed {
         let mut sealed = Sealed::default();
         let mut drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
-        if drains.window == window {
-            sealed.drained = mem::take(&mut drains.ids);
+        if let Some(log) = drains.windows.remove(&window) {
+            sealed.drained = log.ids;
         }
+        // Older logs cannot be sealed any more (windows are sealed in order).
+        drains.windows.retain(|w, _| *w > window);
         drains.sealed_upto = Some(drains.sealed_upto.map_or(window, |s| s.max(window)));
         for shard in self.shards.iter() {
             let (taken, stale) = {
@@ -325,35 +333,26 @@ impl Shards {
     /// set for an empty one; the union and the difference are computed outside it.
     pub fn drain(&self, window: u64, everything: bool) -> Option<Drained> {
         let mut drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
-        if drains.sealed_upto.is_some_and(|s| window <= s) || window < drains.window {
+        if drains.sealed_upto.is_some_and(|s| window <= s) {
             return None;
-        }
-        if drains.window != window {
-            // The previous window's log went with its seal; start this one's.
-            drains.window = window;
-            drains.ids = IdSet::new();
-            drains.endpoints.clear();
         }
         let mut parts = Vec::new();
         for shard in self.shards.iter() {
             let taken = lock(shard).take_ids(window);
             parts.extend(taken.into_iter().map(BatchedIdSet::into_set));
         }
+        let log = drains.windows.entry(window).or_default();
         let mut fresh = IdSet::union_all_pausing(parts, &mut std::thread::yield_now);
-        fresh.subtract(&drains.ids);
-        drains.ids.union_with(&fresh);
+        fresh.subtract(&log.ids);
+        log.ids.union_with(&fresh);
         let mut endpoints = Vec::new();
         for endpoint in self.table.snapshot(window) {
-            if everything || !drains.endpoints.contains(&endpoint) {
+            if everything || !log.endpoints.contains(&endpoint) {
                 endpoints.push(endpoint.clone());
             }
-            drains.endpoints.insert(endpoint);
+            log.endpoints.insert(endpoint);
         }
-        let ids = if everything {
-            drains.ids.clone()
-        } else {
-            fresh
-        };
+        let ids = if everything { log.ids.clone() } else { fresh };
         Some(Drained { ids, endpoints })
     }
 
@@ -417,9 +416,9 @@ impl Shards {
             }
         }
         // Cluster mode: add what drains took out of the shards, without copying it.
-        if drains.window == window && !drains.ids.is_empty() {
-            acc.subtract(&drains.ids);
-            return acc.len() + drains.ids.len();
+        if let Some(log) = drains.windows.get(&window) {
+            acc.subtract(&log.ids);
+            return acc.len() + log.ids.len();
         }
         acc.len()
     }
@@ -553,6 +552,10 @@ mod tests {
         assert_eq!(all.ids.iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert_eq!(all.endpoints.len(), 2);
         s.record(1, 7, 6, None).unwrap();
+        // The next window opens and is drained before this one is sealed.
+        s.record(0, 8, 98, None).unwrap();
+        let early = s.drain(8, false).unwrap();
+        assert_eq!(early.ids.iter().collect::<Vec<_>>(), [98, 99]);
         let sealed = s.seal(7);
         assert_eq!(sealed.drained.iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert_eq!(
@@ -562,8 +565,8 @@ mod tests {
         );
         assert_eq!(sealed.endpoints, ["http://a.test/", "http://b.test/"]);
         assert!(s.drain(7, false).is_none(), "sealed");
-        let next = s.drain(8, false).unwrap();
-        assert_eq!(next.ids.iter().collect::<Vec<_>>(), [99]);
+        assert!(s.drain(8, false).unwrap().ids.is_empty(), "drained already");
+        assert_eq!(s.seal(8).drained.len(), 2);
     }
 
     #[test]
