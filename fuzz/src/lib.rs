@@ -629,7 +629,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 15] = [
+const SAMPLES: [&str; 19] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -643,6 +643,10 @@ const SAMPLES: [&str; 15] = [
     "verve_redis_errors_total",
     "verve_kafka_errors_total",
     "verve_backlog_windows",
+    "verve_cluster_shipments_total",
+    "verve_cluster_shipped_bytes_total",
+    "verve_cluster_local_windows_total",
+    "verve_cluster_late_windows_total",
     "verve_late_ids_total",
     "verve_open_connections",
 ];
