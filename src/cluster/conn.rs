@@ -193,3 +193,26 @@ pub fn check_instance_id(id: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_checked_and_shown_without_passwords() {
+        let t = Target::parse("redis://:s3cret@10.0.0.1:6379/2").unwrap();
+        assert_eq!(t.display(), "redis://:***@10.0.0.1:6379/2");
+        let t = Target::parse(" redis://a:7000 , redis://b:7001 ").unwrap();
+        assert_eq!(t.display(), "redis://a:7000,redis://b:7001");
+        assert!(Target::parse("").is_err());
+        assert!(Target::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn instance_ids_fit_keys_and_log_lines() {
+        assert!(check_instance_id("web1:8080").is_ok());
+        for bad in ["", "a b", "a\nb", &"x".repeat(201)] {
+            assert!(check_instance_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}
