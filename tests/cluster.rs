@@ -548,3 +548,38 @@ fn a_state_file_is_refused_in_cluster_mode() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--state-file"));
 }
+
+#[test]
+fn ids_taken_after_the_cluster_reported_the_window_are_reported_locally() {
+    // The whole cluster (one instance) stops inside a window, which it then reports at once
+    // as the last instance; a new instance starts inside the same window and takes more ids.
+    let redis = Redis::start();
+    let mut first = instances(&redis.url, 1, &[]);
+    let mut second = None;
+    let (w, _) = in_one_window(|attempt| {
+        let base = 30_000_000 * (attempt as i64 + 1);
+        if attempt > 0 {
+            first = instances(&redis.url, 1, &[]);
+        }
+        send(&first[0], base..base + 10, None);
+        first[0].signal(libc::SIGTERM);
+        first[0].wait_exit();
+        let s = Server::start(INTERVAL, &["--redis", &redis.url, "--instance-id", "late"]);
+        send(&s, base + 100..base + 107, None);
+        second = Some(s);
+    });
+    let early = first[0].wait_for_window(w);
+    assert_eq!(early.unique_count, 10, "{}", early.line);
+    let second = second.unwrap();
+    let line = second.wait_for_window(w);
+    assert!(
+        line.line.ends_with("unique_count=7 scope=local"),
+        "{}",
+        line.line
+    );
+    let metrics = second.get("/metrics").text();
+    assert!(
+        metrics.contains("verve_cluster_late_windows_total 1\n"),
+        "{metrics}"
+    );
+}

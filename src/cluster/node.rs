@@ -111,6 +111,7 @@ impl ClusterSink {
             windows: VecDeque::new(),
             published_backlog: 0,
             left: false,
+            late_warned: None,
         };
         let thread = std::thread::Builder::new()
             .name("verve-cluster".into())
@@ -162,6 +163,8 @@ struct Held {
     /// This instance wrote the window's count line with this count but could not mark it
     /// done yet: it does not write it again.
     reported: Option<u64>,
+    /// The cluster had reported the window before any of this instance's ids reached Redis.
+    refused: bool,
 }
 
 /// The cluster thread's state.
@@ -188,6 +191,8 @@ struct Node {
     published_backlog: u64,
     /// Stopping: this instance has left the live set.
     left: bool,
+    /// The last window whose late shipment was warned about (once per window).
+    late_warned: Option<u64>,
 }
 
 /// Serializes `ids` for a shipment; nothing for an empty set.
@@ -318,6 +323,7 @@ impl Node {
             shipped: false,
             ever_shipped: false,
             reported: None,
+            refused: false,
         });
     }
 
@@ -329,6 +335,14 @@ impl Node {
             if let Err(e) = self.work(stopping) {
                 self.lost(e.into());
             }
+        }
+        while let Some(i) = self.windows.iter().position(|h| h.refused) {
+            self.report_alone(
+                i,
+                "the cluster had reported it before this instance's ids reached Redis (this \
+                 instance started after the cluster reported it, or its clock is off by more \
+                 than --cluster-grace)",
+            );
         }
         self.overflow();
         self.publish_backlog();
@@ -411,7 +425,10 @@ impl Node {
                     self.metrics
                         .cluster_shipped_bytes
                         .fetch_add(bytes.len() as u64, Relaxed);
-                    if shipped == Shipped::TooLate {
+                    if shipped == Shipped::TooLate
+                        && self.late_warned != Some(shipment.window_start)
+                    {
+                        self.late_warned = Some(shipment.window_start);
                         late(&self.metrics, shipment.window_start, drained.ids.len());
                     }
                 }
@@ -451,11 +468,19 @@ impl Node {
                     held.unsent = Some(IdSet::new());
                     i += 1;
                 }
-                Shipped::TooLate => {
-                    // Reported already. Only news if none of its ids got there in time.
-                    if !held.ever_shipped && held.reported.is_none() {
+                Shipped::TooLate if !held.ever_shipped && held.reported.is_none() => {
+                    // Reported already, without any of this instance's ids: they are not lost
+                    // silently but reported alone, after this tick (see `step`).
+                    if self.late_warned != Some(held.window_start) {
+                        self.late_warned = Some(held.window_start);
                         late(&self.metrics, held.window_start, held.ids.len());
                     }
+                    held.refused = true;
+                    held.shipped = true;
+                    i += 1;
+                }
+                Shipped::TooLate => {
+                    // Reported already, and this instance's ids had got there in time.
                     let gone = self.windows.remove(i).expect("index in range");
                     gone.ids.release(&mut std::thread::yield_now);
                 }
@@ -474,7 +499,7 @@ impl Node {
         let lease_ms = LEASE.as_millis() as u64;
         let mut i = 0;
         while i < self.windows.len() {
-            if !self.windows[i].shipped {
+            if !self.windows[i].shipped || self.windows[i].refused {
                 i += 1;
                 continue;
             }
@@ -715,7 +740,8 @@ fn late(metrics: &Metrics, window_start: u64, ids: u64) {
     metrics.cluster_late_windows.fetch_add(1, Relaxed);
     log::warn!(
         "window {}: {ids} ids reached Redis after the cluster reported the window and are not \
-         in its count (clock skew or a shipping delay longer than --cluster-grace?)",
+         in its count (this instance started after the report, or its clock or shipping is \
+         later than --cluster-grace allows)",
         rfc3339_secs(window_start)
     );
 }
