@@ -11,7 +11,7 @@
 //!    which bounds what a hard crash loses to that interval;
 //! 4. ships the last part of each sealed window, oldest first;
 //! 5. asks to lead each shipped window; the leader reports it once it is ready (see
-//!    [`Node::ready`]), then marks it done.
+//!    `Node::ready`), then marks it done.
 //!
 //! Windows that cannot be shipped wait, with all their ids, in the backlog (at most
 //! `--cluster-backlog`); the oldest one past that is reported by this instance alone, with
