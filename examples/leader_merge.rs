@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use roaring::RoaringTreemap;
 use verve::cluster::conn::{self, Target};
-use verve::cluster::node::union_of_shipments;
+use verve::cluster::node::{serialize, union_of_shipments};
 use verve::cluster::store::{self, Keys};
 use verve::ids::{BatchedIdSet, IdSet};
 
@@ -142,18 +142,6 @@ fn instance_ids(k: usize, ids: u64, shared: u64, shipments: u64) -> (IdSet, Vec<
         parts.push(delta);
     }
     (all, parts)
-}
-
-/// Serializes like `node.rs` does for a shipment.
-fn serialize(ids: &IdSet) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    if !ids.is_empty() {
-        let tree = ids.to_treemap();
-        bytes.reserve(tree.serialized_size());
-        tree.serialize_into(&mut bytes)
-            .expect("writing to a Vec cannot fail");
-    }
-    bytes
 }
 
 fn ms(d: Duration) -> f64 {

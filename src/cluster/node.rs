@@ -195,8 +195,9 @@ struct Node {
     late_warned: Option<u64>,
 }
 
-/// Serializes `ids` for a shipment; nothing for an empty set.
-fn serialize(ids: &IdSet) -> Vec<u8> {
+/// Serializes `ids` for a shipment (roaring's portable format of
+/// [`IdSet::to_treemap`]); nothing for an empty set.
+pub fn serialize(ids: &IdSet) -> Vec<u8> {
     let mut bytes = Vec::new();
     if !ids.is_empty() {
         let tree = ids.to_treemap();
