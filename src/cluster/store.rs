@@ -284,6 +284,18 @@ pub fn fetch(
     window_start: u64,
     each: &mut dyn FnMut(&[u8]),
 ) -> RedisResult<()> {
+    fetch_pausing(con, keys, window_start, each, &mut |_| Ok(true)).map(drop)
+}
+
+/// [`fetch`], calling `between` with the connection after each page: a long read can renew
+/// the lease and heartbeat on the way. `between` returning false stops the read (false).
+pub fn fetch_pausing(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    each: &mut dyn FnMut(&[u8]),
+    between: &mut dyn FnMut(&mut dyn ConnectionLike) -> RedisResult<bool>,
+) -> RedisResult<bool> {
     let key = keys.ids(window_start);
     let mut start = 0isize;
     loop {
@@ -296,7 +308,10 @@ pub fn fetch(
             each(shipment);
         }
         if (page.len() as isize) < FETCH_PAGE {
-            return Ok(());
+            return Ok(true);
+        }
+        if !between(con)? {
+            return Ok(false);
         }
         start += FETCH_PAGE;
     }
