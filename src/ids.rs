@@ -381,6 +381,13 @@ impl BatchedIdSet {
         &self.set
     }
 
+    /// Takes the exact set out, leaving this one empty but keeping its batch buffer, so the
+    /// next insert does not allocate a new one (cluster mode drains a shard every second).
+    pub fn take_set(&mut self) -> IdSet {
+        self.flush();
+        std::mem::take(&mut self.set)
+    }
+
     pub fn into_set(mut self) -> IdSet {
         self.flush();
         self.set
@@ -394,6 +401,23 @@ impl BatchedIdSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn take_set_hands_out_every_id_and_keeps_the_batch_buffer() {
+        let mut b = BatchedIdSet::new();
+        for id in [5, -1, 1 << 40, 5] {
+            b.insert(id);
+        }
+        let taken = b.take_set();
+        assert_eq!(taken.iter().collect::<Vec<_>>(), [-1, 5, 1 << 40]);
+        assert!(b.is_empty());
+        assert!(
+            b.pending.capacity() >= BATCH,
+            "no new buffer on the next insert"
+        );
+        b.insert(7);
+        assert_eq!(b.into_set().iter().collect::<Vec<_>>(), [7]);
+    }
 
     #[test]
     fn subtract_leaves_only_the_ids_the_other_set_lacks() {

@@ -112,12 +112,15 @@ impl Shard {
 
     /// Takes the ids recorded in `window` so far, leaving its slot (and its endpoint cache) in
     /// place: the request path goes on recording into an empty set.
-    fn take_ids(&mut self, window: u64) -> Vec<BatchedIdSet> {
+    ///
+    /// The slot's batch (at most [`crate::ids::BATCH`] ids) is flushed here, under the lock,
+    /// so that its buffer stays with the slot: the request path never allocates a new one.
+    fn take_ids(&mut self, window: u64) -> Vec<IdSet> {
         let current = (self.current.window == window).then_some(&mut self.current);
         current
             .into_iter()
             .chain(self.older.iter_mut().filter(|o| o.window == window))
-            .map(|slot| mem::take(&mut slot.ids))
+            .map(|slot| slot.ids.take_set())
             .collect()
     }
 
@@ -339,7 +342,7 @@ impl Shards {
         let mut parts = Vec::new();
         for shard in self.shards.iter() {
             let taken = lock(shard).take_ids(window);
-            parts.extend(taken.into_iter().map(BatchedIdSet::into_set));
+            parts.extend(taken);
         }
         let log = drains.windows.entry(window).or_default();
         let mut fresh = IdSet::union_all_pausing(parts, &mut std::thread::yield_now);
