@@ -11,6 +11,7 @@ use clap::Parser;
 use crate::cluster::conn::{check_instance_id, Target};
 use crate::endpoints::EndpointPolicy;
 use crate::report::callback::Method;
+use crate::report::kafka;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -113,6 +114,22 @@ pub struct Config {
     #[arg(long, env = "VERVE_INSTANCE_ID", value_name = "NAME",
           value_parser = parse_instance_id)]
     pub instance_id: Option<String>,
+
+    /// Kafka: brokers to produce one record per window to, `HOST:PORT[,HOST:PORT...]`.
+    #[arg(long, env = "VERVE_KAFKA_BROKERS", value_name = "HOST:PORT[,...]",
+          value_parser = kafka::parse_brokers)]
+    pub kafka_brokers: Option<String>,
+
+    /// Kafka: the topic (created at start-up when missing).
+    #[arg(long, env = "VERVE_KAFKA_TOPIC", default_value = "unique-requests",
+          value_name = "TOPIC", value_parser = kafka::parse_topic)]
+    pub kafka_topic: String,
+
+    /// Kafka: most records kept, in order, while the brokers cannot take them.
+    #[arg(long, env = "VERVE_KAFKA_BACKLOG", allow_negative_numbers = true,
+          default_value_t = 1440, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub kafka_backlog: u32,
 }
 
 /// A key prefix: no spaces, and no braces (they would change the Redis Cluster hash tag).
@@ -198,6 +215,9 @@ mod tests {
         assert_eq!(c.redis_prefix, "verve");
         assert_eq!(c.cluster_grace, Duration::from_secs(2));
         assert_eq!(c.cluster_backlog, 10);
+        assert!(c.kafka_brokers.is_none());
+        assert_eq!(c.kafka_topic, "unique-requests");
+        assert_eq!(c.kafka_backlog, 1440);
         let id = c.instance_id(8080);
         assert!(id.ends_with(":8080") && id.len() > 5, "{id}");
     }
@@ -221,6 +241,10 @@ mod tests {
             (&["--cluster-grace", "0"], "--cluster-grace"),
             (&["--cluster-backlog", "0"], "--cluster-backlog"),
             (&["--instance-id", "a b"], "--instance-id"),
+            (&["--kafka-brokers", "nohost"], "--kafka-brokers"),
+            (&["--kafka-brokers", "a:99999"], "--kafka-brokers"),
+            (&["--kafka-topic", "a/b"], "--kafka-topic"),
+            (&["--kafka-backlog", "0"], "--kafka-backlog"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2);

@@ -34,6 +34,15 @@ pub struct EndpointCalls {
     pub dropped: AtomicU64,
 }
 
+/// Kafka records by the `result` label.
+#[derive(Debug, Default)]
+pub struct KafkaRecords {
+    /// Acknowledged by the broker.
+    pub delivered: AtomicU64,
+    /// Given up: pushed off the backlog, or still waiting at exit.
+    pub lost: AtomicU64,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub workers: Box<[CachePadded<WorkerCounters>]>,
@@ -43,6 +52,7 @@ pub struct Metrics {
     pub late_ids: AtomicU64,
     pub redis_errors: AtomicU64,
     pub kafka_errors: AtomicU64,
+    pub kafka_records: KafkaRecords,
     /// Sealed windows whose reports are not finished yet: in single-instance mode, windows
     /// with endpoint calls still queued or running.
     pub backlog_windows: AtomicU64,
@@ -66,6 +76,7 @@ impl Metrics {
             late_ids: AtomicU64::new(0),
             redis_errors: AtomicU64::new(0),
             kafka_errors: AtomicU64::new(0),
+            kafka_records: KafkaRecords::default(),
             backlog_windows: AtomicU64::new(0),
             cluster_shipments: AtomicU64::new(0),
             cluster_shipped_bytes: AtomicU64::new(0),
@@ -140,8 +151,20 @@ impl Metrics {
         family(
             "verve_kafka_errors_total",
             "counter",
-            "Failed Kafka deliveries.",
+            "Kafka errors: broker errors, failed deliveries and topic checks.",
             &[("", self.kafka_errors.load(Relaxed))],
+        );
+        family(
+            "verve_kafka_records_total",
+            "counter",
+            "Kafka records by result: delivered (acknowledged) or lost (logged).",
+            &[
+                (
+                    "{result=\"delivered\"}",
+                    self.kafka_records.delivered.load(Relaxed),
+                ),
+                ("{result=\"lost\"}", self.kafka_records.lost.load(Relaxed)),
+            ],
         );
         family(
             "verve_backlog_windows",
@@ -211,6 +234,7 @@ mod tests {
             "verve_windows_reported_total ",
             "verve_redis_errors_total ",
             "verve_kafka_errors_total ",
+            "verve_kafka_records_total{result=\"lost\"} ",
             "verve_backlog_windows ",
         ] {
             assert!(page.contains(name), "{name}");

@@ -21,6 +21,7 @@ use crate::http::{self, Ctx};
 use crate::metrics::Metrics;
 use crate::report::callback::Callbacks;
 use crate::report::count_log::CountLog;
+use crate::report::kafka::{self, Kafka};
 use crate::report::Fanout;
 use crate::shards::Shards;
 use crate::sink::{LocalSink, SealedWindow, WindowSink};
@@ -144,9 +145,23 @@ impl Server {
             metrics.clone(),
         )
         .context("starting the callback threads")?;
-        let reporters = Fanout::new()
+        let mut reporters = Fanout::new()
             .with(CountLog::new(metrics.clone()))
             .with(callbacks);
+        if let Some(brokers) = &config.kafka_brokers {
+            let settings = kafka::Settings {
+                brokers: brokers.clone(),
+                topic: config.kafka_topic.clone(),
+                backlog: config.kafka_backlog as usize,
+            };
+            log::info!(
+                "kafka: brokers {}, topic {}, backlog {} records",
+                settings.brokers,
+                settings.topic,
+                settings.backlog
+            );
+            reporters = reporters.with(Kafka::start(settings, metrics.clone())?);
+        }
         let addr = listener
             .local_addr()
             .context("reading the listening address")?;

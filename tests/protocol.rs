@@ -299,6 +299,7 @@ fn metrics_lists_the_contract_metrics_and_counts_outcomes() {
         ("verve_endpoint_calls_total", "counter"),
         ("verve_redis_errors_total", "counter"),
         ("verve_kafka_errors_total", "counter"),
+        ("verve_kafka_records_total", "counter"),
         ("verve_backlog_windows", "gauge"),
     ] {
         assert!(

@@ -629,7 +629,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 19] = [
+const SAMPLES: [&str; 21] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -642,6 +642,8 @@ const SAMPLES: [&str; 19] = [
     "verve_endpoint_calls_total{result=\"dropped\"}",
     "verve_redis_errors_total",
     "verve_kafka_errors_total",
+    "verve_kafka_records_total{result=\"delivered\"}",
+    "verve_kafka_records_total{result=\"lost\"}",
     "verve_backlog_windows",
     "verve_cluster_shipments_total",
     "verve_cluster_shipped_bytes_total",

@@ -1,9 +1,11 @@
 //! Where a window's final count goes. Each destination is a [`Reporter`] in a file of its
 //! own; [`Fanout`] hands every report to all of them in order (the count log first, so the
-//! count line is never delayed by a slower destination).
+//! count line is never delayed by a slower destination). The count log writes at once; the
+//! endpoint callbacks and Kafka hand their work to threads of their own.
 
 pub mod callback;
 pub mod count_log;
+pub mod kafka;
 
 use std::time::Instant;
 

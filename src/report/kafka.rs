@@ -1,0 +1,640 @@
+//! Kafka: one record per window to `--kafka-topic`, acknowledged by the broker, in window
+//! order, from a plain thread of its own so that a slow or absent broker delays the records
+//! and nothing else (the count line is written before this reporter is even called).
+//!
+//! Delivery, and why it is exact while the broker is up, frozen or restarted:
+//! - The producer is idempotent with `acks=all`, and a record handed to librdkafka is never
+//!   timed out locally (`message.timeout.ms=0`): librdkafka retries it on every reconnect
+//!   with the same producer id and sequence number, so a broker that wrote it once but could
+//!   not say so writes it once. A record that timed out locally and was produced again would
+//!   get a new sequence number and could be written twice.
+//! - At most one record is with librdkafka at a time; the others wait in this thread's
+//!   backlog, oldest first. The next is handed over only when the previous one is
+//!   acknowledged, so the topic receives windows in order whatever the partition count.
+//! - The backlog holds at most `--kafka-backlog` records. When a new window would exceed
+//!   it, the oldest record that librdkafka does not hold yet is pushed off and logged as
+//!   lost (`verve_kafka_records_total{result="lost"}`); so is every record still waiting
+//!   when shutdown runs out of time.
+//! - A delivery that fails for good (librdkafka reports it: the topic was deleted, the
+//!   record was refused) is logged with its reason, counted in `verve_kafka_errors_total`
+//!   and retried with a backoff; so is a fatal producer error, after which a new producer
+//!   is made (the one case that may write a record twice, see the README).
+//!
+//! The topic is created at start-up when missing (many brokers do not create topics on
+//! their own), with one partition and up to three replicas. A broker that cannot be reached
+//! is a warning: the check is retried until it can, and records wait in the backlog.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use crate::clock::rfc3339_secs;
+use crate::metrics::Metrics;
+use crate::report::{Reporter, Scope, WindowReport};
+
+/// The log target of Kafka lines.
+pub const TARGET: &str = "kafka";
+
+/// How long the thread waits for news before it looks at the producer again.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The poll interval while a record is out (and during shutdown).
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(5);
+
+/// A metadata request or topic creation that gets no answer in this time has failed; the
+/// thread does nothing else meanwhile (new windows wait in its channel).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Backoff between attempts after a failed delivery or topic check: doubling up to the max.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Windows reported but not yet taken by the thread. The thread takes them every [`TICK`]
+/// except during a topic check, so this only has to cover [`ADMIN_TIMEOUT`] of 1 s windows.
+const CHANNEL_LEN: usize = 64;
+
+/// Partitions of a topic verve creates: one, so that the topic's order is the window order
+/// for every consumer.
+const PARTITIONS: i32 = 1;
+
+/// Replicas of a topic verve creates: three, or as many as the cluster has brokers.
+const MAX_REPLICAS: i32 = 3;
+
+/// `--kafka-brokers`, `--kafka-topic`, `--kafka-backlog`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `HOST:PORT[,HOST:PORT...]`, librdkafka's `bootstrap.servers`.
+    pub brokers: String,
+    pub topic: String,
+    /// Most records kept while they cannot be delivered.
+    pub backlog: usize,
+}
+
+/// The record key: the window start, RFC 3339.
+pub fn key(window_start: u64) -> String {
+    rfc3339_secs(window_start)
+}
+
+/// The record value: `{"window_start": "...", "unique_count": N}`.
+pub fn value(window_start: u64, count: u64) -> String {
+    format!(
+        "{{\"window_start\": \"{}\", \"unique_count\": {count}}}",
+        rfc3339_secs(window_start)
+    )
+}
+
+/// Checks a `--kafka-brokers` value: comma-separated `HOST:PORT`, no spaces.
+pub fn parse_brokers(s: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for entry in s.split(',').map(str::trim) {
+        let (host, port) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{entry:?} is not HOST:PORT"))?;
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{entry:?} has no valid host"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(format!("{entry:?} has no valid port")),
+        }
+        out.push(entry);
+    }
+    Ok(out.join(","))
+}
+
+/// Checks a `--kafka-topic` value by Kafka's own rules: 1 to 249 of `[a-zA-Z0-9._-]`, and
+/// not `.` or `..`.
+pub fn parse_topic(s: &str) -> Result<String, String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.is_empty() || s.len() > 249 || s == "." || s == ".." || !s.chars().all(legal) {
+        return Err(
+            "must be 1 to 249 of the characters a-z A-Z 0-9 . _ - (and not . or ..)".into(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
+/// A window's record, until the broker has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    window_start: u64,
+    count: u64,
+}
+
+enum Msg {
+    Record(Record),
+    /// Shutdown: deliver what is waiting until the deadline, then stop.
+    Finish(Instant),
+}
+
+/// What librdkafka said about a record, tagged with the producer it came from (a stale
+/// report from a replaced producer must not settle the record the new one holds).
+struct Outcome {
+    generation: u64,
+    window_start: u64,
+    result: Result<(i32, i64), KafkaError>,
+}
+
+/// A short token naming a librdkafka error (`MessageTimedOut`, `AllBrokersDown`, ...).
+fn code(err: &KafkaError) -> String {
+    match err.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => format!("{err}").replace(|c: char| c.is_whitespace(), "_"),
+    }
+}
+
+/// librdkafka's own log lines, under our target. Level 3 ("error") lines mostly repeat what
+/// the error events say (those are logged and counted in [`ProducerCtx::error`]), so they
+/// stay at debug with everything routine; warnings and worse are shown.
+fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical => log::error!(target: TARGET, "librdkafka {fac}: {message}"),
+        Warning => log::warn!(target: TARGET, "librdkafka {fac}: {message}"),
+        Error | Notice | Info | Debug => {
+            log::debug!(target: TARGET, "librdkafka {fac}: {message}")
+        }
+    }
+}
+
+/// The producer's callbacks, which librdkafka runs inside `poll` on the Kafka thread.
+struct ProducerCtx {
+    generation: u64,
+    outcomes: Sender<Outcome>,
+    metrics: Arc<Metrics>,
+    /// Set by a fatal error: the producer can send nothing more and must be replaced.
+    fatal: AtomicBool,
+}
+
+impl ClientContext for ProducerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.kafka_errors.fetch_add(1, Relaxed);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.fatal.store(true, Relaxed);
+        }
+        log::warn!(target: TARGET, "error={} detail={reason}", code(&error));
+    }
+}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, window_start: Box<u64>) {
+        let result = match result {
+            Ok(msg) => Ok((msg.partition(), msg.offset())),
+            Err((err, _)) => Err(err.clone()),
+        };
+        // The receiver lives as long as the thread that runs this callback.
+        let _ = self.outcomes.send(Outcome {
+            generation: self.generation,
+            window_start: *window_start,
+            result,
+        });
+    }
+}
+
+/// The admin client's callbacks: errors are the producer's to report, so only logged here.
+struct AdminCtx;
+
+impl ClientContext for AdminCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log::debug!(target: TARGET, "admin error={} detail={reason}", code(&error));
+    }
+}
+
+fn client_config(settings: &Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("client.id", concat!("verve/", env!("CARGO_PKG_VERSION")))
+        // Brokers close idle connections; that is not news.
+        .set("log.connection.close", "false")
+        .set_log_level(RDKafkaLogLevel::Info);
+    config
+}
+
+fn producer_config(settings: &Settings) -> ClientConfig {
+    let mut config = client_config(settings);
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        // Never give up on a record librdkafka holds: see the module comment.
+        .set("message.timeout.ms", "0")
+        // It never holds more than one; the bound is for the record's sake, not memory's.
+        .set("queue.buffering.max.messages", "16")
+        .set("queue.buffering.max.kbytes", "64")
+        .set("linger.ms", "0");
+    config
+}
+
+/// The Kafka reporter: hands each window to the Kafka thread.
+pub struct Kafka {
+    queue: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Kafka {
+    /// Creates the producer (a bad setting fails here) and starts the thread, whose first
+    /// act is the topic check.
+    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Kafka> {
+        let (outcomes_tx, outcomes) = unbounded();
+        let producer = new_producer(&settings, 0, &outcomes_tx, &metrics)?;
+        let admin: AdminClient<AdminCtx> = client_config(&settings)
+            .create_with_context(AdminCtx)
+            .context("creating the Kafka admin client")?;
+        let (queue, rx) = bounded(CHANNEL_LEN);
+        let worker = Worker {
+            settings,
+            producer,
+            admin,
+            generation: 0,
+            outcomes_tx,
+            outcomes,
+            rx,
+            metrics: metrics.clone(),
+            backlog: VecDeque::new(),
+            in_flight: false,
+            retry_at: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            topic_ready: false,
+            topic_retry_at: Instant::now(),
+            topic_backoff: FIRST_BACKOFF,
+            reachable: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("verve-kafka".into())
+            .spawn(move || worker.run())
+            .context("starting the Kafka thread")?;
+        Ok(Kafka {
+            queue,
+            thread: Some(thread),
+            metrics,
+        })
+    }
+}
+
+fn new_producer(
+    settings: &Settings,
+    generation: u64,
+    outcomes: &Sender<Outcome>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<BaseProducer<ProducerCtx>> {
+    let ctx = ProducerCtx {
+        generation,
+        outcomes: outcomes.clone(),
+        metrics: metrics.clone(),
+        fatal: AtomicBool::new(false),
+    };
+    producer_config(settings)
+        .create_with_context(ctx)
+        .context("creating the Kafka producer")
+}
+
+/// Logs a record that will never be produced and takes it off the books.
+fn lost(metrics: &Metrics, record: Record, why: &str) {
+    metrics.kafka_records.lost.fetch_add(1, Relaxed);
+    metrics.backlog_windows.fetch_sub(1, Relaxed);
+    log::warn!(
+        target: TARGET,
+        "window_start={} lost={why}",
+        rfc3339_secs(record.window_start)
+    );
+}
+
+impl Reporter for Kafka {
+    fn report(&mut self, report: &WindowReport) {
+        if report.scope == Scope::Local {
+            // Downstream is promised the cluster's count; this instance's alone would be a
+            // second, wrong record for a window the leader may still report.
+            log::warn!(
+                target: TARGET,
+                "window_start={} skipped=cluster-count-unavailable",
+                rfc3339_secs(report.window_start)
+            );
+            return;
+        }
+        let record = Record {
+            window_start: report.window_start,
+            count: report.unique_count,
+        };
+        self.metrics.backlog_windows.fetch_add(1, Relaxed);
+        // Never blocks the collector: a thread that is this far behind has lost the record.
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.queue.try_send(Msg::Record(record))
+        {
+            lost(&self.metrics, record, "kafka-thread-behind");
+        }
+    }
+
+    fn finish(&mut self, deadline: Instant) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if self.queue.send_timeout(Msg::Finish(deadline), wait).is_ok() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The Kafka thread's state.
+struct Worker {
+    settings: Settings,
+    producer: BaseProducer<ProducerCtx>,
+    admin: AdminClient<AdminCtx>,
+    /// Which producer this is: bumped each time a fatal error replaces it.
+    generation: u64,
+    outcomes_tx: Sender<Outcome>,
+    outcomes: Receiver<Outcome>,
+    rx: Receiver<Msg>,
+    metrics: Arc<Metrics>,
+    /// Records not yet acknowledged, oldest first; the front one is with librdkafka when
+    /// `in_flight`.
+    backlog: VecDeque<Record>,
+    in_flight: bool,
+    /// No new attempt at the front record before this (after a failure).
+    retry_at: Instant,
+    backoff: Duration,
+    topic_ready: bool,
+    topic_retry_at: Instant,
+    topic_backoff: Duration,
+    /// What the last topic check found, so a broker that stays away is warned about once.
+    reachable: Option<bool>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut deadline = None;
+        loop {
+            // Wait for news where it will come from: the producer while a record is out,
+            // the collector otherwise.
+            let msg = if self.in_flight || deadline.is_some() {
+                // librdkafka's poll waits out its whole timeout, so it is short here: a
+                // backlog is delivered at one record per round trip, not per tick.
+                self.producer.poll(IN_FLIGHT_POLL);
+                self.rx.try_recv().map_err(|e| match e {
+                    crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                })
+            } else {
+                let msg = self.rx.recv_timeout(TICK);
+                self.producer.poll(Duration::ZERO);
+                msg
+            };
+            match msg {
+                Ok(Msg::Record(record)) => self.push(record),
+                Ok(Msg::Finish(at)) => deadline = Some(at),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    deadline.get_or_insert_with(Instant::now);
+                }
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                match msg {
+                    Msg::Record(record) => self.push(record),
+                    Msg::Finish(at) => deadline = Some(at),
+                }
+            }
+            while let Ok(outcome) = self.outcomes.try_recv() {
+                self.settle(outcome);
+            }
+            if self.producer.context().fatal.load(Relaxed) {
+                self.replace_producer();
+            }
+            let now = Instant::now();
+            if !self.topic_ready && now >= self.topic_retry_at {
+                self.check_topic();
+            }
+            if self.topic_ready && !self.in_flight && now >= self.retry_at {
+                self.send_front();
+            }
+            if let Some(at) = deadline {
+                if self.backlog.is_empty() || Instant::now() >= at {
+                    break;
+                }
+            }
+        }
+        for record in std::mem::take(&mut self.backlog) {
+            lost(&self.metrics, record, "not-delivered-at-exit");
+        }
+        // Dropping the producer purges what it still holds (its reports are not wanted).
+    }
+
+    /// A new window joins the backlog; past the bound the oldest record librdkafka does not
+    /// hold is pushed off.
+    fn push(&mut self, record: Record) {
+        self.backlog.push_back(record);
+        if self.backlog.len() > self.settings.backlog.max(1) {
+            let index = usize::from(self.in_flight);
+            if let Some(old) = self.backlog.remove(index) {
+                lost(&self.metrics, old, "backlog-full");
+            }
+        }
+    }
+
+    fn send_front(&mut self) {
+        let Some(&record) = self.backlog.front() else {
+            return;
+        };
+        let key = key(record.window_start);
+        let value = value(record.window_start, record.count);
+        let sent = self.producer.send(
+            BaseRecord::with_opaque_to(&self.settings.topic, Box::new(record.window_start))
+                .key(&key)
+                .payload(&value),
+        );
+        match sent {
+            Ok(()) => self.in_flight = true,
+            Err((err, _)) => self.failed(record, &err),
+        }
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
+        let front = self.backlog.front().copied();
+        let current = outcome.generation == self.generation
+            && self.in_flight
+            && front.map(|r| r.window_start) == Some(outcome.window_start);
+        if !current {
+            return;
+        }
+        self.in_flight = false;
+        let Some(record) = front else { return };
+        match outcome.result {
+            Ok((partition, offset)) => {
+                self.backlog.pop_front();
+                self.backoff = FIRST_BACKOFF;
+                self.metrics.kafka_records.delivered.fetch_add(1, Relaxed);
+                self.metrics.backlog_windows.fetch_sub(1, Relaxed);
+                log::info!(
+                    target: TARGET,
+                    "window_start={} topic={} partition={partition} offset={offset}",
+                    rfc3339_secs(record.window_start),
+                    self.settings.topic
+                );
+            }
+            Err(err) => {
+                if matches!(
+                    err.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition
+                    )
+                ) {
+                    // Deleted under us: create it again before the retry.
+                    self.topic_ready = false;
+                }
+                self.failed(record, &err);
+            }
+        }
+    }
+
+    /// A record that could not be handed over or was not delivered: logged, counted, retried
+    /// after the backoff.
+    fn failed(&mut self, record: Record, err: &KafkaError) {
+        self.metrics.kafka_errors.fetch_add(1, Relaxed);
+        log::warn!(
+            target: TARGET,
+            "window_start={} error={} retry_in={}ms detail={err}",
+            rfc3339_secs(record.window_start),
+            code(err),
+            self.backoff.as_millis()
+        );
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// After a fatal error (the idempotent producer's sequence is broken) only a new
+    /// producer can send; the record it held is sent again by the new one.
+    fn replace_producer(&mut self) {
+        self.generation += 1;
+        match new_producer(
+            &self.settings,
+            self.generation,
+            &self.outcomes_tx,
+            &self.metrics,
+        ) {
+            Ok(producer) => {
+                log::warn!(target: TARGET, "the producer hit a fatal error; replaced it");
+                self.producer = producer;
+                self.in_flight = false;
+            }
+            Err(e) => {
+                // The settings made one before, so this is resources; try again next time.
+                self.generation -= 1;
+                log::error!(target: TARGET, "replacing the producer: {e:#}");
+            }
+        }
+    }
+
+    /// Makes sure the topic exists, creating it when missing.
+    fn check_topic(&mut self) {
+        let topic = self.settings.topic.clone();
+        match self.ensure_topic(&topic) {
+            Ok(how) => {
+                self.topic_ready = true;
+                self.topic_backoff = FIRST_BACKOFF;
+                log::info!(
+                    target: TARGET,
+                    "topic {topic} {how} on {}",
+                    self.settings.brokers
+                );
+                if self.reachable == Some(false) {
+                    log::info!(target: TARGET, "brokers reachable again; delivering the backlog");
+                }
+                self.reachable = Some(true);
+            }
+            Err(e) => {
+                let first = self.reachable != Some(false);
+                self.reachable = Some(false);
+                self.metrics.kafka_errors.fetch_add(1, Relaxed);
+                let msg = format!(
+                    "--kafka-brokers {}: topic {topic} not checked ({e:#}); serving anyway, \
+                     records wait in the backlog (retry in {} ms)",
+                    self.settings.brokers,
+                    self.topic_backoff.as_millis()
+                );
+                if first {
+                    log::warn!(target: TARGET, "{msg}");
+                } else {
+                    log::info!(target: TARGET, "{msg}");
+                }
+                self.topic_retry_at = Instant::now() + self.topic_backoff;
+                self.topic_backoff = (self.topic_backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    fn ensure_topic(&self, topic: &str) -> anyhow::Result<&'static str> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("{}", code(&e)))
+            .context("metadata request")?;
+        let listed = metadata.topics().iter().find(|t| t.name() == topic);
+        match listed.map(|t| t.error()) {
+            Some(None) => return Ok("exists"),
+            Some(Some(e))
+                if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => {}
+            None => {}
+            Some(Some(e)) => anyhow::bail!("metadata: {:?}", RDKafkaErrorCode::from(e)),
+        }
+        let replicas = (metadata.brokers().len() as i32).clamp(1, MAX_REPLICAS);
+        let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(replicas));
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = futures_executor::block_on(self.admin.create_topics([&new], &options))
+            .map_err(|e| anyhow::anyhow!("{}", code(&e)))
+            .context("create topic")?;
+        match results.into_iter().next() {
+            Some(Ok(_)) => Ok("created"),
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok("exists"),
+            Some(Err((_, e))) => anyhow::bail!("create topic: {e:?}"),
+            None => anyhow::bail!("create topic: no answer"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_and_value_are_the_contracts() {
+        assert_eq!(key(1_795_305_000), "2026-11-21T23:50:00Z");
+        assert_eq!(
+            value(1_795_305_000, 1234),
+            "{\"window_start\": \"2026-11-21T23:50:00Z\", \"unique_count\": 1234}"
+        );
+    }
+
+    #[test]
+    fn broker_lists_and_topics_are_checked() {
+        assert_eq!(parse_brokers("a:9092, b:9093").unwrap(), "a:9092,b:9093");
+        for bad in ["", "a", "a:", ":9092", "a:0", "a:x", "a:9092,", "a b:1"] {
+            assert!(parse_brokers(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_topic("unique-requests").unwrap(), "unique-requests");
+        for bad in ["", ".", "..", "a b", "a/b", &"x".repeat(250)] {
+            assert!(parse_topic(bad).is_err(), "{bad:?}");
+        }
+    }
+}
