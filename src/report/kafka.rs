@@ -22,16 +22,20 @@
 //!
 //! The topic is created at start-up when missing (many brokers do not create topics on
 //! their own), with one partition and up to three replicas. A broker that cannot be reached
-//! is a warning: the check is retried until it can, and records wait in the backlog.
+//! is a warning: the check is retried until it can, and records wait in the backlog. Checks
+//! run on a thread of their own (a metadata request blocks for seconds when no broker
+//! answers), so the Kafka thread always takes new windows and a shutdown at once.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{
+    bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -175,6 +179,10 @@ struct ProducerCtx {
     metrics: Arc<Metrics>,
     /// Set by a fatal error: the producer can send nothing more and must be replaced.
     fatal: AtomicBool,
+    /// Bumped by the Kafka thread before each `poll`, and the last error seen with the
+    /// round it came in: see [`ProducerCtx::error`].
+    poll_round: AtomicU64,
+    last_error: Mutex<(u64, String)>,
 }
 
 impl ClientContext for ProducerCtx {
@@ -183,11 +191,27 @@ impl ClientContext for ProducerCtx {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // rdkafka 0.39's BaseProducer::poll hands each error event to this callback twice
+        // (once in Client::poll_event, once in its own event match). librdkafka itself
+        // folds identical consecutive errors into one ("N identical error(s) suppressed"),
+        // so the same text twice in one poll round is that one event again.
+        let text = format!("error={} detail={reason}", code(&error));
+        let round = self.poll_round.load(Relaxed);
+        {
+            let mut last = self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.0 == round && last.1 == text {
+                return;
+            }
+            *last = (round, text.clone());
+        }
         self.metrics.kafka_errors.fetch_add(1, Relaxed);
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             self.fatal.store(true, Relaxed);
         }
-        log::warn!(target: TARGET, "error={} detail={reason}", code(&error));
+        log::warn!(target: TARGET, "{text}");
     }
 }
 
@@ -250,6 +274,10 @@ fn producer_config(settings: &Settings) -> ClientConfig {
 pub struct Kafka {
     queue: Sender<Msg>,
     thread: Option<JoinHandle<()>>,
+    /// Says when the Kafka thread has finished (so `finish` can wait with a deadline).
+    done: Receiver<()>,
+    /// Records reported and not yet delivered or logged as lost.
+    pending: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -262,11 +290,31 @@ impl Kafka {
         let admin: AdminClient<AdminCtx> = client_config(&settings)
             .create_with_context(AdminCtx)
             .context("creating the Kafka admin client")?;
+        let (check_tx, check_rx) = bounded::<()>(1);
+        let (checked_tx, checked) = bounded(1);
+        let topic = settings.topic.clone();
+        std::thread::Builder::new()
+            .name("verve-kafka-admin".into())
+            .spawn(move || {
+                // Ends when the Kafka thread drops its end (at most one check later).
+                for () in check_rx {
+                    let result = ensure_topic(&admin, &topic).map_err(|e| format!("{e:#}"));
+                    if checked_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the Kafka admin thread")?;
         let (queue, rx) = bounded(CHANNEL_LEN);
+        let (done_tx, done) = bounded(1);
+        let pending = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             settings,
             producer,
-            admin,
+            check: check_tx,
+            checked,
+            checking: false,
+            pending: pending.clone(),
             generation: 0,
             outcomes_tx,
             outcomes,
@@ -283,11 +331,16 @@ impl Kafka {
         };
         let thread = std::thread::Builder::new()
             .name("verve-kafka".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                worker.run();
+                let _ = done_tx.send(());
+            })
             .context("starting the Kafka thread")?;
         Ok(Kafka {
             queue,
             thread: Some(thread),
+            done,
+            pending,
             metrics,
         })
     }
@@ -304,6 +357,8 @@ fn new_producer(
         outcomes: outcomes.clone(),
         metrics: metrics.clone(),
         fatal: AtomicBool::new(false),
+        poll_round: AtomicU64::new(0),
+        last_error: Mutex::new((u64::MAX, String::new())),
     };
     producer_config(settings)
         .create_with_context(ctx)
@@ -311,7 +366,8 @@ fn new_producer(
 }
 
 /// Logs a record that will never be produced and takes it off the books.
-fn lost(metrics: &Metrics, record: Record, why: &str) {
+fn lost(metrics: &Metrics, pending: &AtomicU64, record: Record, why: &str) {
+    pending.fetch_sub(1, Relaxed);
     metrics.kafka_records.lost.fetch_add(1, Relaxed);
     metrics.backlog_windows.fetch_sub(1, Relaxed);
     log::warn!(
@@ -338,21 +394,35 @@ impl Reporter for Kafka {
             count: report.unique_count,
         };
         self.metrics.backlog_windows.fetch_add(1, Relaxed);
+        self.pending.fetch_add(1, Relaxed);
         // Never blocks the collector: a thread that is this far behind has lost the record.
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.queue.try_send(Msg::Record(record))
         {
-            lost(&self.metrics, record, "kafka-thread-behind");
+            lost(&self.metrics, &self.pending, record, "kafka-thread-behind");
         }
     }
 
+    /// Lets the thread deliver what is waiting until `deadline`; it logs what is left. Only
+    /// a thread that does not answer by then (it never blocks for long) leaves the count
+    /// to this side.
     fn finish(&mut self, deadline: Instant) {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        let wait = deadline.saturating_duration_since(Instant::now());
-        if self.queue.send_timeout(Msg::Finish(deadline), wait).is_ok() {
+        let finished = self
+            .queue
+            .send_deadline(Msg::Finish(deadline), deadline)
+            .is_ok()
+            && self.done.recv_deadline(deadline).is_ok();
+        if finished {
             let _ = thread.join();
+            return;
+        }
+        let left = self.pending.swap(0, Relaxed);
+        if left > 0 {
+            self.metrics.kafka_records.lost.fetch_add(left, Relaxed);
+            log::warn!(target: TARGET, "{left} records not delivered at exit");
         }
     }
 }
@@ -361,7 +431,11 @@ impl Reporter for Kafka {
 struct Worker {
     settings: Settings,
     producer: BaseProducer<ProducerCtx>,
-    admin: AdminClient<AdminCtx>,
+    /// Asks the admin thread for a topic check, and its answer.
+    check: Sender<()>,
+    checked: Receiver<Result<&'static str, String>>,
+    checking: bool,
+    pending: Arc<AtomicU64>,
     /// Which producer this is: bumped each time a fatal error replaces it.
     generation: u64,
     outcomes_tx: Sender<Outcome>,
@@ -386,34 +460,35 @@ impl Worker {
     fn run(mut self) {
         let mut deadline = None;
         loop {
-            // Wait for news where it will come from: the producer while a record is out,
-            // the collector otherwise.
+            self.producer.context().poll_round.fetch_add(1, Relaxed);
+            // Wait for news where it will come from: the producer while a record is out
+            // (librdkafka's poll waits out its whole timeout, so that one is short: a
+            // backlog goes out at one record per round trip), the collector otherwise.
             let msg = if self.in_flight || deadline.is_some() {
-                // librdkafka's poll waits out its whole timeout, so it is short here: a
-                // backlog is delivered at one record per round trip, not per tick.
                 self.producer.poll(IN_FLIGHT_POLL);
-                self.rx.try_recv().map_err(|e| match e {
-                    crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                })
+                match self.rx.try_recv() {
+                    Ok(msg) => Ok(msg),
+                    Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                    Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                }
             } else {
                 let msg = self.rx.recv_timeout(TICK);
                 self.producer.poll(Duration::ZERO);
                 msg
             };
-            match msg {
-                Ok(Msg::Record(record)) => self.push(record),
-                Ok(Msg::Finish(at)) => deadline = Some(at),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    deadline.get_or_insert_with(Instant::now);
-                }
-            }
-            while let Ok(msg) = self.rx.try_recv() {
+            let mut next = Some(msg);
+            while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Record(record) => self.push(record),
-                    Msg::Finish(at) => deadline = Some(at),
+                    Ok(Msg::Record(record)) => self.push(record),
+                    Ok(Msg::Finish(at)) => deadline = Some(at),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    // The reporter is gone without a word: stop now.
+                    Err(RecvTimeoutError::Disconnected) => {
+                        deadline.get_or_insert_with(Instant::now);
+                        break;
+                    }
                 }
+                next = self.rx.try_recv().ok().map(Ok);
             }
             while let Ok(outcome) = self.outcomes.try_recv() {
                 self.settle(outcome);
@@ -421,21 +496,27 @@ impl Worker {
             if self.producer.context().fatal.load(Relaxed) {
                 self.replace_producer();
             }
+            self.topic_check();
             let now = Instant::now();
-            if !self.topic_ready && now >= self.topic_retry_at {
-                self.check_topic();
-            }
             if self.topic_ready && !self.in_flight && now >= self.retry_at {
                 self.send_front();
             }
             if let Some(at) = deadline {
-                if self.backlog.is_empty() || Instant::now() >= at {
+                // Brokers that have not answered since before the shutdown will not take
+                // the backlog in the seconds left: no reason to hold the exit up for them.
+                let unreachable = !self.topic_ready && self.reachable == Some(false);
+                if self.backlog.is_empty() || unreachable || Instant::now() >= at {
                     break;
                 }
             }
         }
         for record in std::mem::take(&mut self.backlog) {
-            lost(&self.metrics, record, "not-delivered-at-exit");
+            lost(
+                &self.metrics,
+                &self.pending,
+                record,
+                "not-delivered-at-exit",
+            );
         }
         // Dropping the producer purges what it still holds (its reports are not wanted).
     }
@@ -447,7 +528,7 @@ impl Worker {
         if self.backlog.len() > self.settings.backlog.max(1) {
             let index = usize::from(self.in_flight);
             if let Some(old) = self.backlog.remove(index) {
-                lost(&self.metrics, old, "backlog-full");
+                lost(&self.metrics, &self.pending, old, "backlog-full");
             }
         }
     }
@@ -483,6 +564,7 @@ impl Worker {
             Ok((partition, offset)) => {
                 self.backlog.pop_front();
                 self.backoff = FIRST_BACKOFF;
+                self.pending.fetch_sub(1, Relaxed);
                 self.metrics.kafka_records.delivered.fetch_add(1, Relaxed);
                 self.metrics.backlog_windows.fetch_sub(1, Relaxed);
                 log::info!(
@@ -545,10 +627,23 @@ impl Worker {
         }
     }
 
-    /// Makes sure the topic exists, creating it when missing.
-    fn check_topic(&mut self) {
-        let topic = self.settings.topic.clone();
-        match self.ensure_topic(&topic) {
+    /// Asks for a topic check when one is due, and takes its answer when it has come.
+    fn topic_check(&mut self) {
+        if self.checking {
+            let Ok(result) = self.checked.try_recv() else {
+                return;
+            };
+            self.checking = false;
+            self.topic_checked(result);
+        }
+        if !self.topic_ready && !self.checking && Instant::now() >= self.topic_retry_at {
+            self.checking = self.check.try_send(()).is_ok();
+        }
+    }
+
+    fn topic_checked(&mut self, result: Result<&'static str, String>) {
+        let topic = &self.settings.topic;
+        match result {
             Ok(how) => {
                 self.topic_ready = true;
                 self.topic_backoff = FIRST_BACKOFF;
@@ -557,18 +652,23 @@ impl Worker {
                     "topic {topic} {how} on {}",
                     self.settings.brokers
                 );
-                if self.reachable == Some(false) {
-                    log::info!(target: TARGET, "brokers reachable again; delivering the backlog");
+                if self.reachable == Some(false) && !self.backlog.is_empty() {
+                    log::info!(
+                        target: TARGET,
+                        "delivering the backlog of {} records",
+                        self.backlog.len()
+                    );
                 }
                 self.reachable = Some(true);
             }
             Err(e) => {
+                // Warned about once per outage; the retries are routine until it ends.
                 let first = self.reachable != Some(false);
                 self.reachable = Some(false);
                 self.metrics.kafka_errors.fetch_add(1, Relaxed);
                 let msg = format!(
-                    "--kafka-brokers {}: topic {topic} not checked ({e:#}); serving anyway, \
-                     records wait in the backlog (retry in {} ms)",
+                    "--kafka-brokers {}: topic {topic} not checked ({e}); serving anyway, \
+                     records wait in the backlog (next try in {} ms)",
                     self.settings.brokers,
                     self.topic_backoff.as_millis()
                 );
@@ -582,34 +682,32 @@ impl Worker {
             }
         }
     }
+}
 
-    fn ensure_topic(&self, topic: &str) -> anyhow::Result<&'static str> {
-        let metadata = self
-            .producer
-            .client()
-            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
-            .map_err(|e| anyhow::anyhow!("{}", code(&e)))
-            .context("metadata request")?;
-        let listed = metadata.topics().iter().find(|t| t.name() == topic);
-        match listed.map(|t| t.error()) {
-            Some(None) => return Ok("exists"),
-            Some(Some(e))
-                if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => {}
-            None => {}
-            Some(Some(e)) => anyhow::bail!("metadata: {:?}", RDKafkaErrorCode::from(e)),
-        }
-        let replicas = (metadata.brokers().len() as i32).clamp(1, MAX_REPLICAS);
-        let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(replicas));
-        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-        let results = futures_executor::block_on(self.admin.create_topics([&new], &options))
-            .map_err(|e| anyhow::anyhow!("{}", code(&e)))
-            .context("create topic")?;
-        match results.into_iter().next() {
-            Some(Ok(_)) => Ok("created"),
-            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok("exists"),
-            Some(Err((_, e))) => anyhow::bail!("create topic: {e:?}"),
-            None => anyhow::bail!("create topic: no answer"),
-        }
+/// Makes sure `topic` exists, creating it when missing: "exists" or "created".
+fn ensure_topic(admin: &AdminClient<AdminCtx>, topic: &str) -> anyhow::Result<&'static str> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("{}", code(&e)))
+        .context("metadata request")?;
+    let listed = metadata.topics().iter().find(|t| t.name() == topic);
+    match listed.map(|t| t.error().map(RDKafkaErrorCode::from)) {
+        Some(None) => return Ok("exists"),
+        Some(Some(RDKafkaErrorCode::UnknownTopicOrPartition)) | None => {}
+        Some(Some(e)) => anyhow::bail!("metadata: {e:?}"),
+    }
+    let replicas = (metadata.brokers().len() as i32).clamp(1, MAX_REPLICAS);
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(replicas));
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = futures_executor::block_on(admin.create_topics([&new], &options))
+        .map_err(|e| anyhow::anyhow!("{}", code(&e)))
+        .context("create topic")?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok("created"),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok("exists"),
+        Some(Err((_, e))) => anyhow::bail!("create topic: {e:?}"),
+        None => anyhow::bail!("create topic: no answer"),
     }
 }
 
