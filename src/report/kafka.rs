@@ -158,18 +158,22 @@ fn code(err: &KafkaError) -> String {
     }
 }
 
-/// librdkafka's own log lines, under our target. Level 3 ("error") lines mostly repeat what
-/// the error events say (those are logged and counted in [`ProducerCtx::error`]), so they
-/// stay at debug with everything routine; warnings and worse are shown.
-fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+/// librdkafka's own log lines, under our target. Level 3 ("error") lines repeat what the
+/// error events say (those are logged and counted in [`ProducerCtx::error`]), so they stay at
+/// debug with everything routine; warnings and worse are shown. Returns whether the line
+/// was shown: some failures are only said this way (a request to a frozen broker timing out
+/// is a REQTMOUT warning and no error event), so the producer counts them as errors.
+fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) -> bool {
     use RDKafkaLogLevel::*;
     match level {
         Emerg | Alert | Critical => log::error!(target: TARGET, "librdkafka {fac}: {message}"),
         Warning => log::warn!(target: TARGET, "librdkafka {fac}: {message}"),
         Error | Notice | Info | Debug => {
-            log::debug!(target: TARGET, "librdkafka {fac}: {message}")
+            log::debug!(target: TARGET, "librdkafka {fac}: {message}");
+            return false;
         }
     }
+    true
 }
 
 /// The producer's callbacks, which librdkafka runs inside `poll` on the Kafka thread.
@@ -187,7 +191,9 @@ struct ProducerCtx {
 
 impl ClientContext for ProducerCtx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log_librdkafka(level, fac, message);
+        if log_librdkafka(level, fac, message) {
+            self.metrics.kafka_errors.fetch_add(1, Relaxed);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -237,6 +243,7 @@ struct AdminCtx;
 
 impl ClientContext for AdminCtx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // Failed checks are counted once each where their answer arrives.
         log_librdkafka(level, fac, message);
     }
 
@@ -322,6 +329,7 @@ impl Kafka {
             metrics: metrics.clone(),
             backlog: VecDeque::new(),
             in_flight: false,
+            sent_at: Instant::now(),
             retry_at: Instant::now(),
             backoff: FIRST_BACKOFF,
             topic_ready: false,
@@ -446,6 +454,8 @@ struct Worker {
     /// `in_flight`.
     backlog: VecDeque<Record>,
     in_flight: bool,
+    /// When the front record was handed to librdkafka.
+    sent_at: Instant,
     /// No new attempt at the front record before this (after a failure).
     retry_at: Instant,
     backoff: Duration,
@@ -465,7 +475,11 @@ impl Worker {
             // (librdkafka's poll waits out its whole timeout, so that one is short: a
             // backlog goes out at one record per round trip), the collector otherwise.
             let msg = if self.in_flight || deadline.is_some() {
-                self.producer.poll(IN_FLIGHT_POLL);
+                // Past a second the broker is not answering quickly anyway: poll at the
+                // collector's pace, not 200 times a second, until it does.
+                let quick = deadline.is_some() || self.sent_at.elapsed() < Duration::from_secs(1);
+                self.producer
+                    .poll(if quick { IN_FLIGHT_POLL } else { TICK });
                 match self.rx.try_recv() {
                     Ok(msg) => Ok(msg),
                     Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
@@ -545,7 +559,10 @@ impl Worker {
                 .payload(&value),
         );
         match sent {
-            Ok(()) => self.in_flight = true,
+            Ok(()) => {
+                self.in_flight = true;
+                self.sent_at = Instant::now();
+            }
             Err((err, _)) => self.failed(record, &err),
         }
     }
@@ -722,6 +739,36 @@ mod tests {
             value(1_795_305_000, 1234),
             "{\"window_start\": \"2026-11-21T23:50:00Z\", \"unique_count\": 1234}"
         );
+    }
+
+    #[test]
+    fn local_counts_are_not_produced_and_what_is_left_at_exit_is_counted_lost() {
+        // Nothing listens on port 1: the producer starts (it connects lazily), and the
+        // topic check fails, so nothing can be delivered.
+        let metrics = Arc::new(Metrics::new(1));
+        let settings = Settings {
+            brokers: "127.0.0.1:1".into(),
+            topic: "t".into(),
+            backlog: 10,
+        };
+        let mut kafka = Kafka::start(settings, metrics.clone()).unwrap();
+        let mut report = WindowReport {
+            window_start: 60,
+            unique_count: 5,
+            endpoints: vec![],
+            scope: Scope::Local,
+        };
+        kafka.report(&report);
+        assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
+        report.scope = Scope::Global;
+        kafka.report(&report);
+        report.window_start = 120;
+        kafka.report(&report);
+        assert_eq!(metrics.backlog_windows.load(Relaxed), 2);
+        kafka.finish(Instant::now() + Duration::from_secs(10));
+        assert_eq!(metrics.kafka_records.lost.load(Relaxed), 2);
+        assert_eq!(metrics.kafka_records.delivered.load(Relaxed), 0);
+        assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod kafka_broker;
 pub mod redis_servers;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

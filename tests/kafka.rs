@@ -1,0 +1,259 @@
+//! Kafka end to end (contract §6): the real `verve` binary producing to a real
+//! Kafka-protocol broker (tansu, see `common::kafka_broker`) on loopback, records read back
+//! with an rdkafka consumer. Each test starts its own broker on a free port.
+//!
+//! Windows are one second long and every wait is for an event (a log line, a record), never
+//! for a fixed time. The outage is a frozen broker (SIGSTOP): it keeps its connections and
+//! its data, but answers nothing until it is thawed.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::kafka_broker::{free_port, Broker};
+use common::redis_servers::Redis;
+use common::{parse_rfc3339_secs, rfc3339_secs, wait_until, CountLine, Server};
+use verve::report::kafka::{key, value};
+
+const INTERVAL: u64 = 1;
+const TOPIC: &str = "unique-requests";
+
+/// The record every count line promises: (key, value).
+fn expected(lines: &[CountLine]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .map(|c| (key(c.window_start), value(c.window_start, c.unique_count)))
+        .collect()
+}
+
+/// Windows whose record the broker acknowledged, from the log's `kafka` lines, in log order.
+fn delivered(server: &Server) -> Vec<u64> {
+    server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(" kafka ") && l.contains(" offset="))
+        .filter_map(|l| token(l, "window_start=").and_then(|t| parse_rfc3339_secs(&t)))
+        .collect()
+}
+
+/// Windows logged as lost, with the reason.
+fn lost(server: &Server) -> Vec<(u64, String)> {
+    server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(" kafka "))
+        .filter_map(|l| {
+            let why = token(l, "lost=")?;
+            Some((parse_rfc3339_secs(&token(l, "window_start=")?)?, why))
+        })
+        .collect()
+}
+
+fn token(line: &str, name: &str) -> Option<String> {
+    line.split(' ')
+        .find_map(|t| t.strip_prefix(name))
+        .map(str::to_string)
+}
+
+/// One unlabelled or labelled sample of `/metrics`.
+fn metric(server: &Server, sample: &str) -> u64 {
+    let page = server.get("/metrics").text();
+    page.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{sample} not in /metrics:\n{page}"))
+}
+
+/// Stops verve with SIGTERM and returns every count line it wrote.
+fn stop(mut server: Server) -> (Server, Vec<CountLine>) {
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success(), "stderr: {}", server.stderr());
+    let lines = server.count_lines();
+    (server, lines)
+}
+
+#[test]
+fn each_window_is_one_record_with_the_contracts_key_and_value() {
+    let broker = Broker::start();
+    let server = Server::start(INTERVAL, &["--kafka-brokers", &broker.bootstrap()]);
+    server.wait_for_log("the topic created at start-up", |l| {
+        l.contains(" kafka ") && l.contains(&format!("topic {TOPIC} created"))
+    });
+    assert_eq!(broker.partitions(TOPIC), Some(1));
+    let (busy, ()) = server.in_one_window(|attempt| {
+        let base = 1000 * i64::from(attempt);
+        for id in [1, 2, 3, 2, 1] {
+            server.accept_ok(base + id);
+        }
+    });
+    assert_eq!(server.wait_for_window(busy).unique_count, 3);
+    wait_until("the busy window's record delivered", || {
+        delivered(&server).contains(&busy).then_some(())
+    });
+    assert!(metric(&server, "verve_kafka_records_total{result=\"delivered\"}") >= 1);
+    // SIGTERM: the open window gets its (partial) count line and its record before exit.
+    let (server, lines) = stop(server);
+    let records = broker.read_topic(TOPIC, lines.len());
+    assert_eq!(records, expected(&lines), "log:\n{}", server.log());
+    assert!(records.contains(&(key(busy), value(busy, 3))));
+    assert!(lost(&server).is_empty());
+}
+
+#[test]
+fn a_frozen_broker_delays_the_records_but_not_the_count_log() {
+    let mut broker = Broker::start();
+    let server = Server::start(INTERVAL, &["--kafka-brokers", &broker.bootstrap()]);
+    let first = wait_until("a first record delivered", || {
+        delivered(&server).first().copied()
+    });
+    for id in 1..=5 {
+        server.accept_ok(id);
+    }
+    broker.freeze();
+    let before = server.count_lines().len();
+    // More than two windows close while the broker answers nothing: their count lines are
+    // written all the same (were the count log waiting for Kafka, this would never happen),
+    // and the service keeps answering.
+    let during = wait_until("three count lines while the broker is frozen", || {
+        let lines = server.count_lines();
+        (lines.len() >= before + 3).then(|| lines[before..].to_vec())
+    });
+    for id in 6..=8 {
+        server.accept_ok(id);
+    }
+    let acknowledged = delivered(&server);
+    for c in &during {
+        assert!(
+            !acknowledged.contains(&c.window_start),
+            "{} acknowledged by a frozen broker",
+            rfc3339_secs(c.window_start)
+        );
+    }
+    assert!(metric(&server, "verve_backlog_windows") >= 3);
+    broker.thaw();
+    let last = during.last().unwrap().window_start;
+    wait_until("the frozen windows delivered after the thaw", || {
+        delivered(&server).contains(&last).then_some(())
+    });
+    let (server, lines) = stop(server);
+    assert!(lines.first().map(|c| c.window_start) <= Some(first));
+    let records = broker.read_topic(TOPIC, lines.len());
+    // In order, each exactly once, nothing missing: the topic is the count log.
+    assert_eq!(records, expected(&lines), "log:\n{}", server.log());
+    assert!(lost(&server).is_empty());
+    assert_eq!(delivered(&server).len(), lines.len());
+}
+
+#[test]
+fn an_absent_broker_is_a_warning_and_a_full_backlog_loses_the_oldest_loudly() {
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let server = Server::start(
+        INTERVAL,
+        &["--kafka-brokers", &brokers, "--kafka-backlog", "3"],
+    );
+    // Serving (the listening line came), with a warning on stderr and in the log.
+    server.wait_for_log("the start-up warning", |l| {
+        l.contains(" WARN kafka ") && l.contains(&brokers) && l.contains("not checked")
+    });
+    assert!(server.stderr().contains(&brokers), "{}", server.stderr());
+    server.accept_ok(7);
+    // Six windows with room for three: the oldest are pushed off, each logged.
+    server.wait_for_count_lines(6);
+    wait_until("a record pushed off the backlog", || {
+        (!lost(&server).is_empty()).then_some(())
+    });
+    assert!(metric(&server, "verve_kafka_errors_total") >= 1);
+    assert!(metric(&server, "verve_kafka_records_total{result=\"lost\"}") >= 1);
+    assert!(metric(&server, "verve_backlog_windows") >= 3);
+    // The broker appears: the topic is created then, and the backlog delivered.
+    let broker = Broker::start_on(port);
+    server.wait_for_log("the topic created once the broker is up", |l| {
+        l.contains(&format!("topic {TOPIC} created"))
+    });
+    wait_until("a record delivered", || {
+        (!delivered(&server).is_empty()).then_some(())
+    });
+    let (server, lines) = stop(server);
+    let lost = lost(&server);
+    assert!(
+        lost.iter().all(|(_, why)| why == "backlog-full"),
+        "{lost:?}"
+    );
+    // Every window is either lost (the oldest ones, said so in the log) or in the topic once,
+    // in order.
+    let lost: Vec<u64> = lost.into_iter().map(|(w, _)| w).collect();
+    let (gone, kept) = lines.split_at(lost.len());
+    assert_eq!(
+        gone.iter().map(|c| c.window_start).collect::<Vec<_>>(),
+        lost
+    );
+    let records = broker.read_topic(TOPIC, kept.len());
+    assert_eq!(records, expected(kept), "log:\n{}", server.log());
+}
+
+#[test]
+fn in_cluster_mode_each_window_is_produced_once_by_its_leader() {
+    let redis = Redis::start();
+    let broker = Broker::start();
+    let servers: Vec<Server> = (0..2)
+        .map(|i| {
+            let name = format!("i{i}");
+            Server::start(
+                INTERVAL,
+                &[
+                    "--redis",
+                    &redis.url,
+                    "--instance-id",
+                    &name,
+                    "--cluster-grace",
+                    "0.5",
+                    "--kafka-brokers",
+                    &broker.bootstrap(),
+                ],
+            )
+        })
+        .collect();
+    for (i, s) in servers.iter().enumerate() {
+        for id in 0..10 {
+            s.accept_ok(id * 2 + i as i64);
+        }
+    }
+    // Each window's count line, from whichever instance led it.
+    let all_lines = || -> BTreeMap<u64, Vec<CountLine>> {
+        let mut by_window = BTreeMap::<u64, Vec<CountLine>>::new();
+        for s in &servers {
+            for c in s.count_lines() {
+                by_window.entry(c.window_start).or_default().push(c);
+            }
+        }
+        by_window
+    };
+    let windows = wait_until("five windows reported by the cluster", || {
+        let w = all_lines();
+        (w.len() >= 5).then_some(w)
+    });
+    let newest = *windows.keys().last().unwrap();
+    wait_until("the newest window's record delivered", || {
+        servers
+            .iter()
+            .any(|s| delivered(s).contains(&newest))
+            .then_some(())
+    });
+    let records = broker.read_topic(TOPIC, windows.len());
+    let windows = all_lines();
+    let mut seen = Vec::new();
+    for (k, v) in &records {
+        let w = parse_rfc3339_secs(k).unwrap_or_else(|| panic!("key {k:?}"));
+        let lines = &windows[&w];
+        assert_eq!(lines.len(), 1, "one count line per window in the cluster");
+        assert_eq!(v, &value(w, lines[0].unique_count));
+        seen.push(w);
+    }
+    assert!(
+        seen.windows(2).all(|p| p[0] < p[1]),
+        "in order, once: {seen:?}"
+    );
+    for w in windows.keys().filter(|w| **w <= newest) {
+        assert!(seen.contains(w), "{} has no record", rfc3339_secs(*w));
+    }
+}
