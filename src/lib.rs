@@ -14,7 +14,7 @@
 //! - [`collector`]: the thread that seals each window and hands it on.
 //! - [`sink`]: the sealed-window handover (reported here, or shipped to the cluster).
 //! - [`state`]: `--state-file`, the open window kept across a restart.
-//! - [`report`]: the reporters (count log, endpoint callbacks) behind one trait.
+//! - [`report`]: the reporters (count log, endpoint callbacks, Kafka) behind one trait.
 //! - [`metrics`]: counters and the `/metrics` page.
 //! - [`logging`]: the log file format.
 

@@ -56,6 +56,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// The poll interval while a record is out (and during shutdown).
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(5);
 
+/// How long before the shutdown deadline the Kafka thread gives up on what is left.
+const FINISH_MARGIN: Duration = Duration::from_millis(100);
+
 /// A metadata request or topic creation that gets no answer in this time has failed; the
 /// thread does nothing else meanwhile (new windows wait in its channel).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -519,7 +522,10 @@ impl Worker {
                 // Brokers that have not answered since before the shutdown will not take
                 // the backlog in the seconds left: no reason to hold the exit up for them.
                 let unreachable = !self.topic_ready && self.reachable == Some(false);
-                if self.backlog.is_empty() || unreachable || Instant::now() >= at {
+                // Stops a little early, so its account of what is left is in before
+                // `Kafka::finish` stops waiting for it.
+                let out_of_time = Instant::now() + FINISH_MARGIN >= at;
+                if self.backlog.is_empty() || unreachable || out_of_time {
                     break;
                 }
             }
