@@ -136,6 +136,10 @@ fn a_frozen_broker_delays_the_records_but_not_the_count_log() {
     });
     let (server, lines) = stop(server);
     assert!(lines.first().map(|c| c.window_start) <= Some(first));
+    // One count line for every window, none skipped while the broker was away.
+    for pair in lines.windows(2) {
+        assert_eq!(pair[1].window_start, pair[0].window_start + INTERVAL);
+    }
     let records = broker.read_topic(TOPIC, lines.len());
     // In order, each exactly once, nothing missing: the topic is the count log.
     assert_eq!(records, expected(&lines), "log:\n{}", server.log());
