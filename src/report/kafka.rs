@@ -33,9 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use crossbeam_channel::{
-    bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError,
-};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -53,8 +51,11 @@ pub const TARGET: &str = "kafka";
 /// How long the thread waits for news before it looks at the producer again.
 const TICK: Duration = Duration::from_millis(50);
 
-/// The poll interval while a record is out (and during shutdown).
+/// The wait for news while a record has just gone out (and during shutdown).
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(5);
+
+/// librdkafka events served per wake-up (see [`Worker::serve_producer`]).
+const EVENTS_PER_TICK: usize = 32;
 
 /// How long before the shutdown deadline the Kafka thread gives up on what is left.
 const FINISH_MARGIN: Duration = Duration::from_millis(100);
@@ -473,26 +474,17 @@ impl Worker {
     fn run(mut self) {
         let mut deadline = None;
         loop {
-            self.producer.context().poll_round.fetch_add(1, Relaxed);
-            // Wait for news where it will come from: the producer while a record is out
-            // (librdkafka's poll waits out its whole timeout, so that one is short: a
-            // backlog goes out at one record per round trip), the collector otherwise.
-            let msg = if self.in_flight || deadline.is_some() {
-                // Past a second the broker is not answering quickly anyway: poll at the
-                // collector's pace, not 200 times a second, until it does.
-                let quick = deadline.is_some() || self.sent_at.elapsed() < Duration::from_secs(1);
-                self.producer
-                    .poll(if quick { IN_FLIGHT_POLL } else { TICK });
-                match self.rx.try_recv() {
-                    Ok(msg) => Ok(msg),
-                    Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
-                    Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-                }
-            } else {
-                let msg = self.rx.recv_timeout(TICK);
-                self.producer.poll(Duration::ZERO);
-                msg
-            };
+            // Wait on the collector's channel, then serve librdkafka's events without
+            // waiting: rdkafka's poll with a timeout rounds the time left down to whole
+            // milliseconds and spins through the last one (2% of a core at 20 polls a
+            // second). Quick while a record has just gone out, so a backlog goes out at one
+            // record per round trip, not per tick.
+            let quick = deadline.is_some()
+                || (self.in_flight && self.sent_at.elapsed() < Duration::from_secs(1));
+            let msg = self
+                .rx
+                .recv_timeout(if quick { IN_FLIGHT_POLL } else { TICK });
+            self.serve_producer();
             let mut next = Some(msg);
             while let Some(msg) = next.take() {
                 match msg {
@@ -539,6 +531,16 @@ impl Worker {
             );
         }
         // Dropping the producer purges what it still holds (its reports are not wanted).
+    }
+
+    /// Runs librdkafka's callbacks for what it has to say. A zero-timeout poll serves one
+    /// event (a delivery report, an error, a log line), so it is called a few times: more
+    /// events than this per tick is a storm of log lines, which the next tick serves.
+    fn serve_producer(&self) {
+        for _ in 0..EVENTS_PER_TICK {
+            self.producer.context().poll_round.fetch_add(1, Relaxed);
+            self.producer.poll(Duration::ZERO);
+        }
     }
 
     /// A new window joins the backlog; past the bound the oldest record librdkafka does not
