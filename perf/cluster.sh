@@ -81,15 +81,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "$*" | tee -a "$RAW"; }
-load1() { cut -d' ' -f1 /proc/loadavg; }
-# metric FILE NAME: the value of an unlabelled metric in a saved /metrics page.
-metric() { awk -v m="$2" '$1 == m {print $2}' "$1"; }
-# median of the numbers on stdin.
-median() {
-    sort -g | awk '{r[NR] = $1} END {if (NR % 2) printf "%.3f", r[(NR + 1) / 2];
-        else printf "%.3f", (r[NR / 2] + r[NR / 2 + 1]) / 2}'
-}
 now_s() { date +%s.%N; }
 # sleep_until EPOCH_SECONDS (fractions allowed)
 sleep_until() {
@@ -116,8 +107,6 @@ bpi() { awk -v b="$1" -v n="$distinct" 'BEGIN {printf "%.3f", b / n}'; }
 f() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 mm() { awk -F, '{printf "%s / %s", $1, $2}' <<<"$1"; }
 
-FAILURES=()
-fail() { FAILURES+=("$*"); log "CHECK FAILED: $*"; }
 
 # check_log NAME LOG REQUESTS: one count line per window, none local, counts plausible.
 check_log() {
@@ -137,11 +126,6 @@ check_log() {
     fi
 }
 
-# check_wrk NAME FILE
-check_wrk() {
-    if grep -q "Non-2xx" "$2"; then fail "$1: non-2xx answers: $(grep 'Non-2xx' "$2")"; fi
-    if grep -q "Socket errors" "$2"; then fail "$1: wrk saw socket errors: $(grep 'Socket errors' "$2")"; fi
-}
 
 cd "$PERF_ROOT"
 {

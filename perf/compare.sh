@@ -64,8 +64,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "$*" | tee -a "$RAW"; }
-load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # Stops the current server with SIGTERM; sets STOP_RC (perf/lib.sh's stop_pid).
 stop_server() {
@@ -115,8 +113,6 @@ run_one() {
     [[ -n $RPS ]] || { echo "compare.sh: no Requests/sec in wrk output" >&2; exit 1; }
 }
 
-FAILURES=()
-fail() { FAILURES+=("$*"); log "CHECK FAILED: $*"; }
 
 # verve's checks for one round.
 check_verve() {

@@ -148,3 +148,27 @@ count_lines() {
             'BEGIN {printf "%s %s %.0f\n", ws, uc, (t - w - i) * 1000}'
     done
 }
+
+# The pieces the wrk-based scripts (compare, cluster, kafka) share: their raw output file is
+# $RAW, set before `log` or `fail` is used.
+
+# log TEXT: to stdout and to $RAW.
+log() { echo "$*" | tee -a "$RAW"; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+# metric FILE NAME: the value of an unlabelled metric in a saved /metrics page.
+metric() { awk -v m="$2" '$1 == m {print $2}' "$1"; }
+# median of the numbers on stdin.
+median() {
+    sort -g | awk '{r[NR] = $1} END {if (NR % 2) printf "%.3f", r[(NR + 1) / 2];
+        else printf "%.3f", (r[NR / 2] + r[NR / 2 + 1]) / 2}'
+}
+
+# Failed checks: collected by `fail`, and reported (exit 1) by the script at its end.
+FAILURES=()
+fail() { FAILURES+=("$*"); log "CHECK FAILED: $*"; }
+
+# check_wrk NAME FILE: wrk's output FILE has no non-2xx answer and no socket error.
+check_wrk() {
+    if grep -q "Non-2xx" "$2"; then fail "$1: non-2xx answers: $(grep 'Non-2xx' "$2")"; fi
+    if grep -q "Socket errors" "$2"; then fail "$1: wrk saw socket errors: $(grep 'Socket errors' "$2")"; fi
+}
