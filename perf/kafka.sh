@@ -4,22 +4,27 @@
 # perf/random_ids.lua, random ids in 0..2^32):
 #
 #   plain    no Kafka;
+#   idle     no Kafka either, but a tansu broker runs beside it, unused: the control, since
+#            the broker shares the machine's two cores with verve and wrk in the next modes;
 #   kafka    --kafka-brokers to a healthy broker: a record per window, acknowledged;
 #   frozen   --kafka-brokers to a broker that this script stops with SIGSTOP right after
 #            verve has delivered its first record (a ` kafka window_start=... offset=` line in
 #            its log), and resumes with SIGCONT only after verve has exited: the connection
 #            stays open but nothing is answered, so records pile up in verve's backlog.
 #
-# ROUNDS rounds, the order of the three modes rotated each round (plain kafka frozen, then
-# kafka frozen plain, then frozen plain kafka, ...); each run: a fresh verve on a free loopback
-# port with --interval INTERVAL, and for kafka and frozen a fresh tansu broker (in memory) on
-# another; once verve has written its first count line (plain) or delivered its first record
-# (kafka, frozen: then the freeze), WARMUP s of wrk (another seed), then DURATION s measured.
+# ROUNDS rounds, the order of the four modes rotated each round (plain idle kafka frozen, then
+# idle kafka frozen plain, ...); each run: a fresh verve on a free loopback port with
+# --interval INTERVAL, and for idle, kafka and frozen a fresh tansu broker (in memory) on
+# another; once verve has written its first count line (plain, idle) or delivered its first
+# record (kafka, frozen: then the freeze), WARMUP s of wrk (another seed), then DURATION s
+# measured.
 # The interval is short on purpose: unlike perf/cluster.sh part a, every run crosses several
 # window boundaries, so several records are produced (or pile up) while it is measured. Ratios
-# kafka/plain and frozen/plain per round, and their medians.
+# per round and their medians: kafka/plain and frozen/plain (everything Kafka costs, the
+# broker's share of the CPU included), idle/plain (the broker's presence alone) and
+# kafka/idle (what verve's own Kafka work costs).
 #
-#   perf/kafka.sh                            # about 5 minutes plus the build
+#   perf/kafka.sh                            # about 7 minutes plus the build
 #   ROUNDS=3 DURATION=5 perf/kafka.sh
 #
 # Environment: ROUNDS (5), DURATION (8), WARMUP (2), THREADS (2), CONNECTIONS (64), SEED (1),
@@ -159,7 +164,7 @@ run_one() {
     flags=(--interval "$INTERVAL")
     if [[ $mode != plain ]]; then
         start_broker "$mode-r$round"
-        flags+=(--kafka-brokers "$BROKER_ADDR")
+        [[ $mode == idle ]] || flags+=(--kafka-brokers "$BROKER_ADDR")
     fi
     port=$(free_port)
     url=http://127.0.0.1:$port
@@ -167,7 +172,7 @@ run_one() {
     start_verve "$VERVE_BIN" "$port" "$logf" "${flags[@]}"
     # shellcheck disable=SC2153 # set by lib.sh's start_verve
     SERVER_PID=$VERVE_PID
-    if [[ $mode == plain ]]; then
+    if [[ $mode == plain || $mode == idle ]]; then
         wait_log "$logf" 'unique_count=' || fail "$name: no count line within ${START_TIMEOUT}s of the start"
     elif ! wait_log "$logf" ' kafka window_start=.* offset='; then
         fail "$name: no record delivered within ${START_TIMEOUT}s of the start"
@@ -244,12 +249,14 @@ run_one() {
     esac
 }
 
-MODES=(plain kafka frozen)
+MODES=(plain idle kafka frozen)
 ROWS=()
 KP=()
 FP=()
+IP=()
+KI=()
 for round in $(seq 1 "$ROUNDS"); do
-    first=$(((round - 1) % 3))
+    first=$(((round - 1) % ${#MODES[@]}))
     order=("${MODES[@]:first}" "${MODES[@]:0:first}")
     declare -A rps=() p99=() busy=() load=() cl=()
     FROZEN_LINES=- BACKLOG=-
@@ -260,26 +267,33 @@ for round in $(seq 1 "$ROUNDS"); do
     done
     kp=$(ratio "${rps[kafka]}" "${rps[plain]}")
     fp=$(ratio "${rps[frozen]}" "${rps[plain]}")
+    ip=$(ratio "${rps[idle]}" "${rps[plain]}")
+    ki=$(ratio "${rps[kafka]}" "${rps[idle]}")
     KP+=("$kp")
     FP+=("$fp")
-    ROWS+=("$(printf '| %s | %s | %s | %s | %s | **%s** | **%s** | %s / %s / %s | %s / %s / %s | %s / %s | %s / %s / %s | %s / %s / %s |' \
-        "$round" "${order[*]}" "${rps[plain]}" "${rps[kafka]}" "${rps[frozen]}" "$kp" "$fp" \
-        "${p99[plain]}" "${p99[kafka]}" "${p99[frozen]}" "${cl[plain]}" "${cl[kafka]}" "${cl[frozen]}" \
-        "$FROZEN_LINES" "$BACKLOG" "${load[plain]}" "${load[kafka]}" "${load[frozen]}" \
-        "${busy[plain]}" "${busy[kafka]}" "${busy[frozen]}")")
-    echo "round $round: plain ${rps[plain]}, kafka ${rps[kafka]}, frozen ${rps[frozen]} req/s; kafka/plain $kp, frozen/plain $fp" >&2
+    IP+=("$ip")
+    KI+=("$ki")
+    ROWS+=("$(printf '| %s | %s | %s | %s | %s | %s | **%s** | **%s** | %s | **%s** | %s / %s / %s / %s | %s / %s / %s / %s | %s / %s | %s / %s / %s / %s | %s / %s / %s / %s |' \
+        "$round" "${order[*]}" "${rps[plain]}" "${rps[idle]}" "${rps[kafka]}" "${rps[frozen]}" "$kp" "$fp" "$ip" "$ki" \
+        "${p99[plain]}" "${p99[idle]}" "${p99[kafka]}" "${p99[frozen]}" \
+        "${cl[plain]}" "${cl[idle]}" "${cl[kafka]}" "${cl[frozen]}" \
+        "$FROZEN_LINES" "$BACKLOG" "${load[plain]}" "${load[idle]}" "${load[kafka]}" "${load[frozen]}" \
+        "${busy[plain]}" "${busy[idle]}" "${busy[kafka]}" "${busy[frozen]}")")
+    echo "round $round: plain ${rps[plain]}, idle ${rps[idle]}, kafka ${rps[kafka]}, frozen ${rps[frozen]} req/s;" \
+        "kafka/plain $kp, frozen/plain $fp, idle/plain $ip, kafka/idle $ki" >&2
 done
+# summary RATIOS...: "median (range min-max)"
+summary() { echo "**$(printf '%s\n' "$@" | median)** (range $(printf '%s\n' "$@" | range))"; }
 {
     echo
-    echo "### Throughput: kafka / plain and frozen broker / plain, one instance, wrk -t$THREADS -c$CONNECTIONS, ${DURATION} s runs, --interval $INTERVAL"
+    echo "### Throughput with Kafka, one instance, wrk -t$THREADS -c$CONNECTIONS, ${DURATION} s runs, --interval $INTERVAL"
     echo
-    echo "| round | order | plain req/s | kafka req/s | frozen req/s | kafka/plain | frozen/plain | p99 (p / k / f) | count lines (p / k / f) | frozen: count lines while frozen / backlog | load1 at start (p / k / f) | other CPU busy before (p / k / f) |"
-    echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | :---: | :---: | :---: | :---: | :---: |"
+    echo "| round | order | plain req/s | idle req/s | kafka req/s | frozen req/s | kafka/plain | frozen/plain | idle/plain | kafka/idle | p99 (p / i / k / f) | count lines (p / i / k / f) | frozen: count lines while frozen / backlog | load1 at start (p / i / k / f) | other CPU busy before (p / i / k / f) |"
+    echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: | :---: | :---: | :---: |"
     printf '%s\n' "${ROWS[@]}"
     echo
-    echo "median kafka/plain: **$(printf '%s\n' "${KP[@]}" | median)** (range $(printf '%s\n' "${KP[@]}" | range))," \
-        "median frozen/plain: **$(printf '%s\n' "${FP[@]}" | median)** (range $(printf '%s\n' "${FP[@]}" | range))" \
-        "over $ROUNDS rounds (load now $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "over $ROUNDS rounds: median kafka/plain $(summary "${KP[@]}"), frozen/plain $(summary "${FP[@]}")," \
+        "idle/plain $(summary "${IP[@]}"), kafka/idle $(summary "${KI[@]}") (load now $(cut -d' ' -f1-3 /proc/loadavg))"
 } | tee -a "$RAW"
 
 echo
