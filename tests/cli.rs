@@ -155,7 +155,15 @@ fn help_and_version_exit_0() {
         "--endpoint-allow",
         "--idle-timeout",
         "--workers",
+        "--state-file",
+        "--redis",
+        "--cluster-grace",
+        "--cluster-backlog",
+        "--kafka-brokers",
+        "--kafka-topic",
+        "--kafka-backlog",
         "VERVE_INTERVAL",
+        "VERVE_KAFKA_BROKERS",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
