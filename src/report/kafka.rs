@@ -2,7 +2,8 @@
 //! order, from a plain thread of its own so that a slow or absent broker delays the records
 //! and nothing else (the count line is written before this reporter is even called).
 //!
-//! Delivery, and why it is exact while the broker is up, frozen or restarted:
+//! Delivery, and why it is exact while the broker is up, slow, frozen or restarted with its
+//! data (tests/kafka.rs freezes a real broker; a restart keeps its producer state):
 //! - The producer is idempotent with `acks=all`, and a record handed to librdkafka is never
 //!   timed out locally (`message.timeout.ms=0`): librdkafka retries it on every reconnect
 //!   with the same producer id and sequence number, so a broker that wrote it once but could
