@@ -160,6 +160,21 @@ fn an_absent_broker_is_a_warning_and_a_full_backlog_loses_the_oldest_loudly() {
         l.contains(" WARN kafka ") && l.contains(&brokers) && l.contains("not checked")
     });
     assert!(server.stderr().contains(&brokers), "{}", server.stderr());
+    // Each broker error is one line (rdkafka 0.39 hands every error event to verve twice).
+    let errors: Vec<String> = server
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains(" kafka error="))
+        .collect();
+    assert!(
+        !errors.is_empty(),
+        "no broker error logged:\n{}",
+        server.log()
+    );
+    assert!(
+        errors.windows(2).all(|p| p[0] != p[1]),
+        "an error logged twice:\n{errors:#?}"
+    );
     server.accept_ok(7);
     // Six windows with room for three: the oldest are pushed off, each logged.
     server.wait_for_count_lines(6);

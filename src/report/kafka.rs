@@ -69,6 +69,39 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// When the next attempt of something that failed may be made.
+#[derive(Debug)]
+struct Backoff {
+    next_at: Instant,
+    wait: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next_at: Instant::now(),
+            wait: FIRST_BACKOFF,
+        }
+    }
+
+    fn due(&self) -> bool {
+        Instant::now() >= self.next_at
+    }
+
+    /// Another failure: the next attempt after the current wait, which then doubles.
+    /// Returns that wait (for the log line).
+    fn failed(&mut self) -> Duration {
+        let wait = self.wait;
+        self.next_at = Instant::now() + wait;
+        self.wait = (wait * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    fn succeeded(&mut self) {
+        self.wait = FIRST_BACKOFF;
+    }
+}
+
 /// Windows reported but not yet taken by the thread. The thread takes them every [`TICK`]
 /// except during a topic check, so this only has to cover [`ADMIN_TIMEOUT`] of 1 s windows.
 const CHANNEL_LEN: usize = 64;
@@ -335,11 +368,9 @@ impl Kafka {
             backlog: VecDeque::new(),
             in_flight: false,
             sent_at: Instant::now(),
-            retry_at: Instant::now(),
-            backoff: FIRST_BACKOFF,
+            retry: Backoff::new(),
             topic_ready: false,
-            topic_retry_at: Instant::now(),
-            topic_backoff: FIRST_BACKOFF,
+            topic_retry: Backoff::new(),
             reachable: None,
         };
         let thread = std::thread::Builder::new()
@@ -461,12 +492,10 @@ struct Worker {
     in_flight: bool,
     /// When the front record was handed to librdkafka.
     sent_at: Instant,
-    /// No new attempt at the front record before this (after a failure).
-    retry_at: Instant,
-    backoff: Duration,
+    /// Attempts at the front record after a failure.
+    retry: Backoff,
     topic_ready: bool,
-    topic_retry_at: Instant,
-    topic_backoff: Duration,
+    topic_retry: Backoff,
     /// What the last topic check found, so a broker that stays away is warned about once.
     reachable: Option<bool>,
 }
@@ -507,8 +536,7 @@ impl Worker {
                 self.replace_producer();
             }
             self.topic_check();
-            let now = Instant::now();
-            if self.topic_ready && !self.in_flight && now >= self.retry_at {
+            if self.topic_ready && !self.in_flight && self.retry.due() {
                 self.send_front();
             }
             if let Some(at) = deadline {
@@ -589,7 +617,7 @@ impl Worker {
         match outcome.result {
             Ok((partition, offset)) => {
                 self.backlog.pop_front();
-                self.backoff = FIRST_BACKOFF;
+                self.retry.succeeded();
                 self.pending.fetch_sub(1, Relaxed);
                 self.metrics.kafka_records.delivered.fetch_add(1, Relaxed);
                 self.metrics.backlog_windows.fetch_sub(1, Relaxed);
@@ -619,15 +647,14 @@ impl Worker {
     /// after the backoff.
     fn failed(&mut self, record: Record, err: &KafkaError) {
         self.metrics.kafka_errors.fetch_add(1, Relaxed);
+        let wait = self.retry.failed();
         log::warn!(
             target: TARGET,
             "window_start={} error={} retry_in={}ms detail={err}",
             rfc3339_secs(record.window_start),
             code(err),
-            self.backoff.as_millis()
+            wait.as_millis()
         );
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
     /// After a fatal error (the idempotent producer's sequence is broken) only a new
@@ -662,7 +689,7 @@ impl Worker {
             self.checking = false;
             self.topic_checked(result);
         }
-        if !self.topic_ready && !self.checking && Instant::now() >= self.topic_retry_at {
+        if !self.topic_ready && !self.checking && self.topic_retry.due() {
             self.checking = self.check.try_send(()).is_ok();
         }
     }
@@ -672,7 +699,7 @@ impl Worker {
         match result {
             Ok(how) => {
                 self.topic_ready = true;
-                self.topic_backoff = FIRST_BACKOFF;
+                self.topic_retry.succeeded();
                 log::info!(
                     target: TARGET,
                     "topic {topic} {how} on {}",
@@ -692,19 +719,18 @@ impl Worker {
                 let first = self.reachable != Some(false);
                 self.reachable = Some(false);
                 self.metrics.kafka_errors.fetch_add(1, Relaxed);
+                let wait = self.topic_retry.failed();
                 let msg = format!(
                     "--kafka-brokers {}: topic {topic} not checked ({e}); serving anyway, \
                      records wait in the backlog (next try in {} ms)",
                     self.settings.brokers,
-                    self.topic_backoff.as_millis()
+                    wait.as_millis()
                 );
                 if first {
                     log::warn!(target: TARGET, "{msg}");
                 } else {
                     log::info!(target: TARGET, "{msg}");
                 }
-                self.topic_retry_at = Instant::now() + self.topic_backoff;
-                self.topic_backoff = (self.topic_backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -778,6 +804,19 @@ mod tests {
         assert_eq!(metrics.kafka_records.lost.load(Relaxed), 2);
         assert_eq!(metrics.kafka_records.delivered.load(Relaxed), 0);
         assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_max_and_resets_on_success() {
+        let mut b = Backoff::new();
+        assert!(b.due());
+        let waits: Vec<Duration> = (0..7).map(|_| b.failed()).collect();
+        assert_eq!(waits[0], FIRST_BACKOFF);
+        assert_eq!(waits[1], FIRST_BACKOFF * 2);
+        assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
+        assert!(!b.due());
+        b.succeeded();
+        assert_eq!(b.failed(), FIRST_BACKOFF);
     }
 
     #[test]
