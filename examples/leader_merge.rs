@@ -46,11 +46,10 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use roaring::RoaringTreemap;
 use verve::cluster::conn::{self, Target};
 use verve::cluster::node::{serialize, union_of_shipments};
 use verve::cluster::store::{self, Keys};
-use verve::ids::{BatchedIdSet, IdSet};
+use verve::ids::{IdBuffer, IdSet};
 
 #[path = "support/rng.rs"]
 mod rng;
@@ -131,7 +130,7 @@ fn instance_ids(k: usize, ids: u64, shared: u64, shipments: u64) -> (IdSet, Vec<
     let mut all = IdSet::new();
     let mut parts = Vec::with_capacity(shipments as usize);
     for p in 0..shipments {
-        let mut part = BatchedIdSet::new();
+        let mut part = IdBuffer::new();
         for i in p * ids / shipments..(p + 1) * ids / shipments {
             let rng = if is_shared(i) { &mut common } else { &mut own };
             part.insert((rng.next() >> 32) as i64);
@@ -168,9 +167,8 @@ fn merge_in_memory(blobs: &[Vec<u8>]) -> (IdSet, Duration, Duration, Duration, D
     let mut union = IdSet::new();
     for blob in blobs {
         let t0 = Instant::now();
-        let tree = RoaringTreemap::deserialize_from(black_box(&blob[..])).expect("readable blob");
+        let set = IdSet::deserialize(black_box(&blob[..])).expect("readable blob");
         let t1 = Instant::now();
-        let set = IdSet::from_treemap(tree);
         let t2 = Instant::now();
         union.union_with(&set);
         let t3 = Instant::now();
@@ -187,11 +185,11 @@ fn merge_in_memory(blobs: &[Vec<u8>]) -> (IdSet, Duration, Duration, Duration, D
 /// treemaps, no conversion): (distinct ids, total time).
 fn merge_pairwise(blobs: &[Vec<u8>]) -> (u64, Duration) {
     let started = Instant::now();
-    let mut union = verve::cluster::node::Union::default();
+    let mut union = verve::ids::Union::default();
     for blob in blobs {
-        union.add(RoaringTreemap::deserialize_from(black_box(&blob[..])).expect("readable blob"));
+        union.add(IdSet::deserialize(black_box(&blob[..])).expect("readable blob"));
     }
-    let count = union.finish().len();
+    let count = union.into_set().len();
     (count, started.elapsed())
 }
 
@@ -273,7 +271,7 @@ fn main() -> ExitCode {
         let (union, d, c, u, t) = merge_in_memory(&blobs);
         let count = union.len();
         let t0 = Instant::now();
-        union.release(&mut std::thread::yield_now);
+        drop(union);
         let r = t0.elapsed();
         if count != expected {
             eprintln!("leader_merge: run {run}: the union holds {count} ids, expected {expected}");

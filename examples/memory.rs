@@ -24,7 +24,7 @@ use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
-use verve::ids::BatchedIdSet;
+use verve::ids::IdBuffer;
 
 /// The system allocator, counting live and peak bytes.
 struct Counting;
@@ -109,7 +109,7 @@ fn measure(kind: &str, n: u64) -> Result<(), String> {
     let heap_before = LIVE.load(Relaxed);
     PEAK.store(heap_before, Relaxed);
     let started = Instant::now();
-    let mut set = BatchedIdSet::new();
+    let mut set = IdBuffer::new();
     for i in 0..n {
         set.insert(gen(&mut rng, i));
     }

@@ -1,6 +1,12 @@
 //! The collector: a plain OS thread (it does blocking I/O through its reporters, so it is
-//! never a coroutine) that seals each window shortly after it closes, merges the shards and
-//! hands the result to the [`WindowSink`].
+//! never a coroutine) that merges what the shards buffered into the open window's set about
+//! once a second ([`ABSORB_EVERY`]), seals each window shortly after it closes and hands the
+//! result to the [`WindowSink`].
+//!
+//! Merging during the window keeps the seal short whatever the window holds: it merges at
+//! most the last second's ids, so the count line is written on time even when the workers
+//! saturate every core. It also keeps `verve_window_unique_ids` current without a scrape
+//! touching the shards.
 //!
 //! It wakes [`SETTLE`] after each boundary rather than at it: a worker thread can be
 //! descheduled between reading the clock and recording the id, and the delay lets such
@@ -17,7 +23,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
 use crate::clock::{Clock, Windows};
-use crate::ids::IdSet;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
@@ -32,6 +37,11 @@ pub const SETTLE: Duration = Duration::from_millis(200);
 /// test moved by hand, and costs nothing measurable.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How often the open window's buffered ids are merged: the contract lets
+/// `verve_window_unique_ids` be up to a second old, and a merge a second bounds what the
+/// shards buffer (repeats included) to a second of requests.
+pub const ABSORB_EVERY: Duration = Duration::from_secs(1);
+
 /// Everything the collector works on.
 pub struct Collector {
     pub shards: Arc<Shards>,
@@ -41,6 +51,8 @@ pub struct Collector {
     pub metrics: Arc<Metrics>,
     /// `--state-file`: where the open window goes at shutdown instead of being reported.
     pub state_file: Option<PathBuf>,
+    /// The last window whose refused ids were warned about (one warning per window).
+    pub memory_warned: Option<u64>,
 }
 
 /// Asks the collector to close the open window and stop.
@@ -74,6 +86,7 @@ impl Collector {
             .name("verve-collector".into())
             .spawn(move || {
                 let mut this = self;
+                let mut next_absorb = Instant::now() + ABSORB_EVERY;
                 loop {
                     let due = this.windows.end_ms(next) + SETTLE.as_millis() as u64;
                     let now = this.clock.now_ms();
@@ -82,7 +95,13 @@ impl Collector {
                         next += 1;
                         continue;
                     }
-                    let wait = Duration::from_millis(due - now).min(POLL);
+                    if Instant::now() >= next_absorb {
+                        this.absorb(this.windows.index_of(now));
+                        next_absorb = Instant::now() + ABSORB_EVERY;
+                    }
+                    let wait = Duration::from_millis(due - now)
+                        .min(POLL)
+                        .min(next_absorb.saturating_duration_since(Instant::now()));
                     match stopped.recv_timeout(wait) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(Stop { deadline }) => return this.close(next, deadline),
@@ -95,15 +114,38 @@ impl Collector {
         Ok(CollectorHandle { stop, thread })
     }
 
+    /// Merges what the shards buffered for the open `window` and publishes its count.
+    fn absorb(&mut self, window: u64) {
+        if let Some(absorbed) = self.shards.absorb(window) {
+            self.metrics.window_unique_ids.store(absorbed.unique, Relaxed);
+            self.refused(window, absorbed.refused);
+        }
+    }
+
+    /// Warns, once per window, that ids were refused for want of memory.
+    fn refused(&mut self, window: u64, ids: u64) {
+        if ids > 0 && self.memory_warned != Some(window) {
+            self.memory_warned = Some(window);
+            log::warn!(
+                "the id memory budget (--max-memory {} bytes) is spent: {ids} requests were \
+                 answered 503 and not counted in window {}; it frees when the window is \
+                 reported",
+                self.shards.memory().limit(),
+                crate::clock::rfc3339_secs(self.windows.start_secs(window)),
+            );
+        }
+    }
+
     /// Seals `window` and hands it on.
     fn seal(&mut self, window: u64) {
         let sealed = self.merge(window);
         self.sink.accept(sealed);
     }
 
-    /// Seals `window` and merges its shards.
+    /// Seals `window`: the shards' last ids are merged into its set.
     fn merge(&mut self, window: u64) -> SealedWindow {
         let sealed = self.shards.seal(window);
+        self.refused(window, sealed.refused);
         if sealed.late > 0 {
             self.metrics.late_ids.fetch_add(sealed.late, Relaxed);
             log::warn!(
@@ -111,25 +153,13 @@ impl Collector {
                 sealed.late
             );
         }
-        let pause = &mut std::thread::yield_now;
-        let recent = IdSet::union_all_pausing(sealed.parts, pause);
-        let (ids, unshipped) = if sealed.drained.is_empty() {
-            (recent, None)
-        } else {
-            // Cluster mode: the drains took most of the window; what is new since the last
-            // one is all that still has to be shipped.
-            let mut unshipped = recent;
-            unshipped.subtract(&sealed.drained);
-            let mut ids = sealed.drained;
-            ids.union_with(&unshipped);
-            (ids, Some(unshipped))
-        };
         SealedWindow {
             window,
             window_start: self.windows.start_secs(window),
-            ids,
-            unshipped,
+            ids: sealed.ids,
+            unshipped: sealed.unshipped,
             endpoints: sealed.endpoints,
+            charge: sealed.charge,
         }
     }
 
@@ -159,6 +189,7 @@ impl Collector {
                     ids: saved.ids,
                     unshipped: None,
                     endpoints: saved.endpoints,
+                    charge: sealed.charge,
                 });
             }
         }
@@ -222,6 +253,7 @@ mod tests {
             sink: Box::new(ChannelSink(tx)),
             metrics: Arc::new(Metrics::new(2)),
             state_file,
+            memory_warned: None,
         }
         .spawn()
         .unwrap();

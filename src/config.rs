@@ -130,6 +130,13 @@ pub struct Config {
           default_value_t = 1440, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub kafka_backlog: u32,
+    /// Most memory the id sets of every window held in memory may take together (open,
+    /// sealed and not reported, cluster backlog), e.g. `512MiB`, `2GiB`; past it, requests
+    /// whose id would need more are answered 503 and not counted. Default: half the cgroup's
+    /// `memory.max` when set, else half the physical memory.
+    #[arg(long, env = "VERVE_MAX_MEMORY", value_name = "SIZE",
+          value_parser = crate::budget::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 /// A key prefix: no spaces, and no braces (they would change the Redis Cluster hash tag).
@@ -184,6 +191,14 @@ impl Config {
         format!("{host}:{port}")
     }
 
+    /// `--max-memory`, or its default (see [`crate::budget::default_limit`]); no budget
+    /// only where neither the cgroup nor `/proc/meminfo` can be read.
+    pub fn memory_limit(&self) -> u64 {
+        self.max_memory
+            .or_else(crate::budget::default_limit)
+            .unwrap_or(u64::MAX)
+    }
+
     /// Worker threads: the flag, or the cores this process may run on.
     pub fn worker_count(&self) -> usize {
         match self.workers {
@@ -218,6 +233,12 @@ mod tests {
         assert!(c.kafka_brokers.is_none());
         assert_eq!(c.kafka_topic, "unique-requests");
         assert_eq!(c.kafka_backlog, 1440);
+        assert_eq!(c.max_memory, None);
+        assert_eq!(c.memory_limit(), crate::budget::default_limit().unwrap());
+        assert_eq!(
+            parse(&["--max-memory", "8MiB"]).unwrap().memory_limit(),
+            8 << 20
+        );
         let id = c.instance_id(8080);
         assert!(id.ends_with(":8080") && id.len() > 5, "{id}");
     }
@@ -245,6 +266,8 @@ mod tests {
             (&["--kafka-brokers", "a:99999"], "--kafka-brokers"),
             (&["--kafka-topic", "a/b"], "--kafka-topic"),
             (&["--kafka-backlog", "0"], "--kafka-backlog"),
+            (&["--max-memory", "512KiB"], "--max-memory"),
+            (&["--max-memory", "lots"], "--max-memory"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2);

@@ -1,13 +1,25 @@
-//! The set of distinct ids of one window: a roaring treemap over an order-preserving map of
-//! `i64` onto `u64`, with 32-bit roaring bitmaps in front for the ids most clients send
-//! (`0..2^32`), because they skip the treemap's B-tree lookup on every insert, split in
-//! [`HOT_PARTS`] by the ids' top bits (see [`Hot`]). `benches/hot_path.rs` measures each
-//! choice against the plain alternative.
+//! The set of distinct ids of one window: exact, and compact whatever the ids look like.
+//!
+//! Ids are mapped onto `u64` keys in order ([`to_key`]) and kept sorted, in blocks of
+//! bit-packed gaps ([`IdSet`]). A block stores its first key and, for every later key, the
+//! gap to the one before it in the fewest bits that hold the block's largest gap. So a set
+//! costs about as many bits per id as the ids are far apart: 64-bit hashes (gaps of about
+//! `2^64 / n`) take 5-7 bytes each, random 32-bit ids 1.5-2.5 bytes, sequential ids (gap 0)
+//! nothing but the block headers. A roaring treemap, which this replaced, spends a whole
+//! 32-bit bitmap on an id that shares its high half with no other: about 250 bytes per
+//! 64-bit hash. `perf/RESULTS.md` has the measurements, `benches/ids.rs` the comparisons.
+//!
+//! Blocks are immutable once built: sets grow by merging ([`IdSet::union`], [`Union`]),
+//! which walks both sides in order and moves the blocks the other side does not touch. The
+//! request path never merges: it appends to an [`IdBuffer`], whose sorted runs the collector
+//! merges into the window's set off the request path.
 
-use roaring::{MultiOps, RoaringBitmap, RoaringTreemap};
+use std::fmt;
+
+use roaring::RoaringTreemap;
 
 /// Flips the sign bit, so that `i64::MIN..=i64::MAX` maps monotonically onto `0..=u64::MAX`.
-/// Order preservation keeps nearby ids in the same roaring container, whatever their sign.
+/// Order preservation keeps nearby ids next to each other, whatever their sign.
 ///
 /// ```
 /// use verve::ids::{from_key, to_key};
@@ -26,314 +38,724 @@ pub fn from_key(key: u64) -> i64 {
     (key ^ (1 << 63)) as i64
 }
 
-/// The high 32 bits of the key of every id in `0..2^32`: those ids go to the fast bitmap.
-const HOT_HIGH: u32 = 0x8000_0000;
+/// Most bits of packed gaps in one block (1 KiB). Large enough that a block's 40-byte header
+/// is spread over ~150 random 64-bit ids (0.3 bytes each), small enough that a merge which
+/// touches one id of a block re-packs little.
+pub const BLOCK_BITS: usize = 8192;
 
-/// Bitmaps the ids `0..2^32` are split into, by their top 8 bits.
-pub const HOT_PARTS: usize = 256;
+/// Most keys in one block: reached only by dense ids, whose gaps take 0-2 bits. Bounds the
+/// work of decoding a block to find one key ([`IdSet::contains`]).
+pub const BLOCK_KEYS: usize = 4096;
 
-/// The ids `0..2^32`, as [`HOT_PARTS`] roaring bitmaps, part `i` holding the ids whose top 8
-/// bits are `i`.
-///
-/// Why not one bitmap: a roaring bitmap keeps its containers (one per 65 536 ids) in one
-/// sorted vector. Random ids make up to 65 536 of them, so every insert binary-searches a
-/// 2 MB vector (cache misses all the way down), and each new container shifts half of it
-/// (`Vec::insert`): in a fresh window that memmove was 7-10% of verve's CPU under wrk
-/// (`scripts/flamegraph.sh`). Split, a part holds at most 256 containers (8 KiB), picked by
-/// one shift. `benches/hot_path.rs` (`insert`) compares the two.
-#[derive(Default, Clone, Debug)]
-pub struct Hot {
-    /// Empty until the first insert (a window without ids allocates nothing), then
-    /// [`HOT_PARTS`] long.
-    parts: Vec<RoaringBitmap>,
+/// Bits needed to hold `gap`.
+#[inline]
+fn bits_of(gap: u64) -> u8 {
+    (64 - gap.leading_zeros()) as u8
 }
 
-impl Hot {
+/// 64-bit words that hold `count` values of `width` bits.
+#[inline]
+fn words_for(count: usize, width: u8) -> usize {
+    (count * width as usize).div_ceil(64)
+}
+
+/// The `index`-th `width`-bit value packed in `words`.
+#[inline]
+fn unpack(words: &[u64], index: usize, width: u8) -> u64 {
+    if width == 0 {
+        return 0;
+    }
+    let w = width as usize;
+    let bit = index * w;
+    let (at, off) = (bit / 64, bit % 64);
+    let mut v = words[at] >> off;
+    if off + w > 64 {
+        v |= words[at + 1] << (64 - off);
+    }
+    if w < 64 {
+        v & ((1u64 << w) - 1)
+    } else {
+        v
+    }
+}
+
+/// Packs `count` values of at most `width` bits.
+fn pack(values: impl Iterator<Item = u64>, count: usize, width: u8) -> Box<[u64]> {
+    let mut words = vec![0u64; words_for(count, width)];
+    if width > 0 {
+        let w = width as usize;
+        for (i, v) in values.take(count).enumerate() {
+            let bit = i * w;
+            let (at, off) = (bit / 64, bit % 64);
+            words[at] |= v << off;
+            if off + w > 64 {
+                words[at + 1] |= v >> (64 - off);
+            }
+        }
+    }
+    words.into_boxed_slice()
+}
+
+/// Ascending keys, from `first` to `last`: `first`, then each gap minus one, packed at
+/// `width` bits.
+#[derive(Clone, Debug)]
+struct Block {
+    first: u64,
+    last: u64,
+    /// Keys in the block, at least 1 and at most [`BLOCK_KEYS`].
+    len: u32,
+    width: u8,
+    /// `len - 1` gaps (`key[i] - key[i - 1] - 1`).
+    gaps: Box<[u64]>,
+}
+
+impl Block {
+    /// Packs `keys` (strictly ascending, not empty) with the gap width they need.
+    fn from_keys(keys: &[u64]) -> Block {
+        let gaps = || keys.windows(2).map(|p| p[1] - p[0] - 1);
+        let width = gaps().map(bits_of).max().unwrap_or(0);
+        Block {
+            first: keys[0],
+            last: keys[keys.len() - 1],
+            len: keys.len() as u32,
+            width,
+            gaps: pack(gaps(), keys.len() - 1, width),
+        }
+    }
+
+    fn keys(&self) -> BlockKeys<'_> {
+        BlockKeys {
+            block: self,
+            next: 0,
+            key: self.first,
+        }
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        key >= self.first && key <= self.last && self.keys().any(|k| k == key)
+    }
+}
+
+/// The keys of one block, ascending.
+struct BlockKeys<'a> {
+    block: &'a Block,
+    /// Index of the next key to hand out.
+    next: u32,
+    /// The key handed out last (`first` before the first).
+    key: u64,
+}
+
+impl Iterator for BlockKeys<'_> {
+    type Item = u64;
+
     #[inline]
-    fn part(&mut self, value: u32) -> &mut RoaringBitmap {
-        if self.parts.is_empty() {
-            self.parts.resize_with(HOT_PARTS, RoaringBitmap::new);
+    fn next(&mut self) -> Option<u64> {
+        let b = self.block;
+        if self.next == 0 {
+            self.next = 1;
+            return Some(b.first);
         }
-        &mut self.parts[(value >> 24) as usize]
-    }
-
-    #[inline]
-    pub fn insert(&mut self, value: u32) -> bool {
-        self.part(value).insert(value)
-    }
-
-    pub fn contains(&self, value: u32) -> bool {
-        self.parts
-            .get((value >> 24) as usize)
-            .is_some_and(|p| p.contains(value))
-    }
-
-    /// Inserts the low halves of ascending keys that share their high half (the hot range of
-    /// [`BatchedIdSet`]'s sorted batch), each run of one part with one roaring `extend`.
-    pub fn extend_sorted(&mut self, keys: &[u64]) {
-        let top = |k: &u64| (*k as u32) >> 24;
-        for run in keys.chunk_by(|a, b| top(a) == top(b)) {
-            self.part(run[0] as u32)
-                .extend(run.iter().map(|&k| k as u32));
+        if self.next >= b.len {
+            return None;
         }
+        let gap = unpack(&b.gaps, self.next as usize - 1, b.width);
+        self.key += gap + 1;
+        self.next += 1;
+        Some(self.key)
     }
 
-    pub fn len(&self) -> u64 {
-        self.parts.iter().map(RoaringBitmap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(RoaringBitmap::is_empty)
-    }
-
-    /// Adds every value of `other`, part by part, each with `&a | &b` (see
-    /// [`IdSet::union_with`] for why not `|=`), calling `pause` after each part.
-    pub fn union_with(&mut self, other: &Hot, pause: &mut dyn FnMut()) {
-        if other.parts.is_empty() {
-            return;
-        }
-        if self.parts.is_empty() {
-            self.parts = other.parts.clone();
-            return;
-        }
-        for (mine, theirs) in self.parts.iter_mut().zip(&other.parts) {
-            if theirs.is_empty() {
-                continue;
-            } else if mine.is_empty() {
-                *mine = theirs.clone();
-            } else {
-                *mine = &*mine | theirs;
-            }
-            pause();
-        }
-    }
-
-    /// Removes every value of `other`, part by part (roaring's in-place `-=` keeps the
-    /// container order: linear).
-    fn subtract(&mut self, other: &Hot) {
-        for (mine, theirs) in self.parts.iter_mut().zip(&other.parts) {
-            if !mine.is_empty() && !theirs.is_empty() {
-                *mine -= theirs;
-            }
-        }
-    }
-
-    /// Frees the parts one at a time, calling `pause` after each.
-    fn release(mut self, pause: &mut dyn FnMut()) {
-        while let Some(part) = self.parts.pop() {
-            let had_any = !part.is_empty();
-            drop(part);
-            if had_any {
-                pause();
-            }
-        }
-    }
-
-    /// One bitmap of all the parts (for serialization). Appending the parts in order only
-    /// ever adds containers at the end of the vector: linear.
-    pub fn to_bitmap(&self) -> RoaringBitmap {
-        let mut all = RoaringBitmap::new();
-        for part in &self.parts {
-            all |= part;
-        }
-        all
-    }
-
-    /// The inverse of [`Hot::to_bitmap`].
-    pub fn from_bitmap(bitmap: &RoaringBitmap) -> Hot {
-        let mut hot = Hot::default();
-        for value in bitmap.iter() {
-            hot.insert(value);
-        }
-        hot
-    }
-
-    /// Every value, ascending.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.parts.iter().flat_map(|p| p.iter())
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = (self.block.len - self.next) as usize;
+        (left, Some(left))
     }
 }
 
-impl PartialEq for Hot {
-    fn eq(&self, other: &Hot) -> bool {
-        let empty = RoaringBitmap::new();
-        (0..HOT_PARTS)
-            .all(|i| self.parts.get(i).unwrap_or(&empty) == other.parts.get(i).unwrap_or(&empty))
-    }
+/// Splits ascending `keys` greedily into blocks: each takes keys while its gaps fit
+/// [`BLOCK_BITS`] at the widest gap's width and it holds at most [`BLOCK_KEYS`].
+fn block_ends(keys: &[u64]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= keys.len() {
+            return None;
+        }
+        let start = i;
+        let mut width = 0u8;
+        i += 1;
+        while i < keys.len() {
+            let w = width.max(bits_of(keys[i] - keys[i - 1] - 1));
+            let gaps = i - start;
+            if gaps * w as usize > BLOCK_BITS || gaps + 1 > BLOCK_KEYS {
+                break;
+            }
+            width = w;
+            i += 1;
+        }
+        Some((start, i))
+    })
 }
 
-/// Distinct ids, exact. `hot` and `rest` never hold the same key, so the cardinality is the
-/// sum of theirs.
-#[derive(Default, Clone, Debug, PartialEq)]
+/// Distinct ids, exact: sorted blocks of packed gaps (see the module doc). Equal sets compare
+/// equal however their blocks are cut.
+#[derive(Clone, Default)]
 pub struct IdSet {
-    /// Low 32 bits of keys whose high half is [`HOT_HIGH`] (ids `0..2^32`).
-    hot: Hot,
-    /// Every other key.
-    rest: RoaringTreemap,
+    blocks: Vec<Block>,
+    /// Keys in all blocks.
+    len: u64,
+    /// Packed gap words in all blocks (for [`IdSet::heap_bytes`] in O(1)).
+    words: usize,
 }
+
+impl fmt::Debug for IdSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdSet({} ids in {} blocks)", self.len, self.blocks.len())
+    }
+}
+
+impl PartialEq for IdSet {
+    fn eq(&self, other: &IdSet) -> bool {
+        self.len == other.len && self.keys().eq(other.keys())
+    }
+}
+
+impl Eq for IdSet {}
 
 impl IdSet {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds `id`; true when it was not there yet.
-    #[inline]
-    pub fn insert(&mut self, id: i64) -> bool {
-        let key = to_key(id);
-        if (key >> 32) as u32 == HOT_HIGH {
-            self.hot.insert(key as u32)
-        } else {
-            self.rest.insert(key)
-        }
-    }
-
-    pub fn contains(&self, id: i64) -> bool {
-        let key = to_key(id);
-        if (key >> 32) as u32 == HOT_HIGH {
-            self.hot.contains(key as u32)
-        } else {
-            self.rest.contains(key)
-        }
-    }
-
-    /// The number of distinct ids.
-    pub fn len(&self) -> u64 {
-        self.hot.len() + self.rest.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hot.is_empty() && self.rest.is_empty()
-    }
-
-    /// Adds every id of `other`.
-    ///
-    /// The 32-bit half is merged with `&a | &b`, a linear walk over both container lists
-    /// into a new one. roaring's in-place `|=` inserts each container the left side lacks
-    /// with `Vec::insert`, quadratic in the number of containers: with random ids (tens of
-    /// thousands of containers, before the split into parts) that took 0.3-0.4 s per window
-    /// here.
-    pub fn union_with(&mut self, other: &IdSet) {
-        self.hot.union_with(&other.hot, &mut || {});
-        // The treemap's `|=` goes through its B-tree: no quadratic step.
-        self.rest |= &other.rest;
-    }
-
-    /// Removes every id of `other`: what a shipment adds to what was shipped before.
-    pub fn subtract(&mut self, other: &IdSet) {
-        self.hot.subtract(&other.hot);
-        self.rest -= &other.rest;
-    }
-
-    /// The union of many sets (one per shard), merged pairwise with [`IdSet::union_with`].
-    /// roaring's `MultiOps::union` is not used: it turns every container into an 8 KiB bitmap
-    /// while it works, which for the sparse containers of random ids cost ~0.5 s and ~300 MB
-    /// per window at 250 000 ids (measured; `benches/hot_path.rs` compares them).
-    pub fn union_all(sets: Vec<IdSet>) -> IdSet {
-        IdSet::union_all_pausing(sets, &mut || {})
-    }
-
-    /// [`IdSet::union_all`], calling `pause` between the pieces of work (one bitmap part
-    /// each, well under a millisecond at 10M ids) and freeing the merged shards the same way.
-    /// The collector passes `std::thread::yield_now`: on a machine whose every core runs a
-    /// may worker, a 50 ms merge in one piece held a worker off its core for a whole
-    /// scheduler slice (a 4.6 ms stall in `perf/merge_stall.sh`); yielding between pieces
-    /// lets a woken worker run at once.
-    pub fn union_all_pausing(sets: Vec<IdSet>, pause: &mut dyn FnMut()) -> IdSet {
-        let mut parts = sets.into_iter();
-        let mut acc = parts.next().unwrap_or_default();
-        for part in parts {
-            acc.hot.union_with(&part.hot, pause);
-            acc.rest |= &part.rest;
-            part.release(pause);
-        }
-        acc
-    }
-
-    /// Frees the set a piece at a time, calling `pause` between pieces (see
-    /// [`IdSet::union_all_pausing`]).
-    pub fn release(self, pause: &mut dyn FnMut()) {
-        self.hot.release(pause);
-        drop(self.rest);
-        pause();
-    }
-
-    /// The same union with roaring's `MultiOps` (kept for the benchmark that justifies
-    /// [`IdSet::union_all`]).
-    pub fn union_all_multiops(sets: Vec<IdSet>) -> IdSet {
-        let (hots, rests): (Vec<Hot>, Vec<RoaringTreemap>) =
-            sets.into_iter().map(|s| (s.hot, s.rest)).unzip();
-        let mut hot = Hot::default();
-        if hots.iter().any(|h| !h.parts.is_empty()) {
-            // Part by part, as `union_all` does, so that only the union itself differs.
-            hot.parts = (0..HOT_PARTS)
-                .map(|i| hots.iter().filter_map(|h| h.parts.get(i)).union())
-                .collect();
-        }
-        IdSet {
-            hot,
-            rest: rests.union(),
-        }
-    }
-
-    /// One treemap over the keys of [`to_key`]: the form that is serialized (roaring's portable
-    /// format per 32-bit half) when a window is shipped elsewhere.
-    pub fn to_treemap(&self) -> RoaringTreemap {
-        let mut all = self.rest.clone();
-        if !self.hot.is_empty() {
-            all |= RoaringTreemap::from_bitmaps([(HOT_HIGH, self.hot.to_bitmap())]);
-        }
-        all
-    }
-
-    /// The inverse of [`IdSet::to_treemap`].
-    pub fn from_treemap(tree: RoaringTreemap) -> IdSet {
+    /// The set of `keys` ([`to_key`] values), which must ascend strictly.
+    pub fn from_sorted_keys(keys: &[u64]) -> IdSet {
+        debug_assert!(keys.windows(2).all(|p| p[0] < p[1]));
         let mut set = IdSet::new();
-        for (high, bitmap) in tree.bitmaps() {
-            if high == HOT_HIGH {
-                set.hot = Hot::from_bitmap(bitmap);
-            } else {
-                set.rest |= RoaringTreemap::from_bitmaps([(high, bitmap.clone())]);
-            }
+        for (start, end) in block_ends(keys) {
+            set.push_block(Block::from_keys(&keys[start..end]));
         }
         set
     }
 
-    /// Heap bytes the set would take serialized: a close stand-in for its memory footprint.
-    pub fn serialized_size(&self) -> usize {
-        self.hot.to_bitmap().serialized_size() + self.rest.serialized_size()
+    /// The set of any ids, in any order, repeats allowed.
+    pub fn from_ids(ids: impl IntoIterator<Item = i64>) -> IdSet {
+        let mut keys: Vec<u64> = ids.into_iter().map(to_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        IdSet::from_sorted_keys(&keys)
+    }
+
+    fn push_block(&mut self, block: Block) {
+        debug_assert!(self.blocks.last().is_none_or(|b| b.last < block.first));
+        self.len += u64::from(block.len);
+        self.words += block.gaps.len();
+        self.blocks.push(block);
+    }
+
+    /// The number of distinct ids.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Heap bytes the set holds: block headers (with the vector's spare capacity) and packed
+    /// gaps. Allocator overhead is not included: `perf/RESULTS.md` compares this with RSS.
+    pub fn heap_bytes(&self) -> usize {
+        self.blocks.capacity() * std::mem::size_of::<Block>() + self.words * 8
+    }
+
+    /// Every key ([`to_key`]), ascending.
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.blocks.iter().flat_map(Block::keys)
     }
 
     /// Every id, ascending.
     pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
-        // `rest` keys below HOT_HIGH come first, then `hot`, then the rest above it.
-        let below = self.rest.iter().take_while(|k| (k >> 32) < HOT_HIGH as u64);
-        let hot = self
-            .hot
-            .iter()
-            .map(|low| ((HOT_HIGH as u64) << 32) | low as u64);
-        let above = self.rest.iter().skip_while(|k| (k >> 32) < HOT_HIGH as u64);
-        below.chain(hot).chain(above).map(from_key)
+        self.keys().map(from_key)
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        let key = to_key(id);
+        let at = self.blocks.partition_point(|b| b.last < key);
+        self.blocks.get(at).is_some_and(|b| b.contains(key))
+    }
+
+    /// Adds `id`; true when it was not there yet. Re-packs the set: for tests and small sets
+    /// (the request path appends to an [`IdBuffer`] instead).
+    pub fn insert(&mut self, id: i64) -> bool {
+        if self.contains(id) {
+            return false;
+        }
+        let one = IdSet::from_sorted_keys(&[to_key(id)]);
+        *self = IdSet::union(std::mem::take(self), one, None);
+        true
+    }
+
+    /// `a ∪ b`, taking both apart: blocks of one side that no key of the other falls within
+    /// are moved, not re-packed. With `fresh`, the keys of `b` that `a` lacks are also added
+    /// there (what a cluster shipment has not carried yet).
+    pub fn union(a: IdSet, b: IdSet, mut fresh: Option<&mut Builder>) -> IdSet {
+        if b.is_empty() {
+            return a;
+        }
+        if a.is_empty() {
+            if let Some(fresh) = fresh {
+                for block in &b.blocks {
+                    fresh.push_block(block.clone());
+                }
+            }
+            return b;
+        }
+        let mut out = Builder::with_blocks(a.blocks.len() + b.blocks.len());
+        let (mut xs, mut ys) = (Cursor::new(a.blocks), Cursor::new(b.blocks));
+        loop {
+            match (xs.peek(), ys.peek()) {
+                (None, None) => break,
+                (Some(x), y) => {
+                    if y.is_none_or(|y| xs.block_before(y)) {
+                        if let Some(block) = xs.take_block() {
+                            out.push_block(block);
+                            continue;
+                        }
+                    }
+                    match y {
+                        Some(y) if y < x => {
+                            if let Some(f) = fresh.as_deref_mut() {
+                                f.push(y);
+                            }
+                            out.push(y);
+                            ys.advance();
+                        }
+                        Some(y) if y == x => {
+                            out.push(x);
+                            xs.advance();
+                            ys.advance();
+                        }
+                        _ => {
+                            out.push(x);
+                            xs.advance();
+                        }
+                    }
+                }
+                (None, Some(y)) => {
+                    if let Some(block) = ys.take_block() {
+                        if let Some(f) = fresh.as_deref_mut() {
+                            f.push_block(block.clone());
+                        }
+                        out.push_block(block);
+                    } else {
+                        if let Some(f) = fresh.as_deref_mut() {
+                            f.push(y);
+                        }
+                        out.push(y);
+                        ys.advance();
+                    }
+                }
+            }
+            // A block of `b` that no key of `a` falls within is moved whole as well.
+            if let (Some(x), Some(_)) = (xs.peek(), ys.peek()) {
+                if ys.block_before(x) {
+                    let block = ys.take_block().expect("at a block start");
+                    if let Some(f) = fresh.as_deref_mut() {
+                        f.push_block(block.clone());
+                    }
+                    out.push_block(block);
+                }
+            }
+        }
+        out.finish()
+    }
+
+    /// Adds every id of `other`.
+    pub fn union_with(&mut self, other: &IdSet) {
+        *self = IdSet::union(std::mem::take(self), other.clone(), None);
+    }
+
+    /// Removes every id of `other`.
+    pub fn subtract(&mut self, other: &IdSet) {
+        if self.is_empty() || other.is_empty() {
+            return;
+        }
+        let mut out = Builder::with_blocks(self.blocks.len());
+        let mut theirs = other.keys().peekable();
+        for key in self.keys() {
+            while theirs.next_if(|&k| k < key).is_some() {}
+            if theirs.peek() != Some(&key) {
+                out.push(key);
+            }
+        }
+        *self = out.finish();
+    }
+
+    /// The union of many sets (one per shard, or one per shipment), merged in pairs of
+    /// similar size with [`Union`].
+    pub fn union_all(sets: impl IntoIterator<Item = IdSet>) -> IdSet {
+        let mut union = Union::default();
+        for set in sets {
+            union.add(set);
+        }
+        union.into_set()
+    }
+
+    /// The set of a roaring treemap over [`to_key`] (the serialization of earlier versions).
+    pub fn from_treemap(tree: &RoaringTreemap) -> IdSet {
+        let mut out = Builder::default();
+        for key in tree.iter() {
+            out.push(key);
+        }
+        out.finish()
+    }
+
+    /// The same set as a roaring treemap (to compare with it).
+    pub fn to_treemap(&self) -> RoaringTreemap {
+        let mut tree = RoaringTreemap::new();
+        tree.extend(self.keys());
+        tree
+    }
+
+    /// Bytes of [`IdSet::serialize_into`]'s output.
+    pub fn serialized_size(&self) -> usize {
+        HEADER_BYTES + self.blocks.len() * BLOCK_HEADER_BYTES + self.words * 8
+    }
+
+    /// Appends the set in its compact, versioned format:
+    ///
+    /// | bytes | field (integers little-endian) |
+    /// | --- | --- |
+    /// | 4 | magic `VRVI` |
+    /// | 1 | format version, 2 (version 1 was roaring's portable treemap format) |
+    /// | 3 | zero |
+    /// | 8 | number of ids |
+    /// | 4 | number of blocks, then per block: |
+    /// | 8 | first key ([`to_key`]) |
+    /// | 4 | keys in the block (1 to [`BLOCK_KEYS`]) |
+    /// | 1 | gap width in bits (0 to 64) |
+    /// | 8 each | `ceil((keys - 1) * width / 64)` words of packed gaps, low bits first |
+    pub fn serialize_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.serialized_size());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&(self.blocks.len() as u32).to_le_bytes());
+        for b in &self.blocks {
+            out.extend_from_slice(&b.first.to_le_bytes());
+            out.extend_from_slice(&b.len.to_le_bytes());
+            out.push(b.width);
+            for w in b.gaps.iter() {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+    }
+
+    /// Reads a set written by [`IdSet::serialize_into`], or by an earlier version in roaring's
+    /// portable treemap format; empty bytes are the empty set. The bytes are untrusted: every
+    /// size is checked against what is left before anything is allocated, and keys must
+    /// ascend strictly across the whole set.
+    pub fn deserialize(bytes: &[u8]) -> Result<IdSet, DecodeError> {
+        if bytes.is_empty() {
+            return Ok(IdSet::new());
+        }
+        if !bytes.starts_with(MAGIC) {
+            return RoaringTreemap::deserialize_from(bytes)
+                .map(|tree| IdSet::from_treemap(&tree))
+                .map_err(|_| DecodeError::Roaring);
+        }
+        let mut r = Bytes(bytes);
+        r.take(MAGIC.len())?;
+        let version = r.take(4)?;
+        if version != [FORMAT_VERSION, 0, 0, 0] {
+            return Err(DecodeError::Version(version[0]));
+        }
+        let len = r.u64()?;
+        let blocks = r.u32()? as usize;
+        if blocks > r.0.len() / BLOCK_HEADER_BYTES {
+            return Err(DecodeError::Truncated);
+        }
+        let mut set = IdSet {
+            blocks: Vec::with_capacity(blocks),
+            ..IdSet::default()
+        };
+        let mut previous: Option<u64> = None;
+        for _ in 0..blocks {
+            let first = r.u64()?;
+            let count = r.u32()?;
+            let width = r.take(1)?[0];
+            if count == 0 || count as usize > BLOCK_KEYS || width > 64 {
+                return Err(DecodeError::Block);
+            }
+            if previous.is_some_and(|p| first <= p) {
+                return Err(DecodeError::Order);
+            }
+            let words = words_for(count as usize - 1, width);
+            let packed = r.take(words * 8)?;
+            let gaps: Box<[u64]> = packed
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .collect();
+            // The last key, checked for overflow (a crafted gap could wrap around).
+            let mut last = first;
+            for i in 0..count as usize - 1 {
+                last = last
+                    .checked_add(unpack(&gaps, i, width))
+                    .and_then(|k| k.checked_add(1))
+                    .ok_or(DecodeError::Order)?;
+            }
+            previous = Some(last);
+            set.push_block(Block {
+                first,
+                last,
+                len: count,
+                width,
+                gaps,
+            });
+        }
+        if !r.0.is_empty() {
+            return Err(DecodeError::Trailing(r.0.len()));
+        }
+        if set.len != len {
+            return Err(DecodeError::Count);
+        }
+        Ok(set)
     }
 }
 
-/// Ids buffered before they are inserted: see [`BatchedIdSet`].
-pub const BATCH: usize = 2048;
+/// Magic of the compact format ([`IdSet::serialize_into`]).
+const MAGIC: &[u8; 4] = b"VRVI";
+const FORMAT_VERSION: u8 = 2;
+/// Magic and version, id count, block count.
+const HEADER_BYTES: usize = 4 + 4 + 8 + 4;
+/// First key, key count, width.
+const BLOCK_HEADER_BYTES: usize = 8 + 4 + 1;
 
-/// An [`IdSet`] that takes inserts in batches. A single roaring insert of a random id does a
-/// binary search over up to 65 536 containers, most of them cache misses (measured: 14% of
-/// verve's CPU under wrk with random u32 ids). Buffering [`BATCH`] keys and inserting them
-/// sorted turns those searches into a walk over neighbouring containers
-/// (`benches/hot_path.rs` compares the two). The buffer is flushed before anything reads the
-/// set, so the set is always exact when it is looked at.
-#[derive(Debug, Default, Clone)]
-pub struct BatchedIdSet {
-    set: IdSet,
-    /// Keys ([`to_key`]) not inserted yet; at most [`BATCH`].
-    pending: Vec<u64>,
+/// Why bytes are not a serialized id set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("truncated id set")]
+    Truncated,
+    #[error("id set format version {0} is not known")]
+    Version(u8),
+    #[error("id set block with a bad key count or width")]
+    Block,
+    #[error("id set keys out of order")]
+    Order,
+    #[error("id set count does not match its blocks")]
+    Count,
+    #[error("{0} bytes after the id set")]
+    Trailing(usize),
+    #[error("not a roaring treemap")]
+    Roaring,
 }
 
-impl BatchedIdSet {
+/// Reads fixed fields off the front of a byte slice.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.0.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+}
+
+/// Walks a set's blocks in order, key by key, handing out untouched blocks whole.
+struct Cursor {
+    blocks: std::vec::IntoIter<Block>,
+    block: Option<Block>,
+    /// Index in `block` of the next key.
+    next: u32,
+    /// That key.
+    key: u64,
+}
+
+impl Cursor {
+    fn new(blocks: Vec<Block>) -> Cursor {
+        let mut blocks = blocks.into_iter();
+        let block = blocks.next();
+        let key = block.as_ref().map_or(0, |b| b.first);
+        Cursor {
+            blocks,
+            block,
+            next: 0,
+            key,
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u64> {
+        self.block.as_ref().map(|_| self.key)
+    }
+
+    /// True at the start of a block that ends before `key`.
+    #[inline]
+    fn block_before(&self, key: u64) -> bool {
+        self.next == 0 && self.block.as_ref().is_some_and(|b| b.last < key)
+    }
+
+    /// The current block, if the cursor is at its start.
+    fn take_block(&mut self) -> Option<Block> {
+        if self.next != 0 {
+            return None;
+        }
+        let block = std::mem::replace(&mut self.block, self.blocks.next());
+        self.key = self.block.as_ref().map_or(0, |b| b.first);
+        block
+    }
+
+    #[inline]
+    fn advance(&mut self) {
+        let Some(b) = &self.block else { return };
+        self.next += 1;
+        if self.next < b.len {
+            self.key += unpack(&b.gaps, self.next as usize - 1, b.width) + 1;
+        } else {
+            self.block = self.blocks.next();
+            self.next = 0;
+            self.key = self.block.as_ref().map_or(0, |b| b.first);
+        }
+    }
+}
+
+/// Builds a set from ascending keys (repeats are skipped) and whole blocks, cutting blocks
+/// the way [`IdSet::from_sorted_keys`] does.
+#[derive(Default)]
+pub struct Builder {
+    set: IdSet,
+    /// Keys of the block being filled: its first, then the rest.
+    open: Vec<u64>,
+    /// Gap width the open block needs so far.
+    width: u8,
+}
+
+impl Builder {
+    fn with_blocks(capacity: usize) -> Builder {
+        Builder {
+            set: IdSet {
+                blocks: Vec::with_capacity(capacity),
+                ..IdSet::default()
+            },
+            ..Builder::default()
+        }
+    }
+
+    /// Adds `key`, which must not be below any key added before.
+    #[inline]
+    pub fn push(&mut self, key: u64) {
+        let Some(&prev) = self.open.last() else {
+            debug_assert!(self.set.blocks.last().is_none_or(|b| b.last < key));
+            if self.open.capacity() == 0 {
+                self.open.reserve(BLOCK_KEYS);
+            }
+            self.open.push(key);
+            return;
+        };
+        if key == prev {
+            return;
+        }
+        debug_assert!(key > prev);
+        let w = self.width.max(bits_of(key - prev - 1));
+        let gaps = self.open.len();
+        if gaps * w as usize > BLOCK_BITS || gaps + 1 > BLOCK_KEYS {
+            self.seal();
+            self.open.push(key);
+            return;
+        }
+        self.width = w;
+        self.open.push(key);
+    }
+
+    fn seal(&mut self) {
+        if !self.open.is_empty() {
+            self.set.push_block(Block::from_keys(&self.open));
+            self.open.clear();
+            self.width = 0;
+        }
+    }
+
+    /// Adds a whole block whose keys are all above the keys added before. A small open block
+    /// (under a quarter of [`BLOCK_BITS`]) takes the block's keys instead, so that repeated
+    /// merges do not leave a trail of small blocks between untouched ones.
+    fn push_block(&mut self, block: Block) {
+        let open_bits = self.open.len().saturating_sub(1) * self.width as usize;
+        if !self.open.is_empty() && open_bits < BLOCK_BITS / 4 {
+            for key in block.keys() {
+                self.push(key);
+            }
+            return;
+        }
+        self.seal();
+        self.set.push_block(block);
+    }
+
+    pub fn finish(mut self) -> IdSet {
+        self.seal();
+        self.set
+    }
+}
+
+/// A union of many sets in `O(n log k)` (n ids, k sets): sets are merged in pairs of similar
+/// size, like the runs of a merge sort, each merge linear. Folding them one by one into an
+/// accumulator would copy the accumulator for every set: with a cluster shipment per instance
+/// per second, quadratic in the shipments.
+#[derive(Default)]
+pub struct Union {
+    /// Partial unions, each of about twice as many sets as the next.
+    stack: Vec<(u32, IdSet)>,
+}
+
+impl Union {
+    pub fn add(&mut self, set: IdSet) {
+        let mut item = (0u32, set);
+        while let Some(top) = self.stack.last() {
+            if top.0 != item.0 {
+                break;
+            }
+            let (rank, top) = self.stack.pop().expect("just looked");
+            item = (rank + 1, IdSet::union(top, item.1, None));
+        }
+        self.stack.push(item);
+    }
+
+    /// The union of every set added.
+    pub fn into_set(mut self) -> IdSet {
+        let mut acc = self.stack.pop().map(|(_, s)| s).unwrap_or_default();
+        while let Some((_, set)) = self.stack.pop() {
+            acc = IdSet::union(set, acc, None);
+        }
+        acc
+    }
+}
+
+/// Ids buffered before they are packed: see [`IdBuffer`].
+pub const BATCH: usize = 2048;
+
+/// What the request path records into: ids appended to a buffer of [`BATCH`] keys, which,
+/// when full, is sorted, cleared of repeats and packed into a run (a small [`IdSet`]). The
+/// collector takes the runs at least once a second ([`IdBuffer::take_runs`]) and merges them
+/// into the window's set, so the request path never merges and never touches a large set:
+/// an id costs an append, and a sort and a pack of its batch, a few nanoseconds each
+/// (`benches/ids.rs`). Repeats across runs cost memory until the next merge: at most what
+/// the clients send in that second.
+#[derive(Debug, Default)]
+pub struct IdBuffer {
+    /// Keys ([`to_key`]) not packed yet; at most [`BATCH`].
+    pending: Vec<u64>,
+    runs: Vec<IdSet>,
+    /// Heap bytes of `runs`' sets.
+    run_bytes: usize,
+}
+
+impl IdBuffer {
     pub fn new() -> Self {
         Self::default()
     }
@@ -350,51 +772,41 @@ impl BatchedIdSet {
         }
     }
 
-    /// Inserts the buffered keys, sorted: the keys of the hot range form one contiguous run.
+    /// Packs the buffered keys into a run.
     pub fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
         self.pending.sort_unstable();
-        let hot_start = self
-            .pending
-            .partition_point(|k| ((k >> 32) as u32) < HOT_HIGH);
-        let hot_end = self
-            .pending
-            .partition_point(|k| ((k >> 32) as u32) <= HOT_HIGH);
-        self.set.rest.extend(&self.pending[..hot_start]);
-        self.set
-            .hot
-            .extend_sorted(&self.pending[hot_start..hot_end]);
-        self.set.rest.extend(&self.pending[hot_end..]);
+        self.pending.dedup();
+        let run = IdSet::from_sorted_keys(&self.pending);
         self.pending.clear();
+        self.run_bytes += run.heap_bytes();
+        self.runs.push(run);
     }
 
-    /// Adds every id of `other` (a window resumed from a state file).
-    pub fn union_with(&mut self, other: &IdSet) {
-        self.set.union_with(other);
-    }
-
-    /// The exact set (flushes first).
-    pub fn set(&mut self) -> &IdSet {
+    /// Moves every run (the buffer packed first) to `into`. The buffer and the run list
+    /// keep their capacity, so the request path does not allocate them again.
+    pub fn take_runs(&mut self, into: &mut Vec<IdSet>) {
         self.flush();
-        &self.set
+        into.append(&mut self.runs);
+        self.run_bytes = 0;
     }
 
-    /// Takes the exact set out, leaving this one empty but keeping its batch buffer, so the
-    /// next insert does not allocate a new one (cluster mode drains a shard every second).
-    pub fn take_set(&mut self) -> IdSet {
-        self.flush();
-        std::mem::take(&mut self.set)
-    }
-
+    /// The union of everything recorded, taking the buffer apart (tests, examples).
     pub fn into_set(mut self) -> IdSet {
-        self.flush();
-        self.set
+        let mut runs = Vec::new();
+        self.take_runs(&mut runs);
+        IdSet::union_all(runs)
+    }
+
+    /// Heap bytes held: the buffer and the runs.
+    pub fn heap_bytes(&self) -> usize {
+        self.pending.capacity() * 8 + self.run_bytes + self.runs.capacity() * 48
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.set.is_empty()
+        self.pending.is_empty() && self.runs.is_empty()
     }
 }
 
@@ -402,37 +814,22 @@ impl BatchedIdSet {
 mod tests {
     use super::*;
 
-    #[test]
-    fn take_set_hands_out_every_id_and_keeps_the_batch_buffer() {
-        let mut b = BatchedIdSet::new();
-        for id in [5, -1, 1 << 40, 5] {
-            b.insert(id);
-        }
-        let taken = b.take_set();
-        assert_eq!(taken.iter().collect::<Vec<_>>(), [-1, 5, 1 << 40]);
-        assert!(b.is_empty());
-        assert!(
-            b.pending.capacity() >= BATCH,
-            "no new buffer on the next insert"
-        );
-        b.insert(7);
-        assert_eq!(b.into_set().iter().collect::<Vec<_>>(), [7]);
+    /// A deterministic xorshift stream.
+    fn stream(seed: u64) -> impl Iterator<Item = u64> {
+        let mut x = seed | 1;
+        std::iter::from_fn(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Some(x)
+        })
     }
 
-    #[test]
-    fn subtract_leaves_only_the_ids_the_other_set_lacks() {
-        let mut a = IdSet::new();
-        let mut b = IdSet::new();
-        for id in [1, 2, 3, 1 << 40, -7, u32::MAX as i64, 70_000] {
-            a.insert(id);
-        }
-        for id in [2, 1 << 40, 70_000, 99, -8] {
-            b.insert(id);
-        }
-        a.subtract(&b);
-        assert_eq!(a.iter().collect::<Vec<_>>(), [-7, 1, 3, u32::MAX as i64]);
-        a.subtract(&IdSet::new());
-        assert_eq!(a.len(), 4);
+    fn sorted(ids: &[i64]) -> Vec<i64> {
+        let mut v = ids.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     #[test]
@@ -454,14 +851,32 @@ mod tests {
         for id in ids {
             assert_eq!(from_key(to_key(id)), id);
         }
-        assert_eq!(to_key(i64::MIN), 0);
-        assert_eq!(to_key(i64::MAX), u64::MAX);
     }
 
     #[test]
-    fn counts_distinct_ids_on_both_paths() {
-        let mut set = IdSet::new();
-        for id in [
+    fn packing_round_trips_every_width() {
+        for width in 0..=64u8 {
+            let max = if width == 64 {
+                u64::MAX
+            } else {
+                (1u64 << width) - 1
+            };
+            let values: Vec<u64> = stream(width as u64 + 7)
+                .take(200)
+                .map(|v| v & max)
+                .chain([0, max])
+                .collect();
+            let words = pack(values.iter().copied(), values.len(), width);
+            assert_eq!(words.len(), words_for(values.len(), width));
+            for (i, &v) in values.iter().enumerate() {
+                assert_eq!(unpack(&words, i, width), v, "width {width} index {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn counts_distinct_ids_at_the_ends_of_the_range() {
+        let ids = [
             0,
             1,
             1,
@@ -472,112 +887,212 @@ mod tests {
             i64::MIN,
             i64::MAX,
             i64::MAX,
-        ] {
-            set.insert(id);
-        }
+        ];
+        let set = IdSet::from_ids(ids);
         assert_eq!(set.len(), 7);
         assert!(set.contains(-1) && set.contains(1 << 32) && !set.contains(2));
-        let all: Vec<i64> = set.iter().collect();
-        assert_eq!(
-            all,
-            vec![i64::MIN, -1, 0, 1, u32::MAX as i64, 1 << 32, i64::MAX]
-        );
+        assert_eq!(set.iter().collect::<Vec<_>>(), sorted(&ids));
+        let mut one_by_one = IdSet::new();
+        for id in ids {
+            one_by_one.insert(id);
+        }
+        assert_eq!(one_by_one, set);
     }
 
     #[test]
-    fn hot_parts_split_at_the_top_bits_and_join_back() {
-        let values = [
-            0,
-            1,
-            0x00ff_ffff,
-            0x0100_0000,
-            0x7fff_ffff,
-            0xff00_0000,
-            u32::MAX,
-        ];
-        let mut hot = Hot::default();
-        assert_eq!(hot, Hot::default());
-        for v in values {
-            assert!(hot.insert(v));
+    fn blocks_respect_their_bounds_for_every_distribution() {
+        let dense: Vec<u64> = (1000..1000 + 3 * BLOCK_KEYS as u64).collect();
+        let mut sparse: Vec<u64> = stream(3).take(10_000).collect();
+        sparse.sort_unstable();
+        sparse.dedup();
+        let mut u32s: Vec<u64> = stream(5).take(10_000).map(|k| k >> 32).collect();
+        u32s.sort_unstable();
+        u32s.dedup();
+        for keys in [dense, sparse, u32s] {
+            let set = IdSet::from_sorted_keys(&keys);
+            assert_eq!(set.keys().collect::<Vec<_>>(), keys);
+            assert_eq!(set.len(), keys.len() as u64);
+            for b in &set.blocks {
+                assert!(b.len as usize <= BLOCK_KEYS);
+                assert!((b.len as usize - 1) * b.width as usize <= BLOCK_BITS);
+                assert_eq!(b.keys().last(), Some(b.last));
+            }
         }
-        assert!(!hot.insert(u32::MAX));
-        assert_eq!(hot.len(), values.len() as u64);
-        assert_eq!(hot.iter().collect::<Vec<_>>(), values);
-        let one = hot.to_bitmap();
-        assert_eq!(one.iter().collect::<Vec<_>>(), values);
-        assert_eq!(Hot::from_bitmap(&one), hot);
-        let mut sorted = Hot::default();
-        let keys: Vec<u64> = values
-            .iter()
-            .map(|&v| (HOT_HIGH as u64) << 32 | v as u64)
-            .collect();
-        sorted.extend_sorted(&keys);
-        assert_eq!(sorted, hot);
-        // Allocated but emptied parts equal never-allocated ones.
-        let mut emptied = Hot::default();
-        emptied.insert(5);
-        emptied.parts[0].remove(5);
-        assert_eq!(emptied, Hot::default());
-        assert!(emptied.is_empty() && !emptied.contains(5) && !Hot::default().contains(5));
+        // Sequential ids cost only the headers: 4096 keys a block, no gap bits.
+        let seq = IdSet::from_sorted_keys(&(0..100_000).collect::<Vec<_>>());
+        assert_eq!(seq.words, 0);
+        assert_eq!(seq.blocks.len(), 100_000usize.div_ceil(BLOCK_KEYS));
+    }
+
+    #[test]
+    fn union_equals_the_union_of_the_keys_and_reports_what_is_new() {
+        for (seed, spread) in [(1u64, 64u32), (2, 40), (3, 20), (4, 0)] {
+            let a: Vec<i64> = stream(seed)
+                .take(5000)
+                .map(|k| (k >> (64 - spread.max(1))) as i64 - 77)
+                .collect();
+            let b: Vec<i64> = stream(seed + 100)
+                .take(3000)
+                .map(|k| (k >> (64 - spread.max(1))) as i64)
+                .chain(a.iter().step_by(3).copied())
+                .collect();
+            let mut fresh = Builder::default();
+            let u = IdSet::union(IdSet::from_ids(a.clone()), IdSet::from_ids(b.clone()), Some(&mut fresh));
+            let all: Vec<i64> = a.iter().chain(&b).copied().collect();
+            assert_eq!(u.iter().collect::<Vec<_>>(), sorted(&all), "spread {spread}");
+            assert_eq!(u.len(), sorted(&all).len() as u64);
+            let new: Vec<i64> = sorted(&b).into_iter().filter(|id| !a.contains(id)).collect();
+            assert_eq!(fresh.finish().iter().collect::<Vec<_>>(), new);
+        }
+    }
+
+    #[test]
+    fn union_moves_untouched_blocks_and_stays_compact_over_many_merges() {
+        let mut acc = IdSet::new();
+        let mut all = Vec::new();
+        for round in 0..50u64 {
+            let ids: Vec<i64> = stream(round + 11).take(997).map(|k| k as i64).collect();
+            all.extend(&ids);
+            acc = IdSet::union(acc, IdSet::from_ids(ids), None);
+        }
+        assert_eq!(acc.iter().collect::<Vec<_>>(), sorted(&all));
+        let packed_once = IdSet::from_ids(all);
+        assert!(
+            acc.blocks.len() <= packed_once.blocks.len() * 2,
+            "{} blocks after 50 merges, {} packed at once",
+            acc.blocks.len(),
+            packed_once.blocks.len()
+        );
+        // Disjoint ranges: every block is moved, none re-packed.
+        let low = IdSet::from_sorted_keys(&(0..10_000).map(|k| k * 3).collect::<Vec<_>>());
+        let high = IdSet::from_sorted_keys(&(1 << 40..(1 << 40) + 10_000).collect::<Vec<_>>());
+        let blocks = low.blocks.len() + high.blocks.len();
+        let u = IdSet::union(high, low, None);
+        assert_eq!(u.blocks.len(), blocks);
+        assert_eq!(u.len(), 20_000);
+    }
+
+    #[test]
+    fn subtract_leaves_only_the_ids_the_other_set_lacks() {
+        let mut a = IdSet::from_ids([1, 2, 3, 1 << 40, -7, u32::MAX as i64, 70_000]);
+        let b = IdSet::from_ids([2, 1 << 40, 70_000, 99, -8]);
+        a.subtract(&b);
+        assert_eq!(a.iter().collect::<Vec<_>>(), [-7, 1, 3, u32::MAX as i64]);
+        a.subtract(&IdSet::new());
+        assert_eq!(a.len(), 4);
     }
 
     #[test]
     fn union_all_equals_pairwise_union() {
-        let mut a = IdSet::new();
-        let mut b = IdSet::new();
-        let mut c = IdSet::new();
-        for i in 0..1000i64 {
-            a.insert(i * 3);
-            b.insert(i * 5 - 2000);
-            c.insert(i64::MAX - i);
+        let sets: Vec<IdSet> = (0..13u64)
+            .map(|s| IdSet::from_ids(stream(s + 40).take(700).map(|k| (k % 100_000) as i64)))
+            .collect();
+        let mut pairwise = IdSet::new();
+        for s in &sets {
+            pairwise.union_with(s);
         }
-        let mut pairwise = a.clone();
-        pairwise.union_with(&b);
-        pairwise.union_with(&c);
-        let all = IdSet::union_all(vec![a.clone(), b.clone(), c.clone()]);
-        assert_eq!(all, pairwise);
-        assert_eq!(IdSet::union_all_multiops(vec![a, b, c]), pairwise);
-        assert!(IdSet::union_all(vec![]).is_empty());
-        assert_eq!(all.len(), pairwise.iter().count() as u64);
+        assert_eq!(IdSet::union_all(sets), pairwise);
+        assert!(IdSet::union_all(Vec::new()).is_empty());
     }
 
     #[test]
-    fn batched_inserts_equal_direct_ones() {
-        let mut direct = IdSet::new();
-        let mut batched = BatchedIdSet::new();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for i in 0..(3 * BATCH as i64 + 17) {
-            // A mix of hot, negative, huge and repeated ids, in no order.
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let id = match i % 5 {
-                0 => (x % (1 << 32)) as i64,
-                1 => -((x % 1000) as i64),
-                2 => x as i64,
-                3 => i % 100,
-                _ => (1 << 32) + (x % 5000) as i64,
-            };
-            direct.insert(id);
-            batched.insert(id);
+    fn the_buffer_packs_runs_and_hands_them_out_keeping_its_capacity() {
+        let mut buf = IdBuffer::new();
+        let ids: Vec<i64> = stream(9)
+            .take(3 * BATCH + 17)
+            .enumerate()
+            .map(|(i, k)| match i % 4 {
+                0 => (k % (1 << 32)) as i64,
+                1 => -((k % 1000) as i64),
+                2 => k as i64,
+                _ => (i % 100) as i64,
+            })
+            .collect();
+        for &id in &ids {
+            buf.insert(id);
         }
-        assert!(!batched.is_empty());
-        assert_eq!(batched.set(), &direct);
-        assert_eq!(batched.into_set(), direct);
-        assert!(BatchedIdSet::new().is_empty());
+        assert!(!buf.is_empty() && buf.heap_bytes() > 0);
+        let mut runs = Vec::new();
+        buf.take_runs(&mut runs);
+        assert_eq!(runs.len(), 4);
+        assert!(buf.is_empty());
+        assert!(buf.pending.capacity() >= BATCH, "no new buffer on the next insert");
+        assert_eq!(
+            IdSet::union_all(runs).iter().collect::<Vec<_>>(),
+            sorted(&ids)
+        );
+        buf.insert(7);
+        assert_eq!(buf.into_set().iter().collect::<Vec<_>>(), [7]);
     }
 
     #[test]
-    fn treemap_round_trip_keeps_every_id() {
-        let mut set = IdSet::new();
-        for id in [i64::MIN, -5, 0, 7, u32::MAX as i64, 1 << 40, i64::MAX] {
-            set.insert(id);
+    fn serialization_round_trips_and_reads_the_roaring_format() {
+        let sets = [
+            IdSet::new(),
+            IdSet::from_ids([i64::MIN, -5, 0, 7, u32::MAX as i64, 1 << 40, i64::MAX]),
+            IdSet::from_ids(stream(77).take(20_000).map(|k| k as i64)),
+            IdSet::from_ids(0..50_000),
+        ];
+        for set in sets {
+            let mut bytes = Vec::new();
+            set.serialize_into(&mut bytes);
+            assert_eq!(bytes.len(), set.serialized_size());
+            assert_eq!(IdSet::deserialize(&bytes).unwrap(), set);
+            let mut roaring = Vec::new();
+            set.to_treemap().serialize_into(&mut roaring).unwrap();
+            assert_eq!(IdSet::deserialize(&roaring).unwrap(), set);
         }
-        let tree = set.to_treemap();
-        assert_eq!(tree.len(), set.len());
+        assert_eq!(IdSet::deserialize(&[]).unwrap(), IdSet::new());
+    }
+
+    #[test]
+    fn random_64_bit_ids_serialize_well_under_ten_bytes_each() {
+        let set = IdSet::from_ids(stream(1234).take(100_000).map(|k| k as i64));
+        let per_id = set.serialized_size() as f64 / set.len() as f64;
+        assert!(per_id < 8.0, "{per_id} bytes per id");
+    }
+
+    #[test]
+    fn malformed_bytes_are_refused_without_panicking() {
+        let mut good = Vec::new();
+        IdSet::from_ids([1, 5, 1 << 50]).serialize_into(&mut good);
+        for cut in 0..good.len() {
+            assert!(IdSet::deserialize(&good[..cut]).is_err() || cut == 0, "cut {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(IdSet::deserialize(&trailing), Err(DecodeError::Trailing(1)));
+        let mut version = good.clone();
+        version[4] = 9;
+        assert_eq!(IdSet::deserialize(&version), Err(DecodeError::Version(9)));
+        let mut count = good.clone();
+        count[8] = 4;
+        assert_eq!(IdSet::deserialize(&count), Err(DecodeError::Count));
+        // A block that claims more blocks than the bytes can hold allocates nothing.
+        let mut blocks = good.clone();
+        blocks[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(IdSet::deserialize(&blocks), Err(DecodeError::Truncated));
+        // A gap that would wrap past u64::MAX.
+        let mut wrap = Vec::new();
+        wrap.extend_from_slice(MAGIC);
+        wrap.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
+        wrap.extend_from_slice(&2u64.to_le_bytes());
+        wrap.extend_from_slice(&1u32.to_le_bytes());
+        wrap.extend_from_slice(&(u64::MAX - 1).to_le_bytes());
+        wrap.extend_from_slice(&2u32.to_le_bytes());
+        wrap.push(64);
+        wrap.extend_from_slice(&5u64.to_le_bytes());
+        assert_eq!(IdSet::deserialize(&wrap), Err(DecodeError::Order));
+        // Blocks out of order.
+        let a = IdSet::from_ids([10]);
+        let b = IdSet::from_ids([5]);
+        let mut two = IdSet::new();
+        two.push_block(a.blocks[0].clone());
+        two.blocks.push(b.blocks[0].clone());
+        two.len += 1;
         let mut bytes = Vec::new();
-        tree.serialize_into(&mut bytes).unwrap();
-        let back = IdSet::from_treemap(RoaringTreemap::deserialize_from(&bytes[..]).unwrap());
-        assert_eq!(back, set);
+        two.serialize_into(&mut bytes);
+        assert_eq!(IdSet::deserialize(&bytes), Err(DecodeError::Order));
+        assert_eq!(IdSet::deserialize(b"garbage!"), Err(DecodeError::Roaring));
     }
 }

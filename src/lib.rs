@@ -8,7 +8,9 @@
 //! - [`query`]: parsing and validating the accept API's query string.
 //! - [`cluster`]: cluster mode: shipping windows to Redis, leading them, the backlog.
 //! - [`clock`]: the clock (real or test-driven) and window arithmetic.
-//! - [`ids`]: the exact id set of a window (roaring).
+//! - [`ids`]: the exact id set of a window (sorted blocks of bit-packed gaps), and the
+//!   buffer the request path records into.
+//! - [`budget`]: `--max-memory`, the budget the id sets are held to.
 //! - [`shards`]: per-worker id shards, sealed per window; why they are sound under may.
 //! - [`endpoints`]: which callback URLs are allowed; the per-window endpoint table.
 //! - [`collector`]: the thread that seals each window and hands it on.
@@ -18,6 +20,7 @@
 //! - [`metrics`]: counters and the `/metrics` page.
 //! - [`logging`]: the log file format.
 
+pub mod budget;
 pub mod clock;
 pub mod cluster;
 pub mod collector;

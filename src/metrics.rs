@@ -5,8 +5,11 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
+
+use crate::budget::IdMemory;
 
 /// Outcomes of API requests, one set per shard.
 #[derive(Debug, Default)]
@@ -63,10 +66,22 @@ pub struct Metrics {
     pub cluster_local_windows: AtomicU64,
     /// Cluster mode: windows whose ids reached Redis after the cluster had reported them.
     pub cluster_late_windows: AtomicU64,
+    /// Distinct ids so far in the open window: set by the collector after each merge (about
+    /// once a second), so a scrape reads it and never touches the shards.
+    pub window_unique_ids: AtomicU64,
+    /// The count of the last window whose count line this instance wrote.
+    pub last_window_unique_ids: AtomicU64,
+    /// The `--max-memory` budget and what it holds.
+    pub memory: Arc<IdMemory>,
 }
 
 impl Metrics {
+    /// Metrics without a memory budget (tests, benchmarks).
     pub fn new(workers: usize) -> Self {
+        Metrics::with_memory(workers, IdMemory::unlimited())
+    }
+
+    pub fn with_memory(workers: usize, memory: Arc<IdMemory>) -> Self {
         Metrics {
             workers: (0..workers.max(1))
                 .map(|_| CachePadded::new(WorkerCounters::default()))
@@ -82,6 +97,9 @@ impl Metrics {
             cluster_shipped_bytes: AtomicU64::new(0),
             cluster_local_windows: AtomicU64::new(0),
             cluster_late_windows: AtomicU64::new(0),
+            window_unique_ids: AtomicU64::new(0),
+            last_window_unique_ids: AtomicU64::new(0),
+            memory,
         }
     }
 
@@ -98,8 +116,8 @@ impl Metrics {
         self.sum(|w| &w.busy) > 0
     }
 
-    /// The `/metrics` page. `window_unique_ids` is computed by the caller (it needs the shards).
-    pub fn render(&self, window_unique_ids: u64) -> String {
+    /// The `/metrics` page: atomics only, so its cost does not depend on the window.
+    pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -121,8 +139,33 @@ impl Metrics {
         family(
             "verve_window_unique_ids",
             "gauge",
-            "Distinct ids so far in the open window.",
-            &[("", window_unique_ids)],
+            "Distinct ids so far in the open window (merged once a second).",
+            &[("", self.window_unique_ids.load(Relaxed))],
+        );
+        family(
+            "verve_last_window_unique_ids",
+            "gauge",
+            "The count of the last window this instance reported.",
+            &[("", self.last_window_unique_ids.load(Relaxed))],
+        );
+        family(
+            "verve_id_memory_bytes",
+            "gauge",
+            "Bytes the id sets of every window held in memory take (with what workers reserved).",
+            &[("", self.memory.used())],
+        );
+        let limit = self.memory.limit();
+        family(
+            "verve_id_memory_limit_bytes",
+            "gauge",
+            "The id memory budget, --max-memory (0: none).",
+            &[("", if limit == u64::MAX { 0 } else { limit })],
+        );
+        family(
+            "verve_memory_refused_ids_total",
+            "counter",
+            "Requests answered 503 and not counted because the id memory budget was spent.",
+            &[("", self.memory.refused())],
         );
         family(
             "verve_windows_reported_total",
@@ -223,7 +266,8 @@ mod tests {
         m.worker(1).ok.fetch_add(4, Relaxed);
         m.worker(1).bad_request.fetch_add(1, Relaxed);
         m.endpoint_calls.http_error.fetch_add(2, Relaxed);
-        let page = m.render(17);
+        m.window_unique_ids.store(17, Relaxed);
+        let page = m.render();
         assert!(page.contains("verve_requests_total{outcome=\"ok\"} 7\n"));
         assert!(page.contains("verve_requests_total{outcome=\"bad_request\"} 1\n"));
         assert!(page.contains("verve_requests_total{outcome=\"unavailable\"} 0\n"));
@@ -236,6 +280,10 @@ mod tests {
             "verve_kafka_errors_total ",
             "verve_kafka_records_total{result=\"lost\"} ",
             "verve_backlog_windows ",
+            "verve_last_window_unique_ids 0\n",
+            "verve_id_memory_bytes 0\n",
+            "verve_id_memory_limit_bytes 0\n",
+            "verve_memory_refused_ids_total 0\n",
         ] {
             assert!(page.contains(name), "{name}");
         }

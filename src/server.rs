@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::budget::IdMemory;
 use crate::clock::{Clock, Windows};
 use crate::cluster::node::{ClusterSink, Settings};
 use crate::cluster::store::Keys;
@@ -81,12 +82,11 @@ fn restore(
     let resumable =
         saved.interval_secs == windows.len().as_secs() && window >= windows.index_of(now_ms);
     if resumable {
-        let refused = shards.restore(window, &saved.ids, &saved.endpoints);
+        let (ids, endpoints) = (saved.ids.len(), saved.endpoints.len());
+        let refused = shards.restore(window, saved.ids, &saved.endpoints);
         log::info!(
-            "resumed window {start} from {} ({} ids, {} endpoints)",
+            "resumed window {start} from {} ({ids} ids, {endpoints} endpoints)",
             path.display(),
-            saved.ids.len(),
-            saved.endpoints.len()
         );
         for endpoint in refused {
             // The contract's endpoint line: `endpoint=` with an `error=`.
@@ -107,6 +107,7 @@ fn restore(
             ids: saved.ids,
             unshipped: None,
             endpoints: saved.endpoints,
+            charge: Default::default(),
         });
     }
     Ok(())
@@ -130,11 +131,14 @@ impl Server {
         shards: usize,
     ) -> anyhow::Result<Server> {
         let policy = config.endpoint_policy().map_err(anyhow::Error::msg)?;
-        let metrics = Arc::new(Metrics::new(shards));
-        let shards = Arc::new(Shards::new(
+        let memory = IdMemory::new(config.memory_limit());
+        log::info!("id memory budget: {} bytes", memory.limit());
+        let metrics = Arc::new(Metrics::with_memory(shards, memory.clone()));
+        let shards = Arc::new(Shards::with_memory(
             shards,
             policy.clone(),
             config.max_endpoints as usize,
+            memory,
         ));
         let windows = Windows::new(config.interval);
         let callbacks = Callbacks::start(
@@ -204,6 +208,7 @@ impl Server {
             sink,
             metrics: metrics.clone(),
             state_file: config.state_file.clone(),
+            memory_warned: None,
         }
         .spawn()
         .context("starting the collector thread")?;

@@ -1,5 +1,5 @@
-//! Per-worker id shards: where the request path records ids, and where the collector seals
-//! each window.
+//! Per-worker id shards: where the request path records ids, and where the collector merges
+//! and seals each window.
 //!
 //! **Why a lock, and why it is not contended.** A may coroutine can resume on another worker
 //! thread after any yield (work stealing, a timer, a channel wake-up), so a `thread_local!`
@@ -7,13 +7,17 @@
 //! shard when it starts, from the thread running it ([`Shards::current`]: a per-thread index
 //! read once and kept only until the next yield), and the shard sits behind its own `Mutex`,
 //! held only for one insert, never across a yield. Each may worker thread thus has a shard of
-//! its own: only that worker and, once per window, the collector ever take its lock, and an
-//! uncontended futex lock is one atomic compare-and-swap. Should a coroutine migrate between
-//! picking the shard and inserting (it cannot: nothing in between yields), the lock would
-//! still make it correct, only slower. (An earlier design picked the shard from the socket,
-//! `fd % workers`, the worker that polls it; but may's work stealing runs a connection on the
-//! other worker often enough that the lock was contended ~1 500 times a second under wrk, and
-//! a contended lock parks the whole worker thread.)
+//! its own: only that worker and, about once a second, the collector ever take its lock, and
+//! an uncontended futex lock is one atomic compare-and-swap. Should a coroutine migrate
+//! between picking the shard and inserting (it cannot: nothing in between yields), the lock
+//! would still make it correct, only slower.
+//!
+//! **Merged off the request path.** A shard only buffers ids ([`IdBuffer`]: appends, and a
+//! sort and pack per batch). The collector takes what the shards buffered at least once a
+//! second ([`Shards::absorb`]) and merges it into the window's set, which only the collector
+//! and the cluster thread touch. So the request path never waits on a merge, the
+//! `verve_window_unique_ids` gauge is the merged set's length (a scrape reads an atomic),
+//! and sealing a window merges at most the last second's ids.
 //!
 //! **Exact windows.** The connection reads the clock when a read returns and passes the
 //! window index in; a shard holds one slot per window it has seen, so a request that read the
@@ -25,17 +29,21 @@
 //! anywhere: it is refused, so the client gets a 503 `failed` and may retry, and it is counted
 //! in `verve_late_ids_total` and logged with the next window's report. It is never silently
 //! dropped. After [`Shards::close`] (shutdown) every record is refused the same way.
+//!
+//! **Memory.** Each record reserves its id's bytes from the shard's allowance, drawn from
+//! the shared [`IdMemory`] budget; past the budget the record is refused (see
+//! [`crate::budget`]).
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::mem;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_utils::CachePadded;
 
+use crate::budget::{Charge, IdMemory, RESERVE_PER_ID};
 use crate::endpoints::{canonicalize, Admit, EndpointPolicy, EndpointTable};
-use crate::ids::{BatchedIdSet, IdSet};
+use crate::ids::{Builder, IdBuffer, IdSet};
 use crate::query::QueryError;
 
 /// What happened to a recorded id.
@@ -49,16 +57,26 @@ pub enum Recorded {
     Late,
     /// Not counted: the service is shutting down.
     Closed,
+    /// Not counted: `--max-memory` is spent.
+    OverBudget,
 }
+
+/// Spellings of endpoints a shard remembers per window, per allowed endpoint: enough for
+/// the few spellings real clients use (a trailing `#fragment`, host case), bounded so that
+/// a client inventing spellings of one URL cannot grow the cache (past it, a spelling takes
+/// the slow path: a URL parse and the shared table).
+const SPELLINGS_PER_ENDPOINT: usize = 4;
 
 /// One window's share of one shard.
 #[derive(Debug, Default)]
 struct Slot {
     window: u64,
-    ids: BatchedIdSet,
+    ids: IdBuffer,
     /// Decoded endpoints this shard already admitted to the window's table: lets repeats
-    /// skip the URL parse and the shared table lock.
+    /// skip the URL parse and the shared table lock. At most `Shards::cache_cap` entries.
     endpoints: HashSet<Box<str>>,
+    /// Bytes reserved for the ids in `ids` (see [`crate::budget`]).
+    reserved: u64,
 }
 
 impl Slot {
@@ -86,6 +104,10 @@ struct Shard {
     closed: bool,
     /// Records refused as late since the collector last asked.
     late: u64,
+    /// Records refused for want of memory since the collector last asked.
+    refused: u64,
+    /// Budget bytes drawn and not reserved by an id yet.
+    allowance: u64,
 }
 
 impl Shard {
@@ -110,22 +132,26 @@ impl Shard {
         &mut self.older[at]
     }
 
-    /// Takes the ids recorded in `window` so far, leaving its slot (and its endpoint cache) in
-    /// place: the request path goes on recording into an empty set.
+    /// Moves the runs recorded in `window` so far to `into`, leaving the slot (its buffer
+    /// and endpoint cache) in place; returns the bytes their ids had reserved.
     ///
-    /// The slot's batch (at most [`crate::ids::BATCH`] ids) is flushed here, under the lock,
+    /// The slot's batch (at most [`crate::ids::BATCH`] ids) is packed here, under the lock,
     /// so that its buffer stays with the slot: the request path never allocates a new one.
-    fn take_ids(&mut self, window: u64) -> Vec<IdSet> {
+    fn take_runs(&mut self, window: u64, into: &mut Vec<IdSet>) -> u64 {
         let current = (self.current.window == window).then_some(&mut self.current);
-        current
+        let mut reserved = 0;
+        for slot in current
             .into_iter()
             .chain(self.older.iter_mut().filter(|o| o.window == window))
-            .map(|slot| slot.ids.take_set())
-            .collect()
+        {
+            slot.ids.take_runs(into);
+            reserved += mem::take(&mut slot.reserved);
+        }
+        reserved
     }
 
     /// Marks `window` collected and removes its slot, and any older one, which can never be
-    /// recorded again. The caller flushes and frees them after releasing the lock, so the
+    /// recorded again. The caller packs and frees them after releasing the lock, so the
     /// worker that owns this shard waits only for the removal.
     fn take(&mut self, window: u64) -> (Option<Slot>, Vec<Slot>) {
         self.collected_upto = Some(self.collected_upto.map_or(window, |c| c.max(window)));
@@ -154,15 +180,19 @@ impl Shard {
 /// What the collector gets when it seals a window.
 #[derive(Debug, Default)]
 pub struct Sealed {
-    /// One set per shard.
-    pub parts: Vec<IdSet>,
+    /// Every id of the window on this instance.
+    pub ids: IdSet,
+    /// Cluster mode, once the window was drained: the ids no drain handed out (`None`: no
+    /// drain ran, so none of `ids` was handed out).
+    pub unshipped: Option<IdSet>,
     /// Records refused as late (for any window) since the previous seal.
     pub late: u64,
+    /// Records refused for want of memory (any window) since the previous absorb or seal.
+    pub refused: u64,
     /// The distinct endpoints named in the window.
     pub endpoints: Vec<String>,
-    /// The ids earlier [`Shards::drain`]s of the window handed out (cluster mode); `parts`
-    /// hold only what was recorded after the last drain.
-    pub drained: IdSet,
+    /// The budget bytes `ids` and `unshipped` hold until they are dropped.
+    pub charge: Charge,
 }
 
 /// What a [`Shards::drain`] hands out.
@@ -174,47 +204,83 @@ pub struct Drained {
     pub endpoints: Vec<String>,
 }
 
-/// What the drains of each window not sealed yet have handed out so far: normally the open
-/// window only, and for the settling delay after a boundary also the one before it (the
-/// cluster thread drains the new window while the old one waits for its seal).
+/// What an [`Shards::absorb`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Absorbed {
+    /// Distinct ids of the window so far.
+    pub unique: u64,
+    /// Records refused for want of memory (any window) since the previous absorb or seal.
+    pub refused: u64,
+}
+
+/// The merged ids of one window not sealed yet.
 #[derive(Debug, Default)]
-struct DrainLog {
-    windows: BTreeMap<u64, WindowDrains>,
-    /// Windows up to this one are sealed: draining them hands out nothing.
+struct Merged {
+    ids: IdSet,
+    /// Cluster mode, from the first drain on: the ids merged since the last drain.
+    unshipped: Option<IdSet>,
+    /// Endpoints a drain handed out already.
+    drained_endpoints: HashSet<String>,
+    /// Budget bytes charged for `ids` and `unshipped`.
+    charged: u64,
+}
+
+impl Merged {
+    fn bytes(&self) -> u64 {
+        (self.ids.heap_bytes() + self.unshipped.as_ref().map_or(0, IdSet::heap_bytes)) as u64
+    }
+}
+
+/// The merged sets of each window not sealed yet: normally the open window only, and for
+/// the settling delay after a boundary also the one before it.
+#[derive(Debug, Default)]
+struct MergedWindows {
+    windows: BTreeMap<u64, Merged>,
+    /// Windows up to this one are sealed: absorbing or draining them does nothing.
     sealed_upto: Option<u64>,
 }
 
-#[derive(Debug, Default)]
-struct WindowDrains {
-    ids: IdSet,
-    endpoints: HashSet<String>,
-}
-
-/// All shards, plus the shared endpoint rules and table.
+/// All shards, plus the shared endpoint rules and table, and the merged windows.
 #[derive(Debug)]
 pub struct Shards {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     policy: EndpointPolicy,
     table: EndpointTable,
-    /// Taken before any shard lock, by the collector and the cluster thread only.
-    drains: Mutex<DrainLog>,
+    /// Most endpoint spellings a slot caches.
+    cache_cap: usize,
+    /// Taken before any shard lock, by the collector and the cluster thread only: never on
+    /// the request path.
+    merged: Mutex<MergedWindows>,
+    memory: Arc<IdMemory>,
 }
 
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // A panic while holding the lock cannot leave a half-inserted bitmap that matters more
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a half-inserted set that matters more
     // than losing the service: keep counting.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shards {
+    /// Shards without a memory budget.
     pub fn new(count: usize, policy: EndpointPolicy, max_endpoints: usize) -> Self {
+        Shards::with_memory(count, policy, max_endpoints, IdMemory::unlimited())
+    }
+
+    pub fn with_memory(
+        count: usize,
+        policy: EndpointPolicy,
+        max_endpoints: usize,
+        memory: Arc<IdMemory>,
+    ) -> Self {
         Shards {
             shards: (0..count.max(1))
                 .map(|_| CachePadded::new(Mutex::new(Shard::default())))
                 .collect(),
             policy,
             table: EndpointTable::new(max_endpoints),
-            drains: Mutex::new(DrainLog::default()),
+            cache_cap: max_endpoints.saturating_mul(SPELLINGS_PER_ENDPOINT),
+            merged: Mutex::new(MergedWindows::default()),
+            memory,
         }
     }
 
@@ -226,12 +292,18 @@ impl Shards {
         self.shards.is_empty()
     }
 
+    /// The memory budget the shards record against.
+    pub fn memory(&self) -> &Arc<IdMemory> {
+        &self.memory
+    }
+
     /// The shard of the calling thread (see the module doc). Threads are numbered in the
     /// order they first ask, so the first `len()` threads to record (the may workers) each get
     /// a shard of their own. The index must not be kept across a yield; a stale one is still
     /// correct, only possibly contended.
     #[inline]
     pub fn current(&self) -> usize {
+        use std::cell::Cell;
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
             static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -258,7 +330,8 @@ impl Shards {
         id: i64,
         endpoint: Option<&str>,
     ) -> Result<Recorded, QueryError> {
-        let mut s = lock(&self.shards[shard % self.shards.len()]);
+        let mut guard = lock(&self.shards[shard % self.shards.len()]);
+        let s = &mut *guard;
         if s.closed {
             return Ok(Recorded::Closed);
         }
@@ -266,30 +339,50 @@ impl Shards {
             s.late += 1;
             return Ok(Recorded::Late);
         }
+        if s.allowance < RESERVE_PER_ID {
+            // Once per few thousand ids: the only touch of the shared budget.
+            s.allowance += self.memory.draw();
+            if s.allowance < RESERVE_PER_ID {
+                s.refused += 1;
+                return Ok(Recorded::OverBudget);
+            }
+        }
+        let cache_cap = self.cache_cap;
         let slot = s.slot(window);
         let mut outcome = Recorded::Counted;
         if let Some(endpoint) = endpoint {
             if !slot.endpoints.contains(endpoint) {
                 // First sighting in this window on this shard: the slow path (parse, policy,
-                // shared table), at most once per endpoint, window and shard.
+                // shared table), at most once per spelling, window and shard while the
+                // cache has room.
                 let url = canonicalize(endpoint, &self.policy)?;
                 match self.table.admit(window, url.as_str()) {
                     Admit::Full => outcome = Recorded::EndpointTableFull,
                     Admit::Added | Admit::Known => {
-                        slot.endpoints.insert(endpoint.into());
+                        if slot.endpoints.len() < cache_cap {
+                            slot.endpoints.insert(endpoint.into());
+                        }
                     }
                 }
             }
         }
         slot.ids.insert(id);
+        slot.reserved += RESERVE_PER_ID;
+        s.allowance -= RESERVE_PER_ID;
         Ok(outcome)
     }
 
     /// Puts a saved window's ids and endpoints back (a restart inside the window, see
     /// [`crate::state`]), before any request is served. Returns the endpoints refused now: the
-    /// allow-list or `--max-endpoints` may have changed since they were admitted.
-    pub fn restore(&self, window: u64, ids: &IdSet, endpoints: &[String]) -> Vec<String> {
-        lock(&self.shards[0]).slot(window).ids.union_with(ids);
+    /// allow-list or `--max-endpoints` may have changed since they were admitted. The ids
+    /// are charged to the budget even past it: they were answered `ok` before the restart.
+    pub fn restore(&self, window: u64, ids: IdSet, endpoints: &[String]) -> Vec<String> {
+        {
+            let mut merged = lock(&self.merged);
+            let m = merged.windows.entry(window).or_default();
+            m.ids = IdSet::union(mem::take(&mut m.ids), ids, None);
+            self.settle(m, 0);
+        }
         endpoints
             .iter()
             .filter(|e| {
@@ -301,61 +394,123 @@ impl Shards {
             .collect()
     }
 
+    /// Charges the growth of `m`'s sets to the budget and gives back what the merged ids
+    /// had `reserved`.
+    fn settle(&self, m: &mut Merged, reserved: u64) {
+        let bytes = m.bytes();
+        self.memory.charge(bytes);
+        self.memory.release(m.charged + reserved);
+        m.charged = bytes;
+    }
+
+    /// Merges `runs` into `m`; in cluster mode after the first drain, also into the
+    /// unshipped ids.
+    fn merge(&self, m: &mut Merged, runs: Vec<IdSet>, reserved: u64) {
+        let recent = IdSet::union_all(runs);
+        let ids = mem::take(&mut m.ids);
+        match m.unshipped.take() {
+            None => m.ids = IdSet::union(ids, recent, None),
+            Some(unshipped) => {
+                let mut fresh = Builder::default();
+                m.ids = IdSet::union(ids, recent, Some(&mut fresh));
+                m.unshipped = Some(IdSet::union(unshipped, fresh.finish(), None));
+            }
+        }
+        self.settle(m, reserved);
+    }
+
+    /// Takes what every shard buffered for `window` and merges it into the window's set.
+    /// The collector calls it about once a second for the open window; `None` once the
+    /// window is sealed. Each worker's lock is held only to pack its last batch and move its
+    /// runs out; the merge runs outside every shard lock.
+    pub fn absorb(&self, window: u64) -> Option<Absorbed> {
+        let mut merged = lock(&self.merged);
+        if merged.sealed_upto.is_some_and(|s| window <= s) {
+            return None;
+        }
+        let mut runs = Vec::new();
+        let mut reserved = 0;
+        let mut refused = 0;
+        for shard in self.shards.iter() {
+            let mut s = lock(shard);
+            reserved += s.take_runs(window, &mut runs);
+            refused += mem::take(&mut s.refused);
+        }
+        self.memory.count_refused(refused);
+        let m = merged.windows.entry(window).or_default();
+        self.merge(m, runs, reserved);
+        Some(Absorbed {
+            unique: m.ids.len(),
+            refused,
+        })
+    }
+
     /// Seals `window` on every shard and returns its ids and endpoints. Called by the
     /// collector only, in window order, after the settling delay.
     pub fn seal(&self, window: u64) -> Sealed {
         let mut sealed = Sealed::default();
-        let mut drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(log) = drains.windows.remove(&window) {
-            sealed.drained = log.ids;
+        let mut merged = lock(&self.merged);
+        merged.sealed_upto = Some(merged.sealed_upto.map_or(window, |s| s.max(window)));
+        let mut m = merged.windows.remove(&window).unwrap_or_default();
+        // Older windows cannot be sealed any more (windows are sealed in order).
+        let older: Vec<u64> = merged.windows.range(..window).map(|(w, _)| *w).collect();
+        for w in older {
+            if let Some(old) = merged.windows.remove(&w) {
+                self.memory.release(old.charged);
+            }
         }
-        // Older logs cannot be sealed any more (windows are sealed in order).
-        drains.windows.retain(|w, _| *w > window);
-        drains.sealed_upto = Some(drains.sealed_upto.map_or(window, |s| s.max(window)));
+        let mut slots = Vec::new();
+        let mut refused = 0;
         for shard in self.shards.iter() {
-            let (taken, stale) = {
-                let mut s = lock(shard);
-                sealed.late += mem::take(&mut s.late);
-                s.take(window)
-            };
-            sealed
-                .parts
-                .push(taken.map(|slot| slot.ids.into_set()).unwrap_or_default());
-            drop(stale);
+            let mut s = lock(shard);
+            sealed.late += mem::take(&mut s.late);
+            refused += mem::take(&mut s.refused);
+            let (taken, stale) = s.take(window);
+            drop(s);
+            slots.extend(taken);
+            for slot in stale {
+                self.memory.release(slot.reserved);
+            }
         }
+        self.memory.count_refused(refused);
+        sealed.refused = refused;
+        let mut runs = Vec::new();
+        let mut reserved = 0;
+        for mut slot in slots {
+            slot.ids.take_runs(&mut runs);
+            reserved += slot.reserved;
+        }
+        self.merge(&mut m, runs, reserved);
         // After every shard is sealed no request can add an endpoint to this window: a
         // request admits its endpoint while it holds its shard's lock.
         sealed.endpoints = self.table.take(window);
+        sealed.charge = Charge::new(&self.memory, mem::take(&mut m.charged));
+        sealed.ids = m.ids;
+        sealed.unshipped = m.unshipped;
         sealed
     }
 
-    /// Cluster mode, during a window: takes what the shards recorded in `window` since the
-    /// last drain and returns the ids and endpoints no earlier drain returned (with
-    /// `everything`, all of them so far: a shipment to a Redis that may have lost the earlier
-    /// ones). `None` once the window is sealed. Each worker's lock is held only to swap its
-    /// set for an empty one; the union and the difference are computed outside it.
+    /// Cluster mode, during a window: merges what the shards recorded in `window` and returns
+    /// the ids and endpoints no earlier drain returned (with `everything`, all of them so
+    /// far: a shipment to a Redis that may have lost the earlier ones). `None` once the
+    /// window is sealed.
     pub fn drain(&self, window: u64, everything: bool) -> Option<Drained> {
-        let mut drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
-        if drains.sealed_upto.is_some_and(|s| window <= s) {
-            return None;
-        }
-        let mut parts = Vec::new();
-        for shard in self.shards.iter() {
-            let taken = lock(shard).take_ids(window);
-            parts.extend(taken);
-        }
-        let log = drains.windows.entry(window).or_default();
-        let mut fresh = IdSet::union_all_pausing(parts, &mut std::thread::yield_now);
-        fresh.subtract(&log.ids);
-        log.ids.union_with(&fresh);
+        self.absorb(window)?;
+        let mut merged = lock(&self.merged);
+        let m = merged.windows.get_mut(&window)?;
+        let ids = match m.unshipped.replace(IdSet::new()) {
+            Some(unshipped) if !everything => unshipped,
+            // The first drain hands out everything so far.
+            _ => m.ids.clone(),
+        };
+        self.settle(m, 0);
         let mut endpoints = Vec::new();
         for endpoint in self.table.snapshot(window) {
-            if everything || !log.endpoints.contains(&endpoint) {
+            if everything || !m.drained_endpoints.contains(&endpoint) {
                 endpoints.push(endpoint.clone());
             }
-            log.endpoints.insert(endpoint);
+            m.drained_endpoints.insert(endpoint);
         }
-        let ids = if everything { log.ids.clone() } else { fresh };
         Some(Drained { ids, endpoints })
     }
 
@@ -367,9 +522,15 @@ impl Shards {
         }
     }
 
-    /// The newest window any shard holds ids for: at shutdown, the collector seals every
-    /// window up to it.
+    /// The newest window any shard or merged set holds ids for: at shutdown, the collector
+    /// seals every window up to it.
     pub fn newest_window(&self) -> Option<u64> {
+        let merged = lock(&self.merged)
+            .windows
+            .iter()
+            .filter(|(_, m)| !m.ids.is_empty())
+            .map(|(w, _)| *w)
+            .max();
         self.shards
             .iter()
             .filter_map(|shard| {
@@ -384,46 +545,7 @@ impl Shards {
                 newest_older.max(current)
             })
             .max()
-    }
-
-    /// Distinct ids recorded so far in `window` (the `verve_window_unique_ids` gauge). Each
-    /// shard's part is copied under its lock and merged after the lock is released, so a
-    /// scrape delays a worker only by the copy (a few milliseconds at millions of ids), not by
-    /// the union; scrapes are rare.
-    ///
-    /// Called from a connection coroutine: the drain log's lock, which the cluster thread
-    /// holds while it drains (a millisecond or so each second), is only tried, and `pause`
-    /// (a coroutine yield) runs between tries instead of blocking the worker thread.
-    pub fn unique_so_far(&self, window: u64, pause: &mut dyn FnMut()) -> u64 {
-        let drains = loop {
-            match self.drains.try_lock() {
-                Ok(guard) => break guard,
-                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-                Err(TryLockError::WouldBlock) => pause(),
-            }
-        };
-        let mut acc = IdSet::new();
-        for shard in self.shards.iter() {
-            let parts: Vec<IdSet> = {
-                let mut s = lock(shard);
-                let s = &mut *s;
-                let current = (s.current.window == window).then_some(&mut s.current);
-                current
-                    .into_iter()
-                    .chain(s.older.iter_mut().filter(|o| o.window == window))
-                    .map(|slot| slot.ids.set().clone())
-                    .collect()
-            };
-            for part in &parts {
-                acc.union_with(part);
-            }
-        }
-        // Cluster mode: add what drains took out of the shards, without copying it.
-        if let Some(log) = drains.windows.get(&window) {
-            acc.subtract(&log.ids);
-            return acc.len() + log.ids.len();
-        }
-        acc.len()
+            .max(merged)
     }
 }
 
@@ -431,7 +553,6 @@ impl Shards {
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock, Windows};
-    use std::sync::Arc;
     use std::time::Duration;
 
     fn shards(n: usize) -> Shards {
@@ -439,7 +560,11 @@ mod tests {
     }
 
     fn count(sealed: &Sealed) -> u64 {
-        IdSet::union_all(sealed.parts.clone()).len()
+        sealed.ids.len()
+    }
+
+    fn unique(s: &Shards, window: u64) -> u64 {
+        s.absorb(window).unwrap().unique
     }
 
     #[test]
@@ -515,7 +640,7 @@ mod tests {
     fn an_empty_window_seals_to_zero() {
         let s = shards(3);
         let sealed = s.seal(42);
-        assert_eq!(sealed.parts.len(), 3);
+        assert!(sealed.ids.is_empty() && sealed.unshipped.is_none());
         assert_eq!(count(&sealed), 0);
         assert!(sealed.endpoints.is_empty());
     }
@@ -528,7 +653,7 @@ mod tests {
                 s.record(shard, 3, id, None).unwrap();
             }
         }
-        assert_eq!(s.unique_so_far(3, &mut || {}), 5);
+        assert_eq!(unique(&s, 3), 5);
         assert_eq!(count(&s.seal(3)), 5);
     }
 
@@ -545,7 +670,7 @@ mod tests {
         s.record(1, 7, 3, Some("http://a.test/")).unwrap();
         s.record(1, 7, 4, Some("http://b.test/")).unwrap();
         s.record(0, 8, 99, None).unwrap(); // the next window is not touched
-        assert_eq!(s.unique_so_far(7, &mut || {}), 4);
+        assert_eq!(unique(&s, 7), 4);
         let second = s.drain(7, false).unwrap();
         assert_eq!(second.ids.iter().collect::<Vec<_>>(), [3, 4]);
         assert_eq!(second.endpoints, ["http://b.test/"]);
@@ -560,16 +685,21 @@ mod tests {
         let early = s.drain(8, false).unwrap();
         assert_eq!(early.ids.iter().collect::<Vec<_>>(), [98, 99]);
         let sealed = s.seal(7);
-        assert_eq!(sealed.drained.iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(count(&sealed), 6);
         assert_eq!(
-            count(&sealed),
-            1,
+            sealed.unshipped.unwrap().iter().collect::<Vec<_>>(),
+            [6],
             "only 6 was recorded after the last drain"
         );
         assert_eq!(sealed.endpoints, ["http://a.test/", "http://b.test/"]);
         assert!(s.drain(7, false).is_none(), "sealed");
         assert!(s.drain(8, false).unwrap().ids.is_empty(), "drained already");
-        assert_eq!(s.seal(8).drained.len(), 2);
+        let eight = s.seal(8);
+        assert_eq!(count(&eight), 2);
+        assert!(eight.unshipped.unwrap().is_empty());
+        // A window no drain touched has no unshipped part: all of it is unshipped.
+        s.record(0, 9, 1, None).unwrap();
+        assert_eq!(s.seal(9).unshipped, None);
     }
 
     #[test]
@@ -630,19 +760,78 @@ mod tests {
     fn restore_puts_ids_back_and_refuses_endpoints_no_longer_allowed() {
         let policy = EndpointPolicy::new(&["kept.test"]).unwrap();
         let s = Shards::new(2, policy, 10);
-        let mut ids = IdSet::new();
-        ids.insert(1);
-        ids.insert(-7);
+        let ids = IdSet::from_ids([1, -7]);
         let refused = s.restore(
             3,
-            &ids,
+            ids,
             &["http://kept.test/a".into(), "http://gone.test/b".into()],
         );
         assert_eq!(refused, ["http://gone.test/b"]);
         s.record(1, 3, 1, None).unwrap();
         s.record(1, 3, 2, None).unwrap();
         let sealed = s.seal(3);
-        assert_eq!(IdSet::union_all(sealed.parts).len(), 3);
+        assert_eq!(sealed.ids.len(), 3);
         assert_eq!(sealed.endpoints, ["http://kept.test/a"]);
+    }
+
+    #[test]
+    fn past_the_budget_ids_are_refused_and_every_counted_one_is_kept() {
+        use crate::budget::GRANT_BYTES;
+        let memory = IdMemory::new(2 * GRANT_BYTES);
+        let s = Shards::with_memory(2, EndpointPolicy::default(), 10, memory.clone());
+        let mut counted = Vec::new();
+        let mut refused = 0;
+        for id in 0..40_000i64 {
+            match s.record((id % 2) as usize, 1, id * 7_919_000_001, None).unwrap() {
+                Recorded::Counted => counted.push(id * 7_919_000_001),
+                Recorded::OverBudget => refused += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(refused > 0 && !counted.is_empty());
+        assert!(memory.used() <= memory.limit());
+        let absorbed = s.absorb(1).unwrap();
+        assert_eq!(absorbed.refused, refused);
+        assert_eq!(memory.refused(), refused);
+        assert_eq!(absorbed.unique, counted.len() as u64);
+        // The merge gave back the reservations: the set takes less than they did, so
+        // there is room again.
+        assert!(memory.used() < memory.limit());
+        assert_eq!(s.record(0, 1, 5, None), Ok(Recorded::Counted));
+        let sealed = s.seal(1);
+        assert_eq!(sealed.ids.len(), counted.len() as u64 + 1);
+        assert!(counted.iter().all(|&id| sealed.ids.contains(id)));
+        assert!(sealed.charge.bytes() >= sealed.ids.heap_bytes() as u64);
+        let held = memory.used();
+        drop(sealed);
+        assert!(memory.used() < held, "dropping the sealed window frees its bytes");
+    }
+
+    #[test]
+    fn absorbing_merges_off_the_request_path_and_sealing_sees_everything() {
+        let s = shards(2);
+        for id in 0..5000 {
+            s.record((id % 2) as usize, 4, id % 3000, None).unwrap();
+        }
+        assert_eq!(unique(&s, 4), 3000);
+        for id in 2000..6000 {
+            s.record((id % 2) as usize, 4, id, None).unwrap();
+        }
+        assert_eq!(unique(&s, 4), 6000);
+        assert_eq!(count(&s.seal(4)), 6000);
+        assert!(s.absorb(4).is_none(), "sealed");
+    }
+
+    #[test]
+    fn the_endpoint_cache_of_a_slot_is_bounded() {
+        let s = Shards::new(1, EndpointPolicy::default(), 1);
+        // Many spellings of one endpoint: all admitted, but only a few cached.
+        for i in 0..100 {
+            let spelling = format!("http://a.test/x#{i}");
+            assert_eq!(s.record(0, 1, i, Some(&spelling)), Ok(Recorded::Counted));
+        }
+        let cached = lock(&s.shards[0]).current.endpoints.len();
+        assert_eq!(cached, SPELLINGS_PER_ENDPOINT);
+        assert_eq!(s.seal(1).endpoints, ["http://a.test/x"]);
     }
 }

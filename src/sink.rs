@@ -4,11 +4,12 @@
 
 use std::time::Instant;
 
+use crate::budget::Charge;
 use crate::ids::IdSet;
 use crate::report::{Reporter, Scope, WindowReport};
 
 /// One closed window, merged across all shards of this instance.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct SealedWindow {
     /// Window index (see [`crate::clock::Windows`]).
     pub window: u64,
@@ -21,6 +22,9 @@ pub struct SealedWindow {
     pub unshipped: Option<IdSet>,
     /// Distinct endpoints named during the window on this instance.
     pub endpoints: Vec<String>,
+    /// The `--max-memory` bytes `ids` and `unshipped` hold: given back when the window is
+    /// dropped (after its report, or when it leaves the cluster backlog).
+    pub charge: Charge,
 }
 
 /// Takes sealed windows, in window order, on the collector thread. Like a reporter it must
@@ -51,8 +55,7 @@ impl<R: Reporter> WindowSink for LocalSink<R> {
             endpoints: sealed.endpoints,
             scope: Scope::Global,
         });
-        // Freed in pieces, like the merge (see `IdSet::union_all_pausing`).
-        sealed.ids.release(&mut std::thread::yield_now);
+        // The window's ids and their budget bytes (`sealed.charge`) are freed here.
     }
 
     fn finish(&mut self, deadline: Instant) {

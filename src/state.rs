@@ -9,11 +9,11 @@
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 8 | magic `VERVEST1` (format version 1) |
+//! | 8 | magic `VERVEST2` (format version 2; version 1, `VERVEST1`, is still read) |
 //! | 8 | `--interval` of the instance that saved it, seconds |
 //! | 8 | window start, seconds since the epoch |
 //! | 4 | number of endpoints, then per endpoint: 4-byte length, UTF-8 URL |
-//! | 8 | length of the id set, then the set: a roaring treemap over [`crate::ids::to_key`] in roaring's portable serialization (the 64-bit extension: a count, then each 32-bit half's high bits and its bitmap in the portable format) |
+//! | 8 | length of the id set, then the set in its compact format ([`IdSet::serialize_into`]; version 1 held roaring's portable treemap format, which [`IdSet::deserialize`] also reads) |
 //! | 4 | CRC-32 of everything before it |
 
 use std::fs::{self, File};
@@ -21,11 +21,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
-use roaring::RoaringTreemap;
 
 use crate::ids::IdSet;
 
-const MAGIC: &[u8; 8] = b"VERVEST1";
+const MAGIC: &[u8; 8] = b"VERVEST2";
+
+/// The magic of format version 1: the same layout with a roaring id set.
+const MAGIC_V1: &[u8; 8] = b"VERVEST1";
 
 /// Most endpoints a state file may list: far above `--max-endpoints`' useful range, low enough
 /// that a corrupt count cannot make the loader allocate without bound.
@@ -45,8 +47,8 @@ pub struct SavedWindow {
 
 impl SavedWindow {
     fn encode(&self) -> io::Result<Vec<u8>> {
-        let tree = self.ids.to_treemap();
-        let mut out = Vec::with_capacity(64 + tree.serialized_size());
+        let set_bytes = self.ids.serialized_size();
+        let mut out = Vec::with_capacity(64 + set_bytes);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.interval_secs.to_le_bytes());
         out.extend_from_slice(&self.window_start.to_le_bytes());
@@ -55,8 +57,8 @@ impl SavedWindow {
             out.extend_from_slice(&(e.len() as u32).to_le_bytes());
             out.extend_from_slice(e.as_bytes());
         }
-        out.extend_from_slice(&(tree.serialized_size() as u64).to_le_bytes());
-        tree.serialize_into(&mut out)?;
+        out.extend_from_slice(&(set_bytes as u64).to_le_bytes());
+        self.ids.serialize_into(&mut out);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         Ok(out)
@@ -70,7 +72,7 @@ impl SavedWindow {
         );
         let (body, crc) = bytes.split_at(bytes.len() - 4);
         ensure!(
-            body.starts_with(MAGIC),
+            body.starts_with(MAGIC) || body.starts_with(MAGIC_V1),
             "not a verve state file (bad magic)"
         );
         ensure!(
@@ -91,12 +93,12 @@ impl SavedWindow {
         }
         let len = r.u64()?;
         let set = r.take(usize::try_from(len).context("id set length")?)?;
-        let tree = RoaringTreemap::deserialize_from(set).context("id set")?;
+        let ids = IdSet::deserialize(set).context("id set")?;
         ensure!(r.0.is_empty(), "{} trailing bytes", r.0.len());
         Ok(SavedWindow {
             interval_secs,
             window_start,
-            ids: IdSet::from_treemap(tree),
+            ids,
             endpoints,
         })
     }
@@ -221,13 +223,11 @@ mod tests {
     use super::*;
 
     fn sample() -> SavedWindow {
-        let mut ids = IdSet::new();
-        for id in [i64::MIN, -1, 0, 7, u32::MAX as i64, 1 << 40, i64::MAX] {
-            ids.insert(id);
-        }
-        for id in (0..100_000).map(|i| i * 37) {
-            ids.insert(id);
-        }
+        let ids = IdSet::from_ids(
+            [i64::MIN, -1, 0, 7, u32::MAX as i64, 1 << 40, i64::MAX]
+                .into_iter()
+                .chain((0..100_000).map(|i| i * 37)),
+        );
         SavedWindow {
             interval_secs: 60,
             window_start: 1_795_000_000,
@@ -255,6 +255,29 @@ mod tests {
         }
         assert!(!path.exists());
         assert!(matches!(load(&path).unwrap(), Loaded::Nothing));
+    }
+
+    #[test]
+    fn a_file_of_format_version_1_is_still_read() {
+        let window = sample();
+        let mut tree = Vec::new();
+        window.ids.to_treemap().serialize_into(&mut tree).unwrap();
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC_V1);
+        v1.extend_from_slice(&window.interval_secs.to_le_bytes());
+        v1.extend_from_slice(&window.window_start.to_le_bytes());
+        v1.extend_from_slice(&(window.endpoints.len() as u32).to_le_bytes());
+        for e in &window.endpoints {
+            v1.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            v1.extend_from_slice(e.as_bytes());
+        }
+        v1.extend_from_slice(&(tree.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&tree);
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(SavedWindow::decode(&v1).unwrap(), window);
+        // And the current format is smaller for the same window.
+        assert!(window.encode().unwrap().len() < v1.len());
     }
 
     #[test]

@@ -110,7 +110,7 @@ fn send_to_all(servers: &[Server], ids: &[i64], endpoint: Option<&str>) {
 /// The union of what is in Redis for window `w` so far.
 fn in_redis(con: &mut dyn redis::ConnectionLike, w: u64) -> BTreeSet<i64> {
     let (union, _) = union_of_shipments(con, &Keys::new(PREFIX), w).unwrap();
-    union.iter().map(verve::ids::from_key).collect()
+    union.iter().collect()
 }
 
 fn now_ms() -> u64 {

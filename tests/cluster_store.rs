@@ -8,15 +8,19 @@ mod common;
 use common::redis_servers::{Redis, RedisCluster};
 use verve::cluster::node::union_of_shipments;
 use verve::cluster::store::{self, Keys, Lead, Shipment, Shipped};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
 use verve::ids::IdSet;
 
+/// A shipment's bytes: the compact format and roaring's portable format (what earlier
+/// versions shipped, still read) in turn, so that the unions below mix both.
 fn serialized(ids: &[i64]) -> Vec<u8> {
-    let mut set = IdSet::new();
-    for &id in ids {
-        set.insert(id);
-    }
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let set = IdSet::from_ids(ids.iter().copied());
     let mut bytes = Vec::new();
-    if !set.is_empty() {
+    if CALLS.fetch_add(1, Relaxed) % 2 == 0 {
+        bytes = verve::cluster::node::serialize(&set);
+    } else if !set.is_empty() {
         set.to_treemap().serialize_into(&mut bytes).unwrap();
     }
     bytes

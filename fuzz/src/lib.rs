@@ -370,7 +370,7 @@ fn check_counters(
     }
     // The ids: at most one per accepted request (a 503 for a full endpoint table counts its
     // id too), each one an `id=` value that was sent.
-    let unique = ctx.shards.unique_so_far(window, &mut || {});
+    let unique = ctx.shards.absorb(window).map_or(0, |a| a.unique);
     stats.unique = unique;
     ensure!(
         unique <= ok + unavailable && (ok == 0 || unique > 0),
@@ -391,15 +391,12 @@ fn check_counters(
             sealed.late
         );
     }
-    let mut total = 0;
-    for part in &sealed.parts {
-        total += part.len();
-        for id in part.iter() {
-            ensure!(
-                sent_ids.contains(&(id as i128)),
-                "id {id} was counted but never sent"
-            );
-        }
+    let total = sealed.ids.len();
+    for id in sealed.ids.iter() {
+        ensure!(
+            sent_ids.contains(&(id as i128)),
+            "id {id} was counted but never sent"
+        );
     }
     ensure!(total == unique, "sealed {total} ids, gauge said {unique}");
     // The endpoint table: bounded, canonical, allowed.

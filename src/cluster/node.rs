@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use redis::RedisResult;
-use roaring::RoaringTreemap;
 
 use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
 use crate::cluster::store::{self, Keys, Lead, Shipment, Shipped};
-use crate::ids::IdSet;
+use crate::budget::Charge;
+use crate::ids::{IdSet, Union};
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};
 use crate::shards::Shards;
@@ -165,6 +165,8 @@ struct Held {
     reported: Option<u64>,
     /// The cluster had reported the window before any of this instance's ids reached Redis.
     refused: bool,
+    /// The `--max-memory` bytes `ids` and `unsent` hold, given back when the window goes.
+    _charge: Charge,
 }
 
 /// The cluster thread's state.
@@ -195,91 +197,24 @@ struct Node {
     late_warned: Option<u64>,
 }
 
-/// Serializes `ids` for a shipment (roaring's portable format of
-/// [`IdSet::to_treemap`]); nothing for an empty set.
+/// Serializes `ids` for a shipment, in the id set's compact format
+/// ([`IdSet::serialize_into`]); nothing for an empty set.
 pub fn serialize(ids: &IdSet) -> Vec<u8> {
     let mut bytes = Vec::new();
     if !ids.is_empty() {
-        let tree = ids.to_treemap();
-        bytes.reserve(tree.serialized_size());
-        tree.serialize_into(&mut bytes)
-            .expect("writing to a Vec cannot fail");
+        ids.serialize_into(&mut bytes);
     }
     bytes
 }
 
-/// A union of many roaring treemaps in `O(n log k)` (n ids, k sets): sets are merged in
-/// pairs of similar size, like the runs of a merge sort, each merge a linear `&a | &b`.
-/// Folding them one by one into an accumulator copies the accumulator for every set: with a
-/// shipment per instance per second that was quadratic (600 shipments of 10 instances x 1M
-/// ids took 5.3 s, longer than the lease; `perf/RESULTS.md`).
-#[derive(Default)]
-pub struct Union {
-    /// Partial unions, each of about twice as many sets as the next.
-    stack: Vec<(u32, RoaringTreemap)>,
-}
-
-impl Union {
-    pub fn add(&mut self, tree: RoaringTreemap) {
-        let mut item = (0u32, tree);
-        while let Some(top) = self.stack.last() {
-            if top.0 != item.0 {
-                break;
-            }
-            let (rank, top) = self.stack.pop().expect("just looked");
-            item = (rank + 1, union2(&top, &item.1));
-        }
-        self.stack.push(item);
-    }
-
-    pub fn finish(mut self) -> RoaringTreemap {
-        let mut acc = self.stack.pop().map(|(_, t)| t).unwrap_or_default();
-        while let Some((_, tree)) = self.stack.pop() {
-            acc = union2(&tree, &acc);
-        }
-        acc
-    }
-}
-
-/// `a | b`, bitmap by bitmap with roaring's linear `&x | &y`. (The treemap's own `|` goes
-/// through `|=`, which inserts each missing container with `Vec::insert`: quadratic in the
-/// containers of a bitmap, and random ids fill all 65 536 of one.)
-fn union2(a: &RoaringTreemap, b: &RoaringTreemap) -> RoaringTreemap {
-    let (mut xs, mut ys) = (a.bitmaps().peekable(), b.bitmaps().peekable());
-    let mut out = Vec::new();
-    loop {
-        let next = match (xs.peek(), ys.peek()) {
-            (Some(&(hx, x)), Some(&(hy, y))) if hx == hy => {
-                xs.next();
-                ys.next();
-                (hx, x | y)
-            }
-            (Some(&(hx, x)), Some(&(hy, _))) if hx < hy => {
-                xs.next();
-                (hx, x.clone())
-            }
-            (_, Some(&(hy, y))) => {
-                ys.next();
-                (hy, y.clone())
-            }
-            (Some(&(hx, x)), None) => {
-                xs.next();
-                (hx, x.clone())
-            }
-            (None, None) => break,
-        };
-        out.push(next);
-    }
-    RoaringTreemap::from_bitmaps(out)
-}
-
-/// The union of a window's shipments (the leader's merge), as keys of
-/// [`crate::ids::to_key`], and how many shipments could not be read.
+/// The union of a window's shipments (the leader's merge), and how many shipments could not
+/// be read. Shipments in the compact format and in roaring's portable format (what earlier
+/// versions shipped) are both read.
 pub fn union_of_shipments(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
     window_start: u64,
-) -> RedisResult<(RoaringTreemap, u64)> {
+) -> RedisResult<(IdSet, u64)> {
     union_of_shipments_pausing(con, keys, window_start, &mut |_| Ok(true))
         .map(|u| u.expect("never stopped"))
 }
@@ -290,20 +225,20 @@ pub fn union_of_shipments_pausing(
     keys: &Keys,
     window_start: u64,
     between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> RedisResult<bool>,
-) -> RedisResult<Option<(RoaringTreemap, u64)>> {
+) -> RedisResult<Option<(IdSet, u64)>> {
     let mut union = Union::default();
     let mut unreadable = 0;
     let whole = store::fetch_pausing(
         con,
         keys,
         window_start,
-        &mut |blob| match RoaringTreemap::deserialize_from(blob) {
-            Ok(tree) => union.add(tree),
+        &mut |blob| match IdSet::deserialize(blob) {
+            Ok(set) => union.add(set),
             Err(_) => unreadable += 1,
         },
         between,
     )?;
-    Ok(whole.then(|| (union.finish(), unreadable)))
+    Ok(whole.then(|| (union.into_set(), unreadable)))
 }
 
 impl Node {
@@ -337,6 +272,7 @@ impl Node {
             ever_shipped: false,
             reported: None,
             refused: false,
+            _charge: sealed.charge,
         });
     }
 
@@ -446,7 +382,6 @@ impl Node {
                     }
                 }
                 self.open_shipped = Some((window, self.generation));
-                drained.ids.release(&mut std::thread::yield_now);
             }
         }
         // The last shipment of each sealed window, oldest first.
@@ -494,8 +429,7 @@ impl Node {
                 }
                 Shipped::TooLate => {
                     // Reported already, and this instance's ids had got there in time.
-                    let gone = self.windows.remove(i).expect("index in range");
-                    gone.ids.release(&mut std::thread::yield_now);
+                    self.windows.remove(i).expect("index in range");
                 }
             }
         }
@@ -614,7 +548,7 @@ impl Node {
         if unreadable > 0 {
             self.metrics.redis_errors.fetch_add(unreadable, Relaxed);
             log::error!(
-                "window {}: {unreadable} shipments in Redis are not roaring bitmaps and were \
+                "window {}: {unreadable} shipments in Redis are not id sets and were \
                  skipped (is another program writing under --redis-prefix?)",
                 rfc3339_secs(start)
             );
@@ -664,9 +598,8 @@ impl Node {
     }
 
     fn drop_window(&mut self, i: usize) {
-        if let Some(held) = self.windows.remove(i) {
-            held.ids.release(&mut std::thread::yield_now);
-        }
+        // Its ids and their budget bytes are freed here.
+        self.windows.remove(i);
     }
 
     /// Past `--cluster-backlog` unshipped windows, the oldest is reported by this instance
@@ -711,7 +644,6 @@ impl Node {
             endpoints: held.endpoints,
             scope: Scope::Local,
         });
-        held.ids.release(&mut std::thread::yield_now);
     }
 
     fn publish_backlog(&mut self) {
@@ -785,10 +717,12 @@ mod tests {
             let mut union = Union::default();
             for i in 0..k {
                 // Overlapping runs, some above 2^32.
-                union.add((i * 10..i * 10 + 20).chain([(i + 1) << 40]).collect());
+                union.add(IdSet::from_ids(
+                    (i as i64 * 10..i as i64 * 10 + 20).chain([(i as i64 + 1) << 40]),
+                ));
             }
             let expected = if k == 0 { 0 } else { k * 10 + 10 + k };
-            let got = union.finish();
+            let got = union.into_set();
             assert_eq!(got.len(), expected, "k = {k}");
         }
     }

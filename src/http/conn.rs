@@ -400,10 +400,7 @@ fn route(
             }
         }
         b"/metrics" if method == "GET" => {
-            let unique = ctx
-                .shards
-                .unique_so_far(window, &mut may::coroutine::yield_now);
-            let page = ctx.metrics.render(unique);
+            let page = ctx.metrics.render();
             response::write(
                 out,
                 Status::Ok,
@@ -458,7 +455,12 @@ fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<
     };
     match ctx.shards.record(shard, window, accept.id, endpoint) {
         Ok(Recorded::Counted) => Status::Ok,
-        Ok(Recorded::EndpointTableFull | Recorded::Late | Recorded::Closed) => Status::Unavailable,
+        Ok(
+            Recorded::EndpointTableFull
+            | Recorded::Late
+            | Recorded::Closed
+            | Recorded::OverBudget,
+        ) => Status::Unavailable,
         Err(_) => Status::BadRequest,
     }
 }

@@ -38,6 +38,9 @@ impl Reporter for CountLog {
             ),
         }
         self.metrics.windows_reported.fetch_add(1, Relaxed);
+        self.metrics
+            .last_window_unique_ids
+            .store(report.unique_count, Relaxed);
     }
 
     fn finish(&mut self, _deadline: std::time::Instant) {
