@@ -176,9 +176,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// The default budget: [`DEFAULT_SHARE`] of the cgroup v2 `memory.max` of this process when
 /// one is set, else of the physical memory; `None` when neither can be read.
 pub fn default_limit() -> Option<u64> {
+    cgroup_limit().or_else(physical_memory).map(share_of)
+}
+
+/// [`DEFAULT_SHARE`] of `available` bytes, at least [`MIN_BYTES`].
+pub fn share_of(available: u64) -> u64 {
     let (num, den) = DEFAULT_SHARE;
-    let available = cgroup_limit().or_else(physical_memory)?;
-    Some((available / den * num).max(MIN_BYTES))
+    (available / den * num).max(MIN_BYTES)
 }
 
 /// `memory.max` of this process's cgroup (v2), when it is a number.
@@ -210,7 +214,15 @@ mod tests {
         assert_eq!(parse_size("2G"), Ok(2 << 30));
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
         assert_eq!(parse_size("1 tib"), Ok(1 << 40));
-        for bad in ["", "MiB", "1.5GiB", "-1GiB", "12 parsecs", "1KiB", "99999999999TiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "1.5GiB",
+            "-1GiB",
+            "12 parsecs",
+            "1KiB",
+            "99999999999TiB",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }

@@ -6,9 +6,9 @@
 mod common;
 
 use common::redis_servers::{Redis, RedisCluster};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use verve::cluster::node::union_of_shipments;
 use verve::cluster::store::{self, Keys, Lead, Shipment, Shipped};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use verve::ids::IdSet;
 

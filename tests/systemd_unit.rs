@@ -61,3 +61,15 @@ fn the_sandbox_exposure_is_at_most_2() {
         .unwrap_or_else(|| panic!("cannot read the score in {line:?}"));
     assert!(ok && score <= 2.0, "exposure {score} (> 2.0):\n{text}");
 }
+
+#[test]
+fn the_unit_bounds_memory_and_verve_budgets_half_of_it_for_ids() {
+    let text = std::fs::read_to_string(UNIT).unwrap();
+    let max = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemoryMax="))
+        .expect("the unit sets MemoryMax=, from which verve's default --max-memory derives");
+    // systemd reads K, M, G as powers of 1024, as --max-memory does.
+    let bytes = verve::budget::parse_size(max).unwrap();
+    assert_eq!(verve::budget::share_of(bytes), bytes / 2);
+}
