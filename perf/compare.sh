@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # verve vs. the bare may_minihttp baseline (examples/baseline.rs), under wrk.
 #
-#   perf/compare.sh                      # 3 rounds of 10 s each
+#   perf/compare.sh                      # 3 rounds of 10 s each, both id distributions
 #   ROUNDS=5 DURATION=30 perf/compare.sh
+#   DISTS=i64 perf/compare.sh            # 64-bit ids only
+#
+# Each round measures every distribution of DISTS (default "u32 i64"): u32, ids uniform over
+# 0..2^32 (dense); i64, ids spread over nearly the whole i64 range (64-bit hashes). The
+# baseline gets the same request stream (it ignores the id).
 #
 # Builds both in release mode, then runs ROUNDS rounds; each round starts the baseline, then
 # verve, each on a free loopback port, warms it up for WARMUP seconds, measures it with
@@ -35,6 +40,7 @@ THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 export SEED=${SEED:-1}
 VERVE_ARGS=${VERVE_ARGS:-}
+DISTS=${DISTS:-u32 i64}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=perf/lib.sh
@@ -101,7 +107,7 @@ run_one() {
     {
         echo "=== round $round: $name on $url, $(date -u +%FT%TZ), nproc $(nproc)," \
             "load $(cut -d' ' -f1-3 /proc/loadavg), other CPU busy in the second before: $BUSY"
-        echo "\$ wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s perf/random_ids.lua $url"
+        echo "\$ IDS=$IDS wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s perf/random_ids.lua $url"
     } >>"$RAW"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$url" >"$WRK_OUT"
     cat "$WRK_OUT" >>"$RAW"
@@ -164,32 +170,40 @@ BASELINE_BIN=$TARGET_DIR/release/examples/baseline
 ROWS=()
 RATIOS=()
 CSV_ROWS=()
+declare -A DIST_RATIOS=()
 for round in $(seq 1 "$ROUNDS"); do
-    load_b=$(load1)
-    run_one baseline "$round"
-    base_rps=$RPS base_p99=$P99 busy_b=$BUSY
-    load_v=$(load1)
-    run_one verve "$round"
-    busy_v=$BUSY
-    check_verve "$round"
-    ratio=$(awk -v v="$RPS" -v b="$base_rps" 'BEGIN {printf "%.3f", v / b}')
-    RATIOS+=("$ratio")
-    CSV_ROWS+=("$round,$base_rps,$RPS,$ratio")
-    ROWS+=("$(printf '| %5s | %12s | %12s | %6s | %9s | %9s | %7s | %5s / %-5s | %4s / %-4s |' \
-        "$round" "$base_rps" "$RPS" "$ratio" "$base_p99" "$P99" "$COUNT_LINES" \
-        "$load_b" "$load_v" "$busy_b" "$busy_v")")
-    echo "round $round: baseline $base_rps req/s, verve $RPS req/s, ratio $ratio" >&2
+    for dist in $DISTS; do
+        export IDS=$dist
+        load_b=$(load1)
+        run_one baseline "$round"
+        base_rps=$RPS base_p99=$P99 busy_b=$BUSY
+        load_v=$(load1)
+        run_one verve "$round"
+        busy_v=$BUSY
+        check_verve "$round"
+        ratio=$(awk -v v="$RPS" -v b="$base_rps" 'BEGIN {printf "%.3f", v / b}')
+        RATIOS+=("$ratio")
+        DIST_RATIOS[$dist]+="$ratio "
+        CSV_ROWS+=("$round,$base_rps,$RPS,$ratio")
+        ROWS+=("$(printf '| %5s | %4s | %12s | %12s | %6s | %9s | %9s | %7s | %5s / %-5s | %4s / %-4s |' \
+            "$round" "$dist" "$base_rps" "$RPS" "$ratio" "$base_p99" "$P99" "$COUNT_LINES" \
+            "$load_b" "$load_v" "$busy_b" "$busy_v")")
+        echo "round $round ($dist ids): baseline $base_rps req/s, verve $RPS req/s, ratio $ratio" >&2
+    done
 done
 
-MEDIAN=$(printf '%s\n' "${RATIOS[@]}" | sort -g | awk '{r[NR] = $1}
-    END {if (NR % 2) printf "%.3f", r[(NR + 1) / 2]; else printf "%.3f", (r[NR / 2] + r[NR / 2 + 1]) / 2}')
+MEDIAN=$(printf '%s\n' "${RATIOS[@]}" | median)
 
 {
     echo
-    echo "| round | baseline req/s | verve req/s | verve/baseline | baseline p99 | verve p99 | verve windows | load1 at start (b / v) | other CPU busy before (b / v) |"
-    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |"
+    echo "| round | ids | baseline req/s | verve req/s | verve/baseline | baseline p99 | verve p99 | verve windows | load1 at start (b / v) | other CPU busy before (b / v) |"
+    echo "| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |"
     printf '%s\n' "${ROWS[@]}"
     echo
+    for dist in $DISTS; do
+        # shellcheck disable=SC2086 # a space-separated list of ratios
+        echo "median verve/baseline ratio, $dist ids: $(printf '%s\n' ${DIST_RATIOS[$dist]} | median)"
+    done
     echo "median verve/baseline ratio: $MEDIAN  (nproc $(nproc), load now $(cut -d' ' -f1-3 /proc/loadavg))"
     echo "raw output: ${RAW#"$ROOT"/}"
 } | tee -a "$RAW"

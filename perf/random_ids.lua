@@ -1,5 +1,7 @@
 -- wrk script for perf/compare.sh: every request is
 --   GET /api/verve/accept?id=<uniform random integer in 0..2^32-1>
+-- or, with IDS=i64 in the environment, a random 19-digit integer of either sign
+-- (+-1e18..+-9e18: ids spread over nearly the whole i64 range, like 64-bit hashes).
 -- Each wrk thread seeds its own generator from its index (plus SEED, default 1), so every
 -- server run with the same -t gets the identical request stream, and wrk does the same work
 -- (one random number, one string concatenation per request) whichever server it measures.
@@ -12,6 +14,7 @@ function setup(thread)
 end
 
 local prefix, suffix
+local sparse = os.getenv("IDS") == "i64"
 
 function init(args)
    local base = tonumber(os.getenv("SEED") or "1") or 1
@@ -23,6 +26,12 @@ function init(args)
 end
 
 function request()
+   if sparse then
+      -- Doubles cannot hold 64-bit integers: the digits are drawn in three exact parts.
+      local sign = (math.random(0, 1) == 0) and "-" or ""
+      return prefix .. sign .. string.format("%d%09.0f%09.0f", math.random(1, 8),
+         math.random(0, 999999999), math.random(0, 999999999)) .. suffix
+   end
    -- math.random(m, n) works in doubles: exact over 0..2^32-1.
    return prefix .. string.format("%.0f", math.random(0, 4294967295)) .. suffix
 end

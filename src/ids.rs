@@ -79,20 +79,30 @@ fn unpack(words: &[u64], index: usize, width: u8) -> u64 {
     }
 }
 
-/// Packs `count` values of at most `width` bits.
+/// Packs `count` values of at most `width` bits, low bits first, into exactly
+/// [`words_for`] words: a running 64-bit accumulator, so each value costs a shift and an or.
 fn pack(values: impl Iterator<Item = u64>, count: usize, width: u8) -> Box<[u64]> {
-    let mut words = vec![0u64; words_for(count, width)];
+    let mut words = Vec::with_capacity(words_for(count, width));
     if width > 0 {
-        let w = width as usize;
-        for (i, v) in values.take(count).enumerate() {
-            let bit = i * w;
-            let (at, off) = (bit / 64, bit % 64);
-            words[at] |= v << off;
-            if off + w > 64 {
-                words[at + 1] |= v >> (64 - off);
+        let w = u32::from(width);
+        let (mut acc, mut filled) = (0u64, 0u32);
+        for v in values.take(count) {
+            acc |= v << filled;
+            let total = filled + w;
+            if total >= 64 {
+                words.push(acc);
+                // The bits of `v` that did not fit (none when it ended on the word's edge).
+                acc = if total == 64 { 0 } else { v >> (64 - filled) };
+                filled = total - 64;
+            } else {
+                filled = total;
             }
         }
+        if filled > 0 {
+            words.push(acc);
+        }
     }
+    debug_assert_eq!(words.len(), words_for(count, width));
     words.into_boxed_slice()
 }
 
@@ -631,8 +641,11 @@ impl Cursor {
 #[derive(Default)]
 pub struct Builder {
     set: IdSet,
-    /// Keys of the block being filled: its first, then the rest.
-    open: Vec<u64>,
+    /// The open block: its first and last key, and its gaps so far.
+    first: u64,
+    last: u64,
+    open: bool,
+    gaps: Vec<u64>,
     /// Gap width the open block needs so far.
     width: u8,
 }
@@ -651,34 +664,43 @@ impl Builder {
     /// Adds `key`, which must not be below any key added before.
     #[inline]
     pub fn push(&mut self, key: u64) {
-        let Some(&prev) = self.open.last() else {
+        if !self.open {
             debug_assert!(self.set.blocks.last().is_none_or(|b| b.last < key));
-            if self.open.capacity() == 0 {
-                self.open.reserve(BLOCK_KEYS);
+            if self.gaps.capacity() == 0 {
+                self.gaps.reserve(BLOCK_KEYS);
             }
-            self.open.push(key);
-            return;
-        };
-        if key == prev {
+            (self.first, self.last, self.open) = (key, key, true);
             return;
         }
-        debug_assert!(key > prev);
-        let w = self.width.max(bits_of(key - prev - 1));
-        let gaps = self.open.len();
+        if key == self.last {
+            return;
+        }
+        debug_assert!(key > self.last);
+        let gap = key - self.last - 1;
+        let w = self.width.max(bits_of(gap));
+        let gaps = self.gaps.len() + 1;
         if gaps * w as usize > BLOCK_BITS || gaps + 1 > BLOCK_KEYS {
             self.seal();
-            self.open.push(key);
+            (self.first, self.last, self.open) = (key, key, true);
             return;
         }
         self.width = w;
-        self.open.push(key);
+        self.last = key;
+        self.gaps.push(gap);
     }
 
     fn seal(&mut self) {
-        if !self.open.is_empty() {
-            self.set.push_block(Block::from_keys(&self.open));
-            self.open.clear();
+        if self.open {
+            self.set.push_block(Block {
+                first: self.first,
+                last: self.last,
+                len: self.gaps.len() as u32 + 1,
+                width: self.width,
+                gaps: pack(self.gaps.iter().copied(), self.gaps.len(), self.width),
+            });
+            self.gaps.clear();
             self.width = 0;
+            self.open = false;
         }
     }
 
@@ -686,8 +708,8 @@ impl Builder {
     /// (under a quarter of [`BLOCK_BITS`]) takes the block's keys instead, so that repeated
     /// merges do not leave a trail of small blocks between untouched ones.
     fn push_block(&mut self, block: Block) {
-        let open_bits = self.open.len().saturating_sub(1) * self.width as usize;
-        if !self.open.is_empty() && open_bits < BLOCK_BITS / 4 {
+        let open_bits = self.gaps.len() * self.width as usize;
+        if self.open && open_bits < BLOCK_BITS / 4 {
             for key in block.keys() {
                 self.push(key);
             }
