@@ -63,6 +63,16 @@ for dist in $DISTS; do
     "http://127.0.0.1:$port" >"$TMP/wrk-$dist.txt"
   cat "$TMP/wrk-$dist.txt" >>"$RAW"
   check_wrk "$dist" "$TMP/wrk-$dist.txt"
+  # The collector thread's scheduler statistics (/proc/PID/task/TID/schedstat: time on a CPU,
+  # time waiting for one while runnable, slices run): a thread that gives its CPU away in the
+  # middle of a seal shows up as a large wait and many slices.
+  for task in /proc/"$VERVE_PID"/task/*; do
+    if [[ $(cat "$task/comm") == verve-collecto* ]]; then
+      read -r run_ns wait_ns slices <"$task/schedstat"
+      log "collector thread: on CPU $((run_ns / 1000000)) ms, waiting for a CPU $((wait_ns / 1000000)) ms," \
+        "$slices slices, over the run"
+    fi
+  done
   stop_verve
   [[ $STOP_RC == 0 ]] || fail "$dist: verve exit status $STOP_RC after SIGTERM"
   # Every count line but the last (the shutdown's partial window).
