@@ -425,7 +425,53 @@ impl IdSet {
 
     /// Bytes of [`IdSet::serialize_into`]'s output.
     pub fn serialized_size(&self) -> usize {
-        HEADER_BYTES + self.blocks.len() * BLOCK_HEADER_BYTES + self.words * 8
+        HEADER_BYTES
+            + self
+                .segments()
+                .map(|segment| match segment {
+                    Segment::Packed(b) => {
+                        SEGMENT_KIND_BYTES + BLOCK_HEADER_BYTES + b.gaps.len() * 8
+                    }
+                    Segment::Dense(_, bitmap) => {
+                        SEGMENT_KIND_BYTES + DENSE_HEADER_BYTES + bitmap.serialized_size()
+                    }
+                })
+                .sum::<usize>()
+    }
+
+    /// The set cut into what the compact format writes: each block as it is, except that
+    /// runs of consecutive ids under one high half (`key >> 32`) become one roaring bitmap
+    /// wherever roaring's portable format, with its run containers, is smaller (a million
+    /// consecutive ids: 16 run containers, about 200 bytes, against 245 block headers).
+    fn segments(&self) -> impl Iterator<Item = Segment<'_>> + '_ {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            let block = self.blocks.get(i)?;
+            let high = block.first >> 32;
+            // Consecutive runs (width 0) that stay under one high half.
+            let mut end = i;
+            while self
+                .blocks
+                .get(end)
+                .is_some_and(|b| b.width == 0 && b.first >> 32 == high && b.last >> 32 == high)
+            {
+                end += 1;
+            }
+            if end > i + 1 {
+                let mut bitmap = roaring::RoaringBitmap::new();
+                for b in &self.blocks[i..end] {
+                    bitmap.insert_range(b.first as u32..=b.last as u32);
+                }
+                bitmap.optimize();
+                let packed = (end - i) * BLOCK_HEADER_BYTES;
+                if DENSE_HEADER_BYTES + bitmap.serialized_size() < packed {
+                    i = end;
+                    return Some(Segment::Dense(high as u32, bitmap));
+                }
+            }
+            i += 1;
+            Some(Segment::Packed(block))
+        })
     }
 
     /// Appends the set in its compact, versioned format:
@@ -436,39 +482,65 @@ impl IdSet {
     /// | 1 | format version, 2 (version 1 was roaring's portable treemap format) |
     /// | 3 | zero |
     /// | 8 | number of ids |
-    /// | 4 | number of blocks, then per block: |
-    /// | 8 | first key ([`to_key`]) |
-    /// | 4 | keys in the block (1 to [`BLOCK_KEYS`]) |
-    /// | 1 | gap width in bits (0 to 64) |
-    /// | 8 each | `ceil((keys - 1) * width / 64)` words of packed gaps, low bits first |
+    /// | 4 | number of segments, then per segment a kind byte and: |
+    /// | | kind 0, a block: first key ([`to_key`], 8 bytes), keys in the block (4 bytes, 1 to [`BLOCK_KEYS`]), gap width in bits (1 byte, 0 to 64), `ceil((keys - 1) * width / 64)` words of packed gaps, low bits first (8 bytes each) |
+    /// | | kind 1, dense ids: the high 32 bits of their keys (4 bytes), the length of what follows (4 bytes), the low 32 bits as a roaring bitmap in roaring's portable format |
+    ///
+    /// Keys ascend strictly across segments.
     pub fn serialize_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.serialized_size());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
         out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&(self.blocks.len() as u32).to_le_bytes());
-        for b in &self.blocks {
-            out.extend_from_slice(&b.first.to_le_bytes());
-            out.extend_from_slice(&b.len.to_le_bytes());
-            out.push(b.width);
-            for w in b.gaps.iter() {
-                out.extend_from_slice(&w.to_le_bytes());
+        let count_at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut segments = 0u32;
+        for segment in self.segments() {
+            segments += 1;
+            match segment {
+                Segment::Packed(b) => {
+                    out.push(KIND_PACKED);
+                    out.extend_from_slice(&b.first.to_le_bytes());
+                    out.extend_from_slice(&b.len.to_le_bytes());
+                    out.push(b.width);
+                    for w in b.gaps.iter() {
+                        out.extend_from_slice(&w.to_le_bytes());
+                    }
+                }
+                Segment::Dense(high, bitmap) => {
+                    out.push(KIND_DENSE);
+                    out.extend_from_slice(&high.to_le_bytes());
+                    out.extend_from_slice(&(bitmap.serialized_size() as u32).to_le_bytes());
+                    bitmap
+                        .serialize_into(&mut *out)
+                        .expect("writing to a Vec cannot fail");
+                }
             }
         }
+        out[count_at..count_at + 4].copy_from_slice(&segments.to_le_bytes());
+    }
+
+    /// [`IdSet::deserialize_bounded`] with the bound [`MAX_DECODED_IDS`].
+    pub fn deserialize(bytes: &[u8]) -> Result<IdSet, DecodeError> {
+        IdSet::deserialize_bounded(bytes, MAX_DECODED_IDS)
     }
 
     /// Reads a set written by [`IdSet::serialize_into`], or by an earlier version in roaring's
     /// portable treemap format; empty bytes are the empty set. The bytes are untrusted: every
-    /// size is checked against what is left before anything is allocated, and keys must
-    /// ascend strictly across the whole set.
-    pub fn deserialize(bytes: &[u8]) -> Result<IdSet, DecodeError> {
+    /// size is checked against what is left before anything is allocated, keys must ascend
+    /// strictly across the whole set, and a set of more than `max_ids` ids is refused before
+    /// it is expanded (a few bytes of roaring run containers or of gap-less blocks can stand
+    /// for billions of ids).
+    pub fn deserialize_bounded(bytes: &[u8], max_ids: u64) -> Result<IdSet, DecodeError> {
         if bytes.is_empty() {
             return Ok(IdSet::new());
         }
         if !bytes.starts_with(MAGIC) {
-            return RoaringTreemap::deserialize_from(bytes)
-                .map(|tree| IdSet::from_treemap(&tree))
-                .map_err(|_| DecodeError::Roaring);
+            let tree = RoaringTreemap::deserialize_from(bytes).map_err(|_| DecodeError::Roaring)?;
+            if tree.len() > max_ids {
+                return Err(DecodeError::TooMany(tree.len()));
+            }
+            return Ok(IdSet::from_treemap(&tree));
         }
         let mut r = Bytes(bytes);
         r.take(MAGIC.len())?;
@@ -477,51 +549,58 @@ impl IdSet {
             return Err(DecodeError::Version(version[0]));
         }
         let len = r.u64()?;
-        let blocks = r.u32()? as usize;
-        if blocks > r.0.len() / BLOCK_HEADER_BYTES {
+        if len > max_ids {
+            return Err(DecodeError::TooMany(len));
+        }
+        let segments = r.u32()? as usize;
+        if segments > r.0.len() / (SEGMENT_KIND_BYTES + DENSE_HEADER_BYTES) {
             return Err(DecodeError::Truncated);
         }
-        let mut set = IdSet {
-            blocks: Vec::with_capacity(blocks),
-            ..IdSet::default()
-        };
+        let mut out = Builder::with_blocks(segments);
+        // The last key read, and how many ids the segments hold so far (never above `len`).
         let mut previous: Option<u64> = None;
-        for _ in 0..blocks {
-            let first = r.u64()?;
-            let count = r.u32()?;
-            let width = r.take(1)?[0];
-            if count == 0 || count as usize > BLOCK_KEYS || width > 64 {
-                return Err(DecodeError::Block);
+        let mut seen: u64 = 0;
+        for _ in 0..segments {
+            match r.take(1)?[0] {
+                KIND_PACKED => {
+                    let block = read_block(&mut r)?;
+                    if previous.is_some_and(|p| block.first <= p) {
+                        return Err(DecodeError::Order);
+                    }
+                    seen += u64::from(block.len);
+                    if seen > len {
+                        return Err(DecodeError::Count);
+                    }
+                    previous = Some(block.last);
+                    out.push_block(block);
+                }
+                KIND_DENSE => {
+                    let high = u64::from(r.u32()?);
+                    let size = r.u32()? as usize;
+                    let bitmap = roaring::RoaringBitmap::deserialize_from(r.take(size)?)
+                        .map_err(|_| DecodeError::Roaring)?;
+                    let (Some(min), Some(max)) = (bitmap.min(), bitmap.max()) else {
+                        return Err(DecodeError::Block);
+                    };
+                    if previous.is_some_and(|p| (high << 32 | u64::from(min)) <= p) {
+                        return Err(DecodeError::Order);
+                    }
+                    seen += bitmap.len();
+                    if seen > len {
+                        return Err(DecodeError::Count);
+                    }
+                    previous = Some(high << 32 | u64::from(max));
+                    for low in &bitmap {
+                        out.push(high << 32 | u64::from(low));
+                    }
+                }
+                kind => return Err(DecodeError::Kind(kind)),
             }
-            if previous.is_some_and(|p| first <= p) {
-                return Err(DecodeError::Order);
-            }
-            let words = words_for(count as usize - 1, width);
-            let packed = r.take(words * 8)?;
-            let gaps: Box<[u64]> = packed
-                .chunks_exact(8)
-                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-                .collect();
-            // The last key, checked for overflow (a crafted gap could wrap around).
-            let mut last = first;
-            for i in 0..count as usize - 1 {
-                last = last
-                    .checked_add(unpack(&gaps, i, width))
-                    .and_then(|k| k.checked_add(1))
-                    .ok_or(DecodeError::Order)?;
-            }
-            previous = Some(last);
-            set.push_block(Block {
-                first,
-                last,
-                len: count,
-                width,
-                gaps,
-            });
         }
         if !r.0.is_empty() {
             return Err(DecodeError::Trailing(r.0.len()));
         }
+        let set = out.finish();
         if set.len != len {
             return Err(DecodeError::Count);
         }
@@ -529,13 +608,61 @@ impl IdSet {
     }
 }
 
+/// One block of the compact format (after its kind byte), checked.
+fn read_block(r: &mut Bytes<'_>) -> Result<Block, DecodeError> {
+    let first = r.u64()?;
+    let count = r.u32()?;
+    let width = r.take(1)?[0];
+    if count == 0 || count as usize > BLOCK_KEYS || width > 64 {
+        return Err(DecodeError::Block);
+    }
+    let packed = r.take(words_for(count as usize - 1, width) * 8)?;
+    let gaps: Box<[u64]> = packed
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        .collect();
+    // The last key, checked for overflow (a crafted gap could wrap around).
+    let mut last = first;
+    for i in 0..count as usize - 1 {
+        last = last
+            .checked_add(unpack(&gaps, i, width))
+            .and_then(|k| k.checked_add(1))
+            .ok_or(DecodeError::Order)?;
+    }
+    Ok(Block {
+        first,
+        last,
+        len: count,
+        width,
+        gaps,
+    })
+}
+
+/// What the compact format writes for a stretch of the set.
+enum Segment<'a> {
+    Packed(&'a Block),
+    /// The high 32 bits of the keys, and their low halves.
+    Dense(u32, roaring::RoaringBitmap),
+}
+
+/// Most ids [`IdSet::deserialize`] expands a set to: far more than a window of the
+/// busiest instance holds (2^32 ids take ~25 GB even packed), few enough that a crafted
+/// run of a few bytes cannot ask for unbounded memory. Callers that know a tighter bound
+/// (the memory budget) use [`IdSet::deserialize_bounded`].
+pub const MAX_DECODED_IDS: u64 = 1 << 32;
+
 /// Magic of the compact format ([`IdSet::serialize_into`]).
 const MAGIC: &[u8; 4] = b"VRVI";
 const FORMAT_VERSION: u8 = 2;
-/// Magic and version, id count, block count.
+const KIND_PACKED: u8 = 0;
+const KIND_DENSE: u8 = 1;
+/// Magic and version, id count, segment count.
 const HEADER_BYTES: usize = 4 + 4 + 8 + 4;
+const SEGMENT_KIND_BYTES: usize = 1;
 /// First key, key count, width.
 const BLOCK_HEADER_BYTES: usize = 8 + 4 + 1;
+/// High half, bitmap length.
+const DENSE_HEADER_BYTES: usize = 4 + 4;
 
 /// Why bytes are not a serialized id set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -552,8 +679,12 @@ pub enum DecodeError {
     Count,
     #[error("{0} bytes after the id set")]
     Trailing(usize),
-    #[error("not a roaring treemap")]
+    #[error("not a roaring bitmap")]
     Roaring,
+    #[error("id set segment of unknown kind {0}")]
+    Kind(u8),
+    #[error("id set of {0} ids, more than allowed")]
+    TooMany(u64),
 }
 
 /// Reads fixed fields off the front of a byte slice.
@@ -1117,6 +1248,7 @@ mod tests {
         wrap.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
         wrap.extend_from_slice(&2u64.to_le_bytes());
         wrap.extend_from_slice(&1u32.to_le_bytes());
+        wrap.push(KIND_PACKED);
         wrap.extend_from_slice(&(u64::MAX - 1).to_le_bytes());
         wrap.extend_from_slice(&2u32.to_le_bytes());
         wrap.push(64);
@@ -1133,5 +1265,57 @@ mod tests {
         two.serialize_into(&mut bytes);
         assert_eq!(IdSet::deserialize(&bytes), Err(DecodeError::Order));
         assert_eq!(IdSet::deserialize(b"garbage!"), Err(DecodeError::Roaring));
+        let mut kind = good.clone();
+        kind[20] = 7;
+        assert_eq!(IdSet::deserialize(&kind), Err(DecodeError::Kind(7)));
+    }
+
+    #[test]
+    fn dense_runs_ship_as_roaring_bitmaps_and_everything_else_as_blocks() {
+        // A million consecutive ids, a run elsewhere, and scattered ids around them.
+        let ids: Vec<i64> = (0..1_000_000)
+            .chain(5_000_000_000..5_000_010_000)
+            .chain(stream(8).take(1000).map(|k| k as i64))
+            .collect();
+        let set = IdSet::from_ids(ids.iter().copied());
+        let kinds: Vec<u8> = set
+            .segments()
+            .map(|s| match s {
+                Segment::Packed(_) => KIND_PACKED,
+                Segment::Dense(..) => KIND_DENSE,
+            })
+            .collect();
+        assert_eq!(kinds.iter().filter(|&&k| k == KIND_DENSE).count(), 2);
+        assert!(kinds.contains(&KIND_PACKED));
+        let mut bytes = Vec::new();
+        set.serialize_into(&mut bytes);
+        assert_eq!(bytes.len(), set.serialized_size());
+        assert_eq!(IdSet::deserialize(&bytes).unwrap(), set);
+        // The million consecutive ids take a few hundred bytes, not 245 block headers.
+        let run = IdSet::from_ids(0..1_000_000);
+        assert!(run.serialized_size() < 400, "{}", run.serialized_size());
+    }
+
+    #[test]
+    fn a_set_larger_than_allowed_is_refused_before_it_is_expanded() {
+        let run = IdSet::from_ids(0..1_000_000);
+        let mut bytes = Vec::new();
+        run.serialize_into(&mut bytes);
+        assert_eq!(
+            IdSet::deserialize_bounded(&bytes, 999_999),
+            Err(DecodeError::TooMany(1_000_000))
+        );
+        assert_eq!(IdSet::deserialize_bounded(&bytes, 1_000_000).unwrap(), run);
+        // A declared count below what the segments hold stops the expansion too.
+        let mut lying = bytes.clone();
+        lying[8..16].copy_from_slice(&10u64.to_le_bytes());
+        assert_eq!(IdSet::deserialize(&lying), Err(DecodeError::Count));
+        // Roaring's old format is bounded the same way.
+        let mut old = Vec::new();
+        run.to_treemap().serialize_into(&mut old).unwrap();
+        assert_eq!(
+            IdSet::deserialize_bounded(&old, 10),
+            Err(DecodeError::TooMany(1_000_000))
+        );
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! The request path never touches Redis: workers record into their shards as in single
 //! mode, and the cluster thread drains the open window's new ids every second and ships them
-//! (roaring's portable serialization, a few bytes per id), then ships the rest once the
+//! (the id set's compact format, [`crate::ids::IdSet::serialize_into`]), then ships the rest once the
 //! window is sealed. One instance leads each window (a lease taken with `SET NX PX`), waits
 //! until every live instance has shipped it or `--cluster-grace` has passed, unions the
 //! shipments, writes the one count line, calls each endpoint once and marks the window done.

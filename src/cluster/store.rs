@@ -6,7 +6,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P:{wS}:ids` | list | shipments of ids, each roaring's portable serialization, from every instance |
+//! | `P:{wS}:ids` | list | shipments of ids, each in the id set's compact format ([`crate::ids::IdSet::serialize_into`]), from every instance |
 //! | `P:{wS}:shipped` | set | instances that made their last shipment of the window |
 //! | `P:{wS}:endpoints` | set | endpoints named anywhere in the cluster during the window |
 //! | `P:{wS}:lease` | string | the instance leading the window, with an expiry |
@@ -73,7 +73,7 @@ impl Keys {
 pub struct Shipment<'a> {
     pub window_start: u64,
     pub instance: &'a str,
-    /// Ids, roaring portable serialization (see [`crate::ids::IdSet::to_treemap`]); empty
+    /// Ids in the id set's compact format ([`crate::ids::IdSet::serialize_into`]); empty
     /// when there are none to add.
     pub ids: &'a [u8],
     pub endpoints: &'a [String],
