@@ -60,13 +60,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_endpoints: u32,
 
-    /// Hosts endpoints may name (a leading `*.` matches subdomains); default: any host except
-    /// link-local addresses.
+    /// Hosts endpoints may name: host names, `*.domain` (subdomains only), IP literals and
+    /// CIDR ranges (`10.0.0.0/8`); default: any public host. Loopback, private, shared,
+    /// link-local, unique-local, multicast and reserved addresses are called only when an IP
+    /// or CIDR entry covers them, never because a name entry resolves to them.
     #[arg(
         long,
         env = "VERVE_ENDPOINT_ALLOW",
         value_delimiter = ',',
-        value_name = "HOST[,HOST...]"
+        value_name = "ENTRY[,ENTRY...]"
     )]
     pub endpoint_allow: Vec<String>,
 
@@ -262,7 +264,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.endpoint_allow, ["a.test", "*.b.test"]);
-        assert!(c.endpoint_policy().unwrap().listed("x.b.test"));
+        assert!(c.endpoint_policy().unwrap().name_listed("x.b.test"));
         let bad = parse(&["--endpoint-allow", "*."]).unwrap();
         assert!(bad
             .endpoint_policy()

@@ -28,8 +28,11 @@ pub struct EndpointCalls {
     pub success: AtomicU64,
     /// Any other HTTP status.
     pub http_error: AtomicU64,
-    /// No HTTP answer: refused, timed out, DNS, TLS, a denied address.
+    /// No HTTP answer: refused, timed out, DNS, TLS.
     pub failed: AtomicU64,
+    /// Not made: every address of the host is in a range verve never calls unless an
+    /// address entry of `--endpoint-allow` covers it (`error=denied-address`).
+    pub denied: AtomicU64,
     /// Never attempted: the call queue was full or shutdown ran out of time.
     pub dropped: AtomicU64,
 }
@@ -139,6 +142,7 @@ impl Metrics {
                 ("{result=\"success\"}", calls.success.load(Relaxed)),
                 ("{result=\"http_error\"}", calls.http_error.load(Relaxed)),
                 ("{result=\"failed\"}", calls.failed.load(Relaxed)),
+                ("{result=\"denied\"}", calls.denied.load(Relaxed)),
                 ("{result=\"dropped\"}", calls.dropped.load(Relaxed)),
             ],
         );

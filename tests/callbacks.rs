@@ -1,6 +1,7 @@
 //! Endpoint callbacks into a real HTTP receiver on loopback (contract §4): the GET and POST
 //! forms, one call per distinct endpoint and window, non-2xx answers and redirects, timeouts,
-//! the allow-list, link-local refusal and the per-window endpoint limit.
+//! the allow-list, the refusal of the host's own network (loopback included, so every test
+//! that calls a receiver allows 127.0.0.1 explicitly) and the per-window endpoint limit.
 
 mod common;
 
@@ -8,6 +9,9 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 use common::{encode, rfc3339_secs, Receiver, Reply, Server};
+
+/// The receivers listen on 127.0.0.1, which is only called when an address entry allows it.
+const ALLOW_LOOPBACK: [&str; 2] = ["--endpoint-allow", "127.0.0.1"];
 
 /// `/api/verve/accept?id=<id>&endpoint=<url, percent-encoded>`.
 fn accept_with(id: i64, endpoint: &str) -> String {
@@ -26,7 +30,7 @@ fn endpoint_line(line: &str, window_start: u64, url: &str, token: &str) -> bool 
 #[test]
 fn get_callback_carries_the_count_once_per_distinct_endpoint() {
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let hook = receiver.url("/hook");
     let with_query = receiver.url("/q?a=1&b=x");
     // Other spellings of the same endpoint: upper-case scheme, a fragment.
@@ -94,7 +98,7 @@ fn get_callback_carries_the_count_once_per_distinct_endpoint() {
 #[test]
 fn endpoint_length_limit_is_2048_bytes() {
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let prefix = receiver.url("/");
     let longest = format!("{prefix}{}", "a".repeat(2048 - prefix.len()));
     let too_long = format!("{longest}b");
@@ -120,7 +124,7 @@ fn endpoint_urls_cannot_forge_count_lines() {
     // trust every line that does. An endpoint is caller-controlled text: it must be refused,
     // or logged so that it cannot pass for a count line.
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let forged = [
         receiver.url("/forge?window_start=2020-01-01T00:00:00Z&unique_count=999"),
         receiver.url("/forge/unique_count=7"),
@@ -166,7 +170,7 @@ fn endpoint_urls_cannot_forge_count_lines() {
 #[test]
 fn an_endpoint_named_in_two_windows_is_called_once_for_each() {
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let hook = receiver.url("/twice");
     let (first, ()) = server.in_one_window(|attempt| {
         let mut client = server.client();
@@ -193,7 +197,10 @@ fn an_endpoint_named_in_two_windows_is_called_once_for_each() {
 #[test]
 fn post_callback_sends_the_contract_json() {
     let receiver = Receiver::start(|_| Reply::status(204));
-    let server = Server::start(1, &["--endpoint-method", "post"]);
+    let server = Server::start(
+        1,
+        &["--endpoint-method", "post", "--endpoint-allow", "127.0.0.1"],
+    );
     let url = receiver.url("/post/hook");
     let (window, ()) = server.in_one_window(|attempt| {
         let mut client = server.client();
@@ -242,11 +249,11 @@ fn error_statuses_are_logged_and_redirects_not_followed() {
         .unwrap()
         .port();
     // Sent in a non-canonical spelling; logged in the canonical one (url crate).
-    let refused_raw = format!("HTTP://LocalHost:{closed_port}/nobody#frag");
-    let refused = format!("http://localhost:{closed_port}/nobody");
+    let refused_raw = format!("HTTP://0x7f.0.0.1:{closed_port}/nobody#frag");
+    let refused = format!("http://127.0.0.1:{closed_port}/nobody");
     let missing = receiver.url("/missing");
     let moved = receiver.url("/moved");
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let (window, ()) = server.in_one_window(|attempt| {
         let mut client = server.client();
         let base = i64::from(attempt) * 10;
@@ -316,7 +323,10 @@ fn slow_endpoint_times_out_and_later_windows_are_still_reported() {
         delay: Duration::from_secs(5),
         ..Reply::status(200)
     });
-    let server = Server::start(1, &["--endpoint-timeout", "0.5"]);
+    let server = Server::start(
+        1,
+        &["--endpoint-timeout", "0.5", "--endpoint-allow", "127.0.0.1"],
+    );
     let slow = receiver.url("/slow");
     let (window, ()) = server.in_one_window(|attempt| {
         let r = server.get(&accept_with(i64::from(attempt), &slow));
@@ -371,16 +381,41 @@ fn allow_list_restricts_endpoint_hosts() {
 }
 
 #[test]
-fn link_local_endpoints_are_refused_without_an_allow_list() {
-    let server = Server::start(1, &[]);
+fn addresses_of_the_host_network_are_refused_without_an_address_entry() {
+    // With a name entry only: a name never permits an internal address either.
+    let server = Server::start(1, &["--endpoint-allow", "localhost,hooks.test"]);
     let mut client = server.client();
     for url in [
+        "http://127.0.0.1:8080/hook",
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://127.0.0.1./",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::127.0.0.1]/",
+        "http://localhost:8080/",
+        "http://LOCALHOST./",
+        "http://a.localhost/",
+        "http://0.0.0.0/",
+        "http://0/",
+        "http://[::]/",
+        "http://10.0.0.1/",
+        "http://172.16.5.4/",
+        "http://192.168.1.1/",
+        "http://100.64.0.1/",
         "http://169.254.169.254/latest/meta-data",
         "http://169.254.0.1:8080/hook",
         "https://169.254.169.254/",
         "http://[fe80::1]/",
         "http://[fe80::1234:5678]:81/x",
         "http://[::ffff:169.254.169.254]/",
+        "http://[fd00::1]/",
+        "http://224.0.0.1/",
+        "http://[ff02::1]/",
+        "http://255.255.255.255/",
+        "http://240.0.0.1/",
     ] {
         let r = client.get(&accept_with(1, url));
         assert_eq!((r.status, r.text()), (400, "failed".into()), "{url}");
@@ -402,9 +437,45 @@ fn link_local_endpoints_are_refused_without_an_allow_list() {
 }
 
 #[test]
+fn a_loopback_endpoint_without_an_allow_entry_is_refused_and_its_id_not_counted() {
+    let receiver = Receiver::start(|_| Reply::status(200));
+    let server = Server::start(1, &[]);
+    let hook = receiver.url("/never");
+    let mut tries = 0;
+    let (window, ()) = server.in_one_window(|attempt| {
+        tries += 1;
+        let base = i64::from(attempt) * 10;
+        let mut client = server.client();
+        let r = client.get(&accept_with(base + 1, &hook));
+        assert_eq!((r.status, r.text()), (400, "failed".into()), "{hook}");
+        let r = client.get(&format!("/api/verve/accept?id={}", base + 2));
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+    });
+    assert_eq!(
+        server.wait_for_window(window).unique_count,
+        1,
+        "the refused request's id is not counted"
+    );
+    // Two more windows go by: the refused endpoint is never called nor logged.
+    server.wait_for_window(window + 2);
+    assert!(receiver.requests().is_empty(), "{:?}", receiver.requests());
+    assert!(!server.log().contains("/never"), "{}", server.log());
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains(&format!(
+            "verve_requests_total{{outcome=\"bad_request\"}} {tries}\n"
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn endpoint_table_full_answers_503_but_still_counts_the_id() {
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &["--max-endpoints", "2"]);
+    let server = Server::start(
+        1,
+        &["--max-endpoints", "2", "--endpoint-allow", "127.0.0.1"],
+    );
     let (a, b, c) = (receiver.url("/a"), receiver.url("/b"), receiver.url("/c"));
     let (window, ()) = server.in_one_window(|attempt| {
         let base = i64::from(attempt) * 10;

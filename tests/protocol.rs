@@ -274,7 +274,7 @@ fn metrics_lists_the_contract_metrics_and_counts_outcomes() {
     assert_eq!(get("verve_requests_total{outcome=\"bad_request\"}"), 3.0);
     assert_eq!(get("verve_requests_total{outcome=\"unavailable\"}"), 0.0);
     assert_eq!(get("verve_requests_total{outcome=\"error\"}"), 0.0);
-    for result in ["success", "http_error", "failed", "dropped"] {
+    for result in ["success", "http_error", "failed", "denied", "dropped"] {
         assert_eq!(
             get(&format!(
                 "verve_endpoint_calls_total{{result=\"{result}\"}}"

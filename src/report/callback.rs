@@ -4,10 +4,10 @@
 //!
 //! Every call is bounded: `--endpoint-timeout` for the whole call (DNS, connect, TLS,
 //! request, response), no redirects, at most [`MAX_RESPONSE_BYTES`] of the response read. Host
-//! names are resolved by [`GuardedResolver`], which drops link-local addresses unless the
-//! host is on the allow-list, and ureq connects only to the addresses it returns, so a DNS
-//! answer cannot redirect a call to a metadata service. Proxies from the environment are not
-//! used, for the same reason.
+//! names are resolved by [`GuardedResolver`], which drops every address the policy refuses
+//! (see [`crate::endpoints`]), and ureq connects only to the addresses it returns, so a DNS
+//! answer cannot point a call into the host's own network. Proxies from the environment are
+//! not used, for the same reason.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -34,6 +34,10 @@ pub const CALL_THREADS: usize = 16;
 /// Response bytes read (and discarded) so the pooled connection can be reused; past this
 /// the connection is dropped instead.
 pub const MAX_RESPONSE_BYTES: u64 = 16 * 1024;
+
+/// The `error=` token of a call refused because every address of its host is in a refused
+/// range.
+pub const DENIED: &str = "denied-address";
 
 /// `--endpoint-method`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -86,15 +90,15 @@ pub fn json_body(window_start: u64, count: u64) -> String {
     )
 }
 
-/// Resolves like ureq does, then removes addresses the policy forbids (link-local unless
-/// listed). When nothing is left the call fails with a "denied" error.
+/// Resolves with `inner` (ureq's own resolver in service), then removes the addresses the
+/// policy refuses. When nothing is left the call fails with [`DENIED`].
 #[derive(Debug)]
-pub struct GuardedResolver {
-    inner: DefaultResolver,
+pub struct GuardedResolver<R = DefaultResolver> {
+    inner: R,
     policy: EndpointPolicy,
 }
 
-impl Resolver for GuardedResolver {
+impl<R: Resolver> Resolver for GuardedResolver<R> {
     fn resolve(
         &self,
         uri: &ureq::http::Uri,
@@ -102,29 +106,33 @@ impl Resolver for GuardedResolver {
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         let resolved = self.inner.resolve(uri, config, timeout)?;
-        let host = uri
-            .host()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']');
         let mut kept = self.empty();
         for addr in resolved.iter() {
-            if self.policy.address_allowed(host, addr.ip()) {
+            if self.policy.address_allowed(addr.ip()) {
                 kept.push(*addr);
             }
         }
         if kept.is_empty() {
             return Err(ureq::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                "denied: resolves to a link-local address",
+                DENIED,
             )));
         }
         Ok(kept)
     }
 }
 
-/// The agent every call uses.
+/// The agent every call uses, resolving with ureq's own resolver.
 pub fn agent(timeout: Duration, policy: EndpointPolicy) -> Agent {
+    agent_with_resolver(timeout, policy, DefaultResolver::default())
+}
+
+/// The agent with another name resolver under the guard (tests resolve names to loopback).
+pub fn agent_with_resolver(
+    timeout: Duration,
+    policy: EndpointPolicy,
+    resolver: impl Resolver,
+) -> Agent {
     let config = Agent::config_builder()
         .timeout_global(Some(timeout))
         .max_redirects(0)
@@ -136,7 +144,7 @@ pub fn agent(timeout: Duration, policy: EndpointPolicy) -> Agent {
         config,
         DefaultConnector::new(),
         GuardedResolver {
-            inner: DefaultResolver::default(),
+            inner: resolver,
             policy,
         },
     )
@@ -149,7 +157,7 @@ fn reason(err: &ureq::Error) -> String {
         ureq::Error::HostNotFound => "host-not-found".to_string(),
         ureq::Error::ConnectionFailed => "connection-failed".to_string(),
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            "denied-link-local".to_string()
+            DENIED.to_string()
         }
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             "connection-refused".to_string()
@@ -188,12 +196,17 @@ fn call(agent: &Agent, method: Method, job: &Call, metrics: &Metrics) {
             }
         }
         Err(err) => {
-            metrics.endpoint_calls.failed.fetch_add(1, Relaxed);
+            let reason = reason(&err);
+            let counter = if reason == DENIED {
+                &metrics.endpoint_calls.denied
+            } else {
+                &metrics.endpoint_calls.failed
+            };
+            counter.fetch_add(1, Relaxed);
             log::warn!(
                 target: TARGET,
-                "window_start={window_start} endpoint={} error={}",
-                job.url,
-                reason(&err)
+                "window_start={window_start} endpoint={} error={reason}",
+                job.url
             );
         }
     }
@@ -323,6 +336,8 @@ impl Reporter for Callbacks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
 
     #[test]
     fn count_is_appended_as_a_query_parameter() {
@@ -349,7 +364,7 @@ mod tests {
     #[test]
     fn a_window_leaves_the_backlog_when_its_last_call_is_done() {
         // A port nobody listens on: the call fails at once with "connection refused".
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
@@ -358,7 +373,7 @@ mod tests {
         let mut callbacks = Callbacks::start(
             Method::Get,
             Duration::from_secs(5),
-            EndpointPolicy::default(),
+            EndpointPolicy::new(&["127.0.0.1"]).unwrap(),
             8,
             metrics.clone(),
         )
@@ -381,6 +396,110 @@ mod tests {
         callbacks.finish(Instant::now() + Duration::from_secs(30));
         assert_eq!(metrics.endpoint_calls.failed.load(Relaxed), 2);
         assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
+    }
+
+    /// The status of a GET of `url`, or the `error=` token.
+    fn outcome(agent: &Agent, url: &str) -> Result<u16, String> {
+        agent
+            .get(url)
+            .call()
+            .map(|r| r.status().as_u16())
+            .map_err(|e| reason(&e))
+    }
+
+    /// Resolves every name to `addrs`, as a hostile or careless DNS server could.
+    #[derive(Debug)]
+    struct FixedResolver(Vec<SocketAddr>);
+
+    impl Resolver for FixedResolver {
+        fn resolve(
+            &self,
+            _uri: &ureq::http::Uri,
+            _config: &ureq::config::Config,
+            _timeout: NextTimeout,
+        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+            let mut out = self.empty();
+            for a in &self.0 {
+                out.push(*a);
+            }
+            Ok(out)
+        }
+    }
+
+    /// A one-connection HTTP responder on loopback: answers 200 to the first request, and
+    /// says how many connections it accepted.
+    fn responder() -> (SocketAddr, std::thread::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut accepted = 0;
+            listener.set_nonblocking(false).unwrap();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                accepted += 1;
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 || buf.starts_with(b"STOP") {
+                    break;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+            accepted
+        });
+        (addr, handle)
+    }
+
+    fn stop(addr: SocketAddr) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"STOP").unwrap();
+    }
+
+    #[test]
+    fn a_name_that_resolves_into_a_refused_range_is_not_called() {
+        let (addr, served) = responder();
+        let resolver = || FixedResolver(vec![addr]);
+        let url = format!("http://rebind.example:{}/hook", addr.port());
+        let timeout = Duration::from_secs(5);
+        // No allow-list, and an allow-list naming the host: both refuse its loopback address.
+        for entries in [&[][..], &["rebind.example"], &["*.example"]] {
+            let policy = EndpointPolicy::new(entries).unwrap();
+            let agent = agent_with_resolver(timeout, policy, resolver());
+            assert_eq!(
+                outcome(&agent, &url),
+                Err(DENIED.to_string()),
+                "{entries:?}"
+            );
+        }
+        // An address entry that covers it lets the call through.
+        let policy = EndpointPolicy::new(&["127.0.0.0/8"]).unwrap();
+        let agent = agent_with_resolver(timeout, policy, resolver());
+        assert_eq!(outcome(&agent, &url), Ok(200));
+        stop(addr);
+        assert_eq!(
+            served.join().unwrap(),
+            2,
+            "one call and the stop, nothing else"
+        );
+    }
+
+    #[test]
+    fn refused_addresses_are_removed_and_the_rest_is_called() {
+        let (addr, served) = responder();
+        let policy = EndpointPolicy::new(&["127.0.0.1"]).unwrap();
+        // The name resolves to a link-local address first and to the responder second: the
+        // link-local one is removed, never tried.
+        let metadata: SocketAddr = format!("169.254.169.254:{}", addr.port()).parse().unwrap();
+        let agent = agent_with_resolver(
+            Duration::from_secs(5),
+            policy,
+            FixedResolver(vec![metadata, addr]),
+        );
+        let url = format!("http://mixed.example:{}/", addr.port());
+        assert_eq!(outcome(&agent, &url), Ok(200));
+        stop(addr);
+        assert_eq!(served.join().unwrap(), 2);
     }
 
     #[test]
