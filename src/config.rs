@@ -10,7 +10,7 @@ use clap::Parser;
 
 use crate::cluster::conn::{check_instance_id, Target};
 use crate::endpoints::EndpointPolicy;
-use crate::report::callback::Method;
+use crate::report::callback::{Method, DEFAULT_HOST_CALLS, MAX_CALL_THREADS};
 use crate::report::kafka;
 
 #[derive(Debug, Clone, Parser)]
@@ -71,6 +71,13 @@ pub struct Config {
         value_name = "ENTRY[,ENTRY...]"
     )]
     pub endpoint_allow: Vec<String>,
+
+    /// Most endpoint calls in flight to one host at once; its other calls wait without
+    /// holding a thread, and one that cannot start within the next window is dropped (logged).
+    #[arg(long, env = "VERVE_ENDPOINT_HOST_CALLS", allow_negative_numbers = true,
+          default_value_t = DEFAULT_HOST_CALLS, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CALL_THREADS as i64))]
+    pub endpoint_host_calls: u32,
 
     /// Seconds a keep-alive connection may stay silent (also mid-request) before it is closed.
     #[arg(long, env = "VERVE_IDLE_TIMEOUT", allow_negative_numbers = true,
@@ -212,6 +219,7 @@ mod tests {
         assert_eq!(c.endpoint_timeout, Duration::from_secs(2));
         assert_eq!(c.max_endpoints, 1000);
         assert!(c.endpoint_allow.is_empty());
+        assert_eq!(c.endpoint_host_calls, DEFAULT_HOST_CALLS);
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert!(c.redis.is_none());
         assert_eq!(c.redis_prefix, "verve");
@@ -234,6 +242,8 @@ mod tests {
             (&["--endpoint-timeout", "NaN"], "--endpoint-timeout"),
             (&["--endpoint-method", "put"], "--endpoint-method"),
             (&["--max-endpoints", "0"], "--max-endpoints"),
+            (&["--endpoint-host-calls", "0"], "--endpoint-host-calls"),
+            (&["--endpoint-host-calls", "257"], "--endpoint-host-calls"),
             (&["--bogus"], "--bogus"),
             (&["--interval", "-5"], "--interval"),
             (&["--idle-timeout", "-1"], "--idle-timeout"),

@@ -33,7 +33,8 @@ pub struct EndpointCalls {
     /// Not made: every address of the host is in a range verve never calls unless an
     /// address entry of `--endpoint-allow` covers it (`error=denied-address`).
     pub denied: AtomicU64,
-    /// Never attempted: the call queue was full or shutdown ran out of time.
+    /// Never attempted: the call queue was full, the call could not start within the window
+    /// that follows (its host or every call thread busy), or shutdown ran out of time.
     pub dropped: AtomicU64,
 }
 

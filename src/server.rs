@@ -19,7 +19,7 @@ use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
 use crate::http::{self, Ctx};
 use crate::metrics::Metrics;
-use crate::report::callback::Callbacks;
+use crate::report::callback::{self, Callbacks};
 use crate::report::count_log::CountLog;
 use crate::report::kafka::{self, Kafka};
 use crate::report::Fanout;
@@ -137,14 +137,24 @@ impl Server {
             config.max_endpoints as usize,
         ));
         let windows = Windows::new(config.interval);
+        let interval = Duration::from_secs(config.interval);
         let callbacks = Callbacks::start(
-            config.endpoint_method,
-            config.endpoint_timeout,
-            policy,
-            callback_queue_len(config),
+            callback::Settings {
+                method: config.endpoint_method,
+                timeout: config.endpoint_timeout,
+                policy,
+                queue_len: callback_queue_len(config),
+                host_calls: config.endpoint_host_calls as usize,
+                threads: callback::call_threads(
+                    config.max_endpoints as usize,
+                    config.endpoint_timeout,
+                    interval,
+                ),
+                patience: interval,
+            },
             metrics.clone(),
         )
-        .context("starting the callback threads")?;
+        .context("starting the callback dispatcher")?;
         let mut reporters = Fanout::new()
             .with(CountLog::new(metrics.clone()))
             .with(callbacks);
