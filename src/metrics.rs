@@ -18,7 +18,6 @@ pub struct WorkerCounters {
     /// Connections of this shard that are between reading a batch and writing its answers:
     /// shutdown waits for this to reach zero before it seals the last window.
     pub busy: AtomicU64,
-    pub connections: AtomicU64,
 }
 
 /// Endpoint call results, by the `result` label.
@@ -67,6 +66,9 @@ pub struct Metrics {
     pub cluster_local_windows: AtomicU64,
     /// Cluster mode: windows whose ids reached Redis after the cluster had reported them.
     pub cluster_late_windows: AtomicU64,
+    /// Connections that could not be taken: `accept` failed for want of descriptors or
+    /// memory, or the connection's coroutine could not be started.
+    pub accept_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -86,6 +88,7 @@ impl Metrics {
             cluster_shipped_bytes: AtomicU64::new(0),
             cluster_local_windows: AtomicU64::new(0),
             cluster_late_windows: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
         }
     }
 
@@ -102,8 +105,9 @@ impl Metrics {
         self.sum(|w| &w.busy) > 0
     }
 
-    /// The `/metrics` page. `window_unique_ids` is computed by the caller (it needs the shards).
-    pub fn render(&self, window_unique_ids: u64) -> String {
+    /// The `/metrics` page. `window_unique_ids` is computed by the caller (it needs the
+    /// shards), and so is `open_connections` (the accept loop counts them).
+    pub fn render(&self, window_unique_ids: u64, open_connections: u64) -> String {
         let mut out = String::with_capacity(2048);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -211,7 +215,13 @@ impl Metrics {
             "verve_open_connections",
             "gauge",
             "Client connections open now.",
-            &[("", self.sum(|w| &w.connections))],
+            &[("", open_connections)],
+        );
+        family(
+            "verve_accept_errors_total",
+            "counter",
+            "Connections not taken: accept failed (descriptors, memory) or no coroutine could start.",
+            &[("", self.accept_errors.load(Relaxed))],
         );
         out
     }
@@ -228,12 +238,13 @@ mod tests {
         m.worker(1).ok.fetch_add(4, Relaxed);
         m.worker(1).bad_request.fetch_add(1, Relaxed);
         m.endpoint_calls.http_error.fetch_add(2, Relaxed);
-        let page = m.render(17);
+        let page = m.render(17, 3);
         assert!(page.contains("verve_requests_total{outcome=\"ok\"} 7\n"));
         assert!(page.contains("verve_requests_total{outcome=\"bad_request\"} 1\n"));
         assert!(page.contains("verve_requests_total{outcome=\"unavailable\"} 0\n"));
         assert!(page.contains("verve_requests_total{outcome=\"error\"} 0\n"));
         assert!(page.contains("verve_window_unique_ids 17\n"));
+        assert!(page.contains("verve_open_connections 3\n"));
         assert!(page.contains("verve_endpoint_calls_total{result=\"http_error\"} 2\n"));
         for name in [
             "verve_windows_reported_total ",

@@ -17,7 +17,7 @@ use crate::cluster::node::{ClusterSink, Settings};
 use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
-use crate::http::{self, Ctx};
+use crate::http::{self, Admission, Ctx};
 use crate::metrics::Metrics;
 use crate::report::callback::{self, Callbacks};
 use crate::report::count_log::CountLog;
@@ -235,8 +235,11 @@ impl Server {
             draining: AtomicBool::new(false),
             idle_timeout: config.idle_timeout,
             idle,
+            admission: Admission::new(),
         });
-        let acceptor = http::spawn_acceptor(listener, ctx.clone());
+        let acceptor = http::spawn_acceptor(listener, ctx.clone())
+            .map_err(anyhow::Error::msg)
+            .context("starting the accept loop")?;
         Ok(Server {
             ctx,
             addr,

@@ -33,7 +33,7 @@ use verve::clock::{ManualClock, Windows};
 use verve::endpoints::{canonicalize, EndpointPolicy};
 use verve::http::conn::{Conn, MAX_HEAD};
 use verve::http::idle::Idle;
-use verve::http::Ctx;
+use verve::http::{Admission, Ctx};
 use verve::metrics::Metrics;
 use verve::query::{decode_endpoint, parse_accept, parse_id, QueryError, MAX_ENDPOINT_BYTES};
 use verve::shards::Shards;
@@ -130,6 +130,7 @@ fn ctx(flags: Flags) -> Ctx {
         idle_timeout: IDLE,
         // No reaper thread is started: `Conn` never touches it (only `conn::serve` does).
         idle: Idle::new(1, IDLE),
+        admission: Admission::new(),
     }
 }
 
@@ -328,8 +329,8 @@ fn check_counters(
     stats.accepted = ok;
     ensure!(error == 0, "requests_total error = {error}");
     ensure!(
-        w.connections.load(Relaxed) == 0 && w.busy.load(Relaxed) == 0,
-        "Conn touched the connection gauges"
+        w.busy.load(Relaxed) == 0 && ctx.admission.open() == 0,
+        "Conn touched the connection counts"
     );
     // Every API request is answered once; its path is in the stream.
     let accept_paths = occurrences(stream, b"/api/verve/accept");
@@ -629,7 +630,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 22] = [
+const SAMPLES: [&str; 23] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -652,6 +653,7 @@ const SAMPLES: [&str; 22] = [
     "verve_cluster_late_windows_total",
     "verve_late_ids_total",
     "verve_open_connections",
+    "verve_accept_errors_total",
 ];
 
 /// Prometheus text format, as `Metrics::render` writes it: `# HELP`, `# TYPE`, samples.
