@@ -10,6 +10,7 @@ use clap::Parser;
 
 use crate::cluster::conn::{check_instance_id, Target};
 use crate::endpoints::EndpointPolicy;
+use crate::http::limits::Resources;
 use crate::report::callback::{Method, DEFAULT_HOST_CALLS, MAX_CALL_THREADS};
 use crate::report::kafka;
 
@@ -84,6 +85,14 @@ pub struct Config {
           default_value = "60", value_name = "SECS",
           value_parser = parse_timeout)]
     pub idle_timeout: Duration,
+
+    /// Most client connections open at once; past it new connections wait in the listen
+    /// queue until one closes, and /healthz answers 503. Default: what the process limits
+    /// allow, min(RLIMIT_NOFILE - min(512, RLIMIT_NOFILE / 2), (vm.max_map_count - 4096) / 2).
+    #[arg(long, env = "VERVE_MAX_CONNECTIONS", allow_negative_numbers = true,
+          value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
 
     /// HTTP worker threads (each runs many connection coroutines); default: one per core.
     #[arg(long, env = "VERVE_WORKERS", allow_negative_numbers = true,
@@ -193,6 +202,14 @@ impl Config {
         format!("{host}:{port}")
     }
 
+    /// `--max-connections`, or what `resources` allow (see [`crate::http::limits`]).
+    pub fn connection_limit(&self, resources: &Resources) -> usize {
+        match self.max_connections {
+            Some(n) => n as usize,
+            None => resources.connection_limit(),
+        }
+    }
+
     /// Worker threads: the flag, or the cores this process may run on.
     pub fn worker_count(&self) -> usize {
         match self.workers {
@@ -221,6 +238,13 @@ mod tests {
         assert!(c.endpoint_allow.is_empty());
         assert_eq!(c.endpoint_host_calls, DEFAULT_HOST_CALLS);
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        let resources = Resources {
+            nofile: 1024,
+            max_map_count: 65_530,
+        };
+        assert_eq!(c.connection_limit(&resources), 512);
+        let c = parse(&["--max-connections", "7"]).unwrap();
+        assert_eq!(c.connection_limit(&resources), 7);
         assert!(c.redis.is_none());
         assert_eq!(c.redis_prefix, "verve");
         assert_eq!(c.cluster_grace, Duration::from_secs(2));
@@ -244,6 +268,8 @@ mod tests {
             (&["--max-endpoints", "0"], "--max-endpoints"),
             (&["--endpoint-host-calls", "0"], "--endpoint-host-calls"),
             (&["--endpoint-host-calls", "257"], "--endpoint-host-calls"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--max-connections", "-1"], "--max-connections"),
             (&["--bogus"], "--bogus"),
             (&["--interval", "-5"], "--interval"),
             (&["--idle-timeout", "-1"], "--idle-timeout"),

@@ -69,6 +69,8 @@ pub struct Metrics {
     /// Connections that could not be taken: `accept` failed for want of descriptors or
     /// memory, or the connection's coroutine could not be started.
     pub accept_errors: AtomicU64,
+    /// `--max-connections`, set once at start-up.
+    pub max_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -89,6 +91,7 @@ impl Metrics {
             cluster_local_windows: AtomicU64::new(0),
             cluster_late_windows: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            max_connections: AtomicU64::new(0),
         }
     }
 
@@ -216,6 +219,12 @@ impl Metrics {
             "gauge",
             "Client connections open now.",
             &[("", open_connections)],
+        );
+        family(
+            "verve_max_connections",
+            "gauge",
+            "The --max-connections limit.",
+            &[("", self.max_connections.load(Relaxed))],
         );
         family(
             "verve_accept_errors_total",

@@ -17,6 +17,7 @@ use crate::cluster::node::{ClusterSink, Settings};
 use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
+use crate::http::limits::Resources;
 use crate::http::{self, Admission, Ctx};
 use crate::metrics::Metrics;
 use crate::report::callback::{self, Callbacks};
@@ -227,6 +228,26 @@ impl Server {
         let reaper = idle
             .spawn_reaper()
             .context("starting the idle-connection reaper")?;
+        let resources = Resources::current();
+        let max_connections = config.connection_limit(&resources);
+        let holdable = resources.connection_limit();
+        if max_connections > holdable {
+            log::warn!(
+                "--max-connections {max_connections} is more than this process can hold \
+                 ({holdable}: RLIMIT_NOFILE {}, vm.max_map_count {}); past that, new \
+                 connections fail to be accepted until others close (logged, /healthz 503)",
+                resources.nofile,
+                resources.max_map_count
+            );
+        }
+        log::info!(
+            "at most {max_connections} connections (RLIMIT_NOFILE {}, vm.max_map_count {})",
+            resources.nofile,
+            resources.max_map_count
+        );
+        metrics
+            .max_connections
+            .store(max_connections as u64, SeqCst);
         let ctx = Arc::new(Ctx {
             shards,
             metrics,
@@ -235,7 +256,7 @@ impl Server {
             draining: AtomicBool::new(false),
             idle_timeout: config.idle_timeout,
             idle,
-            admission: Admission::new(),
+            admission: Admission::new(max_connections),
         });
         let acceptor = http::spawn_acceptor(listener, ctx.clone())
             .map_err(anyhow::Error::msg)

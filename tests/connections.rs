@@ -1,7 +1,7 @@
-//! Connection floods (contract §7): past the descriptor limit new connections wait; a
-//! connection whose coroutine cannot be started (its stack cannot be mapped) is closed. In
-//! every case serving resumes once the flood ends, the accept loop having survived, and
-//! `/healthz` said 503 meanwhile where it applies.
+//! Connection floods (contract §7, `--max-connections`): past the limit new connections wait;
+//! past the descriptor limit they wait too; a connection whose coroutine cannot be started
+//! (its stack cannot be mapped) is closed. In every case serving resumes once the flood
+//! ends, the accept loop having survived, and `/healthz` said 503 meanwhile where it applies.
 
 mod common;
 
@@ -112,6 +112,7 @@ const PAST_THE_STACK_POOL: usize = 1100;
 
 #[test]
 fn a_connection_whose_coroutine_cannot_start_is_closed_and_the_accept_loop_lives_on() {
+    // The default limit (from the test's descriptor limit) is far above the flood.
     let mut server = Server::start(INTERVAL, &[]);
     let mut control = server.client();
     assert_eq!(healthz(&mut control), 200);
@@ -171,18 +172,25 @@ fn a_flood_past_the_descriptor_limit_waits_and_is_served_as_descriptors_free_up(
     /// Descriptors verve may open: a few dozen of its own, the rest for connections.
     const NOFILE: u64 = 128;
     const FLOOD: usize = 200;
-    let mut server = Server::start_with(temp_dir("nofile"), INTERVAL, &[], |cmd| {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit(NOFILE, NOFILE)) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    });
+    let mut server = Server::start_with(
+        temp_dir("nofile"),
+        INTERVAL,
+        // Above what the descriptors allow (the default would stop at 64), so that accept
+        // itself runs out.
+        &["--max-connections", "100000"],
+        |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit(NOFILE, NOFILE)) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        },
+    );
     let mut control = server.client();
     assert_eq!(healthz(&mut control), 200);
     let mut clients: Vec<Option<Client>> = flood(&server, FLOOD, 2_000_000)
@@ -224,4 +232,48 @@ fn a_flood_past_the_descriptor_limit_waits_and_is_served_as_descriptors_free_up(
         (healthz(&mut control) == 200).then_some(())
     });
     server.assert_serves();
+}
+
+#[test]
+fn a_flood_past_max_connections_waits_and_is_served_as_connections_close() {
+    const MAX: usize = 20;
+    let mut server = Server::start(INTERVAL, &["--max-connections", &MAX.to_string()]);
+    let mut control = server.client();
+    assert_eq!(healthz(&mut control), 200);
+    let held: Vec<Client> = (1..MAX).map(|_| server.client()).collect();
+    // The control connection and the held ones make MAX: /healthz turns 503.
+    wait_until("/healthz 503 at the limit", || {
+        (healthz(&mut control) == 503).then_some(())
+    });
+    let mut waiting = flood(&server, 10, 3_000_000);
+    let page = control.get("/metrics").text();
+    assert_eq!(metric(&page, "verve_max_connections"), MAX as f64);
+    assert_eq!(
+        metric(&page, "verve_open_connections"),
+        MAX as f64,
+        "never more than the limit"
+    );
+    assert_eq!(
+        metric(&page, "verve_accept_errors_total"),
+        0.0,
+        "waiting is no error"
+    );
+    // Connections that close make room: every waiting one is taken and answered.
+    drop(held);
+    for (i, client) in waiting.iter_mut().enumerate() {
+        let what = format!("waiting connection {i}");
+        assert!(answer(client, &what).is_some(), "{what} closed unanswered");
+    }
+    drop(waiting);
+    wait_until("/healthz 200 below the limit", || {
+        (healthz(&mut control) == 200).then_some(())
+    });
+    wait_until("only the control connection open", || {
+        let page = control.get("/metrics").text();
+        (metric(&page, "verve_open_connections") == 1.0).then_some(())
+    });
+    server.assert_serves();
+    server.wait_for_log("the limit's warning", |l| {
+        l.contains(" WARN ") && l.contains("the --max-connections limit")
+    });
 }

@@ -130,7 +130,7 @@ fn ctx(flags: Flags) -> Ctx {
         idle_timeout: IDLE,
         // No reaper thread is started: `Conn` never touches it (only `conn::serve` does).
         idle: Idle::new(1, IDLE),
-        admission: Admission::new(),
+        admission: Admission::new(usize::MAX),
     }
 }
 
@@ -630,7 +630,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 23] = [
+const SAMPLES: [&str; 24] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -653,6 +653,7 @@ const SAMPLES: [&str; 23] = [
     "verve_cluster_late_windows_total",
     "verve_late_ids_total",
     "verve_open_connections",
+    "verve_max_connections",
     "verve_accept_errors_total",
 ];
 

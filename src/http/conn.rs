@@ -379,8 +379,8 @@ fn route(
             }
         }
         b"/healthz" if method == "GET" => {
-            // 503 as well while new connections cannot be taken (accepting is failing): a
-            // balancer should send the work elsewhere.
+            // 503 as well while new connections cannot be taken (at --max-connections, or
+            // accepting is failing): a balancer should send the work elsewhere.
             if draining || !ctx.admission.can_accept() {
                 response::failed(out, Status::Unavailable, date, persist);
             } else {

@@ -6,7 +6,8 @@
 //!
 //! **The accept loop never dies.** Each connection costs a descriptor and a coroutine, whose
 //! stack is a mapping of its own plus a guard page: a flood of idle connections can run out
-//! of either (`RLIMIT_NOFILE`, `vm.max_map_count`). A failed
+//! of either (`RLIMIT_NOFILE`, `vm.max_map_count`). At `--max-connections` the loop stops
+//! accepting, so new connections wait in the kernel's listen queue until one closes. A failed
 //! `accept` (out of descriptors) leaves its connection in that queue; a coroutine that cannot
 //! be started (its stack cannot be mapped: may panics then, inside the acceptor, which would
 //! end the loop and drop the listening socket with it) is caught and its connection closed.
@@ -16,6 +17,7 @@
 pub mod conn;
 pub mod date;
 pub mod idle;
+pub mod limits;
 pub mod response;
 
 use std::cell::Cell;
@@ -46,7 +48,7 @@ pub struct Ctx {
     pub idle_timeout: Duration,
     /// Closes connections silent for longer than `idle_timeout`.
     pub idle: Arc<idle::Idle>,
-    /// The connections open now, and whether new ones can be taken.
+    /// `--max-connections` and whether new connections can be taken now.
     pub admission: Admission,
 }
 
@@ -59,6 +61,11 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// resume after the shortage ends.
 pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
+/// How often the loop looks again while at `--max-connections`. A poll rather than a wake-up
+/// from every closing connection: it costs nothing on the request path, and 10 ms is far
+/// below what a waiting client notices.
+pub const LIMIT_POLL: Duration = Duration::from_millis(10);
+
 /// At most one line per kind of accept trouble this often (with how many times it happened),
 /// so a flood cannot fill the log, and no blocking log write per connection.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -67,11 +74,13 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// pause between two attempts, so it stays 503 for as long as the attempts keep failing.
 pub const UNHEALTHY_HOLD: Duration = Duration::from_secs(2);
 
-/// Connection admission: the connections open now, and how long `/healthz` must still
-/// answer 503 after a failure to take a connection.
+/// Connection admission: `--max-connections`, the connections open now, and how long
+/// `/healthz` must still answer 503 after a failure to take a connection.
 pub struct Admission {
+    /// `--max-connections`.
+    pub max: usize,
     /// Connections accepted and not closed yet. Counted by the acceptor before the
-    /// connection's coroutine starts and released
+    /// connection's coroutine starts (so the limit holds even before it runs) and released
     /// by [`Admitted`] when it ends, or when a coroutine that could not start is dropped.
     open: AtomicUsize,
     /// `/healthz` answers 503 until this many ms after `epoch`.
@@ -79,15 +88,10 @@ pub struct Admission {
     epoch: Instant,
 }
 
-impl Default for Admission {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Admission {
-    pub fn new() -> Admission {
+    pub fn new(max: usize) -> Admission {
         Admission {
+            max: max.max(1),
             open: AtomicUsize::new(0),
             unhealthy_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -103,10 +107,10 @@ impl Admission {
         self.open.load(Relaxed)
     }
 
-    /// True when a new connection can be taken: no failed accept or spawn in the last
-    /// [`UNHEALTHY_HOLD`].
+    /// True when a new connection can be taken: below the limit, and no failed accept or
+    /// spawn in the last [`UNHEALTHY_HOLD`].
     pub fn can_accept(&self) -> bool {
-        self.now_ms() >= self.unhealthy_until_ms.load(Relaxed)
+        self.open() < self.max && self.now_ms() >= self.unhealthy_until_ms.load(Relaxed)
     }
 
     fn failed(&self) {
@@ -240,10 +244,28 @@ fn accept_loop(listener: &TcpListener, ctx: &Arc<Ctx>) {
     let mut backoff = ACCEPT_BACKOFF;
     let mut accept_errors = Throttled::new();
     let mut spawn_errors = Throttled::new();
+    let mut limit_reached = Throttled::new();
+    let mut at_limit = false;
     loop {
         if ctx.draining.load(SeqCst) {
             return;
         }
+        if ctx.admission.open() >= ctx.admission.max {
+            if !at_limit {
+                at_limit = true;
+                if let Some(n) = limit_reached.note() {
+                    log::warn!(
+                        "{} connections open, the --max-connections limit (reached {n} time(s) \
+                         since this was last logged): new connections wait in the listen queue \
+                         until one closes; /healthz answers 503 meanwhile",
+                        ctx.admission.max
+                    );
+                }
+            }
+            may::coroutine::sleep(LIMIT_POLL);
+            continue;
+        }
+        at_limit = false;
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(e) => {
