@@ -42,7 +42,7 @@ fn scrape(c: &mut Criterion) {
     for n in [10_000u64, 1_000_000] {
         let (metrics, parts) = window(n);
         g.bench_function(format!("Metrics::render/{n} ids"), |b| {
-            b.iter(|| black_box(metrics.render()))
+            b.iter(|| black_box(metrics.render(64)))
         });
         g.bench_function(format!("naive: union of the shards/{n} ids"), |b| {
             b.iter_batched(

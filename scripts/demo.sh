@@ -10,7 +10,9 @@ dir=$(mktemp -d)
 cargo build --release --quiet
 python3 -m http.server "$hook" --bind 127.0.0.1 --directory "$dir" >"$dir/receiver.log" 2>&1 &
 receiver=$!
-./target/release/verve --listen "127.0.0.1:$port" --interval 5 --log-file "$dir/verve.log" &
+# The receiver is on loopback, which verve calls only when an address entry allows it.
+./target/release/verve --listen "127.0.0.1:$port" --interval 5 --log-file "$dir/verve.log" \
+  --endpoint-allow 127.0.0.1 &
 verve=$!
 trap 'kill $verve $receiver 2>/dev/null; wait 2>/dev/null; echo; echo "logs kept in $dir"' EXIT
 for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done

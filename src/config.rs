@@ -10,7 +10,8 @@ use clap::Parser;
 
 use crate::cluster::conn::{check_instance_id, Target};
 use crate::endpoints::EndpointPolicy;
-use crate::report::callback::Method;
+use crate::http::limits::Resources;
+use crate::report::callback::{Method, DEFAULT_HOST_CALLS, MAX_CALL_THREADS};
 use crate::report::kafka;
 
 #[derive(Debug, Clone, Parser)]
@@ -60,21 +61,38 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_endpoints: u32,
 
-    /// Hosts endpoints may name (a leading `*.` matches subdomains); default: any host except
-    /// link-local addresses.
+    /// Hosts endpoints may name: host names, `*.domain` (subdomains only), IP literals and
+    /// CIDR ranges (`10.0.0.0/8`); default: any public host. Loopback, private, shared,
+    /// link-local, unique-local, multicast and reserved addresses are called only when an IP
+    /// or CIDR entry covers them, never because a name entry resolves to them.
     #[arg(
         long,
         env = "VERVE_ENDPOINT_ALLOW",
         value_delimiter = ',',
-        value_name = "HOST[,HOST...]"
+        value_name = "ENTRY[,ENTRY...]"
     )]
     pub endpoint_allow: Vec<String>,
+
+    /// Most endpoint calls in flight to one host at once; its other calls wait without
+    /// holding a thread, and one that cannot start within the next window is dropped (logged).
+    #[arg(long, env = "VERVE_ENDPOINT_HOST_CALLS", allow_negative_numbers = true,
+          default_value_t = DEFAULT_HOST_CALLS, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CALL_THREADS as i64))]
+    pub endpoint_host_calls: u32,
 
     /// Seconds a keep-alive connection may stay silent (also mid-request) before it is closed.
     #[arg(long, env = "VERVE_IDLE_TIMEOUT", allow_negative_numbers = true,
           default_value = "60", value_name = "SECS",
           value_parser = parse_timeout)]
     pub idle_timeout: Duration,
+
+    /// Most client connections open at once; past it new connections wait in the listen
+    /// queue until one closes, and /healthz answers 503. Default: what the process limits
+    /// allow, min(RLIMIT_NOFILE - min(512, RLIMIT_NOFILE / 2), (vm.max_map_count - 4096) / 2).
+    #[arg(long, env = "VERVE_MAX_CONNECTIONS", allow_negative_numbers = true,
+          value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
 
     /// HTTP worker threads (each runs many connection coroutines); default: one per core.
     #[arg(long, env = "VERVE_WORKERS", allow_negative_numbers = true,
@@ -199,6 +217,14 @@ impl Config {
             .unwrap_or(u64::MAX)
     }
 
+    /// `--max-connections`, or what `resources` allow (see [`crate::http::limits`]).
+    pub fn connection_limit(&self, resources: &Resources) -> usize {
+        match self.max_connections {
+            Some(n) => n as usize,
+            None => resources.connection_limit(),
+        }
+    }
+
     /// Worker threads: the flag, or the cores this process may run on.
     pub fn worker_count(&self) -> usize {
         match self.workers {
@@ -225,7 +251,15 @@ mod tests {
         assert_eq!(c.endpoint_timeout, Duration::from_secs(2));
         assert_eq!(c.max_endpoints, 1000);
         assert!(c.endpoint_allow.is_empty());
+        assert_eq!(c.endpoint_host_calls, DEFAULT_HOST_CALLS);
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        let resources = Resources {
+            nofile: 1024,
+            max_map_count: 65_530,
+        };
+        assert_eq!(c.connection_limit(&resources), 512);
+        let c = parse(&["--max-connections", "7"]).unwrap();
+        assert_eq!(c.connection_limit(&resources), 7);
         assert!(c.redis.is_none());
         assert_eq!(c.redis_prefix, "verve");
         assert_eq!(c.cluster_grace, Duration::from_secs(2));
@@ -253,6 +287,10 @@ mod tests {
             (&["--endpoint-timeout", "NaN"], "--endpoint-timeout"),
             (&["--endpoint-method", "put"], "--endpoint-method"),
             (&["--max-endpoints", "0"], "--max-endpoints"),
+            (&["--endpoint-host-calls", "0"], "--endpoint-host-calls"),
+            (&["--endpoint-host-calls", "257"], "--endpoint-host-calls"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--max-connections", "-1"], "--max-connections"),
             (&["--bogus"], "--bogus"),
             (&["--interval", "-5"], "--interval"),
             (&["--idle-timeout", "-1"], "--idle-timeout"),
@@ -285,7 +323,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.endpoint_allow, ["a.test", "*.b.test"]);
-        assert!(c.endpoint_policy().unwrap().listed("x.b.test"));
+        assert!(c.endpoint_policy().unwrap().name_listed("x.b.test"));
         let bad = parse(&["--endpoint-allow", "*."]).unwrap();
         assert!(bad
             .endpoint_policy()

@@ -1,9 +1,17 @@
-//! Callback endpoints: which URLs verve agrees to call (scheme, host allow-list, no
-//! link-local targets), and the bounded per-window table of distinct endpoints that the
-//! collector drains when the window closes.
+//! Callback endpoints: which URLs verve agrees to call, and the bounded per-window table of
+//! distinct endpoints that the collector drains when the window closes.
+//!
+//! A callback is a request that verve makes on a client's behalf, from inside the network it
+//! runs in, so the addresses of that network (loopback, private, link-local and the other
+//! ranges of [`refused_range`]) are never called unless an address entry of
+//! `--endpoint-allow` (an IP literal or a CIDR range) covers them. A literal is checked when
+//! the request arrives ([`canonicalize`]); a host name is checked on every address it
+//! resolves to, just before connecting ([`EndpointPolicy::address_allowed`]), so a DNS answer
+//! cannot point a call inside. A name entry only lets a name through the allow-list: it never
+//! permits the refused addresses it may resolve to.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 
 use url::{Host, Url};
@@ -12,23 +20,106 @@ use crate::query::QueryError;
 
 /// One `--endpoint-allow` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum HostPattern {
-    /// A host name (lower case) or an IP address literal.
-    Exact(String),
+enum Entry {
+    /// A host name, lower case (IDNA form), without a trailing dot.
+    Name(String),
     /// `*.example.com`, kept as `.example.com`: any subdomain, not the apex.
     Subdomains(String),
+    /// An IP literal (a /32 or /128) or a CIDR range.
+    Net(Net),
 }
 
-/// What may be called. Without an allow-list any host is allowed except link-local addresses
-/// (169.254.0.0/16, fe80::/10: cloud metadata services live there), which are called only
-/// when listed explicitly.
+/// An address range: `addr` with its host bits zero. An IPv4-mapped IPv6 range
+/// (`::ffff:10.0.0.0/104`) is kept as the IPv4 range it maps (see [`canonical_ip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    /// `10.0.0.0/8`, `fd00::/8`, `[fd00::]/8`. The address must have no bit set past the
+    /// prefix: `10.1.2.3/8` is refused as most likely a mistake for `10.0.0.0/8` or
+    /// `10.1.2.3/32`.
+    fn parse_cidr(entry: &str) -> Result<Net, String> {
+        let (addr, prefix) = entry.split_once('/').unwrap_or((entry, ""));
+        let addr: IpAddr = strip_brackets(addr)
+            .parse()
+            .map_err(|_| format!("{entry:?}: not an IP address before the '/'"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| format!("{entry:?}: not a prefix length after the '/'"))?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > bits {
+            return Err(format!("{entry:?}: the prefix is longer than {bits} bits"));
+        }
+        let start = masked(addr, prefix);
+        if start != addr {
+            return Err(format!(
+                "{entry:?}: bits are set past the prefix (the range starts at {start})"
+            ));
+        }
+        Ok(Net::new(addr, prefix))
+    }
+
+    /// The range of `prefix` bits that holds `addr`.
+    fn new(addr: IpAddr, prefix: u8) -> Net {
+        match (addr, canonical_ip(addr)) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) if prefix >= 96 => Net {
+                addr: masked(IpAddr::V4(v4), prefix - 96),
+                prefix: prefix - 96,
+            },
+            _ => Net {
+                addr: masked(addr, prefix),
+                prefix,
+            },
+        }
+    }
+
+    /// True when `ip`, in the spelling given or as the IPv4 address it embeds, is in the
+    /// range.
+    fn contains(&self, ip: IpAddr) -> bool {
+        let within = |ip: IpAddr| {
+            ip.is_ipv4() == self.addr.is_ipv4() && masked(ip, self.prefix) == self.addr
+        };
+        within(ip) || within(canonical_ip(ip))
+    }
+}
+
+/// `ip` with every bit past the first `prefix` cleared.
+fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+fn strip_brackets(s: &str) -> &str {
+    s.strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s)
+}
+
+/// What may be called: the allow-list (none: any public host) and, whatever it lists, no
+/// address of the ranges of [`refused_range`] unless an address entry covers it.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointPolicy {
-    allow: Vec<HostPattern>,
+    allow: Vec<Entry>,
 }
 
 impl EndpointPolicy {
-    /// Parses `--endpoint-allow` entries (`host`, `*.domain`, an IPv4 or IPv6 literal).
+    /// Parses `--endpoint-allow` entries: `host`, `*.domain`, an IPv4 or IPv6 literal, or a
+    /// CIDR range (`10.0.0.0/8`, `fd00::/8`).
     pub fn new<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
         let mut allow = Vec::new();
         for entry in entries {
@@ -37,22 +128,34 @@ impl EndpointPolicy {
                 continue;
             }
             let lower = entry.to_ascii_lowercase();
-            let pattern = if let Some(domain) = lower.strip_prefix("*.") {
-                if domain.is_empty() || domain.contains('*') {
-                    return Err(format!("bad host pattern {entry:?}"));
+            let parsed = if let Some(domain) = lower.strip_prefix("*.") {
+                match Host::parse(domain.trim_end_matches('.')) {
+                    Ok(Host::Domain(d)) if !d.is_empty() && !d.contains(['*', '/']) => {
+                        Entry::Subdomains(format!(".{d}"))
+                    }
+                    _ => return Err(format!("bad host pattern {entry:?}")),
                 }
-                HostPattern::Subdomains(format!(".{domain}"))
+            } else if lower.contains('/') {
+                Entry::Net(Net::parse_cidr(&lower)?)
+            } else if lower.contains(':') {
+                // Only an IPv6 literal has a colon (a port is not part of an entry).
+                let ip: Ipv6Addr = strip_brackets(&lower)
+                    .parse()
+                    .map_err(|_| format!("bad host {entry:?}"))?;
+                Entry::Net(Net::new(IpAddr::V6(ip), 128))
             } else {
-                let bare = lower.trim_start_matches('[').trim_end_matches(']');
-                if bare.contains(['*', '/', ' ']) {
-                    return Err(format!("bad host {entry:?}"));
-                }
-                match bare.parse::<IpAddr>() {
-                    Ok(ip) => HostPattern::Exact(ip.to_string()),
-                    Err(_) => HostPattern::Exact(bare.trim_end_matches('.').to_string()),
+                // Parsed as a URL host is, so that `127.1` or `0x7f.0.0.1` here means what it
+                // means in an endpoint, and a Unicode name is compared in its IDNA form.
+                match Host::parse(&lower) {
+                    Ok(Host::Domain(d)) if !d.is_empty() && !d.contains(['*', '/']) => {
+                        Entry::Name(d.trim_end_matches('.').to_string())
+                    }
+                    Ok(Host::Ipv4(ip)) => Entry::Net(Net::new(IpAddr::V4(ip), 32)),
+                    Ok(Host::Ipv6(ip)) => Entry::Net(Net::new(IpAddr::V6(ip), 128)),
+                    _ => return Err(format!("bad host {entry:?}")),
                 }
             };
-            allow.push(pattern);
+            allow.push(parsed);
         }
         Ok(Self { allow })
     }
@@ -61,47 +164,130 @@ impl EndpointPolicy {
         !self.allow.is_empty()
     }
 
-    /// True when `host` (as `url` prints it, IPv6 without brackets) is on the allow-list.
-    pub fn listed(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.');
-        self.allow.iter().any(|p| match p {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Subdomains(suffix) => {
-                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+    /// True when the host name `name` (lower case) matches a name or `*.domain` entry.
+    pub fn name_listed(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        self.allow.iter().any(|e| match e {
+            Entry::Name(n) => n == name,
+            Entry::Subdomains(suffix) => {
+                name.len() > suffix.len() && name.ends_with(suffix.as_str())
             }
+            Entry::Net(_) => false,
         })
     }
 
-    /// The check made when a request names the endpoint: the host must be on the allow-list
-    /// when there is one, and an address literal must not be link-local unless listed.
-    /// Host names are checked again once resolved, at call time ([`Self::address_allowed`]).
-    pub fn host_allowed(&self, host: &Host<&str>) -> bool {
-        let (name, ip) = match host {
-            Host::Domain(d) => (d.to_string(), None),
-            Host::Ipv4(ip) => (ip.to_string(), Some(IpAddr::V4(*ip))),
-            Host::Ipv6(ip) => (ip.to_string(), Some(IpAddr::V6(*ip))),
-        };
-        let listed = self.listed(&name);
-        if self.has_allow_list() && !listed {
-            return false;
-        }
-        !matches!(ip, Some(ip) if is_link_local(ip) && !listed)
+    /// True when an IP literal or CIDR entry covers `ip`.
+    pub fn address_listed(&self, ip: IpAddr) -> bool {
+        self.allow
+            .iter()
+            .any(|e| matches!(e, Entry::Net(net) if net.contains(ip)))
     }
 
-    /// The check made on every address a host name resolves to, just before connecting.
-    pub fn address_allowed(&self, host: &str, ip: IpAddr) -> bool {
-        !is_link_local(ip) || self.listed(host) || self.listed(&ip.to_string())
+    /// The check made when a request names the endpoint. A name must be on the allow-list
+    /// when there is one, and is checked again once resolved, at call time
+    /// ([`Self::address_allowed`]); `localhost` and `*.localhost` are loopback by definition
+    /// and need an address entry for 127.0.0.1 or ::1 as well. A literal must be covered by
+    /// an address entry when there is an allow-list, and also when it is in a refused range.
+    pub fn host_allowed(&self, host: &Host<&str>) -> bool {
+        match host {
+            Host::Domain(name) => {
+                let name = name.trim_end_matches('.');
+                if self.has_allow_list() && !self.name_listed(name) {
+                    return false;
+                }
+                !is_loopback_name(name)
+                    || self.address_listed(Ipv4Addr::LOCALHOST.into())
+                    || self.address_listed(Ipv6Addr::LOCALHOST.into())
+            }
+            Host::Ipv4(ip) => self.literal_allowed(IpAddr::V4(*ip)),
+            Host::Ipv6(ip) => self.literal_allowed(IpAddr::V6(*ip)),
+        }
+    }
+
+    fn literal_allowed(&self, ip: IpAddr) -> bool {
+        if self.address_listed(ip) {
+            return true;
+        }
+        !self.has_allow_list() && refused_range(ip).is_none()
+    }
+
+    /// The check made on every address a host name resolves to, just before connecting: an
+    /// address in a refused range needs an address entry that covers it, whatever name led
+    /// to it.
+    pub fn address_allowed(&self, ip: IpAddr) -> bool {
+        refused_range(ip).is_none() || self.address_listed(ip)
     }
 }
 
-/// 169.254.0.0/16 and fe80::/10, also when written as an IPv4-mapped IPv6 address.
-pub fn is_link_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.is_link_local(),
-            None => (v6.segments()[0] & 0xffc0) == 0xfe80,
-        },
+/// `localhost` and any name under it (RFC 6761: they resolve to loopback), any case,
+/// trailing dots ignored.
+pub fn is_loopback_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    let tail = name.len().saturating_sub("localhost".len());
+    name.get(tail..)
+        .is_some_and(|t| t.eq_ignore_ascii_case("localhost"))
+        && (tail == 0 || name.as_bytes()[tail - 1] == b'.')
+}
+
+/// The IPv4 address an IPv6 address stands for, where it embeds one: IPv4-mapped
+/// (`::ffff:a.b.c.d`, what a dual-stack socket connects to), IPv4-compatible (`::a.b.c.d`,
+/// deprecated but still parsed; `::` and `::1` keep their IPv6 meaning) and the NAT64 prefix
+/// (`64:ff9b::a.b.c.d`, translated to the IPv4 address by a NAT64 gateway). Every other
+/// address is returned as it is.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    let embedded = || {
+        let [a, b] = s[6].to_be_bytes();
+        let [c, d] = s[7].to_be_bytes();
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    };
+    match s[..6] {
+        [0, 0, 0, 0, 0, 0xffff] => embedded(),
+        [0, 0, 0, 0, 0, 0] if !v6.is_unspecified() && !v6.is_loopback() => embedded(),
+        [0x64, 0xff9b, 0, 0, 0, 0] => embedded(),
+        _ => ip,
+    }
+}
+
+/// The range of the host's own network that `ip` (any spelling) is in, by name, or `None`
+/// for an address that may be called without an address entry.
+pub fn refused_range(ip: IpAddr) -> Option<&'static str> {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            match (a, b) {
+                (0, _) => Some("unspecified"),
+                (10, _) | (192, 168) => Some("private"),
+                (172, 16..=31) => Some("private"),
+                (100, 64..=127) => Some("shared"),
+                (127, _) => Some("loopback"),
+                (169, 254) => Some("link-local"),
+                (224..=239, _) => Some("multicast"),
+                _ if v4.is_broadcast() => Some("broadcast"),
+                (240..=255, _) => Some("reserved"),
+                _ => None,
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_loopback() {
+                Some("loopback")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if first & 0xffc0 == 0xfec0 {
+                // Site-local: deprecated in favour of unique-local, and just as internal.
+                Some("site-local")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique-local")
+            } else if first & 0xff00 == 0xff00 {
+                Some("multicast")
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -117,7 +303,8 @@ pub fn canonicalize(decoded: &str, policy: &EndpointPolicy) -> Result<Url, Query
     }
     match url.host() {
         Some(host) if policy.host_allowed(&host) => {}
-        _ => return Err(QueryError::BadEndpoint),
+        Some(_) => return Err(QueryError::EndpointNotAllowed),
+        None => return Err(QueryError::BadEndpoint),
     }
     url.set_fragment(None);
     // The URL is written to the count log; there it must not look like a count line
@@ -199,68 +386,369 @@ mod tests {
         canonicalize(url, policy).is_ok()
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// One address of every refused range, with the range's name, in the usual spelling.
+    const REFUSED: &[(&str, &str)] = &[
+        ("127.0.0.1", "loopback"),
+        ("127.255.255.254", "loopback"),
+        ("::1", "loopback"),
+        ("0.0.0.0", "unspecified"),
+        ("0.1.2.3", "unspecified"),
+        ("::", "unspecified"),
+        ("10.0.0.1", "private"),
+        ("10.255.255.255", "private"),
+        ("172.16.0.1", "private"),
+        ("172.31.255.255", "private"),
+        ("192.168.0.1", "private"),
+        ("192.168.255.255", "private"),
+        ("100.64.0.1", "shared"),
+        ("100.127.255.255", "shared"),
+        ("169.254.169.254", "link-local"),
+        ("169.254.0.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("febf::1", "link-local"),
+        ("fc00::1", "unique-local"),
+        ("fd12:3456::1", "unique-local"),
+        ("fec0::1", "site-local"),
+        ("224.0.0.1", "multicast"),
+        ("239.255.255.250", "multicast"),
+        ("ff02::1", "multicast"),
+        ("ff0e::1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("240.0.0.1", "reserved"),
+        ("254.1.2.3", "reserved"),
+    ];
+
+    /// Public neighbours of the refused ranges: called without any entry.
+    const PUBLIC: &[&str] = &[
+        "1.1.1.1",
+        "9.255.255.255",
+        "11.0.0.0",
+        "172.15.255.255",
+        "172.32.0.0",
+        "192.167.255.255",
+        "192.169.0.0",
+        "100.63.255.255",
+        "100.128.0.0",
+        "126.255.255.255",
+        "128.0.0.0",
+        "169.253.255.255",
+        "169.255.0.0",
+        "223.255.255.255",
+        "93.184.216.34",
+        "2001:4860:4860::8888",
+        "2606:4700::1111",
+        "fbff::1",
+        "fe00::1",
+        "::2:0:0:1",
+    ];
+
     #[test]
-    fn any_host_is_allowed_without_a_list_except_link_local() {
-        let p = EndpointPolicy::default();
-        assert!(allowed(&p, "http://example.com/hook"));
-        assert!(allowed(&p, "https://127.0.0.1:8080/x?y=1"));
-        assert!(allowed(&p, "http://[::1]:9/"));
-        assert!(!allowed(&p, "http://169.254.169.254/latest/meta-data"));
-        assert!(!allowed(&p, "http://169.254.0.1:80/"));
-        assert!(!allowed(&p, "http://[fe80::1]/"));
-        assert!(!allowed(&p, "http://[febf::1]/"));
-        assert!(!allowed(&p, "http://[::ffff:169.254.169.254]/"));
-        assert!(allowed(&p, "http://[fec0::1]/"));
-        // The url crate normalises other spellings of an IPv4 address.
-        assert!(!allowed(&p, "http://2852039166/"));
-        assert!(!allowed(&p, "http://0xa9.0xfe.0xa9.0xfe/"));
+    fn every_refused_range_is_named_and_its_neighbours_are_public() {
+        for (addr, range) in REFUSED {
+            assert_eq!(refused_range(ip(addr)), Some(*range), "{addr}");
+        }
+        for addr in PUBLIC {
+            assert_eq!(refused_range(ip(addr)), None, "{addr}");
+        }
     }
 
     #[test]
-    fn link_local_is_allowed_when_listed() {
-        let p = EndpointPolicy::new(&["169.254.169.254", "[fe80::1]"]).unwrap();
-        assert!(allowed(&p, "http://169.254.169.254/"));
-        assert!(allowed(&p, "http://[fe80::1]:8080/"));
-        assert!(!allowed(&p, "http://169.254.0.1/"));
-        assert!(p.address_allowed("169.254.169.254", "169.254.169.254".parse().unwrap()));
+    fn ipv6_spellings_of_ipv4_addresses_are_the_ipv4_address() {
+        for (v6, v4) in [
+            ("::ffff:127.0.0.1", "127.0.0.1"),
+            ("::ffff:7f00:1", "127.0.0.1"),
+            ("::ffff:10.1.2.3", "10.1.2.3"),
+            ("::ffff:169.254.169.254", "169.254.169.254"),
+            ("::127.0.0.1", "127.0.0.1"),
+            ("::10.0.0.1", "10.0.0.1"),
+            ("64:ff9b::10.0.0.1", "10.0.0.1"),
+            ("64:ff9b::8.8.8.8", "8.8.8.8"),
+        ] {
+            assert_eq!(canonical_ip(ip(v6)), ip(v4), "{v6}");
+            assert_eq!(refused_range(ip(v6)), refused_range(ip(v4)), "{v6}");
+        }
+        // IPv6's own loopback and unspecified addresses are not IPv4-compatible ones.
+        assert_eq!(canonical_ip(ip("::1")), ip("::1"));
+        assert_eq!(canonical_ip(ip("::")), ip("::"));
+        assert_eq!(canonical_ip(ip("2001:db8::1")), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn refused_literals_are_refused_in_every_spelling_without_an_address_entry() {
+        let none = EndpointPolicy::default();
+        let by_name = EndpointPolicy::new(&["localhost", "*.localhost", "hooks.test"]).unwrap();
+        for url in [
+            // loopback, dotted and every numeric spelling the URL standard accepts
+            "http://127.0.0.1/",
+            "http://127.0.0.1:8080/hook?x=1",
+            "https://127.1.2.3/",
+            "http://127.1/",
+            "http://127.0.1/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0x7f.0.0.1/",
+            "http://0177.0.0.1/",
+            "http://017700000001/",
+            "http://0x7F.1/",
+            "http://127.0.0.1./",
+            "http://%31%32%37.0.0.1/",
+            "http://\u{ff11}\u{ff12}\u{ff17}.0.0.1/",
+            "http://[::1]/",
+            "http://[0:0:0:0:0:0:0:1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::127.0.0.1]/",
+            // the names of loopback
+            "http://localhost/",
+            "http://LOCALHOST:9000/",
+            "http://localhost./",
+            "http://localhost../",
+            "http://a.localhost/",
+            "http://x.y.LocalHost./",
+            "http://%6cocalhost/",
+            // unspecified
+            "http://0.0.0.0/",
+            "http://0/",
+            "http://0x0/",
+            "http://0.1.2.3/",
+            "http://[::]/",
+            "http://[::ffff:0.0.0.0]/",
+            // private
+            "http://10.0.0.1/",
+            "http://10.1/",
+            "http://167772161/",
+            "http://0xa.0.0.1/",
+            "http://012.0.0.1/",
+            "http://172.16.0.1/",
+            "http://172.31.255.255/",
+            "http://192.168.1.1/",
+            "http://192.168.257/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://[::ffff:192.168.0.1]/",
+            "http://[::10.0.0.1]/",
+            // shared
+            "http://100.64.0.1/",
+            "http://100.127.255.254/",
+            // link-local, the metadata service's range
+            "http://169.254.169.254/latest/meta-data",
+            "http://2852039166/",
+            "http://0xa9.0xfe.0xa9.0xfe/",
+            "http://0251.0376.0251.0376/",
+            "http://[fe80::1]/",
+            "http://[febf::1]/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[::ffff:a9fe:a9fe]/",
+            // unique-local and site-local
+            "http://[fc00::1]/",
+            "http://[fd00::1]:8080/",
+            "http://[fec0::1]/",
+            // multicast, broadcast, reserved
+            "http://224.0.0.1/",
+            "http://239.1.2.3/",
+            "http://[ff02::1]/",
+            "http://255.255.255.255/",
+            "http://4294967295/",
+            "http://240.0.0.1/",
+            "http://[::ffff:240.0.0.1]/",
+        ] {
+            for (what, policy) in [("no list", &none), ("name entries", &by_name)] {
+                assert_eq!(
+                    canonicalize(url, policy).map(|u| u.to_string()),
+                    Err(QueryError::EndpointNotAllowed),
+                    "{url} with {what}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn public_hosts_are_allowed_without_a_list() {
+        let p = EndpointPolicy::default();
+        for url in [
+            "http://example.com/hook",
+            "https://hooks.example.com:8443/x?y=1",
+            "http://93.184.216.34/",
+            "http://1.1.1.1/",
+            "http://16843009/",
+            "http://172.32.0.1/",
+            "http://100.128.0.1/",
+            "http://[2606:4700::1111]/",
+            "http://[::ffff:1.1.1.1]/",
+            "http://localhost.example.com/",
+            "http://notlocalhost/",
+        ] {
+            assert!(allowed(&p, url), "{url}");
+        }
+    }
+
+    #[test]
+    fn an_address_entry_permits_what_it_covers_and_nothing_more() {
+        let p = EndpointPolicy::new(&["127.0.0.1", "10.0.0.0/8", "fd00::/8", "169.254.169.254"])
+            .unwrap();
+        for url in [
+            "http://127.0.0.1:9000/",
+            "http://2130706433/",
+            "http://127.1/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://10.1.2.3/",
+            "http://10.255.255.255/",
+            "http://[::ffff:10.9.9.9]/",
+            "http://[fd00::1]/",
+            "http://[fdff:ffff::1]/",
+            "http://169.254.169.254/",
+            // an allow-list of addresses covers literals only: a name must be listed too
+        ] {
+            assert!(allowed(&p, url), "{url}");
+        }
+        for url in [
+            "http://127.0.0.2/",
+            "http://[::1]/",
+            "http://11.0.0.1/",
+            "http://[fc00::1]/",
+            "http://169.254.169.253/",
+            "http://192.168.0.1/",
+            "http://example.com/",
+            // localhost needs its name listed as well as its address
+            "http://localhost/",
+        ] {
+            assert!(!allowed(&p, url), "{url}");
+        }
+        let named = EndpointPolicy::new(&["localhost", "127.0.0.0/8"]).unwrap();
+        assert!(allowed(&named, "http://localhost:8080/"));
+        assert!(allowed(&named, "http://LocalHost./"));
+        assert!(!allowed(&named, "http://a.localhost/"));
+    }
+
+    #[test]
+    fn resolved_addresses_in_refused_ranges_need_an_address_entry() {
+        let none = EndpointPolicy::default();
+        // A name entry lets the name through the allow-list, never into a refused range.
+        let by_name = EndpointPolicy::new(&["rebind.example", "*.corp.test"]).unwrap();
+        for (addr, _) in REFUSED {
+            assert!(!none.address_allowed(ip(addr)), "{addr}");
+            assert!(!by_name.address_allowed(ip(addr)), "{addr}");
+        }
+        for addr in ["::ffff:127.0.0.1", "::ffff:169.254.169.254", "::10.0.0.1"] {
+            assert!(!by_name.address_allowed(ip(addr)), "{addr}");
+        }
+        for addr in PUBLIC {
+            assert!(none.address_allowed(ip(addr)), "{addr}");
+            assert!(by_name.address_allowed(ip(addr)), "{addr}");
+        }
+        let by_address = EndpointPolicy::new(&["10.1.2.3", "192.168.0.0/16", "::1"]).unwrap();
+        for addr in ["10.1.2.3", "::ffff:10.1.2.3", "192.168.44.1", "::1"] {
+            assert!(by_address.address_allowed(ip(addr)), "{addr}");
+        }
+        for addr in ["10.1.2.4", "127.0.0.1", "172.16.0.1"] {
+            assert!(!by_address.address_allowed(ip(addr)), "{addr}");
+        }
     }
 
     #[test]
     fn allow_list_restricts_hosts_and_wildcards_match_subdomains_only() {
-        let p = EndpointPolicy::new(&["hooks.example.com", "*.corp.test", "10.0.0.5"]).unwrap();
+        let p = EndpointPolicy::new(&["hooks.example.com", "*.corp.test", "203.0.113.5"]).unwrap();
         assert!(allowed(&p, "http://hooks.example.com/x"));
         assert!(allowed(&p, "https://HOOKS.Example.com./x"));
         assert!(allowed(&p, "http://a.corp.test/"));
         assert!(allowed(&p, "http://b.a.corp.test:81/"));
-        assert!(allowed(&p, "http://10.0.0.5/"));
+        assert!(allowed(&p, "http://203.0.113.5/"));
         assert!(!allowed(&p, "http://corp.test/"));
         assert!(!allowed(&p, "http://evilcorp.test/"));
         assert!(!allowed(&p, "http://example.com/"));
         assert!(!allowed(&p, "http://hooks.example.com.evil.org/"));
-        assert!(!allowed(&p, "http://10.0.0.6/"));
+        assert!(!allowed(&p, "http://203.0.113.6/"));
+        assert!(p.name_listed("x.corp.test"));
+        assert!(!p.name_listed("203.0.113.5"), "addresses are not names");
     }
 
     #[test]
-    fn bad_allow_entries_are_refused() {
-        assert!(EndpointPolicy::new(&["*."]).is_err());
-        assert!(EndpointPolicy::new(&["a*.b"]).is_err());
-        assert!(EndpointPolicy::new(&["http://x/"]).is_err());
+    fn allow_entries_in_other_spellings_mean_what_they_mean_in_a_url() {
+        let p = EndpointPolicy::new(&[
+            "127.1",
+            "[::1]",
+            "::ffff:10.0.0.0/104",
+            "[fd00::]/8",
+            "B\u{fc}cher.Example",
+            "Hooks.Test.",
+        ])
+        .unwrap();
+        assert!(p.address_listed(ip("127.0.0.1")));
+        assert!(p.address_listed(ip("::1")));
+        assert!(p.address_listed(ip("10.20.30.40")));
+        assert!(p.address_listed(ip("fd99::1")));
+        assert!(p.name_listed("xn--bcher-kva.example"));
+        assert!(p.name_listed("hooks.test"));
+        assert!(allowed(&p, "http://b\u{fc}cher.example/"));
     }
 
     #[test]
-    fn resolved_addresses_are_checked_too() {
-        let p = EndpointPolicy::default();
-        assert!(!p.address_allowed("rebind.example", "169.254.169.254".parse().unwrap()));
-        assert!(!p.address_allowed("rebind.example", "fe80::2".parse().unwrap()));
-        assert!(p.address_allowed("ok.example", "93.184.216.34".parse().unwrap()));
-        let listed = EndpointPolicy::new(&["meta.internal"]).unwrap();
-        assert!(listed.address_allowed("meta.internal", "169.254.169.254".parse().unwrap()));
+    fn bad_allow_entries_are_refused_with_a_reason() {
+        for bad in [
+            "*.",
+            "a*.b",
+            "*.10.0.0.1",
+            "http://x/",
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/x",
+            "fd00::1/8",
+            "nonsense/8",
+            "1:2:3",
+            "a b",
+        ] {
+            assert!(EndpointPolicy::new(&[bad]).is_err(), "{bad}");
+        }
+        let err = EndpointPolicy::new(&["10.1.0.0/8"]).unwrap_err();
+        assert!(err.contains("10.0.0.0"), "{err}");
+    }
+
+    #[test]
+    fn cidr_ranges_cover_their_addresses_only() {
+        let p = EndpointPolicy::new(&["192.168.0.0/23", "0.0.0.0/0"]).unwrap();
+        assert!(p.address_listed(ip("8.8.8.8")), "/0 covers all of IPv4");
+        assert!(!p.address_listed(ip("2001:db8::1")), "but not IPv6");
+        let p = EndpointPolicy::new(&["192.168.0.0/23"]).unwrap();
+        assert!(p.address_listed(ip("192.168.0.0")));
+        assert!(p.address_listed(ip("192.168.1.255")));
+        assert!(!p.address_listed(ip("192.168.2.0")));
+        assert!(!p.address_listed(ip("192.167.255.255")));
+    }
+
+    #[test]
+    fn loopback_names_are_localhost_and_below() {
+        for name in [
+            "localhost",
+            "LocalHost",
+            "localhost.",
+            "a.localhost",
+            "a.b.localhost..",
+        ] {
+            assert!(is_loopback_name(name), "{name}");
+        }
+        for name in [
+            "notlocalhost",
+            "localhost.example",
+            "localhos",
+            "",
+            "xlocalhost.",
+        ] {
+            assert!(!is_loopback_name(name), "{name}");
+        }
     }
 
     #[test]
     fn only_http_and_https_with_a_host() {
         let p = EndpointPolicy::default();
-        assert!(!allowed(&p, "ftp://example.com/"));
+        assert_eq!(
+            canonicalize("ftp://example.com/", &p).unwrap_err(),
+            QueryError::BadEndpoint
+        );
         assert!(!allowed(&p, "http://"));
         let url = canonicalize("HTTP://Example.COM:80/a?b=1#frag", &p).unwrap();
         assert!(!allowed(

@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`config`]: flags and environment, validated once at start-up.
 //! - [`server`]: wiring and the shutdown sequence.
-//! - [`http`]: the may coroutine front: connection loop, routing, responses, `Date` cache.
+//! - [`http`]: the may coroutine front: accept loop and connection limits, connection loop,
+//!   routing, responses, `Date` cache.
 //! - [`query`]: parsing and validating the accept API's query string.
 //! - [`cluster`]: cluster mode: shipping windows to Redis, leading them, the backlog.
 //! - [`clock`]: the clock (real or test-driven) and window arithmetic.

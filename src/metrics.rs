@@ -21,7 +21,6 @@ pub struct WorkerCounters {
     /// Connections of this shard that are between reading a batch and writing its answers:
     /// shutdown waits for this to reach zero before it seals the last window.
     pub busy: AtomicU64,
-    pub connections: AtomicU64,
 }
 
 /// Endpoint call results, by the `result` label.
@@ -31,9 +30,13 @@ pub struct EndpointCalls {
     pub success: AtomicU64,
     /// Any other HTTP status.
     pub http_error: AtomicU64,
-    /// No HTTP answer: refused, timed out, DNS, TLS, a denied address.
+    /// No HTTP answer: refused, timed out, DNS, TLS.
     pub failed: AtomicU64,
-    /// Never attempted: the call queue was full or shutdown ran out of time.
+    /// Not made: every address of the host is in a range verve never calls unless an
+    /// address entry of `--endpoint-allow` covers it (`error=denied-address`).
+    pub denied: AtomicU64,
+    /// Never attempted: the call queue was full, the call could not start within the window
+    /// that follows (its host or every call thread busy), or shutdown ran out of time.
     pub dropped: AtomicU64,
 }
 
@@ -73,6 +76,11 @@ pub struct Metrics {
     pub last_window_unique_ids: AtomicU64,
     /// The `--max-memory` budget and what it holds.
     pub memory: Arc<IdMemory>,
+    /// Connections that could not be taken: `accept` failed for want of descriptors or
+    /// memory, or the connection's coroutine could not be started.
+    pub accept_errors: AtomicU64,
+    /// `--max-connections`, set once at start-up.
+    pub max_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -100,6 +108,8 @@ impl Metrics {
             window_unique_ids: AtomicU64::new(0),
             last_window_unique_ids: AtomicU64::new(0),
             memory,
+            accept_errors: AtomicU64::new(0),
+            max_connections: AtomicU64::new(0),
         }
     }
 
@@ -117,7 +127,8 @@ impl Metrics {
     }
 
     /// The `/metrics` page: atomics only, so its cost does not depend on the window.
-    pub fn render(&self) -> String {
+    /// `open_connections` comes from the accept loop, which counts them.
+    pub fn render(&self, open_connections: u64) -> String {
         let mut out = String::with_capacity(2048);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -182,6 +193,7 @@ impl Metrics {
                 ("{result=\"success\"}", calls.success.load(Relaxed)),
                 ("{result=\"http_error\"}", calls.http_error.load(Relaxed)),
                 ("{result=\"failed\"}", calls.failed.load(Relaxed)),
+                ("{result=\"denied\"}", calls.denied.load(Relaxed)),
                 ("{result=\"dropped\"}", calls.dropped.load(Relaxed)),
             ],
         );
@@ -249,7 +261,19 @@ impl Metrics {
             "verve_open_connections",
             "gauge",
             "Client connections open now.",
-            &[("", self.sum(|w| &w.connections))],
+            &[("", open_connections)],
+        );
+        family(
+            "verve_max_connections",
+            "gauge",
+            "The --max-connections limit.",
+            &[("", self.max_connections.load(Relaxed))],
+        );
+        family(
+            "verve_accept_errors_total",
+            "counter",
+            "Connections not taken: accept failed (descriptors, memory) or no coroutine could start.",
+            &[("", self.accept_errors.load(Relaxed))],
         );
         out
     }
@@ -267,12 +291,13 @@ mod tests {
         m.worker(1).bad_request.fetch_add(1, Relaxed);
         m.endpoint_calls.http_error.fetch_add(2, Relaxed);
         m.window_unique_ids.store(17, Relaxed);
-        let page = m.render();
+        let page = m.render(3);
         assert!(page.contains("verve_requests_total{outcome=\"ok\"} 7\n"));
         assert!(page.contains("verve_requests_total{outcome=\"bad_request\"} 1\n"));
         assert!(page.contains("verve_requests_total{outcome=\"unavailable\"} 0\n"));
         assert!(page.contains("verve_requests_total{outcome=\"error\"} 0\n"));
         assert!(page.contains("verve_window_unique_ids 17\n"));
+        assert!(page.contains("verve_open_connections 3\n"));
         assert!(page.contains("verve_endpoint_calls_total{result=\"http_error\"} 2\n"));
         for name in [
             "verve_windows_reported_total ",

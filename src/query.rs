@@ -30,6 +30,10 @@ pub enum QueryError {
     RepeatedEndpoint,
     #[error("endpoint is not a valid http or https URL of at most 2048 bytes")]
     BadEndpoint,
+    /// The URL is well formed but its host is not one verve may call (`--endpoint-allow`,
+    /// or an address of the host's own network).
+    #[error("endpoint names a host that may not be called")]
+    EndpointNotAllowed,
 }
 
 /// Parses the part of the target after `?`. Parameters other than `id` and `endpoint` are

@@ -18,9 +18,10 @@ use crate::cluster::node::{ClusterSink, Settings};
 use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
-use crate::http::{self, Ctx};
+use crate::http::limits::Resources;
+use crate::http::{self, Admission, Ctx};
 use crate::metrics::Metrics;
-use crate::report::callback::Callbacks;
+use crate::report::callback::{self, Callbacks};
 use crate::report::count_log::CountLog;
 use crate::report::kafka::{self, Kafka};
 use crate::report::Fanout;
@@ -141,14 +142,24 @@ impl Server {
             memory,
         ));
         let windows = Windows::new(config.interval);
+        let interval = Duration::from_secs(config.interval);
         let callbacks = Callbacks::start(
-            config.endpoint_method,
-            config.endpoint_timeout,
-            policy,
-            callback_queue_len(config),
+            callback::Settings {
+                method: config.endpoint_method,
+                timeout: config.endpoint_timeout,
+                policy,
+                queue_len: callback_queue_len(config),
+                host_calls: config.endpoint_host_calls as usize,
+                threads: callback::call_threads(
+                    config.max_endpoints as usize,
+                    config.endpoint_timeout,
+                    interval,
+                ),
+                patience: interval,
+            },
             metrics.clone(),
         )
-        .context("starting the callback threads")?;
+        .context("starting the callback dispatcher")?;
         let mut reporters = Fanout::new()
             .with(CountLog::new(metrics.clone()))
             .with(callbacks);
@@ -222,6 +233,26 @@ impl Server {
         let reaper = idle
             .spawn_reaper()
             .context("starting the idle-connection reaper")?;
+        let resources = Resources::current();
+        let max_connections = config.connection_limit(&resources);
+        let holdable = resources.connection_limit();
+        if max_connections > holdable {
+            log::warn!(
+                "--max-connections {max_connections} is more than this process can hold \
+                 ({holdable}: RLIMIT_NOFILE {}, vm.max_map_count {}); past that, new \
+                 connections fail to be accepted until others close (logged, /healthz 503)",
+                resources.nofile,
+                resources.max_map_count
+            );
+        }
+        log::info!(
+            "at most {max_connections} connections (RLIMIT_NOFILE {}, vm.max_map_count {})",
+            resources.nofile,
+            resources.max_map_count
+        );
+        metrics
+            .max_connections
+            .store(max_connections as u64, SeqCst);
         let ctx = Arc::new(Ctx {
             shards,
             metrics,
@@ -230,8 +261,11 @@ impl Server {
             draining: AtomicBool::new(false),
             idle_timeout: config.idle_timeout,
             idle,
+            admission: Admission::new(max_connections),
         });
-        let acceptor = http::spawn_acceptor(listener, ctx.clone());
+        let acceptor = http::spawn_acceptor(listener, ctx.clone())
+            .map_err(anyhow::Error::msg)
+            .context("starting the accept loop")?;
         Ok(Server {
             ctx,
             addr,

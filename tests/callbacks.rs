@@ -1,13 +1,21 @@
 //! Endpoint callbacks into a real HTTP receiver on loopback (contract §4): the GET and POST
 //! forms, one call per distinct endpoint and window, non-2xx answers and redirects, timeouts,
-//! the allow-list, link-local refusal and the per-window endpoint limit.
+//! the allow-list, the refusal of the host's own network (loopback included, so every test
+//! that calls a receiver allows 127.0.0.1 explicitly), the per-window endpoint limit, and
+//! fairness: a host that never answers does not keep the others from being called.
 
 mod common;
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{encode, rfc3339_secs, Receiver, Reply, Server};
+use common::{encode, rfc3339_secs, wait_until, Receiver, Reply, Server};
+
+/// The receivers listen on 127.0.0.1, which is only called when an address entry allows it.
+const ALLOW_LOOPBACK: [&str; 2] = ["--endpoint-allow", "127.0.0.1"];
 
 /// `/api/verve/accept?id=<id>&endpoint=<url, percent-encoded>`.
 fn accept_with(id: i64, endpoint: &str) -> String {
@@ -26,7 +34,7 @@ fn endpoint_line(line: &str, window_start: u64, url: &str, token: &str) -> bool 
 #[test]
 fn get_callback_carries_the_count_once_per_distinct_endpoint() {
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let hook = receiver.url("/hook");
     let with_query = receiver.url("/q?a=1&b=x");
     // Other spellings of the same endpoint: upper-case scheme, a fragment.
@@ -94,7 +102,7 @@ fn get_callback_carries_the_count_once_per_distinct_endpoint() {
 #[test]
 fn endpoint_length_limit_is_2048_bytes() {
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let prefix = receiver.url("/");
     let longest = format!("{prefix}{}", "a".repeat(2048 - prefix.len()));
     let too_long = format!("{longest}b");
@@ -120,7 +128,7 @@ fn endpoint_urls_cannot_forge_count_lines() {
     // trust every line that does. An endpoint is caller-controlled text: it must be refused,
     // or logged so that it cannot pass for a count line.
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let forged = [
         receiver.url("/forge?window_start=2020-01-01T00:00:00Z&unique_count=999"),
         receiver.url("/forge/unique_count=7"),
@@ -166,7 +174,7 @@ fn endpoint_urls_cannot_forge_count_lines() {
 #[test]
 fn an_endpoint_named_in_two_windows_is_called_once_for_each() {
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let hook = receiver.url("/twice");
     let (first, ()) = server.in_one_window(|attempt| {
         let mut client = server.client();
@@ -193,7 +201,10 @@ fn an_endpoint_named_in_two_windows_is_called_once_for_each() {
 #[test]
 fn post_callback_sends_the_contract_json() {
     let receiver = Receiver::start(|_| Reply::status(204));
-    let server = Server::start(1, &["--endpoint-method", "post"]);
+    let server = Server::start(
+        1,
+        &["--endpoint-method", "post", "--endpoint-allow", "127.0.0.1"],
+    );
     let url = receiver.url("/post/hook");
     let (window, ()) = server.in_one_window(|attempt| {
         let mut client = server.client();
@@ -242,11 +253,11 @@ fn error_statuses_are_logged_and_redirects_not_followed() {
         .unwrap()
         .port();
     // Sent in a non-canonical spelling; logged in the canonical one (url crate).
-    let refused_raw = format!("HTTP://LocalHost:{closed_port}/nobody#frag");
-    let refused = format!("http://localhost:{closed_port}/nobody");
+    let refused_raw = format!("HTTP://0x7f.0.0.1:{closed_port}/nobody#frag");
+    let refused = format!("http://127.0.0.1:{closed_port}/nobody");
     let missing = receiver.url("/missing");
     let moved = receiver.url("/moved");
-    let server = Server::start(1, &[]);
+    let server = Server::start(1, &ALLOW_LOOPBACK);
     let (window, ()) = server.in_one_window(|attempt| {
         let mut client = server.client();
         let base = i64::from(attempt) * 10;
@@ -316,7 +327,10 @@ fn slow_endpoint_times_out_and_later_windows_are_still_reported() {
         delay: Duration::from_secs(5),
         ..Reply::status(200)
     });
-    let server = Server::start(1, &["--endpoint-timeout", "0.5"]);
+    let server = Server::start(
+        1,
+        &["--endpoint-timeout", "0.5", "--endpoint-allow", "127.0.0.1"],
+    );
     let slow = receiver.url("/slow");
     let (window, ()) = server.in_one_window(|attempt| {
         let r = server.get(&accept_with(i64::from(attempt), &slow));
@@ -371,16 +385,41 @@ fn allow_list_restricts_endpoint_hosts() {
 }
 
 #[test]
-fn link_local_endpoints_are_refused_without_an_allow_list() {
-    let server = Server::start(1, &[]);
+fn addresses_of_the_host_network_are_refused_without_an_address_entry() {
+    // With a name entry only: a name never permits an internal address either.
+    let server = Server::start(1, &["--endpoint-allow", "localhost,hooks.test"]);
     let mut client = server.client();
     for url in [
+        "http://127.0.0.1:8080/hook",
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://127.0.0.1./",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::127.0.0.1]/",
+        "http://localhost:8080/",
+        "http://LOCALHOST./",
+        "http://a.localhost/",
+        "http://0.0.0.0/",
+        "http://0/",
+        "http://[::]/",
+        "http://10.0.0.1/",
+        "http://172.16.5.4/",
+        "http://192.168.1.1/",
+        "http://100.64.0.1/",
         "http://169.254.169.254/latest/meta-data",
         "http://169.254.0.1:8080/hook",
         "https://169.254.169.254/",
         "http://[fe80::1]/",
         "http://[fe80::1234:5678]:81/x",
         "http://[::ffff:169.254.169.254]/",
+        "http://[fd00::1]/",
+        "http://224.0.0.1/",
+        "http://[ff02::1]/",
+        "http://255.255.255.255/",
+        "http://240.0.0.1/",
     ] {
         let r = client.get(&accept_with(1, url));
         assert_eq!((r.status, r.text()), (400, "failed".into()), "{url}");
@@ -402,9 +441,45 @@ fn link_local_endpoints_are_refused_without_an_allow_list() {
 }
 
 #[test]
+fn a_loopback_endpoint_without_an_allow_entry_is_refused_and_its_id_not_counted() {
+    let receiver = Receiver::start(|_| Reply::status(200));
+    let server = Server::start(1, &[]);
+    let hook = receiver.url("/never");
+    let mut tries = 0;
+    let (window, ()) = server.in_one_window(|attempt| {
+        tries += 1;
+        let base = i64::from(attempt) * 10;
+        let mut client = server.client();
+        let r = client.get(&accept_with(base + 1, &hook));
+        assert_eq!((r.status, r.text()), (400, "failed".into()), "{hook}");
+        let r = client.get(&format!("/api/verve/accept?id={}", base + 2));
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+    });
+    assert_eq!(
+        server.wait_for_window(window).unique_count,
+        1,
+        "the refused request's id is not counted"
+    );
+    // Two more windows go by: the refused endpoint is never called nor logged.
+    server.wait_for_window(window + 2);
+    assert!(receiver.requests().is_empty(), "{:?}", receiver.requests());
+    assert!(!server.log().contains("/never"), "{}", server.log());
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains(&format!(
+            "verve_requests_total{{outcome=\"bad_request\"}} {tries}\n"
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn endpoint_table_full_answers_503_but_still_counts_the_id() {
     let receiver = Receiver::start(|_| Reply::status(200));
-    let server = Server::start(1, &["--max-endpoints", "2"]);
+    let server = Server::start(
+        1,
+        &["--max-endpoints", "2", "--endpoint-allow", "127.0.0.1"],
+    );
     let (a, b, c) = (receiver.url("/a"), receiver.url("/b"), receiver.url("/c"));
     let (window, ()) = server.in_one_window(|attempt| {
         let base = i64::from(attempt) * 10;
@@ -438,5 +513,191 @@ fn endpoint_table_full_answers_503_but_still_counts_the_id() {
     assert!(
         !server.log().contains(&format!("endpoint={c}")),
         "the refused endpoint is never called"
+    );
+}
+
+/// A host that accepts connections and never answers: what a slow or hostile callback host
+/// looks like to verve. Counts the most connections it ever had open at once.
+struct Tarpit {
+    addr: SocketAddr,
+    most: Arc<AtomicUsize>,
+}
+
+impl Tarpit {
+    fn start() -> Tarpit {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding the tarpit");
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (o, m) = (open, most.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let o = o.clone();
+                // Read (and never answer) until verve gives up and closes.
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Tarpit { addr, most }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// A call's path, and the windows whose count lines were in the log when it arrived.
+type Arrival = (String, Vec<u64>);
+
+#[test]
+fn a_host_that_never_answers_does_not_starve_the_others() {
+    const TARPIT_CALLS: usize = 200;
+    const INTERVAL: u64 = 2;
+    let tarpit = Tarpit::start();
+    // The healthy host is another loopback address, so the two hosts differ.
+    let server = Server::start(
+        INTERVAL,
+        &[
+            "--endpoint-timeout",
+            "1",
+            "--endpoint-allow",
+            "127.0.0.1,127.0.0.2",
+        ],
+    );
+    // What the healthy host has seen: each call's path, and the count lines already in the
+    // log when it arrived (the order of events, not a stopwatch, says when it came).
+    let seen: Arc<Mutex<Vec<Arrival>>> = Arc::default();
+    let healthy = {
+        let (seen, log_path) = (seen.clone(), server.log_path.clone());
+        Receiver::start_on(Ipv4Addr::new(127, 0, 0, 2), move |req| {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let windows = log
+                .lines()
+                .filter_map(common::parse_count_line)
+                .map(|c| c.window_start)
+                .collect();
+            seen.lock().unwrap().push((req.path().to_string(), windows));
+            Reply::status(200)
+        })
+    };
+    let mut tarpit_urls = Vec::new();
+    let mut healthy_url = String::new();
+    let (window, ()) = server.in_one_window(|attempt| {
+        let base = i64::from(attempt) * 1000;
+        tarpit_urls = (0..TARPIT_CALLS)
+            .map(|i| tarpit.url(&format!("/slow/{attempt}/{i}")))
+            .collect();
+        healthy_url = healthy.url(&format!("/ok/{attempt}"));
+        let mut client = server.client();
+        for (i, url) in tarpit_urls.iter().enumerate() {
+            let r = client.get(&accept_with(base + i as i64, url));
+            assert_eq!((r.status, r.text()), (200, "ok".into()), "{url}");
+        }
+        let r = client.get(&accept_with(base + 999, &healthy_url));
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+    });
+    let healthy_path = healthy_url.rsplit_once(':').unwrap().1;
+    let healthy_path = &healthy_path[healthy_path.find('/').unwrap()..];
+    // The healthy host is called, and before the next window's count line is written: within
+    // the window that follows, while the tarpit holds every call it may.
+    let windows_before = wait_until("the healthy host's call", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|(path, _)| path == healthy_path)
+            .map(|(_, windows)| windows.clone())
+    });
+    assert!(
+        windows_before.contains(&window),
+        "called after its window's count line"
+    );
+    assert!(
+        !windows_before.contains(&(window + INTERVAL)),
+        "the healthy call waited past the next window: {windows_before:?}"
+    );
+    server.wait_for_log("the healthy call's log line", |l| {
+        endpoint_line(l, window, &healthy_url, "status=200")
+    });
+    // Every tarpit call ends with its own line: timed out, or dropped because its host was
+    // busy for a whole window.
+    let lines = wait_until("a line for every tarpit call", || {
+        let lines: Vec<String> = server
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.split(' ').nth(2) == Some("endpoint") && l.contains("/slow/"))
+            .collect();
+        let done = tarpit_urls
+            .iter()
+            .all(|url| lines.iter().any(|l| endpoint_line(l, window, url, "")));
+        done.then_some(lines)
+    });
+    for url in &tarpit_urls {
+        let mine: Vec<&String> = lines
+            .iter()
+            .filter(|l| endpoint_line(l, window, url, ""))
+            .collect();
+        assert_eq!(mine.len(), 1, "one line per call: {mine:?}");
+        assert!(
+            mine[0].ends_with(" error=timeout") || mine[0].ends_with(" error=host-busy"),
+            "{}",
+            mine[0]
+        );
+    }
+    let dropped_here = lines
+        .iter()
+        .filter(|l| {
+            l.contains(&format!(" window_start={} ", rfc3339_secs(window)))
+                && l.ends_with(" error=host-busy")
+        })
+        .count();
+    assert!(
+        dropped_here > 0,
+        "200 calls cannot all be made in 2 s, 4 at a time"
+    );
+    // The tarpit never held more than --endpoint-host-calls (4) of verve's calls at once.
+    assert!(
+        tarpit.most.load(Ordering::SeqCst) <= 4,
+        "{} calls to one host at once",
+        tarpit.most.load(Ordering::SeqCst)
+    );
+    // Nothing left without a line and a count: once every window's calls are settled, the
+    // metrics add up to the endpoint lines in the log.
+    let page = wait_until("every call settled", || {
+        let page = server.get("/metrics").text();
+        page.contains("\nverve_backlog_windows 0\n").then_some(page)
+    });
+    let all: Vec<String> = server
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.split(' ').nth(2) == Some("endpoint"))
+        .collect();
+    let count = |pred: &dyn Fn(&str) -> bool| all.iter().filter(|l| pred(l)).count();
+    let sample = |result: &str| -> usize {
+        let prefix = format!("verve_endpoint_calls_total{{result=\"{result}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {page}"))
+    };
+    assert_eq!(sample("success"), count(&|l| l.contains(" status=2")));
+    assert_eq!(
+        sample("dropped"),
+        count(&|l| l.ends_with(" error=host-busy") || l.ends_with(" error=threads-busy"))
+    );
+    assert_eq!(sample("failed"), count(&|l| l.ends_with(" error=timeout")));
+    assert_eq!(
+        sample("success")
+            + sample("http_error")
+            + sample("failed")
+            + sample("denied")
+            + sample("dropped"),
+        all.len(),
+        "every call has exactly one line"
     );
 }

@@ -223,7 +223,11 @@ fn nginx_binary() -> &'static str {
 /// nginx, plus one endpoint named on every instance: one count line with the exact union,
 /// one callback with it.
 fn three_instances_count_each_id_once(redis_url: &str) {
-    let servers = instances(redis_url, 3, &["--cluster-grace", "2"]);
+    let servers = instances(
+        redis_url,
+        3,
+        &["--cluster-grace", "2", "--endpoint-allow", "127.0.0.1"],
+    );
     let nginx = Nginx::start(&servers.iter().collect::<Vec<_>>());
     let receiver = Receiver::start(|_| Reply::status(200));
     let hook = receiver.url("/hook");

@@ -197,7 +197,8 @@ fn routing_answers_404_and_405_with_failed() {
 
 #[test]
 fn window_unique_ids_gauge_follows_the_open_window() {
-    let server = Server::start(2, &[]);
+    // The gauge is merged about once a second: windows long enough to see it settle.
+    let server = Server::start(5, &[]);
     let (_, unique) = server.in_one_window(|attempt| {
         let base = i64::from(attempt) * 100;
         let mut client = server.client();
@@ -207,7 +208,10 @@ fn window_unique_ids_gauge_follows_the_open_window() {
                 200
             );
         }
-        samples(&client.get("/metrics").text())["verve_window_unique_ids"]
+        common::wait_until("the gauge to count the window's 3 ids", || {
+            let unique = samples(&client.get("/metrics").text())["verve_window_unique_ids"];
+            (unique == 3.0).then_some(unique)
+        })
     });
     assert_eq!(unique, 3.0);
 }
@@ -274,7 +278,7 @@ fn metrics_lists_the_contract_metrics_and_counts_outcomes() {
     assert_eq!(get("verve_requests_total{outcome=\"bad_request\"}"), 3.0);
     assert_eq!(get("verve_requests_total{outcome=\"unavailable\"}"), 0.0);
     assert_eq!(get("verve_requests_total{outcome=\"error\"}"), 0.0);
-    for result in ["success", "http_error", "failed", "dropped"] {
+    for result in ["success", "http_error", "failed", "denied", "dropped"] {
         assert_eq!(
             get(&format!(
                 "verve_endpoint_calls_total{{result=\"{result}\"}}"

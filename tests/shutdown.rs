@@ -69,7 +69,10 @@ fn draining_answers_503_while_a_callback_is_still_pending() {
     });
     let slow = receiver.url("/slow");
     // An hour-long window: it will not close by itself during the test.
-    let mut server = Server::start(3600, &["--endpoint-timeout", "10"]);
+    let mut server = Server::start(
+        3600,
+        &["--endpoint-timeout", "10", "--endpoint-allow", "127.0.0.1"],
+    );
     let window = window_now(3600);
     let mut health = server.client();
     assert_eq!(health.get("/healthz").status, 200);

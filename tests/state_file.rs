@@ -51,7 +51,7 @@ fn a_restart_inside_a_window_resumes_it() {
     for attempt in 0..ATTEMPTS {
         let dir = temp_dir("state-resume");
         let state: PathBuf = dir.join("window.state");
-        let first = start(&dir, INTERVAL, &state, &[]);
+        let first = start(&dir, INTERVAL, &state, &["--endpoint-allow", "127.0.0.1"]);
         // Start right after a boundary: the window has almost all of its length left.
         first.wait_for_count_lines(1);
         let window = window_now(INTERVAL);
@@ -65,7 +65,7 @@ fn a_restart_inside_a_window_resumes_it() {
         let first = stop(first);
         assert!(state.exists(), "no state file after SIGTERM");
         // The second process writes to the same log and reads the state file.
-        let second = start(&dir, INTERVAL, &state, &[]);
+        let second = start(&dir, INTERVAL, &state, &["--endpoint-allow", "127.0.0.1"]);
         assert!(!state.exists(), "the state file is removed once loaded");
         let after: HashSet<i64> = (0..500).map(|i| i * 11 + 3 + (1 << 40)).collect();
         send(&second, after.iter().copied());

@@ -33,7 +33,7 @@ use verve::clock::{ManualClock, Windows};
 use verve::endpoints::{canonicalize, EndpointPolicy};
 use verve::http::conn::{Conn, MAX_HEAD};
 use verve::http::idle::Idle;
-use verve::http::Ctx;
+use verve::http::{Admission, Ctx};
 use verve::metrics::Metrics;
 use verve::query::{decode_endpoint, parse_accept, parse_id, QueryError, MAX_ENDPOINT_BYTES};
 use verve::shards::Shards;
@@ -130,6 +130,7 @@ fn ctx(flags: Flags) -> Ctx {
         idle_timeout: IDLE,
         // No reaper thread is started: `Conn` never touches it (only `conn::serve` does).
         idle: Idle::new(1, IDLE),
+        admission: Admission::new(usize::MAX),
     }
 }
 
@@ -328,8 +329,8 @@ fn check_counters(
     stats.accepted = ok;
     ensure!(error == 0, "requests_total error = {error}");
     ensure!(
-        w.connections.load(Relaxed) == 0 && w.busy.load(Relaxed) == 0,
-        "Conn touched the connection gauges"
+        w.busy.load(Relaxed) == 0 && ctx.admission.open() == 0,
+        "Conn touched the connection counts"
     );
     // Every API request is answered once; its path is in the stream.
     let accept_paths = occurrences(stream, b"/api/verve/accept");
@@ -626,7 +627,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 21] = [
+const SAMPLES: [&str; 24] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -636,6 +637,7 @@ const SAMPLES: [&str; 21] = [
     "verve_endpoint_calls_total{result=\"success\"}",
     "verve_endpoint_calls_total{result=\"http_error\"}",
     "verve_endpoint_calls_total{result=\"failed\"}",
+    "verve_endpoint_calls_total{result=\"denied\"}",
     "verve_endpoint_calls_total{result=\"dropped\"}",
     "verve_redis_errors_total",
     "verve_kafka_errors_total",
@@ -648,6 +650,8 @@ const SAMPLES: [&str; 21] = [
     "verve_cluster_late_windows_total",
     "verve_late_ids_total",
     "verve_open_connections",
+    "verve_max_connections",
+    "verve_accept_errors_total",
 ];
 
 /// Prometheus text format, as `Metrics::render` writes it: `# HELP`, `# TYPE`, samples.
@@ -697,7 +701,7 @@ fn parse_page(page: &[u8]) -> Result<Page, String> {
 /// Which endpoint policy an endpoint was checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
-    /// No `--endpoint-allow`: any host but link-local address literals.
+    /// No `--endpoint-allow`: any host but internal address literals and loopback names.
     Default,
     /// `--endpoint-allow` = [`ALLOW`].
     AllowList,
@@ -820,41 +824,93 @@ fn check_canonical(url: &str, policy: Policy) -> Result<(), String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let ip: Option<IpAddr> = bare.parse().ok();
     let name = host.trim_end_matches('.');
+    // IPv6 spellings of IPv4 addresses name the IPv4 address.
+    let ip = ip.map(embedded_v4);
+    let loopback_name = {
+        let n = name.to_ascii_lowercase();
+        n == "localhost" || n.ends_with(".localhost")
+    };
     match policy {
         Policy::Default => {
             ensure!(
-                !ip.is_some_and(link_local),
-                "link-local address {host} allowed without being listed"
+                !ip.is_some_and(internal),
+                "internal address {host} allowed without an address entry"
             );
+            ensure!(!loopback_name, "loopback name {host} allowed");
         }
         Policy::AllowList => {
-            let listed = match name {
-                "hooks.example.com" | "10.0.0.5" => true,
-                _ if ip == Some(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1))) => true,
-                _ => name.len() > ".corp.test".len() && name.ends_with(".corp.test"),
+            let listed = match ip {
+                Some(ip) => {
+                    ip == IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5))
+                        || ip == IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1))
+                }
+                None => {
+                    name == "hooks.example.com"
+                        || (name.len() > ".corp.test".len() && name.ends_with(".corp.test"))
+                }
             };
             ensure!(listed, "host {host} is not on the allow-list");
+            ensure!(
+                !loopback_name,
+                "loopback name {host} allowed by a name entry"
+            );
         }
     }
     Ok(())
 }
 
-/// 169.254.0.0/16, fe80::/10, and the IPv4 ones written as IPv4-mapped IPv6.
-fn link_local(ip: IpAddr) -> bool {
-    let v4 = |a: Ipv4Addr| a.octets()[..2] == [169, 254];
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`,
+/// but not `::` or `::1`) or NAT64 (`64:ff9b::a.b.c.d`) address; any other address as it is.
+fn embedded_v4(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(a) = ip else { return ip };
+    let s = a.segments();
+    let v4 = || {
+        IpAddr::V4(Ipv4Addr::new(
+            (s[6] >> 8) as u8,
+            s[6] as u8,
+            (s[7] >> 8) as u8,
+            s[7] as u8,
+        ))
+    };
+    match s[..6] {
+        [0, 0, 0, 0, 0, 0xffff] | [0x64, 0xff9b, 0, 0, 0, 0] => v4(),
+        [0, 0, 0, 0, 0, 0] if s[6] != 0 || s[7] > 1 => v4(),
+        _ => ip,
+    }
+}
+
+/// The ranges never called without an address entry, as a table of (first address, prefix
+/// length): loopback, unspecified, private, shared, link-local, multicast, reserved and
+/// broadcast; unique-local, site-local and IPv6 multicast.
+fn internal(ip: IpAddr) -> bool {
+    const V4: [([u8; 4], u32); 10] = [
+        ([0, 0, 0, 0], 8),
+        ([10, 0, 0, 0], 8),
+        ([100, 64, 0, 0], 10),
+        ([127, 0, 0, 0], 8),
+        ([169, 254, 0, 0], 16),
+        ([172, 16, 0, 0], 12),
+        ([192, 168, 0, 0], 16),
+        ([224, 0, 0, 0], 4),
+        ([240, 0, 0, 0], 4),
+        ([255, 255, 255, 255], 32),
+    ];
+    const V6: [(u128, u32); 6] = [
+        (0, 128),
+        (1, 128),
+        (0xfe80 << 112, 10),
+        (0xfec0 << 112, 10),
+        (0xfc00 << 112, 7),
+        (0xff00 << 112, 8),
+    ];
     match ip {
-        IpAddr::V4(a) => v4(a),
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            (s[..6] == [0, 0, 0, 0, 0, 0xffff]
-                && v4(Ipv4Addr::new(
-                    (s[6] >> 8) as u8,
-                    s[6] as u8,
-                    (s[7] >> 8) as u8,
-                    s[7] as u8,
-                )))
-                || (s[0] & 0xffc0) == 0xfe80
-        }
+        IpAddr::V4(a) => V4.iter().any(|(net, len)| {
+            u32::from(a) >> (32 - len) == u32::from(Ipv4Addr::from(*net)) >> (32 - len)
+        }),
+        IpAddr::V6(a) => V6.iter().any(|(net, len)| {
+            u128::from(a).checked_shr(128 - len).unwrap_or(0)
+                == net.checked_shr(128 - len).unwrap_or(0)
+        }),
     }
 }
 

@@ -46,25 +46,11 @@ pub struct Conn {
     scratch: Vec<u8>,
 }
 
-/// Decrements the open-connection gauge however the connection ends.
-struct Open<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
 /// Serves one connection until the client leaves, an error closes it, or shutdown.
 pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
-    // The open-connection gauge uses a slot fixed for the connection's life, so that every
-    // increment meets its decrement; everything per batch uses the shard of the thread
-    // running the batch (see `Shards::current`).
-    let slot = ctx
-        .metrics
-        .worker(stream.as_raw_fd().unsigned_abs() as usize);
-    slot.connections.fetch_add(1, Relaxed);
-    let _open = Open(&slot.connections);
+    // Connections are counted by the accept loop (`super::Admission`); everything per batch
+    // uses the shard of the thread running the batch (see `Shards::current`).
+    //
     // Two setsockopt calls per connection, none per request. No read timeout: a silent
     // client is closed by the idle reaper (see `idle`), which costs no timer per read; the
     // write timeout only arms a timer when a write would block.
@@ -393,14 +379,16 @@ fn route(
             }
         }
         b"/healthz" if method == "GET" => {
-            if draining {
+            // 503 as well while new connections cannot be taken (at --max-connections, or
+            // accepting is failing): a balancer should send the work elsewhere.
+            if draining || !ctx.admission.can_accept() {
                 response::failed(out, Status::Unavailable, date, persist);
             } else {
                 response::ok(out, date, persist);
             }
         }
         b"/metrics" if method == "GET" => {
-            let page = ctx.metrics.render();
+            let page = ctx.metrics.render(ctx.admission.open() as u64);
             response::write(
                 out,
                 Status::Ok,

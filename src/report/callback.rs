@@ -1,20 +1,32 @@
 //! Endpoint callbacks: each distinct endpoint of a window is called once with the window's
-//! final count, by a small pool of plain threads sharing one pooled ureq `Agent`, so that a
-//! slow endpoint delays neither the collector nor the next count line.
+//! final count, by plain threads sharing one pooled ureq `Agent`, so that a slow endpoint
+//! delays neither the collector nor the next count line.
 //!
-//! Every call is bounded: `--endpoint-timeout` for the whole call (DNS, connect, TLS,
-//! request, response), no redirects, at most [`MAX_RESPONSE_BYTES`] of the response read. Host
-//! names are resolved by [`GuardedResolver`], which drops link-local addresses unless the
-//! host is on the allow-list, and ureq connects only to the addresses it returns, so a DNS
-//! answer cannot redirect a call to a metadata service. Proxies from the environment are not
+//! **Fairness.** A dispatcher thread holds the calls that wait, one queue per host, and hands
+//! them to the call threads round-robin over hosts, never more than `--endpoint-host-calls`
+//! of one host at once. A host's waiting calls hold no thread, so a host that never answers
+//! takes at most that many threads, and every other host's call goes out as soon as a thread
+//! is free. The threads are started as needed, up to a number chosen so that even a window
+//! whose every call times out is called within the next window ([`call_threads`]). A call
+//! that has not started one interval after its window was reported is dropped, logged with
+//! `error=host-busy` (or `threads-busy`) and counted in `verve_endpoint_calls_total{result="dropped"}`:
+//! no call is ever dropped without its log line.
+//!
+//! **Bounds.** `--endpoint-timeout` for the whole call (DNS, connect, TLS, request, response),
+//! a connect timeout of its own ([`connect_timeout`]), no redirects, at most
+//! [`MAX_RESPONSE_BYTES`] of the response read. Host names are resolved by
+//! [`GuardedResolver`], which drops every address the policy refuses (see
+//! [`crate::endpoints`]), and ureq connects only to the addresses it returns, so a DNS answer
+//! cannot point a call into the host's own network. Proxies from the environment are not
 //! used, for the same reason.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{select, unbounded, Receiver, Sender};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use ureq::Agent;
@@ -27,13 +39,32 @@ use crate::report::{Reporter, Scope, WindowReport};
 /// The log target of endpoint lines.
 pub const TARGET: &str = "endpoint";
 
-/// Threads making calls. Calls are I/O-bound; 16 in parallel keeps 1000 endpoints that all
-/// time out at 2 s to about two minutes, without a thread per endpoint.
-pub const CALL_THREADS: usize = 16;
+/// Fewest call threads allowed to start: calls that answer quickly need no more, and a few
+/// slow hosts at `--endpoint-host-calls` each still leave room for the others.
+pub const MIN_CALL_THREADS: usize = 16;
+
+/// Most call threads. Each is a plain thread with a 2 MiB stack reservation (a few KiB
+/// touched); past this the worst case below no longer fits in one window and calls that
+/// cannot start in time are dropped and logged.
+pub const MAX_CALL_THREADS: usize = 256;
+
+/// Default of `--endpoint-host-calls`: calls in flight to one host at once. Four keeps a
+/// webhook receiver that serves many endpoints busy (1000 calls of 50 ms take 12.5 s) while a
+/// host that never answers holds four threads at most.
+pub const DEFAULT_HOST_CALLS: u32 = 4;
+
+/// Longest wait for a TCP connection. A reachable host accepts within one round trip (well
+/// under a second anywhere on Earth); one that drops SYNs would otherwise keep the thread for
+/// the whole `--endpoint-timeout`.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Response bytes read (and discarded) so the pooled connection can be reused; past this
 /// the connection is dropped instead.
 pub const MAX_RESPONSE_BYTES: u64 = 16 * 1024;
+
+/// The `error=` token of a call refused because every address of its host is in a refused
+/// range.
+pub const DENIED: &str = "denied-address";
 
 /// `--endpoint-method`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,24 +75,21 @@ pub enum Method {
     Post,
 }
 
-/// One call to make.
-#[derive(Debug, Clone)]
-struct Call {
-    url: String,
-    window_start: u64,
-    count: u64,
-    /// Calls of this window not finished yet: the last one to finish takes the window off
-    /// `verve_backlog_windows`.
-    window_left: Arc<AtomicU64>,
+/// The connect timeout for calls bounded by `timeout`: half of it, at most
+/// [`MAX_CONNECT_TIMEOUT`], so a host that does not accept leaves time to try its next
+/// address.
+pub fn connect_timeout(timeout: Duration) -> Duration {
+    (timeout / 2).min(MAX_CONNECT_TIMEOUT)
 }
 
-impl Call {
-    /// Marks this call finished (made, or given up).
-    fn done(&self, metrics: &Metrics) {
-        if self.window_left.fetch_sub(1, Relaxed) == 1 {
-            metrics.backlog_windows.fetch_sub(1, Relaxed);
-        }
-    }
+/// How many call threads may run: enough that a window of `max_endpoints` calls that all
+/// take the whole `timeout` is done within one `interval`
+/// (`ceil(max_endpoints * timeout / interval)`), within
+/// [`MIN_CALL_THREADS`]..=[`MAX_CALL_THREADS`].
+pub fn call_threads(max_endpoints: usize, timeout: Duration, interval: Duration) -> usize {
+    let work = max_endpoints as f64 * timeout.as_secs_f64();
+    let needed = (work / interval.as_secs_f64().max(0.001)).ceil() as usize;
+    needed.clamp(MIN_CALL_THREADS, MAX_CALL_THREADS)
 }
 
 /// The GET form of a callback URL: `count=N` appended as a query parameter.
@@ -86,15 +114,15 @@ pub fn json_body(window_start: u64, count: u64) -> String {
     )
 }
 
-/// Resolves like ureq does, then removes addresses the policy forbids (link-local unless
-/// listed). When nothing is left the call fails with a "denied" error.
+/// Resolves with `inner` (ureq's own resolver in service), then removes the addresses the
+/// policy refuses. When nothing is left the call fails with [`DENIED`].
 #[derive(Debug)]
-pub struct GuardedResolver {
-    inner: DefaultResolver,
+pub struct GuardedResolver<R = DefaultResolver> {
+    inner: R,
     policy: EndpointPolicy,
 }
 
-impl Resolver for GuardedResolver {
+impl<R: Resolver> Resolver for GuardedResolver<R> {
     fn resolve(
         &self,
         uri: &ureq::http::Uri,
@@ -102,31 +130,36 @@ impl Resolver for GuardedResolver {
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         let resolved = self.inner.resolve(uri, config, timeout)?;
-        let host = uri
-            .host()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']');
         let mut kept = self.empty();
         for addr in resolved.iter() {
-            if self.policy.address_allowed(host, addr.ip()) {
+            if self.policy.address_allowed(addr.ip()) {
                 kept.push(*addr);
             }
         }
         if kept.is_empty() {
             return Err(ureq::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                "denied: resolves to a link-local address",
+                DENIED,
             )));
         }
         Ok(kept)
     }
 }
 
-/// The agent every call uses.
+/// The agent every call uses, resolving with ureq's own resolver.
 pub fn agent(timeout: Duration, policy: EndpointPolicy) -> Agent {
+    agent_with_resolver(timeout, policy, DefaultResolver::default())
+}
+
+/// The agent with another name resolver under the guard (tests resolve names to loopback).
+pub fn agent_with_resolver(
+    timeout: Duration,
+    policy: EndpointPolicy,
+    resolver: impl Resolver,
+) -> Agent {
     let config = Agent::config_builder()
         .timeout_global(Some(timeout))
+        .timeout_connect(Some(connect_timeout(timeout)))
         .max_redirects(0)
         .http_status_as_error(false)
         .proxy(None)
@@ -136,10 +169,21 @@ pub fn agent(timeout: Duration, policy: EndpointPolicy) -> Agent {
         config,
         DefaultConnector::new(),
         GuardedResolver {
-            inner: DefaultResolver::default(),
+            inner: resolver,
             policy,
         },
     )
+}
+
+/// How one call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An HTTP answer with this status.
+    Status(u16),
+    /// Every address of the host is in a refused range.
+    Denied,
+    /// No HTTP answer; the one-token reason.
+    Failed(String),
 }
 
 /// A short, single-line reason for a failed call (the `error=` token).
@@ -149,108 +193,446 @@ fn reason(err: &ureq::Error) -> String {
         ureq::Error::HostNotFound => "host-not-found".to_string(),
         ureq::Error::ConnectionFailed => "connection-failed".to_string(),
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            "denied-link-local".to_string()
+            DENIED.to_string()
         }
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             "connection-refused".to_string()
         }
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout".to_string(),
         other => format!("{other}"),
     };
     // Never let a reason break the one-line-per-event log format.
     text.replace(|c: char| c.is_whitespace() || c.is_control(), "_")
 }
 
-/// Makes one call and logs its outcome.
-fn call(agent: &Agent, method: Method, job: &Call, metrics: &Metrics) {
+/// Makes one call: GET `url` with the count, or POST the JSON body to it.
+pub fn attempt(agent: &Agent, method: Method, url: &str, window_start: u64, count: u64) -> Outcome {
     let result = match method {
-        Method::Get => agent.get(url_with_count(&job.url, job.count)).call(),
+        Method::Get => agent.get(url_with_count(url, count)).call(),
         Method::Post => agent
-            .post(&job.url)
+            .post(url)
             .header("Content-Type", "application/json")
-            .send(json_body(job.window_start, job.count)),
+            .send(json_body(window_start, count)),
     };
-    let window_start = rfc3339_secs(job.window_start);
     match result {
         Ok(mut response) => {
-            let status = response.status().as_u16();
             // Read a little so the connection can return to the pool; ignore what it says.
             let _ = response
                 .body_mut()
                 .with_config()
                 .limit(MAX_RESPONSE_BYTES)
                 .read_to_vec();
-            if (200..300).contains(&status) {
-                metrics.endpoint_calls.success.fetch_add(1, Relaxed);
-                log::info!(target: TARGET, "window_start={window_start} endpoint={} status={status}", job.url);
-            } else {
-                metrics.endpoint_calls.http_error.fetch_add(1, Relaxed);
-                log::warn!(target: TARGET, "window_start={window_start} endpoint={} status={status}", job.url);
+            Outcome::Status(response.status().as_u16())
+        }
+        Err(err) => match reason(&err) {
+            r if r == DENIED => Outcome::Denied,
+            r => Outcome::Failed(r),
+        },
+    }
+}
+
+/// One call to make.
+#[derive(Debug)]
+struct Call {
+    url: String,
+    /// What the per-host limit counts: the URL's host (name or literal, no port).
+    host: Arc<str>,
+    window_start: u64,
+    count: u64,
+    /// Not started by then: dropped and logged.
+    start_by: Instant,
+    /// Calls of this window not settled yet: the last one takes the window off
+    /// `verve_backlog_windows`.
+    window_left: Arc<AtomicU64>,
+    /// Set by whoever settles the call first (its thread with the outcome, or shutdown
+    /// giving up on it), so that each call has exactly one log line and one count.
+    settled: Arc<AtomicBool>,
+}
+
+impl Call {
+    /// Logs and counts the outcome, unless the call was already settled. Returns false
+    /// when it was.
+    fn settle(&self, metrics: &Metrics, outcome: &Outcome) -> bool {
+        if self.settled.swap(true, Relaxed) {
+            return false;
+        }
+        let window_start = rfc3339_secs(self.window_start);
+        let url = &self.url;
+        let calls = &metrics.endpoint_calls;
+        match outcome {
+            Outcome::Status(status @ 200..=299) => {
+                calls.success.fetch_add(1, Relaxed);
+                log::info!(target: TARGET, "window_start={window_start} endpoint={url} status={status}");
+            }
+            Outcome::Status(status) => {
+                calls.http_error.fetch_add(1, Relaxed);
+                log::warn!(target: TARGET, "window_start={window_start} endpoint={url} status={status}");
+            }
+            Outcome::Denied => {
+                calls.denied.fetch_add(1, Relaxed);
+                log::warn!(target: TARGET, "window_start={window_start} endpoint={url} error={DENIED}");
+            }
+            Outcome::Failed(reason) => {
+                calls.failed.fetch_add(1, Relaxed);
+                log::warn!(target: TARGET, "window_start={window_start} endpoint={url} error={reason}");
             }
         }
-        Err(err) => {
-            metrics.endpoint_calls.failed.fetch_add(1, Relaxed);
-            log::warn!(
-                target: TARGET,
-                "window_start={window_start} endpoint={} error={}",
-                job.url,
-                reason(&err)
+        self.release(metrics);
+        true
+    }
+
+    /// One call of the window fewer to settle: the last one takes it off the backlog.
+    fn release(&self, metrics: &Metrics) {
+        if self.window_left.fetch_sub(1, Relaxed) == 1 {
+            metrics.backlog_windows.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Settles a call that was never made: `error=<reason>`, counted as dropped.
+    fn drop_unmade(&self, metrics: &Metrics, reason: &str) {
+        if self.settled.swap(true, Relaxed) {
+            return;
+        }
+        metrics.endpoint_calls.dropped.fetch_add(1, Relaxed);
+        log::warn!(
+            target: TARGET,
+            "window_start={} endpoint={} error={reason}",
+            rfc3339_secs(self.window_start),
+            self.url
+        );
+        self.release(metrics);
+    }
+}
+
+/// How the callback reporter is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub method: Method,
+    /// `--endpoint-timeout`.
+    pub timeout: Duration,
+    pub policy: EndpointPolicy,
+    /// Most calls waiting at once (each a URL of at most 2 KiB); past it, `queue-full`.
+    pub queue_len: usize,
+    /// `--endpoint-host-calls`.
+    pub host_calls: usize,
+    /// Most call threads (see [`call_threads`]).
+    pub threads: usize,
+    /// How long after its window is reported a call may wait to start: one interval, so
+    /// that it happens within the window that follows.
+    pub patience: Duration,
+}
+
+/// What the collector side sends the dispatcher.
+enum Command {
+    Calls(Vec<Call>),
+    /// Shutdown: make what can be made until then, give up on the rest.
+    Finish(Instant),
+}
+
+/// A host's waiting calls and how many of its calls are running.
+#[derive(Default)]
+struct HostQueue {
+    waiting: VecDeque<Call>,
+    running: usize,
+    /// In the dispatcher's round-robin ring.
+    ready: bool,
+}
+
+/// The dispatcher: per-host queues, the round-robin ring, the call threads.
+struct Dispatcher {
+    settings: Settings,
+    agent: Agent,
+    metrics: Arc<Metrics>,
+    hosts: HashMap<Arc<str>, HostQueue>,
+    /// Hosts with waiting calls and room under their limit, in the order they get a thread.
+    ring: VecDeque<Arc<str>>,
+    waiting: usize,
+    /// Running calls by number, so that shutdown can settle the ones that do not finish.
+    running: HashMap<u64, Arc<Call>>,
+    next_id: u64,
+    idle_threads: usize,
+    threads: Vec<JoinHandle<()>>,
+    /// A thread could not be started: said once.
+    spawn_failed: bool,
+    work_tx: Sender<(u64, Arc<Call>)>,
+    work_rx: Receiver<(u64, Arc<Call>)>,
+    done_tx: Sender<u64>,
+    /// No call waits past this without being dropped: a lower bound of the waiting calls'
+    /// `start_by`, so the dispatcher may wake early but never late.
+    next_expiry: Option<Instant>,
+}
+
+impl Dispatcher {
+    fn run(mut self, commands: Receiver<Command>, done_rx: Receiver<u64>) {
+        let mut finish_by: Option<Instant> = None;
+        loop {
+            self.dispatch();
+            if finish_by.is_some() && self.waiting == 0 && self.running.is_empty() {
+                break;
+            }
+            let wake = match (self.next_expiry, finish_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = wake.map_or(Duration::from_secs(3600), |w| {
+                w.saturating_duration_since(Instant::now())
+            });
+            select! {
+                recv(commands) -> command => match command {
+                    Ok(Command::Calls(calls)) => self.enqueue(calls),
+                    Ok(Command::Finish(deadline)) => finish_by = Some(deadline),
+                    // The reporter is gone without a finish: nothing more will come.
+                    Err(_) => finish_by = finish_by.or(Some(Instant::now())),
+                },
+                recv(done_rx) -> id => {
+                    if let Ok(id) = id {
+                        self.finished(id);
+                    }
+                }
+                default(timeout) => {}
+            }
+            let now = Instant::now();
+            if self.next_expiry.is_some_and(|e| e <= now) {
+                self.expire(now);
+            }
+            if finish_by.is_some_and(|f| f <= now) {
+                self.abandon();
+                break;
+            }
+        }
+        // Dropping the work sender (with `self`) ends the idle threads.
+    }
+
+    fn enqueue(&mut self, calls: Vec<Call>) {
+        for call in calls {
+            if self.waiting >= self.settings.queue_len {
+                call.drop_unmade(&self.metrics, "queue-full");
+                continue;
+            }
+            self.next_expiry = Some(
+                self.next_expiry
+                    .map_or(call.start_by, |e| e.min(call.start_by)),
             );
+            let host = call.host.clone();
+            let queue = self.hosts.entry(host.clone()).or_default();
+            queue.waiting.push_back(call);
+            self.waiting += 1;
+            if !queue.ready && queue.running < self.settings.host_calls {
+                queue.ready = true;
+                self.ring.push_back(host);
+            }
+        }
+    }
+
+    /// Hands waiting calls to threads, one host at a time round-robin, while threads are
+    /// free or may be started.
+    fn dispatch(&mut self) {
+        while let Some(host) = self.ring.front().cloned() {
+            if self.idle_threads == 0 && !self.start_thread() {
+                return;
+            }
+            self.ring.pop_front();
+            let limit = self.settings.host_calls;
+            let Some(queue) = self.hosts.get_mut(&host) else {
+                continue;
+            };
+            queue.ready = false;
+            let Some(call) = queue.waiting.pop_front() else {
+                continue;
+            };
+            queue.running += 1;
+            if !queue.waiting.is_empty() && queue.running < limit {
+                queue.ready = true;
+                self.ring.push_back(host);
+            }
+            self.waiting -= 1;
+            self.idle_threads -= 1;
+            let id = self.next_id;
+            self.next_id += 1;
+            let call = Arc::new(call);
+            self.running.insert(id, call.clone());
+            // The dispatcher holds a receiver itself: this cannot fail.
+            let _ = self.work_tx.send((id, call));
+        }
+    }
+
+    /// Starts one more call thread if the limit allows. False when none could be started.
+    fn start_thread(&mut self) -> bool {
+        if self.threads.len() >= self.settings.threads {
+            return false;
+        }
+        let (agent, work, done) = (
+            self.agent.clone(),
+            self.work_rx.clone(),
+            self.done_tx.clone(),
+        );
+        let (method, metrics) = (self.settings.method, self.metrics.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("verve-callback-{}", self.threads.len()))
+            .spawn(move || {
+                for (id, call) in work {
+                    let outcome = attempt(&agent, method, &call.url, call.window_start, call.count);
+                    call.settle(&metrics, &outcome);
+                    if done.send(id).is_err() {
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                self.threads.push(handle);
+                self.idle_threads += 1;
+                true
+            }
+            Err(e) => {
+                if !self.spawn_failed {
+                    self.spawn_failed = true;
+                    log::warn!(
+                        target: TARGET,
+                        "cannot start callback thread {} ({e}); calls wait for the {} running",
+                        self.threads.len() + 1,
+                        self.threads.len()
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// A thread finished call `id`: the thread is free, its host has room again.
+    fn finished(&mut self, id: u64) {
+        self.idle_threads += 1;
+        let Some(call) = self.running.remove(&id) else {
+            return;
+        };
+        let host = &call.host;
+        let limit = self.settings.host_calls;
+        if let Some(queue) = self.hosts.get_mut(host) {
+            queue.running -= 1;
+            if queue.waiting.is_empty() && queue.running == 0 {
+                self.hosts.remove(host);
+            } else if !queue.ready && !queue.waiting.is_empty() && queue.running < limit {
+                queue.ready = true;
+                self.ring.push_back(host.clone());
+            }
+        }
+    }
+
+    /// Drops every waiting call whose time to start has passed.
+    fn expire(&mut self, now: Instant) {
+        let limit = self.settings.host_calls;
+        let mut next: Option<Instant> = None;
+        let mut emptied = Vec::new();
+        for (host, queue) in self.hosts.iter_mut() {
+            // Calls of one host wait in report order, so the oldest are at the front.
+            while queue.waiting.front().is_some_and(|c| c.start_by <= now) {
+                let call = queue.waiting.pop_front().expect("front exists");
+                self.waiting -= 1;
+                let reason = if queue.running >= limit {
+                    "host-busy"
+                } else {
+                    "threads-busy"
+                };
+                call.drop_unmade(&self.metrics, reason);
+            }
+            if let Some(front) = queue.waiting.front() {
+                next = Some(next.map_or(front.start_by, |n| n.min(front.start_by)));
+            } else if queue.running == 0 {
+                emptied.push(host.clone());
+            }
+        }
+        for host in emptied {
+            self.hosts.remove(&host);
+        }
+        self.next_expiry = next;
+    }
+
+    /// Shutdown ran out of time: every call still waiting or running is settled as not
+    /// made, each with its line.
+    fn abandon(&mut self) {
+        for queue in self.hosts.values_mut() {
+            for call in queue.waiting.drain(..) {
+                call.drop_unmade(&self.metrics, "not-sent-at-exit");
+            }
+        }
+        self.waiting = 0;
+        for call in self.running.values() {
+            call.drop_unmade(&self.metrics, "unfinished-at-exit");
         }
     }
 }
 
-/// The callback reporter: queues one call per endpoint for its thread pool.
+/// The callback reporter: hands each window's calls to the dispatcher thread.
 pub struct Callbacks {
-    queue: Option<Sender<Call>>,
-    done: Receiver<()>,
-    threads: Vec<JoinHandle<()>>,
-    pending: Arc<AtomicU64>,
+    commands: Option<Sender<Command>>,
+    dispatcher: Option<JoinHandle<()>>,
+    patience: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Callbacks {
-    /// `queue_len` bounds the calls waiting for a thread (each a URL of at most 2 KiB).
-    pub fn start(
-        method: Method,
-        timeout: Duration,
-        policy: EndpointPolicy,
-        queue_len: usize,
+    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let agent = agent(settings.timeout, settings.policy.clone());
+        Self::start_with_agent(settings, agent, metrics)
+    }
+
+    /// [`Callbacks::start`] with a given agent (tests resolve names with their own resolver).
+    pub fn start_with_agent(
+        settings: Settings,
+        agent: Agent,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let agent = agent(timeout, policy);
-        let (tx, rx) = bounded::<Call>(queue_len.max(1));
-        let (done_tx, done) = bounded::<()>(CALL_THREADS);
-        let pending = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::with_capacity(CALL_THREADS);
-        for i in 0..CALL_THREADS {
-            let (agent, rx, done_tx) = (agent.clone(), rx.clone(), done_tx.clone());
-            let (pending, metrics) = (pending.clone(), metrics.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("verve-callback-{i}"))
-                    .spawn(move || {
-                        for job in rx {
-                            call(&agent, method, &job, &metrics);
-                            job.done(&metrics);
-                            pending.fetch_sub(1, Relaxed);
-                        }
-                        let _ = done_tx.send(());
-                    })?,
-            );
-        }
+        let (commands, command_rx) = unbounded();
+        let (work_tx, work_rx) = unbounded();
+        let (done_tx, done_rx) = unbounded();
+        let patience = settings.patience;
+        let dispatcher = Dispatcher {
+            settings: Settings {
+                host_calls: settings.host_calls.max(1),
+                threads: settings.threads.max(1),
+                ..settings
+            },
+            agent,
+            metrics: metrics.clone(),
+            hosts: HashMap::new(),
+            ring: VecDeque::new(),
+            waiting: 0,
+            running: HashMap::new(),
+            next_id: 0,
+            idle_threads: 0,
+            threads: Vec::new(),
+            spawn_failed: false,
+            work_tx,
+            work_rx,
+            done_tx,
+            next_expiry: None,
+        };
+        let dispatcher = std::thread::Builder::new()
+            .name("verve-callbacks".into())
+            .spawn(move || dispatcher.run(command_rx, done_rx))?;
         Ok(Callbacks {
-            queue: Some(tx),
-            done,
-            threads,
-            pending,
+            commands: Some(commands),
+            dispatcher: Some(dispatcher),
+            patience,
             metrics,
         })
     }
 }
 
+/// The host part of a canonical endpoint, the key of the per-host limit.
+fn host_of(url: &str) -> Arc<str> {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    Arc::from(host)
+}
+
 impl Reporter for Callbacks {
     fn report(&mut self, report: &WindowReport) {
-        let Some(queue) = &self.queue else { return };
+        let Some(commands) = &self.commands else {
+            return;
+        };
         if report.endpoints.is_empty() {
             return;
         }
@@ -267,55 +649,41 @@ impl Reporter for Callbacks {
             }
             return;
         }
-        // The window is in the backlog until its last call is finished.
+        // The window is in the backlog until its last call is settled.
         self.metrics.backlog_windows.fetch_add(1, Relaxed);
         let window_left = Arc::new(AtomicU64::new(report.endpoints.len() as u64));
-        for url in &report.endpoints {
-            let job = Call {
+        let start_by = Instant::now() + self.patience;
+        let calls: Vec<Call> = report
+            .endpoints
+            .iter()
+            .map(|url| Call {
                 url: url.clone(),
+                host: host_of(url),
                 window_start: report.window_start,
                 count: report.unique_count,
+                start_by,
                 window_left: window_left.clone(),
-            };
-            self.pending.fetch_add(1, Relaxed);
-            if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
-                queue.try_send(job)
-            {
-                self.pending.fetch_sub(1, Relaxed);
-                job.done(&self.metrics);
-                self.metrics.endpoint_calls.dropped.fetch_add(1, Relaxed);
-                log::warn!(
-                    target: TARGET,
-                    "window_start={} endpoint={} error=queue-full",
-                    rfc3339_secs(job.window_start),
-                    job.url
-                );
+                settled: Arc::new(AtomicBool::new(false)),
+            })
+            .collect();
+        if let Err(unsent) = commands.send(Command::Calls(calls)) {
+            // The dispatcher is gone (it never ends before `finish`): say so for each call.
+            if let Command::Calls(calls) = unsent.into_inner() {
+                for call in calls {
+                    call.drop_unmade(&self.metrics, "dispatcher-gone");
+                }
             }
         }
     }
 
-    /// Lets queued calls finish until `deadline`; what is left is logged and counted.
+    /// Lets calls go on until `deadline`; each one left is logged and counted as dropped.
     fn finish(&mut self, deadline: Instant) {
-        self.queue = None;
-        let mut exited = 0;
-        while exited < self.threads.len() {
-            match self.done.recv_deadline(deadline) {
-                Ok(()) => exited += 1,
-                Err(_) => break,
-            }
+        if let Some(commands) = self.commands.take() {
+            let _ = commands.send(Command::Finish(deadline));
         }
-        if exited == self.threads.len() {
-            for t in self.threads.drain(..) {
-                let _ = t.join();
-            }
-        } else {
-            // The deadline may have passed before the threads saw the queue close (another
-            // reporter used the budget): only calls still queued or running are news.
-            let left = self.pending.load(Relaxed);
-            if left > 0 {
-                self.metrics.endpoint_calls.dropped.fetch_add(left, Relaxed);
-                log::warn!(target: TARGET, "{left} endpoint calls not finished at exit");
-            }
+        if let Some(dispatcher) = self.dispatcher.take() {
+            // The dispatcher gives up at the deadline by itself; it never blocks on a call.
+            let _ = dispatcher.join();
         }
     }
 }
@@ -323,6 +691,8 @@ impl Reporter for Callbacks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
 
     #[test]
     fn count_is_appended_as_a_query_parameter() {
@@ -347,22 +717,53 @@ mod tests {
     }
 
     #[test]
+    fn connect_timeout_is_shorter_than_the_call_timeout() {
+        assert_eq!(
+            connect_timeout(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            connect_timeout(Duration::from_secs(30)),
+            MAX_CONNECT_TIMEOUT
+        );
+        assert_eq!(
+            connect_timeout(Duration::from_millis(500)),
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn enough_threads_for_a_window_of_timeouts_within_bounds() {
+        let secs = Duration::from_secs;
+        // 1000 endpoints x 2 s in 60 s: 34 calls at once.
+        assert_eq!(call_threads(1000, secs(2), secs(60)), 34);
+        assert_eq!(call_threads(10, secs(2), secs(60)), MIN_CALL_THREADS);
+        assert_eq!(call_threads(1000, secs(2), secs(1)), MAX_CALL_THREADS);
+    }
+
+    fn settings(policy: EndpointPolicy) -> Settings {
+        Settings {
+            method: Method::Get,
+            timeout: Duration::from_secs(5),
+            policy,
+            queue_len: 8,
+            host_calls: DEFAULT_HOST_CALLS as usize,
+            threads: 4,
+            patience: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
     fn a_window_leaves_the_backlog_when_its_last_call_is_done() {
         // A port nobody listens on: the call fails at once with "connection refused".
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let metrics = Arc::new(Metrics::new(1));
-        let mut callbacks = Callbacks::start(
-            Method::Get,
-            Duration::from_secs(5),
-            EndpointPolicy::default(),
-            8,
-            metrics.clone(),
-        )
-        .unwrap();
+        let policy = EndpointPolicy::new(&["127.0.0.1"]).unwrap();
+        let mut callbacks = Callbacks::start(settings(policy), metrics.clone()).unwrap();
         callbacks.report(&WindowReport {
             window_start: 60,
             unique_count: 1,
@@ -380,7 +781,158 @@ mod tests {
         });
         callbacks.finish(Instant::now() + Duration::from_secs(30));
         assert_eq!(metrics.endpoint_calls.failed.load(Relaxed), 2);
+        assert_eq!(metrics.endpoint_calls.dropped.load(Relaxed), 0);
         assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn calls_past_the_queue_bound_are_dropped_and_counted() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics = Arc::new(Metrics::new(1));
+        let policy = EndpointPolicy::new(&["127.0.0.1"]).unwrap();
+        let mut callbacks = Callbacks::start(settings(policy), metrics.clone()).unwrap();
+        callbacks.report(&WindowReport {
+            window_start: 60,
+            unique_count: 1,
+            endpoints: (0..10)
+                .map(|i| format!("http://127.0.0.1:{port}/{i}"))
+                .collect(),
+            scope: Scope::Global,
+        });
+        callbacks.finish(Instant::now() + Duration::from_secs(30));
+        // A queue of 8: two of the ten are dropped on arrival, the eight others made.
+        assert_eq!(metrics.endpoint_calls.dropped.load(Relaxed), 2);
+        assert_eq!(metrics.endpoint_calls.failed.load(Relaxed), 8);
+        assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
+    }
+
+    /// Resolves every name to `addrs`, as a hostile or careless DNS server could.
+    #[derive(Debug)]
+    struct FixedResolver(Vec<SocketAddr>);
+
+    impl Resolver for FixedResolver {
+        fn resolve(
+            &self,
+            _uri: &ureq::http::Uri,
+            _config: &ureq::config::Config,
+            _timeout: NextTimeout,
+        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+            let mut out = self.empty();
+            for a in &self.0 {
+                out.push(*a);
+            }
+            Ok(out)
+        }
+    }
+
+    /// A one-connection HTTP responder on loopback: answers 200 to the first request, and
+    /// says how many connections it accepted.
+    fn responder() -> (SocketAddr, std::thread::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut accepted = 0;
+            listener.set_nonblocking(false).unwrap();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                accepted += 1;
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 || buf.starts_with(b"STOP") {
+                    break;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+            accepted
+        });
+        (addr, handle)
+    }
+
+    fn stop(addr: SocketAddr) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"STOP").unwrap();
+    }
+
+    #[test]
+    fn a_name_that_resolves_into_a_refused_range_is_not_called() {
+        let (addr, served) = responder();
+        let resolver = || FixedResolver(vec![addr]);
+        let url = format!("http://rebind.example:{}/hook", addr.port());
+        let timeout = Duration::from_secs(5);
+        // No allow-list, and an allow-list naming the host: both refuse its loopback address.
+        for entries in [&[][..], &["rebind.example"], &["*.example"]] {
+            let policy = EndpointPolicy::new(entries).unwrap();
+            let agent = agent_with_resolver(timeout, policy, resolver());
+            assert_eq!(
+                attempt(&agent, Method::Get, &url, 0, 1),
+                Outcome::Denied,
+                "{entries:?}"
+            );
+        }
+        // An address entry that covers it lets the call through.
+        let policy = EndpointPolicy::new(&["127.0.0.0/8"]).unwrap();
+        let agent = agent_with_resolver(timeout, policy, resolver());
+        assert_eq!(
+            attempt(&agent, Method::Get, &url, 0, 1),
+            Outcome::Status(200)
+        );
+        stop(addr);
+        assert_eq!(
+            served.join().unwrap(),
+            2,
+            "one call and the stop, nothing else"
+        );
+    }
+
+    #[test]
+    fn refused_addresses_are_removed_and_the_rest_is_called() {
+        let (addr, served) = responder();
+        let policy = EndpointPolicy::new(&["127.0.0.1"]).unwrap();
+        // The name resolves to a link-local address first and to the responder second: the
+        // link-local one is removed, never tried.
+        let metadata: SocketAddr = format!("169.254.169.254:{}", addr.port()).parse().unwrap();
+        let agent = agent_with_resolver(
+            Duration::from_secs(5),
+            policy,
+            FixedResolver(vec![metadata, addr]),
+        );
+        let url = format!("http://mixed.example:{}/", addr.port());
+        assert_eq!(
+            attempt(&agent, Method::Get, &url, 0, 1),
+            Outcome::Status(200)
+        );
+        stop(addr);
+        assert_eq!(served.join().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_denied_call_is_logged_as_denied_and_counted() {
+        let (addr, served) = responder();
+        let metrics = Arc::new(Metrics::new(1));
+        let s = settings(EndpointPolicy::default());
+        let agent = agent_with_resolver(s.timeout, s.policy.clone(), FixedResolver(vec![addr]));
+        let mut callbacks = Callbacks::start_with_agent(s, agent, metrics.clone()).unwrap();
+        callbacks.report(&WindowReport {
+            window_start: 60,
+            unique_count: 3,
+            endpoints: vec![format!("http://internal.example:{}/", addr.port())],
+            scope: Scope::Global,
+        });
+        callbacks.finish(Instant::now() + Duration::from_secs(30));
+        assert_eq!(metrics.endpoint_calls.denied.load(Relaxed), 1);
+        assert_eq!(metrics.endpoint_calls.success.load(Relaxed), 0);
+        stop(addr);
+        assert_eq!(
+            served.join().unwrap(),
+            1,
+            "only the stop reached the responder"
+        );
     }
 
     #[test]
@@ -389,5 +941,12 @@ mod tests {
         let r = reason(&err);
         assert!(!r.contains(' ') && !r.contains('\n'), "{r}");
         assert_eq!(reason(&ureq::Error::HostNotFound), "host-not-found");
+    }
+
+    #[test]
+    fn the_host_of_a_url_is_its_lower_case_host_without_the_port() {
+        assert_eq!(&*host_of("http://a.example:81/x"), "a.example");
+        assert_eq!(&*host_of("http://[::1]:81/x"), "[::1]");
+        assert_eq!(&*host_of("http://10.0.0.1/"), "10.0.0.1");
     }
 }

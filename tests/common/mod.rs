@@ -225,8 +225,21 @@ impl Server {
     /// [`Server::start`] in a given directory: a restarted instance shares its predecessor's
     /// log file and state file.
     pub fn start_in(dir: PathBuf, interval: u64, extra: &[&str]) -> Server {
+        Server::start_with(dir, interval, extra, |_| {})
+    }
+
+    /// [`Server::start_in`] with the command adjusted by `customize` first (resource
+    /// limits, say).
+    pub fn start_with(
+        dir: PathBuf,
+        interval: u64,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Server {
         let log_path = dir.join("verve.log");
-        let mut child = command(&dir)
+        let mut cmd = command(&dir);
+        customize(&mut cmd);
+        let mut child = cmd
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--interval")
