@@ -627,12 +627,16 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 24] = [
+const SAMPLES: [&str; 28] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
     "verve_requests_total{outcome=\"error\"}",
     "verve_window_unique_ids",
+    "verve_last_window_unique_ids",
+    "verve_id_memory_bytes",
+    "verve_id_memory_limit_bytes",
+    "verve_memory_refused_ids_total",
     "verve_windows_reported_total",
     "verve_endpoint_calls_total{result=\"success\"}",
     "verve_endpoint_calls_total{result=\"http_error\"}",
@@ -690,7 +694,9 @@ fn parse_page(page: &[u8]) -> Result<Page, String> {
         unavailable: v(2),
         error: v(3),
         unique: v(4),
-        others_zero: (5..samples.len()).all(|i| v(i) == 0),
+        // `verve_id_memory_bytes` (6) holds what the workers drew from the budget for the
+        // ids they recorded: not zero once anything was counted.
+        others_zero: (5..samples.len()).filter(|&i| i != 6).all(|i| v(i) == 0),
     })
 }
 
