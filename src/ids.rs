@@ -443,18 +443,39 @@ impl IdSet {
     /// | 8 each | `ceil((keys - 1) * width / 64)` words of packed gaps, low bits first |
     pub fn serialize_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.serialized_size());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
-        out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&(self.blocks.len() as u32).to_le_bytes());
-        for b in &self.blocks {
-            out.extend_from_slice(&b.first.to_le_bytes());
-            out.extend_from_slice(&b.len.to_le_bytes());
-            out.push(b.width);
-            for w in b.gaps.iter() {
-                out.extend_from_slice(&w.to_le_bytes());
+        write_blocks(&self.blocks, self.len, out);
+    }
+
+    /// The set in parts of at most `max_bytes` each, cut between blocks: each part is a set
+    /// of its own in the compact format, and their union is the set. For stores that bound
+    /// the size of one value; no part for the empty set.
+    ///
+    /// # Panics
+    /// If `max_bytes` is below [`MAX_BLOCK_BYTES`] plus the header: a block is never cut.
+    pub fn serialize_parts(&self, max_bytes: usize) -> Vec<Vec<u8>> {
+        assert!(
+            max_bytes >= HEADER_BYTES + MAX_BLOCK_BYTES,
+            "{max_bytes} bytes"
+        );
+        let mut parts = Vec::new();
+        let (mut start, mut bytes, mut len) = (0, HEADER_BYTES, 0u64);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let size = BLOCK_HEADER_BYTES + b.gaps.len() * 8;
+            if bytes + size > max_bytes {
+                let mut part = Vec::with_capacity(bytes);
+                write_blocks(&self.blocks[start..i], len, &mut part);
+                parts.push(part);
+                (start, bytes, len) = (i, HEADER_BYTES, 0);
             }
+            bytes += size;
+            len += u64::from(b.len);
         }
+        if start < self.blocks.len() {
+            let mut part = Vec::with_capacity(bytes);
+            write_blocks(&self.blocks[start..], len, &mut part);
+            parts.push(part);
+        }
+        parts
     }
 
     /// Reads a set written by [`IdSet::serialize_into`], or by an earlier version in roaring's
@@ -466,9 +487,12 @@ impl IdSet {
             return Ok(IdSet::new());
         }
         if !bytes.starts_with(MAGIC) {
-            return RoaringTreemap::deserialize_from(bytes)
-                .map(|tree| IdSet::from_treemap(&tree))
-                .map_err(|_| DecodeError::Roaring);
+            let tree = RoaringTreemap::deserialize_from(bytes).map_err(|_| DecodeError::Roaring)?;
+            // Counted before it is expanded id by id (`len` only sums container headers).
+            if tree.len() > ROARING_MAX_IDS_PER_BYTE * bytes.len() as u64 {
+                return Err(DecodeError::TooDense);
+            }
+            return Ok(IdSet::from_treemap(&tree));
         }
         let mut r = Bytes(bytes);
         r.take(MAGIC.len())?;
@@ -529,6 +553,22 @@ impl IdSet {
     }
 }
 
+/// Writes `blocks`, which hold `len` keys, in the compact format ([`IdSet::serialize_into`]).
+fn write_blocks(blocks: &[Block], len: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+    for b in blocks {
+        out.extend_from_slice(&b.first.to_le_bytes());
+        out.extend_from_slice(&b.len.to_le_bytes());
+        out.push(b.width);
+        for w in b.gaps.iter() {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+}
+
 /// Magic of the compact format ([`IdSet::serialize_into`]).
 const MAGIC: &[u8; 4] = b"VRVI";
 const FORMAT_VERSION: u8 = 2;
@@ -536,6 +576,14 @@ const FORMAT_VERSION: u8 = 2;
 const HEADER_BYTES: usize = 4 + 4 + 8 + 4;
 /// First key, key count, width.
 const BLOCK_HEADER_BYTES: usize = 8 + 4 + 1;
+/// The most bytes one block takes serialized: [`BLOCK_KEYS`] keys, 64-bit gaps.
+pub const MAX_BLOCK_BYTES: usize = BLOCK_HEADER_BYTES + (BLOCK_KEYS - 1) * 8;
+
+/// The most ids per byte that a roaring treemap written by an earlier version holds: its
+/// densest container is a bitmap (65,536 ids in 8 KiB). Those versions never wrote run
+/// containers, with which a few bytes describe billions of ids that would take minutes to
+/// expand: a denser treemap is refused.
+const ROARING_MAX_IDS_PER_BYTE: u64 = 8;
 
 /// Why bytes are not a serialized id set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -554,6 +602,8 @@ pub enum DecodeError {
     Trailing(usize),
     #[error("not a roaring treemap")]
     Roaring,
+    #[error("a roaring treemap denser than verve ever wrote")]
+    TooDense,
 }
 
 /// Reads fixed fields off the front of a byte slice.
@@ -1079,6 +1129,47 @@ mod tests {
             assert_eq!(IdSet::deserialize(&roaring).unwrap(), set);
         }
         assert_eq!(IdSet::deserialize(&[]).unwrap(), IdSet::new());
+    }
+
+    #[test]
+    fn parts_are_bounded_and_add_up_to_the_set() {
+        let set = IdSet::from_ids(
+            stream(5)
+                .take(30_000)
+                .map(|k| k as i64)
+                .chain(0..20_000)
+                .chain([i64::MIN, i64::MAX]),
+        );
+        for max in [HEADER_BYTES + MAX_BLOCK_BYTES, 50_000, 1 << 20] {
+            let parts = set.serialize_parts(max);
+            assert!(parts.iter().all(|p| p.len() <= max), "max {max}");
+            let sets: Vec<IdSet> = parts
+                .iter()
+                .map(|p| IdSet::deserialize(p).unwrap())
+                .collect();
+            assert_eq!(IdSet::union_all(sets), set, "max {max}");
+        }
+        assert_eq!(
+            set.serialize_parts(1 << 20).len(),
+            1,
+            "small enough for one"
+        );
+        assert!(IdSet::new().serialize_parts(1 << 20).is_empty());
+    }
+
+    #[test]
+    fn roaring_run_containers_cannot_expand_a_few_bytes_into_billions_of_ids() {
+        // One run container of 65,536 ids in each of 1000 bitmaps: 64 million ids in about
+        // 16 KB, denser than any treemap verve wrote.
+        let mut tree = RoaringTreemap::new();
+        for high in 0..1000u64 {
+            tree.insert_range((high << 32)..(high << 32) + 65_536);
+        }
+        tree.optimize();
+        let mut bytes = Vec::new();
+        tree.serialize_into(&mut bytes).unwrap();
+        assert!(bytes.len() < 100_000, "{} bytes", bytes.len());
+        assert_eq!(IdSet::deserialize(&bytes), Err(DecodeError::TooDense));
     }
 
     #[test]
