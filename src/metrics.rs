@@ -35,6 +35,9 @@ pub struct EndpointCalls {
     pub failed: AtomicU64,
     /// Never attempted: the call queue was full or shutdown ran out of time.
     pub dropped: AtomicU64,
+    /// Never attempted: cluster mode, an endpoint read from Redis failed the checks a
+    /// client's endpoint passes, or was past `--max-endpoints`.
+    pub refused: AtomicU64,
 }
 
 /// Kafka records by the `result` label.
@@ -183,6 +186,7 @@ impl Metrics {
                 ("{result=\"http_error\"}", calls.http_error.load(Relaxed)),
                 ("{result=\"failed\"}", calls.failed.load(Relaxed)),
                 ("{result=\"dropped\"}", calls.dropped.load(Relaxed)),
+                ("{result=\"refused\"}", calls.refused.load(Relaxed)),
             ],
         );
         family(
