@@ -93,6 +93,8 @@ impl Collector {
                     if now >= due {
                         this.seal(next);
                         next += 1;
+                        // The gauge moves on to the window open now without waiting a second.
+                        next_absorb = Instant::now();
                         continue;
                     }
                     if Instant::now() >= next_absorb {

@@ -105,8 +105,8 @@ pub struct Config {
     #[arg(long, env = "VERVE_STATE_FILE", value_name = "PATH")]
     pub state_file: Option<PathBuf>,
 
-    /// Cluster mode: the Redis all instances share, `redis://HOST:PORT[/DB]` (or several
-    /// comma-separated seed nodes of a Redis Cluster).
+    /// Cluster mode: the Redis all instances share, `redis://[USER:PASSWORD@]HOST:PORT[/DB]`
+    /// (or several comma-separated seed nodes of a Redis Cluster).
     #[arg(long, env = "VERVE_REDIS", value_name = "URL",
           value_parser = Target::parse)]
     pub redis: Option<Target>,

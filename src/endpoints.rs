@@ -315,6 +315,40 @@ pub fn canonicalize(decoded: &str, policy: &EndpointPolicy) -> Result<Url, Query
     Ok(url)
 }
 
+/// Checks an endpoint read from somewhere untrusted (cluster mode: Redis, where another
+/// program may have written it) exactly as a client's would be checked, and returns the URL
+/// to call, or the reason it is refused: the `error=` token of its log line.
+pub fn check_untrusted(bytes: &[u8], policy: &EndpointPolicy) -> Result<Url, &'static str> {
+    if bytes.len() > crate::query::MAX_ENDPOINT_BYTES {
+        return Err("too-long");
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "not-utf8")?;
+    if text.contains(COUNT_TOKEN) {
+        return Err("count-token");
+    }
+    canonicalize(text, policy).map_err(|_| "refused-by-policy")
+}
+
+/// An untrusted endpoint as one log token that cannot break the log's format: at most
+/// [`crate::query::MAX_ENDPOINT_BYTES`] of its bytes, with every byte that is not printable
+/// ASCII, and every `=`, percent-encoded (so that no line but a count line holds
+/// `unique_count=`).
+pub fn sanitize_for_log(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(crate::query::MAX_ENDPOINT_BYTES)];
+    let mut out = String::with_capacity(cut.len());
+    for &b in cut {
+        if b.is_ascii_graphic() && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if cut.len() < bytes.len() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// What admitting an endpoint to a window's table did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -339,6 +373,11 @@ impl EndpointTable {
             max,
             windows: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The most distinct endpoints per window.
+    pub fn max(&self) -> usize {
+        self.max
     }
 
     pub fn admit(&self, window: u64, url: &str) -> Admit {
@@ -757,6 +796,39 @@ mod tests {
         ));
         assert!(!allowed(&p, "http://x.test/unique_count=9"));
         assert_eq!(url.as_str(), "http://example.com/a?b=1");
+    }
+
+    #[test]
+    fn untrusted_endpoints_are_checked_like_a_clients_and_logged_harmlessly() {
+        let p = EndpointPolicy::new(&["ok.test"]).unwrap();
+        assert_eq!(
+            check_untrusted(b"HTTP://OK.test/a#x", &p).unwrap().as_str(),
+            "http://ok.test/a"
+        );
+        let long = format!(
+            "http://ok.test/{}",
+            "a".repeat(crate::query::MAX_ENDPOINT_BYTES)
+        );
+        for (bad, why) in [
+            (long.as_bytes(), "too-long"),
+            (b"http://ok.test/\xff".as_slice(), "not-utf8"),
+            (b"http://ok.test:99999/", "refused-by-policy"),
+            (b"http://ok.test/?unique_count=5", "count-token"),
+            (b"http://other.test/", "refused-by-policy"),
+            (b"ftp://ok.test/", "refused-by-policy"),
+            (b"", "refused-by-policy"),
+        ] {
+            assert_eq!(check_untrusted(bad, &p).unwrap_err(), why, "{bad:?}");
+        }
+        assert_eq!(
+            sanitize_for_log(b"http://x/?unique_count=5 a\n\xff"),
+            "http://x/?unique_count%3D5%20a%0A%FF"
+        );
+        let logged = sanitize_for_log(long.as_bytes());
+        assert!(
+            logged.ends_with("...") && logged.len() < long.len() + 4,
+            "{logged}"
+        );
     }
 
     #[test]

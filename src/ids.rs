@@ -425,18 +425,7 @@ impl IdSet {
 
     /// Bytes of [`IdSet::serialize_into`]'s output.
     pub fn serialized_size(&self) -> usize {
-        HEADER_BYTES
-            + self
-                .segments()
-                .map(|segment| match segment {
-                    Segment::Packed(b) => {
-                        SEGMENT_KIND_BYTES + BLOCK_HEADER_BYTES + b.gaps.len() * 8
-                    }
-                    Segment::Dense(_, bitmap) => {
-                        SEGMENT_KIND_BYTES + DENSE_HEADER_BYTES + bitmap.serialized_size()
-                    }
-                })
-                .sum::<usize>()
+        HEADER_BYTES + self.segments().map(|s| s.size()).sum::<usize>()
     }
 
     /// The set cut into what the compact format writes: each block as it is, except that
@@ -450,10 +439,11 @@ impl IdSet {
             let high = block.first >> 32;
             // Consecutive runs (width 0) that stay under one high half.
             let mut end = i;
-            while self
-                .blocks
-                .get(end)
-                .is_some_and(|b| b.width == 0 && b.first >> 32 == high && b.last >> 32 == high)
+            while end - i < DENSE_MAX_BLOCKS
+                && self
+                    .blocks
+                    .get(end)
+                    .is_some_and(|b| b.width == 0 && b.first >> 32 == high && b.last >> 32 == high)
             {
                 end += 1;
             }
@@ -489,35 +479,44 @@ impl IdSet {
     /// Keys ascend strictly across segments.
     pub fn serialize_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.serialized_size());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
-        out.extend_from_slice(&self.len.to_le_bytes());
-        let count_at = out.len();
-        out.extend_from_slice(&0u32.to_le_bytes());
-        let mut segments = 0u32;
+        let segments: Vec<Segment<'_>> = self.segments().collect();
+        write_segments(&segments, self.len, out);
+    }
+
+    /// The set in parts of at most `max_bytes` each, cut between segments: each part is a
+    /// set of its own in the compact format, and their union is the set. For stores that
+    /// bound the size of one value; no part for the empty set.
+    ///
+    /// # Panics
+    /// If `max_bytes` is below [`MAX_SEGMENT_BYTES`] plus the header: a segment is never cut.
+    pub fn serialize_parts(&self, max_bytes: usize) -> Vec<Vec<u8>> {
+        assert!(
+            max_bytes >= HEADER_BYTES + MAX_SEGMENT_BYTES,
+            "{max_bytes} bytes"
+        );
+        let mut parts = Vec::new();
+        let mut part: Vec<Segment<'_>> = Vec::new();
+        let (mut bytes, mut len) = (HEADER_BYTES, 0u64);
         for segment in self.segments() {
-            segments += 1;
-            match segment {
-                Segment::Packed(b) => {
-                    out.push(KIND_PACKED);
-                    out.extend_from_slice(&b.first.to_le_bytes());
-                    out.extend_from_slice(&b.len.to_le_bytes());
-                    out.push(b.width);
-                    for w in b.gaps.iter() {
-                        out.extend_from_slice(&w.to_le_bytes());
-                    }
-                }
-                Segment::Dense(high, bitmap) => {
-                    out.push(KIND_DENSE);
-                    out.extend_from_slice(&high.to_le_bytes());
-                    out.extend_from_slice(&(bitmap.serialized_size() as u32).to_le_bytes());
-                    bitmap
-                        .serialize_into(&mut *out)
-                        .expect("writing to a Vec cannot fail");
-                }
+            let size = segment.size();
+            debug_assert!(size <= MAX_SEGMENT_BYTES);
+            if bytes + size > max_bytes && !part.is_empty() {
+                let mut out = Vec::with_capacity(bytes);
+                write_segments(&part, len, &mut out);
+                parts.push(out);
+                part.clear();
+                (bytes, len) = (HEADER_BYTES, 0);
             }
+            bytes += size;
+            len += segment.len();
+            part.push(segment);
         }
-        out[count_at..count_at + 4].copy_from_slice(&segments.to_le_bytes());
+        if !part.is_empty() {
+            let mut out = Vec::with_capacity(bytes);
+            write_segments(&part, len, &mut out);
+            parts.push(out);
+        }
+        parts
     }
 
     /// [`IdSet::deserialize_bounded`] with the bound [`MAX_DECODED_IDS`].
@@ -539,6 +538,10 @@ impl IdSet {
             let tree = RoaringTreemap::deserialize_from(bytes).map_err(|_| DecodeError::Roaring)?;
             if tree.len() > max_ids {
                 return Err(DecodeError::TooMany(tree.len()));
+            }
+            // Counted before it is expanded id by id (`len` only sums container headers).
+            if tree.len() > ROARING_MAX_IDS_PER_BYTE * bytes.len() as u64 {
+                return Err(DecodeError::TooDense);
             }
             return Ok(IdSet::from_treemap(&tree));
         }
@@ -608,6 +611,36 @@ impl IdSet {
     }
 }
 
+/// Writes `segments`, which hold `len` keys, in the compact format
+/// ([`IdSet::serialize_into`]).
+fn write_segments(segments: &[Segment<'_>], len: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(segments.len() as u32).to_le_bytes());
+    for segment in segments {
+        match segment {
+            Segment::Packed(b) => {
+                out.push(KIND_PACKED);
+                out.extend_from_slice(&b.first.to_le_bytes());
+                out.extend_from_slice(&b.len.to_le_bytes());
+                out.push(b.width);
+                for w in b.gaps.iter() {
+                    out.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            Segment::Dense(high, bitmap) => {
+                out.push(KIND_DENSE);
+                out.extend_from_slice(&high.to_le_bytes());
+                out.extend_from_slice(&(bitmap.serialized_size() as u32).to_le_bytes());
+                bitmap
+                    .serialize_into(&mut *out)
+                    .expect("writing to a Vec cannot fail");
+            }
+        }
+    }
+}
+
 /// One block of the compact format (after its kind byte), checked.
 fn read_block(r: &mut Bytes<'_>) -> Result<Block, DecodeError> {
     let first = r.u64()?;
@@ -645,11 +678,46 @@ enum Segment<'a> {
     Dense(u32, roaring::RoaringBitmap),
 }
 
+impl Segment<'_> {
+    /// Bytes it takes serialized, its kind byte included.
+    fn size(&self) -> usize {
+        SEGMENT_KIND_BYTES
+            + match self {
+                Segment::Packed(b) => BLOCK_HEADER_BYTES + b.gaps.len() * 8,
+                Segment::Dense(_, bitmap) => DENSE_HEADER_BYTES + bitmap.serialized_size(),
+            }
+    }
+
+    /// Ids it holds.
+    fn len(&self) -> u64 {
+        match self {
+            Segment::Packed(b) => u64::from(b.len),
+            Segment::Dense(_, bitmap) => bitmap.len(),
+        }
+    }
+}
+
 /// Most ids [`IdSet::deserialize`] expands a set to: far more than a window of the
 /// busiest instance holds (2^32 ids take ~25 GB even packed), few enough that a crafted
 /// run of a few bytes cannot ask for unbounded memory. Callers that know a tighter bound
 /// (the memory budget) use [`IdSet::deserialize_bounded`].
 pub const MAX_DECODED_IDS: u64 = 1 << 32;
+
+/// The most bytes one block takes serialized: [`BLOCK_KEYS`] keys, 64-bit gaps.
+pub const MAX_BLOCK_BYTES: usize = BLOCK_HEADER_BYTES + (BLOCK_KEYS - 1) * 8;
+/// The most bytes one segment takes serialized: a block at its largest (a dense segment
+/// holds at most [`DENSE_MAX_BLOCKS`] runs, a few kilobytes as roaring run containers).
+pub const MAX_SEGMENT_BYTES: usize = SEGMENT_KIND_BYTES + MAX_BLOCK_BYTES;
+/// Most runs (width-0 blocks) one dense segment takes: keeps it far below
+/// [`MAX_SEGMENT_BYTES`] (each run adds at most one 4-byte run and a share of a container
+/// header), so that [`IdSet::serialize_parts`] can always cut between segments.
+const DENSE_MAX_BLOCKS: usize = 1024;
+
+/// The most ids per byte that a roaring treemap written by an earlier version holds: its
+/// densest container is a bitmap (65,536 ids in 8 KiB). Those versions never wrote run
+/// containers, with which a few bytes describe billions of ids that would take minutes to
+/// expand: a denser treemap is refused.
+const ROARING_MAX_IDS_PER_BYTE: u64 = 8;
 
 /// Magic of the compact format ([`IdSet::serialize_into`]).
 const MAGIC: &[u8; 4] = b"VRVI";
@@ -663,7 +731,6 @@ const SEGMENT_KIND_BYTES: usize = 1;
 const BLOCK_HEADER_BYTES: usize = 8 + 4 + 1;
 /// High half, bitmap length.
 const DENSE_HEADER_BYTES: usize = 4 + 4;
-
 /// Why bytes are not a serialized id set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -685,6 +752,8 @@ pub enum DecodeError {
     Kind(u8),
     #[error("id set of {0} ids, more than allowed")]
     TooMany(u64),
+    #[error("a roaring treemap denser than verve ever wrote")]
+    TooDense,
 }
 
 /// Reads fixed fields off the front of a byte slice.
@@ -1210,6 +1279,47 @@ mod tests {
             assert_eq!(IdSet::deserialize(&roaring).unwrap(), set);
         }
         assert_eq!(IdSet::deserialize(&[]).unwrap(), IdSet::new());
+    }
+
+    #[test]
+    fn parts_are_bounded_and_add_up_to_the_set() {
+        let set = IdSet::from_ids(
+            stream(5)
+                .take(30_000)
+                .map(|k| k as i64)
+                .chain(0..20_000)
+                .chain([i64::MIN, i64::MAX]),
+        );
+        for max in [HEADER_BYTES + MAX_SEGMENT_BYTES, 50_000, 1 << 20] {
+            let parts = set.serialize_parts(max);
+            assert!(parts.iter().all(|p| p.len() <= max), "max {max}");
+            let sets: Vec<IdSet> = parts
+                .iter()
+                .map(|p| IdSet::deserialize(p).unwrap())
+                .collect();
+            assert_eq!(IdSet::union_all(sets), set, "max {max}");
+        }
+        assert_eq!(
+            set.serialize_parts(1 << 20).len(),
+            1,
+            "small enough for one"
+        );
+        assert!(IdSet::new().serialize_parts(1 << 20).is_empty());
+    }
+
+    #[test]
+    fn roaring_run_containers_cannot_expand_a_few_bytes_into_billions_of_ids() {
+        // One run container of 65,536 ids in each of 1000 bitmaps: 64 million ids in about
+        // 16 KB, denser than any treemap verve wrote.
+        let mut tree = RoaringTreemap::new();
+        for high in 0..1000u64 {
+            tree.insert_range((high << 32)..(high << 32) + 65_536);
+        }
+        tree.optimize();
+        let mut bytes = Vec::new();
+        tree.serialize_into(&mut bytes).unwrap();
+        assert!(bytes.len() < 100_000, "{} bytes", bytes.len());
+        assert_eq!(IdSet::deserialize(&bytes), Err(DecodeError::TooDense));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -11,6 +12,8 @@ use signal_hook::iterator::Signals;
 
 use verve::clock::SystemClock;
 use verve::cluster::conn::Problem;
+use verve::cluster::node::key_ttl;
+use verve::cluster::store::Keys;
 use verve::config::Config;
 use verve::server::{self, Server};
 
@@ -54,7 +57,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
         // Said plainly now rather than at the first window boundary.
-        match verve::cluster::conn::check(target) {
+        let keys = Keys::new(&config.redis_prefix);
+        let key_ttl = key_ttl(
+            Duration::from_secs(config.interval),
+            config.cluster_backlog as usize,
+            config.cluster_grace,
+        );
+        match verve::cluster::conn::check(
+            target,
+            &keys,
+            config.interval,
+            key_ttl.as_millis() as u64,
+        ) {
             Ok(kind) => log::info!("{kind} at {} is ready", target.display()),
             Err(Problem::Unreachable(e)) => {
                 let msg = format!(
@@ -69,6 +83,16 @@ fn main() -> ExitCode {
             Err(Problem::Unusable(e)) => {
                 let why = verve::cluster::conn::describe(&e);
                 eprintln!("error: --redis {}: {why}", target.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(Problem::OtherInterval(theirs)) => {
+                eprintln!(
+                    "error: --interval {}: the instances already using --redis-prefix {} on                      --redis {} count with --interval {theirs}; give every instance of a                      cluster the same --interval, or this one another --redis-prefix (Redis                      forgets their interval {} s after the last of them stops)",
+                    config.interval,
+                    config.redis_prefix,
+                    target.display(),
+                    key_ttl.as_secs()
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         }

@@ -38,6 +38,9 @@ pub struct EndpointCalls {
     /// Never attempted: the call queue was full, the call could not start within the window
     /// that follows (its host or every call thread busy), or shutdown ran out of time.
     pub dropped: AtomicU64,
+    /// Never attempted: cluster mode, an endpoint read from Redis failed the checks a
+    /// client's endpoint passes, or was past `--max-endpoints`.
+    pub refused: AtomicU64,
 }
 
 /// Kafka records by the `result` label.
@@ -195,6 +198,7 @@ impl Metrics {
                 ("{result=\"failed\"}", calls.failed.load(Relaxed)),
                 ("{result=\"denied\"}", calls.denied.load(Relaxed)),
                 ("{result=\"dropped\"}", calls.dropped.load(Relaxed)),
+                ("{result=\"refused\"}", calls.refused.load(Relaxed)),
             ],
         );
         family(

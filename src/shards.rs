@@ -297,6 +297,17 @@ impl Shards {
         &self.memory
     }
 
+    /// The endpoint rules requests are checked against (`--endpoint-allow`): in cluster mode
+    /// the leader checks endpoints read from Redis against them too.
+    pub fn policy(&self) -> &EndpointPolicy {
+        &self.policy
+    }
+
+    /// `--max-endpoints`: the most distinct endpoints a window may have.
+    pub fn max_endpoints(&self) -> usize {
+        self.table.max()
+    }
+
     /// The shard of the calling thread (see the module doc). Threads are numbered in the
     /// order they first ask, so the first `len()` threads to record (the may workers) each get
     /// a shard of their own. The index must not be kept across a yield; a stale one is still

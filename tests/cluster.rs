@@ -587,3 +587,106 @@ fn ids_taken_after_the_cluster_reported_the_window_are_reported_locally() {
         "{metrics}"
     );
 }
+
+#[test]
+fn an_instance_with_another_interval_under_the_same_prefix_is_refused_at_start() {
+    let redis = Redis::start();
+    let running = instances(&redis.url, 1, &[]);
+    running[0].accept_ok(1);
+    let out = common::command(&temp_dir("other-interval"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "5",
+            "--redis",
+            &redis.url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: --interval 5:") && err.contains(&format!("--interval {INTERVAL};")),
+        "both values named: {err}"
+    );
+    // Another prefix is another deployment, with an interval of its own.
+    let other = Server::start(5, &["--redis", &redis.url, "--redis-prefix", "other"]);
+    other.accept_ok(2);
+}
+
+/// What a Redis ACL user needs for verve, besides keys under its prefix: the scripts
+/// (`EVALSHA`, and `SCRIPT LOAD` when Redis does not know one yet), the commands they and
+/// the heartbeats run, and `INFO` (whether the server is part of a Redis Cluster). The
+/// README lists the same.
+const ACL_COMMANDS: &[&str] = &[
+    "+evalsha",
+    "+script|load",
+    "+info",
+    "+get",
+    "+set",
+    "+del",
+    "+exists",
+    "+type",
+    "+pexpire",
+    "+rpush",
+    "+llen",
+    "+lrange",
+    "+sadd",
+    "+scard",
+    "+sismember",
+    "+sscan",
+    "+zadd",
+    "+zrem",
+    "+zrangebyscore",
+    "+zremrangebyscore",
+];
+
+#[test]
+fn a_redis_user_with_only_the_prefix_and_the_commands_verve_needs_is_enough() {
+    let redis = Redis::start();
+    let mut admin = redis.connect();
+    let _: () = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                "counter",
+                "on",
+                ">s3cret",
+                "resetkeys",
+                "~verve:*",
+            ][..],
+        )
+        .arg(&["resetchannels", "-@all"][..])
+        .arg(ACL_COMMANDS)
+        .query(&mut admin)
+        .unwrap();
+    let url = format!("redis://counter:s3cret@127.0.0.1:{}/", redis.port);
+    let servers = instances(&url, 2, &["--cluster-grace", "1"]);
+    let (w, expected) = in_one_window(|attempt| {
+        let base = 40_000_000 * (attempt as i64 + 1);
+        send(&servers[0], base..base + 40, Some("http://cb.test/hook"));
+        send(
+            &servers[1],
+            base + 20..base + 70,
+            Some("http://cb.test/hook"),
+        );
+        70u64
+    });
+    let lines = reported(&servers, w);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].1.unique_count, expected);
+    // Redis refused nothing: no command, no key, also none inside a script.
+    let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query(&mut admin).unwrap();
+    assert!(denied.is_empty(), "{denied:?}");
+    for s in &servers {
+        assert!(!s.log().contains("scope=local"), "{}", s.log());
+        let metrics = s.get("/metrics").text();
+        assert!(
+            metrics.contains("verve_redis_errors_total 0\n"),
+            "{metrics}"
+        );
+        // The password is never shown.
+        assert!(!s.stderr().contains("s3cret") && !s.log().contains("s3cret"));
+    }
+}

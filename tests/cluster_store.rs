@@ -1,14 +1,16 @@
 //! The Redis store of cluster mode (`verve::cluster::store`) against a real `redis-server`
 //! (Debian package `redis-server`, which `.ci/run` installs), started by the test on a free
 //! loopback port without persistence; and against a 3-master Redis Cluster on loopback,
-//! where a window's keys must share one slot (its hash tag) for the scripts to work.
+//! where a window's keys must share one slot (its hash tag) for the scripts to work. Where
+//! two instances race, each has a connection of its own and the test orders their steps.
 
 mod common;
 
 use common::redis_servers::{Redis, RedisCluster};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use verve::cluster::node::union_of_shipments;
-use verve::cluster::store::{self, Keys, Lead, Shipment, Shipped};
+use verve::cluster::conn;
+use verve::cluster::node::{union_of_shipments, union_of_shipments_pausing, Skipped};
+use verve::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
 
 use verve::ids::IdSet;
 
@@ -18,7 +20,7 @@ fn serialized(ids: &[i64]) -> Vec<u8> {
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     let set = IdSet::from_ids(ids.iter().copied());
     let mut bytes = Vec::new();
-    if CALLS.fetch_add(1, Relaxed) % 2 == 0 {
+    if CALLS.fetch_add(1, Relaxed).is_multiple_of(2) {
         bytes = verve::cluster::node::serialize(&set);
     } else if !set.is_empty() {
         set.to_treemap().serialize_into(&mut bytes).unwrap();
@@ -54,9 +56,27 @@ fn ship(
 }
 
 fn count(con: &mut dyn redis::ConnectionLike, keys: &Keys, w: u64) -> u64 {
-    let (union, unreadable) = union_of_shipments(con, keys, w).unwrap();
-    assert_eq!(unreadable, 0);
+    let (union, skipped) = union_of_shipments(con, keys, w).unwrap();
+    assert_eq!(skipped.total(), 0);
     union.len()
+}
+
+/// Which of the instances `a` to `d` made their last shipment of window `w`.
+fn shipped(con: &mut dyn redis::ConnectionLike, keys: &Keys, w: u64) -> Vec<&'static str> {
+    ["a", "b", "c", "d"]
+        .into_iter()
+        .filter(|i| store::has_shipped(con, keys, w, i).unwrap())
+        .collect()
+}
+
+/// The endpoints of window `w`, as text.
+fn endpoints(con: &mut dyn redis::ConnectionLike, keys: &Keys, w: u64, max: usize) -> Vec<String> {
+    let stored = store::endpoints(con, keys, w, max).unwrap();
+    stored
+        .members
+        .into_iter()
+        .map(|m| String::from_utf8(m).unwrap())
+        .collect()
 }
 
 #[test]
@@ -76,17 +96,17 @@ fn window_round_trip(con: &mut dyn redis::ConnectionLike) {
         ship(con, &keys, w, "a", &[1, 2], &x(), false),
         Shipped::Stored
     );
-    assert!(store::shipped(con, &keys, w).unwrap().is_empty());
+    assert!(shipped(con, &keys, w).is_empty());
     ship(con, &keys, w, "a", &[3, -5], &[], true);
     let y = vec!["http://y.test/".to_string(), "http://x.test/".to_string()];
     ship(con, &keys, w, "b", &[3, 4, i64::MAX], &y, true);
     ship(con, &keys, w, "a", &[1, 2, 3, -5], &[], true);
     // An empty last shipment only marks the instance done.
     ship(con, &keys, w, "c", &[], &[], true);
-    assert_eq!(store::shipped(con, &keys, w).unwrap(), ["a", "b", "c"]);
+    assert_eq!(shipped(con, &keys, w), ["a", "b", "c"]);
     assert_eq!(count(con, &keys, w), 6, "{{1, 2, 3, -5}} | {{3, 4, MAX}}");
     assert_eq!(
-        store::endpoints(con, &keys, w).unwrap(),
+        endpoints(con, &keys, w, 1000),
         ["http://x.test/", "http://y.test/"]
     );
     // Every key of the window expires on its own.
@@ -94,10 +114,16 @@ fn window_round_trip(con: &mut dyn redis::ConnectionLike) {
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut *con).unwrap();
         assert!(ttl > 0 && ttl <= TTL as i64, "{key}: PTTL {ttl}");
     }
-    // Lead, report, finish: then the window is done for everybody, its ids are gone, and a
-    // late shipment is refused instead of changing a reported count.
+    // Lead, freeze, report, finish: then the window is done for everybody, its ids are
+    // gone, and a late shipment is refused instead of changing a reported count.
     assert_eq!(store::lead(con, &keys, w, "b", TTL).unwrap(), Lead::Leading);
     assert_eq!(store::lead(con, &keys, w, "a", TTL).unwrap(), Lead::Waiting);
+    assert_eq!(
+        store::freeze(con, &keys, w, "a", TTL).unwrap(),
+        None,
+        "not a's"
+    );
+    assert_eq!(store::freeze(con, &keys, w, "b", TTL).unwrap(), Some(4));
     assert!(store::renew(con, &keys, w, "b", TTL).unwrap());
     assert!(!store::renew(con, &keys, w, "a", TTL).unwrap());
     assert!(
@@ -114,6 +140,10 @@ fn window_round_trip(con: &mut dyn redis::ConnectionLike) {
     assert_eq!(exists, 0, "the ids go once the window is reported");
     assert_eq!(ship(con, &keys, w, "d", &[9], &[], true), Shipped::TooLate);
     assert_eq!(count(con, &keys, w), 0);
+    for key in [keys.ids(w), keys.endpoints(w), keys.frozen(w)] {
+        let exists: i64 = redis::cmd("EXISTS").arg(&key).query(&mut *con).unwrap();
+        assert_eq!(exists, 0, "{key} is gone once the window is reported");
+    }
 }
 
 #[test]
@@ -123,8 +153,12 @@ fn a_shipment_with_thousands_of_endpoints_arrives_whole() {
     let keys = Keys::new("verve-test");
     let endpoints: Vec<String> = (0..2_500).map(|i| format!("http://h{i}.test/")).collect();
     ship(&mut con, &keys, 0, "a", &[7], &endpoints, true);
-    assert_eq!(store::endpoints(&mut con, &keys, 0).unwrap().len(), 2_500);
-    assert_eq!(store::shipped(&mut con, &keys, 0).unwrap(), ["a"]);
+    let stored = store::endpoints(&mut con, &keys, 0, 5_000).unwrap();
+    assert_eq!((stored.members.len(), stored.total), (2_500, 2_500));
+    assert_eq!(shipped(&mut con, &keys, 0), ["a"]);
+    // Read no further than the caller's maximum (`--max-endpoints`), whatever the set holds.
+    let stored = store::endpoints(&mut con, &keys, 0, 1_000).unwrap();
+    assert_eq!((stored.members.len(), stored.total), (1_000, 2_500));
 }
 
 #[test]
@@ -185,13 +219,16 @@ fn heartbeats_name_the_live_instances() {
     store::heartbeat(&mut con, &keys, "b", 11_000, ttl).unwrap();
     store::heartbeat(&mut con, &keys, "c", 11_000, ttl).unwrap();
     assert_eq!(
-        store::live(&mut con, &keys, 12_000, ttl).unwrap(),
+        store::live(&mut con, &keys, 12_000, ttl).unwrap().unwrap(),
         ["a", "b", "c"]
     );
     // a falls silent; b goes on; c leaves.
     store::heartbeat(&mut con, &keys, "b", 13_500, ttl).unwrap();
     store::leave(&mut con, &keys, "c").unwrap();
-    assert_eq!(store::live(&mut con, &keys, 13_500, ttl).unwrap(), ["b"]);
+    assert_eq!(
+        store::live(&mut con, &keys, 13_500, ttl).unwrap().unwrap(),
+        ["b"]
+    );
     let size: i64 = redis::cmd("ZCARD")
         .arg(keys.live())
         .query(&mut con)
@@ -215,7 +252,10 @@ fn the_store_works_on_a_three_master_redis_cluster() {
         Lead::Waiting
     );
     store::heartbeat(&mut con, &keys, "a", 5_000, TTL).unwrap();
-    assert_eq!(store::live(&mut con, &keys, 5_000, TTL).unwrap(), ["a"]);
+    assert_eq!(
+        store::live(&mut con, &keys, 5_000, TTL).unwrap().unwrap(),
+        ["a"]
+    );
     // The windows really are spread over the masters: their slots differ.
     let mut slot = |key: String| -> i64 {
         redis::cmd("CLUSTER")
@@ -227,4 +267,274 @@ fn the_store_works_on_a_three_master_redis_cluster() {
     let slots: std::collections::HashSet<i64> = (0..20).map(|i| slot(keys.lease(60 * i))).collect();
     assert!(slots.len() > 1, "one slot for every window: {slots:?}");
     assert_eq!(slot(keys.ids(60)), slot(keys.done(60)));
+}
+
+#[test]
+fn a_shipment_that_reaches_redis_after_the_leaders_read_is_refused_not_deleted_unseen() {
+    // The leader and a slow instance, each on a connection of its own; the test puts the
+    // slow instance's last shipment between the leader's read and its `done` mark, which
+    // is where it used to be stored, answered "stored", and then deleted unread.
+    let redis = Redis::start();
+    let (mut leader, mut slow) = (redis.connect(), redis.connect());
+    let keys = Keys::new("verve-test");
+    let w = 1_795_320_780;
+    assert_eq!(
+        ship(&mut leader, &keys, w, "a", &[1, 2, 3], &[], true),
+        Shipped::Stored
+    );
+    // The slow instance shipped part of its ids in time, during the window.
+    assert_eq!(
+        ship(&mut slow, &keys, w, "b", &[3, 4], &[], false),
+        Shipped::Stored
+    );
+    assert_eq!(
+        store::lead(&mut leader, &keys, w, "a", TTL).unwrap(),
+        Lead::Leading
+    );
+    let n = store::freeze(&mut leader, &keys, w, "a", TTL)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 2);
+    let (union, skipped) = union_of_shipments_pausing(&mut leader, &keys, w, n, &mut |_| Ok(true))
+        .unwrap()
+        .unwrap();
+    assert_eq!((union.len(), skipped), (4, Skipped::default()));
+    // Read; not yet marked done. The slow instance's last shipment arrives now: refused, so
+    // that instance keeps its ids and reports them itself (`scope=local`).
+    let late = vec!["http://late.test/".to_string()];
+    assert_eq!(
+        ship(&mut slow, &keys, w, "b", &[5, 6], &late, true),
+        Shipped::TooLate
+    );
+    // Nothing of it was stored: the list is what the leader read, the endpoint is not in
+    // the set, and the instance is not marked as shipped.
+    assert_eq!(store::shipments(&mut slow, &keys, w).unwrap(), n);
+    assert!(endpoints(&mut slow, &keys, w, 10).is_empty());
+    assert!(!store::has_shipped(&mut slow, &keys, w, "b").unwrap());
+    assert!(store::finish(&mut leader, &keys, w, "a", union.len(), TTL).unwrap());
+    assert_eq!(
+        store::lead(&mut slow, &keys, w, "b", TTL).unwrap(),
+        Lead::Done(4)
+    );
+    // A successor taking over a frozen window (the leader died after its freeze) reads the
+    // same list: freezing again changes nothing.
+    let w2 = w + 60;
+    ship(&mut leader, &keys, w2, "a", &[7], &[], true);
+    store::lead(&mut leader, &keys, w2, "a", TTL).unwrap();
+    assert_eq!(
+        store::freeze(&mut leader, &keys, w2, "a", TTL).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        ship(&mut slow, &keys, w2, "b", &[8], &[], true),
+        Shipped::TooLate
+    );
+    store::release(&mut leader, &keys, w2, "a").unwrap();
+    assert_eq!(
+        store::lead(&mut slow, &keys, w2, "b", TTL).unwrap(),
+        Lead::Leading
+    );
+    assert_eq!(
+        store::freeze(&mut slow, &keys, w2, "b", TTL).unwrap(),
+        Some(1)
+    );
+    assert_eq!(count(&mut slow, &keys, w2), 1);
+}
+
+/// The store error of `result`, which must be a malformed key.
+fn malformed_key<T: std::fmt::Debug>(result: store::Result<T>) -> String {
+    match result {
+        Err(store::Error::Malformed { key, .. }) => key,
+        other => panic!("not Malformed: {other:?}"),
+    }
+}
+
+#[test]
+fn keys_verve_did_not_write_are_refused_and_nothing_is_half_written() {
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    let set = |con: &mut redis::Connection, args: &[&str]| {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query::<redis::Value>(con)
+            .unwrap();
+    };
+    let exists = |con: &mut redis::Connection, key: String| -> bool {
+        redis::cmd("EXISTS").arg(key).query::<i64>(con).unwrap() == 1
+    };
+    let e = vec!["http://e.test/".to_string()];
+    let try_ship = |con: &mut redis::Connection, w: u64| {
+        let bytes = serialized(&[1, 2]);
+        store::ship(
+            con,
+            &keys,
+            &Shipment {
+                window_start: w,
+                instance: "a",
+                ids: &bytes,
+                endpoints: &e,
+                last: true,
+                ttl_ms: TTL,
+            },
+        )
+    };
+    // Each of the window's keys of another type, in turn: refused before anything is
+    // written, so no shipment is half stored.
+    for (w, key) in [
+        (60, keys.ids(60)),
+        (120, keys.endpoints(120)),
+        (180, keys.shipped(180)),
+    ] {
+        set(&mut con, &["HSET", &key, "f", "v"]);
+        assert_eq!(malformed_key(try_ship(&mut con, w)), key);
+        let written = [keys.ids(w), keys.endpoints(w), keys.shipped(w)]
+            .into_iter()
+            .filter(|k| *k != key && exists(&mut con, k.clone()))
+            .collect::<Vec<_>>();
+        assert!(written.is_empty(), "{key}: {written:?} written");
+    }
+    // A `done` that is not a count is not a report: neither a refusal nor Done(0).
+    for junk in ["abc", "", " 7", "-1", "1e3", "123456789012345678901"] {
+        set(&mut con, &["SET", &keys.done(240), junk]);
+        assert_eq!(
+            malformed_key(try_ship(&mut con, 240)),
+            keys.done(240),
+            "{junk:?}"
+        );
+        assert_eq!(
+            malformed_key(store::lead(&mut con, &keys, 240, "a", TTL)),
+            keys.done(240),
+            "{junk:?}"
+        );
+    }
+    // `done` or the lease of another type: a Redis error about that key, not an outage.
+    set(&mut con, &["RPUSH", &keys.done(300), "x"]);
+    set(&mut con, &["RPUSH", &keys.lease(360), "x"]);
+    for err in [
+        try_ship(&mut con, 300).map(drop),
+        store::lead(&mut con, &keys, 300, "a", TTL).map(drop),
+        store::lead(&mut con, &keys, 360, "a", TTL).map(drop),
+    ] {
+        match err {
+            Err(store::Error::Redis(e)) => assert!(!conn::is_outage(&e), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Shipments that are not id sets, or too long to be verve's, are skipped unread; the
+    // rest count.
+    let w = 420;
+    ship(&mut con, &keys, w, "a", &[1, 2, 3], &[], false);
+    set(&mut con, &["RPUSH", &keys.ids(w), "garbage!"]);
+    let huge = vec![b'x'; store::MAX_SHIPMENT_BYTES + 1];
+    redis::cmd("RPUSH")
+        .arg(keys.ids(w))
+        .arg(&huge)
+        .query::<i64>(&mut con)
+        .unwrap();
+    ship(&mut con, &keys, w, "b", &[3, 4], &[], true);
+    let (union, skipped) = union_of_shipments(&mut con, &keys, w).unwrap();
+    assert_eq!(union.len(), 4);
+    assert_eq!(
+        skipped,
+        Skipped {
+            oversized: 1,
+            unreadable: 1
+        }
+    );
+    assert!(store::check_shipments(&keys, w, store::MAX_SHIPMENTS_PER_WINDOW).is_ok());
+    assert_eq!(
+        malformed_key(store::check_shipments(
+            &keys,
+            w,
+            store::MAX_SHIPMENTS_PER_WINDOW + 1
+        )),
+        keys.ids(w)
+    );
+    // Endpoint members are read cut one byte past the longest verve stores.
+    let long = format!("http://e.test/{}", "a".repeat(10_000));
+    set(
+        &mut con,
+        &["SADD", &keys.endpoints(w), &long, "http://ok.test/"],
+    );
+    let stored = store::endpoints(&mut con, &keys, w, 10).unwrap();
+    assert_eq!(stored.total, 2);
+    let lens: Vec<usize> = stored.members.iter().map(Vec::len).collect();
+    assert_eq!(lens, [store::MAX_ENDPOINT_BYTES + 1, 15]);
+    // Live-set members longer than an instance name are not instances.
+    set(&mut con, &["ZADD", &keys.live(), "5000", &"x".repeat(300)]);
+    store::heartbeat(&mut con, &keys, "a", 5_000, TTL).unwrap();
+    assert_eq!(
+        store::live(&mut con, &keys, 5_000, TTL).unwrap().unwrap(),
+        ["a"]
+    );
+}
+
+#[test]
+fn the_prefix_is_claimed_for_one_interval() {
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    let claim = |con: &mut redis::Connection, secs| store::claim_interval(con, &keys, secs, TTL);
+    assert_eq!(claim(&mut con, 60).unwrap(), Interval::Same);
+    assert_eq!(claim(&mut con, 60).unwrap(), Interval::Same, "a refresh");
+    assert_eq!(claim(&mut con, 30).unwrap(), Interval::Other(60));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.interval())
+        .query(&mut con)
+        .unwrap();
+    assert!(ttl > 0 && ttl <= TTL as i64, "expires: {ttl}");
+    // Another deployment's prefix is its own.
+    let other = Keys::new("verve-other");
+    assert_eq!(
+        store::claim_interval(&mut con, &other, 30, TTL).unwrap(),
+        Interval::Same
+    );
+    let _: () = redis::cmd("SET")
+        .arg(keys.interval())
+        .arg("sixty")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(malformed_key(claim(&mut con, 60)), keys.interval());
+}
+
+#[test]
+fn the_start_up_check_names_what_a_redis_user_lacks_and_claims_the_interval() {
+    let redis = Redis::start();
+    let mut admin = redis.connect();
+    let user = |con: &mut redis::Connection, name: &str, rules: &[&str]| {
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", name, "on", ">pw", "resetkeys", "resetchannels"][..])
+            .arg(rules)
+            .query(con)
+            .unwrap();
+    };
+    // The recommendation without `@dangerous` leaves out INFO: taken for a single server.
+    user(&mut admin, "broad", &["~verve:*", "+@all", "-@dangerous"]);
+    // Keys elsewhere, or no scripts: unusable, said at start-up.
+    user(&mut admin, "elsewhere", &["~other:*", "+@all"]);
+    user(
+        &mut admin,
+        "noscripts",
+        &["~verve:*", "+@all", "-@scripting"],
+    );
+    let target = |name: &str| {
+        conn::Target::parse(&format!("redis://{name}:pw@127.0.0.1:{}/", redis.port)).unwrap()
+    };
+    let keys = Keys::new("verve");
+    let check = |name: &str, interval| conn::check(&target(name), &keys, interval, TTL);
+    assert_eq!(check("broad", 60).unwrap(), "Redis");
+    for name in ["elsewhere", "noscripts"] {
+        match check(name, 60) {
+            Err(conn::Problem::Unusable(e)) => {
+                let why = conn::describe(&e).to_lowercase();
+                assert!(why.contains("noperm"), "{name}: {why}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    match check("broad", 30) {
+        Err(conn::Problem::OtherInterval(60)) => {}
+        other => panic!("{other:?}"),
+    }
 }

@@ -627,7 +627,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 28] = [
+const SAMPLES: [&str; 29] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -643,6 +643,7 @@ const SAMPLES: [&str; 28] = [
     "verve_endpoint_calls_total{result=\"failed\"}",
     "verve_endpoint_calls_total{result=\"denied\"}",
     "verve_endpoint_calls_total{result=\"dropped\"}",
+    "verve_endpoint_calls_total{result=\"refused\"}",
     "verve_redis_errors_total",
     "verve_kafka_errors_total",
     "verve_kafka_records_total{result=\"delivered\"}",

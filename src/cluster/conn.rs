@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use redis::cluster::{ClusterClient, ClusterConnection};
-use redis::{ConnectionLike, RedisError};
+use redis::{ConnectionLike, ErrorKind, RedisError, ServerErrorKind};
+
+use crate::cluster::store::{self, Interval, Keys};
 
 /// Longest wait to connect to one node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -14,8 +16,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// on any network Redis should be used over; a Redis that hangs longer is treated as down.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `--redis`: `redis://HOST:PORT[/DB]` (or `rediss://`, with a password if needed), or
-/// several comma-separated seed nodes of one Redis Cluster.
+/// `--redis`: `redis://[USER:PASSWORD@]HOST:PORT[/DB]` (or `rediss://`; a user name for
+/// a Redis ACL user, a password alone for `requirepass`), or several comma-separated seed
+/// nodes of one Redis Cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     urls: Vec<String>,
@@ -92,7 +95,13 @@ fn connect_one(url: &str) -> anyhow::Result<(redis::Connection, bool)> {
     let mut con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
     con.set_read_timeout(Some(IO_TIMEOUT))?;
     con.set_write_timeout(Some(IO_TIMEOUT))?;
-    let info: String = redis::cmd("INFO").arg("cluster").query(&mut con)?;
+    let info: String = match redis::cmd("INFO").arg("cluster").query(&mut con) {
+        Ok(info) => info,
+        // A user without INFO (an ACL without `@dangerous`): taken for a single server. A
+        // Redis Cluster node then answers the start-up check with MOVED, which says so.
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
     Ok((con, info.contains("cluster_enabled:1")))
 }
 
@@ -114,8 +123,12 @@ pub enum Problem {
     /// Nothing answers (yet): verve starts anyway and keeps windows in its backlog.
     Unreachable(anyhow::Error),
     /// Something answers but cannot be used (authentication, wrong database, not Redis, a
-    /// cluster without all slots): a configuration error.
+    /// cluster without all slots, a user without the commands or keys verve needs, something
+    /// else under the prefix): a configuration error.
     Unusable(anyhow::Error),
+    /// The instances already using `--redis-prefix` count with this other `--interval`: a
+    /// configuration error.
+    OtherInterval(u64),
 }
 
 /// The error and its causes on one line, each part once (a `RedisError` prints the
@@ -155,8 +168,41 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The start-up check: connects and runs a write and a script the way shipping will.
-pub fn check(target: &Target) -> Result<&'static str, Problem> {
+/// True for errors that say the deployment cannot be used now, whatever key the command
+/// touched: unreachable, timing out, not speaking Redis, loading, failing over, out of memory,
+/// busy with a script, refusing this user. Every window would fail alike, so the cluster
+/// thread drops the connection and windows wait in the backlog.
+///
+/// Anything else (a key of another type, a script error, a reply verve did not expect, a
+/// code this list does not know) is taken to be about the keys the command touched: it costs
+/// that window only. Erring that way is the safe side: a misjudged outage costs each window
+/// a few tries and a `scope=local` count, while a misjudged bad key would stall every
+/// window behind it.
+pub fn is_outage(e: &RedisError) -> bool {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::ExecAbort) => false,
+        ErrorKind::Server(_) => true,
+        ErrorKind::Extension => matches!(
+            e.code(),
+            Some("OOM" | "BUSY" | "MISCONF" | "NOAUTH" | "WRONGPASS" | "NOREPLICAS")
+        ),
+        ErrorKind::UnexpectedReturnType => false,
+        _ => true,
+    }
+}
+
+/// The start-up check: connects, runs a write and a script the way shipping will, and
+/// claims the prefix for this `--interval` (see [`store::claim_interval`]; `key_ttl_ms` is how
+/// long the claim outlives the last instance).
+pub fn check(
+    target: &Target,
+    keys: &Keys,
+    interval_secs: u64,
+    key_ttl_ms: u64,
+) -> Result<&'static str, Problem> {
     let classify = |e: anyhow::Error| {
         if is_transient(&e) {
             Problem::Unreachable(e)
@@ -174,12 +220,21 @@ pub fn check(target: &Target) -> Result<&'static str, Problem> {
     // (a replica, a read-only user or a disabled EVAL fail here, not at the first boundary).
     let probe: anyhow::Result<i64> =
         redis::Script::new("return redis.call('SET', KEYS[1], '1', 'PX', 1000) and 1")
-            .key("verve-startup-check")
+            .key(keys.startup_check())
             .invoke(redis.con())
             .context("writing a test key with a script");
-    match probe {
-        Ok(_) => Ok(kind),
-        Err(e) => Err(classify(e)),
+    if let Err(e) = probe {
+        return Err(classify(e));
+    }
+    match store::claim_interval(redis.con(), keys, interval_secs, key_ttl_ms) {
+        Ok(Interval::Same) => Ok(kind),
+        Ok(Interval::Other(theirs)) => Err(Problem::OtherInterval(theirs)),
+        Err(store::Error::Redis(e)) => Err(classify(
+            anyhow::Error::new(e).context("claiming the prefix for the interval"),
+        )),
+        Err(e) => Err(Problem::Unusable(
+            anyhow::Error::new(e).context("something other than verve writes under the prefix"),
+        )),
     }
 }
 
@@ -206,6 +261,33 @@ mod tests {
         assert_eq!(t.display(), "redis://a:7000,redis://b:7001");
         assert!(Target::parse("").is_err());
         assert!(Target::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn acl_users_are_given_with_a_user_name() {
+        let t = Target::parse("redis://verve:s3cret@127.0.0.1:6379/").unwrap();
+        assert_eq!(t.display(), "redis://verve:***@127.0.0.1:6379/");
+        let info = redis::Client::open("redis://verve:s3cret@127.0.0.1:6379/")
+            .unwrap()
+            .get_connection_info()
+            .clone();
+        assert_eq!(info.redis_settings().username(), Some("verve"));
+        assert_eq!(info.redis_settings().password(), Some("s3cret"));
+    }
+
+    #[test]
+    fn outages_are_told_from_trouble_with_a_key() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(is_outage(&RedisError::from(refused)));
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
+        assert!(is_outage(&RedisError::from(timeout)));
+        assert!(is_outage(&RedisError::from((
+            ErrorKind::Parse,
+            "not Redis"
+        ))));
+        // A reply that is not what verve wrote: about the key it came from.
+        let odd = RedisError::from((ErrorKind::UnexpectedReturnType, "odd reply"));
+        assert!(!is_outage(&odd));
     }
 
     #[test]

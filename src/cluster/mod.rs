@@ -10,10 +10,11 @@
 //!
 //! The request path never touches Redis: workers record into their shards as in single
 //! mode, and the cluster thread drains the open window's new ids every second and ships them
-//! (the id set's compact format, [`crate::ids::IdSet::serialize_into`]), then ships the rest once the
+//! (the id set's compact serialization, a few bytes per id), then ships the rest once the
 //! window is sealed. One instance leads each window (a lease taken with `SET NX PX`), waits
-//! until every live instance has shipped it or `--cluster-grace` has passed, unions the
-//! shipments, writes the one count line, calls each endpoint once and marks the window done.
+//! until every live instance has shipped it or `--cluster-grace` has passed, freezes it (from
+//! then on Redis refuses shipments of it), unions the shipments, writes the one count line,
+//! calls each endpoint once and marks the window done.
 //!
 //! **Failure cases, and what they cost.**
 //! - Redis down: windows wait in memory (at most `--cluster-backlog`) and are shipped in full
@@ -24,6 +25,14 @@
 //!   heartbeat is [`node::LIVE_TTL`] old, or at the grace.
 //! - The leader killed: its lease expires after [`node::LEASE`] and another instance takes
 //!   the window over, re-reads every shipment and reports it.
+//! - A shipment that reaches Redis after the leader froze the window (a slow instance, past
+//!   the grace): refused, and its instance reports its ids alone with `scope=local`. No
+//!   shipment Redis accepted is missing from the leader's read.
+//! - Keys under the prefix that verve did not write (another program, another deployment):
+//!   read within bounds, checked, and charged to their window alone, which is logged and
+//!   then reported with `scope=local` if it cannot be used; foreign endpoints are checked as
+//!   a client's would be and never called unless they pass. An instance with another
+//!   `--interval` under the same prefix is refused at start-up.
 //!
 //! **Duplicates that remain possible.** The leader renews its lease (checking it still holds
 //! it and the window is not done), writes the count line and queues the calls, then marks

@@ -6,16 +6,27 @@
 //! Each tick (every [`TICK`]) it:
 //! 1. reconnects if Redis was lost (every [`RECONNECT_EVERY`]); a new connection re-ships
 //!    every window it still holds in full, since Redis may have restarted empty;
-//! 2. heartbeats every [`HEARTBEAT_EVERY`];
+//! 2. heartbeats every [`HEARTBEAT_EVERY`], and checks that the prefix is still claimed for
+//!    this `--interval`;
 //! 3. every [`SHIP_EVERY`], drains the open window's new ids from the shards and ships them,
 //!    which bounds what a hard crash loses to that interval;
 //! 4. ships the last part of each sealed window, oldest first;
 //! 5. asks to lead each shipped window; the leader reports it once it is ready (see
-//!    `Node::ready`), then marks it done.
+//!    `Node::ready`): it freezes the window, reads every shipment, checks the endpoints,
+//!    writes the count line, then marks the window done.
 //!
 //! Windows that cannot be shipped wait, with all their ids, in the backlog (at most
 //! `--cluster-backlog`); the oldest one past that is reported by this instance alone, with
 //! `scope=local` and a warning.
+//!
+//! **What Redis holds is untrusted.** A Redis error that is about the keys a command touched
+//! (a key of another type, a value verve does not write; see [`conn::is_outage`]) costs that
+//! window alone: it is logged, counted in `verve_redis_errors_total`, tried again every
+//! [`WINDOW_RETRY_EVERY`], and after [`WINDOW_TRIES`] failures the window is reported by this
+//! instance alone (`scope=local`) while later windows go on. Only an outage (Redis
+//! unreachable, loading, refusing this user, ...) makes every window wait. Trouble with the
+//! deployment's shared keys (`P:live`, `P:interval`) is logged and counted but stops no
+//! window: without heartbeats the leader waits for the grace.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,15 +35,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use redis::RedisResult;
 
 use crate::budget::Charge;
 use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
-use crate::cluster::store::{self, Keys, Lead, Shipment, Shipped};
+use crate::cluster::store::{self, Blob, Interval, Keys, Lead, Shipment, Shipped};
+use crate::endpoints;
 use crate::ids::{IdSet, Union};
 use crate::metrics::Metrics;
-use crate::report::{Reporter, Scope, WindowReport};
+use crate::report::{callback, Reporter, Scope, WindowReport};
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
 
@@ -48,6 +59,20 @@ pub const LIVE_TTL: Duration = Duration::from_secs(5);
 /// A leader that stops renewing its lease (it died, or hangs) is replaced after this long.
 pub const LEASE: Duration = Duration::from_secs(5);
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+/// A window whose keys made a Redis operation fail is tried again after this long: a key
+/// that an operator is replacing, or a script that was killed, gets a chance to be right.
+pub const WINDOW_RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Failed tries after which a window is given up and reported by this instance alone: a
+/// broken window costs a few seconds, and never holds up the windows after it.
+pub const WINDOW_TRIES: u32 = 3;
+
+/// How long a window's keys live: long enough that a window shipped late from a full
+/// backlog still finds its `done` mark (and is refused rather than reported twice). The
+/// claim on the prefix (`P:interval`) lives as long after the last heartbeat, so that no
+/// instance with another interval starts while those keys are there.
+pub fn key_ttl(window: Duration, backlog: usize, grace: Duration) -> Duration {
+    window * (backlog as u32 + 3) + grace + Duration::from_secs(60)
+}
 
 /// What the cluster thread needs to know.
 #[derive(Debug, Clone)]
@@ -64,10 +89,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// How long a window's keys live: long enough that a window shipped late from a full
-    /// backlog still finds its `done` mark (and is refused rather than reported twice).
-    fn key_ttl(&self) -> Duration {
-        self.windows.len() * (self.backlog as u32 + 3) + self.grace + Duration::from_secs(60)
+    /// See [`key_ttl`].
+    pub fn key_ttl(&self) -> Duration {
+        key_ttl(self.windows.len(), self.backlog, self.grace)
     }
 }
 
@@ -108,10 +132,12 @@ impl ClusterSink {
             next_heartbeat: Instant::now(),
             next_drain: Instant::now() + SHIP_EVERY,
             open_shipped: None,
+            drain_warned: None,
             windows: VecDeque::new(),
             published_backlog: 0,
             left: false,
             late_warned: None,
+            shared_key_warned: false,
         };
         let thread = std::thread::Builder::new()
             .name("verve-cluster".into())
@@ -163,10 +189,36 @@ struct Held {
     /// This instance wrote the window's count line with this count but could not mark it
     /// done yet: it does not write it again.
     reported: Option<u64>,
-    /// The cluster had reported the window before any of this instance's ids reached Redis.
+    /// The window's leader had read it (or reported it) before this instance's last
+    /// shipment reached Redis: that shipment was refused.
     refused: bool,
+    /// Failed tries on the window's keys (see [`WINDOW_TRIES`]), the last one's error, and
+    /// when the next try may be.
+    failures: u32,
+    trouble: String,
+    retry_at: Instant,
     /// The `--max-memory` bytes `ids` and `unsent` hold, given back when the window goes.
     _charge: Charge,
+}
+
+/// How a store operation failed, as the cluster thread treats it.
+enum Failure {
+    /// Redis cannot be used now (see [`conn::is_outage`]): drop the connection, retry later.
+    Outage(anyhow::Error),
+    /// About the keys the operation touched, said on one line: charged to their window.
+    Keys(String),
+}
+
+fn failure(e: store::Error) -> Failure {
+    match e {
+        store::Error::Redis(r) if conn::is_outage(&r) => Failure::Outage(r.into()),
+        other => Failure::Keys(one_line(&other.to_string())),
+    }
+}
+
+/// `text` with every run of white space (a Redis error may hold line breaks) as one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The cluster thread's state.
@@ -187,6 +239,8 @@ struct Node {
     /// `(window, generation)`: every id drained from that open window so far was shipped
     /// on that connection.
     open_shipped: Option<(u64, u64)>,
+    /// The last open window whose failed shipment was logged (once per window).
+    drain_warned: Option<u64>,
     /// Sealed windows not reported yet, oldest first.
     windows: VecDeque<Held>,
     /// What this thread added to `verve_backlog_windows`.
@@ -195,9 +249,12 @@ struct Node {
     left: bool,
     /// The last window whose late shipment was warned about (once per window).
     late_warned: Option<u64>,
+    /// Trouble with `P:live` or `P:interval` was logged; cleared by the next heartbeat that
+    /// works, so that each bout is logged once.
+    shared_key_warned: bool,
 }
 
-/// Serializes `ids` for a shipment, in the id set's compact format
+/// Serializes `ids` for one shipment, in the id set's compact format
 /// ([`IdSet::serialize_into`]); nothing for an empty set.
 pub fn serialize(ids: &IdSet) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -207,38 +264,130 @@ pub fn serialize(ids: &IdSet) -> Vec<u8> {
     bytes
 }
 
-/// The union of a window's shipments (the leader's merge), and how many shipments could not
-/// be read. Shipments in the compact format and in roaring's portable format (what earlier
-/// versions shipped) are both read.
+/// The shipments that carry `ids` and `endpoints`, each at most
+/// [`store::MAX_SHIPMENT_BYTES`] (id set parts, endpoint chunks), paired up in order; at
+/// least one, so that an empty last shipment still marks the instance done.
+fn shipments_of<'a>(ids: &IdSet, endpoints: &'a [String]) -> Vec<(Vec<u8>, &'a [String])> {
+    let parts = ids.serialize_parts(store::MAX_SHIPMENT_BYTES);
+    let mut chunks = Vec::new();
+    let (mut from, mut bytes) = (0, 0);
+    for (i, e) in endpoints.iter().enumerate() {
+        if bytes + e.len() > store::MAX_SHIPMENT_BYTES && i > from {
+            chunks.push(&endpoints[from..i]);
+            (from, bytes) = (i, 0);
+        }
+        bytes += e.len();
+    }
+    if from < endpoints.len() {
+        chunks.push(&endpoints[from..]);
+    }
+    let n = parts.len().max(chunks.len()).max(1);
+    let mut parts = parts.into_iter();
+    (0..n)
+        .map(|i| {
+            (
+                parts.next().unwrap_or_default(),
+                chunks.get(i).copied().unwrap_or(&[]),
+            )
+        })
+        .collect()
+}
+
+/// Ships `ids` and `endpoints` of the window starting at `window_start`, in as many
+/// shipments as their size needs; `last` goes with the final one, so the instance is marked
+/// done only once all of them are stored. `TooLate` as soon as one is refused. A failure
+/// part way leaves some parts stored: shipping again repeats them, which the union absorbs.
+#[allow(clippy::too_many_arguments)]
+fn ship_window(
+    con: &mut dyn redis::ConnectionLike,
+    keys: &Keys,
+    metrics: &Metrics,
+    instance: &str,
+    window_start: u64,
+    ids: &IdSet,
+    endpoints: &[String],
+    last: bool,
+    ttl_ms: u64,
+) -> store::Result<Shipped> {
+    let shipments = shipments_of(ids, endpoints);
+    let n = shipments.len();
+    for (k, (bytes, endpoints)) in shipments.iter().enumerate() {
+        let shipped = store::ship(
+            con,
+            keys,
+            &Shipment {
+                window_start,
+                instance,
+                ids: bytes,
+                endpoints,
+                last: last && k + 1 == n,
+                ttl_ms,
+            },
+        )?;
+        metrics.cluster_shipments.fetch_add(1, Relaxed);
+        metrics
+            .cluster_shipped_bytes
+            .fetch_add(bytes.len() as u64, Relaxed);
+        if shipped == Shipped::TooLate {
+            return Ok(Shipped::TooLate);
+        }
+    }
+    Ok(Shipped::Stored)
+}
+
+/// Shipments of a window that were not read: too long to be verve's, or not an id set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    pub oversized: u64,
+    pub unreadable: u64,
+}
+
+impl Skipped {
+    pub fn total(&self) -> u64 {
+        self.oversized + self.unreadable
+    }
+}
+
+/// The union of every shipment a window's list holds now (tests and tools: the leader
+/// freezes the window first, see [`union_of_shipments_pausing`]), and what was skipped.
+/// Shipments in the compact format and in roaring's portable format (what earlier versions
+/// shipped) are both read.
 pub fn union_of_shipments(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
     window_start: u64,
-) -> RedisResult<(IdSet, u64)> {
-    union_of_shipments_pausing(con, keys, window_start, &mut |_| Ok(true))
+) -> store::Result<(IdSet, Skipped)> {
+    let count = store::shipments(con, keys, window_start)?;
+    union_of_shipments_pausing(con, keys, window_start, count, &mut |_| Ok(true))
         .map(|u| u.expect("never stopped"))
 }
 
-/// [`union_of_shipments`] with [`store::fetch_pausing`]'s `between`; `None` if it stopped.
+/// The union of the first `count` shipments of a window's list, with [`store::fetch`]'s
+/// `between`; `None` if it stopped.
 pub fn union_of_shipments_pausing(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
     window_start: u64,
-    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> RedisResult<bool>,
-) -> RedisResult<Option<(IdSet, u64)>> {
+    count: u64,
+    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
+) -> store::Result<Option<(IdSet, Skipped)>> {
     let mut union = Union::default();
-    let mut unreadable = 0;
-    let whole = store::fetch_pausing(
+    let mut skipped = Skipped::default();
+    let whole = store::fetch(
         con,
         keys,
         window_start,
-        &mut |blob| match IdSet::deserialize(blob) {
-            Ok(set) => union.add(set),
-            Err(_) => unreadable += 1,
+        count,
+        &mut |blob| match blob {
+            Blob::Shipment(bytes) => match IdSet::deserialize(bytes) {
+                Ok(set) => union.add(set),
+                Err(_) => skipped.unreadable += 1,
+            },
+            Blob::Oversized(_) => skipped.oversized += 1,
         },
         between,
     )?;
-    Ok(whole.then(|| (union.into_set(), unreadable)))
+    Ok(whole.then(|| (union.into_set(), skipped)))
 }
 
 impl Node {
@@ -272,6 +421,9 @@ impl Node {
             ever_shipped: false,
             reported: None,
             refused: false,
+            failures: 0,
+            trouble: String::new(),
+            retry_at: Instant::now(),
             _charge: sealed.charge,
         });
     }
@@ -282,17 +434,18 @@ impl Node {
         }
         if self.redis.is_some() {
             if let Err(e) = self.work(stopping) {
-                self.lost(e.into());
+                self.lost(e);
             }
         }
         while let Some(i) = self.windows.iter().position(|h| h.refused) {
             self.report_alone(
                 i,
-                "the cluster had reported it before this instance's ids reached Redis (this \
-                 instance started after the cluster reported it, or its clock is off by more \
-                 than --cluster-grace)",
+                "its leader had read the window before this instance's last shipment reached \
+                 Redis, which refused it (this instance started after the cluster reported \
+                 the window, or its clock or shipping is later than --cluster-grace allows)",
             );
         }
+        self.give_up();
         self.overflow();
         self.publish_backlog();
     }
@@ -308,14 +461,6 @@ impl Node {
                 for held in &mut self.windows {
                     held.shipped = false;
                     held.unsent = None;
-                }
-                if let Some(since) = self.outage_since.take() {
-                    log::info!(
-                        "Redis {} is back after {:.1} s; shipping {} held windows",
-                        self.s.target.display(),
-                        since.elapsed().as_secs_f64(),
-                        self.windows.len()
-                    );
                 }
             }
             Err(e) => self.lost(e),
@@ -339,76 +484,101 @@ impl Node {
         }
     }
 
-    /// The Redis part of a tick.
-    fn work(&mut self, stopping: bool) -> RedisResult<()> {
-        let Some(redis) = self.redis.as_mut() else {
-            return Ok(());
+    /// Window `i`'s keys made `doing` fail: counted, logged, tried again later (an outage
+    /// is returned instead, for [`Node::lost`]).
+    fn window_failed(&mut self, i: usize, doing: &str, e: store::Error) -> anyhow::Result<()> {
+        let why = match failure(e) {
+            Failure::Outage(e) => return Err(e),
+            Failure::Keys(why) => why,
         };
-        let con = redis.con();
-        let keys = &self.s.keys;
-        let instance = self.s.instance.as_str();
-        let ttl_ms = self.s.key_ttl().as_millis() as u64;
+        self.metrics.redis_errors.fetch_add(1, Relaxed);
+        let held = &mut self.windows[i];
+        held.failures += 1;
+        held.retry_at = Instant::now() + WINDOW_RETRY_EVERY;
+        log::warn!(
+            "window {}: {doing} failed ({why}); try {} of {WINDOW_TRIES} (is another program \
+             writing to {}?)",
+            rfc3339_secs(held.window_start),
+            held.failures,
+            self.s.keys.window_keys(held.window_start)
+        );
+        held.trouble = why;
+        Ok(())
+    }
+
+    /// Trouble with a key the whole deployment shares (`P:live`, `P:interval`): counted, and
+    /// logged once per bout; no window waits for it (an outage is returned instead).
+    fn shared_key_failed(&mut self, doing: &str, e: store::Error) -> anyhow::Result<()> {
+        let why = match failure(e) {
+            Failure::Outage(e) => return Err(e),
+            Failure::Keys(why) => why,
+        };
+        self.metrics.redis_errors.fetch_add(1, Relaxed);
+        if !self.shared_key_warned {
+            self.shared_key_warned = true;
+            log::error!(
+                "{doing} failed ({why}): is another program writing under --redis-prefix {}? \
+                 Windows are still reported, by each leader once --cluster-grace has passed",
+                self.s.keys.prefix()
+            );
+        }
+        Ok(())
+    }
+
+    /// The Redis part of a tick. `Err` is an outage.
+    fn work(&mut self, stopping: bool) -> anyhow::Result<()> {
         let now = Instant::now();
         if !stopping && now >= self.next_heartbeat {
-            let ms = self.clock.now_ms();
-            store::heartbeat(con, keys, instance, ms, LIVE_TTL.as_millis() as u64)?;
             self.next_heartbeat = now + HEARTBEAT_EVERY;
+            self.heartbeat()?;
+        }
+        // Said once the first heartbeat went through, not at the connect: a Redis that takes
+        // connections but cannot be used (the prefix claimed for another interval) is still
+        // one outage, logged once.
+        if let Some(since) = self.outage_since.take() {
+            log::info!(
+                "Redis {} is back after {:.1} s; shipping {} held windows",
+                self.s.target.display(),
+                since.elapsed().as_secs_f64(),
+                self.windows.len()
+            );
         }
         if !stopping && now >= self.next_drain {
             self.next_drain = now + SHIP_EVERY;
-            let window = self.s.windows.index_of(self.clock.now_ms());
-            let everything = self.open_shipped != Some((window, self.generation));
-            if let Some(drained) = self.shards.drain(window, everything) {
-                if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
-                    let bytes = serialize(&drained.ids);
-                    let shipment = Shipment {
-                        window_start: self.s.windows.start_secs(window),
-                        instance,
-                        ids: &bytes,
-                        endpoints: &drained.endpoints,
-                        last: false,
-                        ttl_ms,
-                    };
-                    let shipped = store::ship(con, keys, &shipment)?;
-                    self.metrics.cluster_shipments.fetch_add(1, Relaxed);
-                    self.metrics
-                        .cluster_shipped_bytes
-                        .fetch_add(bytes.len() as u64, Relaxed);
-                    if shipped == Shipped::TooLate
-                        && self.late_warned != Some(shipment.window_start)
-                    {
-                        self.late_warned = Some(shipment.window_start);
-                        late(&self.metrics, shipment.window_start, drained.ids.len());
-                    }
-                }
-                self.open_shipped = Some((window, self.generation));
-            }
+            self.ship_open_window()?;
         }
         // The last shipment of each sealed window, oldest first.
+        let ttl_ms = self.s.key_ttl().as_millis() as u64;
         let mut i = 0;
         while i < self.windows.len() {
-            let held = &mut self.windows[i];
-            if held.shipped {
+            let held = &self.windows[i];
+            if held.shipped || held.retry_at > now {
                 i += 1;
                 continue;
             }
-            let bytes = serialize(held.unsent.as_ref().unwrap_or(&held.ids));
-            let shipped = store::ship(
-                con,
-                keys,
-                &Shipment {
-                    window_start: held.window_start,
-                    instance,
-                    ids: &bytes,
-                    endpoints: &held.endpoints,
-                    last: true,
-                    ttl_ms,
-                },
-            )?;
-            self.metrics.cluster_shipments.fetch_add(1, Relaxed);
-            self.metrics
-                .cluster_shipped_bytes
-                .fetch_add(bytes.len() as u64, Relaxed);
+            let Some(redis) = self.redis.as_mut() else {
+                return Ok(());
+            };
+            let shipped = ship_window(
+                redis.con(),
+                &self.s.keys,
+                &self.metrics,
+                &self.s.instance,
+                held.window_start,
+                held.unsent.as_ref().unwrap_or(&held.ids),
+                &held.endpoints,
+                true,
+                ttl_ms,
+            );
+            let shipped = match shipped {
+                Ok(shipped) => shipped,
+                Err(e) => {
+                    self.window_failed(i, "shipping", e)?;
+                    i += 1;
+                    continue;
+                }
+            };
+            let held = &mut self.windows[i];
             match shipped {
                 Shipped::Stored => {
                     held.shipped = true;
@@ -417,8 +587,8 @@ impl Node {
                     i += 1;
                 }
                 Shipped::TooLate if !held.ever_shipped && held.reported.is_none() => {
-                    // Reported already, without any of this instance's ids: they are not lost
-                    // silently but reported alone, after this tick (see `step`).
+                    // Not in the cluster's count: reported alone, after this tick (see
+                    // `step`), not lost silently.
                     if self.late_warned != Some(held.window_start) {
                         self.late_warned = Some(held.window_start);
                         late(&self.metrics, held.window_start, held.ids.len());
@@ -428,40 +598,153 @@ impl Node {
                     i += 1;
                 }
                 Shipped::TooLate => {
-                    // Reported already, and this instance's ids had got there in time.
+                    // A whole re-shipment after a reconnect, refused: this instance's last
+                    // shipment had been stored before the freeze, so the leader's read
+                    // counted it (unless Redis lost it meanwhile: a leader that lost its
+                    // connection too trusts nobody for a grace after it is back, see
+                    // `ready`).
                     self.windows.remove(i).expect("index in range");
                 }
             }
         }
         if stopping && !self.left && self.windows.iter().all(|h| h.shipped) {
             // Leaders stop waiting for this instance at once.
-            store::leave(con, keys, instance)?;
+            if let Some(redis) = self.redis.as_mut() {
+                match store::leave(redis.con(), &self.s.keys, &self.s.instance) {
+                    Ok(()) => {}
+                    Err(e) => self.shared_key_failed("leaving the live set", e)?,
+                }
+            }
             self.left = true;
         }
         self.lead(stopping)
     }
 
+    /// Heartbeats, and checks that the prefix is still claimed for this `--interval` (it
+    /// may have expired during an outage, and instances with another interval taken it).
+    fn heartbeat(&mut self) -> anyhow::Result<()> {
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(());
+        };
+        let con = redis.con();
+        let keys = &self.s.keys;
+        let (ms, ttl) = (self.clock.now_ms(), LIVE_TTL.as_millis() as u64);
+        let beat = store::heartbeat(con, keys, &self.s.instance, ms, ttl);
+        let interval = self.s.windows.len().as_secs();
+        let claim = store::claim_interval(con, keys, interval, self.s.key_ttl().as_millis() as u64);
+        let fine = beat.is_ok() && claim.is_ok();
+        if let Err(e) = beat {
+            self.shared_key_failed("the heartbeat", e)?;
+        }
+        match claim {
+            Ok(Interval::Same) => {}
+            Ok(Interval::Other(theirs)) => {
+                return Err(anyhow::anyhow!(
+                    "instances with --interval {theirs} now use --redis-prefix {}; this one \
+                     (--interval {interval}) keeps off Redis until they are gone",
+                    self.s.keys.prefix()
+                ))
+            }
+            Err(e) => self.shared_key_failed("checking the interval stored in Redis", e)?,
+        }
+        if fine {
+            self.shared_key_warned = false;
+        }
+        Ok(())
+    }
+
+    /// Drains the open window's new ids from the shards and ships them.
+    fn ship_open_window(&mut self) -> anyhow::Result<()> {
+        let window = self.s.windows.index_of(self.clock.now_ms());
+        let everything = self.open_shipped != Some((window, self.generation));
+        let Some(drained) = self.shards.drain(window, everything) else {
+            return Ok(());
+        };
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(());
+        };
+        if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
+            let start = self.s.windows.start_secs(window);
+            let shipped = ship_window(
+                redis.con(),
+                &self.s.keys,
+                &self.metrics,
+                &self.s.instance,
+                start,
+                &drained.ids,
+                &drained.endpoints,
+                false,
+                self.s.key_ttl().as_millis() as u64,
+            );
+            match shipped.map_err(failure) {
+                Ok(Shipped::Stored) => {}
+                Ok(Shipped::TooLate) => {
+                    if self.late_warned != Some(start) {
+                        self.late_warned = Some(start);
+                        late(&self.metrics, start, drained.ids.len());
+                    }
+                }
+                Err(Failure::Outage(e)) => return Err(e),
+                Err(Failure::Keys(why)) => {
+                    // The drained ids are not shipped: the next drain and the window's last
+                    // shipment carry everything again.
+                    self.open_shipped = None;
+                    self.metrics.redis_errors.fetch_add(1, Relaxed);
+                    if self.drain_warned != Some(window) {
+                        self.drain_warned = Some(window);
+                        log::warn!(
+                            "window {}: shipping the open window's ids failed ({why}); the \
+                             window's last shipment tries again with all of them",
+                            rfc3339_secs(start)
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.open_shipped = Some((window, self.generation));
+        Ok(())
+    }
+
     /// Asks to lead each shipped window and reports those it leads that are ready.
-    fn lead(&mut self, stopping: bool) -> RedisResult<()> {
+    fn lead(&mut self, stopping: bool) -> anyhow::Result<()> {
         let lease_ms = LEASE.as_millis() as u64;
+        let (keys, instance) = (self.s.keys.clone(), self.s.instance.clone());
+        let (keys, instance) = (&keys, instance.as_str());
+        let now = Instant::now();
         let mut i = 0;
         while i < self.windows.len() {
-            if !self.windows[i].shipped || self.windows[i].refused {
+            let held = &self.windows[i];
+            if !held.shipped || held.refused || held.retry_at > now {
                 i += 1;
                 continue;
             }
-            let start = self.windows[i].window_start;
+            let start = held.window_start;
             let Some(redis) = self.redis.as_mut() else {
                 return Ok(());
             };
             let con = redis.con();
-            let (keys, instance) = (&self.s.keys, self.s.instance.as_str());
             if stopping && self.left {
-                let others =
-                    store::live(con, keys, self.clock.now_ms(), LIVE_TTL.as_millis() as u64)?;
+                let live_ms = LIVE_TTL.as_millis() as u64;
+                // Unreadable or not trusted: taken as nobody else, so the window is
+                // reported here (a repeat is better than a gap).
+                let others = match store::live(con, keys, self.clock.now_ms(), live_ms) {
+                    Ok(others) => others.unwrap_or_default(),
+                    Err(e) => {
+                        self.shared_key_failed("reading the live set", e)?;
+                        Vec::new()
+                    }
+                };
                 if !others.is_empty() {
+                    let Some(redis) = self.redis.as_mut() else {
+                        return Ok(());
+                    };
                     // Left to the instances still running; they need not wait for the lease.
-                    store::release(con, keys, start, instance)?;
+                    if let Err(e) = store::release(redis.con(), keys, start, instance) {
+                        if let Failure::Outage(e) = failure(e) {
+                            return Err(e);
+                        }
+                    }
                     log::info!(
                         "window {} is left to {} other live instances",
                         rfc3339_secs(start),
@@ -471,21 +754,29 @@ impl Node {
                     continue;
                 }
             }
-            match store::lead(con, keys, start, instance, lease_ms)? {
-                Lead::Done(_) => {
+            let Some(redis) = self.redis.as_mut() else {
+                return Ok(());
+            };
+            let led = store::lead(redis.con(), keys, start, instance, lease_ms);
+            let outcome = match led {
+                Ok(Lead::Done(_)) => {
                     self.drop_window(i);
                     continue;
                 }
-                Lead::Waiting => {}
-                Lead::Leading => {
-                    if let Some(count) = self.windows[i].reported {
-                        self.finish(i, count)?;
-                        continue;
-                    }
-                    if self.ready(i, stopping)? && self.report(i)? {
-                        continue;
-                    }
-                }
+                Ok(Lead::Waiting) => Ok(false),
+                Ok(Lead::Leading) => match self.windows[i].reported {
+                    Some(count) => self.finish(i, count),
+                    None => match self.ready(i, stopping) {
+                        Ok(true) => self.report(i),
+                        other => other,
+                    },
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(true) => continue, // the window is gone
+                Ok(false) => {}
+                Err(e) => self.window_failed(i, "leading", e)?,
             }
             i += 1;
         }
@@ -497,7 +788,7 @@ impl Node {
     /// (re)connect the live set is not trusted for a grace period: after an outage the other
     /// instances need time to come back, heartbeat and ship. At shutdown, an instance that is
     /// the last one alive reports at once, as a single instance does.
-    fn ready(&mut self, i: usize, stopping: bool) -> RedisResult<bool> {
+    fn ready(&mut self, i: usize, stopping: bool) -> store::Result<bool> {
         if stopping && self.left {
             return Ok(true);
         }
@@ -510,54 +801,95 @@ impl Node {
         if now >= held.end_ms + grace {
             return Ok(true);
         }
+        let start = held.window_start;
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        let live = store::live(redis.con(), &self.s.keys, now, LIVE_TTL.as_millis() as u64);
+        let live = match live {
+            Ok(Some(live)) => live,
+            // Too many to trust: wait for the grace.
+            Ok(None) => return Ok(false),
+            Err(store::Error::Redis(e)) if conn::is_outage(&e) => return Err(e.into()),
+            Err(e) => {
+                // The shared live set, not this window's keys: wait for the grace.
+                let _ = self.shared_key_failed("reading the live set", e);
+                return Ok(false);
+            }
+        };
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
         let con = redis.con();
-        let live = store::live(con, &self.s.keys, now, LIVE_TTL.as_millis() as u64)?;
-        let shipped = store::shipped(con, &self.s.keys, held.window_start)?;
-        Ok(live.iter().all(|i| shipped.binary_search(i).is_ok()))
+        for instance in &live {
+            if !store::has_shipped(con, &self.s.keys, start, instance)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
-    /// The leader's report: union of every shipment, the count line and the endpoint calls
-    /// (through the reporters), then the `done` mark. True when the window is finished with.
-    fn report(&mut self, i: usize) -> RedisResult<bool> {
+    /// The leader's report: freeze the window, union every shipment, check the endpoints,
+    /// write the count line and queue the calls (through the reporters), then the `done`
+    /// mark. True when the window is finished with.
+    fn report(&mut self, i: usize) -> store::Result<bool> {
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
         let con = redis.con();
         let (keys, instance) = (&self.s.keys, self.s.instance.as_str());
         let start = self.windows[i].window_start;
+        let ttl_ms = self.s.key_ttl().as_millis() as u64;
+        // From here on the window's list does not change: no shipment that Redis accepted
+        // can be missed by the read below, nor deleted unread by `finish`.
+        let Some(count) = store::freeze(con, keys, start, instance, ttl_ms)? else {
+            return Ok(false); // lost the lease meanwhile
+        };
+        let count = store::check_shipments(keys, start, count)?;
         // A merge of many shipments can take a while (1.4 s for 10 x 1M ids in 600
         // shipments): keep the lease and the heartbeat fresh meanwhile.
         let mut last = Instant::now();
         let clock = &self.clock;
-        let mut between = |con: &mut dyn redis::ConnectionLike| -> RedisResult<bool> {
+        let mut between = |con: &mut dyn redis::ConnectionLike| -> store::Result<bool> {
             if last.elapsed() < HEARTBEAT_EVERY {
                 return Ok(true);
             }
             last = Instant::now();
             let ttl = LIVE_TTL.as_millis() as u64;
-            store::heartbeat(con, keys, instance, clock.now_ms(), ttl)?;
+            // A heartbeat that fails on the shared key must not cost this window.
+            if let Err(store::Error::Redis(e)) =
+                store::heartbeat(con, keys, instance, clock.now_ms(), ttl)
+            {
+                if conn::is_outage(&e) {
+                    return Err(e.into());
+                }
+            }
             store::renew(con, keys, start, instance, LEASE.as_millis() as u64)
         };
-        let Some((union, unreadable)) = union_of_shipments_pausing(con, keys, start, &mut between)?
-        else {
+        let read = union_of_shipments_pausing(con, keys, start, count, &mut between)?;
+        let Some((union, skipped)) = read else {
             return Ok(false); // lost the lease meanwhile
         };
-        if unreadable > 0 {
-            self.metrics.redis_errors.fetch_add(unreadable, Relaxed);
+        if skipped.total() > 0 {
+            self.metrics
+                .redis_errors
+                .fetch_add(skipped.total(), Relaxed);
             log::error!(
-                "window {}: {unreadable} shipments in Redis are not id sets and were \
-                 skipped (is another program writing under --redis-prefix?)",
-                rfc3339_secs(start)
+                "window {}: skipped {} shipments in Redis that are not id sets and {} longer \
+                 than {} bytes (is another program writing under --redis-prefix {}?)",
+                rfc3339_secs(start),
+                skipped.unreadable,
+                skipped.oversized,
+                store::MAX_SHIPMENT_BYTES,
+                keys.prefix()
             );
         }
-        let endpoints = store::endpoints(con, keys, start)?;
+        let stored = store::endpoints(con, keys, start, self.shards.max_endpoints())?;
         // The last check before the count goes out: still the leader, still not reported.
         if !store::renew(con, keys, start, instance, LEASE.as_millis() as u64)? {
             return Ok(false);
         }
+        let endpoints = self.checked_endpoints(start, &stored);
         let count = union.len();
         drop(union);
         self.reporter.report(&WindowReport {
@@ -567,14 +899,51 @@ impl Node {
             scope: Scope::Global,
         });
         self.windows[i].reported = Some(count);
-        self.finish(i, count)?;
-        Ok(true)
+        self.finish(i, count)
     }
 
-    /// Marks window `i` done and lets it go.
-    fn finish(&mut self, i: usize, count: u64) -> RedisResult<()> {
+    /// The endpoints read from Redis that pass the checks a client's endpoint passes (this
+    /// instance's `--endpoint-allow`, the URL rules, no `unique_count=`), canonical, sorted.
+    /// Each refused one is logged with its reason and never called; so is the number of
+    /// those past `--max-endpoints`, which were not read.
+    fn checked_endpoints(&self, start: u64, stored: &store::StoredEndpoints) -> Vec<String> {
+        let window_start = rfc3339_secs(start);
+        let mut urls = Vec::with_capacity(stored.members.len());
+        for raw in &stored.members {
+            match endpoints::check_untrusted(raw, self.shards.policy()) {
+                Ok(url) => urls.push(String::from(url)),
+                Err(reason) => {
+                    self.metrics.endpoint_calls.refused.fetch_add(1, Relaxed);
+                    log::warn!(
+                        target: callback::TARGET,
+                        "window_start={window_start} endpoint={} error={reason}",
+                        endpoints::sanitize_for_log(raw)
+                    );
+                }
+            }
+        }
+        let unread = stored.total.saturating_sub(stored.members.len() as u64);
+        if unread > 0 {
+            self.metrics
+                .endpoint_calls
+                .refused
+                .fetch_add(unread, Relaxed);
+            log::warn!(
+                target: callback::TARGET,
+                "window_start={window_start}: {unread} more endpoints in Redis than \
+                 --max-endpoints {} are not called",
+                self.shards.max_endpoints()
+            );
+        }
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// Marks window `i` done and lets it go (true).
+    fn finish(&mut self, i: usize, count: u64) -> store::Result<bool> {
         let Some(redis) = self.redis.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let start = self.windows[i].window_start;
         let ttl_ms = self.s.key_ttl().as_millis() as u64;
@@ -594,12 +963,44 @@ impl Node {
             );
         }
         self.drop_window(i);
-        Ok(())
+        Ok(true)
     }
 
     fn drop_window(&mut self, i: usize) {
         // Its ids and their budget bytes are freed here.
         self.windows.remove(i);
+    }
+
+    /// Windows whose keys failed [`WINDOW_TRIES`] times: reported by this instance alone
+    /// (its lease, if it holds one, given up so that another instance may try), or, when
+    /// its count line is written already, let go without the `done` mark.
+    fn give_up(&mut self) {
+        while let Some(i) = self.windows.iter().position(|h| h.failures >= WINDOW_TRIES) {
+            let (start, trouble) = (
+                self.windows[i].window_start,
+                self.windows[i].trouble.clone(),
+            );
+            if let Some(redis) = self.redis.as_mut() {
+                // Best effort: the lease expires on its own otherwise.
+                let _ = store::release(redis.con(), &self.s.keys, start, &self.s.instance);
+            }
+            if let Some(count) = self.windows[i].reported {
+                log::error!(
+                    "window {}: reported with count {count} but not marked done in Redis \
+                     ({trouble}); another instance may report it too",
+                    rfc3339_secs(start)
+                );
+                self.drop_window(i);
+            } else {
+                self.report_alone(
+                    i,
+                    &format!(
+                        "its keys in Redis are not what verve writes ({trouble}), {WINDOW_TRIES} \
+                         tries"
+                    ),
+                );
+            }
+        }
     }
 
     /// Past `--cluster-backlog` unshipped windows, the oldest is reported by this instance
@@ -692,17 +1093,17 @@ impl Node {
     }
 }
 
-/// A shipment refused because its window had been reported: those ids are not in the
-/// cluster's count. Said, and counted.
+/// A shipment refused because its window had been read or reported: those ids are not in
+/// the cluster's count. Said, and counted.
 fn late(metrics: &Metrics, window_start: u64, ids: u64) {
     if ids == 0 {
         return;
     }
     metrics.cluster_late_windows.fetch_add(1, Relaxed);
     log::warn!(
-        "window {}: {ids} ids reached Redis after the cluster reported the window and are not \
-         in its count (this instance started after the report, or its clock or shipping is \
-         later than --cluster-grace allows)",
+        "window {}: {ids} ids reached Redis after the cluster's leader had read the window and \
+         are not in its count (this instance started after the report, or its clock or \
+         shipping is later than --cluster-grace allows)",
         rfc3339_secs(window_start)
     );
 }
@@ -710,6 +1111,34 @@ fn late(metrics: &Metrics, window_start: u64, ids: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shipments_stay_within_the_size_redis_readers_accept_and_carry_everything() {
+        // About 5 bytes per id spread over the whole range: more than one shipment's worth.
+        let ids = IdSet::from_ids(
+            (0..2_000_000i64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15u64 as i64)),
+        );
+        let endpoints: Vec<String> = (0..6_000)
+            .map(|i| format!("http://h{i}.test/{}", "p".repeat(2_000)))
+            .collect();
+        let shipments = shipments_of(&ids, &endpoints);
+        assert!(shipments.len() >= 2, "{} shipments", shipments.len());
+        let mut sets = Vec::new();
+        let mut carried = Vec::new();
+        for (bytes, chunk) in &shipments {
+            assert!(bytes.len() <= store::MAX_SHIPMENT_BYTES);
+            let chunk_bytes: usize = chunk.iter().map(String::len).sum();
+            assert!(chunk_bytes <= store::MAX_SHIPMENT_BYTES);
+            sets.push(IdSet::deserialize(bytes).unwrap());
+            carried.extend_from_slice(chunk);
+        }
+        assert_eq!(IdSet::union_all(sets), ids);
+        assert_eq!(carried, endpoints);
+        // Nothing to carry is still one (empty) shipment: a last one marks the instance done.
+        let none = shipments_of(&IdSet::new(), &[]);
+        assert_eq!(none.len(), 1);
+        assert!(none[0].0.is_empty() && none[0].1.is_empty());
+    }
 
     #[test]
     fn the_union_of_many_sets_is_exact_whatever_their_number() {

@@ -6,12 +6,14 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P:{wS}:ids` | list | shipments of ids, each in the id set's compact format ([`crate::ids::IdSet::serialize_into`]), from every instance |
+//! | `P:{wS}:ids` | list | shipments of ids, each an id set's compact serialization, from every instance |
 //! | `P:{wS}:shipped` | set | instances that made their last shipment of the window |
 //! | `P:{wS}:endpoints` | set | endpoints named anywhere in the cluster during the window |
 //! | `P:{wS}:lease` | string | the instance leading the window, with an expiry |
+//! | `P:{wS}:frozen` | string | the leader that began its final read: later shipments are refused |
 //! | `P:{wS}:done` | string | the window's global count, once reported |
 //! | `P:live` | sorted set | instance -> time of its last heartbeat (ms) |
+//! | `P:interval` | string | the deployment's `--interval`, refreshed by every heartbeat |
 //!
 //! A window's count is the cardinality of the union of every shipment in its list. Shipments
 //! are deltas (ids the instance had not shipped yet) but nothing depends on that: a shipment
@@ -19,12 +21,86 @@
 //! restarted inside the window only add ids already there. Shipping is at-least-once, and
 //! the union makes it exact.
 //!
+//! **No stored shipment goes unread.** The leader freezes the window ([`freeze`]: one script
+//! that checks its lease, sets `frozen` and returns the list's length) before it reads the
+//! list, and the ship script refuses a window that is frozen or done. So every shipment that
+//! was answered [`Shipped::Stored`] is in the list the leader then reads, and every later one
+//! is answered [`Shipped::TooLate`], which its instance reports alone (`scope=local`): none
+//! is stored after the read and deleted unseen by [`finish`]. A successor that takes over a
+//! frozen window reads the same, unchanged list.
+//!
+//! **Redis is untrusted input.** Another program, or another deployment, may write under the
+//! prefix. Every read is bounded before anything is allocated on this side (shipments by
+//! [`MAX_SHIPMENT_BYTES`] and [`MAX_SHIPMENTS_PER_WINDOW`], endpoints by the caller's maximum
+//! and [`MAX_ENDPOINT_BYTES`], the live set by [`MAX_LIVE_READ`]), the scripts check key
+//! types before they write (so a shipment is stored whole or not at all), and a value that
+//! verve would not have written is an [`Error::Malformed`] naming the key, which the cluster
+//! thread charges to that window alone.
+//!
 //! `{wS}` is a Redis Cluster hash tag: all keys of one window live in one slot, so each
 //! shipment, lease step and report is one atomic script, on Redis Cluster too. Every key
 //! carries an expiry and disappears on its own; the ids go as soon as the window is
 //! reported.
 
-use redis::{ConnectionLike, RedisResult};
+use std::collections::BTreeSet;
+
+use redis::{ConnectionLike, RedisError, Value};
+
+/// The most bytes one stored shipment may have. The shipper cuts larger id sets (and
+/// endpoint lists) into several shipments of at most this (an id set's parts are cut between
+/// its blocks, each at most 33 KiB); the leader skips a longer one unread, as something
+/// verve did not write. 8 MiB is about two million random 64-bit ids, more than a saturated
+/// instance takes in a second, and crosses a 100 Mbit/s link well within
+/// [`crate::cluster::conn::IO_TIMEOUT`].
+pub const MAX_SHIPMENT_BYTES: usize = 8 << 20;
+
+/// The most shipments one window's list may hold. An instance ships at most once a second
+/// (plus its last shipment, and whole re-shipments after reconnects): a day-long window
+/// (the longest `--interval`) shipped every second by ten instances is 864,000. A longer
+/// list is not verve's: the window is not read (it costs that window only).
+pub const MAX_SHIPMENTS_PER_WINDOW: u64 = 1_000_000;
+
+/// Shipments asked for per read: with [`FETCH_PAGE_BYTES`], bounds what one reply holds.
+const FETCH_PAGE: u64 = 8;
+
+/// A page's reply stops once it holds this many bytes of shipments (it holds at least one):
+/// the leader never holds more than this plus [`MAX_SHIPMENT_BYTES`] of raw replies.
+const FETCH_PAGE_BYTES: usize = 16 << 20;
+
+/// The longest endpoint verve stores: what a request may name
+/// ([`crate::query::MAX_ENDPOINT_BYTES`], checked again on its canonical form). A longer
+/// member of an endpoint set is read cut to one byte more, so that it is refused as too long.
+pub const MAX_ENDPOINT_BYTES: usize = crate::query::MAX_ENDPOINT_BYTES;
+
+/// Endpoint set members asked for per `SSCAN` step: small replies, few round trips.
+const ENDPOINT_SCAN_COUNT: usize = 512;
+
+/// The most live instances read. More instances than any deployment verve is made for; a
+/// longer live set is not trusted to be complete, and the leader waits for the grace
+/// instead.
+pub const MAX_LIVE_READ: usize = 10_000;
+
+/// The longest instance name (`--instance-id`, see [`crate::cluster::conn::check_instance_id`]):
+/// longer members of the live set are not verve's and are skipped.
+const MAX_INSTANCE_BYTES: usize = 200;
+
+/// What a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis failed or refused the operation (unreachable, a timeout, a key of another type,
+    /// a permission, ...).
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    /// A key holds something verve does not write there.
+    #[error("{key} {what}")]
+    Malformed { key: String, what: &'static str },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn malformed(key: String, what: &'static str) -> Error {
+    Error::Malformed { key, what }
+}
 
 /// The key names of one deployment (`--redis-prefix`).
 #[derive(Debug, Clone)]
@@ -37,6 +113,11 @@ impl Keys {
         Keys {
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// `--redis-prefix`, for messages.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn window(&self, window_start: u64, what: &str) -> String {
@@ -59,12 +140,31 @@ impl Keys {
         self.window(window_start, "lease")
     }
 
+    pub fn frozen(&self, window_start: u64) -> String {
+        self.window(window_start, "frozen")
+    }
+
     pub fn done(&self, window_start: u64) -> String {
         self.window(window_start, "done")
     }
 
+    /// Every key of the window, as a `SCAN`/`KEYS` pattern: for messages.
+    pub fn window_keys(&self, window_start: u64) -> String {
+        self.window(window_start, "*")
+    }
+
     pub fn live(&self) -> String {
         format!("{}:live", self.prefix)
+    }
+
+    pub fn interval(&self) -> String {
+        format!("{}:interval", self.prefix)
+    }
+
+    /// The start-up check's scratch key: under the prefix, so that a Redis user limited to
+    /// the prefix's keys passes it.
+    pub fn startup_check(&self) -> String {
+        format!("{}:startup-check", self.prefix)
     }
 }
 
@@ -73,8 +173,8 @@ impl Keys {
 pub struct Shipment<'a> {
     pub window_start: u64,
     pub instance: &'a str,
-    /// Ids in the id set's compact format ([`crate::ids::IdSet::serialize_into`]); empty
-    /// when there are none to add.
+    /// Ids, an id set's compact serialization ([`crate::ids::IdSet::serialize_into`]), at
+    /// most [`MAX_SHIPMENT_BYTES`]; empty when there are none to add.
     pub ids: &'a [u8],
     pub endpoints: &'a [String],
     /// True for the instance's last shipment of the window: it has nothing more.
@@ -87,18 +187,38 @@ pub struct Shipment<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shipped {
     Stored,
-    /// The window had already been reported: the shipment was not stored.
+    /// The window's leader had begun its final read (or reported the window): the shipment
+    /// was not stored, and its ids are not in the cluster's count.
     TooLate,
 }
 
 /// The shipment, atomically (a script, not a `MULTI` pipeline: the sync Redis Cluster
 /// connection of the `redis` crate does not pipeline, and a script runs on the node of its
-/// keys, which share the window's slot). Refused once the window is done, so the leader
-/// never reports a window that then changes. Endpoints are added 1000 at a time (Lua's
-/// `unpack` has a stack limit).
+/// keys, which share the window's slot). Refused once the window is frozen or done, so that
+/// the leader's read covers every stored shipment. A `done` that is not a count, or a key
+/// of another type, is answered with a code before anything is written: scripts are not
+/// rolled back, and a half-stored shipment (ids without the `shipped` mark) would be wrong.
+/// Endpoints are added 1000 at a time (Lua's `unpack` has a stack limit).
+///
+/// Answers: 1 stored, 0 too late, -1 `done` malformed, -2/-3/-4 `ids`/`endpoints`/`shipped`
+/// of another type.
 const SHIP: &str = r"
-if redis.call('EXISTS', KEYS[4]) == 1 then
+local done = redis.call('GET', KEYS[4])
+if done then
+  if #done <= 20 and string.match(done, '^%d+$') then
+    return 0
+  end
+  return -1
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
   return 0
+end
+local wanted = {'list', 'set', 'set'}
+for i = 1, 3 do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= 'none' and t ~= wanted[i] then
+    return -1 - i
+  end
 end
 if ARGV[4] ~= '' then
   redis.call('RPUSH', KEYS[1], ARGV[4])
@@ -119,13 +239,15 @@ return 1
 
 /// Ships `s`: its ids join the window's list, its endpoints the window's set, and a last
 /// shipment marks the instance as done with the window, all or nothing.
-pub fn ship(con: &mut dyn ConnectionLike, keys: &Keys, s: &Shipment<'_>) -> RedisResult<Shipped> {
+pub fn ship(con: &mut dyn ConnectionLike, keys: &Keys, s: &Shipment<'_>) -> Result<Shipped> {
+    let w = s.window_start;
     let script = redis::Script::new(SHIP);
     let mut call = script.prepare_invoke();
-    call.key(keys.ids(s.window_start))
-        .key(keys.endpoints(s.window_start))
-        .key(keys.shipped(s.window_start))
-        .key(keys.done(s.window_start))
+    call.key(keys.ids(w))
+        .key(keys.endpoints(w))
+        .key(keys.shipped(w))
+        .key(keys.done(w))
+        .key(keys.frozen(w))
         .arg(s.ttl_ms)
         .arg(if s.last { "1" } else { "0" })
         .arg(s.instance)
@@ -133,12 +255,23 @@ pub fn ship(con: &mut dyn ConnectionLike, keys: &Keys, s: &Shipment<'_>) -> Redi
     for endpoint in s.endpoints {
         call.arg(endpoint);
     }
-    let stored: i64 = call.invoke(con)?;
-    Ok(if stored == 1 {
-        Shipped::Stored
-    } else {
-        Shipped::TooLate
-    })
+    match call.invoke::<i64>(con)? {
+        1 => Ok(Shipped::Stored),
+        0 => Ok(Shipped::TooLate),
+        -1 => Err(malformed(keys.done(w), "is not a count")),
+        -2 => Err(malformed(keys.ids(w), "is not a list")),
+        -3 => Err(malformed(keys.endpoints(w), "is not a set")),
+        _ => Err(malformed(keys.shipped(w), "is not a set")),
+    }
+}
+
+/// A window's global count as `done` holds it: decimal digits only, no sign, no spaces, no
+/// more than a `u64` (Redis's own `tonumber`-like parsing would take `1e3` or ` 7`).
+pub fn parse_count(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// Where a window stands for one instance asking to lead it.
@@ -153,11 +286,12 @@ pub enum Lead {
 }
 
 /// Done check, lease take-over and renewal in one step: the lease is taken with `SET NX PX`,
-/// so a successor gets it only once the leader stopped renewing it for `lease_ms`.
+/// so a successor gets it only once the leader stopped renewing it for `lease_ms`. A `done`
+/// is returned cut to 21 bytes: enough to tell a count from something else.
 const LEAD: &str = r"
 local done = redis.call('GET', KEYS[2])
 if done then
-  return {'done', done}
+  return {'done', string.sub(done, 1, 21)}
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'lead'}
@@ -169,25 +303,30 @@ end
 return {'wait'}
 ";
 
-/// Asks to lead the window for `lease_ms` (see [`Lead`]).
+/// Asks to lead the window for `lease_ms` (see [`Lead`]). A `done` that is not a count is
+/// [`Error::Malformed`]: it is not taken for a report.
 pub fn lead(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     window_start: u64,
     instance: &str,
     lease_ms: u64,
-) -> RedisResult<Lead> {
-    let answer: Vec<String> = redis::Script::new(LEAD)
+) -> Result<Lead> {
+    let answer: Vec<Vec<u8>> = redis::Script::new(LEAD)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
         .arg(instance)
         .arg(lease_ms)
         .invoke(con)?;
-    Ok(match answer.first().map(String::as_str) {
-        Some("done") => Lead::Done(answer.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
-        Some("lead") => Lead::Leading,
-        _ => Lead::Waiting,
-    })
+    match answer.first().map(Vec::as_slice) {
+        Some(b"done") => answer
+            .get(1)
+            .and_then(|c| parse_count(c))
+            .map(Lead::Done)
+            .ok_or_else(|| malformed(keys.done(window_start), "is not a count")),
+        Some(b"lead") => Ok(Lead::Leading),
+        _ => Ok(Lead::Waiting),
+    }
 }
 
 /// Renews the lease only while `instance` still holds it and the window is not done.
@@ -206,7 +345,7 @@ pub fn renew(
     window_start: u64,
     instance: &str,
     lease_ms: u64,
-) -> RedisResult<bool> {
+) -> Result<bool> {
     let renewed: i64 = redis::Script::new(RENEW)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
@@ -224,28 +363,63 @@ end
 return 0
 ";
 
-/// Gives up the lead of the window (a graceful stop), so that a successor need not wait for
-/// the lease to expire.
+/// Gives up the lead of the window (a graceful stop, or a window this instance cannot
+/// read), so that a successor need not wait for the lease to expire.
 pub fn release(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     window_start: u64,
     instance: &str,
-) -> RedisResult<()> {
+) -> Result<()> {
     redis::Script::new(RELEASE)
         .key(keys.lease(window_start))
         .arg(instance)
-        .invoke::<i64>(con)
-        .map(drop)
+        .invoke::<i64>(con)?;
+    Ok(())
 }
 
-/// Marks the window reported while `instance` holds the lease, and drops its ids.
+/// While `instance` holds the lease and the window is not done: the length of the list
+/// (first, so that a list of another type fails before anything is written), then the
+/// `frozen` mark. -1 when `instance` does not lead the window.
+const FREEZE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
+local n = redis.call('LLEN', KEYS[4])
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+return n
+";
+
+/// The leader's step before its final read: from here on every shipment of the window is
+/// refused ([`Shipped::TooLate`]), so the list holds exactly the shipments the leader will
+/// read. Returns how many there are, or `None` when `instance` no longer leads the window.
+/// Freezing again (a successor, or a retry) is harmless: the list no longer changes.
+pub fn freeze(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    instance: &str,
+    ttl_ms: u64,
+) -> Result<Option<u64>> {
+    let n: i64 = redis::Script::new(FREEZE)
+        .key(keys.lease(window_start))
+        .key(keys.done(window_start))
+        .key(keys.frozen(window_start))
+        .key(keys.ids(window_start))
+        .arg(instance)
+        .arg(ttl_ms)
+        .invoke(con)?;
+    Ok(u64::try_from(n).ok())
+}
+
+/// Marks the window reported while `instance` holds the lease, and drops its ids. The list
+/// holds only what the leader read: it was frozen before the read (see [`freeze`]).
 const FINISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 return 1
 ";
 
@@ -259,12 +433,13 @@ pub fn finish(
     instance: &str,
     count: u64,
     ttl_ms: u64,
-) -> RedisResult<bool> {
+) -> Result<bool> {
     let marked: i64 = redis::Script::new(FINISH)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
         .key(keys.ids(window_start))
         .key(keys.endpoints(window_start))
+        .key(keys.frozen(window_start))
         .arg(instance)
         .arg(count)
         .arg(ttl_ms)
@@ -272,49 +447,96 @@ pub fn finish(
     Ok(marked == 1)
 }
 
-/// Shipments read per `LRANGE`: bounds the reply the leader holds at once.
-const FETCH_PAGE: isize = 8;
+/// How many shipments the window's list holds, checked against
+/// [`MAX_SHIPMENTS_PER_WINDOW`] (for reads that do not freeze the window: tests and tools).
+pub fn shipments(con: &mut dyn ConnectionLike, keys: &Keys, window_start: u64) -> Result<u64> {
+    let n: u64 = redis::cmd("LLEN").arg(keys.ids(window_start)).query(con)?;
+    check_shipments(keys, window_start, n)
+}
 
-/// Calls `each` with every shipment of the window's list, a page at a time. A shipment that
-/// arrives while the list is read is read too, or not; either way the leader's count covers
-/// every instance that had made its last shipment before the read began.
+/// `n` if a list of `n` shipments may be read.
+pub fn check_shipments(keys: &Keys, window_start: u64, n: u64) -> Result<u64> {
+    if n > MAX_SHIPMENTS_PER_WINDOW {
+        return Err(malformed(
+            keys.ids(window_start),
+            "holds more shipments than MAX_SHIPMENTS_PER_WINDOW",
+        ));
+    }
+    Ok(n)
+}
+
+/// One element of a window's list, as [`fetch`] hands it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blob<'a> {
+    /// A shipment's bytes, at most [`MAX_SHIPMENT_BYTES`]: still to be decoded.
+    Shipment(&'a [u8]),
+    /// Something longer than [`MAX_SHIPMENT_BYTES`] (this many bytes), not read.
+    Oversized(u64),
+}
+
+/// A page of the list: at most `FETCH_PAGE` elements and, past the first, at most
+/// `FETCH_PAGE_BYTES`; an element longer than `MAX_SHIPMENT_BYTES` is replaced by its
+/// length, so it never crosses the network.
+const FETCH: &str = r"
+local page = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+local max, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, bytes = {}, 0
+for _, blob in ipairs(page) do
+  local n = #blob
+  if n > max then
+    out[#out + 1] = n
+  else
+    if #out > 0 and bytes + n > budget then
+      break
+    end
+    out[#out + 1] = blob
+    bytes = bytes + n
+  end
+end
+return out
+";
+
+/// Calls `each` with the first `count` shipments of the window's list (from [`freeze`] or
+/// [`shipments`]), a page at a time, and `between` with the connection after each page: a
+/// long read can renew the lease and heartbeat on the way. `between` returning false stops
+/// the read (false). A list that turns out shorter (a successor finished the window and
+/// deleted it) ends the read early; the leader's renewal before it reports then fails.
 pub fn fetch(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     window_start: u64,
-    each: &mut dyn FnMut(&[u8]),
-) -> RedisResult<()> {
-    fetch_pausing(con, keys, window_start, each, &mut |_| Ok(true)).map(drop)
-}
-
-/// [`fetch`], calling `between` with the connection after each page: a long read can renew
-/// the lease and heartbeat on the way. `between` returning false stops the read (false).
-pub fn fetch_pausing(
-    con: &mut dyn ConnectionLike,
-    keys: &Keys,
-    window_start: u64,
-    each: &mut dyn FnMut(&[u8]),
-    between: &mut dyn FnMut(&mut dyn ConnectionLike) -> RedisResult<bool>,
-) -> RedisResult<bool> {
+    count: u64,
+    each: &mut dyn FnMut(Blob<'_>),
+    between: &mut dyn FnMut(&mut dyn ConnectionLike) -> Result<bool>,
+) -> Result<bool> {
     let key = keys.ids(window_start);
-    let mut start = 0isize;
-    loop {
-        let page: Vec<Vec<u8>> = redis::cmd("LRANGE")
-            .arg(&key)
-            .arg(start)
-            .arg(start + FETCH_PAGE - 1)
-            .query(con)?;
-        for shipment in &page {
-            each(shipment);
-        }
-        if (page.len() as isize) < FETCH_PAGE {
+    let script = redis::Script::new(FETCH);
+    let mut at = 0u64;
+    while at < count {
+        let last = (at + FETCH_PAGE).min(count) - 1;
+        let page: Vec<Value> = script
+            .key(&key)
+            .arg(at)
+            .arg(last)
+            .arg(MAX_SHIPMENT_BYTES)
+            .arg(FETCH_PAGE_BYTES)
+            .invoke(con)?;
+        if page.is_empty() {
             return Ok(true);
         }
-        if !between(con)? {
+        for element in &page {
+            match element {
+                Value::BulkString(bytes) => each(Blob::Shipment(bytes)),
+                Value::Int(n) => each(Blob::Oversized(u64::try_from(*n).unwrap_or(0))),
+                _ => return Err(malformed(key, "holds a reply that is not a shipment")),
+            }
+        }
+        at += page.len() as u64;
+        if at < count && !between(con)? {
             return Ok(false);
         }
-        start += FETCH_PAGE;
     }
+    Ok(true)
 }
 
 /// Records that `instance` is alive at `now_ms`, and forgets instances silent for longer
@@ -325,7 +547,7 @@ pub fn heartbeat(
     instance: &str,
     now_ms: u64,
     ttl_ms: u64,
-) -> RedisResult<()> {
+) -> Result<()> {
     // Three plain commands (no pipeline: see SHIP); none depends on another being atomic.
     let key = keys.live();
     redis::cmd("ZADD")
@@ -338,51 +560,171 @@ pub fn heartbeat(
         .arg("-inf")
         .arg(format!("({}", now_ms.saturating_sub(ttl_ms)))
         .query::<()>(con)?;
-    redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms).query(con)
+    Ok(redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms).query(con)?)
 }
 
 /// Takes `instance` off the live set (a graceful stop): leaders stop waiting for it at once.
-pub fn leave(con: &mut dyn ConnectionLike, keys: &Keys, instance: &str) -> RedisResult<()> {
-    redis::cmd("ZREM").arg(keys.live()).arg(instance).query(con)
+pub fn leave(con: &mut dyn ConnectionLike, keys: &Keys, instance: &str) -> Result<()> {
+    Ok(redis::cmd("ZREM")
+        .arg(keys.live())
+        .arg(instance)
+        .query(con)?)
 }
 
-/// The instances whose last heartbeat is at most `ttl_ms` old at `now_ms`, sorted.
+/// The live set's members with a recent enough score, at most `ARGV[2]` of them, those longer
+/// than an instance name may be left out (`ARGV[3]`).
+const LIVE: &str = r"
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+local max = tonumber(ARGV[3])
+local out = {}
+for _, m in ipairs(live) do
+  if #m <= max then
+    out[#out + 1] = m
+  end
+end
+return out
+";
+
+/// The instances whose last heartbeat is at most `ttl_ms` old at `now_ms`, sorted; `None`
+/// when there are more than [`MAX_LIVE_READ`] (not verve's: not trusted to be complete).
 pub fn live(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     now_ms: u64,
     ttl_ms: u64,
-) -> RedisResult<Vec<String>> {
-    let mut live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(keys.live())
+) -> Result<Option<Vec<String>>> {
+    let members: Vec<Vec<u8>> = redis::Script::new(LIVE)
+        .key(keys.live())
         .arg(now_ms.saturating_sub(ttl_ms))
-        .arg("+inf")
-        .query(con)?;
+        .arg(MAX_LIVE_READ + 1)
+        .arg(MAX_INSTANCE_BYTES)
+        .invoke(con)?;
+    if members.len() > MAX_LIVE_READ {
+        return Ok(None);
+    }
+    let mut live: Vec<String> = members
+        .into_iter()
+        .filter_map(|m| String::from_utf8(m).ok())
+        .collect();
     live.sort();
-    Ok(live)
+    Ok(Some(live))
 }
 
-/// The instances that made their last shipment of the window, sorted.
-pub fn shipped(
+/// Whether `instance` made its last shipment of the window.
+pub fn has_shipped(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     window_start: u64,
-) -> RedisResult<Vec<String>> {
-    sorted_members(con, &keys.shipped(window_start))
+    instance: &str,
+) -> Result<bool> {
+    Ok(redis::cmd("SISMEMBER")
+        .arg(keys.shipped(window_start))
+        .arg(instance)
+        .query(con)?)
 }
 
-/// The endpoints named anywhere in the cluster during the window, sorted.
+/// What [`endpoints`] read of a window's endpoint set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredEndpoints {
+    /// Distinct members, sorted, at most the maximum asked for, each at most
+    /// [`MAX_ENDPOINT_BYTES`] + 1 bytes (a longer one is cut there). Raw bytes: whatever
+    /// wrote them, they are checked as a client's endpoint would be before any is called.
+    pub members: Vec<Vec<u8>>,
+    /// Members in the set, read or not.
+    pub total: u64,
+}
+
+/// One `SSCAN` step, each member cut to `ARGV[3]` bytes: the cursor, then the members.
+const SCAN_ENDPOINTS: &str = r"
+local r = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local cut = tonumber(ARGV[3])
+local out = {r[1]}
+for _, m in ipairs(r[2]) do
+  out[#out + 1] = string.sub(m, 1, cut)
+end
+return out
+";
+
+/// The endpoints named anywhere in the cluster during the window: at most `max` of them
+/// (the instance's `--max-endpoints`), read a step at a time so that a set of any size costs
+/// a bounded reply.
 pub fn endpoints(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     window_start: u64,
-) -> RedisResult<Vec<String>> {
-    sorted_members(con, &keys.endpoints(window_start))
+    max: usize,
+) -> Result<StoredEndpoints> {
+    let key = keys.endpoints(window_start);
+    let total: u64 = redis::cmd("SCARD").arg(&key).query(con)?;
+    let script = redis::Script::new(SCAN_ENDPOINTS);
+    let mut members = BTreeSet::new();
+    let mut cursor = b"0".to_vec();
+    while members.len() < max {
+        let step: Vec<Vec<u8>> = script
+            .key(&key)
+            .arg(&cursor)
+            .arg(ENDPOINT_SCAN_COUNT)
+            .arg(MAX_ENDPOINT_BYTES + 1)
+            .invoke(con)?;
+        let Some((next, found)) = step.split_first() else {
+            return Err(malformed(key, "gave an empty SSCAN reply"));
+        };
+        // SSCAN may hand a member out twice; the set removes repeats.
+        members.extend(found.iter().take(max - members.len()).cloned());
+        if next.as_slice() == b"0" {
+            break;
+        }
+        cursor = next.clone();
+    }
+    Ok(StoredEndpoints {
+        members: members.into_iter().collect(),
+        total,
+    })
 }
 
-/// The members of the set at `key`, sorted (Redis returns them in no order).
-fn sorted_members(con: &mut dyn ConnectionLike, key: &str) -> RedisResult<Vec<String>> {
-    let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(key).query(con)?;
-    members.sort();
-    Ok(members)
+/// What [`claim_interval`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    /// `P:interval` is this instance's `--interval` (now stored, or refreshed).
+    Same,
+    /// The instances already using the prefix count with this other `--interval`.
+    Other(u64),
+}
+
+/// Keeps `P:interval` at `ARGV[1]` for `ARGV[2]` ms unless it holds another value, which
+/// is returned instead (cut: enough to tell a number from something else).
+const CLAIM_INTERVAL: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then
+  return string.sub(v, 1, 21)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+/// Claims the prefix for windows of `interval_secs`: stores (or refreshes, for `ttl_ms`)
+/// `P:interval`, unless instances with another `--interval` hold it. Instances that
+/// disagreed on the interval would ship ids to each other's windows and count nonsense.
+/// Every heartbeat refreshes it, so it lasts while any instance runs, and `ttl_ms` after the
+/// last one stops (a deployment may change its interval then).
+pub fn claim_interval(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    interval_secs: u64,
+    ttl_ms: u64,
+) -> Result<Interval> {
+    let stored: Option<Vec<u8>> = redis::Script::new(CLAIM_INTERVAL)
+        .key(keys.interval())
+        .arg(interval_secs)
+        .arg(ttl_ms)
+        .invoke(con)?;
+    match stored {
+        None => Ok(Interval::Same),
+        Some(v) => match parse_count(&v) {
+            // Another spelling of the same number ("060"): the same interval.
+            Some(n) if n == interval_secs => Ok(Interval::Same),
+            Some(n) => Ok(Interval::Other(n)),
+            None => Err(malformed(keys.interval(), "is not an interval")),
+        },
+    }
 }
