@@ -10,7 +10,9 @@
 #![allow(dead_code)]
 
 pub mod kafka_broker;
+pub mod kafka_log;
 pub mod redis_servers;
+pub mod sasl_gate;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -225,8 +227,19 @@ impl Server {
     /// [`Server::start`] in a given directory: a restarted instance shares its predecessor's
     /// log file and state file.
     pub fn start_in(dir: PathBuf, interval: u64, extra: &[&str]) -> Server {
+        Server::start_with_env(dir, interval, extra, &[])
+    }
+
+    /// [`Server::start_in`] with `VERVE_*` settings in the environment of the process.
+    pub fn start_with_env(
+        dir: PathBuf,
+        interval: u64,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let log_path = dir.join("verve.log");
         let mut child = command(&dir)
+            .envs(env.iter().copied())
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--interval")
