@@ -1,18 +1,22 @@
 //! The configuration: every flag of the contract that this build implements, each with a
 //! `VERVE_<FLAG>` environment fallback, parsed and range-checked by clap (which names the
-//! flag and exits 2 on a bad value) and read-only after start-up.
+//! flag and exits 2 on a bad value) and read-only after start-up. `VERVE_KAFKA_OPTION` is
+//! read here rather than by clap: its list has an escape clap cannot express, and clap's
+//! `--help` would print its value, secrets included.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 
 use crate::cluster::conn::{check_instance_id, Target};
 use crate::endpoints::EndpointPolicy;
 use crate::http::limits::Resources;
 use crate::report::callback::{Method, DEFAULT_HOST_CALLS, MAX_CALL_THREADS};
-use crate::report::kafka;
+use crate::report::kafka::{self, options, KafkaOption};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -148,6 +152,16 @@ pub struct Config {
           default_value_t = 1440, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub kafka_backlog: u32,
+
+    /// Kafka: a librdkafka client property for both clients (TLS: security.protocol, ssl.*;
+    /// SASL: sasl.*), repeatable. Properties that verve sets or that would weaken delivery
+    /// (acks, enable.idempotence, message.timeout.ms, retries, ...) are refused. Environment:
+    /// VERVE_KAFKA_OPTION, a comma-separated list in which `\,` is a comma of a value.
+    /// Secret values (passwords, keys) are never shown.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE",
+          value_parser = KafkaOption::given)]
+    pub kafka_options: Vec<KafkaOption>,
+
     /// Most memory the id sets of every window held in memory may take together (open,
     /// sealed and not reported, cluster backlog), e.g. `512MiB`, `2GiB`; past it, requests
     /// whose id would need more are answered 503 and not counted. Default: half the cgroup's
@@ -190,6 +204,43 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The command line and the environment, or exit 2 with a message naming the flag at
+    /// fault (clap's own exit).
+    pub fn load() -> Config {
+        Config::try_load(std::env::args_os(), std::env::var_os(options::ENV))
+            .unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Config::load`] from given arguments and `VERVE_KAFKA_OPTION` value. Like clap's own
+    /// fallbacks, the variable is read only when no `--kafka-option` is given.
+    pub fn try_load<I, T>(args: I, kafka_env: Option<OsString>) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut config = Config::try_parse_from(args)?;
+        let refuse = |msg: String| Config::command().error(ErrorKind::ValueValidation, msg);
+        if config.kafka_options.is_empty() {
+            if let Some(list) = kafka_env {
+                let list = list.into_string().map_err(|_| {
+                    refuse(format!(
+                        "{} (--kafka-option) is not valid UTF-8",
+                        options::ENV
+                    ))
+                })?;
+                config.kafka_options = options::split_list(&list);
+            }
+        }
+        options::check(&config.kafka_options).map_err(|e| refuse(e.to_string()))?;
+        if !config.kafka_options.is_empty() && config.kafka_brokers.is_none() {
+            return Err(Config::command().error(
+                ErrorKind::MissingRequiredArgument,
+                "--kafka-option is for the Kafka clients: it needs --kafka-brokers",
+            ));
+        }
+        Ok(config)
+    }
+
     /// Checks what clap cannot: the allow-list entries.
     pub fn endpoint_policy(&self) -> Result<EndpointPolicy, String> {
         EndpointPolicy::new(&self.endpoint_allow)
@@ -239,7 +290,92 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Config::try_parse_from(std::iter::once("verve").chain(args.iter().copied()))
+        load(args, None)
+    }
+
+    fn load(args: &[&str], kafka_env: Option<&str>) -> Result<Config, clap::Error> {
+        Config::try_load(
+            std::iter::once("verve").chain(args.iter().copied()),
+            kafka_env.map(OsString::from),
+        )
+    }
+
+    fn shown(options: &[KafkaOption]) -> Vec<(&str, &str)> {
+        options.iter().map(|o| (o.key(), o.value())).collect()
+    }
+
+    const BROKERS: [&str; 2] = ["--kafka-brokers", "k:9092"];
+
+    #[test]
+    fn kafka_options_come_from_the_flag_or_else_the_environment() {
+        let c = load(
+            &[
+                &BROKERS[..],
+                &["--kafka-option", "security.protocol=sasl_ssl"],
+                &["--kafka-option", "debug=broker,topic"],
+            ]
+            .concat(),
+            Some("ignored.when.flags.are.given=1"),
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&c.kafka_options),
+            [("security.protocol", "sasl_ssl"), ("debug", "broker,topic")]
+        );
+        let c = load(&BROKERS, Some(r"sasl.mechanism=PLAIN,debug=broker\,topic")).unwrap();
+        assert_eq!(
+            shown(&c.kafka_options),
+            [("sasl.mechanism", "PLAIN"), ("debug", "broker,topic")]
+        );
+        assert!(parse(&BROKERS).unwrap().kafka_options.is_empty());
+    }
+
+    #[test]
+    fn refused_kafka_options_exit_2_naming_the_key_and_never_a_secret() {
+        for (args, env, names) in [
+            (vec!["--kafka-option", "acks=1"], None, "acks"),
+            (
+                vec![],
+                Some("sasl.password=hunter2,enable.idempotence=false"),
+                "enable.idempotence",
+            ),
+            (
+                vec!["--kafka-option", "topic.message.timeout.ms=5"],
+                None,
+                "topic.message.timeout.ms",
+            ),
+            (
+                vec!["--kafka-option", "sasl.password"],
+                None,
+                "sasl.password",
+            ),
+            (vec![], Some("sasl.password=hunter2,"), "KEY=VALUE"),
+            (
+                vec![
+                    "--kafka-option",
+                    "sasl.password=hunter2",
+                    "--kafka-option",
+                    "sasl.password=hunter2",
+                ],
+                None,
+                "given twice",
+            ),
+        ] {
+            let err = load(&[&BROKERS[..], &args].concat(), env).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?} {env:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("--kafka-option") && text.contains(names),
+                "{text}"
+            );
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        let err = parse(&["--kafka-option", "sasl.password=hunter2"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--kafka-brokers"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = load(&[], Some("debug=all")).unwrap_err();
+        assert!(err.to_string().contains("--kafka-brokers"), "{err}");
     }
 
     #[test]

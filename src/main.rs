@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -15,6 +14,7 @@ use verve::cluster::conn::Problem;
 use verve::cluster::node::key_ttl;
 use verve::cluster::store::Keys;
 use verve::config::Config;
+use verve::report::kafka::OptionError;
 use verve::server::{self, Server};
 
 // Measured against the system allocator in perf/RESULTS.md; off by default.
@@ -26,7 +26,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = Config::load();
     // Register first, so an early signal is not lost and an early SIGHUP (logrotate right
     // after a start) does not kill the process by its default action.
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
@@ -116,6 +116,11 @@ fn main() -> ExitCode {
     let server = match Server::start(&config, listener, Arc::new(SystemClock), workers) {
         Ok(s) => s,
         Err(e) => {
+            // librdkafka refused the operator's --kafka-option: a configuration error.
+            if let Some(option) = e.chain().find_map(|c| c.downcast_ref::<OptionError>()) {
+                eprintln!("error: {option}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }

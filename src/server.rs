@@ -168,13 +168,12 @@ impl Server {
                 brokers: brokers.clone(),
                 topic: config.kafka_topic.clone(),
                 backlog: config.kafka_backlog as usize,
+                options: config.kafka_options.clone(),
             };
-            log::info!(
-                "kafka: brokers {}, topic {}, backlog {} records",
-                settings.brokers,
-                settings.topic,
-                settings.backlog
-            );
+            log::info!("kafka: {}", settings.describe());
+            for warning in settings.warnings() {
+                log::warn!("kafka: {warning}");
+            }
             reporters = reporters.with(Kafka::start(settings, metrics.clone())?);
         }
         let addr = listener

@@ -1,6 +1,7 @@
 //! The command line (contract §7): a bad flag or value is refused at start-up with exit code
 //! 2 and a message naming it, also when it comes from the environment; `--help` and
-//! `--version` exit 0.
+//! `--version` exit 0. `--kafka-option`s that verve or librdkafka refuse are named by their
+//! key, and a secret value is never shown.
 
 mod common;
 
@@ -172,6 +173,8 @@ fn help_and_version_exit_0() {
         "--kafka-brokers",
         "--kafka-topic",
         "--kafka-backlog",
+        "--kafka-option",
+        "VERVE_KAFKA_OPTION",
         "VERVE_INTERVAL",
         "VERVE_KAFKA_BROKERS",
     ] {
@@ -235,5 +238,121 @@ fn environment_settings_are_used() {
         .collect();
     assert_eq!(starts.len(), lines.len());
     assert_eq!(starts[1], starts[0] + 1, "a 1 s interval: {lines:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A broker address nothing listens on: the Kafka clients are made (they connect lazily), so
+/// librdkafka judges the options, and nothing is ever delivered.
+const NO_BROKER: [&str; 2] = ["--kafka-brokers", "127.0.0.1:1"];
+
+/// Stands for a password: it must never reach stderr, the log or `--help`.
+const SECRET: &str = "Hunter2-never-print-me";
+
+#[test]
+fn refused_kafka_options_exit_2_naming_the_key() {
+    // Refused by verve: they would weaken delivery, or verve sets them.
+    let out = run(
+        &[&NO_BROKER[..], &["--kafka-option", "acks=1"]].concat(),
+        &[],
+    );
+    refused(&out, "--kafka-option acks: refused", "acks=1");
+    let out = run(
+        &[
+            &NO_BROKER[..],
+            &["--kafka-option", "queue.buffering.max.ms=1000"],
+        ]
+        .concat(),
+        &[],
+    );
+    refused(&out, "queue.buffering.max.ms", "queue.buffering.max.ms");
+    // From the environment, where `\,` is a comma inside a value: were it split there,
+    // `topic` would be refused as not KEY=VALUE before the property verve refuses.
+    let list = format!(r"sasl.password={SECRET},debug=broker\,topic,enable.idempotence=false");
+    let out = run(&NO_BROKER, &[("VERVE_KAFKA_OPTION", list.as_str())]);
+    refused(
+        &out,
+        "--kafka-option enable.idempotence: refused",
+        "VERVE_KAFKA_OPTION",
+    );
+    // Refused by librdkafka when the clients are made: an unknown property, a bad value.
+    let out = run(
+        &[&NO_BROKER[..], &["--kafka-option", "no.such.property=1"]].concat(),
+        &[],
+    );
+    refused(
+        &out,
+        "--kafka-option no.such.property: librdkafka",
+        "unknown property",
+    );
+    let out = run(
+        &[
+            &NO_BROKER[..],
+            &["--kafka-option", "security.protocol=carrier_pigeon"],
+        ]
+        .concat(),
+        &[],
+    );
+    refused(
+        &out,
+        "--kafka-option security.protocol: librdkafka",
+        "bad value",
+    );
+    // Options without Kafka.
+    let out = run(&["--kafka-option", "debug=all"], &[]);
+    refused(&out, "--kafka-brokers", "no brokers");
+}
+
+#[test]
+fn a_secret_value_is_never_shown() {
+    // A key file that does not exist, with its password: librdkafka cannot make the client,
+    // and says which option failed.
+    let dir = temp_dir("cli-secret");
+    let log = dir.join("verve.log");
+    let log_arg = log.to_str().unwrap();
+    let key_password = format!("ssl.key.password={SECRET}");
+    let out = run(
+        &[
+            &NO_BROKER[..],
+            &["--log-file", log_arg],
+            &["--kafka-option", "security.protocol=ssl"],
+            &["--kafka-option", "ssl.key.location=/nonexistent/verve.key"],
+            &["--kafka-option", &key_password],
+        ]
+        .concat(),
+        &[],
+    );
+    refused(
+        &out,
+        "--kafka-option ssl.key.location: librdkafka",
+        "missing key file",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(SECRET), "{stderr}");
+    // The start-up line lists the options, the secret masked.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("ssl.key.password=***"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    // A secret that is itself the bad value: a private key that is no PEM.
+    let key_pem = format!("ssl.key.pem={SECRET}");
+    let out = run(
+        &[
+            &NO_BROKER[..],
+            &["--kafka-option", "security.protocol=ssl"],
+            &["--kafka-option", &key_pem],
+        ]
+        .concat(),
+        &[],
+    );
+    refused(&out, "--kafka-option ssl.key.pem: librdkafka", "bad PEM");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(SECRET));
+    // Nor in `--help`, with the list in the environment.
+    let list = format!("sasl.password={SECRET}");
+    let out = run(&["--help"], &[("VERVE_KAFKA_OPTION", list.as_str())]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--kafka-option") && !help.contains(SECRET),
+        "{help}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,65 +11,13 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::kafka_broker::{free_port, Broker};
+use common::kafka_log::{delivered, expected, lost, metric, stop};
 use common::redis_servers::Redis;
 use common::{parse_rfc3339_secs, rfc3339_secs, wait_until, CountLine, Server};
 use verve::report::kafka::{key, value};
 
 const INTERVAL: u64 = 1;
 const TOPIC: &str = "unique-requests";
-
-/// The record every count line promises: (key, value).
-fn expected(lines: &[CountLine]) -> Vec<(String, String)> {
-    lines
-        .iter()
-        .map(|c| (key(c.window_start), value(c.window_start, c.unique_count)))
-        .collect()
-}
-
-/// Windows whose record the broker acknowledged, from the log's `kafka` lines, in log order.
-fn delivered(server: &Server) -> Vec<u64> {
-    server
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains(" kafka ") && l.contains(" offset="))
-        .filter_map(|l| token(l, "window_start=").and_then(|t| parse_rfc3339_secs(&t)))
-        .collect()
-}
-
-/// Windows logged as lost, with the reason.
-fn lost(server: &Server) -> Vec<(u64, String)> {
-    server
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains(" kafka "))
-        .filter_map(|l| {
-            let why = token(l, "lost=")?;
-            Some((parse_rfc3339_secs(&token(l, "window_start=")?)?, why))
-        })
-        .collect()
-}
-
-fn token(line: &str, name: &str) -> Option<String> {
-    line.split(' ')
-        .find_map(|t| t.strip_prefix(name))
-        .map(str::to_string)
-}
-
-/// One unlabelled or labelled sample of `/metrics`.
-fn metric(server: &Server, sample: &str) -> u64 {
-    let page = server.get("/metrics").text();
-    page.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{sample} not in /metrics:\n{page}"))
-}
-
-/// Stops verve with SIGTERM and returns every count line it wrote.
-fn stop(mut server: Server) -> (Server, Vec<CountLine>) {
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success(), "stderr: {}", server.stderr());
-    let lines = server.count_lines();
-    (server, lines)
-}
 
 #[test]
 fn each_window_is_one_record_with_the_contracts_key_and_value() {

@@ -1,6 +1,7 @@
 //! The shipped systemd unit, checked with systemd's own tool (Debian package `systemd`,
 //! which `.ci/run` installs; it does not need systemd to be running): `systemd-analyze
-//! verify` accepts it, and its sandbox keeps the exposure score at 2.0 or below.
+//! verify` accepts it, and its sandbox keeps the exposure score at 2.0 or below; the example
+//! environment file's Kafka options are accepted as systemd would pass them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,4 +73,30 @@ fn the_unit_bounds_memory_and_verve_budgets_half_of_it_for_ids() {
     // systemd reads K, M, G as powers of 1024, as --max-memory does.
     let bytes = verve::budget::parse_size(max).unwrap();
     assert_eq!(verve::budget::share_of(bytes), bytes / 2);
+}
+
+#[test]
+fn the_environment_files_kafka_options_example_is_accepted() {
+    // What systemd hands verve for the commented-out example: the value inside the single
+    // quotes, as it is.
+    let env =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verve.env")).unwrap();
+    let value = env
+        .lines()
+        .find_map(|l| l.strip_prefix("#VERVE_KAFKA_OPTION='")?.strip_suffix('\''))
+        .expect("verve.env has a single-quoted VERVE_KAFKA_OPTION example");
+    let config = verve::config::Config::try_load(
+        ["verve", "--kafka-brokers", "kafka1.internal:9093"],
+        Some(value.into()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let options: Vec<String> = config.kafka_options.iter().map(|o| o.to_string()).collect();
+    assert!(
+        options.contains(&"sasl.password=***".to_owned()),
+        "{options:?}"
+    );
+    assert!(
+        options.contains(&"debug=broker,security".to_owned()),
+        "{options:?}"
+    );
 }

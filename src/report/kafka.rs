@@ -26,6 +26,11 @@
 //! is a warning: the check is retried until it can, and records wait in the backlog. Checks
 //! run on a thread of their own (a metadata request blocks for seconds when no broker
 //! answers), so the Kafka thread always takes new windows and a shutdown at once.
+//!
+//! The operator's `--kafka-option`s (TLS, SASL, ...) go to both clients; [`options`] refuses
+//! those that would undo any of the above.
+
+pub mod options;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -45,6 +50,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use crate::clock::rfc3339_secs;
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};
+
+pub use options::{KafkaOption, OptionError};
 
 /// The log target of Kafka lines.
 pub const TARGET: &str = "kafka";
@@ -113,7 +120,7 @@ const PARTITIONS: i32 = 1;
 /// Replicas of a topic verve creates: three, or as many as the cluster has brokers.
 const MAX_REPLICAS: i32 = 3;
 
-/// `--kafka-brokers`, `--kafka-topic`, `--kafka-backlog`.
+/// `--kafka-brokers`, `--kafka-topic`, `--kafka-backlog`, `--kafka-option`.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `HOST:PORT[,HOST:PORT...]`, librdkafka's `bootstrap.servers`.
@@ -121,6 +128,46 @@ pub struct Settings {
     pub topic: String,
     /// Most records kept while they cannot be delivered.
     pub backlog: usize,
+    /// Passed to both clients; checked by [`options::check`] (its `Debug` masks secrets).
+    pub options: Vec<KafkaOption>,
+}
+
+impl Settings {
+    /// The start-up log line's account of the settings, secrets masked.
+    pub fn describe(&self) -> String {
+        let mut line = format!(
+            "brokers {}, topic {}, backlog {} records",
+            self.brokers, self.topic, self.backlog
+        );
+        if !self.options.is_empty() {
+            let options: Vec<String> = self.options.iter().map(|o| o.to_string()).collect();
+            line.push_str(&format!(", options {}", options.join(" ")));
+        }
+        line
+    }
+
+    /// What the operator should hear about the options before the first record: settings
+    /// that turn off the check of the broker's identity.
+    pub fn warnings(&self) -> Vec<String> {
+        self.options
+            .iter()
+            .filter(|o| {
+                let value = o.value().to_ascii_lowercase();
+                matches!(
+                    (o.key(), value.as_str()),
+                    // librdkafka's spellings of false.
+                    ("enable.ssl.certificate.verification", "false" | "f" | "0")
+                        | ("ssl.endpoint.identification.algorithm", "none")
+                )
+            })
+            .map(|o| {
+                format!(
+                    "--kafka-option {o}: the broker's certificate or host name is not checked; \
+                     anyone on the path can pose as the broker"
+                )
+            })
+            .collect()
+    }
 }
 
 /// The record key: the window start, RFC 3339.
@@ -206,7 +253,12 @@ fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) -> bool {
     match level {
         Emerg | Alert | Critical => log::error!(target: TARGET, "librdkafka {fac}: {message}"),
         Warning => log::warn!(target: TARGET, "librdkafka {fac}: {message}"),
-        Error | Notice | Info | Debug => {
+        // Only sent when the operator asked for them with `--kafka-option debug=...`.
+        Debug => {
+            log::info!(target: TARGET, "librdkafka {fac}: {message}");
+            return false;
+        }
+        Error | Notice | Info => {
             log::debug!(target: TARGET, "librdkafka {fac}: {message}");
             return false;
         }
@@ -290,15 +342,68 @@ impl ClientContext for AdminCtx {
     }
 }
 
+/// The settings both clients share. The operator's options come after verve's defaults (so a
+/// `client.id` of theirs wins) and before what verve owns (so nothing they pass can undo it,
+/// even past [`options::check`]).
 fn client_config(settings: &Settings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", &settings.brokers)
         .set("client.id", concat!("verve/", env!("CARGO_PKG_VERSION")))
         // Brokers close idle connections; that is not news.
-        .set("log.connection.close", "false")
-        .set_log_level(RDKafkaLogLevel::Info);
+        .set("log.connection.close", "false");
+    for option in &settings.options {
+        config.set(option.key(), option.value());
+    }
+    // rdkafka sets the level after librdkafka has made the client, overriding the one
+    // librdkafka derives from `debug`: without this, its debug lines would never come.
+    let debugging = settings.options.iter().any(|o| o.key() == "debug");
     config
+        .set("bootstrap.servers", &settings.brokers)
+        .set_log_level(if debugging {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Info
+        });
+    config
+}
+
+/// A client that librdkafka would not make, as an error. When the operator passed options,
+/// they are the likely cause: an [`OptionError`] (a configuration error, exit 2) naming the
+/// one librdkafka names, its secrets masked.
+fn creation_error(err: KafkaError, what: &str, options: &[KafkaOption]) -> anyhow::Error {
+    let (key, detail) = match &err {
+        KafkaError::ClientConfig(_, desc, key, _) => (Some(key.clone()), desc.clone()),
+        KafkaError::ClientCreation(msg) => (culprit(msg, options), msg.clone()),
+        _ => (None, err.to_string()),
+    };
+    let detail = options::redact(&detail, options);
+    if options.is_empty() {
+        return anyhow::anyhow!("{what}: {detail}");
+    }
+    anyhow::Error::new(OptionError::new(
+        key.as_deref(),
+        format!("librdkafka: {detail}"),
+    ))
+}
+
+/// The option a librdkafka message is about: the one whose name it holds ("ssl.ca.location
+/// failed: ..."), else one whose value it holds ("No provider for SASL mechanism GSSAPI");
+/// the longest match, and never by a secret's value.
+fn culprit(msg: &str, options: &[KafkaOption]) -> Option<String> {
+    /// Shorter values (`ssl`, `1`) turn up in messages about anything.
+    const MIN_VALUE_LEN: usize = 4;
+    let by_name = options
+        .iter()
+        .filter(|o| msg.contains(o.key()))
+        .max_by_key(|o| o.key().len());
+    let by_value = || {
+        options
+            .iter()
+            .filter(|o| !o.is_secret() && o.value().len() >= MIN_VALUE_LEN)
+            .filter(|o| msg.contains(o.value()))
+            .max_by_key(|o| o.value().len())
+    };
+    by_name.or_else(by_value).map(|o| o.key().to_owned())
 }
 
 fn producer_config(settings: &Settings) -> ClientConfig {
@@ -334,7 +439,9 @@ impl Kafka {
         let producer = new_producer(&settings, 0, &outcomes_tx, &metrics)?;
         let admin: AdminClient<AdminCtx> = client_config(&settings)
             .create_with_context(AdminCtx)
-            .context("creating the Kafka admin client")?;
+            .map_err(|e| {
+            creation_error(e, "creating the Kafka admin client", &settings.options)
+        })?;
         let (check_tx, check_rx) = bounded::<()>(1);
         let (checked_tx, checked) = bounded(1);
         let topic = settings.topic.clone();
@@ -406,7 +513,7 @@ fn new_producer(
     };
     producer_config(settings)
         .create_with_context(ctx)
-        .context("creating the Kafka producer")
+        .map_err(|e| creation_error(e, "creating the Kafka producer", &settings.options))
 }
 
 /// Logs a record that will never be produced and takes it off the books.
@@ -785,6 +892,7 @@ mod tests {
             brokers: "127.0.0.1:1".into(),
             topic: "t".into(),
             backlog: 10,
+            options: vec![],
         };
         let mut kafka = Kafka::start(settings, metrics.clone()).unwrap();
         let mut report = WindowReport {
@@ -804,6 +912,43 @@ mod tests {
         assert_eq!(metrics.kafka_records.lost.load(Relaxed), 2);
         assert_eq!(metrics.kafka_records.delivered.load(Relaxed), 0);
         assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_refused_client_names_the_option_and_masks_secrets() {
+        let options = [
+            KafkaOption::new("security.protocol", "sasl_plaintext"),
+            KafkaOption::new("sasl.mechanism", "GSSAPI"),
+            KafkaOption::new("sasl.password", "GSSAPI-and-more"),
+            KafkaOption::new("ssl.ca.location", "/etc/ca.pem"),
+        ];
+        let culprit = |msg: &str| culprit(msg, &options);
+        assert_eq!(
+            culprit("No provider for SASL mechanism GSSAPI: recompile").as_deref(),
+            Some("sasl.mechanism")
+        );
+        assert_eq!(
+            culprit("ssl.ca.location failed: /etc/ca.pem: no such file").as_deref(),
+            Some("ssl.ca.location")
+        );
+        assert_eq!(culprit("Failed to create thread"), None);
+        let err = creation_error(
+            KafkaError::ClientCreation("bad: GSSAPI-and-more".into()),
+            "creating the Kafka producer",
+            &options,
+        );
+        let option = err.downcast_ref::<OptionError>().expect("an option error");
+        assert_eq!(
+            option.to_string(),
+            "--kafka-option sasl.mechanism: librdkafka: bad: ***"
+        );
+        // Without options, the configuration is verve's own: not the operator's error.
+        let err = creation_error(
+            KafkaError::ClientCreation("Failed to create thread".into()),
+            "creating the Kafka producer",
+            &[],
+        );
+        assert!(!err.is::<OptionError>());
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! drop. It can be frozen (SIGSTOP) and thawed: its memory storage forgets everything on a
 //! restart, so a freeze is the outage these tests use.
 //!
+//! A broker can also advertise another port than the one it listens on
+//! ([`Setup::advertised_port`]: a TLS proxy's or a SASL gate's in front of it; tansu 0.6 has
+//! `--cert` and `--key` flags but cannot take both, and serves plain TCP all the same), and
+//! require a SASL login, which it then refuses ([`Setup::authentication`]).
+//!
 //! Also a reader of a topic, with an rdkafka consumer of its own.
 
 use std::net::TcpListener;
@@ -44,11 +49,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How a broker is set up beyond the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Setup {
+    /// The port clients are told to use (`--advertised-listener-url`) when it is not the
+    /// one tansu listens on: a TLS proxy's in front of it.
+    pub advertised_port: Option<u16>,
+    /// `--authentication`: every request but the SASL handshake needs a login first. tansu
+    /// 0.6 accepts none with its in-memory storage (no PLAIN, no SCRAM users kept, no
+    /// OAUTHBEARER validator), so this is a broker that refuses every login; the test's own
+    /// clients cannot use it, and it counts as ready once it listens.
+    pub authentication: bool,
+}
+
 /// A `tansu broker` of the test's own.
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     frozen: bool,
+    /// Where the test's own clients (the readiness check, the reader) connect, and how.
+    client_bootstrap: String,
+    client_options: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -60,7 +81,13 @@ impl Broker {
     /// Starts a broker on `port` (one verve was told about before it existed) and waits
     /// until it answers a metadata request.
     pub fn start_on(port: u16) -> Broker {
+        Broker::start_with(port, Setup::default())
+    }
+
+    /// [`Broker::start_on`] with a [`Setup`].
+    pub fn start_with(port: u16, setup: Setup) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", setup.advertised_port.unwrap_or(port));
         let dir = temp_dir("tansu");
         let bin = tansu_bin();
         let mut cmd = Command::new(&bin);
@@ -77,8 +104,9 @@ impl Broker {
         }
         let child = cmd
             .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(setup.authentication.then_some("--authentication"))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -95,7 +123,15 @@ impl Broker {
             child: Some(child),
             port,
             frozen: false,
+            client_bootstrap: format!("127.0.0.1:{port}"),
+            client_options: Vec::new(),
         };
+        if setup.authentication {
+            wait_until("tansu to listen", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+            return broker;
+        }
         wait_until("tansu to answer a metadata request", || {
             let consumer: BaseConsumer = broker.client_config().create().ok()?;
             consumer
@@ -110,13 +146,26 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// From now on the test's clients connect to `bootstrap` with `options` (through the TLS
+    /// proxy, say, once it runs: the broker advertises its port).
+    pub fn use_clients(&mut self, bootstrap: &str, options: &[(&str, &str)]) {
+        self.client_bootstrap = bootstrap.to_owned();
+        self.client_options = options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", self.bootstrap())
+            .set("bootstrap.servers", &self.client_bootstrap)
             .set("group.id", "verve-tests")
             .set("enable.auto.commit", "false")
             .set("log_level", "3");
+        for (key, value) in &self.client_options {
+            config.set(key, value);
+        }
         config
     }
 

@@ -10,7 +10,9 @@
 #![allow(dead_code)]
 
 pub mod kafka_broker;
+pub mod kafka_log;
 pub mod redis_servers;
+pub mod sasl_gate;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -228,8 +230,20 @@ impl Server {
         Server::start_with(dir, interval, extra, |_| {})
     }
 
+    /// [`Server::start_in`] with `VERVE_*` settings in the environment of the process.
+    pub fn start_with_env(
+        dir: PathBuf,
+        interval: u64,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        Server::start_with(dir, interval, extra, |cmd| {
+            cmd.envs(env.iter().copied());
+        })
+    }
+
     /// [`Server::start_in`] with the command adjusted by `customize` first (resource
-    /// limits, say).
+    /// limits, the environment, say).
     pub fn start_with(
         dir: PathBuf,
         interval: u64,
