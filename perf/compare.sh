@@ -87,7 +87,7 @@ run_one() {
     case $name in
         baseline) "$BASELINE_BIN" "127.0.0.1:$port" >"$TMP/$name.out" 2>&1 & ;;
         verve)
-            VERVE_LOG=$TMP/verve-round$round.log
+            VERVE_LOG=$TMP/verve-round$round-$IDS.log
             # shellcheck disable=SC2086 # VERVE_ARGS is a list of flags
             "$VERVE_BIN" --listen "127.0.0.1:$port" --log-file "$VERVE_LOG" $VERVE_ARGS \
                 >"$TMP/$name.out" 2>&1 &
