@@ -22,7 +22,10 @@ fn links(libs: &str, name: &str) -> bool {
 #[test]
 fn zlib_is_linked_statically() {
     let libs = shared_libraries();
-    assert!(!links(&libs, "libz"), "verve links libz dynamically:\n{libs}");
+    assert!(
+        !links(&libs, "libz"),
+        "verve links libz dynamically:\n{libs}"
+    );
 }
 
 #[cfg(feature = "vendored-openssl")]
@@ -30,7 +33,10 @@ fn zlib_is_linked_statically() {
 fn the_default_build_needs_no_system_openssl() {
     let libs = shared_libraries();
     for name in ["libssl", "libcrypto"] {
-        assert!(!links(&libs, name), "verve links {name} dynamically:\n{libs}");
+        assert!(
+            !links(&libs, name),
+            "verve links {name} dynamically:\n{libs}"
+        );
     }
 }
 
