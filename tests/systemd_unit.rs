@@ -1,6 +1,7 @@
 //! The shipped systemd unit, checked with systemd's own tool (Debian package `systemd`,
-//! which `.ci/run` installs; it does not need systemd to be running): `systemd-analyze
-//! verify` accepts it, and its sandbox keeps the exposure score at 2.0 or below.
+//! which `scripts/test.sh` installs; it does not need systemd to be running):
+//! `systemd-analyze verify` accepts it, and its sandbox keeps the exposure score at 2.0 or
+//! below.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +28,7 @@ fn analyze(args: &[&str], unit: &Path) -> (bool, String) {
         .args(args)
         .arg(unit)
         .output()
-        .expect("running systemd-analyze (Debian package systemd; .ci/run installs it)");
+        .expect("running systemd-analyze (Debian package systemd; scripts/test.sh installs it)");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
