@@ -21,6 +21,22 @@
 //! - [`metrics`]: counters and the `/metrics` page.
 //! - [`logging`]: the log file format.
 
+// The Kafka client's TLS (`security.protocol=ssl` or `sasl_ssl`) comes from exactly one
+// OpenSSL: built from source (`vendored-openssl`, the default) or the system's
+// (`system-openssl`). With neither, librdkafka would build without TLS and a TLS broker
+// would fail only at run time; with both, the vendored one would silently win over the
+// system's, whose security updates are the reason to choose it.
+#[cfg(not(any(feature = "vendored-openssl", feature = "system-openssl")))]
+compile_error!(
+    "enable one OpenSSL feature: `vendored-openssl` (the default) or `system-openssl` \
+     (cargo build --release --no-default-features --features system-openssl)"
+);
+#[cfg(all(feature = "vendored-openssl", feature = "system-openssl"))]
+compile_error!(
+    "`system-openssl` and `vendored-openssl` are both on: build with \
+     `--no-default-features --features system-openssl` to link the system's OpenSSL"
+);
+
 pub mod budget;
 pub mod clock;
 pub mod cluster;

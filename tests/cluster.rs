@@ -164,7 +164,7 @@ impl Nginx {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting nginx (Debian package nginx; .ci/run installs it)");
+            .expect("starting nginx (Debian package nginx; scripts/test.sh installs it)");
         let nginx = Nginx { child, port, dir };
         wait_until("nginx to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", nginx.port)).ok()

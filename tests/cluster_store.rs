@@ -1,5 +1,5 @@
 //! The Redis store of cluster mode (`verve::cluster::store`) against a real `redis-server`
-//! (Debian package `redis-server`, which `.ci/run` installs), started by the test on a free
+//! (Debian package `redis-server`, which `scripts/test.sh` installs), started by the test on a free
 //! loopback port without persistence; and against a 3-master Redis Cluster on loopback,
 //! where a window's keys must share one slot (its hash tag) for the scripts to work. Where
 //! two instances race, each has a connection of its own and the test orders their steps.

@@ -1,5 +1,5 @@
 //! The shipped systemd unit, checked with systemd's own tool (Debian package `systemd`,
-//! which `.ci/run` installs; it does not need systemd to be running): `systemd-analyze
+//! which `scripts/test.sh` installs; it does not need systemd to be running): `systemd-analyze
 //! verify` accepts it, and its sandbox keeps the exposure score at 2.0 or below; the example
 //! environment file's Kafka options are accepted as systemd would pass them.
 
@@ -28,7 +28,7 @@ fn analyze(args: &[&str], unit: &Path) -> (bool, String) {
         .args(args)
         .arg(unit)
         .output()
-        .expect("running systemd-analyze (Debian package systemd; .ci/run installs it)");
+        .expect("running systemd-analyze (Debian package systemd; scripts/test.sh installs it)");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -1,6 +1,6 @@
 //! A real Kafka-protocol broker for the Kafka tests: tansu 0.6 (an Apache Kafka compatible
-//! broker written in Rust, `cargo install --locked tansu --features dynostore`; `.ci/run`
-//! installs it when missing) with in-memory storage, on a free loopback port, killed on
+//! broker written in Rust, `cargo install --locked tansu --features dynostore`;
+//! `scripts/test.sh` installs it when missing) with in-memory storage, on a free loopback port, killed on
 //! drop. It can be frozen (SIGSTOP) and thawed: its memory storage forgets everything on a
 //! restart, so a freeze is the outage these tests use.
 //!
@@ -115,7 +115,7 @@ impl Broker {
             .unwrap_or_else(|e| {
                 panic!(
                     "starting {} ({e}): install it with `cargo install --locked tansu \
-                     --features dynostore` (.ci/run does)",
+                     --features dynostore` (scripts/test.sh does)",
                     bin.display()
                 )
             });

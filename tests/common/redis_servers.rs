@@ -1,6 +1,6 @@
 //! Real Redis servers for the cluster tests: a single `redis-server` and a 3-master Redis
 //! Cluster, each on free loopback ports, without persistence, killed on drop. Debian's
-//! `redis-server` package provides both binaries; `.ci/run` installs it.
+//! `redis-server` package provides both binaries; `scripts/test.sh` installs it.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -45,7 +45,9 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting redis-server (Debian package redis-server; .ci/run installs it)");
+            .expect(
+                "starting redis-server (Debian package redis-server; scripts/test.sh installs it)",
+            );
         self.child = Some(child);
         wait_until("redis-server to answer PING", || {
             let mut con = self.try_connect()?;
