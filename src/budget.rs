@@ -210,7 +210,15 @@ mod tests {
         assert_eq!(parse_size("2G"), Ok(2 << 30));
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
         assert_eq!(parse_size("1 tib"), Ok(1 << 40));
-        for bad in ["", "MiB", "1.5GiB", "-1GiB", "12 parsecs", "1KiB", "99999999999TiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "1.5GiB",
+            "-1GiB",
+            "12 parsecs",
+            "1KiB",
+            "99999999999TiB",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }

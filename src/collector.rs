@@ -117,7 +117,9 @@ impl Collector {
     /// Merges what the shards buffered for the open `window` and publishes its count.
     fn absorb(&mut self, window: u64) {
         if let Some(absorbed) = self.shards.absorb(window) {
-            self.metrics.window_unique_ids.store(absorbed.unique, Relaxed);
+            self.metrics
+                .window_unique_ids
+                .store(absorbed.unique, Relaxed);
             self.refused(window, absorbed.refused);
         }
     }

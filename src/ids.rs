@@ -937,11 +937,22 @@ mod tests {
                 .chain(a.iter().step_by(3).copied())
                 .collect();
             let mut fresh = Builder::default();
-            let u = IdSet::union(IdSet::from_ids(a.clone()), IdSet::from_ids(b.clone()), Some(&mut fresh));
+            let u = IdSet::union(
+                IdSet::from_ids(a.clone()),
+                IdSet::from_ids(b.clone()),
+                Some(&mut fresh),
+            );
             let all: Vec<i64> = a.iter().chain(&b).copied().collect();
-            assert_eq!(u.iter().collect::<Vec<_>>(), sorted(&all), "spread {spread}");
+            assert_eq!(
+                u.iter().collect::<Vec<_>>(),
+                sorted(&all),
+                "spread {spread}"
+            );
             assert_eq!(u.len(), sorted(&all).len() as u64);
-            let new: Vec<i64> = sorted(&b).into_iter().filter(|id| !a.contains(id)).collect();
+            let new: Vec<i64> = sorted(&b)
+                .into_iter()
+                .filter(|id| !a.contains(id))
+                .collect();
             assert_eq!(fresh.finish().iter().collect::<Vec<_>>(), new);
         }
     }
@@ -1016,7 +1027,10 @@ mod tests {
         buf.take_runs(&mut runs);
         assert_eq!(runs.len(), 4);
         assert!(buf.is_empty());
-        assert!(buf.pending.capacity() >= BATCH, "no new buffer on the next insert");
+        assert!(
+            buf.pending.capacity() >= BATCH,
+            "no new buffer on the next insert"
+        );
         assert_eq!(
             IdSet::union_all(runs).iter().collect::<Vec<_>>(),
             sorted(&ids)
@@ -1057,7 +1071,10 @@ mod tests {
         let mut good = Vec::new();
         IdSet::from_ids([1, 5, 1 << 50]).serialize_into(&mut good);
         for cut in 0..good.len() {
-            assert!(IdSet::deserialize(&good[..cut]).is_err() || cut == 0, "cut {cut}");
+            assert!(
+                IdSet::deserialize(&good[..cut]).is_err() || cut == 0,
+                "cut {cut}"
+            );
         }
         let mut trailing = good.clone();
         trailing.push(0);

@@ -782,7 +782,10 @@ mod tests {
         let mut counted = Vec::new();
         let mut refused = 0;
         for id in 0..40_000i64 {
-            match s.record((id % 2) as usize, 1, id * 7_919_000_001, None).unwrap() {
+            match s
+                .record((id % 2) as usize, 1, id * 7_919_000_001, None)
+                .unwrap()
+            {
                 Recorded::Counted => counted.push(id * 7_919_000_001),
                 Recorded::OverBudget => refused += 1,
                 other => panic!("{other:?}"),
@@ -804,7 +807,10 @@ mod tests {
         assert!(sealed.charge.bytes() >= sealed.ids.heap_bytes() as u64);
         let held = memory.used();
         drop(sealed);
-        assert!(memory.used() < held, "dropping the sealed window frees its bytes");
+        assert!(
+            memory.used() < held,
+            "dropping the sealed window frees its bytes"
+        );
     }
 
     #[test]

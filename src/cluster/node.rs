@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use redis::RedisResult;
 
+use crate::budget::Charge;
 use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
 use crate::cluster::store::{self, Keys, Lead, Shipment, Shipped};
-use crate::budget::Charge;
 use crate::ids::{IdSet, Union};
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};

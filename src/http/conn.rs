@@ -456,10 +456,7 @@ fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<
     match ctx.shards.record(shard, window, accept.id, endpoint) {
         Ok(Recorded::Counted) => Status::Ok,
         Ok(
-            Recorded::EndpointTableFull
-            | Recorded::Late
-            | Recorded::Closed
-            | Recorded::OverBudget,
+            Recorded::EndpointTableFull | Recorded::Late | Recorded::Closed | Recorded::OverBudget,
         ) => Status::Unavailable,
         Err(_) => Status::BadRequest,
     }
