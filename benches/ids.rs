@@ -4,13 +4,18 @@
 //!
 //! - `record`: what a window's ids cost to collect, one iteration = 1M ids into a fresh
 //!   structure: `IdBuffer::insert` x 1M then `into_set` (what a shard and the collector do,
-//!   minus the locks) vs `HashSet<u64>::insert` vs a `Vec<u64>` (push, then sort and dedup at
-//!   the end) vs `RoaringTreemap::insert` vs the same treemap filled with sorted batches of
-//!   2048 (verve's set before the block format, for ids outside 0..2^32).
+//!   minus the locks; `into_set` unions the 489 runs of 2048) and `IdBuffer::insert` alone
+//!   (the request path's share: runs packed, not merged) vs `HashSet<u64>::insert` vs a
+//!   `Vec<u64>` (push, then sort and dedup at the end) vs `RoaringTreemap::insert` vs the same
+//!   treemap filled with sorted batches of 2048 (verve's set before the block format, for ids
+//!   outside 0..2^32).
 //! - `absorb`: a 1M-id window set taking in one second of 100K more ids (the next ones of
 //!   the same stream): `IdSet::union` of the window and the second's set; what
 //!   `Shards::absorb` does (`Union` of the second's runs of 2048, then `IdSet::union`);
-//!   `RoaringTreemap |=`; `HashSet::extend`; and a prototype, both sets' keys merged into a
+//!   `RoaringTreemap |=`; `HashSet::extend`; and three prototypes: the runs decoded into one
+//!   `Vec`, sorted and packed, then `IdSet::union` (instead of `Union`); only the second's
+//!   ids that the window lacks (`IdSet::contains`), packed into a set of their own (the
+//!   window's set is not re-packed: a two-level window set); both sets' keys merged into a
 //!   `Vec` and packed once with `IdSet::from_sorted_keys`.
 //! - `wire`: serializing and deserializing 1M ids: `IdSet::serialize_into` /
 //!   `IdSet::deserialize` vs roaring's portable treemap format, and `IdSet::deserialize`
@@ -36,7 +41,7 @@ use criterion::{
 };
 use roaring::RoaringTreemap;
 
-use verve::ids::{to_key, IdBuffer, IdSet, BATCH};
+use verve::ids::{from_key, to_key, IdBuffer, IdSet, BATCH};
 
 #[path = "../examples/support/rng.rs"]
 mod rng;
@@ -243,6 +248,18 @@ fn record(c: &mut Criterion, cases: &[Case]) {
         g.bench_function(format!("IdBuffer::insert + into_set/{d}"), |b| {
             b.iter_with_large_drop(|| id_set(ids))
         });
+        // The request path's share alone: append, and sort and pack every 2048 ids.
+        g.bench_function(format!("IdBuffer::insert, runs not merged/{d}"), |b| {
+            b.iter_with_large_drop(|| {
+                let mut buffer = IdBuffer::new();
+                for &id in ids {
+                    buffer.insert(black_box(id));
+                }
+                let mut runs = Vec::new();
+                buffer.take_runs(&mut runs);
+                runs
+            })
+        });
         g.bench_function(format!("HashSet<u64>::insert/{d}"), |b| {
             b.iter_with_large_drop(|| hash_set(ids))
         });
@@ -315,6 +332,41 @@ fn absorb(c: &mut Criterion, cases: &[Case]) {
                 BatchSize::LargeInput,
             )
         });
+        // The runs merged by one sort instead of pairwise unions.
+        let sorted_runs = |w: IdSet, runs: &[IdSet]| {
+            let mut keys = Vec::with_capacity(runs.iter().map(|r| r.len() as usize).sum());
+            for run in runs {
+                keys.extend(run.keys());
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            IdSet::union(w, IdSet::from_sorted_keys(&keys), None)
+        };
+        assert_eq!(sorted_runs(window.clone(), &runs), expected);
+        g.bench_function(
+            format!("prototype: runs sorted as one Vec, then union/{d}"),
+            |b| {
+                b.iter_batched(
+                    || window.clone(),
+                    |w| sorted_runs(w, &runs),
+                    BatchSize::LargeInput,
+                )
+            },
+        );
+        // The window set left alone: only the second's new ids, found with `contains`, go
+        // into a set of their own (what a two-level window set would do each second).
+        let new_ids = |w: &IdSet| {
+            let keys: Vec<u64> = second
+                .keys()
+                .filter(|&k| !w.contains(from_key(k)))
+                .collect();
+            IdSet::from_sorted_keys(&keys)
+        };
+        assert_eq!(new_ids(&window).len() + window.len(), expected.len());
+        g.bench_function(
+            format!("prototype: the second's new ids only (contains)/{d}"),
+            |b| b.iter_with_large_drop(|| new_ids(black_box(&window))),
+        );
         // What re-packing every key costs when done in bulk rather than key by key.
         let merged = merge_via_vec(window.clone(), &second);
         assert_eq!(merged, expected);

@@ -114,6 +114,8 @@ val() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b != "" && b + 0 != 0) printf "%.2f", a / b}'; }
 # per_id N NS: NS (old example: insert_secs) as ns per id.
 ns_of_secs() { awk -v s="$1" -v n="$2" 'BEGIN {if (s != "") printf "%.1f", s * 1e9 / n}'; }
+# minus A B: A - B with 1 decimal.
+minus() { awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b != "") printf "%.1f", a - b}'; }
 # le A B: 1 if A <= B.
 le() { awk -v a="$1" -v b="$2" 'BEGIN {print (a != "" && b != "" && a + 0 <= b + 0) ? 1 : 0}'; }
 
@@ -136,12 +138,12 @@ done
     echo
     echo "### After: through Shards (1 shard, an absorb every 100 000 records, then the seal), median of $REPEAT"
     echo
-    echo "| ids | window | distinct | RSS B/id | live heap B/id | peak heap B/id | \`heap_bytes()\` B/id | RSS / \`heap_bytes()\` | budget peak B/id | serialized B/id | ns/id (record + absorb) | of which absorbs | last absorb ms | seal ms |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| ids | window | distinct | RSS B/id | live heap B/id | peak heap B/id | \`heap_bytes()\` B/id | RSS / \`heap_bytes()\` | budget peak B/id | serialized B/id | ns/id (record + absorb) | of which absorbs | so the request path | last absorb ms | seal ms |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for d in $DISTS; do
         for n in $SIZES; do
             v() { val verve "$d" "$n" "$1"; }
-            echo "| $d | $n | $(v distinct) | $(v rss_per_id) | $(v heap_per_id) | $(v peak_per_id) | $(v accounted_per_id) | $(ratio "$(v rss_bytes)" "$(v accounted_bytes)") | $(v budget_peak_per_id) | $(v serialized_per_id) | $(v ns_per_id) | $(v absorb_ns_per_id) | $(v last_absorb_ms) | $(v seal_ms) |"
+            echo "| $d | $n | $(v distinct) | $(v rss_per_id) | $(v heap_per_id) | $(v peak_per_id) | $(v accounted_per_id) | $(ratio "$(v rss_bytes)" "$(v accounted_bytes)") | $(v budget_peak_per_id) | $(v serialized_per_id) | $(v ns_per_id) | $(v absorb_ns_per_id) | $(minus "$(v ns_per_id)" "$(v absorb_ns_per_id)") | $(v last_absorb_ms) | $(v seal_ms) |"
         done
     done
     if [[ -n $BEFORE ]] || [[ $DISTS == *snowflake* ]]; then
@@ -199,10 +201,27 @@ target() { # target KIND N LIMIT [BAR]
         # Speed: random i64 ids now against random u32 ids before.
         if [[ -n $BEFORE ]]; then
             now=$(val verve random-i64 "$n" ns_per_id)
-            old=$(ns_of_secs "$(val before random-u32 "$n" insert_secs)" "$n")
+            secs=$(val before random-u32 "$n" insert_secs)
+            old=$(ns_of_secs "$secs" "$n")
             if [[ -n $now && -n $old ]]; then
-                if [[ $(le "$now" "$old") == 1 ]]; then verdict=met; else verdict="NOT met"; fi
-                echo "target: random-i64 ids at $n recorded at least as fast as random-u32 ids before: $verdict ($now ns/id, before $old ns/id)"
+                if [[ $(le "$secs" 0.1) == 1 ]]; then
+                    # The earlier example prints its time in steps of 10 ms.
+                    verdict="inconclusive (the earlier example took $secs s, printed in 10 ms steps)"
+                elif [[ $(le "$now" "$old") == 1 ]]; then
+                    verdict=met
+                else
+                    verdict="NOT met"
+                fi
+                echo "target: random-i64 ids at $n recorded at least as fast as random-u32 ids before, absorbs included: $verdict ($now ns/id, before $old ns/id)"
+                path=$(minus "$now" "$(val verve random-i64 "$n" absorb_ns_per_id)")
+                if [[ $(le "$secs" 0.1) == 1 ]]; then
+                    :
+                elif [[ $(le "$path" "$old") == 1 ]]; then
+                    verdict=met
+                else
+                    verdict="NOT met"
+                fi
+                echo "target: the same, the request path alone (without the collector's absorbs): $verdict ($path ns/id, before $old ns/id)"
             fi
         fi
     done
