@@ -1,13 +1,11 @@
 //! What the leader of a window does in cluster mode, timed: N instances (default 10) each
-//! hold M ids (default 1 million, random over the whole u32 range), ship them the way
-//! `src/cluster/node.rs` does (`IdSet::to_treemap` + roaring's portable `serialize_into`),
-//! and the leader unions every shipment:
+//! hold M ids (default 1 million, random over 0..2^32, or with `--dist random-i64` over the
+//! whole i64 range), ship them the way `src/cluster/node.rs` does (`node::serialize`: the id
+//! set's compact format), and the leader unions every shipment:
 //!
-//! - **memory**: what `union_of_shipments` did with each blob before it merged pairwise (the
-//!   fold that turned out quadratic, kept for comparison), and **pairwise**: what
-//!   `verve::cluster::node::union_of_shipments` does now, both without
-//!   Redis: `RoaringTreemap::deserialize_from`, `IdSet::from_treemap`, `IdSet::union_with`
-//!   into a set that starts empty, blobs in shipping order; the three phases are timed apart.
+//! - **memory**: what `verve::cluster::node::union_of_shipments` does with the blobs, without
+//!   Redis: `IdSet::deserialize` of each, in shipping order, added to a `verve::ids::Union`
+//!   (pairwise merges of sets of similar size); decoding and merging are timed apart.
 //! - **redis** (only with `REDIS_URL` set, e.g. `redis://127.0.0.1:6379`): the blobs are
 //!   `RPUSH`ed to `Keys::new(prefix).ids(window_start)` (the window's list of shipments, see
 //!   `src/cluster/store.rs`), then the whole `union_of_shipments` runs against that Redis on
@@ -17,11 +15,12 @@
 //!   10 minutes and is deleted at the end.
 //!
 //! Each phase is run RUNS times (default 5) on the same blobs; the figures are the median,
-//! min and max. Freeing the union (`IdSet::release`, as the leader's `report` does) is timed
-//! apart and not in `total_ms`.
+//! min and max. Dropping the union (as the leader does once it has reported the count) is
+//! timed apart (`release_ms`) and not in `total_ms`.
 //!
 //! ```sh
-//! cargo run --release --example leader_merge                       # 10 x 1M, no overlap, 5 runs
+//! cargo run --release --example leader_merge                       # 10 x 1M random u32 ids, no overlap, 5 runs
+//! cargo run --release --example leader_merge -- --dist random-i64  # 10 x 1M random i64 ids
 //! cargo run --release --example leader_merge -- --instances 10 --ids 1000000 --overlap 0.5 --runs 5
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example leader_merge
 //! ```
@@ -49,13 +48,18 @@ use std::time::{Duration, Instant};
 use verve::cluster::conn::{self, Target};
 use verve::cluster::node::{serialize, union_of_shipments};
 use verve::cluster::store::{self, Keys};
-use verve::ids::{IdBuffer, IdSet};
+use verve::ids::{IdBuffer, IdSet, Union};
 
 #[path = "support/rng.rs"]
 mod rng;
 use rng::Rng;
 
+#[path = "support/dist.rs"]
+mod dist;
+use dist::Dist;
+
 struct Options {
+    dist: Dist,
     instances: usize,
     ids: u64,
     overlap: f64,
@@ -68,6 +72,7 @@ struct Options {
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
+        dist: Dist::RandomU32,
         instances: 10,
         ids: 1_000_000,
         overlap: 0.0,
@@ -86,6 +91,11 @@ fn parse_args() -> Result<Options, String> {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = || format!("bad value {value:?} for {flag}");
         match flag.as_str() {
+            "--dist" => {
+                o.dist = Dist::parse(&value)
+                    .filter(|d| matches!(d, Dist::RandomU32 | Dist::RandomI64))
+                    .ok_or_else(bad)?
+            }
             "--instances" => o.instances = value.parse().map_err(|_| bad())?,
             "--ids" => o.ids = value.parse().map_err(|_| bad())?,
             "--overlap" => o.overlap = value.parse().map_err(|_| bad())?,
@@ -117,11 +127,17 @@ fn stream(n: u64) -> Rng {
     rng
 }
 
-/// Instance `k`'s ids, all in 0..2^32: `shared` of them from the shared stream, spread
-/// evenly among the others, which come from the instance's own stream. Split into
-/// `shipments` consecutive parts, each without the ids of the parts before it (as
+/// Instance `k`'s ids, of `dist` (random u32 or i64): `shared` of them from the shared
+/// stream, spread evenly among the others, which come from the instance's own stream. Split
+/// into `shipments` consecutive parts, each without the ids of the parts before it (as
 /// `Shards::drain` ships deltas). Returns every id of the instance and the parts.
-fn instance_ids(k: usize, ids: u64, shared: u64, shipments: u64) -> (IdSet, Vec<IdSet>) {
+fn instance_ids(
+    dist: Dist,
+    k: usize,
+    ids: u64,
+    shared: u64,
+    shipments: u64,
+) -> (IdSet, Vec<IdSet>) {
     let mut common = stream(0);
     let mut own = stream(k as u64 + 1);
     let is_shared = |i: u64| {
@@ -133,7 +149,10 @@ fn instance_ids(k: usize, ids: u64, shared: u64, shipments: u64) -> (IdSet, Vec<
         let mut part = IdBuffer::new();
         for i in p * ids / shipments..(p + 1) * ids / shipments {
             let rng = if is_shared(i) { &mut common } else { &mut own };
-            part.insert((rng.next() >> 32) as i64);
+            part.insert(match dist {
+                Dist::RandomI64 => rng.next() as i64,
+                _ => (rng.next() >> 32) as i64,
+            });
         }
         let mut delta = part.into_set();
         delta.subtract(&all);
@@ -160,37 +179,24 @@ fn stats(xs: &[f64]) -> String {
     format!("{median:.2},{:.2},{:.2}", xs[0], xs[n - 1])
 }
 
-/// The in-memory merge, phase by phase: (union, deserialize, from_treemap, union_with, total).
-fn merge_in_memory(blobs: &[Vec<u8>]) -> (IdSet, Duration, Duration, Duration, Duration) {
-    let (mut de, mut conv, mut union_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+/// The leader's merge as `union_of_shipments` does it, without Redis: (union, time decoding,
+/// time merging, total).
+fn merge_in_memory(blobs: &[Vec<u8>]) -> (IdSet, Duration, Duration, Duration) {
+    let (mut de, mut un) = (Duration::ZERO, Duration::ZERO);
     let started = Instant::now();
-    let mut union = IdSet::new();
+    let mut union = Union::default();
     for blob in blobs {
         let t0 = Instant::now();
         let set = IdSet::deserialize(black_box(&blob[..])).expect("readable blob");
         let t1 = Instant::now();
-        let t2 = Instant::now();
-        union.union_with(&set);
-        let t3 = Instant::now();
-        drop(set);
+        union.add(set);
         de += t1 - t0;
-        conv += t2 - t1;
-        union_t += t3 - t2;
+        un += t1.elapsed();
     }
-    let total = started.elapsed();
-    (union, de, conv, union_t, total)
-}
-
-/// The leader's merge as verve does it now (`verve::cluster::node::Union`: pairwise, on
-/// treemaps, no conversion): (distinct ids, total time).
-fn merge_pairwise(blobs: &[Vec<u8>]) -> (u64, Duration) {
-    let started = Instant::now();
-    let mut union = verve::ids::Union::default();
-    for blob in blobs {
-        union.add(IdSet::deserialize(black_box(&blob[..])).expect("readable blob"));
-    }
-    let count = union.into_set().len();
-    (count, started.elapsed())
+    let t0 = Instant::now();
+    let union = union.into_set();
+    un += t0.elapsed();
+    (union, de, un, started.elapsed())
 }
 
 fn main() -> ExitCode {
@@ -200,7 +206,8 @@ fn main() -> ExitCode {
             eprintln!("leader_merge: {e}");
             eprintln!(
                 "usage: leader_merge [--instances N] [--ids M] [--overlap F] [--shipments K] \
-                 [--runs R] [--prefix P] [--window-start S] [--push-only]   \
+                 [--runs R] [--dist random-u32|random-i64] [--prefix P] [--window-start S] \
+                 [--push-only]   \
                  (REDIS_URL=redis://... adds the Redis runs)"
             );
             return ExitCode::from(2);
@@ -214,7 +221,7 @@ fn main() -> ExitCode {
     let (mut total_bytes, mut total_ids) = (0u64, 0u64);
     let mut serialize_ms = Vec::new();
     for k in 0..o.instances {
-        let (set, parts) = instance_ids(k, o.ids, shared, o.shipments);
+        let (set, parts) = instance_ids(o.dist, k, o.ids, shared, o.shipments);
         let t0 = Instant::now();
         let mine: Vec<Vec<u8>> = parts.iter().map(serialize).collect();
         let took = t0.elapsed();
@@ -244,8 +251,13 @@ fn main() -> ExitCode {
     let expected = IdSet::union_all(sets).len();
 
     let head = format!(
-        "instances={} ids={} overlap={} shipments={} runs={} distinct={expected}",
-        o.instances, o.ids, o.overlap, o.shipments, o.runs
+        "dist={} instances={} ids={} overlap={} shipments={} runs={} distinct={expected}",
+        o.dist.name(),
+        o.instances,
+        o.ids,
+        o.overlap,
+        o.shipments,
+        o.runs
     );
     let shipment = format!(
         "bytes_per_instance={:.0} bytes_total={total_bytes} bytes_per_id={:.3} serialize_ms={}",
@@ -265,10 +277,9 @@ fn main() -> ExitCode {
     }
 
     // (a) In memory.
-    let (mut de, mut conv, mut un, mut total, mut release) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut de, mut un, mut total, mut release) = (vec![], vec![], vec![], vec![]);
     for run in 1..=o.runs {
-        let (union, d, c, u, t) = merge_in_memory(&blobs);
+        let (union, d, u, t) = merge_in_memory(&blobs);
         let count = union.len();
         let t0 = Instant::now();
         drop(union);
@@ -278,47 +289,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         println!(
-            "RESULT mode=memory run={run} {head} deserialize_ms={:.2} from_treemap_ms={:.2} \
-             union_ms={:.2} total_ms={:.2} release_ms={:.2}",
+            "RESULT mode=memory run={run} {head} deserialize_ms={:.2} union_ms={:.2} \
+             total_ms={:.2} release_ms={:.2}",
             ms(d),
-            ms(c),
             ms(u),
             ms(t),
             ms(r)
         );
         de.push(ms(d));
-        conv.push(ms(c));
         un.push(ms(u));
         total.push(ms(t));
         release.push(ms(r));
     }
     println!(
-        "SUMMARY mode=memory {head} {shipment} deserialize_ms={} from_treemap_ms={} union_ms={} \
-         total_ms={} release_ms={}",
+        "SUMMARY mode=memory {head} {shipment} deserialize_ms={} union_ms={} total_ms={} \
+         release_ms={}",
         stats(&de),
-        stats(&conv),
         stats(&un),
         stats(&total),
         stats(&release)
-    );
-
-    // (a') In memory, the pairwise union verve uses.
-    let mut pairwise = vec![];
-    for run in 1..=o.runs {
-        let (count, t) = merge_pairwise(&blobs);
-        if count != expected {
-            eprintln!("leader_merge: pairwise run {run}: {count} ids, expected {expected}");
-            return ExitCode::FAILURE;
-        }
-        println!(
-            "RESULT mode=pairwise run={run} {head} total_ms={:.2}",
-            ms(t)
-        );
-        pairwise.push(ms(t));
-    }
-    println!(
-        "SUMMARY mode=pairwise {head} {shipment} total_ms={}",
-        stats(&pairwise)
     );
 
     // (b) Through Redis.

@@ -16,7 +16,8 @@
 #      bytes per distinct id, for the deltas shipped each second and for the last shipment at
 #      the close; beside it, the size of one shipment of as many random ids
 #      (examples/leader_merge.rs with one instance).
-#   c. the leader's merge: examples/leader_merge.rs, MERGE_INSTANCES x MERGE_IDS ids, for each
+#   c. the leader's merge: examples/leader_merge.rs, MERGE_INSTANCES x MERGE_IDS ids (random
+#      over 0..2^32, or MERGE_DIST=random-i64: over the whole i64 range), for each
 #      case of MERGE_CASES (OVERLAP:SHIPMENTS: the share of ids all instances hold, and how
 #      many deltas each instance ships them in: 1 = all at once, 60 = one a second for a 60 s
 #      window, as verve does), in memory and through this script's redis-server; MERGE_RUNS
@@ -27,7 +28,8 @@
 #
 # Environment: ROUNDS (5), DURATION (8), WARMUP (2), THREADS (2), CONNECTIONS (64), SEED (1),
 # INTERVAL (60), BOUNDARY_INTERVAL (20), MERGE_INSTANCES (10), MERGE_IDS (1000000),
-# MERGE_RUNS (5), MERGE_DELTA_RUNS (3), MERGE_CASES ("0:1 0.5:1 0:60"), PARTS ("a b c"),
+# MERGE_RUNS (5), MERGE_DELTA_RUNS (3), MERGE_CASES ("0:1 0.5:1 0:60"), MERGE_DIST
+# (random-u32 | random-i64), PARTS ("a b c"),
 # CARGO_TARGET_DIR.
 # Output: markdown tables on stdout; everything, raw wrk output, count logs and metrics
 # included, in perf/out/cluster-<UTC time>.txt.
@@ -53,6 +55,8 @@ MERGE_IDS=${MERGE_IDS:-1000000}
 MERGE_RUNS=${MERGE_RUNS:-5}
 MERGE_DELTA_RUNS=${MERGE_DELTA_RUNS:-3}
 MERGE_CASES=${MERGE_CASES:-0:1 0.5:1 0:60}
+MERGE_DIST=${MERGE_DIST:-random-u32}
+[[ $MERGE_DIST =~ ^random-(u32|i64)$ ]] || die "MERGE_DIST must be random-u32 or random-i64, not '$MERGE_DIST'"
 PARTS=${PARTS:-a b c}
 for v in ROUNDS DURATION WARMUP THREADS CONNECTIONS SEED INTERVAL BOUNDARY_INTERVAL \
     MERGE_INSTANCES MERGE_IDS MERGE_RUNS MERGE_DELTA_RUNS; do
@@ -132,7 +136,7 @@ cd "$PERF_ROOT"
     echo "# perf/cluster.sh $PERF_STAMP: PARTS='$PARTS' ROUNDS=$ROUNDS DURATION=${DURATION}s" \
         "WARMUP=${WARMUP}s THREADS=$THREADS CONNECTIONS=$CONNECTIONS SEED=$SEED INTERVAL=$INTERVAL" \
         "BOUNDARY_INTERVAL=$BOUNDARY_INTERVAL MERGE=${MERGE_INSTANCES}x$MERGE_IDS" \
-        "MERGE_RUNS=$MERGE_RUNS MERGE_DELTA_RUNS=$MERGE_DELTA_RUNS MERGE_CASES='$MERGE_CASES'"
+        "MERGE_RUNS=$MERGE_RUNS MERGE_DELTA_RUNS=$MERGE_DELTA_RUNS MERGE_CASES='$MERGE_CASES' MERGE_DIST=$MERGE_DIST"
     machine_line
     echo "# $(redis-server --version)"
 } | tee "$RAW"
@@ -349,10 +353,10 @@ if part c; then
         echo "part c: leader_merge ${MERGE_INSTANCES} x $MERGE_IDS, overlap $ov, $k shipment(s) each ..." >&2
         {
             echo "=== part c: $(date -u +%FT%TZ), other CPU busy: $(other_busy)"
-            echo "\$ REDIS_URL=$REDIS_URL $MERGE_BIN --instances $MERGE_INSTANCES --ids $MERGE_IDS --overlap $ov --shipments $k --runs $runs"
+            echo "\$ REDIS_URL=$REDIS_URL $MERGE_BIN --dist $MERGE_DIST --instances $MERGE_INSTANCES --ids $MERGE_IDS --overlap $ov --shipments $k --runs $runs"
         } >>"$RAW"
         out=$TMP/merge-$ov-$k.txt
-        if ! REDIS_URL=$REDIS_URL "$MERGE_BIN" --instances "$MERGE_INSTANCES" --ids "$MERGE_IDS" \
+        if ! REDIS_URL=$REDIS_URL "$MERGE_BIN" --dist "$MERGE_DIST" --instances "$MERGE_INSTANCES" --ids "$MERGE_IDS" \
             --overlap "$ov" --shipments "$k" --runs "$runs" >"$out"; then
             cat "$out" >>"$RAW"
             fail "part c: leader_merge failed (case $case)"
@@ -361,14 +365,14 @@ if part c; then
         cat "$out" >>"$RAW"
         mem=$(grep '^SUMMARY mode=memory' "$out")
         red=$(grep '^SUMMARY mode=redis' "$out" || true)
-        MROWS+=("| $ov | $k | $runs | $(f "$mem" distinct) | $(f "$mem" bytes_per_instance) | $(f "$mem" bytes_per_id) | $(mm "$(f "$mem" deserialize_ms)") | $(mm "$(f "$mem" from_treemap_ms)") | $(mm "$(f "$mem" union_ms)") | **$(mm "$(f "$mem" total_ms)")** | **$(mm "$(f "$red" total_ms)")** | $(mm "$(f "$red" fetch_ms)") | $(f "$red" rpush_all_ms) |")
+        MROWS+=("| $ov | $k | $runs | $(f "$mem" distinct) | $(f "$mem" bytes_per_instance) | $(f "$mem" bytes_per_id) | $(mm "$(f "$mem" deserialize_ms)") | $(mm "$(f "$mem" union_ms)") | **$(mm "$(f "$mem" total_ms)")** | **$(mm "$(f "$red" total_ms)")** | $(mm "$(f "$red" fetch_ms)") | $(f "$red" rpush_all_ms) |")
     done
     {
         echo
-        echo "### c. The leader's merge: ${MERGE_INSTANCES} instances x $MERGE_IDS random u32 ids (ms: median / min)"
+        echo "### c. The leader's merge: ${MERGE_INSTANCES} instances x $MERGE_IDS $MERGE_DIST ids (ms: median / min)"
         echo
-        echo "| overlap | shipments per instance | runs | distinct | bytes per instance | bytes/id | deserialize | from_treemap | union_with | **in memory, total** | **union_of_shipments via Redis** | of which LRANGE alone | RPUSH of all blobs |"
-        echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        echo "| overlap | shipments per instance | runs | distinct | bytes per instance | bytes/id | deserialize | \`Union\` | **in memory, total** | **union_of_shipments via Redis** | of which LRANGE alone | RPUSH of all blobs |"
+        echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         printf '%s\n' "${MROWS[@]}"
     } | tee -a "$RAW"
 fi
