@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
 use crate::clock::{Clock, Windows};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
@@ -68,23 +69,31 @@ pub struct CollectorHandle {
 
 impl CollectorHandle {
     /// Closes the shards, reports every window still open (the last one with the ids counted
-    /// so far), lets the reporters finish until `deadline` and waits for the thread.
-    pub fn shutdown(self, deadline: Instant) {
+    /// so far), lets the reporters finish until `deadline` and waits for the thread. False
+    /// when the thread had died (panicked): then nothing was reported, and it says so.
+    pub fn shutdown(self, deadline: Instant) -> bool {
         let _ = self.stop.send(Stop { deadline });
-        let _ = self.thread.join();
+        let ended = self.thread.join().is_ok();
+        if !ended {
+            log::error!("the collector thread had died: the open window was not reported");
+        }
+        ended
     }
 }
 
 impl Collector {
-    /// Starts the thread; the first window it reports is the one open now.
-    pub fn spawn(self) -> std::io::Result<CollectorHandle> {
+    /// Starts the thread; the first window it reports is the one open now. The thread holds
+    /// a guard of `health` (see [`crate::health`]).
+    pub fn spawn(self, health: &Health) -> std::io::Result<CollectorHandle> {
         let (stop, stopped) = bounded::<Stop>(1);
         // Read on the caller's thread: the window open when `spawn` is called is reported
         // even if the thread starts late.
         let mut next = self.windows.index_of(self.clock.now_ms());
+        let guard = health.guard("verve-collector");
         let thread = std::thread::Builder::new()
             .name("verve-collector".into())
             .spawn(move || {
+                let _guard = guard;
                 let mut this = self;
                 let mut next_absorb = Instant::now() + ABSORB_EVERY;
                 loop {
@@ -257,7 +266,7 @@ mod tests {
             state_file,
             memory_warned: None,
         }
-        .spawn()
+        .spawn(&Health::new())
         .unwrap();
         (shards, handle, rx)
     }
@@ -291,6 +300,39 @@ mod tests {
         // The open window is reported at shutdown, then the sink finishes.
         assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1030, 0, vec![]));
         assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+    }
+
+    #[test]
+    fn a_collector_that_dies_marks_the_process_failed_and_says_so_at_shutdown() {
+        struct PanickingSink;
+        impl WindowSink for PanickingSink {
+            fn accept(&mut self, _: SealedWindow) {
+                panic!("a reporter bug (this panic is expected by the test)");
+            }
+            fn finish(&mut self, _: Instant) {}
+        }
+        let clock = ManualClock::new(5_000);
+        let health = Health::new();
+        let handle = Collector {
+            shards: Arc::new(Shards::new(1, EndpointPolicy::default(), 10)),
+            windows: Windows::new(10),
+            clock: clock.clone(),
+            sink: Box::new(PanickingSink),
+            metrics: Arc::new(Metrics::new(1)),
+            state_file: None,
+            memory_warned: None,
+        }
+        .spawn(&health)
+        .unwrap();
+        let (woke, woken) = bounded(1);
+        health.on_failure(move || woke.send(()).unwrap());
+        clock.set(10_000 + SETTLE.as_millis() as u64);
+        woken.recv_timeout(WAIT).expect("the failure is signalled");
+        assert_eq!(health.failed().as_deref(), Some("verve-collector"));
+        assert!(
+            !handle.shutdown(Instant::now()),
+            "the join result is reported"
+        );
     }
 
     #[test]

@@ -251,6 +251,12 @@ impl Metrics {
             "Client connections open now.",
             &[("", self.sum(|w| &w.connections))],
         );
+        family(
+            "verve_log_write_errors_total",
+            "counter",
+            "Log lines written nowhere: the log file and stderr both refused them.",
+            &[("", crate::logging::write_errors())],
+        );
         out
     }
 }
@@ -284,6 +290,7 @@ mod tests {
             "verve_id_memory_bytes 0\n",
             "verve_id_memory_limit_bytes 0\n",
             "verve_memory_refused_ids_total 0\n",
+            "verve_log_write_errors_total ",
         ] {
             assert!(page.contains(name), "{name}");
         }

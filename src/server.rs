@@ -18,6 +18,7 @@ use crate::cluster::node::{ClusterSink, Settings};
 use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
+use crate::health::Health;
 use crate::http::{self, Ctx};
 use crate::metrics::Metrics;
 use crate::report::callback::Callbacks;
@@ -116,6 +117,8 @@ fn restore(
 /// A running verve.
 pub struct Server {
     ctx: Arc<Ctx>,
+    /// Whether verve's threads are alive; `main` waits on it besides the signals.
+    health: Health,
     addr: SocketAddr,
     acceptor: may::coroutine::JoinHandle<()>,
     reaper: std::thread::JoinHandle<()>,
@@ -131,6 +134,7 @@ impl Server {
         shards: usize,
     ) -> anyhow::Result<Server> {
         let policy = config.endpoint_policy().map_err(anyhow::Error::msg)?;
+        let health = Health::new();
         let memory = IdMemory::new(config.memory_limit());
         log::info!("id memory budget: {} bytes", memory.limit());
         let metrics = Arc::new(Metrics::with_memory(shards, memory.clone()));
@@ -144,9 +148,10 @@ impl Server {
         let callbacks = Callbacks::start(
             config.endpoint_method,
             config.endpoint_timeout,
-            policy,
+            policy.clone(),
             callback_queue_len(config),
             metrics.clone(),
+            &health,
         )
         .context("starting the callback threads")?;
         let mut reporters = Fanout::new()
@@ -164,7 +169,7 @@ impl Server {
                 settings.topic,
                 settings.backlog
             );
-            reporters = reporters.with(Kafka::start(settings, metrics.clone())?);
+            reporters = reporters.with(Kafka::start(settings, metrics.clone(), &health)?);
         }
         let addr = listener
             .local_addr()
@@ -193,6 +198,7 @@ impl Server {
                     clock.clone(),
                     Box::new(reporters),
                     metrics.clone(),
+                    &health,
                 )
                 .context("starting the cluster thread")?;
                 Box::new(sink)
@@ -210,7 +216,7 @@ impl Server {
             state_file: config.state_file.clone(),
             memory_warned: None,
         }
-        .spawn()
+        .spawn(&health)
         .context("starting the collector thread")?;
         http::date::start();
         listener
@@ -220,7 +226,7 @@ impl Server {
         let listener = unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
         let idle = http::idle::Idle::new(shards.len(), config.idle_timeout);
         let reaper = idle
-            .spawn_reaper()
+            .spawn_reaper(&health)
             .context("starting the idle-connection reaper")?;
         let ctx = Arc::new(Ctx {
             shards,
@@ -228,12 +234,14 @@ impl Server {
             clock,
             windows,
             draining: AtomicBool::new(false),
+            health: health.clone(),
             idle_timeout: config.idle_timeout,
             idle,
         });
         let acceptor = http::spawn_acceptor(listener, ctx.clone());
         Ok(Server {
             ctx,
+            health,
             addr,
             acceptor,
             collector,
@@ -245,10 +253,16 @@ impl Server {
         self.addr
     }
 
+    /// Whether verve's threads are alive (see [`crate::health`]).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// The graceful stop: `/healthz` turns 503, no new connections, requests already read
     /// are answered, then the open window is sealed and reported (a partial count) and the
-    /// reporters get what is left of [`SHUTDOWN_BUDGET`].
-    pub fn shutdown(self) {
+    /// reporters get what is left of [`SHUTDOWN_BUDGET`]. False when the collector had died,
+    /// so nothing was reported (see [`crate::health`]).
+    pub fn shutdown(self) -> bool {
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
         self.ctx.draining.store(true, SeqCst);
         http::wake(self.addr);
@@ -257,8 +271,9 @@ impl Server {
         while self.ctx.metrics.any_busy() && Instant::now() < drain_until {
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.collector.shutdown(deadline);
+        let reported = self.collector.shutdown(deadline);
         self.ctx.idle.stop();
         let _ = self.reaper.join();
+        reported
     }
 }

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use verve::clock::{ManualClock, Windows};
 use verve::endpoints::{canonicalize, EndpointPolicy};
+use verve::health::Health;
 use verve::http::conn::{Conn, MAX_HEAD};
 use verve::http::idle::Idle;
 use verve::http::Ctx;
@@ -127,6 +128,7 @@ fn ctx(flags: Flags) -> Ctx {
         clock: ManualClock::new(NOW_MS),
         windows: Windows::new(INTERVAL),
         draining: AtomicBool::new(flags.draining),
+        health: Health::new(),
         idle_timeout: IDLE,
         // No reaper thread is started: `Conn` never touches it (only `conn::serve` does).
         idle: Idle::new(1, IDLE),
@@ -626,12 +628,16 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 21] = [
+const SAMPLES: [&str; 26] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
     "verve_requests_total{outcome=\"error\"}",
     "verve_window_unique_ids",
+    "verve_last_window_unique_ids",
+    "verve_id_memory_bytes",
+    "verve_id_memory_limit_bytes",
+    "verve_memory_refused_ids_total",
     "verve_windows_reported_total",
     "verve_endpoint_calls_total{result=\"success\"}",
     "verve_endpoint_calls_total{result=\"http_error\"}",
@@ -648,6 +654,7 @@ const SAMPLES: [&str; 21] = [
     "verve_cluster_late_windows_total",
     "verve_late_ids_total",
     "verve_open_connections",
+    "verve_log_write_errors_total",
 ];
 
 /// Prometheus text format, as `Metrics::render` writes it: `# HELP`, `# TYPE`, samples.

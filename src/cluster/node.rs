@@ -30,6 +30,7 @@ use crate::budget::Charge;
 use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
 use crate::cluster::store::{self, Keys, Lead, Shipment, Shipped};
+use crate::health::Health;
 use crate::ids::{IdSet, Union};
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};
@@ -92,6 +93,7 @@ impl ClusterSink {
         clock: Arc<dyn Clock>,
         reporter: Box<dyn Reporter>,
         metrics: Arc<Metrics>,
+        health: &Health,
     ) -> std::io::Result<ClusterSink> {
         let (tx, rx) = unbounded();
         let node = Node {
@@ -113,9 +115,13 @@ impl ClusterSink {
             left: false,
             late_warned: None,
         };
+        let guard = health.guard("verve-cluster");
         let thread = std::thread::Builder::new()
             .name("verve-cluster".into())
-            .spawn(move || node.run(rx))?;
+            .spawn(move || {
+                let _guard = guard;
+                node.run(rx)
+            })?;
         Ok(ClusterSink {
             tx,
             thread: Some(thread),

@@ -393,7 +393,9 @@ fn route(
             }
         }
         b"/healthz" if method == "GET" => {
-            if draining {
+            // A dead thread (see `crate::health`): the process is about to exit; the load
+            // balancer should stop sending now.
+            if draining || !ctx.health.is_ok() {
                 response::failed(out, Status::Unavailable, date, persist);
             } else {
                 response::ok(out, date, persist);

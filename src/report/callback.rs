@@ -21,6 +21,8 @@ use ureq::Agent;
 
 use crate::clock::rfc3339_secs;
 use crate::endpoints::EndpointPolicy;
+use crate::health::Health;
+use crate::logging::sanitize;
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};
 
@@ -156,8 +158,9 @@ fn reason(err: &ureq::Error) -> String {
         }
         other => format!("{other}"),
     };
-    // Never let a reason break the one-line-per-event log format.
-    text.replace(|c: char| c.is_whitespace() || c.is_control(), "_")
+    // Never let a reason break the one-line-per-event log format: it is one token, and what
+    // ureq quotes (a host's answer, a TLS library's words) is outside text.
+    sanitize(&text.replace(|c: char| c.is_whitespace() || c.is_control(), "_")).into_owned()
 }
 
 /// Makes one call and logs its outcome.
@@ -216,6 +219,7 @@ impl Callbacks {
         policy: EndpointPolicy,
         queue_len: usize,
         metrics: Arc<Metrics>,
+        health: &Health,
     ) -> std::io::Result<Self> {
         let agent = agent(timeout, policy);
         let (tx, rx) = bounded::<Call>(queue_len.max(1));
@@ -225,10 +229,12 @@ impl Callbacks {
         for i in 0..CALL_THREADS {
             let (agent, rx, done_tx) = (agent.clone(), rx.clone(), done_tx.clone());
             let (pending, metrics) = (pending.clone(), metrics.clone());
+            let guard = health.guard(format!("verve-callback-{i}"));
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("verve-callback-{i}"))
                     .spawn(move || {
+                        let _guard = guard;
                         for job in rx {
                             call(&agent, method, &job, &metrics);
                             job.done(&metrics);
@@ -361,6 +367,7 @@ mod tests {
             EndpointPolicy::default(),
             8,
             metrics.clone(),
+            &Health::new(),
         )
         .unwrap();
         callbacks.report(&WindowReport {
