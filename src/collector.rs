@@ -206,19 +206,24 @@ impl Collector {
         }
     }
 
-    /// Shutdown: refuse further records, then report every window from `next` to the newest
-    /// one holding ids (at least the one open now), except that with a state file the open
-    /// one is saved instead, then let the reporters finish.
+    /// Shutdown: refuse further records, then report every window from `next` to the one
+    /// open now, except that with a state file the open one is saved instead, then any later
+    /// window that holds ids, then let the reporters finish.
     fn close(mut self, next: u64, deadline: Instant) {
         self.shards.close();
         let open = self.windows.index_of(self.clock.now_ms());
-        let last = open.max(self.shards.newest_window().unwrap_or(open));
         let state_file = self.state_file.take();
-        for window in next..=last {
+        for window in next..=open {
             match &state_file {
                 Some(path) if window == open => self.save(window, path),
                 _ => self.seal(window),
             }
+        }
+        // Only a restored window ahead of the clock can be later. It is reported, but not the
+        // empty windows before it, which have not begun: a window far ahead costs one line,
+        // not one per interval up to it.
+        for window in self.shards.windows_with_ids_after(open) {
+            self.seal(window);
         }
         self.sink.finish(deadline);
     }
@@ -229,6 +234,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::endpoints::EndpointPolicy;
+    use crate::ids::IdSet;
     use crossbeam_channel::{unbounded, Receiver};
 
     /// What the test sink receives: window start, count, endpoints.
@@ -303,6 +309,19 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_reports_a_window_far_ahead_with_one_line_not_one_per_window_up_to_it() {
+        let clock = ManualClock::new(5_000);
+        let (shards, handle, rx) = start(clock.clone());
+        shards.record(0, 0, 1, None).unwrap();
+        // A window restored far ahead of the clock (the state file now refuses these).
+        shards.restore(1_000_000_000, IdSet::from_ids([7, 8]), &[]);
+        handle.shutdown(Instant::now());
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (0, 1, vec![]));
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (10_000_000_000, 2, vec![]));
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+    }
+
+    #[test]
     fn a_collector_that_dies_marks_the_process_failed_and_says_so_at_shutdown() {
         struct PanickingSink;
         impl WindowSink for PanickingSink {
@@ -361,7 +380,8 @@ mod tests {
         handle.shutdown(Instant::now());
         // Only the sink's finish: no count for the open window.
         assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
-        match crate::state::load(&path).unwrap() {
+        let limits = crate::state::Limits::new(1 << 30, 10, Windows::new(10), 5_000);
+        match crate::state::load(&path, &limits).unwrap() {
             crate::state::Loaded::Window(w) => {
                 assert_eq!((w.window_start, w.ids.len()), (0, 2));
                 assert_eq!(w.endpoints, ["http://cb.test/"]);

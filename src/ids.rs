@@ -466,9 +466,16 @@ impl IdSet {
             return Ok(IdSet::new());
         }
         if !bytes.starts_with(MAGIC) {
-            return RoaringTreemap::deserialize_from(bytes)
-                .map(|tree| IdSet::from_treemap(&tree))
-                .map_err(|_| DecodeError::Roaring);
+            let tree = RoaringTreemap::deserialize_from(bytes).map_err(|_| DecodeError::Roaring)?;
+            // Checked before a single id is walked: `len` only sums the containers' counts.
+            let most = MAX_ROARING_IDS_PER_BYTE.saturating_mul(bytes.len() as u64);
+            if tree.len() > most {
+                return Err(DecodeError::Expands {
+                    ids: tree.len(),
+                    bytes: bytes.len(),
+                });
+            }
+            return Ok(IdSet::from_treemap(&tree));
         }
         let mut r = Bytes(bytes);
         r.take(MAGIC.len())?;
@@ -502,14 +509,18 @@ impl IdSet {
                 .chunks_exact(8)
                 .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
                 .collect();
-            // The last key, checked for overflow (a crafted gap could wrap around).
-            let mut last = first;
-            for i in 0..count as usize - 1 {
-                last = last
-                    .checked_add(unpack(&gaps, i, width))
-                    .and_then(|k| k.checked_add(1))
-                    .ok_or(DecodeError::Order)?;
+            // The last key, checked for overflow (a crafted gap could wrap around). Gaps of
+            // width 0 are all 0: the keys are consecutive, and 13 bytes may claim 4096 of
+            // them, so they are not walked one by one.
+            let last = if width == 0 {
+                first.checked_add(u64::from(count) - 1)
+            } else {
+                (0..count as usize - 1).try_fold(first, |last, i| {
+                    last.checked_add(unpack(&gaps, i, width))
+                        .and_then(|k| k.checked_add(1))
+                })
             }
+            .ok_or(DecodeError::Order)?;
             previous = Some(last);
             set.push_block(Block {
                 first,
@@ -528,6 +539,13 @@ impl IdSet {
         Ok(set)
     }
 }
+
+/// Most ids per byte that roaring's portable format can carry without run containers, which
+/// no version of verve ever made (it inserted ids one at a time): a bitmap container holds at
+/// most 65 536 ids in 8 KiB, an array container 2 bytes an id. A run container holds up to
+/// 65 536 ids in 6 bytes, so a few hundred KB of crafted runs would claim 2^32 ids and keep
+/// [`IdSet::from_treemap`] busy for minutes; past this ratio the bytes are refused.
+const MAX_ROARING_IDS_PER_BYTE: u64 = 8;
 
 /// Magic of the compact format ([`IdSet::serialize_into`]).
 const MAGIC: &[u8; 4] = b"VRVI";
@@ -554,6 +572,10 @@ pub enum DecodeError {
     Trailing(usize),
     #[error("not a roaring treemap")]
     Roaring,
+    #[error(
+        "a roaring treemap of {bytes} bytes claims {ids} ids: more than any earlier version wrote"
+    )]
+    Expands { ids: u64, bytes: usize },
 }
 
 /// Reads fixed fields off the front of a byte slice.
@@ -1133,5 +1155,48 @@ mod tests {
         two.serialize_into(&mut bytes);
         assert_eq!(IdSet::deserialize(&bytes), Err(DecodeError::Order));
         assert_eq!(IdSet::deserialize(b"garbage!"), Err(DecodeError::Roaring));
+    }
+
+    #[test]
+    fn a_roaring_treemap_of_runs_is_refused_before_its_ids_are_walked() {
+        // Two full 32-bit bitmaps of run containers: 2^33 ids in about a megabyte.
+        let mut tree = RoaringTreemap::new();
+        tree.insert_range(0..2u64 << 32);
+        tree.optimize();
+        let mut bytes = Vec::new();
+        tree.serialize_into(&mut bytes).unwrap();
+        assert!(bytes.len() < 2 << 20, "{} bytes", bytes.len());
+        assert_eq!(
+            IdSet::deserialize(&bytes),
+            Err(DecodeError::Expands {
+                ids: 2 << 32,
+                bytes: bytes.len()
+            })
+        );
+        // The densest set an earlier version could write (consecutive ids fill bitmap
+        // containers) is still read.
+        let dense = IdSet::from_ids(0..300_000);
+        let mut roaring = Vec::new();
+        dense.to_treemap().serialize_into(&mut roaring).unwrap();
+        assert_eq!(IdSet::deserialize(&roaring).unwrap(), dense);
+    }
+
+    #[test]
+    fn blocks_of_consecutive_keys_decode_without_walking_them() {
+        let set = IdSet::from_ids(-5_000..1_000_000);
+        let mut bytes = Vec::new();
+        set.serialize_into(&mut bytes);
+        assert!(set.blocks.iter().all(|b| b.width == 0));
+        assert_eq!(IdSet::deserialize(&bytes).unwrap(), set);
+        // A width-0 block whose last key would pass u64::MAX.
+        let mut wrap = Vec::new();
+        wrap.extend_from_slice(MAGIC);
+        wrap.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
+        wrap.extend_from_slice(&4096u64.to_le_bytes());
+        wrap.extend_from_slice(&1u32.to_le_bytes());
+        wrap.extend_from_slice(&(u64::MAX - 10).to_le_bytes());
+        wrap.extend_from_slice(&4096u32.to_le_bytes());
+        wrap.push(0);
+        assert_eq!(IdSet::deserialize(&wrap), Err(DecodeError::Order));
     }
 }

@@ -18,8 +18,10 @@ use crate::cluster::node::{ClusterSink, Settings};
 use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
+use crate::endpoints::{canonicalize, EndpointPolicy};
 use crate::health::Health;
 use crate::http::{self, Ctx};
+use crate::logging::sanitize;
 use crate::metrics::Metrics;
 use crate::report::callback::Callbacks;
 use crate::report::count_log::CountLog;
@@ -55,47 +57,62 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Start-up with `--state-file`: a window saved by the previous run resumes if it is still
 /// open (or not yet open: the clock went back), and is reported at once, late, if it has
-/// closed or was counted with another `--interval`.
+/// closed or was counted with another `--interval`. The file is untrusted (see
+/// [`crate::state`]): a window `limits` refuse is set aside and logged, and its endpoints are
+/// checked against `policy` as if a client had just sent them.
 fn restore(
     path: &Path,
     shards: &Shards,
-    windows: Windows,
-    now_ms: u64,
+    limits: &state::Limits,
+    policy: &EndpointPolicy,
     sink: &mut dyn WindowSink,
 ) -> anyhow::Result<()> {
-    let saved = match state::load(path).context("--state-file")? {
-        Loaded::Nothing => None,
-        Loaded::Window(saved) => Some(saved),
+    let saved = match state::load(path, limits).context("--state-file")? {
+        Loaded::Nothing => return Ok(()),
+        Loaded::Window(saved) => saved,
         Loaded::Unreadable { error, moved_to } => {
             log::error!(
-                "--state-file {} is unreadable ({error:#}); moved to {}, its ids are not counted",
+                "--state-file {} is unreadable ({}); moved to {}, its ids are not counted",
                 path.display(),
+                sanitize(&format!("{error:#}")),
                 moved_to.display()
             );
-            None
+            return Ok(());
+        }
+        Loaded::Refused { error, moved_to } => {
+            log::error!(
+                "--state-file {} is refused: {}; moved to {}, its ids are not counted",
+                path.display(),
+                sanitize(&format!("{error:#}")),
+                moved_to.display()
+            );
+            return Ok(());
         }
     };
-    let Some(saved) = saved else {
-        return Ok(());
-    };
+    let windows = limits.windows;
     let start = crate::clock::rfc3339_secs(saved.window_start);
+    // Endpoints are re-checked whichever way the window goes: the file may not be the one
+    // this service wrote, and the allow-list may have changed since.
+    let mut endpoints = Vec::with_capacity(saved.endpoints.len());
+    for endpoint in &saved.endpoints {
+        match canonicalize(endpoint, policy) {
+            Ok(url) => endpoints.push(url.as_str().to_owned()),
+            Err(_) => refused_endpoint(&start, endpoint),
+        }
+    }
     let window = saved.window_start / windows.len().as_secs().max(1);
     let resumable =
-        saved.interval_secs == windows.len().as_secs() && window >= windows.index_of(now_ms);
+        saved.interval_secs == windows.len().as_secs() && window >= windows.index_of(limits.now_ms);
     if resumable {
-        let (ids, endpoints) = (saved.ids.len(), saved.endpoints.len());
-        let refused = shards.restore(window, saved.ids, &saved.endpoints);
+        let (ids, count) = (saved.ids.len(), endpoints.len());
+        // The endpoint table may be fuller than the saving instance's (`--max-endpoints`).
+        for endpoint in shards.restore(window, saved.ids, &endpoints) {
+            refused_endpoint(&start, &endpoint);
+        }
         log::info!(
-            "resumed window {start} from {} ({ids} ids, {endpoints} endpoints)",
+            "resumed window {start} from {} ({ids} ids, {count} endpoints)",
             path.display(),
         );
-        for endpoint in refused {
-            // The contract's endpoint line: `endpoint=` with an `error=`.
-            log::warn!(
-                target: crate::report::callback::TARGET,
-                "window_start={start} endpoint={endpoint} error=not-allowed-after-restart"
-            );
-        }
     } else {
         log::warn!(
             "window {start} (interval {} s) from {} has closed: reporting it now, late",
@@ -107,11 +124,21 @@ fn restore(
             window_start: saved.window_start,
             ids: saved.ids,
             unshipped: None,
-            endpoints: saved.endpoints,
+            endpoints,
             charge: Default::default(),
         });
     }
     Ok(())
+}
+
+/// The contract's endpoint line for an endpoint of a saved window that is not called. The
+/// text is from the file: sanitized, with spaces encoded so that it stays one token.
+fn refused_endpoint(window_start: &str, endpoint: &str) {
+    log::warn!(
+        target: crate::report::callback::TARGET,
+        "window_start={window_start} endpoint={} error=not-allowed-after-restart",
+        sanitize(&endpoint.replace(' ', "%20"))
+    );
 }
 
 /// A running verve.
@@ -205,7 +232,13 @@ impl Server {
             }
         };
         if let Some(path) = &config.state_file {
-            restore(path, &shards, windows, clock.now_ms(), &mut *sink)?;
+            let limits = state::Limits::new(
+                shards.memory().limit(),
+                config.max_endpoints as usize,
+                windows,
+                clock.now_ms(),
+            );
+            restore(path, &shards, &limits, &policy, &mut *sink)?;
         }
         let collector = Collector {
             shards: shards.clone(),

@@ -522,30 +522,28 @@ impl Shards {
         }
     }
 
-    /// The newest window any shard or merged set holds ids for: at shutdown, the collector
-    /// seals every window up to it.
-    pub fn newest_window(&self) -> Option<u64> {
-        let merged = lock(&self.merged)
+    /// The windows after `window` that any shard or merged set holds ids or endpoints for,
+    /// in order: at shutdown, the collector seals them after the open one.
+    pub fn windows_with_ids_after(&self, window: u64) -> Vec<u64> {
+        let mut held: Vec<u64> = lock(&self.merged)
             .windows
-            .iter()
+            .range(window.saturating_add(1)..)
             .filter(|(_, m)| !m.ids.is_empty())
             .map(|(w, _)| *w)
-            .max();
-        self.shards
-            .iter()
-            .filter_map(|shard| {
-                let s = lock(shard);
-                let newest_older = s
-                    .older
+            .collect();
+        for shard in self.shards.iter() {
+            let s = lock(shard);
+            held.extend(
+                s.older
                     .iter()
-                    .filter(|o| !o.is_empty())
-                    .map(|o| o.window)
-                    .max();
-                let current = (!s.current.is_empty()).then_some(s.current.window);
-                newest_older.max(current)
-            })
-            .max()
-            .max(merged)
+                    .chain([&s.current])
+                    .filter(|slot| slot.window > window && !slot.is_empty())
+                    .map(|slot| slot.window),
+            );
+        }
+        held.sort_unstable();
+        held.dedup();
+        held
     }
 }
 
@@ -709,7 +707,8 @@ mod tests {
         s.record(1, 6, 2, None).unwrap();
         s.close();
         assert_eq!(s.record(0, 6, 3, None), Ok(Recorded::Closed));
-        assert_eq!(s.newest_window(), Some(6));
+        assert_eq!(s.windows_with_ids_after(4), [5, 6]);
+        assert_eq!(s.windows_with_ids_after(5), [6]);
         assert_eq!(count(&s.seal(5)), 1);
         assert_eq!(count(&s.seal(6)), 1);
     }
