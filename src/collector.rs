@@ -105,7 +105,10 @@ impl Collector {
                         continue;
                     }
                     if Instant::now() >= next_absorb {
-                        this.absorb(this.windows.index_of(now));
+                        // The open window is the clock's, or `next` when the clock was
+                        // stepped back behind it: that one keeps counting until the clock
+                        // passes its end (see `crate::shards`).
+                        this.absorb(this.windows.index_of(now).max(next));
                         next_absorb = Instant::now() + ABSORB_EVERY;
                     }
                     let wait = Duration::from_millis(due - now)
@@ -160,7 +163,9 @@ impl Collector {
         if sealed.late > 0 {
             self.metrics.late_ids.fetch_add(sealed.late, Relaxed);
             log::warn!(
-                "{} requests arrived after their window was sealed: answered 503 and not counted",
+                "{} requests read the clock inside a window already sealed (the clock was \
+                 stepped back, or a worker was held up past the settling delay): counted in \
+                 the oldest window still open instead",
                 sealed.late
             );
         }
@@ -211,7 +216,8 @@ impl Collector {
     /// window that holds ids, then let the reporters finish.
     fn close(mut self, next: u64, deadline: Instant) {
         self.shards.close();
-        let open = self.windows.index_of(self.clock.now_ms());
+        // The clock's window, or `next` if the clock was stepped back behind it.
+        let open = self.windows.index_of(self.clock.now_ms()).max(next);
         let state_file = self.state_file.take();
         for window in next..=open {
             match &state_file {
@@ -305,6 +311,41 @@ mod tests {
         handle.shutdown(Instant::now());
         // The open window is reported at shutdown, then the sink finishes.
         assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1030, 0, vec![]));
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_keeps_the_open_window_open_until_the_clock_passes_its_end() {
+        use crate::shards::Recorded::Counted;
+        let clock = ManualClock::new(1_000_000);
+        let (shards, handle, rx) = start(clock.clone());
+        let windows = Windows::new(10);
+        let record = |id| shards.record(0, windows.index_of(clock.now_ms()), id, None);
+        assert_eq!(record(1), Ok(Counted));
+        // Forward past the boundary and the settling delay: window 100 is sealed.
+        clock.set(1_010_000 + SETTLE.as_millis() as u64);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1000, 1, vec![]));
+        assert_eq!(record(2), Ok(Counted));
+        // Stepped back into the sealed window: the requests count in window 101, the open
+        // one (answered 200, never 503).
+        clock.set(1_004_000);
+        assert_eq!(record(3), Ok(Counted));
+        assert_eq!(record(1), Ok(Counted));
+        // Window 101 stays open while the clock catches up, however long that takes in real
+        // time, until the clock passes its end.
+        assert!(rx.recv_timeout(Duration::from_millis(1_500)).is_err());
+        clock.set(1_019_999);
+        assert_eq!(record(4), Ok(Counted));
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        // The clock passes its end: sealed with every id received meanwhile.
+        clock.set(1_020_000 + SETTLE.as_millis() as u64);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1010, 4, vec![]));
+        // Stepped back again, then stopped: the open window (102) is reported at shutdown,
+        // not lost behind the clock.
+        clock.set(1_015_000);
+        assert_eq!(record(9), Ok(Counted));
+        handle.shutdown(Instant::now());
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1020, 1, vec![]));
         assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
     }
 

@@ -51,7 +51,8 @@ pub struct Metrics {
     pub workers: Box<[CachePadded<WorkerCounters>]>,
     pub windows_reported: AtomicU64,
     pub endpoint_calls: EndpointCalls,
-    /// Requests refused because their window had already been sealed (see `shards`).
+    /// Requests whose window had already been sealed, counted in the oldest open window
+    /// instead (see `shards`).
     pub late_ids: AtomicU64,
     pub redis_errors: AtomicU64,
     pub kafka_errors: AtomicU64,
@@ -242,7 +243,7 @@ impl Metrics {
         family(
             "verve_late_ids_total",
             "counter",
-            "Requests refused because their window was already sealed.",
+            "Requests whose window was already sealed, counted in the oldest open window.",
             &[("", self.late_ids.load(Relaxed))],
         );
         family(

@@ -362,7 +362,9 @@ impl Node {
         }
         if !stopping && now >= self.next_drain {
             self.next_drain = now + SHIP_EVERY;
-            let window = self.s.windows.index_of(self.clock.now_ms());
+            let window = self
+                .shards
+                .open_window(self.s.windows.index_of(self.clock.now_ms()));
             let everything = self.open_shipped != Some((window, self.generation));
             if let Some(drained) = self.shards.drain(window, everything) {
                 if !drained.ids.is_empty() || !drained.endpoints.is_empty() {

@@ -457,9 +457,9 @@ fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<
     };
     match ctx.shards.record(shard, window, accept.id, endpoint) {
         Ok(Recorded::Counted) => Status::Ok,
-        Ok(
-            Recorded::EndpointTableFull | Recorded::Late | Recorded::Closed | Recorded::OverBudget,
-        ) => Status::Unavailable,
+        Ok(Recorded::EndpointTableFull | Recorded::Closed | Recorded::OverBudget) => {
+            Status::Unavailable
+        }
         Err(_) => Status::BadRequest,
     }
 }
