@@ -12,7 +12,7 @@
 //! full, say) goes to stderr instead; a line that cannot be written there either is dropped
 //! and counted ([`write_errors`], `verve_log_write_errors_total`). Nothing here panics: fern's
 //! own stderr output panics when stderr fails after a failed write, so stderr is written by
-//! [`StderrOutput`] instead, and `eprintln!` (which panics too) is never used.
+//! `StderrOutput` instead, and `eprintln!` (which panics too) is never used.
 //!
 //! **Text from outside is sanitized** ([`sanitize`]) before it is logged: what brokers,
 //! Redis, callback hosts or a state file say cannot add a line or forge a count line.

@@ -18,7 +18,7 @@ fn serialized(ids: &[i64]) -> Vec<u8> {
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     let set = IdSet::from_ids(ids.iter().copied());
     let mut bytes = Vec::new();
-    if CALLS.fetch_add(1, Relaxed) % 2 == 0 {
+    if CALLS.fetch_add(1, Relaxed).is_multiple_of(2) {
         bytes = verve::cluster::node::serialize(&set);
     } else if !set.is_empty() {
         set.to_treemap().serialize_into(&mut bytes).unwrap();
