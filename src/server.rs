@@ -132,12 +132,12 @@ fn restore(
 }
 
 /// The contract's endpoint line for an endpoint of a saved window that is not called. The
-/// text is from the file: sanitized, with spaces encoded so that it stays one token.
+/// text is from the file: shown as the callback reporter shows outside text, one token.
 fn refused_endpoint(window_start: &str, endpoint: &str) {
     log::warn!(
         target: crate::report::callback::TARGET,
         "window_start={window_start} endpoint={} error=not-allowed-after-restart",
-        sanitize(&endpoint.replace(' ', "%20"))
+        crate::report::callback::endpoint_token(endpoint)
     );
 }
 

@@ -163,6 +163,17 @@ fn reason(err: &ureq::Error) -> String {
     sanitize(&text.replace(|c: char| c.is_whitespace() || c.is_control(), "_")).into_owned()
 }
 
+/// An endpoint as the `endpoint=` token shows it: sanitized, spaces encoded, so that one
+/// from outside (Redis, in cluster mode) stays one token on one line. A canonical URL is shown
+/// as it is.
+pub fn endpoint_token(url: &str) -> std::borrow::Cow<'_, str> {
+    if url.contains(' ') {
+        std::borrow::Cow::Owned(sanitize(&url.replace(' ', "%20")).into_owned())
+    } else {
+        sanitize(url)
+    }
+}
+
 /// Makes one call and logs its outcome.
 fn call(agent: &Agent, method: Method, job: &Call, metrics: &Metrics) {
     let result = match method {
@@ -173,6 +184,8 @@ fn call(agent: &Agent, method: Method, job: &Call, metrics: &Metrics) {
             .send(json_body(job.window_start, job.count)),
     };
     let window_start = rfc3339_secs(job.window_start);
+    // Canonical when a client sent it, but in cluster mode it was read from Redis.
+    let url = endpoint_token(&job.url);
     match result {
         Ok(mut response) => {
             let status = response.status().as_u16();
@@ -184,18 +197,17 @@ fn call(agent: &Agent, method: Method, job: &Call, metrics: &Metrics) {
                 .read_to_vec();
             if (200..300).contains(&status) {
                 metrics.endpoint_calls.success.fetch_add(1, Relaxed);
-                log::info!(target: TARGET, "window_start={window_start} endpoint={} status={status}", job.url);
+                log::info!(target: TARGET, "window_start={window_start} endpoint={url} status={status}");
             } else {
                 metrics.endpoint_calls.http_error.fetch_add(1, Relaxed);
-                log::warn!(target: TARGET, "window_start={window_start} endpoint={} status={status}", job.url);
+                log::warn!(target: TARGET, "window_start={window_start} endpoint={url} status={status}");
             }
         }
         Err(err) => {
             metrics.endpoint_calls.failed.fetch_add(1, Relaxed);
             log::warn!(
                 target: TARGET,
-                "window_start={window_start} endpoint={} error={}",
-                job.url,
+                "window_start={window_start} endpoint={url} error={}",
                 reason(&err)
             );
         }
@@ -267,8 +279,9 @@ impl Reporter for Callbacks {
                 self.metrics.endpoint_calls.dropped.fetch_add(1, Relaxed);
                 log::warn!(
                     target: TARGET,
-                    "window_start={} endpoint={url} error=cluster-count-unavailable",
-                    rfc3339_secs(report.window_start)
+                    "window_start={} endpoint={} error=cluster-count-unavailable",
+                    rfc3339_secs(report.window_start),
+                    endpoint_token(url)
                 );
             }
             return;
@@ -294,7 +307,7 @@ impl Reporter for Callbacks {
                     target: TARGET,
                     "window_start={} endpoint={} error=queue-full",
                     rfc3339_secs(job.window_start),
-                    job.url
+                    endpoint_token(&job.url)
                 );
             }
         }
@@ -329,6 +342,15 @@ impl Reporter for Callbacks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_from_outside_is_shown_as_one_token_on_one_line() {
+        assert_eq!(endpoint_token("http://h/p?a=1"), "http://h/p?a=1");
+        assert_eq!(
+            endpoint_token("http://h/x y\nINFO count unique_count=5"),
+            "http://h/x%20y\\nINFO%20count%20unique_count%3D5"
+        );
+    }
 
     #[test]
     fn count_is_appended_as_a_query_parameter() {
