@@ -29,15 +29,17 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use verve::clock::{ManualClock, Windows};
+use verve::clock::{rfc3339_secs, ManualClock, Windows, END_OF_RFC3339_SECS};
 use verve::endpoints::{canonicalize, EndpointPolicy};
 use verve::health::Health;
 use verve::http::conn::{Conn, MAX_HEAD};
 use verve::http::idle::Idle;
 use verve::http::Ctx;
+use verve::ids::{from_key, IdSet};
 use verve::metrics::Metrics;
 use verve::query::{decode_endpoint, parse_accept, parse_id, QueryError, MAX_ENDPOINT_BYTES};
 use verve::shards::Shards;
+use verve::state::{Limits, SavedWindow};
 
 /// A fixed instant (2026-11-21T23:50:00Z): every read of a run lands in the same window.
 const NOW_MS: u64 = 1_795_305_000_000;
@@ -975,3 +977,132 @@ fn model_decode(raw: &[u8]) -> Option<Vec<u8>> {
     ok.then_some(out)
 }
 
+// ---------------------------------------------------------------------------------------
+// State file and id sets
+// ---------------------------------------------------------------------------------------
+
+/// Most ids a serialized set may claim per byte: a compact block header (13 bytes) may
+/// stand for 4096 consecutive ids (gaps of width 0), 315 a byte; roaring's format is held
+/// to 8 a byte. Anything more would be an expansion the decoders promise not to allow.
+pub const MAX_IDS_PER_BYTE: u64 = 4096 / 13 + 1;
+
+/// A `--state-file` from outside. The input is the file without its last four bytes: the
+/// CRC-32 is appended here, so the fuzzer gets past the checksum to the fields behind it
+/// (the input as it is, with whatever checksum it happens to end in, is decoded too).
+/// Checked: no panic; what `SavedWindow::decode` accepts holds verve's own fields (interval
+/// 1 to 86 400 s, an aligned window start before year 10000, endpoints of at most 2048
+/// bytes, an id set no larger than [`MAX_IDS_PER_BYTE`] allows) and encodes back to bytes
+/// that decode to the same window; `Limits::check` and the RFC 3339 form of its start
+/// never panic.
+pub fn check_state(data: &[u8]) -> Result<(), String> {
+    let _ = SavedWindow::decode(data);
+    let mut file = data.to_vec();
+    file.extend_from_slice(&crc32(data).to_le_bytes());
+    let Ok(window) = SavedWindow::decode(&file) else {
+        return Ok(());
+    };
+    ensure!(
+        (1..=86_400).contains(&window.interval_secs),
+        "interval {}",
+        window.interval_secs
+    );
+    ensure!(
+        window.window_start % window.interval_secs == 0,
+        "window start {} not aligned",
+        window.window_start
+    );
+    ensure!(
+        window.window_start < END_OF_RFC3339_SECS,
+        "window start {} after year 9999",
+        window.window_start
+    );
+    ensure!(
+        window
+            .endpoints
+            .iter()
+            .all(|e| e.len() <= MAX_ENDPOINT_BYTES),
+        "an endpoint over {MAX_ENDPOINT_BYTES} bytes"
+    );
+    ensure!(
+        window.ids.len() <= MAX_IDS_PER_BYTE * data.len() as u64,
+        "{} ids from {} bytes",
+        window.ids.len(),
+        data.len()
+    );
+    let again = window.encode().map_err(|e| format!("encode: {e}"))?;
+    let back = SavedWindow::decode(&again).map_err(|e| format!("re-decode: {e:#}"))?;
+    ensure!(
+        back == window,
+        "the window changed through encode and decode"
+    );
+    let _ = rfc3339_secs(window.window_start);
+    // The instance's checks, with a clock at the window's start and at the epoch.
+    for now_ms in [window.window_start.saturating_mul(1000), 0] {
+        let limits = Limits::new(1 << 20, 10, Windows::new(INTERVAL), now_ms);
+        let _ = limits.check(&window);
+    }
+    Ok(())
+}
+
+/// A serialized id set from outside (a shipment read from Redis, the id set of a state
+/// file), in the compact format or roaring's. Checked: no panic; what `IdSet::deserialize`
+/// accepts claims at most [`MAX_IDS_PER_BYTE`] ids a byte, its keys ascend strictly and
+/// number `len()`, and it serializes to bytes that read back as the same set.
+pub fn check_idset(data: &[u8]) -> Result<(), String> {
+    let Ok(set) = IdSet::deserialize(data) else {
+        return Ok(());
+    };
+    ensure!(
+        set.len() <= MAX_IDS_PER_BYTE * data.len() as u64,
+        "{} ids from {} bytes",
+        set.len(),
+        data.len()
+    );
+    let mut count = 0u64;
+    let mut previous: Option<u64> = None;
+    for key in set.keys() {
+        ensure!(
+            previous.is_none_or(|p| p < key),
+            "key {key} after {previous:?}"
+        );
+        previous = Some(key);
+        count += 1;
+    }
+    ensure!(count == set.len(), "{count} keys, len() {}", set.len());
+    if let Some(last) = previous {
+        ensure!(
+            set.contains(from_key(last)),
+            "the last key is not contained"
+        );
+    }
+    let mut bytes = Vec::new();
+    set.serialize_into(&mut bytes);
+    ensure!(
+        bytes.len() == set.serialized_size(),
+        "serialized {} bytes, serialized_size {}",
+        bytes.len(),
+        set.serialized_size()
+    );
+    let back = IdSet::deserialize(&bytes).map_err(|e| format!("re-decode: {e}"))?;
+    ensure!(
+        back == set,
+        "the set changed through serialize and deserialize"
+    );
+    Ok(())
+}
+
+/// CRC-32 (IEEE), bitwise: the harness depends on `verve` and `std` only.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
