@@ -91,9 +91,16 @@ impl Windows {
     }
 }
 
+/// 10000-01-01T00:00:00Z: RFC 3339 writes four-digit years, so no later instant has a form.
+pub const END_OF_RFC3339_SECS: u64 = 253_402_300_800;
+
 /// `2026-11-21T23:50:00Z`: RFC 3339, UTC, whole seconds, as the count line and the callbacks
-/// carry it.
+/// carry it. From year 10000 on, which only a broken clock or crafted input can reach and
+/// RFC 3339 cannot write, it is `@<seconds>` (GNU `date`'s notation) instead of a panic.
 pub fn rfc3339_secs(unix_secs: u64) -> String {
+    if unix_secs >= END_OF_RFC3339_SECS {
+        return format!("@{unix_secs}");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
 }
 
@@ -111,6 +118,16 @@ mod tests {
         assert_eq!(w.start_secs(window), 1_795_305_000);
         assert_eq!(w.end_ms(window), last_ms + 1);
         assert_eq!(rfc3339_secs(w.start_secs(window)), "2026-11-21T23:50:00Z");
+    }
+
+    #[test]
+    fn instants_rfc3339_cannot_write_do_not_panic() {
+        assert_eq!(
+            rfc3339_secs(END_OF_RFC3339_SECS - 1),
+            "9999-12-31T23:59:59Z"
+        );
+        assert_eq!(rfc3339_secs(END_OF_RFC3339_SECS), "@253402300800");
+        assert_eq!(rfc3339_secs(u64::MAX), format!("@{}", u64::MAX));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
 use crate::clock::{Clock, Windows};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
@@ -68,23 +69,31 @@ pub struct CollectorHandle {
 
 impl CollectorHandle {
     /// Closes the shards, reports every window still open (the last one with the ids counted
-    /// so far), lets the reporters finish until `deadline` and waits for the thread.
-    pub fn shutdown(self, deadline: Instant) {
+    /// so far), lets the reporters finish until `deadline` and waits for the thread. False
+    /// when the thread had died (panicked): then nothing was reported, and it says so.
+    pub fn shutdown(self, deadline: Instant) -> bool {
         let _ = self.stop.send(Stop { deadline });
-        let _ = self.thread.join();
+        let ended = self.thread.join().is_ok();
+        if !ended {
+            log::error!("the collector thread had died: the open window was not reported");
+        }
+        ended
     }
 }
 
 impl Collector {
-    /// Starts the thread; the first window it reports is the one open now.
-    pub fn spawn(self) -> std::io::Result<CollectorHandle> {
+    /// Starts the thread; the first window it reports is the one open now. The thread holds
+    /// a guard of `health` (see [`crate::health`]).
+    pub fn spawn(self, health: &Health) -> std::io::Result<CollectorHandle> {
         let (stop, stopped) = bounded::<Stop>(1);
         // Read on the caller's thread: the window open when `spawn` is called is reported
         // even if the thread starts late.
         let mut next = self.windows.index_of(self.clock.now_ms());
+        let guard = health.guard("verve-collector");
         let thread = std::thread::Builder::new()
             .name("verve-collector".into())
             .spawn(move || {
+                let _guard = guard;
                 let mut this = self;
                 let mut next_absorb = Instant::now() + ABSORB_EVERY;
                 loop {
@@ -98,7 +107,10 @@ impl Collector {
                         continue;
                     }
                     if Instant::now() >= next_absorb {
-                        this.absorb(this.windows.index_of(now));
+                        // The open window is the clock's, or `next` when the clock was
+                        // stepped back behind it: that one keeps counting until the clock
+                        // passes its end (see `crate::shards`).
+                        this.absorb(this.windows.index_of(now).max(next));
                         next_absorb = Instant::now() + ABSORB_EVERY;
                     }
                     let wait = Duration::from_millis(due - now)
@@ -153,7 +165,9 @@ impl Collector {
         if sealed.late > 0 {
             self.metrics.late_ids.fetch_add(sealed.late, Relaxed);
             log::warn!(
-                "{} requests arrived after their window was sealed: answered 503 and not counted",
+                "{} requests read the clock inside a window already sealed (the clock was \
+                 stepped back, or a worker was held up past the settling delay): counted in \
+                 the oldest window still open instead",
                 sealed.late
             );
         }
@@ -199,19 +213,25 @@ impl Collector {
         }
     }
 
-    /// Shutdown: refuse further records, then report every window from `next` to the newest
-    /// one holding ids (at least the one open now), except that with a state file the open
-    /// one is saved instead, then let the reporters finish.
+    /// Shutdown: refuse further records, then report every window from `next` to the one
+    /// open now, except that with a state file the open one is saved instead, then any later
+    /// window that holds ids, then let the reporters finish.
     fn close(mut self, next: u64, deadline: Instant) {
         self.shards.close();
-        let open = self.windows.index_of(self.clock.now_ms());
-        let last = open.max(self.shards.newest_window().unwrap_or(open));
+        // The clock's window, or `next` if the clock was stepped back behind it.
+        let open = self.windows.index_of(self.clock.now_ms()).max(next);
         let state_file = self.state_file.take();
-        for window in next..=last {
+        for window in next..=open {
             match &state_file {
                 Some(path) if window == open => self.save(window, path),
                 _ => self.seal(window),
             }
+        }
+        // Only a restored window ahead of the clock can be later. It is reported, but not the
+        // empty windows before it, which have not begun: a window far ahead costs one line,
+        // not one per interval up to it.
+        for window in self.shards.windows_with_ids_after(open) {
+            self.seal(window);
         }
         self.sink.finish(deadline);
     }
@@ -222,6 +242,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::endpoints::EndpointPolicy;
+    use crate::ids::IdSet;
     use crossbeam_channel::{unbounded, Receiver};
 
     /// What the test sink receives: window start, count, endpoints.
@@ -259,7 +280,7 @@ mod tests {
             state_file,
             memory_warned: None,
         }
-        .spawn()
+        .spawn(&Health::new())
         .unwrap();
         (shards, handle, rx)
     }
@@ -296,6 +317,87 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_stepped_back_keeps_the_open_window_open_until_the_clock_passes_its_end() {
+        use crate::shards::Recorded::Counted;
+        let clock = ManualClock::new(1_000_000);
+        let (shards, handle, rx) = start(clock.clone());
+        let windows = Windows::new(10);
+        let record = |id| shards.record(0, windows.index_of(clock.now_ms()), id, None);
+        assert_eq!(record(1), Ok(Counted));
+        // Forward past the boundary and the settling delay: window 100 is sealed.
+        clock.set(1_010_000 + SETTLE.as_millis() as u64);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1000, 1, vec![]));
+        assert_eq!(record(2), Ok(Counted));
+        // Stepped back into the sealed window: the requests count in window 101, the open
+        // one (answered 200, never 503).
+        clock.set(1_004_000);
+        assert_eq!(record(3), Ok(Counted));
+        assert_eq!(record(1), Ok(Counted));
+        // Window 101 stays open while the clock catches up, however long that takes in real
+        // time, until the clock passes its end.
+        assert!(rx.recv_timeout(Duration::from_millis(1_500)).is_err());
+        clock.set(1_019_999);
+        assert_eq!(record(4), Ok(Counted));
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        // The clock passes its end: sealed with every id received meanwhile.
+        clock.set(1_020_000 + SETTLE.as_millis() as u64);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1010, 4, vec![]));
+        // Stepped back again, then stopped: the open window (102) is reported at shutdown,
+        // not lost behind the clock.
+        clock.set(1_015_000);
+        assert_eq!(record(9), Ok(Counted));
+        handle.shutdown(Instant::now());
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (1020, 1, vec![]));
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+    }
+
+    #[test]
+    fn shutdown_reports_a_window_far_ahead_with_one_line_not_one_per_window_up_to_it() {
+        let clock = ManualClock::new(5_000);
+        let (shards, handle, rx) = start(clock.clone());
+        shards.record(0, 0, 1, None).unwrap();
+        // A window restored far ahead of the clock (the state file now refuses these).
+        shards.restore(1_000_000_000, IdSet::from_ids([7, 8]), &[]);
+        handle.shutdown(Instant::now());
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (0, 1, vec![]));
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (10_000_000_000, 2, vec![]));
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+    }
+
+    #[test]
+    fn a_collector_that_dies_marks_the_process_failed_and_says_so_at_shutdown() {
+        struct PanickingSink;
+        impl WindowSink for PanickingSink {
+            fn accept(&mut self, _: SealedWindow) {
+                panic!("a reporter bug (this panic is expected by the test)");
+            }
+            fn finish(&mut self, _: Instant) {}
+        }
+        let clock = ManualClock::new(5_000);
+        let health = Health::new();
+        let handle = Collector {
+            shards: Arc::new(Shards::new(1, EndpointPolicy::default(), 10)),
+            windows: Windows::new(10),
+            clock: clock.clone(),
+            sink: Box::new(PanickingSink),
+            metrics: Arc::new(Metrics::new(1)),
+            state_file: None,
+            memory_warned: None,
+        }
+        .spawn(&health)
+        .unwrap();
+        let (woke, woken) = bounded(1);
+        health.on_failure(move || woke.send(()).unwrap());
+        clock.set(10_000 + SETTLE.as_millis() as u64);
+        woken.recv_timeout(WAIT).expect("the failure is signalled");
+        assert_eq!(health.failed().as_deref(), Some("verve-collector"));
+        assert!(
+            !handle.shutdown(Instant::now()),
+            "the join result is reported"
+        );
+    }
+
+    #[test]
     fn shutdown_reports_the_partial_window_and_refuses_later_records() {
         let clock = ManualClock::new(5_000);
         let (shards, handle, rx) = start(clock.clone());
@@ -321,7 +423,8 @@ mod tests {
         handle.shutdown(Instant::now());
         // Only the sink's finish: no count for the open window.
         assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
-        match crate::state::load(&path).unwrap() {
+        let limits = crate::state::Limits::new(1 << 30, 10, Windows::new(10), 5_000);
+        match crate::state::load(&path, &limits).unwrap() {
             crate::state::Loaded::Window(w) => {
                 assert_eq!((w.window_start, w.ids.len()), (0, 2));
                 assert_eq!(w.endpoints, ["http://cb.test/"]);

@@ -654,14 +654,18 @@ fn read_block(r: &mut Bytes<'_>) -> Result<Block, DecodeError> {
         .chunks_exact(8)
         .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
         .collect();
-    // The last key, checked for overflow (a crafted gap could wrap around).
-    let mut last = first;
-    for i in 0..count as usize - 1 {
-        last = last
-            .checked_add(unpack(&gaps, i, width))
-            .and_then(|k| k.checked_add(1))
-            .ok_or(DecodeError::Order)?;
+    // The last key, checked for overflow (a crafted gap could wrap around). Gaps of width 0
+    // are all 0: the keys are consecutive, and 13 bytes may claim 4096 of them, so they are
+    // not walked one by one.
+    let last = if width == 0 {
+        first.checked_add(u64::from(count) - 1)
+    } else {
+        (0..count as usize - 1).try_fold(first, |last, i| {
+            last.checked_add(unpack(&gaps, i, width))
+                .and_then(|k| k.checked_add(1))
+        })
     }
+    .ok_or(DecodeError::Order)?;
     Ok(Block {
         first,
         last,
@@ -1427,5 +1431,49 @@ mod tests {
             IdSet::deserialize_bounded(&old, 10),
             Err(DecodeError::TooMany(1_000_000))
         );
+    }
+
+    #[test]
+    fn a_roaring_treemap_of_runs_is_refused_before_its_ids_are_walked() {
+        // Two full 32-bit bitmaps of run containers: 2^33 ids in about a megabyte.
+        let mut tree = RoaringTreemap::new();
+        tree.insert_range(0..2u64 << 32);
+        tree.optimize();
+        let mut bytes = Vec::new();
+        tree.serialize_into(&mut bytes).unwrap();
+        assert!(bytes.len() < 2 << 20, "{} bytes", bytes.len());
+        assert_eq!(
+            IdSet::deserialize(&bytes),
+            Err(DecodeError::TooMany(2 << 32))
+        );
+        assert_eq!(
+            IdSet::deserialize_bounded(&bytes, u64::MAX),
+            Err(DecodeError::TooDense)
+        );
+        // The densest set an earlier version could write (consecutive ids fill bitmap
+        // containers) is still read.
+        let dense = IdSet::from_ids(0..300_000);
+        let mut roaring = Vec::new();
+        dense.to_treemap().serialize_into(&mut roaring).unwrap();
+        assert_eq!(IdSet::deserialize(&roaring).unwrap(), dense);
+    }
+
+    #[test]
+    fn blocks_of_consecutive_keys_decode_without_walking_them() {
+        let set = IdSet::from_ids(-5_000..1_000_000);
+        let mut bytes = Vec::new();
+        set.serialize_into(&mut bytes);
+        assert!(set.blocks.iter().all(|b| b.width == 0));
+        assert_eq!(IdSet::deserialize(&bytes).unwrap(), set);
+        // A width-0 block whose last key would pass u64::MAX.
+        let mut wrap = Vec::new();
+        wrap.extend_from_slice(MAGIC);
+        wrap.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
+        wrap.extend_from_slice(&4096u64.to_le_bytes());
+        wrap.extend_from_slice(&1u32.to_le_bytes());
+        wrap.extend_from_slice(&(u64::MAX - 10).to_le_bytes());
+        wrap.extend_from_slice(&4096u32.to_le_bytes());
+        wrap.push(0);
+        assert_eq!(IdSet::deserialize(&wrap), Err(DecodeError::Order));
     }
 }

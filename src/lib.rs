@@ -15,6 +15,7 @@
 //! - [`shards`]: per-worker id shards, sealed per window; why they are sound under may.
 //! - [`endpoints`]: which callback URLs are allowed; the per-window endpoint table.
 //! - [`collector`]: the thread that seals each window and hands it on.
+//! - [`health`]: whether verve's own threads are alive; a dead one stops the process.
 //! - [`sink`]: the sealed-window handover (reported here, or shipped to the cluster).
 //! - [`state`]: `--state-file`, the open window kept across a restart.
 //! - [`report`]: the reporters (count log, endpoint callbacks, Kafka) behind one trait.
@@ -43,6 +44,7 @@ pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod endpoints;
+pub mod health;
 pub mod http;
 pub mod ids;
 pub mod logging;

@@ -8,18 +8,73 @@
 //! by one `write(2)` on an `O_APPEND` descriptor under the same lock the switch takes, so a
 //! line lands whole in exactly one of the two files.
 //!
+//! **Logging never stops the service.** A line that cannot be written to the file (disk
+//! full, say) goes to stderr instead; a line that cannot be written there either is dropped
+//! and counted ([`write_errors`], `verve_log_write_errors_total`). Nothing here panics: fern's
+//! own stderr output panics when stderr fails after a failed write, so stderr is written by
+//! `StderrOutput` instead, and `eprintln!` (which panics too) is never used.
+//!
+//! **Text from outside is sanitized** ([`sanitize`]) before it is logged: what brokers,
+//! Redis, callback hosts or a state file say cannot add a line or forge a count line.
+//!
 //! fern's own reopen support (`reopen-1` feature) is not used: it reopens lazily on the next
 //! write, from a handler it installs itself (a second signal-hook version), and when the new
 //! open fails the lines written meanwhile are lost. Here the switch happens at once on the
 //! main thread, and a failed open keeps the old descriptor, so lines still go somewhere.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use anyhow::Context;
+
+/// The count line's token (contract: no other line contains it).
+const COUNT_TOKEN: &str = "unique_count=";
+
+/// What [`sanitize`] writes instead of [`COUNT_TOKEN`]: the `=` percent-encoded, so a URL
+/// still reads the same.
+const COUNT_TOKEN_DEFUSED: &str = "unique_count%3D";
+
+/// Makes text that came from outside (a broker's or Redis's error, a callback host's answer,
+/// an endpoint read from a state file) safe to put in a log line: control characters
+/// (newlines included) and the Unicode line and paragraph separators are written as Rust
+/// escapes (`\n`, `\u{1b}`), so the text stays on its line and cannot fake one, and
+/// `unique_count=` becomes `unique_count%3D`, so no line but a count line holds the token.
+/// Borrowed when there is nothing to change, which is almost always.
+pub fn sanitize(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.contains(unsafe_char) && !text.contains(COUNT_TOKEN) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    // Escapes only add `\`, letters, digits and braces, so they cannot form the token; and
+    // the replacement cannot form it with what follows (it holds one `u`, at its start).
+    Cow::Owned(out.replace(COUNT_TOKEN, COUNT_TOKEN_DEFUSED))
+}
+
+/// Log lines that could be written nowhere: neither to the file nor to stderr.
+static WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines lost since the start because no write succeeded (`verve_log_write_errors_total`).
+pub fn write_errors() -> u64 {
+    WRITE_ERRORS.load(Relaxed)
+}
+
+/// Writes a whole line to stderr; never panics. False when stderr failed.
+fn to_stderr(line: &[u8]) -> bool {
+    std::io::stderr().lock().write_all(line).is_ok()
+}
 
 /// The open log file, shared by the logger and whoever reopens it.
 #[derive(Clone)]
@@ -92,19 +147,45 @@ impl log::Log for FileOutput {
         line.clear();
         // Writing into a Vec cannot fail.
         let _ = writeln!(line, "{}", record.args());
-        if let Err(e) = file.write_all(line) {
-            // Disk full, say: the line goes to stderr (the journal) instead of nowhere.
-            eprintln!(
-                "verve: cannot write to log file {}: {e}; the line was: {}",
-                self.0.path.display(),
-                String::from_utf8_lossy(line).trim_end()
-            );
+        if file.write_all(line).is_err() {
+            // Disk full, say: the line goes to stderr (the journal) instead of nowhere, and
+            // if that fails too it is counted. Never a panic: the thread logging may be the
+            // collector, and a dead collector would stop every report.
+            let mut fallback = Vec::with_capacity(line.len() + 48);
+            fallback.extend_from_slice(b"verve: not written to the log file: ");
+            fallback.extend_from_slice(line);
+            if !to_stderr(&fallback) {
+                WRITE_ERRORS.fetch_add(1, Relaxed);
+            }
         }
     }
 
     fn flush(&self) {
         // Every line is written through at once; nothing is buffered.
     }
+}
+
+/// Warnings and errors to stderr (the journal), replacing fern's stderr output, which
+/// panics when stderr fails after a failed write. A line stderr refuses is dropped: it is in
+/// the log file too, or counted there.
+struct StderrOutput {
+    /// One formatted line, so that it goes out in one write.
+    line: Mutex<Vec<u8>>,
+}
+
+impl log::Log for StderrOutput {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let mut line = self.line.lock().unwrap_or_else(PoisonError::into_inner);
+        line.clear();
+        let _ = writeln!(line, "{}", record.args());
+        let _ = to_stderr(&line);
+    }
+
+    fn flush(&self) {}
 }
 
 /// Opens (appends to) `path` and installs the logger. Fails when the file cannot be opened.
@@ -130,7 +211,9 @@ pub fn init(path: &Path) -> anyhow::Result<LogFile> {
         .chain(
             fern::Dispatch::new()
                 .level(log::LevelFilter::Warn)
-                .chain(std::io::stderr()),
+                .chain(Box::new(StderrOutput {
+                    line: Mutex::new(Vec::with_capacity(256)),
+                }) as Box<dyn log::Log>),
         )
         .apply()
         .context("installing the logger")?;
@@ -176,6 +259,49 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
         assert_eq!(handle.path(), path);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sanitize_keeps_outside_text_on_its_line_and_off_the_count_token() {
+        assert!(matches!(
+            sanitize("Connection refused (os error 111)"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            sanitize("line one\nINFO count window_start=x unique_count=9\r\u{1b}[2J"),
+            "line one\\nINFO count window_start=x unique_count%3D9\\r\\u{1b}[2J"
+        );
+        assert_eq!(
+            sanitize("a\u{2028}b\u{85}c\u{7f}"),
+            "a\\u{2028}b\\u{85}c\\u{7f}"
+        );
+        // Removing the escapes cannot put the token back together.
+        assert_eq!(sanitize("unique_count\n="), "unique_count\\n=");
+        assert_eq!(
+            sanitize("unique_countunique_count=="),
+            "unique_countunique_count%3D="
+        );
+        for text in [
+            "unique_count=1",
+            "x\u{0}unique_count==",
+            "\tunique_count=\n",
+        ] {
+            let clean = sanitize(text);
+            assert!(!clean.contains(COUNT_TOKEN), "{clean}");
+            assert!(!clean.contains(|c: char| c.is_control()), "{clean}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_refuses_writes_costs_the_line_not_the_thread() {
+        // /dev/full fails every write with ENOSPC: the line goes to stderr (it shows in the
+        // test's output) or is counted, and the logger goes on.
+        let (output, _handle) = file_output(Path::new("/dev/full"));
+        line(
+            &output,
+            "(expected in the test output: a line the log file refused)",
+        );
+        line(&output, "(and a second one)");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The verve binary: read the config, open the log, bind, serve until SIGTERM or SIGINT;
-//! SIGHUP reopens the log file (after rotation) and serving goes on.
+//! SIGHUP reopens the log file (after rotation) and serving goes on. If one of verve's own
+//! threads dies (see `verve::health`), it stops as for SIGTERM and exits with
+//! [`EXIT_THREAD_DIED`], so that systemd restarts it.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -25,6 +27,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Start-up failures caused by the configuration exit with 2, like clap's own errors.
 const EXIT_CONFIG: u8 = 2;
 
+/// One of verve's threads died: a bug, not a configuration error, so systemd's
+/// `Restart=on-failure` restarts the service (70 is `EX_SOFTWARE`, "internal software error").
+const EXIT_THREAD_DIED: u8 = 70;
+
+/// `eprintln!` without its panic when stderr cannot be written (a full disk under it, a
+/// closed pipe): the message is lost, the process goes on to its exit code.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let config = Config::load();
     // Register first, so an early signal is not lost and an early SIGHUP (logrotate right
@@ -32,25 +46,25 @@ fn main() -> ExitCode {
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: installing signal handlers: {e}");
+            say!("error: installing signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
     let policy_check = config.endpoint_policy();
     if let Err(e) = policy_check {
-        eprintln!("error: {e}");
+        say!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
     let log_file = match verve::logging::init(&config.log_file) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if let Some(target) = &config.redis {
         if config.state_file.is_some() {
-            eprintln!(
+            say!(
                 "error: --state-file is for a single instance; with --redis the open window is \
                  shipped to Redis at shutdown instead"
             );
@@ -77,12 +91,12 @@ fn main() -> ExitCode {
                     target.display(),
                     verve::cluster::conn::describe(&e)
                 );
-                eprintln!("warning: {msg}");
+                say!("warning: {msg}");
                 log::warn!("{msg}");
             }
             Err(Problem::Unusable(e)) => {
                 let why = verve::cluster::conn::describe(&e);
-                eprintln!("error: --redis {}: {why}", target.display());
+                say!("error: --redis {}: {why}", target.display());
                 return ExitCode::from(EXIT_CONFIG);
             }
             Err(Problem::OtherInterval(theirs)) => {
@@ -100,14 +114,14 @@ fn main() -> ExitCode {
     // A state file that cannot be written would only fail at shutdown: find out now.
     if let Some(path) = &config.state_file {
         if let Err(e) = verve::state::check_writable(path) {
-            eprintln!("error: --state-file {}: {e:#}", path.display());
+            say!("error: --state-file {}: {e:#}", path.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     }
     let listener = match server::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: --listen {}: cannot bind: {e}", config.listen);
+            say!("error: --listen {}: cannot bind: {e}", config.listen);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -118,10 +132,10 @@ fn main() -> ExitCode {
         Err(e) => {
             // librdkafka refused the operator's --kafka-option: a configuration error.
             if let Some(option) = e.chain().find_map(|c| c.downcast_ref::<OptionError>()) {
-                eprintln!("error: {option}");
+                say!("error: {option}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -137,18 +151,37 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "verve listening on {}", server.local_addr());
     let _ = stdout.flush();
-    let mut signal = SIGTERM;
+    // A dead thread ends the wait below as a signal would.
+    let handle = signals.handle();
+    server.health().on_failure(move || handle.close());
+    let mut signal = None;
     for received in signals.forever() {
         if received != SIGHUP {
-            signal = received;
+            signal = Some(received);
             break;
         }
         if let Err(e) = log_file.reopen() {
             log::warn!("signal {received}: {e:#}; still writing to the old file");
         }
     }
-    log::info!("signal {signal}: shutting down");
-    server.shutdown();
+    match signal {
+        Some(signal) => log::info!("signal {signal}: shutting down"),
+        None => log::error!("shutting down: one of verve's threads died"),
+    }
+    let health = server.health().clone();
+    let reported = server.shutdown();
+    log::logger().flush();
+    if let Some(thread) = health.failed() {
+        say!(
+            "verve: exiting with status {EXIT_THREAD_DIED}: the {thread} thread died{}",
+            if reported {
+                ""
+            } else {
+                "; the open window was not reported"
+            }
+        );
+        return ExitCode::from(EXIT_THREAD_DIED);
+    }
     log::info!("stopped");
     log::logger().flush();
     ExitCode::SUCCESS

@@ -57,7 +57,8 @@ pub struct Metrics {
     pub workers: Box<[CachePadded<WorkerCounters>]>,
     pub windows_reported: AtomicU64,
     pub endpoint_calls: EndpointCalls,
-    /// Requests refused because their window had already been sealed (see `shards`).
+    /// Requests whose window had already been sealed, counted in the oldest open window
+    /// instead (see `shards`).
     pub late_ids: AtomicU64,
     pub redis_errors: AtomicU64,
     pub kafka_errors: AtomicU64,
@@ -258,7 +259,7 @@ impl Metrics {
         family(
             "verve_late_ids_total",
             "counter",
-            "Requests refused because their window was already sealed.",
+            "Requests whose window was already sealed, counted in the oldest open window.",
             &[("", self.late_ids.load(Relaxed))],
         );
         family(
@@ -278,6 +279,12 @@ impl Metrics {
             "counter",
             "Connections not taken: accept failed (descriptors, memory) or no coroutine could start.",
             &[("", self.accept_errors.load(Relaxed))],
+        );
+        family(
+            "verve_log_write_errors_total",
+            "counter",
+            "Log lines written nowhere: the log file and stderr both refused them.",
+            &[("", crate::logging::write_errors())],
         );
         out
     }
@@ -313,6 +320,7 @@ mod tests {
             "verve_id_memory_bytes 0\n",
             "verve_id_memory_limit_bytes 0\n",
             "verve_memory_refused_ids_total 0\n",
+            "verve_log_write_errors_total ",
         ] {
             assert!(page.contains(name), "{name}");
         }

@@ -18,8 +18,11 @@ use crate::cluster::node::{ClusterSink, Settings};
 use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
+use crate::endpoints::{canonicalize, EndpointPolicy};
+use crate::health::Health;
 use crate::http::limits::Resources;
 use crate::http::{self, Admission, Ctx};
+use crate::logging::sanitize;
 use crate::metrics::Metrics;
 use crate::report::callback::{self, Callbacks};
 use crate::report::count_log::CountLog;
@@ -55,47 +58,62 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Start-up with `--state-file`: a window saved by the previous run resumes if it is still
 /// open (or not yet open: the clock went back), and is reported at once, late, if it has
-/// closed or was counted with another `--interval`.
+/// closed or was counted with another `--interval`. The file is untrusted (see
+/// [`crate::state`]): a window `limits` refuse is set aside and logged, and its endpoints are
+/// checked against `policy` as if a client had just sent them.
 fn restore(
     path: &Path,
     shards: &Shards,
-    windows: Windows,
-    now_ms: u64,
+    limits: &state::Limits,
+    policy: &EndpointPolicy,
     sink: &mut dyn WindowSink,
 ) -> anyhow::Result<()> {
-    let saved = match state::load(path).context("--state-file")? {
-        Loaded::Nothing => None,
-        Loaded::Window(saved) => Some(saved),
+    let saved = match state::load(path, limits).context("--state-file")? {
+        Loaded::Nothing => return Ok(()),
+        Loaded::Window(saved) => saved,
         Loaded::Unreadable { error, moved_to } => {
             log::error!(
-                "--state-file {} is unreadable ({error:#}); moved to {}, its ids are not counted",
+                "--state-file {} is unreadable ({}); moved to {}, its ids are not counted",
                 path.display(),
+                sanitize(&format!("{error:#}")),
                 moved_to.display()
             );
-            None
+            return Ok(());
+        }
+        Loaded::Refused { error, moved_to } => {
+            log::error!(
+                "--state-file {} is refused: {}; moved to {}, its ids are not counted",
+                path.display(),
+                sanitize(&format!("{error:#}")),
+                moved_to.display()
+            );
+            return Ok(());
         }
     };
-    let Some(saved) = saved else {
-        return Ok(());
-    };
+    let windows = limits.windows;
     let start = crate::clock::rfc3339_secs(saved.window_start);
+    // Endpoints are re-checked whichever way the window goes: the file may not be the one
+    // this service wrote, and the allow-list may have changed since.
+    let mut endpoints = Vec::with_capacity(saved.endpoints.len());
+    for endpoint in &saved.endpoints {
+        match canonicalize(endpoint, policy) {
+            Ok(url) => endpoints.push(url.as_str().to_owned()),
+            Err(_) => refused_endpoint(&start, endpoint),
+        }
+    }
     let window = saved.window_start / windows.len().as_secs().max(1);
     let resumable =
-        saved.interval_secs == windows.len().as_secs() && window >= windows.index_of(now_ms);
+        saved.interval_secs == windows.len().as_secs() && window >= windows.index_of(limits.now_ms);
     if resumable {
-        let (ids, endpoints) = (saved.ids.len(), saved.endpoints.len());
-        let refused = shards.restore(window, saved.ids, &saved.endpoints);
+        let (ids, count) = (saved.ids.len(), endpoints.len());
+        // The endpoint table may be fuller than the saving instance's (`--max-endpoints`).
+        for endpoint in shards.restore(window, saved.ids, &endpoints) {
+            refused_endpoint(&start, &endpoint);
+        }
         log::info!(
-            "resumed window {start} from {} ({ids} ids, {endpoints} endpoints)",
+            "resumed window {start} from {} ({ids} ids, {count} endpoints)",
             path.display(),
         );
-        for endpoint in refused {
-            // The contract's endpoint line: `endpoint=` with an `error=`.
-            log::warn!(
-                target: crate::report::callback::TARGET,
-                "window_start={start} endpoint={endpoint} error=not-allowed-after-restart"
-            );
-        }
     } else {
         log::warn!(
             "window {start} (interval {} s) from {} has closed: reporting it now, late",
@@ -107,16 +125,28 @@ fn restore(
             window_start: saved.window_start,
             ids: saved.ids,
             unshipped: None,
-            endpoints: saved.endpoints,
+            endpoints,
             charge: Default::default(),
         });
     }
     Ok(())
 }
 
+/// The contract's endpoint line for an endpoint of a saved window that is not called. The
+/// text is from the file: shown as the callback reporter shows outside text, one token.
+fn refused_endpoint(window_start: &str, endpoint: &str) {
+    log::warn!(
+        target: crate::report::callback::TARGET,
+        "window_start={window_start} endpoint={} error=not-allowed-after-restart",
+        crate::report::callback::endpoint_token(endpoint)
+    );
+}
+
 /// A running verve.
 pub struct Server {
     ctx: Arc<Ctx>,
+    /// Whether verve's threads are alive; `main` waits on it besides the signals.
+    health: Health,
     addr: SocketAddr,
     acceptor: may::coroutine::JoinHandle<()>,
     reaper: std::thread::JoinHandle<()>,
@@ -132,6 +162,7 @@ impl Server {
         shards: usize,
     ) -> anyhow::Result<Server> {
         let policy = config.endpoint_policy().map_err(anyhow::Error::msg)?;
+        let health = Health::new();
         let memory = IdMemory::new(config.memory_limit());
         log::info!("id memory budget: {} bytes", memory.limit());
         let metrics = Arc::new(Metrics::with_memory(shards, memory.clone()));
@@ -147,7 +178,7 @@ impl Server {
             callback::Settings {
                 method: config.endpoint_method,
                 timeout: config.endpoint_timeout,
-                policy,
+                policy: policy.clone(),
                 queue_len: callback_queue_len(config),
                 host_calls: config.endpoint_host_calls as usize,
                 threads: callback::call_threads(
@@ -158,6 +189,7 @@ impl Server {
                 patience: interval,
             },
             metrics.clone(),
+            &health,
         )
         .context("starting the callback dispatcher")?;
         let mut reporters = Fanout::new()
@@ -174,7 +206,7 @@ impl Server {
             for warning in settings.warnings() {
                 log::warn!("kafka: {warning}");
             }
-            reporters = reporters.with(Kafka::start(settings, metrics.clone())?);
+            reporters = reporters.with(Kafka::start(settings, metrics.clone(), &health)?);
         }
         let addr = listener
             .local_addr()
@@ -203,13 +235,20 @@ impl Server {
                     clock.clone(),
                     Box::new(reporters),
                     metrics.clone(),
+                    &health,
                 )
                 .context("starting the cluster thread")?;
                 Box::new(sink)
             }
         };
         if let Some(path) = &config.state_file {
-            restore(path, &shards, windows, clock.now_ms(), &mut *sink)?;
+            let limits = state::Limits::new(
+                shards.memory().limit(),
+                config.max_endpoints as usize,
+                windows,
+                clock.now_ms(),
+            );
+            restore(path, &shards, &limits, &policy, &mut *sink)?;
         }
         let collector = Collector {
             shards: shards.clone(),
@@ -220,7 +259,7 @@ impl Server {
             state_file: config.state_file.clone(),
             memory_warned: None,
         }
-        .spawn()
+        .spawn(&health)
         .context("starting the collector thread")?;
         http::date::start();
         listener
@@ -230,7 +269,7 @@ impl Server {
         let listener = unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
         let idle = http::idle::Idle::new(shards.len(), config.idle_timeout);
         let reaper = idle
-            .spawn_reaper()
+            .spawn_reaper(&health)
             .context("starting the idle-connection reaper")?;
         let resources = Resources::current();
         let max_connections = config.connection_limit(&resources);
@@ -258,6 +297,7 @@ impl Server {
             clock,
             windows,
             draining: AtomicBool::new(false),
+            health: health.clone(),
             idle_timeout: config.idle_timeout,
             idle,
             admission: Admission::new(max_connections),
@@ -267,6 +307,7 @@ impl Server {
             .context("starting the accept loop")?;
         Ok(Server {
             ctx,
+            health,
             addr,
             acceptor,
             collector,
@@ -278,10 +319,16 @@ impl Server {
         self.addr
     }
 
+    /// Whether verve's threads are alive (see [`crate::health`]).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// The graceful stop: `/healthz` turns 503, no new connections, requests already read
     /// are answered, then the open window is sealed and reported (a partial count) and the
-    /// reporters get what is left of [`SHUTDOWN_BUDGET`].
-    pub fn shutdown(self) {
+    /// reporters get what is left of [`SHUTDOWN_BUDGET`]. False when the collector had died,
+    /// so nothing was reported (see [`crate::health`]).
+    pub fn shutdown(self) -> bool {
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
         self.ctx.draining.store(true, SeqCst);
         http::wake(self.addr);
@@ -290,8 +337,9 @@ impl Server {
         while self.ctx.metrics.any_busy() && Instant::now() < drain_until {
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.collector.shutdown(deadline);
+        let reported = self.collector.shutdown(deadline);
         self.ctx.idle.stop();
         let _ = self.reaper.join();
+        reported
     }
 }

@@ -24,11 +24,20 @@
 //! clock just before a boundary still lands in the old window even if another request has
 //! already opened the new one. The collector waits [`crate::collector::SETTLE`] past each
 //! boundary, then seals the window: it takes that window's slot from every shard and marks
-//! the window collected. A record for a collected window (its thread was descheduled for
-//! longer than the settling delay between reading the clock and recording) is not counted
-//! anywhere: it is refused, so the client gets a 503 `failed` and may retry, and it is counted
-//! in `verve_late_ids_total` and logged with the next window's report. It is never silently
-//! dropped. After [`Shards::close`] (shutdown) every record is refused the same way.
+//! the window collected.
+//!
+//! **A record for a collected window** counts in the oldest window not collected yet, and is
+//! answered `ok`. It happens in two ways. Its thread was descheduled for longer than the
+//! settling delay between reading the clock and recording: the request arrived a moment
+//! before the boundary and counts a moment after it. Or the wall clock was stepped back
+//! across a boundary (NTP, an operator): the instant the request arrived is then ambiguous,
+//! since the clock reads a time the service has already reported, and the window that is
+//! really open is the one after the last sealed one. The collector keeps that window open
+//! until the clock passes its end, so it counts everything received while the clock catches
+//! up, and its count line comes when its end has been reached by the clock. Refusing such
+//! requests instead would answer every one of them 503 for as long as the step, up to a whole
+//! window. Either way it is counted in `verve_late_ids_total` and logged with the next
+//! window's report. After [`Shards::close`] (shutdown) every record is refused.
 //!
 //! **Memory.** Each record reserves its id's bytes from the shard's allowance, drawn from
 //! the shared [`IdMemory`] budget; past the budget the record is refused (see
@@ -53,8 +62,6 @@ pub enum Recorded {
     Counted,
     /// Counted, but the window's endpoint table is full: the endpoint will not be called.
     EndpointTableFull,
-    /// Not counted: the window was already sealed by the collector.
-    Late,
     /// Not counted: the service is shutting down.
     Closed,
     /// Not counted: `--max-memory` is spent.
@@ -98,11 +105,13 @@ struct Shard {
     current: Slot,
     /// Older windows not collected yet: normally empty, briefly one entry after a boundary.
     older: Vec<Slot>,
-    /// Windows up to and including this one have been sealed; records for them are late.
+    /// Windows up to and including this one have been sealed; records for them go to the
+    /// next one.
     collected_upto: Option<u64>,
     /// Set once at shutdown: nothing more is recorded.
     closed: bool,
-    /// Records refused as late since the collector last asked.
+    /// Records whose window was already sealed (counted in the next one) since the
+    /// collector last asked.
     late: u64,
     /// Records refused for want of memory since the collector last asked.
     refused: u64,
@@ -185,7 +194,8 @@ pub struct Sealed {
     /// Cluster mode, once the window was drained: the ids no drain handed out (`None`: no
     /// drain ran, so none of `ids` was handed out).
     pub unshipped: Option<IdSet>,
-    /// Records refused as late (for any window) since the previous seal.
+    /// Records whose window was already sealed, counted in the oldest open window instead
+    /// (for any window) since the previous seal.
     pub late: u64,
     /// Records refused for want of memory (any window) since the previous absorb or seal.
     pub refused: u64,
@@ -346,10 +356,17 @@ impl Shards {
         if s.closed {
             return Ok(Recorded::Closed);
         }
-        if s.collected_upto.is_some_and(|c| window <= c) {
-            s.late += 1;
-            return Ok(Recorded::Late);
-        }
+        // A window already sealed: the clock was stepped back across a boundary, or this
+        // thread was held up past the settling delay between its clock read and now. The
+        // request counts in the oldest window not sealed, which the collector keeps open
+        // until the clock passes its end (see the module doc).
+        let window = match s.collected_upto {
+            Some(c) if window <= c => {
+                s.late += 1;
+                c + 1
+            }
+            _ => window,
+        };
         if s.allowance < RESERVE_PER_ID {
             // Once per few thousand ids: the only touch of the shared budget.
             s.allowance += self.memory.draw();
@@ -533,30 +550,37 @@ impl Shards {
         }
     }
 
-    /// The newest window any shard or merged set holds ids for: at shutdown, the collector
-    /// seals every window up to it.
-    pub fn newest_window(&self) -> Option<u64> {
-        let merged = lock(&self.merged)
+    /// The windows after `window` that any shard or merged set holds ids or endpoints for,
+    /// in order: at shutdown, the collector seals them after the open one.
+    pub fn windows_with_ids_after(&self, window: u64) -> Vec<u64> {
+        let mut held: Vec<u64> = lock(&self.merged)
             .windows
-            .iter()
+            .range(window.saturating_add(1)..)
             .filter(|(_, m)| !m.ids.is_empty())
             .map(|(w, _)| *w)
-            .max();
-        self.shards
-            .iter()
-            .filter_map(|shard| {
-                let s = lock(shard);
-                let newest_older = s
-                    .older
+            .collect();
+        for shard in self.shards.iter() {
+            let s = lock(shard);
+            held.extend(
+                s.older
                     .iter()
-                    .filter(|o| !o.is_empty())
-                    .map(|o| o.window)
-                    .max();
-                let current = (!s.current.is_empty()).then_some(s.current.window);
-                newest_older.max(current)
-            })
-            .max()
-            .max(merged)
+                    .chain([&s.current])
+                    .filter(|slot| slot.window > window && !slot.is_empty())
+                    .map(|slot| slot.window),
+            );
+        }
+        held.sort_unstable();
+        held.dedup();
+        held
+    }
+
+    /// The window a thread other than the collector should treat as open, given the
+    /// clock's: the clock's own, or, when the clock was stepped back behind a window already
+    /// sealed, the oldest one not sealed (where [`Shards::record`] puts such requests).
+    pub fn open_window(&self, clock_window: u64) -> u64 {
+        lock(&self.merged)
+            .sealed_upto
+            .map_or(clock_window, |sealed| clock_window.max(sealed + 1))
     }
 }
 
@@ -611,16 +635,22 @@ mod tests {
     }
 
     #[test]
-    fn a_record_after_its_window_was_sealed_is_refused_and_counted_as_late() {
+    fn a_record_after_its_window_was_sealed_counts_in_the_oldest_open_window() {
         let s = shards(2);
         s.record(0, 10, 1, None).unwrap();
         assert_eq!(count(&s.seal(10)), 1);
-        assert_eq!(s.record(0, 10, 2, None), Ok(Recorded::Late));
-        assert_eq!(s.record(1, 9, 2, None), Ok(Recorded::Late));
+        assert_eq!(s.open_window(10), 11);
+        assert_eq!(s.open_window(12), 12);
+        assert_eq!(
+            s.record(0, 10, 2, Some("http://a.test/")),
+            Ok(Recorded::Counted)
+        );
+        assert_eq!(s.record(1, 9, 2, None), Ok(Recorded::Counted));
         assert_eq!(s.record(1, 11, 3, None), Ok(Recorded::Counted));
         let next = s.seal(11);
         assert_eq!(next.late, 2);
-        assert_eq!(count(&next), 1);
+        assert_eq!(next.ids.iter().collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(next.endpoints, ["http://a.test/"]);
     }
 
     #[test]
@@ -720,7 +750,8 @@ mod tests {
         s.record(1, 6, 2, None).unwrap();
         s.close();
         assert_eq!(s.record(0, 6, 3, None), Ok(Recorded::Closed));
-        assert_eq!(s.newest_window(), Some(6));
+        assert_eq!(s.windows_with_ids_after(4), [5, 6]);
+        assert_eq!(s.windows_with_ids_after(5), [6]);
         assert_eq!(count(&s.seal(5)), 1);
         assert_eq!(count(&s.seal(6)), 1);
     }

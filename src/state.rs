@@ -5,24 +5,37 @@
 //! a crash at any point leaves either the old file, no file, or the whole new one, never a
 //! torn one. A checksum guards against everything else (a truncated copy, a bad disk).
 //!
+//! **The file is untrusted input.** Whoever can write its directory can put anything there,
+//! so the loader opens it without following a symbolic link, reads at most
+//! [`Limits::max_file_bytes`], decodes every field with bounds ([`SavedWindow::decode`]) and
+//! then checks the window against this instance ([`Limits::check`]): a window far from now
+//! or an id set larger than `--max-memory` is refused. A refused or unreadable file is moved
+//! aside (never deleted, so an operator can look at it) and the service starts without it.
+//! The temporary file is created afresh (`O_EXCL`, `O_NOFOLLOW`, mode 0600), so a link
+//! planted at its name cannot redirect the write.
+//!
 //! Layout, all integers little-endian:
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 8 | magic `VERVEST2` (format version 2; version 1, `VERVEST1`, is still read) |
-//! | 8 | `--interval` of the instance that saved it, seconds |
-//! | 8 | window start, seconds since the epoch |
-//! | 4 | number of endpoints, then per endpoint: 4-byte length, UTF-8 URL |
+//! | 8 | `--interval` of the instance that saved it, seconds (1 to 86 400) |
+//! | 8 | window start, seconds since the epoch (a multiple of the interval, before year 10000) |
+//! | 4 | number of endpoints, then per endpoint: 4-byte length (at most 2048), UTF-8 URL |
 //! | 8 | length of the id set, then the set in its compact format ([`IdSet::serialize_into`]; version 1 held roaring's portable treemap format, which [`IdSet::deserialize`] also reads) |
 //! | 4 | CRC-32 of everything before it |
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 
+use crate::clock::{rfc3339_secs, Windows, END_OF_RFC3339_SECS};
 use crate::ids::IdSet;
+use crate::query::MAX_ENDPOINT_BYTES;
 
 const MAGIC: &[u8; 8] = b"VERVEST2";
 
@@ -32,6 +45,19 @@ const MAGIC_V1: &[u8; 8] = b"VERVEST1";
 /// Most endpoints a state file may list: far above `--max-endpoints`' useful range, low enough
 /// that a corrupt count cannot make the loader allocate without bound.
 const MAX_ENDPOINTS: u32 = 1 << 20;
+
+/// Longest `--interval` (the flag's own limit): a longer one is not a file verve wrote.
+const MAX_INTERVAL_SECS: u64 = 86_400;
+
+/// Bytes of a file around its id set and endpoints: magic, interval, window start, endpoint
+/// count, set length, checksum.
+const FRAME_BYTES: u64 = 8 + 8 + 8 + 4 + 8 + 4;
+
+/// How long after its end a saved window is still reported at start. A service stopped for a
+/// weekend or a long maintenance is back well within it, and its late count is still news;
+/// a window older than a week is history no consumer is waiting for, and a file that old was
+/// more likely left behind (or put there) than saved by the last run.
+pub const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// One window's saved state.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +72,9 @@ pub struct SavedWindow {
 }
 
 impl SavedWindow {
-    fn encode(&self) -> io::Result<Vec<u8>> {
+    /// The file's bytes (see the module doc). Public for the fuzz target, which checks that
+    /// what [`SavedWindow::decode`] accepts encodes back to an equal window.
+    pub fn encode(&self) -> io::Result<Vec<u8>> {
         let set_bytes = self.ids.serialized_size();
         let mut out = Vec::with_capacity(64 + set_bytes);
         out.extend_from_slice(MAGIC);
@@ -64,7 +92,11 @@ impl SavedWindow {
         Ok(out)
     }
 
-    fn decode(bytes: &[u8]) -> anyhow::Result<SavedWindow> {
+    /// Reads a state file's bytes. Public for the fuzz target (`fuzz/fuzz_targets/state.rs`)
+    /// and tests; [`load`] is what the server calls. The bytes are untrusted: every count and
+    /// length is checked against what is left before anything is allocated, and the fields
+    /// must be what verve writes (see the module doc), or the file is refused.
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<SavedWindow> {
         ensure!(
             bytes.len() >= MAGIC.len() + 4,
             "too short ({} bytes)",
@@ -82,12 +114,30 @@ impl SavedWindow {
         let mut r = Reader(&body[MAGIC.len()..]);
         let interval_secs = r.u64()?;
         let window_start = r.u64()?;
-        ensure!(interval_secs > 0, "interval 0");
+        ensure!(
+            (1..=MAX_INTERVAL_SECS).contains(&interval_secs),
+            "interval of {interval_secs} s"
+        );
+        ensure!(
+            window_start % interval_secs == 0,
+            "window start {window_start} is not a multiple of the interval ({interval_secs} s)"
+        );
+        ensure!(
+            window_start < END_OF_RFC3339_SECS,
+            "window start {window_start} is after the year 9999"
+        );
         let count = r.u32()?;
         ensure!(count <= MAX_ENDPOINTS, "{count} endpoints");
+        // Each endpoint takes at least its length field: a count the bytes cannot hold
+        // allocates nothing.
+        ensure!(
+            count as usize <= r.0.len() / 4,
+            "truncated: {count} endpoints"
+        );
         let mut endpoints = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let len = r.u32()? as usize;
+            ensure!(len <= MAX_ENDPOINT_BYTES, "an endpoint of {len} bytes");
             let url = std::str::from_utf8(r.take(len)?).context("endpoint is not UTF-8")?;
             endpoints.push(url.to_owned());
         }
@@ -136,19 +186,41 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(tmp)
 }
 
+/// Creates `tmp` afresh for writing, readable by this user only. A stale file from a
+/// crashed save is unlinked first (unlinking a symbolic link removes the link, not its
+/// target); then `O_EXCL` and `O_NOFOLLOW` make the create fail, rather than write through a
+/// link or into a file someone else opened, if anything appeared at the name meanwhile.
+fn create_private(tmp: &Path) -> io::Result<File> {
+    match fs::remove_file(tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+}
+
 /// Writes `window` to `path` atomically (see the module doc).
 pub fn save(path: &Path, window: &SavedWindow) -> anyhow::Result<()> {
     let bytes = window.encode().context("serializing the window")?;
     let tmp = tmp_path(path);
     let write = || -> io::Result<()> {
-        let mut file = File::create(&tmp)?;
+        let mut file = create_private(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()
     };
     if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
+        // Only a file this call created is removed; a directory or a link in the way stays.
+        if fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
+            let _ = fs::remove_file(&tmp);
+        }
         return Err(e).with_context(|| format!("writing {}", tmp.display()));
     }
+    // `rename` replaces the name `path`, never what a link there points to.
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     // The rename is only durable once the directory is: without this a power cut can bring
@@ -167,9 +239,74 @@ pub fn save(path: &Path, window: &SavedWindow) -> anyhow::Result<()> {
 /// writable): checked at start-up, so that a wrong path is found then, not at shutdown.
 pub fn check_writable(path: &Path) -> anyhow::Result<()> {
     let tmp = tmp_path(path);
-    File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    create_private(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     fs::remove_file(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
     Ok(())
+}
+
+/// What a state file must satisfy besides its format: this instance's settings and clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest file read at all; a larger one is refused unread.
+    pub max_file_bytes: u64,
+    /// `--max-memory`: the most the window's ids may take once read. The ids were answered
+    /// `ok` before the restart, so they would be charged past the budget: a set that alone
+    /// exceeds it would refuse every request of the window, or worse.
+    pub max_id_bytes: u64,
+    /// Now, milliseconds since the epoch.
+    pub now_ms: u64,
+    /// This instance's `--interval`.
+    pub windows: Windows,
+}
+
+impl Limits {
+    /// Limits for an instance with `--max-memory` `memory_limit` and `--max-endpoints`
+    /// `max_endpoints`: the file may hold an id set of the whole budget (its serialized form
+    /// is never larger than the set in memory) and that many endpoints.
+    pub fn new(memory_limit: u64, max_endpoints: usize, windows: Windows, now_ms: u64) -> Self {
+        let endpoint_bytes = (max_endpoints as u64).saturating_mul(4 + MAX_ENDPOINT_BYTES as u64);
+        Limits {
+            max_file_bytes: memory_limit
+                .saturating_add(endpoint_bytes)
+                .saturating_add(FRAME_BYTES),
+            max_id_bytes: memory_limit,
+            now_ms,
+            windows,
+        }
+    }
+
+    /// Whether `saved` may be resumed or reported: its window is neither more than one
+    /// interval ahead of the one open now (the clock went back a little between the save and
+    /// this start: it resumes when the clock gets there) nor older than [`MAX_AGE`], and its
+    /// ids fit in `--max-memory`.
+    pub fn check(&self, saved: &SavedWindow) -> anyhow::Result<()> {
+        let bytes = saved.ids.heap_bytes() as u64;
+        ensure!(
+            bytes <= self.max_id_bytes,
+            "its {} ids take {bytes} bytes, more than --max-memory allows ({} bytes); restart \
+             with a larger --max-memory and move the file back to count them",
+            saved.ids.len(),
+            self.max_id_bytes
+        );
+        let start_ms = saved.window_start.saturating_mul(1000);
+        let end_ms = start_ms.saturating_add(saved.interval_secs.saturating_mul(1000));
+        let open = self.windows.index_of(self.now_ms);
+        let next_start_ms = self.windows.end_ms(open);
+        ensure!(
+            start_ms <= next_start_ms,
+            "its window {} starts more than one interval after the window open now ({}): the \
+             clock is far behind the one that saved it, or the file is not this service's",
+            rfc3339_secs(saved.window_start),
+            rfc3339_secs(self.windows.start_secs(open))
+        );
+        ensure!(
+            self.now_ms.saturating_sub(end_ms) <= MAX_AGE.as_millis() as u64,
+            "its window {} ended more than {} days ago: too old to be worth reporting",
+            rfc3339_secs(saved.window_start),
+            MAX_AGE.as_secs() / 86_400
+        );
+        Ok(())
+    }
 }
 
 /// What [`load`] found.
@@ -179,40 +316,93 @@ pub enum Loaded {
     Nothing,
     /// A saved window, read and removed from disk: it lives in memory from now on.
     Window(SavedWindow),
-    /// A file that could not be read as a state file; it was renamed to `moved_to` so that
-    /// it is kept for inspection and not read again at every start.
+    /// A file that could not be read as a state file (damaged, not a regular file, a
+    /// symbolic link); it was renamed to `moved_to` (`PATH.unreadable`) so that it is kept
+    /// for inspection and not read again at every start.
     Unreadable {
+        error: anyhow::Error,
+        moved_to: PathBuf,
+    },
+    /// A well-formed file that [`Limits`] refuse (too large, a window far from now); renamed
+    /// to `moved_to` (`PATH.refused`): an operator can still move it back.
+    Refused {
         error: anyhow::Error,
         moved_to: PathBuf,
     },
 }
 
+/// Renames `path` to `PATH.suffix`.
+fn set_aside(path: &Path, suffix: &str, error: &anyhow::Error) -> anyhow::Result<PathBuf> {
+    let mut moved = path.as_os_str().to_owned();
+    moved.push(".");
+    moved.push(suffix);
+    let moved_to = PathBuf::from(moved);
+    fs::rename(path, &moved_to).with_context(|| {
+        format!(
+            "{} is {suffix} ({error:#}) and cannot be moved to {}",
+            path.display(),
+            moved_to.display()
+        )
+    })?;
+    Ok(moved_to)
+}
+
 /// Reads and removes the state file at `path`. Errors are for what stops the start-up (the
-/// file exists but cannot be read or removed); a damaged file is [`Loaded::Unreadable`].
-pub fn load(path: &Path) -> anyhow::Result<Loaded> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
+/// file exists but cannot be opened or moved); a damaged file is [`Loaded::Unreadable`], one
+/// that `limits` refuse is [`Loaded::Refused`].
+pub fn load(path: &Path, limits: &Limits) -> anyhow::Result<Loaded> {
+    // O_NONBLOCK: opening a FIFO planted at the path must not wait for a writer.
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Nothing),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            let error = anyhow::anyhow!("it is a symbolic link, which is never followed");
+            let moved_to = set_aside(path, "unreadable", &error)?;
+            return Ok(Loaded::Unreadable { error, moved_to });
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    match SavedWindow::decode(&bytes) {
-        Ok(window) => {
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        let error = anyhow::anyhow!("it is not a regular file");
+        let moved_to = set_aside(path, "unreadable", &error)?;
+        return Ok(Loaded::Unreadable { error, moved_to });
+    }
+    if meta.len() > limits.max_file_bytes {
+        let error = anyhow::anyhow!(
+            "it holds {} bytes, more than a window within --max-memory and --max-endpoints \
+             takes ({} bytes)",
+            meta.len(),
+            limits.max_file_bytes
+        );
+        let moved_to = set_aside(path, "refused", &error)?;
+        return Ok(Loaded::Refused { error, moved_to });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow after the size check: never read past the limit.
+    file.take(limits.max_file_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let checked = SavedWindow::decode(&bytes).map(|w| (limits.check(&w), w));
+    match checked {
+        Ok((Ok(()), window)) => {
             // Removed now: the ids are in memory, and a file left behind would be read again
             // after a later crash and reported a second time if its window had been reported.
             fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
             Ok(Loaded::Window(window))
         }
+        Ok((Err(error), _)) => {
+            let moved_to = set_aside(path, "refused", &error)?;
+            Ok(Loaded::Refused { error, moved_to })
+        }
         Err(error) => {
-            let mut moved = path.as_os_str().to_owned();
-            moved.push(".unreadable");
-            let moved_to = PathBuf::from(moved);
-            fs::rename(path, &moved_to).with_context(|| {
-                format!(
-                    "{} is unreadable ({error:#}) and cannot be moved to {}",
-                    path.display(),
-                    moved_to.display()
-                )
-            })?;
+            let moved_to = set_aside(path, "unreadable", &error)?;
             Ok(Loaded::Unreadable { error, moved_to })
         }
     }
@@ -222,6 +412,15 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
 mod tests {
     use super::*;
 
+    /// 2026-11-18T17:46:00Z, a window start for 60 s windows.
+    const START: u64 = 1_794_999_960;
+
+    /// Limits of an instance with 60 s windows, 1 GiB for ids, 1000 endpoints, 5 s into the
+    /// sample's window.
+    fn limits() -> Limits {
+        Limits::new(1 << 30, 1000, Windows::new(60), START * 1000 + 5_000)
+    }
+
     fn sample() -> SavedWindow {
         let ids = IdSet::from_ids(
             [i64::MIN, -1, 0, 7, u32::MAX as i64, 1 << 40, i64::MAX]
@@ -230,7 +429,7 @@ mod tests {
         );
         SavedWindow {
             interval_secs: 60,
-            window_start: 1_795_000_000,
+            window_start: START,
             ids,
             endpoints: vec!["http://a.test/cb".into(), "https://b.test/x?y=1".into()],
         }
@@ -249,12 +448,12 @@ mod tests {
         let path = dir.join("window.state");
         save(&path, &sample()).unwrap();
         assert!(!tmp_path(&path).exists());
-        match load(&path).unwrap() {
+        match load(&path, &limits()).unwrap() {
             Loaded::Window(w) => assert_eq!(w, sample()),
             other => panic!("{other:?}"),
         }
         assert!(!path.exists());
-        assert!(matches!(load(&path).unwrap(), Loaded::Nothing));
+        assert!(matches!(load(&path, &limits()).unwrap(), Loaded::Nothing));
     }
 
     #[test]
@@ -298,13 +497,157 @@ mod tests {
         let dir = temp_dir("unreadable");
         let path = dir.join("window.state");
         fs::write(&path, b"not a state file").unwrap();
-        match load(&path).unwrap() {
+        match load(&path, &limits()).unwrap() {
             Loaded::Unreadable { moved_to, .. } => {
                 assert_eq!(fs::read(&moved_to).unwrap(), b"not a state file");
             }
             other => panic!("{other:?}"),
         }
         assert!(!path.exists());
+    }
+
+    /// Writes `window` as a state file and loads it with `limits`.
+    fn round_trip(name: &str, window: &SavedWindow, limits: &Limits) -> (PathBuf, Loaded) {
+        let dir = temp_dir(name);
+        let path = dir.join("window.state");
+        save(&path, window).unwrap();
+        let loaded = load(&path, limits).unwrap();
+        (path, loaded)
+    }
+
+    fn refused(loaded: Loaded, why: &str) -> PathBuf {
+        match loaded {
+            Loaded::Refused { error, moved_to } => {
+                assert!(format!("{error:#}").contains(why), "{error:#}");
+                moved_to
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_window_far_from_now_is_refused_and_kept_aside() {
+        // The next window (the clock went back a little since the save) is still resumed.
+        let mut next = sample();
+        next.window_start += 60;
+        let (_, loaded) = round_trip("next", &next, &limits());
+        assert!(matches!(loaded, Loaded::Window(_)), "{loaded:?}");
+        // Two windows ahead is refused; the file is kept, renamed.
+        let mut ahead = sample();
+        ahead.window_start += 120;
+        let (path, loaded) = round_trip("ahead", &ahead, &limits());
+        let moved = refused(loaded, "more than one interval after");
+        assert!(!path.exists());
+        assert_eq!(
+            SavedWindow::decode(&fs::read(moved).unwrap()).unwrap(),
+            ahead
+        );
+        // The last window before year 10000 (what made RFC 3339 formatting panic).
+        let mut far = sample();
+        far.window_start = (END_OF_RFC3339_SECS - 1) / 60 * 60;
+        let (_, loaded) = round_trip("far", &far, &limits());
+        refused(
+            loaded,
+            "9999-12-31T23:59:00Z starts more than one interval after",
+        );
+        // Older than a week: not worth a report; a day old still is.
+        let mut old = sample();
+        old.window_start -= MAX_AGE.as_secs() + 120;
+        let (_, loaded) = round_trip("old", &old, &limits());
+        refused(loaded, "ended more than 7 days ago");
+        let mut yesterday = sample();
+        yesterday.window_start -= 86_400;
+        let (_, loaded) = round_trip("yesterday", &yesterday, &limits());
+        assert!(matches!(loaded, Loaded::Window(_)), "{loaded:?}");
+    }
+
+    #[test]
+    fn ids_beyond_the_memory_budget_are_refused_unread_or_after_decoding() {
+        let window = sample();
+        let bytes = window.encode().unwrap().len() as u64;
+        // A file larger than the budget allows is not even read.
+        let small = Limits::new(bytes / 2, 0, Windows::new(60), START * 1000);
+        let (_, loaded) = round_trip("budget-file", &window, &small);
+        refused(loaded, "more than a window within --max-memory");
+        // A file that fits, whose set takes more in memory than the budget.
+        let tight = Limits {
+            max_file_bytes: bytes,
+            max_id_bytes: window.ids.heap_bytes() as u64 / 2,
+            ..limits()
+        };
+        let (_, loaded) = round_trip("budget-ids", &window, &tight);
+        refused(loaded, "more than --max-memory allows");
+    }
+
+    #[test]
+    fn fields_verve_never_writes_are_refused() {
+        let encode = |w: SavedWindow| w.encode().unwrap();
+        let mut misaligned = sample();
+        misaligned.window_start += 7;
+        let mut zero = sample();
+        zero.interval_secs = 0;
+        let mut long = sample();
+        long.interval_secs = 86_401;
+        long.window_start = 0;
+        let mut year_10000 = sample();
+        year_10000.interval_secs = 1;
+        year_10000.window_start = END_OF_RFC3339_SECS;
+        let mut endpoint = sample();
+        endpoint.endpoints = vec![format!("http://a.test/{}", "x".repeat(2048))];
+        for (bytes, why) in [
+            (encode(misaligned), "not a multiple of the interval"),
+            (encode(zero), "interval of 0 s"),
+            (encode(long), "interval of 86401 s"),
+            (encode(year_10000), "after the year 9999"),
+            (encode(endpoint), "an endpoint of 2062 bytes"),
+        ] {
+            let err = SavedWindow::decode(&bytes).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{err:#}");
+        }
+        // An endpoint count the bytes cannot hold allocates nothing.
+        let mut bytes = encode(sample());
+        bytes[24..28].copy_from_slice(&(MAX_ENDPOINTS).to_le_bytes());
+        let body = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        let err = SavedWindow::decode(&bytes).unwrap_err();
+        assert!(format!("{err:#}").contains("truncated"), "{err:#}");
+    }
+
+    #[test]
+    fn links_and_special_files_are_never_followed_or_read() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = temp_dir("links");
+        let path = dir.join("window.state");
+        // A link at the state file's name: moved aside (the link itself), target untouched.
+        let target = dir.join("elsewhere");
+        save(&target, &sample()).unwrap();
+        symlink(&target, &path).unwrap();
+        match load(&path, &limits()).unwrap() {
+            Loaded::Unreadable { moved_to, .. } => {
+                assert!(fs::symlink_metadata(moved_to).unwrap().is_symlink());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(target.exists());
+        // A FIFO does not block the start.
+        let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(matches!(
+            load(&path, &limits()).unwrap(),
+            Loaded::Unreadable { .. }
+        ));
+        // A link planted at the temporary name is replaced, never written through, and the
+        // new file is private.
+        let victim = dir.join("victim");
+        fs::write(&victim, b"keep me").unwrap();
+        symlink(&victim, tmp_path(&path)).unwrap();
+        save(&path, &sample()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -318,7 +661,7 @@ mod tests {
         other.window_start += 60;
         assert!(save(&path, &other).is_err());
         fs::remove_dir(tmp_path(&path)).unwrap();
-        match load(&path).unwrap() {
+        match load(&path, &limits()).unwrap() {
             Loaded::Window(w) => assert_eq!(w, sample()),
             other => panic!("{other:?}"),
         }

@@ -114,6 +114,7 @@ impl Instance {
             clock.clone(),
             Box::new(Recorder(tx)),
             metrics.clone(),
+            &verve::health::Health::new(),
         )
         .unwrap();
         // Connected (it claims the prefix first thing) before the test moves the clock: a

@@ -157,3 +157,57 @@ fn a_state_file_in_a_missing_directory_is_a_configuration_error() {
     assert!(stderr.contains("--state-file"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A state file written by hand, the way someone with write access to its directory could.
+fn craft(state: &Path, window_start: u64, endpoints: &[&str]) {
+    let saved = verve::state::SavedWindow {
+        interval_secs: 60,
+        window_start,
+        ids: verve::ids::IdSet::from_ids([1, 2, 3]),
+        endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+    };
+    std::fs::write(state, saved.encode().expect("encoding")).expect("writing the state file");
+}
+
+#[test]
+fn a_state_file_far_in_the_future_is_refused_without_a_panic_or_a_line_per_window() {
+    let dir = temp_dir("state-far");
+    let state = dir.join("window.state");
+    // The last window before year 10000: RFC 3339 cannot write the instant after it.
+    craft(&state, 253_402_300_800 - 60, &["http://hooks.example.com/"]);
+    let server = start(&dir, 60, &state, &[]);
+    let line = server.wait_for_log("the refusal", |l| {
+        l.contains("ERROR") && l.contains("is refused")
+    });
+    assert!(line.contains("more than one interval after"), "{line}");
+    assert!(dir.join("window.state.refused").exists());
+    send(&server, [5]);
+    let server = stop(server);
+    // The open window was saved; nothing was reported, least of all a line per window.
+    assert!(server.count_lines().is_empty(), "{}", server.log());
+    assert!(server.log_lines().len() < 20, "{}", server.log());
+}
+
+#[test]
+fn endpoints_of_a_state_file_are_checked_again_and_logged_on_one_line() {
+    let dir = temp_dir("state-endpoints");
+    let state = dir.join("window.state");
+    // Resumed, or reported late should an hour boundary pass before the start: either way
+    // the endpoints are checked as if a client had sent them.
+    let forged = "http://a.test/x\nINFO count window_start=2026-01-01T00:00:00Z unique_count=999";
+    craft(&state, window_now(3600), &[forged, "ftp://not.http/"]);
+    let server = start(&dir, 3600, &state, &[]);
+    let line = server.wait_for_log("the first refused endpoint", |l| {
+        l.contains("error=not-allowed-after-restart") && l.contains("a.test")
+    });
+    assert!(line.contains("endpoint=http://a.test/x\\nINFO"), "{line}");
+    server.wait_for_log("the second refused endpoint", |l| {
+        l.contains("endpoint=ftp://not.http/ error=not-allowed-after-restart")
+    });
+    assert!(
+        !server.log().contains("unique_count=999"),
+        "{}",
+        server.log()
+    );
+    assert!(server.count_lines().iter().all(|c| c.unique_count != 999));
+}

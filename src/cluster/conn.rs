@@ -133,7 +133,8 @@ pub enum Problem {
 
 /// The error and its causes on one line, each part once (a `RedisError` prints the
 /// `io::Error` it wraps, which is also its source), with a hint when the peer did not speak
-/// Redis's protocol.
+/// Redis's protocol. Sanitized ([`crate::logging::sanitize`]): it is logged, and holds what the
+/// server said.
 pub fn describe(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
@@ -152,7 +153,8 @@ pub fn describe(e: &anyhow::Error) -> String {
     if not_redis {
         out.push_str(" (the server does not answer in Redis's protocol: is this a Redis?)");
     }
-    out
+    // Redis's words (and a server that is not Redis) are outside text in a log line.
+    crate::logging::sanitize(&out).into_owned()
 }
 
 /// True for errors that mean "not reachable now" rather than "misconfigured".

@@ -41,6 +41,7 @@ use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
 use crate::cluster::store::{self, Blob, Interval, Keys, Lead, Shipment, Shipped};
 use crate::endpoints;
+use crate::health::Health;
 use crate::ids::{IdSet, Union};
 use crate::metrics::Metrics;
 use crate::report::{callback, Reporter, Scope, WindowReport};
@@ -116,6 +117,7 @@ impl ClusterSink {
         clock: Arc<dyn Clock>,
         reporter: Box<dyn Reporter>,
         metrics: Arc<Metrics>,
+        health: &Health,
     ) -> std::io::Result<ClusterSink> {
         let (tx, rx) = unbounded();
         let node = Node {
@@ -139,9 +141,13 @@ impl ClusterSink {
             late_warned: None,
             shared_key_warned: false,
         };
+        let guard = health.guard("verve-cluster");
         let thread = std::thread::Builder::new()
             .name("verve-cluster".into())
-            .spawn(move || node.run(rx))?;
+            .spawn(move || {
+                let _guard = guard;
+                node.run(rx)
+            })?;
         Ok(ClusterSink {
             tx,
             thread: Some(thread),
@@ -655,7 +661,10 @@ impl Node {
 
     /// Drains the open window's new ids from the shards and ships them.
     fn ship_open_window(&mut self) -> anyhow::Result<()> {
-        let window = self.s.windows.index_of(self.clock.now_ms());
+        // The open window: the clock's, or a later one still open if the clock stepped back.
+        let window = self
+            .shards
+            .open_window(self.s.windows.index_of(self.clock.now_ms()));
         let everything = self.open_shipped != Some((window, self.generation));
         let Some(drained) = self.shards.drain(window, everything) else {
             return Ok(());

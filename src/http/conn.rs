@@ -380,8 +380,9 @@ fn route(
         }
         b"/healthz" if method == "GET" => {
             // 503 as well while new connections cannot be taken (at --max-connections, or
-            // accepting is failing): a balancer should send the work elsewhere.
-            if draining || !ctx.admission.can_accept() {
+            // accepting is failing): a balancer should send the work elsewhere; and once a
+            // thread has died (see `crate::health`): the process is about to exit.
+            if draining || !ctx.admission.can_accept() || !ctx.health.is_ok() {
                 response::failed(out, Status::Unavailable, date, persist);
             } else {
                 response::ok(out, date, persist);
@@ -443,9 +444,9 @@ fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<
     };
     match ctx.shards.record(shard, window, accept.id, endpoint) {
         Ok(Recorded::Counted) => Status::Ok,
-        Ok(
-            Recorded::EndpointTableFull | Recorded::Late | Recorded::Closed | Recorded::OverBudget,
-        ) => Status::Unavailable,
+        Ok(Recorded::EndpointTableFull | Recorded::Closed | Recorded::OverBudget) => {
+            Status::Unavailable
+        }
         Err(_) => Status::BadRequest,
     }
 }

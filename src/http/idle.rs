@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+use crate::health::Health;
+
 /// How often the reaper looks.
 pub const TICK: Duration = Duration::from_millis(250);
 
@@ -115,11 +117,13 @@ impl Idle {
     }
 
     /// Starts the reaper thread; it stops after [`Idle::stop`].
-    pub fn spawn_reaper(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+    pub fn spawn_reaper(self: &Arc<Self>, health: &Health) -> std::io::Result<JoinHandle<()>> {
         let idle = self.clone();
+        let guard = health.guard("verve-idle");
         std::thread::Builder::new()
             .name("verve-idle".into())
             .spawn(move || {
+                let _guard = guard;
                 while !idle.stop.load(Relaxed) {
                     std::thread::sleep(TICK);
                     idle.reap();

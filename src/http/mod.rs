@@ -32,6 +32,7 @@ use may::coroutine::JoinHandle;
 use may::net::{TcpListener, TcpStream};
 
 use crate::clock::{Clock, Windows};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 
@@ -44,6 +45,8 @@ pub struct Ctx {
     /// Set once when shutdown begins: `/healthz` turns 503 and every connection closes after
     /// its current batch.
     pub draining: AtomicBool,
+    /// Turns `/healthz` 503 when one of verve's threads died (see [`crate::health`]).
+    pub health: Health,
     /// `--idle-timeout`.
     pub idle_timeout: Duration,
     /// Closes connections silent for longer than `idle_timeout`.

@@ -33,6 +33,8 @@ use ureq::Agent;
 
 use crate::clock::rfc3339_secs;
 use crate::endpoints::EndpointPolicy;
+use crate::health::Health;
+use crate::logging::sanitize;
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};
 
@@ -201,8 +203,20 @@ fn reason(err: &ureq::Error) -> String {
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout".to_string(),
         other => format!("{other}"),
     };
-    // Never let a reason break the one-line-per-event log format.
-    text.replace(|c: char| c.is_whitespace() || c.is_control(), "_")
+    // Never let a reason break the one-line-per-event log format: it is one token, and what
+    // ureq quotes (a host's answer, a TLS library's words) is outside text.
+    sanitize(&text.replace(|c: char| c.is_whitespace() || c.is_control(), "_")).into_owned()
+}
+
+/// An endpoint as the `endpoint=` token shows it: sanitized, spaces encoded, so that one
+/// from outside (Redis, in cluster mode) stays one token on one line. A canonical URL is shown
+/// as it is.
+pub fn endpoint_token(url: &str) -> std::borrow::Cow<'_, str> {
+    if url.contains(' ') {
+        std::borrow::Cow::Owned(sanitize(&url.replace(' ', "%20")).into_owned())
+    } else {
+        sanitize(url)
+    }
 }
 
 /// Makes one call: GET `url` with the count, or POST the JSON body to it.
@@ -571,9 +585,15 @@ pub struct Callbacks {
 }
 
 impl Callbacks {
-    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    /// Starts the dispatcher; its death (a bug) fails `health`, so the process exits and is
+    /// restarted rather than dropping every later call.
+    pub fn start(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        health: &Health,
+    ) -> std::io::Result<Self> {
         let agent = agent(settings.timeout, settings.policy.clone());
-        Self::start_with_agent(settings, agent, metrics)
+        Self::start_with_agent(settings, agent, metrics, health)
     }
 
     /// [`Callbacks::start`] with a given agent (tests resolve names with their own resolver).
@@ -581,6 +601,7 @@ impl Callbacks {
         settings: Settings,
         agent: Agent,
         metrics: Arc<Metrics>,
+        health: &Health,
     ) -> std::io::Result<Self> {
         let (commands, command_rx) = unbounded();
         let (work_tx, work_rx) = unbounded();
@@ -607,9 +628,13 @@ impl Callbacks {
             done_tx,
             next_expiry: None,
         };
+        let guard = health.guard("verve-callbacks");
         let dispatcher = std::thread::Builder::new()
             .name("verve-callbacks".into())
-            .spawn(move || dispatcher.run(command_rx, done_rx))?;
+            .spawn(move || {
+                let _guard = guard;
+                dispatcher.run(command_rx, done_rx)
+            })?;
         Ok(Callbacks {
             commands: Some(commands),
             dispatcher: Some(dispatcher),
@@ -643,8 +668,9 @@ impl Reporter for Callbacks {
                 self.metrics.endpoint_calls.dropped.fetch_add(1, Relaxed);
                 log::warn!(
                     target: TARGET,
-                    "window_start={} endpoint={url} error=cluster-count-unavailable",
-                    rfc3339_secs(report.window_start)
+                    "window_start={} endpoint={} error=cluster-count-unavailable",
+                    rfc3339_secs(report.window_start),
+                    endpoint_token(url)
                 );
             }
             return;
@@ -693,6 +719,15 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener};
+
+    #[test]
+    fn an_endpoint_from_outside_is_shown_as_one_token_on_one_line() {
+        assert_eq!(endpoint_token("http://h/p?a=1"), "http://h/p?a=1");
+        assert_eq!(
+            endpoint_token("http://h/x y\nINFO count unique_count=5"),
+            "http://h/x%20y\\nINFO%20count%20unique_count%3D5"
+        );
+    }
 
     #[test]
     fn count_is_appended_as_a_query_parameter() {
@@ -763,7 +798,8 @@ mod tests {
             .port();
         let metrics = Arc::new(Metrics::new(1));
         let policy = EndpointPolicy::new(&["127.0.0.1"]).unwrap();
-        let mut callbacks = Callbacks::start(settings(policy), metrics.clone()).unwrap();
+        let mut callbacks =
+            Callbacks::start(settings(policy), metrics.clone(), &Health::new()).unwrap();
         callbacks.report(&WindowReport {
             window_start: 60,
             unique_count: 1,
@@ -794,7 +830,8 @@ mod tests {
             .port();
         let metrics = Arc::new(Metrics::new(1));
         let policy = EndpointPolicy::new(&["127.0.0.1"]).unwrap();
-        let mut callbacks = Callbacks::start(settings(policy), metrics.clone()).unwrap();
+        let mut callbacks =
+            Callbacks::start(settings(policy), metrics.clone(), &Health::new()).unwrap();
         callbacks.report(&WindowReport {
             window_start: 60,
             unique_count: 1,
@@ -917,7 +954,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new(1));
         let s = settings(EndpointPolicy::default());
         let agent = agent_with_resolver(s.timeout, s.policy.clone(), FixedResolver(vec![addr]));
-        let mut callbacks = Callbacks::start_with_agent(s, agent, metrics.clone()).unwrap();
+        let mut callbacks =
+            Callbacks::start_with_agent(s, agent, metrics.clone(), &Health::new()).unwrap();
         callbacks.report(&WindowReport {
             window_start: 60,
             unique_count: 3,

@@ -48,6 +48,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::clock::rfc3339_secs;
+use crate::health::Health;
+use crate::logging::sanitize;
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};
 
@@ -239,7 +241,7 @@ struct Outcome {
 fn code(err: &KafkaError) -> String {
     match err.rdkafka_error_code() {
         Some(code) => format!("{code:?}"),
-        None => format!("{err}").replace(|c: char| c.is_whitespace(), "_"),
+        None => sanitize(&format!("{err}").replace(|c: char| c.is_whitespace(), "_")).into_owned(),
     }
 }
 
@@ -250,6 +252,8 @@ fn code(err: &KafkaError) -> String {
 /// is a REQTMOUT warning and no error event), so the producer counts them as errors.
 fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) -> bool {
     use RDKafkaLogLevel::*;
+    // librdkafka's lines quote what brokers say: outside text.
+    let (fac, message) = (sanitize(fac), sanitize(message));
     match level {
         Emerg | Alert | Critical => log::error!(target: TARGET, "librdkafka {fac}: {message}"),
         Warning => log::warn!(target: TARGET, "librdkafka {fac}: {message}"),
@@ -291,7 +295,7 @@ impl ClientContext for ProducerCtx {
         // (once in Client::poll_event, once in its own event match). librdkafka itself
         // folds identical consecutive errors into one ("N identical error(s) suppressed"),
         // so the same text twice in one poll round is that one event again.
-        let text = format!("error={} detail={reason}", code(&error));
+        let text = format!("error={} detail={}", code(&error), sanitize(reason));
         let round = self.poll_round.load(Relaxed);
         {
             let mut last = self
@@ -338,7 +342,12 @@ impl ClientContext for AdminCtx {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        log::debug!(target: TARGET, "admin error={} detail={reason}", code(&error));
+        log::debug!(
+            target: TARGET,
+            "admin error={} detail={}",
+            code(&error),
+            sanitize(reason)
+        );
     }
 }
 
@@ -434,7 +443,11 @@ pub struct Kafka {
 impl Kafka {
     /// Creates the producer (a bad setting fails here) and starts the thread, whose first
     /// act is the topic check.
-    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Kafka> {
+    pub fn start(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        health: &Health,
+    ) -> anyhow::Result<Kafka> {
         let (outcomes_tx, outcomes) = unbounded();
         let producer = new_producer(&settings, 0, &outcomes_tx, &metrics)?;
         let admin: AdminClient<AdminCtx> = client_config(&settings)
@@ -445,9 +458,11 @@ impl Kafka {
         let (check_tx, check_rx) = bounded::<()>(1);
         let (checked_tx, checked) = bounded(1);
         let topic = settings.topic.clone();
+        let guard = health.guard("verve-kafka-admin");
         std::thread::Builder::new()
             .name("verve-kafka-admin".into())
             .spawn(move || {
+                let _guard = guard;
                 // Ends when the Kafka thread drops its end (at most one check later).
                 for () in check_rx {
                     let result = ensure_topic(&admin, &topic).map_err(|e| format!("{e:#}"));
@@ -480,9 +495,11 @@ impl Kafka {
             topic_retry: Backoff::new(),
             reachable: None,
         };
+        let guard = health.guard("verve-kafka");
         let thread = std::thread::Builder::new()
             .name("verve-kafka".into())
             .spawn(move || {
+                let _guard = guard;
                 worker.run();
                 let _ = done_tx.send(());
             })
@@ -757,10 +774,11 @@ impl Worker {
         let wait = self.retry.failed();
         log::warn!(
             target: TARGET,
-            "window_start={} error={} retry_in={}ms detail={err}",
+            "window_start={} error={} retry_in={}ms detail={}",
             rfc3339_secs(record.window_start),
             code(err),
-            wait.as_millis()
+            wait.as_millis(),
+            sanitize(&err.to_string())
         );
     }
 
@@ -782,7 +800,11 @@ impl Worker {
             Err(e) => {
                 // The settings made one before, so this is resources; try again next time.
                 self.generation -= 1;
-                log::error!(target: TARGET, "replacing the producer: {e:#}");
+                log::error!(
+                    target: TARGET,
+                    "replacing the producer: {}",
+                    sanitize(&format!("{e:#}"))
+                );
             }
         }
     }
@@ -828,9 +850,10 @@ impl Worker {
                 self.metrics.kafka_errors.fetch_add(1, Relaxed);
                 let wait = self.topic_retry.failed();
                 let msg = format!(
-                    "--kafka-brokers {}: topic {topic} not checked ({e}); serving anyway, \
+                    "--kafka-brokers {}: topic {topic} not checked ({}); serving anyway, \
                      records wait in the backlog (next try in {} ms)",
                     self.settings.brokers,
+                    sanitize(&e),
                     wait.as_millis()
                 );
                 if first {
@@ -894,7 +917,7 @@ mod tests {
             backlog: 10,
             options: vec![],
         };
-        let mut kafka = Kafka::start(settings, metrics.clone()).unwrap();
+        let mut kafka = Kafka::start(settings, metrics.clone(), &Health::new()).unwrap();
         let mut report = WindowReport {
             window_start: 60,
             unique_count: 5,
