@@ -1471,6 +1471,7 @@ mod tests {
         wrap.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
         wrap.extend_from_slice(&4096u64.to_le_bytes());
         wrap.extend_from_slice(&1u32.to_le_bytes());
+        wrap.push(KIND_PACKED);
         wrap.extend_from_slice(&(u64::MAX - 10).to_le_bytes());
         wrap.extend_from_slice(&4096u32.to_le_bytes());
         wrap.push(0);

@@ -631,7 +631,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-const SAMPLES: [&str; 29] = [
+const SAMPLES: [&str; 30] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -661,6 +661,7 @@ const SAMPLES: [&str; 29] = [
     "verve_open_connections",
     "verve_max_connections",
     "verve_accept_errors_total",
+    "verve_log_write_errors_total",
 ];
 
 /// Prometheus text format, as `Metrics::render` writes it: `# HELP`, `# TYPE`, samples.
