@@ -710,7 +710,7 @@ pub const MAX_DECODED_IDS: u64 = 1 << 32;
 /// The most bytes one block takes serialized: [`BLOCK_KEYS`] keys, 64-bit gaps.
 pub const MAX_BLOCK_BYTES: usize = BLOCK_HEADER_BYTES + (BLOCK_KEYS - 1) * 8;
 /// The most bytes one segment takes serialized: a block at its largest (a dense segment
-/// holds at most [`DENSE_MAX_BLOCKS`] runs, a few kilobytes as roaring run containers).
+/// holds at most `DENSE_MAX_BLOCKS` runs, a few kilobytes as roaring run containers).
 pub const MAX_SEGMENT_BYTES: usize = SEGMENT_KIND_BYTES + MAX_BLOCK_BYTES;
 /// Most runs (width-0 blocks) one dense segment takes: keeps it far below
 /// [`MAX_SEGMENT_BYTES`] (each run adds at most one 4-byte run and a share of a container
