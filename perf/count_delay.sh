@@ -9,8 +9,8 @@
 #
 # The delay of a count line is its log timestamp minus the end of its window. The window in
 # which the run starts (partly empty) counts; the one closed by the final SIGTERM (a partial
-# count written at shutdown) does not. The contract asks for every count line within 1 s of
-# its window's close; verve aims at 0.5 s.
+# count written at shutdown) does not. Every count line is due within 1 s of its
+# window's close (README, *The count log*); verve aims at 0.5 s.
 #
 # Environment: INTERVAL (2), DURATION (130), DISTS ("u32 i64", see perf/random_ids.lua),
 # THREADS (2), CONNECTIONS (64), BIN (build and use this checkout's release verve),

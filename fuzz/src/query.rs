@@ -225,11 +225,11 @@ fn internal(ip: IpAddr) -> bool {
     }
 }
 
-/// The contract's query rules, written independently of `parse_accept`: pairs split on `&`,
-/// name and value on the first `=`, names matched exactly; a repeated `id` or `endpoint` is
-/// refused as soon as it is seen (left to right); then `id` must be present, non-empty and
-/// `-?[0-9]+` within `i64`; an `endpoint`, when given, must be non-empty and at most three
-/// encoded bytes per allowed decoded byte.
+/// The query rules of the README's *API* section, written independently of `parse_accept`:
+/// pairs split on `&`, name and value on the first `=`, names matched exactly; a repeated
+/// `id` or `endpoint` is refused as soon as it is seen (left to right); then `id` must be
+/// present, non-empty and `-?[0-9]+` within `i64`; an `endpoint`, when given, must be
+/// non-empty and at most three encoded bytes per allowed decoded byte.
 fn model_parse_accept(q: &[u8]) -> Result<(i64, Option<&[u8]>), QueryError> {
     let pairs: Vec<(&[u8], &[u8])> = q
         .split(|&b| b == b'&')
