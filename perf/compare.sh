@@ -42,191 +42,171 @@ export SEED=${SEED:-1}
 VERVE_ARGS=${VERVE_ARGS:-}
 DISTS=${DISTS:-u32 i64}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=perf/lib.sh
-. "$ROOT/perf/lib.sh"
+# shellcheck source=../scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 LUA=$ROOT/perf/random_ids.lua
-OUT_DIR=$ROOT/perf/out
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-RAW=$OUT_DIR/compare-$STAMP.txt
-CSV=$OUT_DIR/compare-$STAMP.csv
+RAW=$PERF_OUT/compare-$STAMP.txt
+CSV=$PERF_OUT/compare-$STAMP.csv
 SVG=${SVG:-$ROOT/perf/compare.svg}
 TMP=$(mktemp -d -t verve-compare.XXXXXX)
 SERVER_PID=
 
-for tool in cargo wrk awk; do
-    command -v "$tool" >/dev/null || { echo "compare.sh: $tool not found" >&2; exit 2; }
-done
-mkdir -p "$OUT_DIR"
+need_common
+need wrk "apt-get install -y wrk"
+mkdir -p "$PERF_OUT"
 
 cleanup() {
-    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        sleep 1
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    rm -rf "$TMP"
+  kill_pids "$SERVER_PID"
+  rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-
-# Stops the current server with SIGTERM; sets STOP_RC (perf/lib.sh's stop_pid).
+# Stops the current server with SIGTERM; sets STOP_RC (stop_pid).
 stop_server() {
-    stop_pid "$SERVER_PID"
-    SERVER_PID=
+  stop_pid "$SERVER_PID"
+  SERVER_PID=
 }
 
 # run_one NAME ROUND: start, warm up, measure, stop. Sets RPS, P99, REQUESTS, WARM_REQUESTS,
 # WRK_OUT.
 run_one() {
-    local name=$1 round=$2 port url
-    BUSY=$(other_busy)
-    port=$(free_port)
-    url="http://127.0.0.1:$port"
-    case $name in
-        baseline) "$BASELINE_BIN" "127.0.0.1:$port" >"$TMP/$name.out" 2>&1 & ;;
-        verve)
-            VERVE_LOG=$TMP/verve-round$round-$IDS.log
-            # shellcheck disable=SC2086 # VERVE_ARGS is a list of flags
-            "$VERVE_BIN" --listen "127.0.0.1:$port" --log-file "$VERVE_LOG" $VERVE_ARGS \
-                >"$TMP/$name.out" 2>&1 &
-            ;;
-    esac
-    SERVER_PID=$!
-    if ! wait_port "$port" "$SERVER_PID"; then
-        echo "compare.sh: $name did not start on port $port:" >&2
-        cat "$TMP/$name.out" >&2
-        exit 1
-    fi
-    # The warm-up uses another seed so that the measured ids are new to verve too.
-    SEED=$((SEED + 1000)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$LUA" "$url" \
-        >"$TMP/warmup.txt"
-    WARM_REQUESTS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$TMP/warmup.txt")
-    WRK_OUT=$TMP/wrk-$name-$round.txt
-    {
-        echo "=== round $round: $name on $url, $(date -u +%FT%TZ), nproc $(nproc)," \
-            "load $(cut -d' ' -f1-3 /proc/loadavg), other CPU busy in the second before: $BUSY"
-        echo "\$ IDS=$IDS wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s perf/random_ids.lua $url"
-    } >>"$RAW"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$url" >"$WRK_OUT"
-    cat "$WRK_OUT" >>"$RAW"
-    stop_server
-    echo "(server exit status: $STOP_RC)" >>"$RAW"
-    RPS=$(awk '/^Requests\/sec:/ {print $2}' "$WRK_OUT")
-    P99=$(awk '$1 == "99%" {print $2}' "$WRK_OUT")
-    REQUESTS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$WRK_OUT")
-    [[ -n $RPS ]] || { echo "compare.sh: no Requests/sec in wrk output" >&2; exit 1; }
+  local name=$1 round=$2 port url
+  BUSY=$(other_busy)
+  port=$(free_port)
+  url="http://127.0.0.1:$port"
+  case $name in
+    baseline) "$BASELINE_BIN" "127.0.0.1:$port" >"$TMP/$name.out" 2>&1 & ;;
+    verve)
+      VERVE_LOG=$TMP/verve-round$round-$IDS.log
+      # shellcheck disable=SC2086 # VERVE_ARGS is a list of flags
+      "$VERVE_BIN" --listen "127.0.0.1:$port" --log-file "$VERVE_LOG" $VERVE_ARGS \
+        >"$TMP/$name.out" 2>&1 &
+      ;;
+  esac
+  SERVER_PID=$!
+  if ! wait_port "$port" "$SERVER_PID"; then
+    echo "compare.sh: $name did not start on port $port:" >&2
+    cat "$TMP/$name.out" >&2
+    exit 1
+  fi
+  # The warm-up uses another seed so that the measured ids are new to verve too.
+  SEED=$((SEED + 1000)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$LUA" "$url" \
+    >"$TMP/warmup.txt"
+  WARM_REQUESTS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$TMP/warmup.txt")
+  WRK_OUT=$TMP/wrk-$name-$round.txt
+  {
+    echo "=== round $round: $name on $url, $(date -u +%FT%TZ), nproc $(nproc)," \
+      "load $(cut -d' ' -f1-3 /proc/loadavg), other CPU busy in the second before: $BUSY"
+    echo "\$ IDS=$IDS wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s perf/random_ids.lua $url"
+  } >>"$RAW"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$url" >"$WRK_OUT"
+  cat "$WRK_OUT" >>"$RAW"
+  stop_server
+  echo "(server exit status: $STOP_RC)" >>"$RAW"
+  RPS=$(awk '/^Requests\/sec:/ {print $2}' "$WRK_OUT")
+  P99=$(awk '$1 == "99%" {print $2}' "$WRK_OUT")
+  REQUESTS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$WRK_OUT")
+  [[ -n $RPS ]] || {
+    echo "compare.sh: no Requests/sec in wrk output" >&2
+    exit 1
+  }
 }
-
 
 # verve's checks for one round.
 check_verve() {
-    local round=$1 lines sum
-    if grep -q "Non-2xx" "$WRK_OUT"; then
-        fail "round $round: verve answered non-2xx: $(grep 'Non-2xx' "$WRK_OUT")"
-    fi
-    if grep -q "Socket errors" "$WRK_OUT"; then
-        fail "round $round: wrk saw socket errors: $(grep 'Socket errors' "$WRK_OUT")"
-    fi
-    [[ $STOP_RC == 0 ]] || fail "round $round: verve exit status $STOP_RC after SIGTERM"
-    lines=$(grep -c 'unique_count=' "$VERVE_LOG" 2>/dev/null || true)
-    lines=${lines:-0}
-    COUNT_LINES=$lines
-    sum=$(sed -n 's/.*unique_count=\([0-9]*\).*/\1/p' "$VERVE_LOG" 2>/dev/null |
-        awk '{s += $1} END {print s + 0}')
-    log "round $round: verve log: $lines count line(s), unique_count total $sum;" \
-        "requests sent $((WARM_REQUESTS + REQUESTS)) (warm-up $WARM_REQUESTS + measured $REQUESTS)"
-    {
-        echo "--- verve log, round $round"
-        cat "$VERVE_LOG"
-    } >>"$RAW"
-    if ((lines < 1)); then
-        fail "round $round: no unique_count= line in verve's log"
-    elif ((sum < 1)); then
-        fail "round $round: verve counted 0 distinct ids"
-    elif ((sum > WARM_REQUESTS + REQUESTS + 2 * CONNECTIONS)); then
-        # wrk does not report the requests still in flight when it stops (at most one per
-        # connection, twice: warm-up and measurement), but verve may have counted them.
-        fail "round $round: verve counted $sum distinct ids, more than the requests sent"
-    fi
+  local round=$1 lines sum
+  check_wrk "round $round: verve" "$WRK_OUT"
+  [[ $STOP_RC == 0 ]] || fail "round $round: verve exit status $STOP_RC after SIGTERM"
+  lines=$(grep -c 'unique_count=' "$VERVE_LOG" 2>/dev/null || true)
+  lines=${lines:-0}
+  COUNT_LINES=$lines
+  sum=$(sed -n 's/.*unique_count=\([0-9]*\).*/\1/p' "$VERVE_LOG" 2>/dev/null |
+    awk '{s += $1} END {print s + 0}')
+  log "round $round: verve log: $lines count line(s), unique_count total $sum;" \
+    "requests sent $((WARM_REQUESTS + REQUESTS)) (warm-up $WARM_REQUESTS + measured $REQUESTS)"
+  {
+    echo "--- verve log, round $round"
+    cat "$VERVE_LOG"
+  } >>"$RAW"
+  if ((lines < 1)); then
+    fail "round $round: no unique_count= line in verve's log"
+  elif ((sum < 1)); then
+    fail "round $round: verve counted 0 distinct ids"
+  elif ((sum > WARM_REQUESTS + REQUESTS + 2 * CONNECTIONS)); then
+    # wrk does not report the requests still in flight when it stops (at most one per
+    # connection, twice: warm-up and measurement), but verve may have counted them.
+    fail "round $round: verve counted $sum distinct ids, more than the requests sent"
+  fi
 }
 
 cd "$ROOT"
 log "# perf/compare.sh $STAMP: ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s" \
-    "THREADS=$THREADS CONNECTIONS=$CONNECTIONS SEED=$SEED VERVE_ARGS='$VERVE_ARGS'"
-log "# $(uname -srm); nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //');" \
-    "load $(cut -d' ' -f1-3 /proc/loadavg); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
-    "$(git diff --quiet -- src 2>/dev/null || echo '(src modified)')"
+  "THREADS=$THREADS CONNECTIONS=$CONNECTIONS SEED=$SEED VERVE_ARGS='$VERVE_ARGS'"
+machine_line | tee -a "$RAW"
 
-echo "building (cargo build --release --bin verve --example baseline) ..." >&2
-cargo build --release --quiet --bin verve --example baseline
-TARGET_DIR=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
+build --bin verve --example baseline
+TARGET_DIR=$(target_dir)
 VERVE_BIN=$TARGET_DIR/release/verve
 BASELINE_BIN=$TARGET_DIR/release/examples/baseline
-[[ -x $VERVE_BIN && -x $BASELINE_BIN ]] || { echo "compare.sh: binaries not found in $TARGET_DIR" >&2; exit 2; }
+[[ -x $VERVE_BIN && -x $BASELINE_BIN ]] || die "binaries not found in $TARGET_DIR"
 
 ROWS=()
 RATIOS=()
 CSV_ROWS=()
 declare -A DIST_RATIOS=()
 for round in $(seq 1 "$ROUNDS"); do
-    for dist in $DISTS; do
-        export IDS=$dist
-        load_b=$(load1)
-        run_one baseline "$round"
-        base_rps=$RPS base_p99=$P99 busy_b=$BUSY
-        load_v=$(load1)
-        run_one verve "$round"
-        busy_v=$BUSY
-        check_verve "$round"
-        ratio=$(awk -v v="$RPS" -v b="$base_rps" 'BEGIN {printf "%.3f", v / b}')
-        RATIOS+=("$ratio")
-        DIST_RATIOS[$dist]+="$ratio "
-        CSV_ROWS+=("$round,$base_rps,$RPS,$ratio")
-        ROWS+=("$(printf '| %5s | %4s | %12s | %12s | %6s | %9s | %9s | %7s | %5s / %-5s | %4s / %-4s |' \
-            "$round" "$dist" "$base_rps" "$RPS" "$ratio" "$base_p99" "$P99" "$COUNT_LINES" \
-            "$load_b" "$load_v" "$busy_b" "$busy_v")")
-        echo "round $round ($dist ids): baseline $base_rps req/s, verve $RPS req/s, ratio $ratio" >&2
-    done
+  for dist in $DISTS; do
+    export IDS=$dist
+    load_b=$(load1)
+    run_one baseline "$round"
+    base_rps=$RPS base_p99=$P99 busy_b=$BUSY
+    load_v=$(load1)
+    run_one verve "$round"
+    busy_v=$BUSY
+    check_verve "$round"
+    ratio=$(ratio "$RPS" "$base_rps")
+    RATIOS+=("$ratio")
+    DIST_RATIOS[$dist]+="$ratio "
+    CSV_ROWS+=("$round,$base_rps,$RPS,$ratio")
+    ROWS+=("$(printf '| %5s | %4s | %12s | %12s | %6s | %9s | %9s | %7s | %5s / %-5s | %4s / %-4s |' \
+      "$round" "$dist" "$base_rps" "$RPS" "$ratio" "$base_p99" "$P99" "$COUNT_LINES" \
+      "$load_b" "$load_v" "$busy_b" "$busy_v")")
+    echo "round $round ($dist ids): baseline $base_rps req/s, verve $RPS req/s, ratio $ratio" >&2
+  done
 done
 
 MEDIAN=$(printf '%s\n' "${RATIOS[@]}" | median)
 
 {
-    echo
-    echo "| round | ids | baseline req/s | verve req/s | verve/baseline | baseline p99 | verve p99 | verve windows | load1 at start (b / v) | other CPU busy before (b / v) |"
-    echo "| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |"
-    printf '%s\n' "${ROWS[@]}"
-    echo
-    for dist in $DISTS; do
-        # shellcheck disable=SC2086 # a space-separated list of ratios
-        echo "median verve/baseline ratio, $dist ids: $(printf '%s\n' ${DIST_RATIOS[$dist]} | median)"
-    done
-    echo "median verve/baseline ratio: $MEDIAN  (nproc $(nproc), load now $(cut -d' ' -f1-3 /proc/loadavg))"
-    echo "raw output: ${RAW#"$ROOT"/}"
+  echo
+  echo "| round | ids | baseline req/s | verve req/s | verve/baseline | baseline p99 | verve p99 | verve windows | load1 at start (b / v) | other CPU busy before (b / v) |"
+  echo "| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  for dist in $DISTS; do
+    # shellcheck disable=SC2086 # a space-separated list of ratios
+    echo "median verve/baseline ratio, $dist ids: $(printf '%s\n' ${DIST_RATIOS[$dist]} | median)"
+  done
+  echo "median verve/baseline ratio: $MEDIAN  (nproc $(nproc), load now $(cut -d' ' -f1-3 /proc/loadavg))"
+  echo "raw output: ${RAW#"$ROOT"/}"
 } | tee -a "$RAW"
 
 # Per-round CSV and the chart (verve beside the baseline per round, the ratio on the right).
 {
-    echo "round,baseline_rps,verve_rps,ratio"
-    printf '%s\n' "${CSV_ROWS[@]}"
+  echo "round,baseline_rps,verve_rps,ratio"
+  printf '%s\n' "${CSV_ROWS[@]}"
 } >"$CSV"
 echo "per-round CSV: ${CSV#"$ROOT"/}" | tee -a "$RAW"
 if command -v gnuplot >/dev/null; then
-    if gnuplot -e "csv='$CSV'; out='$SVG'; subtitle='$STAMP, $ROUNDS x ${DURATION}s, median ratio $MEDIAN, nproc $(nproc)'" \
-        "$ROOT/perf/plot_compare.gnuplot"; then
-        echo "chart: ${SVG#"$ROOT"/}" | tee -a "$RAW"
-    else
-        fail "gnuplot could not draw $SVG"
-    fi
+  if gnuplot -e "csv='$CSV'; out='$SVG'; subtitle='$STAMP, $ROUNDS x ${DURATION}s, median ratio $MEDIAN, nproc $(nproc)'" \
+    "$ROOT/perf/plot_compare.gnuplot"; then
+    echo "chart: ${SVG#"$ROOT"/}" | tee -a "$RAW"
+  else
+    fail "gnuplot could not draw $SVG"
+  fi
 else
-    echo "no chart: gnuplot not found (apt-get install -y gnuplot-nox)" | tee -a "$RAW" >&2
+  echo "no chart: gnuplot not found (apt-get install -y gnuplot-nox)" | tee -a "$RAW" >&2
 fi
 
-if ((${#FAILURES[@]})); then
-    echo "${#FAILURES[@]} check(s) failed:" >&2
-    printf '  %s\n' "${FAILURES[@]}" >&2
-    exit 1
-fi
+exit_if_failed

@@ -32,8 +32,8 @@
 # was asked for (it could not keep up, or requests failed), or verve did not exit 0 on
 # SIGTERM. A p99 over the target is reported, not an error.
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=../scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 DURATION=${DURATION:-30}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -42,12 +42,12 @@ MAX_DURATION=${MAX_DURATION:-5}
 RATE=${RATE:-}
 TARGET_P99_MS=${TARGET_P99_MS:-1}
 VERVE_ARGS=${VERVE_ARGS:-}
-SVG=${SVG:-$PERF_ROOT/perf/latency.svg}
+SVG=${SVG:-$ROOT/perf/latency.svg}
 for v in DURATION CONNECTIONS MAX_DURATION; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 for v in MAX_RATE RATE; do
-    [[ -z ${!v} || ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+  [[ -z ${!v} || ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 
 need_common
@@ -57,13 +57,13 @@ need gzip "apt-get install -y gzip"
 [[ -n $MAX_RATE || -n $RATE ]] || need wrk "apt-get install -y wrk"
 
 mkdir -p "$PERF_OUT"
-BASE=$PERF_OUT/latency-$PERF_STAMP
+BASE=$PERF_OUT/latency-$STAMP
 RAW=$BASE.txt
 OHA_CSV=$BASE-oha.csv
 TMP=$(mktemp -d -t verve-latency.XXXXXX)
 cleanup() {
-    kill_pids "$VERVE_PID"
-    rm -rf "$TMP"
+  kill_pids "$VERVE_PID"
+  rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -74,10 +74,10 @@ BASELINE_BIN=$(target_dir)/release/examples/baseline
 [[ -x $VERVE_BIN ]] || die "$VERVE_BIN not found after the build"
 
 {
-    echo "# perf/latency.sh $PERF_STAMP: DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS MAX_RATE=${MAX_RATE:-measure}" \
-        "RATE=${RATE:-max/2} VERVE_ARGS='$VERVE_ARGS'; $(oha --version)"
-    machine_line
-    echo "# other CPU busy in the second before: $(other_busy)"
+  echo "# perf/latency.sh $STAMP: DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS MAX_RATE=${MAX_RATE:-measure}" \
+    "RATE=${RATE:-max/2} VERVE_ARGS='$VERVE_ARGS'; $(oha --version)"
+  machine_line
+  echo "# other CPU busy in the second before: $(other_busy)"
 } | tee "$RAW"
 
 PORT=$(free_port)
@@ -86,38 +86,41 @@ URL=http://127.0.0.1:$PORT
 start_verve "$VERVE_BIN" "$PORT" "$TMP/verve.log" $VERVE_ARGS
 
 if [[ -z $RATE && -z $MAX_RATE ]]; then
-    echo "\$ wrk -t2 -c64 -d${MAX_DURATION}s -s perf/random_ids.lua $URL" | tee -a "$RAW"
-    SEED=7 wrk -t2 -c64 -d"${MAX_DURATION}s" -s "$PERF_ROOT/perf/random_ids.lua" "$URL" >"$TMP/wrk.txt"
-    cat "$TMP/wrk.txt" >>"$RAW"
-    MAX_RATE=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$TMP/wrk.txt")
-    [[ -n $MAX_RATE && $MAX_RATE -gt 0 ]] || die "no Requests/sec in wrk's output"
-    if grep -q 'Non-2xx\|Socket errors' "$TMP/wrk.txt"; then
-        echo "WARNING: the max-rate run saw errors: $(grep 'Non-2xx\|Socket errors' "$TMP/wrk.txt")" | tee -a "$RAW"
-    fi
-    echo "max rate (wrk, ${MAX_DURATION}s): $MAX_RATE req/s" | tee -a "$RAW"
-    # A fresh verve for the measured run: the same start (an empty window) whether or not
-    # the max rate was measured here.
-    stop_verve
-    [[ $STOP_RC == 0 ]] || die "verve exit status $STOP_RC after the max-rate run"
-    cat "$TMP/verve.log" >>"$RAW"
-    rm -f "$TMP/verve.log"
-    PORT=$(free_port)
-    URL=http://127.0.0.1:$PORT
-    # shellcheck disable=SC2086 # VERVE_ARGS is a list of flags
-    start_verve "$VERVE_BIN" "$PORT" "$TMP/verve.log" $VERVE_ARGS
+  echo "\$ wrk -t2 -c64 -d${MAX_DURATION}s -s perf/random_ids.lua $URL" | tee -a "$RAW"
+  SEED=7 wrk -t2 -c64 -d"${MAX_DURATION}s" -s "$ROOT/perf/random_ids.lua" "$URL" >"$TMP/wrk.txt"
+  cat "$TMP/wrk.txt" >>"$RAW"
+  MAX_RATE=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$TMP/wrk.txt")
+  [[ -n $MAX_RATE && $MAX_RATE -gt 0 ]] || die "no Requests/sec in wrk's output"
+  if grep -q 'Non-2xx\|Socket errors' "$TMP/wrk.txt"; then
+    echo "WARNING: the max-rate run saw errors: $(grep 'Non-2xx\|Socket errors' "$TMP/wrk.txt")" | tee -a "$RAW"
+  fi
+  echo "max rate (wrk, ${MAX_DURATION}s): $MAX_RATE req/s" | tee -a "$RAW"
+  # A fresh verve for the measured run: the same start (an empty window) whether or not
+  # the max rate was measured here.
+  stop_verve
+  [[ $STOP_RC == 0 ]] || die "verve exit status $STOP_RC after the max-rate run"
+  cat "$TMP/verve.log" >>"$RAW"
+  rm -f "$TMP/verve.log"
+  PORT=$(free_port)
+  URL=http://127.0.0.1:$PORT
+  # shellcheck disable=SC2086 # VERVE_ARGS is a list of flags
+  start_verve "$VERVE_BIN" "$PORT" "$TMP/verve.log" $VERVE_ARGS
 fi
 RATE=${RATE:-$((MAX_RATE / 2))}
 
 OHA_URL="$URL/api/verve/accept\\?id=[0-3][0-9]{9}"
 OHA_ARGS=(-q "$RATE" --latency-correction -z "${DURATION}s" -c "$CONNECTIONS" --no-tui
-    --rand-regex-url --output-format csv -o "$OHA_CSV")
+  --rand-regex-url --output-format csv -o "$OHA_CSV")
 echo "\$ oha ${OHA_ARGS[*]} '$OHA_URL'" | tee -a "$RAW"
 oha "${OHA_ARGS[@]}" "$OHA_URL" 2>"$TMP/oha.err" || {
-    cat "$TMP/oha.err" >&2
-    die "oha failed"
+  cat "$TMP/oha.err" >&2
+  die "oha failed"
 }
 if [[ -s $TMP/oha.err ]]; then
-    { echo "oha stderr:"; cat "$TMP/oha.err"; } | tee -a "$RAW"
+  {
+    echo "oha stderr:"
+    cat "$TMP/oha.err"
+  } | tee -a "$RAW"
 fi
 
 stop_verve
@@ -128,25 +131,19 @@ echo "verve exit status after SIGTERM: $STOP_RC" >>"$RAW"
 # generator's and the machine's rather than verve's. BASELINE=0 skips it.
 BASELINE_SUMMARY="not measured (BASELINE=0)"
 if [[ ${BASELINE:-1} == 1 ]]; then
-    BPORT=$(free_port)
-    "$BASELINE_BIN" "127.0.0.1:$BPORT" >"$TMP/baseline.out" 2>&1 &
-    BASELINE_PID=$!
-    wait_port "$BPORT" "$BASELINE_PID" || die "the baseline did not start"
-    B_URL="http://127.0.0.1:$BPORT/api/verve/accept\\?id=[0-3][0-9]{9}"
-    echo "\$ oha -q $RATE --latency-correction -z ${DURATION}s -c $CONNECTIONS --no-tui --rand-regex-url '$B_URL'   # baseline" | tee -a "$RAW"
-    oha -q "$RATE" --latency-correction -z "${DURATION}s" -c "$CONNECTIONS" --no-tui \
-        --rand-regex-url "$B_URL" >"$TMP/baseline-oha.txt" 2>&1 || die "oha failed against the baseline"
-    kill_pids "$BASELINE_PID"
-    cat "$TMP/baseline-oha.txt" >>"$RAW"
-    pct() { awk -v p="$1" '$1 == p {print $3, $4}' "$TMP/baseline-oha.txt"; }
-    BASELINE_SUMMARY="p50 $(pct 50.00%)   p90 $(pct 90.00%)   p99 $(pct 99.00%)   p99.9 $(pct 99.90%)"
+  BPORT=$(free_port)
+  "$BASELINE_BIN" "127.0.0.1:$BPORT" >"$TMP/baseline.out" 2>&1 &
+  BASELINE_PID=$!
+  wait_port "$BPORT" "$BASELINE_PID" || die "the baseline did not start"
+  B_URL="http://127.0.0.1:$BPORT/api/verve/accept\\?id=[0-3][0-9]{9}"
+  echo "\$ oha -q $RATE --latency-correction -z ${DURATION}s -c $CONNECTIONS --no-tui --rand-regex-url '$B_URL'   # baseline" | tee -a "$RAW"
+  oha -q "$RATE" --latency-correction -z "${DURATION}s" -c "$CONNECTIONS" --no-tui \
+    --rand-regex-url "$B_URL" >"$TMP/baseline-oha.txt" 2>&1 || die "oha failed against the baseline"
+  kill_pids "$BASELINE_PID"
+  cat "$TMP/baseline-oha.txt" >>"$RAW"
+  pct() { awk -v p="$1" '$1 == p {print $3, $4}' "$TMP/baseline-oha.txt"; }
+  BASELINE_SUMMARY="p50 $(pct 50.00%)   p90 $(pct 90.00%)   p99 $(pct 99.00%)   p99.9 $(pct 99.90%)"
 fi
-
-FAILURES=()
-fail() {
-    FAILURES+=("$*")
-    echo "CHECK FAILED: $*" | tee -a "$RAW" >&2
-}
 
 # oha's CSV: request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status
 [[ -s $OHA_CSV ]] || die "oha wrote no CSV"
@@ -195,42 +192,39 @@ P50=$(p 50) P90=$(p 90) P99=$(p 99) P999=$(p 99.9) MAX=$(p 100)
 VERDICT=$(awk -v x="$P99" -v t="$TARGET_P99_MS" 'BEGIN {print (x <= t) ? "yes" : "NO"}')
 
 {
-    echo
-    echo "## percentiles (ms), $N requests at $RATE/s, $CONNECTIONS connections, latency-corrected"
-    echo
-    echo "| percentile | latency ms |"
-    echo "| ---: | ---: |"
-    awk -F, 'NR > 1 {printf "| %s | %s |\n", ($1 == 0 ? "min" : ($1 == 100 ? "max" : $1)), $2}' "$BASE-percentiles.csv"
-    echo
-    echo "## histogram (10 buckets per decade; bucket_upper_ms,count,cumulative_percent)"
-    echo
-    cat "$BASE-histogram.csv"
-    echo
-    echo "## verve's count log"
-    cat "$TMP/verve.log"
+  echo
+  echo "## percentiles (ms), $N requests at $RATE/s, $CONNECTIONS connections, latency-corrected"
+  echo
+  echo "| percentile | latency ms |"
+  echo "| ---: | ---: |"
+  awk -F, 'NR > 1 {printf "| %s | %s |\n", ($1 == 0 ? "min" : ($1 == 100 ? "max" : $1)), $2}' "$BASE-percentiles.csv"
+  echo
+  echo "## histogram (10 buckets per decade; bucket_upper_ms,count,cumulative_percent)"
+  echo
+  cat "$BASE-histogram.csv"
+  echo
+  echo "## verve's count log"
+  cat "$TMP/verve.log"
 } >>"$RAW"
 
-if gnuplot -e "csv='$BASE-curve.csv'; out='$SVG'; target_ms=$TARGET_P99_MS; subtitle='$PERF_STAMP, $RATE req/s for ${DURATION}s, $CONNECTIONS connections, p99 $P99 ms, max $MAX ms, nproc $(nproc)'" \
-    "$PERF_ROOT/perf/plot_latency.gnuplot"; then
-    CHART="chart: ${SVG#"$PERF_ROOT"/}"
+if gnuplot -e "csv='$BASE-curve.csv'; out='$SVG'; target_ms=$TARGET_P99_MS; subtitle='$STAMP, $RATE req/s for ${DURATION}s, $CONNECTIONS connections, p99 $P99 ms, max $MAX ms, nproc $(nproc)'" \
+  "$ROOT/perf/plot_latency.gnuplot"; then
+  CHART="chart: ${SVG#"$ROOT"/}"
 else
-    fail "gnuplot could not draw $SVG"
-    CHART="no chart"
+  fail "gnuplot could not draw $SVG"
+  CHART="no chart"
 fi
 gzip -f "$OHA_CSV"
 
 {
-    echo
-    echo "rate $RATE req/s (max ${MAX_RATE:-not measured}), ${DURATION}s, $CONNECTIONS connections, $N requests:"
-    echo "  p50 $P50 ms   p90 $P90 ms   p99 $P99 ms   p99.9 $P999 ms   max $MAX ms"
-    echo "  p99 <= $TARGET_P99_MS ms: $VERDICT"
-    echo "  bare baseline, same load: $BASELINE_SUMMARY"
-    echo "  window boundaries crossed during the run: $(($(grep -c 'unique_count=' "$TMP/verve.log" || true) - 1))" \
-        "(each starts an empty window, whose first seconds cost the most)"
-    echo "outputs: ${RAW#"$PERF_ROOT"/} (+ -percentiles.csv, -histogram.csv, -curve.csv, -oha.csv.gz); $CHART"
+  echo
+  echo "rate $RATE req/s (max ${MAX_RATE:-not measured}), ${DURATION}s, $CONNECTIONS connections, $N requests:"
+  echo "  p50 $P50 ms   p90 $P90 ms   p99 $P99 ms   p99.9 $P999 ms   max $MAX ms"
+  echo "  p99 <= $TARGET_P99_MS ms: $VERDICT"
+  echo "  bare baseline, same load: $BASELINE_SUMMARY"
+  echo "  window boundaries crossed during the run: $(($(grep -c 'unique_count=' "$TMP/verve.log" || true) - 1))" \
+    "(each starts an empty window, whose first seconds cost the most)"
+  echo "outputs: ${RAW#"$ROOT"/} (+ -percentiles.csv, -histogram.csv, -curve.csv, -oha.csv.gz); $CHART"
 } | tee -a "$RAW"
 
-if ((${#FAILURES[@]})); then
-    echo "${#FAILURES[@]} check(s) failed" >&2
-    exit 1
-fi
+exit_if_failed

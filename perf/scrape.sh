@@ -12,8 +12,8 @@
 # CARGO_TARGET_DIR. Output: a table on stdout and everything in perf/out/scrape-<UTC>.txt.
 # Exit status 1 if a check failed (non-2xx answers, socket errors, no scrape answered).
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=../scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
@@ -24,14 +24,14 @@ export PIPELINE=${PIPELINE:-1000}
 need_common
 need wrk "apt-get install -y wrk"
 mkdir -p "$PERF_OUT"
-RAW=$PERF_OUT/scrape-$PERF_STAMP.txt
+RAW=$PERF_OUT/scrape-$STAMP.txt
 TMP=$(mktemp -d -t verve-scrape.XXXXXX)
 SCRAPER_PID=
 trap 'kill_pids "$VERVE_PID" "$SCRAPER_PID"; rm -rf "$TMP"' EXIT
 
 build --bin verve
 BIN=$(target_dir)/release/verve
-log "# perf/scrape.sh $PERF_STAMP: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS" \
+log "# perf/scrape.sh $STAMP: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS" \
   "FILL=$FILL PIPELINE=$PIPELINE"
 machine_line | tee -a "$RAW"
 
@@ -42,7 +42,7 @@ start_verve "$BIN" "$port" "$TMP/verve.log" --interval 86400
 export IDS=i64
 # wrk -d takes whole seconds: fill at whatever rate, until the gauge passes FILL.
 while :; do
-  wrk -t2 -c64 -d2s -s "$PERF_ROOT/perf/random_ids.lua" "$url" >/dev/null
+  wrk -t2 -c64 -d2s -s "$ROOT/perf/random_ids.lua" "$url" >/dev/null
   sleep 1.1 # the gauge is merged once a second
   held=$(curl -s "$url/metrics" | awk '$1 == "verve_window_unique_ids" {print $2}')
   ((held >= FILL)) && break
@@ -52,7 +52,7 @@ log "window holds $held distinct ids"
 # measure NAME: wrk's latency run; sets P99 and P50 (ms).
 measure() {
   local out=$TMP/wrk-$1.txt
-  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$PERF_ROOT/perf/random_ids.lua" "$url" >"$out"
+  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/perf/random_ids.lua" "$url" >"$out"
   check_wrk "$1" "$out"
   cat "$out" >>"$RAW"
   to_ms() { awk '{v = $1; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0; else if (v ~ /s$/) v = v * 1000; print v}'; }
@@ -64,7 +64,7 @@ ROWS=()
 for round in $(seq 1 "$ROUNDS"); do
   measure "alone-$round"
   alone50=$P50 alone99=$P99
-  wrk -t1 -c1 -d"$((DURATION + 2))s" -s "$PERF_ROOT/perf/pipelined_metrics.lua" "$url" \
+  wrk -t1 -c1 -d"$((DURATION + 2))s" -s "$ROOT/perf/pipelined_metrics.lua" "$url" \
     >"$TMP/scraper-$round.txt" &
   SCRAPER_PID=$!
   sleep 1
@@ -84,9 +84,6 @@ stop_verve
   echo "| round | p50 ms alone | p99 ms alone | p50 ms while scraped | p99 ms while scraped | scrapes answered |"
   echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
   printf '%s\n' "${ROWS[@]}"
-  echo "raw output: ${RAW#"$PERF_ROOT"/}"
+  echo "raw output: ${RAW#"$ROOT"/}"
 } | tee -a "$RAW"
-if ((${#FAILURES[@]})); then
-  printf '%s\n' "${FAILURES[@]}" >&2
-  exit 1
-fi
+exit_if_failed

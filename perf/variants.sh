@@ -21,13 +21,12 @@ THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 export SEED=${SEED:-1}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=perf/lib.sh
-. "$ROOT/perf/lib.sh"
-OUT_DIR=$ROOT/perf/out
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-RAW=$OUT_DIR/variants-$STAMP.txt
-mkdir -p "$OUT_DIR"
+# shellcheck source=../scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+RAW=$PERF_OUT/variants-$STAMP.txt
+need_common
+need wrk "apt-get install -y wrk"
+mkdir -p "$PERF_OUT"
 
 # name | cargo flags | RUSTFLAGS | profile overrides (space-separated VAR=value)
 VARIANTS=(
@@ -46,48 +45,48 @@ for v in "${VARIANTS[@]}"; do
     selected+=("$v")
   fi
 done
-[[ ${#selected[@]} -gt 0 ]] || { echo "variants.sh: no such variant: $*" >&2; exit 2; }
+[[ ${#selected[@]} -gt 0 ]] || die "no such variant: $*"
 
-build() { # dir cargo-flags rustflags profile-env
+# build_variant DIR CARGO-FLAGS RUSTFLAGS PROFILE-ENV: verve built into the target directory
+# DIR with the variant's settings.
+build_variant() {
   local dir=$1 flags=$2 rustflags=$3 profile=$4
-  echo "building $dir ($flags $rustflags $profile)" >&2
-  # shellcheck disable=SC2086
-  (cd "$ROOT" && env $profile CARGO_TARGET_DIR="$dir" RUSTFLAGS="$rustflags" \
-    cargo build --release --quiet $flags --bin verve)
+  (
+    # shellcheck disable=SC2086,SC2163 # space-separated VAR=value settings
+    [[ -z $profile ]] || export $profile
+    export CARGO_TARGET_DIR=$dir RUSTFLAGS=$rustflags
+    # shellcheck disable=SC2086
+    build $flags --bin verve
+  )
 }
 
-PID=
-cleanup() { [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null || true; }
-trap cleanup EXIT
+TMP=$(mktemp -d -t verve-variant.XXXXXX)
+trap 'kill_pids "$VERVE_PID"; rm -rf "$TMP"' EXIT
+trap 'exit 130' INT TERM
 
-measure() { # binary -> req/s
-  local bin=$1 port dir
+# measure BINARY: its req/s under wrk, after a warm-up.
+measure() {
+  local bin=$1 port
   port=$(free_port)
-  dir=$(mktemp -d -t verve-variant.XXXXXX)
-  "$bin" --listen "127.0.0.1:$port" --log-file "$dir/verve.log" >/dev/null 2>&1 &
-  PID=$!
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-    sleep 0.05
-  done
+  start_verve "$bin" "$port" "$TMP/verve.log"
+  wait_healthy "$port" || die "$bin did not answer /healthz on port $port"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$ROOT/perf/random_ids.lua" \
     "http://127.0.0.1:$port" >/dev/null
   local out
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s "$ROOT/perf/random_ids.lua" \
     "http://127.0.0.1:$port")
   echo "$out" >>"$RAW"
-  kill -TERM "$PID"
-  wait "$PID" || true
-  PID=
-  rm -rf "$dir"
-  grep -q "Non-2xx" <<<"$out" && { echo "variants.sh: non-2xx answers from $bin" >&2; exit 1; }
+  stop_verve
+  rm -f "$TMP/verve.log" "$TMP/verve.log.out"
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "$SCRIPT_NAME: non-2xx answers from $bin" >&2
+    exit 1
+  fi
   awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-
 REF_DIR=$ROOT/target/variants/reference
-build "$REF_DIR" "" "" ""
+build_variant "$REF_DIR" "" "" ""
 {
   echo "# perf/variants.sh $STAMP rounds=$ROUNDS duration=${DURATION}s wrk -t$THREADS -c$CONNECTIONS"
   echo "# $(nproc) cores, $(uptime)"
@@ -97,7 +96,7 @@ printf '%-16s %5s %12s %12s %7s\n' variant round reference variant ratio | tee -
 for v in "${selected[@]}"; do
   IFS='|' read -r name flags rustflags profile <<<"$v"
   dir=$ROOT/target/variants/$name
-  build "$dir" "$flags" "$rustflags" "$profile"
+  build_variant "$dir" "$flags" "$rustflags" "$profile"
   ratios=()
   for round in $(seq "$ROUNDS"); do
     if ((round % 2)); then
@@ -107,7 +106,7 @@ for v in "${selected[@]}"; do
       var=$(measure "$dir/release/verve")
       ref=$(measure "$REF_DIR/release/verve")
     fi
-    ratio=$(awk -v a="$var" -v b="$ref" 'BEGIN {printf "%.3f", a / b}')
+    ratio=$(ratio "$var" "$ref")
     ratios+=("$ratio")
     printf '%-16s %5s %12s %12s %7s\n' "$name" "$round" "$ref" "$var" "$ratio" | tee -a "$RAW"
   done

@@ -20,8 +20,8 @@
 # Started with `&` from another script, a bash script ignores SIGINT (POSIX); stop it with
 # SIGTERM then, or start it from a shell with job control (`set -m`).
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR source=../perf/lib.sh disable=SC1091 # followed with -x
-source "$(dirname "${BASH_SOURCE[0]}")/../perf/lib.sh"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 INTERVAL=${INTERVAL:-60}
 KEEP=${KEEP:-1}
@@ -31,46 +31,45 @@ need nginx "apt-get install -y nginx-light"
 need setsid "apt-get install -y util-linux"
 
 TMP=$(mktemp -d -t verve-cluster.XXXXXX)
-REDIS_PID=
 NGINX_PID=
 VERVE_PIDS=()
 STOPPED=
 
 # Stops everything this script started, nginx first and Redis last (see above). Runs once.
 cleanup() {
-    local rc=$? pid i
-    [[ -z $STOPPED ]] || return 0
-    STOPPED=1
-    trap '' INT TERM
-    echo >&2
-    if [[ -n $NGINX_PID ]]; then
-        echo "stopping nginx ..." >&2
-        stop_pid "$NGINX_PID"
+  local rc=$? pid i
+  [[ -z $STOPPED ]] || return 0
+  STOPPED=1
+  trap '' INT TERM
+  echo >&2
+  if [[ -n $NGINX_PID ]]; then
+    echo "stopping nginx ..." >&2
+    stop_pid "$NGINX_PID"
+  fi
+  if ((${#VERVE_PIDS[@]})); then
+    echo "stopping the verve instances (SIGTERM: each ships the rest of its window) ..." >&2
+    for pid in "${VERVE_PIDS[@]}"; do
+      kill -TERM "$pid" 2>/dev/null || true
+    done
+    for i in "${!VERVE_PIDS[@]}"; do
+      stop_pid "${VERVE_PIDS[$i]}"
+      echo "  verve-$((i + 1)) exit status: $STOP_RC" >&2
+    done
+  fi
+  if [[ -n $REDIS_PID ]]; then
+    echo "stopping redis-server ..." >&2
+    stop_pid "$REDIS_PID"
+  fi
+  if [[ $KEEP == 1 ]]; then
+    echo "logs kept in $TMP" >&2
+    if compgen -G "$TMP/verve-*.log" >/dev/null; then
+      echo "count lines:" >&2
+      grep -h 'unique_count=' "$TMP"/verve-*.log | sort >&2 || true
     fi
-    if ((${#VERVE_PIDS[@]})); then
-        echo "stopping the verve instances (SIGTERM: each ships the rest of its window) ..." >&2
-        for pid in "${VERVE_PIDS[@]}"; do
-            kill -TERM "$pid" 2>/dev/null || true
-        done
-        for i in "${!VERVE_PIDS[@]}"; do
-            stop_pid "${VERVE_PIDS[$i]}"
-            echo "  verve-$((i + 1)) exit status: $STOP_RC" >&2
-        done
-    fi
-    if [[ -n $REDIS_PID ]]; then
-        echo "stopping redis-server ..." >&2
-        stop_pid "$REDIS_PID"
-    fi
-    if [[ $KEEP == 1 ]]; then
-        echo "logs kept in $TMP" >&2
-        if compgen -G "$TMP/verve-*.log" >/dev/null; then
-            echo "count lines:" >&2
-            grep -h 'unique_count=' "$TMP"/verve-*.log | sort >&2 || true
-        fi
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -78,37 +77,29 @@ trap 'exit 143' TERM
 
 # Release build of verve.
 if [[ -n ${VERVE_BIN:-} ]]; then
-    BIN=$VERVE_BIN
+  BIN=$VERVE_BIN
 else
-    BIN=$(target_dir)/release/verve
-    [[ -x $BIN ]] || build --bin verve
+  BIN=$(target_dir)/release/verve
+  [[ -x $BIN ]] || build --bin verve
 fi
 [[ -x $BIN ]] || die "$BIN not found"
 
 # Redis: no persistence, loopback only, its directory and log in $TMP.
-REDIS_PORT=$(free_port)
-setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-    --dir "$TMP" --logfile "$TMP/redis.log" --daemonize no >"$TMP/redis.out" 2>&1 &
-REDIS_PID=$!
-wait_port "$REDIS_PORT" "$REDIS_PID" || {
-    cat "$TMP/redis.out" "$TMP/redis.log" >&2 2>/dev/null || true
-    die "redis-server did not start on port $REDIS_PORT"
-}
-REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+start_redis --setsid "$TMP"
 
 # Three verve instances.
 VERVE_PORTS=()
 for i in 1 2 3; do
-    port=$(free_port)
-    logf=$TMP/verve-$i.log
-    setsid "$BIN" --listen "127.0.0.1:$port" --log-file "$logf" --interval "$INTERVAL" \
-        --redis "$REDIS_URL" --instance-id "verve-$i" >"$logf.out" 2>&1 &
-    VERVE_PIDS+=("$!")
-    VERVE_PORTS+=("$port")
-    wait_port "$port" "$!" || {
-        cat "$logf.out" >&2
-        die "verve-$i did not start on port $port"
-    }
+  port=$(free_port)
+  logf=$TMP/verve-$i.log
+  setsid "$BIN" --listen "127.0.0.1:$port" --log-file "$logf" --interval "$INTERVAL" \
+    --redis "$REDIS_URL" --instance-id "verve-$i" >"$logf.out" 2>&1 &
+  VERVE_PIDS+=("$!")
+  VERVE_PORTS+=("$port")
+  wait_port "$port" "$!" || {
+    cat "$logf.out" >&2
+    die "verve-$i did not start on port $port"
+  }
 done
 
 # nginx: generated config, run in the foreground of its own session as the current user.
@@ -116,11 +107,11 @@ PORT=${PORT:-$(free_port)}
 [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a port number, not '$PORT'"
 mkdir -p "$TMP/nginx"
 {
-    # As root, nginx's workers would switch to nobody, who cannot enter $TMP (mode 0700).
-    if ((EUID == 0)); then
-        echo "user $(id -un) $(id -gn);"
-    fi
-    cat <<EOF
+  # As root, nginx's workers would switch to nobody, who cannot enter $TMP (mode 0700).
+  if ((EUID == 0)); then
+    echo "user $(id -un) $(id -gn);"
+  fi
+  cat <<EOF
 worker_processes 1;
 daemon off;
 pid $TMP/nginx/nginx.pid;
@@ -155,13 +146,13 @@ $(for p in "${VERVE_PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
 EOF
 } >"$TMP/nginx.conf"
 nginx -t -q -p "$TMP/nginx" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" ||
-    die "nginx refused the generated $TMP/nginx.conf"
+  die "nginx refused the generated $TMP/nginx.conf"
 setsid nginx -p "$TMP/nginx" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" \
-    >"$TMP/nginx.out" 2>&1 &
+  >"$TMP/nginx.out" 2>&1 &
 NGINX_PID=$!
 wait_port "$PORT" "$NGINX_PID" || {
-    cat "$TMP/nginx.out" "$TMP/nginx-error.log" >&2 2>/dev/null || true
-    die "nginx did not start on port $PORT"
+  cat "$TMP/nginx.out" "$TMP/nginx-error.log" >&2 2>/dev/null || true
+  die "nginx did not start on port $PORT"
 }
 
 cat <<EOF
@@ -175,7 +166,7 @@ send requests to nginx:  http://127.0.0.1:$PORT
 instances (each also serves /healthz and /metrics):
 EOF
 for i in 1 2 3; do
-    echo "    verve-$i  http://127.0.0.1:${VERVE_PORTS[$((i - 1))]}  pid ${VERVE_PIDS[$((i - 1))]}  log $TMP/verve-$i.log"
+  echo "    verve-$i  http://127.0.0.1:${VERVE_PORTS[$((i - 1))]}  pid ${VERVE_PIDS[$((i - 1))]}  log $TMP/verve-$i.log"
 done
 cat <<EOF
 
@@ -192,8 +183,8 @@ EOF
 rc=0
 wait -n "$REDIS_PID" "$NGINX_PID" "${VERVE_PIDS[@]}" || rc=$?
 for pid in "$REDIS_PID" "$NGINX_PID" "${VERVE_PIDS[@]}"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-        echo "$PERF_NAME: process $pid exited on its own (status $rc); stopping the rest" >&2
-        exit 1
-    fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "$SCRIPT_NAME: process $pid exited on its own (status $rc); stopping the rest" >&2
+    exit 1
+  fi
 done

@@ -15,7 +15,10 @@ receiver=$!
   --endpoint-allow 127.0.0.1 &
 verve=$!
 trap 'kill $verve $receiver 2>/dev/null; wait 2>/dev/null; echo; echo "logs kept in $dir"' EXIT
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 50); do
+  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break
+  sleep 0.1
+done
 endpoint="http%3A%2F%2F127.0.0.1%3A$hook%2Fhook"
 for id in 1 2 3 3 -7 9223372036854775807; do
   printf 'id=%s -> %s\n' "$id" "$(curl -s "http://127.0.0.1:$port/api/verve/accept?id=$id&endpoint=$endpoint")"

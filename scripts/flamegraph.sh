@@ -57,136 +57,95 @@ export SEED=${SEED:-1}
 VERVE_ARGS=${VERVE_ARGS:-}
 KEEP_DATA=${KEEP_DATA:-0}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=perf/lib.sh
-. "$ROOT/perf/lib.sh"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-OUT=${OUT:-$ROOT/perf/out/flamegraph-$STAMP.svg}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+OUT=${OUT:-$PERF_OUT/flamegraph-$STAMP.svg}
 [[ $OUT == /* ]] || OUT=$PWD/$OUT
 LUA=$ROOT/perf/random_ids.lua
 TARGET_DIR=${FLAME_TARGET_DIR:-$ROOT/target/flame}
 
-die() {
-    echo "flamegraph.sh: $*" >&2
-    exit 2
-}
-
 case $CALLGRAPH in
-    fp) CALLGRAPH_ARG=fp ;;
-    dwarf) CALLGRAPH_ARG=dwarf,8192 ;;
-    *) die "CALLGRAPH must be fp or dwarf, not '$CALLGRAPH'" ;;
+  fp) CALLGRAPH_ARG=fp ;;
+  dwarf) CALLGRAPH_ARG=dwarf,8192 ;;
+  *) die "CALLGRAPH must be fp or dwarf, not '$CALLGRAPH'" ;;
 esac
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a whole number of seconds"
 [[ $FREQ =~ ^[1-9][0-9]*$ ]] || die "FREQ must be a positive number"
 
 # --- tools ---------------------------------------------------------------------------------
-command -v cargo >/dev/null || die "cargo not found"
-command -v wrk >/dev/null || die "wrk not found (Debian: apt-get install wrk)"
-command -v perf >/dev/null ||
-    die "perf not found (Debian: apt-get install linux-perf; Ubuntu: linux-tools-\$(uname -r))"
+need_common
+need wrk "apt-get install -y wrk"
+need perf "apt-get install -y linux-perf (Debian), linux-tools-\$(uname -r) (Ubuntu)"
 
 # inferno first, then the FlameGraph Perl scripts.
 find_tool() {
-    local name=$1 dir
-    if command -v "$name" >/dev/null; then
-        command -v "$name"
-        return 0
+  local name=$1 dir
+  if command -v "$name" >/dev/null; then
+    command -v "$name"
+    return 0
+  fi
+  for dir in "${CARGO_HOME:-$HOME/.cargo}/bin" "${FLAMEGRAPH_DIR:-}"; do
+    if [[ -n $dir && -x $dir/$name ]]; then
+      echo "$dir/$name"
+      return 0
     fi
-    for dir in "${CARGO_HOME:-$HOME/.cargo}/bin" "${FLAMEGRAPH_DIR:-}"; do
-        if [[ -n $dir && -x $dir/$name ]]; then
-            echo "$dir/$name"
-            return 0
-        fi
-    done
-    return 1
+  done
+  return 1
 }
 if COLLAPSE=$(find_tool inferno-collapse-perf) && FLAMEGRAPH=$(find_tool inferno-flamegraph); then
-    FOLDER=inferno
+  FOLDER=inferno
 elif COLLAPSE=$(find_tool stackcollapse-perf.pl) && FLAMEGRAPH=$(find_tool flamegraph.pl); then
-    FOLDER=FlameGraph
+  FOLDER=FlameGraph
 else
-    die "no flamegraph tools: cargo install inferno (or put Brendan Gregg's FlameGraph" \
-        "scripts in PATH or FLAMEGRAPH_DIR)"
+  die "no flamegraph tools: cargo install inferno (or put Brendan Gregg's FlameGraph" \
+    "scripts in PATH or FLAMEGRAPH_DIR)"
 fi
 
 # A CPU without a PMU (most VMs) has no `cycles`: `perf stat` then says "<not supported>"
 # and still exits 0, so its output is what tells.
 if [[ -z ${EVENT:-} ]]; then
-    EVENT=cycles
-    if ! STAT=$(perf stat -e cycles true 2>&1) || [[ $STAT == *"<not supported>"* ||
-        $STAT == *"<not counted>"* ]]; then
-        EVENT=cpu-clock
-    fi
+  EVENT=cycles
+  if ! STAT=$(perf stat -e cycles true 2>&1) || [[ $STAT == *"<not supported>"* ||
+    $STAT == *"<not counted>"* ]]; then
+    EVENT=cpu-clock
+  fi
 fi
 
 perf_hint() {
-    local paranoid
-    paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null || echo '?')
-    {
-        echo "flamegraph.sh: perf could not record (kernel.perf_event_paranoid = $paranoid)."
-        echo "  As root:  sysctl kernel.perf_event_paranoid=1   (and for kernel symbols:"
-        echo "            sysctl kernel.kptr_restrict=0), or run this script as root."
-        echo "  In a container, perf_event_open must be allowed (e.g. --cap-add PERFMON)."
-    } >&2
+  local paranoid
+  paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null || echo '?')
+  {
+    echo "flamegraph.sh: perf could not record (kernel.perf_event_paranoid = $paranoid)."
+    echo "  As root:  sysctl kernel.perf_event_paranoid=1   (and for kernel symbols:"
+    echo "            sysctl kernel.kptr_restrict=0), or run this script as root."
+    echo "  In a container, perf_event_open must be allowed (e.g. --cap-add PERFMON)."
+  } >&2
 }
 
 # --- clean-up ------------------------------------------------------------------------------
 TMP=$(mktemp -d -t verve-flame.XXXXXX)
-VERVE_PID=
 PERF_PID=
 WRK_PID=
 
-stop_pid() { # stop_pid PID SIGNAL SECONDS: signal, wait up to SECONDS, then KILL
-    local pid=$1 sig=$2 secs=$3
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 $((secs * 10))); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
-    stop_pid "$WRK_PID" TERM 2
-    stop_pid "$PERF_PID" INT 10
-    stop_pid "$VERVE_PID" TERM 10
-    rm -rf "$TMP"
+  stop_pid "$WRK_PID" TERM 2
+  stop_pid "$PERF_PID" INT 10
+  stop_pid "$VERVE_PID" TERM 10
+  rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'echo "flamegraph.sh: interrupted" >&2; exit 130' INT TERM HUP
 
-# --- helpers (free_port and wait_port come from perf/lib.sh) -------------------------------
-# Waits until the server on port $1 answers GET /healthz with 200. The port accepts
-# connections as soon as it is bound, before may has started its worker threads, and
-# `perf record -p` only sees the threads that exist when it starts.
-wait_healthy() {
-    local port=$1 line
-    for _ in $(seq 1 100); do
-        if exec 3<>"/dev/tcp/127.0.0.1/$port"; then
-            printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
-            line=
-            read -r -t 2 line <&3 || true
-            exec 3<&-
-            [[ $line == *" 200 "* ]] && return 0
-        fi 2>/dev/null
-        sleep 0.05
-    done
-    return 1
-}
-
 # --- build ---------------------------------------------------------------------------------
 cd "$ROOT"
-echo "building verve (release, frame pointers, line tables) in ${TARGET_DIR#"$ROOT"/} ..." >&2
 # line-tables-only is the release profile's own setting; set here too so a change there does
 # not silently lose source lines in the profile.
 CARGO_TARGET_DIR=$TARGET_DIR \
-    CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-line-tables-only} \
-    CARGO_PROFILE_RELEASE_STRIP=none \
-    RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes" \
-    cargo build --release --quiet --bin verve
+  CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-line-tables-only} \
+  CARGO_PROFILE_RELEASE_STRIP=none \
+  RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes" \
+  build --bin verve
 BIN=$TARGET_DIR/release/verve
 [[ -x $BIN ]] || die "$BIN was not built"
 
@@ -195,34 +154,33 @@ mkdir -p "$(dirname "$OUT")"
 PORT=$(free_port)
 URL=http://127.0.0.1:$PORT
 # shellcheck disable=SC2086 # VERVE_ARGS is a list of flags
-"$BIN" --listen "127.0.0.1:$PORT" --log-file "$TMP/verve.log" $VERVE_ARGS >"$TMP/verve.out" 2>&1 &
-VERVE_PID=$!
-if ! wait_port "$PORT" "$VERVE_PID" || ! wait_healthy "$PORT"; then
-    echo "flamegraph.sh: verve did not start on port $PORT:" >&2
-    cat "$TMP/verve.out" >&2
-    exit 1
-fi
+start_verve "$BIN" "$PORT" "$TMP/verve.log" $VERVE_ARGS
+# `perf record -p` only sees the threads that exist when it starts: wait for may's workers.
+wait_healthy "$PORT" || die "verve did not answer /healthz on port $PORT"
 
 if ((WARMUP > 0)); then
-    echo "warming up for ${WARMUP}s ..." >&2
-    SEED=$((SEED + 1000)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$LUA" "$URL" \
-        >"$TMP/warmup.txt"
+  echo "warming up for ${WARMUP}s ..." >&2
+  SEED=$((SEED + 1000)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$LUA" "$URL" \
+    >"$TMP/warmup.txt"
 fi
 
 echo "recording verve (pid $VERVE_PID): perf record -e $EVENT -F $FREQ --call-graph $CALLGRAPH_ARG" \
-    "while wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s runs ..." >&2
+  "while wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s runs ..." >&2
 perf record -e "$EVENT" -F "$FREQ" --call-graph "$CALLGRAPH_ARG" -p "$VERVE_PID" \
-    -o "$TMP/perf.data" >"$TMP/perf-record.txt" 2>&1 &
+  -o "$TMP/perf.data" >"$TMP/perf-record.txt" 2>&1 &
 PERF_PID=$!
 sleep 0.5
 if ! kill -0 "$PERF_PID" 2>/dev/null; then
-    cat "$TMP/perf-record.txt" >&2
-    perf_hint
-    exit 1
+  cat "$TMP/perf-record.txt" >&2
+  perf_hint
+  exit 1
 fi
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s "$LUA" "$URL" >"$TMP/wrk.txt" &
 WRK_PID=$!
-wait "$WRK_PID" || { cat "$TMP/wrk.txt" >&2; die "wrk failed"; }
+wait "$WRK_PID" || {
+  cat "$TMP/wrk.txt" >&2
+  die "wrk failed"
+}
 WRK_PID=
 # perf record with -p runs until interrupted; SIGINT makes it write its file and exit.
 kill -INT "$PERF_PID" 2>/dev/null || true
@@ -230,9 +188,9 @@ PERF_RC=0
 wait "$PERF_PID" || PERF_RC=$?
 PERF_PID=
 if [[ ! -s $TMP/perf.data ]] || grep -qi 'error\|permission' "$TMP/perf-record.txt"; then
-    cat "$TMP/perf-record.txt" >&2
-    perf_hint
-    exit 1
+  cat "$TMP/perf-record.txt" >&2
+  perf_hint
+  exit 1
 fi
 ((PERF_RC == 0 || PERF_RC == 130)) || echo "flamegraph.sh: perf record exited $PERF_RC" >&2
 stop_pid "$VERVE_PID" TERM 10
@@ -247,19 +205,19 @@ perf script -i "$TMP/perf.data" 2>/dev/null >"$TMP/perf.script"
 "$FLAMEGRAPH" --title "$TITLE" "$TMP/folded.txt" >"$OUT"
 
 if [[ $KEEP_DATA == 1 ]]; then
-    cp "$TMP/perf.data" "${OUT%.svg}.perf.data"
+  cp "$TMP/perf.data" "${OUT%.svg}.perf.data"
 fi
 
 report() { # report ARGS...: perf report's table, comments and blank lines dropped
-    # perf 6.1 appends empty IPC columns ("-  -") on machines without a PMU: cut them.
-    perf report -i "$TMP/perf.data" --stdio -g none --percent-limit 0.01 "$@" 2>/dev/null |
-        awk 'NF && !/^#/' | sed 's/[[:space:]]*-[[:space:]]*-[[:space:]]*$//'
+  # perf 6.1 appends empty IPC columns ("-  -") on machines without a PMU: cut them.
+  perf report -i "$TMP/perf.data" --stdio -g none --percent-limit 0.01 "$@" 2>/dev/null |
+    awk 'NF && !/^#/' | sed 's/[[:space:]]*-[[:space:]]*-[[:space:]]*$//'
 }
 
 echo
 grep -E '^Requests/sec|^RESULT' "$TMP/wrk.txt" || true
 echo "samples: $(awk 'END {print NR}' "$TMP/folded.txt") distinct stacks," \
-    "$(sed -n 's/.*(\([0-9]* samples\)).*/\1/p' "$TMP/perf-record.txt" | awk 'NR == 1')"
+  "$(sed -n 's/.*(\([0-9]* samples\)).*/\1/p' "$TMP/perf-record.txt" | awk 'NR == 1')"
 echo
 echo "where the time went (self time by binary):"
 report --no-children --sort dso | awk 'n++ < 8'
@@ -269,5 +227,5 @@ report --no-children --sort symbol | awk 'n++ < 15'
 echo
 echo "flamegraph: ${OUT#"$ROOT"/}"
 if [[ $KEEP_DATA == 1 ]]; then
-    echo "perf data:  ${OUT%.svg}.perf.data (perf report -i ${OUT%.svg}.perf.data)"
+  echo "perf data:  ${OUT%.svg}.perf.data (perf report -i ${OUT%.svg}.perf.data)"
 fi

@@ -5,6 +5,7 @@
 #   scripts/test.sh                      # the whole suite
 #   scripts/test.sh --test cluster       # arguments go to `cargo test` as they are
 #   scripts/test.sh -- --nocapture
+#   scripts/test.sh --install-only       # install what is missing, run nothing (.ci/run)
 #
 # Needs a Debian machine (apt-get, as root or through sudo) with the Rust toolchain. The
 # first run on a fresh machine builds tansu (see README: about 20 minutes on 2 cores); a
@@ -19,6 +20,7 @@ say() {
 # Everything the tests need besides the Rust toolchain, with what each is for.
 # Debian packages:
 packages=(
+  shellcheck      # the lint of every shell script, which .ci/run runs before the tests
   redis-server    # the Redis servers (single and a 3-node Redis Cluster) of the cluster tests
   nginx           # the load balancer in front of three instances in tests/cluster.rs
   libnginx-mod-stream # nginx's stream module: the TLS front of the broker in tests/kafka_tls.rs
@@ -87,6 +89,11 @@ else
   say "installing tansu $tansu_version, the Kafka broker of the Kafka tests" \
     "(a build from source: about 20 minutes on 2 cores, once)"
   cargo install --locked tansu --version "$tansu_version" --features "$tansu_features"
+fi
+
+if [ "${1:-}" = --install-only ]; then
+  say "everything the tests need is installed"
+  exit 0
 fi
 
 say "cargo test $*"

@@ -31,14 +31,14 @@ use crate::state::{self, SavedWindow};
 
 /// How long after a boundary the window is sealed. Long enough to cover a worker thread
 /// descheduled between its clock read and its insert (a few scheduler ticks under load),
-/// short enough that the count line comes well within the contract's 1 s.
+/// short enough that the count line comes well within the 1 s it is due in.
 pub const SETTLE: Duration = Duration::from_millis(200);
 
 /// Longest sleep between clock reads: bounds how late the collector notices a clock that a
 /// test moved by hand, and costs nothing measurable.
 const POLL: Duration = Duration::from_millis(50);
 
-/// How often the open window's buffered ids are merged: the contract lets
+/// How often the open window's buffered ids are merged: the README lets
 /// `verve_window_unique_ids` be up to a second old, and a merge a second bounds what the
 /// shards buffer (repeats included) to a second of requests.
 pub const ABSORB_EVERY: Duration = Duration::from_secs(1);

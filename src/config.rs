@@ -1,4 +1,4 @@
-//! The configuration: every flag of the contract that this build implements, each with a
+//! The configuration: every flag of the README's *Flags* table, each with a
 //! `VERVE_<FLAG>` environment fallback, parsed and range-checked by clap (which names the
 //! flag and exits 2 on a bad value) and read-only after start-up. `VERVE_KAFKA_OPTION` is
 //! read here rather than by clap: its list has an escape clap cannot express, and clap's
@@ -379,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_contracts() {
+    fn defaults_are_the_documented_ones() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.interval, 60);
         assert_eq!(c.log_file, PathBuf::from("verve.log"));

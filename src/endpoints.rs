@@ -308,7 +308,7 @@ pub fn canonicalize(decoded: &str, policy: &EndpointPolicy) -> Result<Url, Query
     }
     url.set_fragment(None);
     // The URL is written to the count log; there it must not look like a count line
-    // (contract §3: no other line contains `unique_count=`).
+    // (no other line contains `unique_count=`: README, *The count log*).
     if url.as_str().len() > crate::query::MAX_ENDPOINT_BYTES || url.as_str().contains(COUNT_TOKEN) {
         return Err(QueryError::BadEndpoint);
     }

@@ -1,5 +1,15 @@
 //! verve counts the distinct ids it receives in every wall-clock window and reports each
-//! window's count to a log file and to callback URLs.
+//! window's count to a log file, to the callback URLs clients named in the window and,
+//! optionally, to a Kafka topic. In cluster mode several instances behind a load balancer
+//! share one Redis: each ships its windows' ids there and the instance that leads a window
+//! reports the exact count across all of them, once.
+//!
+//! The data path: a request is parsed on a may worker and its id recorded in that worker's
+//! shard ([`shards`]); the collector thread ([`collector`]) merges the shards about once a
+//! second and seals each window 200 ms after it closes; the sealed window goes to the
+//! reporters ([`report`]: count log, callbacks, Kafka), or in cluster mode to the cluster
+//! thread ([`cluster`]), which ships it to Redis and, when it leads the window, merges every
+//! instance's shipments and reports. README.md draws it.
 //!
 //! Layout:
 //! - [`config`]: flags and environment, validated once at start-up.
@@ -69,6 +79,5 @@ pub fn configure_runtime(workers: usize) {
 /// Stack per coroutine, in machine words as may counts it: 32 KiB on 64-bit targets. The
 /// deepest connection path measured (a new endpoint with a long, internationalised URL, run
 /// with may's stack-usage tracking, which an odd size turns on) used 1 092 words (8.5 KiB),
-/// so this leaves almost four times that. (This was 32 Ki *words*, 256 KiB, by a unit
-/// mistake until the measurement.)
+/// so this leaves almost four times that. may counts this in words, not bytes.
 pub const COROUTINE_STACK_WORDS: usize = 0x1000;

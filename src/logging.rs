@@ -1,6 +1,6 @@
 //! The log: everything goes to `--log-file` through `log` + `fern`, one line per event,
-//! `<RFC 3339 UTC, ms> <LEVEL> <target> <message>`, the form the contract's count line
-//! example shows. Warnings and errors go to stderr as well, for the journal.
+//! `<RFC 3339 UTC, ms> <LEVEL> <target> <message>`, the form of the count line example in the
+//! README (*The count log*). Warnings and errors go to stderr as well, for the journal.
 //!
 //! The file can be reopened ([`LogFile::reopen`], on SIGHUP) so that log rotation loses no
 //! line: logrotate renames the file, verve keeps appending to the renamed file (same inode)
@@ -32,7 +32,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 
-/// The count line's token (contract: no other line contains it).
+/// The count line's token: no other line of the log may contain it (README, *The count log*).
 const COUNT_TOKEN: &str = "unique_count=";
 
 /// What [`sanitize`] writes instead of [`COUNT_TOKEN`]: the `=` percent-encoded, so a URL

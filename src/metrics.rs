@@ -295,7 +295,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn render_sums_workers_and_lists_every_contract_metric() {
+    fn render_sums_workers_and_lists_every_documented_metric() {
         let m = Metrics::new(2);
         m.worker(0).ok.fetch_add(3, Relaxed);
         m.worker(1).ok.fetch_add(4, Relaxed);

@@ -4,7 +4,7 @@
 
 use percent_encoding::percent_decode;
 
-/// Longest `endpoint` accepted, in bytes after percent-decoding (contract §1).
+/// Longest `endpoint` accepted, in bytes after percent-decoding (README, *API*).
 pub const MAX_ENDPOINT_BYTES: usize = 2048;
 
 /// A valid accept request, still borrowing from the request line.
@@ -37,7 +37,7 @@ pub enum QueryError {
 }
 
 /// Parses the part of the target after `?`. Parameters other than `id` and `endpoint` are
-/// ignored, as the contract says; names are matched exactly (not decoded).
+/// ignored (README, *API*); names are matched exactly (not decoded).
 pub fn parse_accept(query: &[u8]) -> Result<Accept<'_>, QueryError> {
     let mut id = None;
     let mut endpoint = None;

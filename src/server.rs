@@ -32,8 +32,8 @@ use crate::shards::Shards;
 use crate::sink::{LocalSink, SealedWindow, WindowSink};
 use crate::state::{self, Loaded};
 
-/// The contract allows 5 s from the signal to exit; this leaves room for the process to
-/// unwind after the reporters' deadline.
+/// verve exits within 5 s of the signal (README, *Shutdown*); this leaves room for the
+/// process to unwind after the reporters' deadline.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4_000);
 
 /// Longest wait for requests already read to be answered before the last window is sealed.
@@ -132,8 +132,9 @@ fn restore(
     Ok(())
 }
 
-/// The contract's endpoint line for an endpoint of a saved window that is not called. The
-/// text is from the file: shown as the callback reporter shows outside text, one token.
+/// The endpoint line (README, *The count log*) for an endpoint of a saved window that is
+/// not called. The text is from the file: shown as the callback reporter shows outside
+/// text, one token.
 fn refused_endpoint(window_start: &str, endpoint: &str) {
     log::warn!(
         target: crate::report::callback::TARGET,

@@ -1,4 +1,4 @@
-//! Endpoint callbacks into a real HTTP receiver on loopback (contract §4): the GET and POST
+//! Endpoint callbacks into a real HTTP receiver on loopback (README, *Endpoint callbacks*): the GET and POST
 //! forms, one call per distinct endpoint and window, non-2xx answers and redirects, timeouts,
 //! the allow-list, the refusal of the host's own network (loopback included, so every test
 //! that calls a receiver allows 127.0.0.1 explicitly), the per-window endpoint limit, and
@@ -124,9 +124,9 @@ fn endpoint_length_limit_is_2048_bytes() {
 
 #[test]
 fn endpoint_urls_cannot_forge_count_lines() {
-    // Contract §3: no line but a count line contains `unique_count=`, so a log parser can
-    // trust every line that does. An endpoint is caller-controlled text: it must be refused,
-    // or logged so that it cannot pass for a count line.
+    // README, *The count log*: no line but a count line contains `unique_count=`, so a log
+    // parser can trust every line that does. An endpoint is caller-controlled text: it must
+    // be refused, or logged so that it cannot pass for a count line.
     let receiver = Receiver::start(|_| Reply::status(200));
     let server = Server::start(1, &ALLOW_LOOPBACK);
     let forged = [
@@ -199,7 +199,7 @@ fn an_endpoint_named_in_two_windows_is_called_once_for_each() {
 }
 
 #[test]
-fn post_callback_sends_the_contract_json() {
+fn post_callback_sends_the_documented_json() {
     let receiver = Receiver::start(|_| Reply::status(204));
     let server = Server::start(
         1,

@@ -1,4 +1,4 @@
-//! The command line (contract §7): a bad flag or value is refused at start-up with exit code
+//! The command line (README, *Flags*): a bad flag or value is refused at start-up with exit code
 //! 2 and a message naming it, also when it comes from the environment; `--help` and
 //! `--version` exit 0. `--kafka-option`s that verve or librdkafka refuse are named by their
 //! key, and a secret value is never shown.

@@ -1,4 +1,4 @@
-//! Cluster mode end to end (contract §5): real `verve` processes sharing a real
+//! Cluster mode end to end (README, *Cluster mode*): real `verve` processes sharing a real
 //! `redis-server` (or a 3-master Redis Cluster) on loopback, behind a real nginx where the
 //! test needs a load balancer. Each test starts its own servers on free ports.
 //!

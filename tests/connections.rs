@@ -1,4 +1,4 @@
-//! Connection floods (contract §7, `--max-connections`): past the limit new connections wait;
+//! Connection floods (README, *Flags*: `--max-connections`): past the limit new connections wait;
 //! past the descriptor limit they wait too; a connection whose coroutine cannot be started
 //! (its stack cannot be mapped) is closed. In every case serving resumes once the flood
 //! ends, the accept loop having survived, and `/healthz` said 503 meanwhile where it applies.

@@ -1,6 +1,6 @@
 //! Counting against the real binary and the real clock: exact distinct counts under
 //! concurrent keep-alive load, the whole `i64` range, and the count log's format and window
-//! alignment (contract §1-§3).
+//! alignment (README, *API* and *The count log*).
 
 mod common;
 
@@ -124,7 +124,7 @@ fn whole_i64_range_is_counted_and_bad_ids_are_refused() {
 }
 
 #[test]
-fn count_lines_have_the_contract_format_and_aligned_consecutive_windows() {
+fn count_lines_have_the_documented_format_and_aligned_consecutive_windows() {
     const INTERVAL: u64 = 2;
     let before = window_now(INTERVAL);
     let server = Server::start(INTERVAL, &[]);

@@ -1,4 +1,4 @@
-//! Hostile clients over raw sockets against the real binary (contract §1, last point): garbage,
+//! Hostile clients over raw sockets against the real binary (README, *API*: malformed HTTP never stops the service): garbage,
 //! oversized and endless heads, floods of parameters and headers, lying `Content-Length`s,
 //! pipelines, stalls, trickles and crowds of half-open connections. Every case ends with the
 //! same check: the process is alive, never panicked, and a fresh client still gets `200 ok`.

@@ -1,4 +1,4 @@
-//! Kafka end to end (contract §6): the real `verve` binary producing to a real
+//! Kafka end to end (README, *Kafka*): the real `verve` binary producing to a real
 //! Kafka-protocol broker (tansu, see `common::kafka_broker`) on loopback, records read back
 //! with an rdkafka consumer. Each test starts its own broker on a free port.
 //!
@@ -20,7 +20,7 @@ const INTERVAL: u64 = 1;
 const TOPIC: &str = "unique-requests";
 
 #[test]
-fn each_window_is_one_record_with_the_contracts_key_and_value() {
+fn each_window_is_one_record_with_the_documented_key_and_value() {
     let broker = Broker::start();
     let server = Server::start(INTERVAL, &["--kafka-brokers", &broker.bootstrap()]);
     server.wait_for_log("the topic created at start-up", |l| {

@@ -1,4 +1,4 @@
-//! Malformed, oversized, slow and abandoned requests (contract §1, last point): each is
+//! Malformed, oversized, slow and abandoned requests (README, *API*: malformed HTTP never stops the service): each is
 //! answered 400/413/431 or closed, and the server goes on serving everyone else.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The HTTP front with well-formed requests (contract §1): pipelining, keep-alive and
+//! The HTTP front with well-formed requests (README, *API*): pipelining, keep-alive and
 //! `Connection: close`, HTTP/1.0, routing statuses, `/healthz` and `/metrics`.
 
 mod common;
@@ -243,7 +243,7 @@ fn samples(page: &str) -> HashMap<String, f64> {
 }
 
 #[test]
-fn metrics_lists_the_contract_metrics_and_counts_outcomes() {
+fn metrics_lists_the_documented_metrics_and_counts_outcomes() {
     let server = Server::start(INTERVAL, &[]);
     let mut client = server.client();
     for id in [1, 2, 3, 2, -5] {
@@ -316,7 +316,7 @@ fn metrics_lists_the_contract_metrics_and_counts_outcomes() {
     assert_eq!(samples(&page)["verve_requests_total{outcome=\"ok\"}"], 5.0);
 }
 
-/// A HEAD answer has the headers of a GET answer but no body (RFC 9110 §9.3.2): the next
+/// A HEAD answer has the headers of a GET answer but no body (RFC 9110, HEAD): the next
 /// answer on the connection starts right after its blank line. Absolute-form targets
 /// (`GET http://host/path`) are routed like origin-form ones.
 #[test]

@@ -1,4 +1,4 @@
-//! Graceful shutdown by the real signals (contract §7): exit 0, the open window reported as a
+//! Graceful shutdown by the real signals (README, *Shutdown*): exit 0, the open window reported as a
 //! partial count, `/healthz` 503 and refused work while draining, in-flight requests
 //! answered.
 
@@ -6,6 +6,8 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{encode, window_now, Client, ReadEnd, Receiver, Reply, Server};
@@ -133,8 +135,11 @@ enum Outcome {
 fn requests_in_flight_at_sigterm_are_answered_and_counted_once() {
     let mut server = Server::start(3600, &[]);
     let addr = server.addr;
+    // Requests answered ok so far, per client thread.
+    let answered: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
     let threads: Vec<_> = (0..4i64)
         .map(|t| {
+            let answered = Arc::clone(&answered);
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr);
                 let mut outcomes = Vec::new();
@@ -155,6 +160,9 @@ fn requests_in_flight_at_sigterm_are_answered_and_counted_once() {
                         Err(ReadEnd::Closed(rest)) if rest.is_empty() => (Outcome::NoAnswer, true),
                         Err(e) => panic!("id {id}: {e:?}"),
                     };
+                    if outcome == Outcome::Ok {
+                        answered[t as usize].fetch_add(1, Ordering::Relaxed);
+                    }
                     outcomes.push((id, outcome));
                     if closing {
                         break;
@@ -164,8 +172,14 @@ fn requests_in_flight_at_sigterm_are_answered_and_counted_once() {
             })
         })
         .collect();
-    // Let the load get going, then stop the server in the middle of it.
-    std::thread::sleep(Duration::from_millis(300));
+    // Once every client has had answers (the load is going on all four connections), stop
+    // the server in the middle of it.
+    common::wait_until("100 answers on each of the 4 connections", || {
+        answered
+            .iter()
+            .all(|n| n.load(Ordering::Relaxed) >= 100)
+            .then_some(())
+    });
     server.signal(libc::SIGTERM);
     let outcomes: Vec<(i64, Outcome)> = threads
         .into_iter()

@@ -1,5 +1,5 @@
-//! Cluster mode (contract §5): several instances behind a load balancer count each id once
-//! per window by shipping their windows to one Redis (or Redis Cluster).
+//! Cluster mode (README, *Cluster mode*): several instances behind a load balancer count
+//! each id once per window by shipping their windows to one Redis (or Redis Cluster).
 //!
 //! - [`store`]: the Redis side: key layout, shipments, heartbeats, the per-window lease and
 //!   the leader's reads, each an atomic command or script.
@@ -42,7 +42,7 @@
 //! a second call to each endpoint. Calls the dead leader had queued but not made are lost,
 //! not repeated, unless the successor makes them. Without an outage that window is a few
 //! milliseconds per window; it cannot be closed without making a window that is never
-//! reported possible instead, and the contract prefers a repeat to a gap.
+//! reported possible instead, and a repeat is preferred to a gap (README, *Cluster mode*).
 
 pub mod conn;
 pub mod node;

@@ -2,7 +2,7 @@
 //! in one write, repeat. Buffers are allocated once per connection and reused; the request
 //! path allocates nothing, logs nothing and takes no lock but its shard's.
 //!
-//! Limits (the contract's): a request head of at most [`MAX_HEAD`] bytes (431 past it), at
+//! Limits (README, *API*): a request head of at most [`MAX_HEAD`] bytes (431 past it), at
 //! most [`MAX_HEADERS`] headers (431), a body of at most [`MAX_BODY`] bytes, read and
 //! discarded (413 past it), no `Transfer-Encoding` (400: a body of unknown length cannot be
 //! skipped safely), and `--idle-timeout` both for a client that sends nothing and for one
@@ -404,7 +404,7 @@ fn route(
     }
     if method == "HEAD" {
         // A HEAD answer carries the headers of the GET answer but never its body
-        // (RFC 9110 §9.3.2); every HEAD answer here is a `failed` one.
+        // (RFC 9110, HEAD); every HEAD answer here is a `failed` one.
         out.truncate(out.len() - b"failed".len());
     }
 }

@@ -744,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn post_body_is_the_contract_json() {
+    fn post_body_is_the_documented_json() {
         assert_eq!(
             json_body(1_795_305_000, 1234),
             "{\"unique_count\": 1234, \"window_start\": \"2026-11-21T23:50:00Z\"}"

@@ -1,5 +1,5 @@
 //! The count line: one per window, through the `log` facade to the `--log-file` that
-//! [`crate::logging`] set up, in the exact form of the contract (§3).
+//! [`crate::logging`] set up, in the exact form the README gives (*The count log*).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use crate::clock::rfc3339_secs;
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};
 
-/// The log target of count lines: the contract's example shows it after the level.
+/// The log target of count lines: the README's example shows it after the level.
 pub const TARGET: &str = "count";
 
 pub struct CountLog {
@@ -30,7 +30,7 @@ impl Reporter for CountLog {
                 "window_start={start} unique_count={}",
                 report.unique_count
             ),
-            // The contract's trailing token, and a warning at the level operators alert on.
+            // The documented trailing token, and a warning at the level operators alert on.
             Scope::Local => log::warn!(
                 target: TARGET,
                 "window_start={start} unique_count={} scope=local",

@@ -898,7 +898,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_and_value_are_the_contracts() {
+    fn key_and_value_are_the_documented_ones() {
         assert_eq!(key(1_795_305_000), "2026-11-21T23:50:00Z");
         assert_eq!(
             value(1_795_305_000, 1234),
