@@ -36,7 +36,8 @@ impl Target {
             return Err("no Redis URL given".into());
         }
         for url in &urls {
-            redis::Client::open(url.as_str()).map_err(|e| format!("{url:?}: {e}"))?;
+            // Shown masked: a URL that does not parse may still hold a password.
+            redis::Client::open(url.as_str()).map_err(|e| format!("{:?}: {e}", masked(url)))?;
         }
         Ok(Target { urls })
     }
@@ -50,10 +51,21 @@ impl Target {
                     let _ = parsed.set_password(Some("***"));
                     parsed.to_string()
                 }
-                _ => u.clone(),
+                Ok(_) => u.clone(),
+                Err(_) => masked(u),
             })
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// `url` with what comes before its last `@` (after the scheme) masked: the user and the
+/// password of a URL that may not parse, where [`Target::display`] cannot find them.
+fn masked(url: &str) -> String {
+    let from = url.find("://").map_or(0, |i| i + 3);
+    match url[from..].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..from], &url[from + at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -262,6 +274,14 @@ mod tests {
         let t = Target::parse(" redis://a:7000 , redis://b:7001 ").unwrap();
         assert_eq!(t.display(), "redis://a:7000,redis://b:7001");
         assert!(Target::parse("").is_err());
+        // A URL that does not parse is shown without what may be its password.
+        let err = Target::parse("redis://u:s3cret@h:99999").unwrap_err();
+        assert!(
+            err.contains("redis://***@h:99999") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let err = Target::parse("u:s3cret@h:1").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
         assert!(Target::parse("http://x").is_err());
     }
 
