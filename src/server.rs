@@ -39,11 +39,6 @@ pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4_000);
 /// Longest wait for requests already read to be answered before the last window is sealed.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-/// Calls that may wait for a callback thread: a window's worth of endpoints, four times over.
-fn callback_queue_len(config: &Config) -> usize {
-    config.max_endpoints as usize * 4
-}
-
 /// Binds the listening socket: `SO_REUSEADDR` (restart while old connections linger) but not
 /// `SO_REUSEPORT`, so a second instance on the same port fails instead of sharing it.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -161,7 +156,7 @@ impl Server {
         clock: Arc<dyn Clock>,
         shards: usize,
     ) -> anyhow::Result<Server> {
-        let policy = config.endpoint_policy().map_err(anyhow::Error::msg)?;
+        let policy = config.endpoint_policy().clone();
         let health = Health::new();
         let memory = IdMemory::new(config.memory_limit());
         log::info!("id memory budget: {} bytes", memory.limit());
@@ -179,7 +174,7 @@ impl Server {
                 method: config.endpoint_method,
                 timeout: config.endpoint_timeout,
                 policy: policy.clone(),
-                queue_len: callback_queue_len(config),
+                queue_len: config.callback_queue_len(),
                 host_calls: config.endpoint_host_calls as usize,
                 threads: callback::call_threads(
                     config.max_endpoints as usize,
@@ -261,7 +256,7 @@ impl Server {
         }
         .spawn(&health)
         .context("starting the collector thread")?;
-        http::date::start();
+        http::date::try_start().context("starting the Date header thread")?;
         listener
             .set_nonblocking(true)
             .context("making the listener non-blocking")?;

@@ -540,20 +540,6 @@ fn something_that_is_not_redis_is_refused_at_start() {
 }
 
 #[test]
-fn a_state_file_is_refused_in_cluster_mode() {
-    let redis = Redis::start();
-    let dir = temp_dir("state-cluster");
-    let out = common::command(&dir)
-        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url])
-        .arg("--state-file")
-        .arg(dir.join("w.state"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--state-file"));
-}
-
-#[test]
 fn ids_taken_after_the_cluster_reported_the_window_are_reported_locally() {
     // The whole cluster (one instance) stops inside a window, which it then reports at once
     // as the last instance; a new instance starts inside the same window and takes more ids.
