@@ -1220,6 +1220,22 @@ mod tests {
     }
 
     #[test]
+    fn the_union_of_many_sets_is_exact_whatever_their_number() {
+        for k in [0u64, 1, 2, 3, 7, 8, 9, 100] {
+            let mut union = Union::default();
+            for i in 0..k {
+                // Overlapping runs, some above 2^32.
+                union.add(IdSet::from_ids(
+                    (i as i64 * 10..i as i64 * 10 + 20).chain([(i as i64 + 1) << 40]),
+                ));
+            }
+            let expected = if k == 0 { 0 } else { k * 10 + 10 + k };
+            let got = union.into_set();
+            assert_eq!(got.len(), expected, "k = {k}");
+        }
+    }
+
+    #[test]
     fn union_all_equals_pairwise_union() {
         let sets: Vec<IdSet> = (0..13u64)
             .map(|s| IdSet::from_ids(stream(s + 40).take(700).map(|k| (k % 100_000) as i64)))

@@ -21,7 +21,7 @@ use common::redis_servers::{Redis, RedisCluster};
 use common::{
     encode, rfc3339_secs, temp_dir, wait_until, window_now, CountLine, Receiver, Reply, Server,
 };
-use verve::cluster::node::union_of_shipments;
+use verve::cluster::merge::union_of_shipments;
 use verve::cluster::store::Keys;
 
 const INTERVAL: u64 = 3;

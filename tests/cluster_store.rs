@@ -9,7 +9,7 @@ mod common;
 use common::redis_servers::{Redis, RedisCluster};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use verve::cluster::conn;
-use verve::cluster::node::{union_of_shipments, union_of_shipments_pausing, Skipped};
+use verve::cluster::merge::{union_of_shipments, union_of_shipments_pausing, Skipped};
 use verve::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
 
 use verve::ids::IdSet;
@@ -21,7 +21,7 @@ fn serialized(ids: &[i64]) -> Vec<u8> {
     let set = IdSet::from_ids(ids.iter().copied());
     let mut bytes = Vec::new();
     if CALLS.fetch_add(1, Relaxed).is_multiple_of(2) {
-        bytes = verve::cluster::node::serialize(&set);
+        bytes = verve::cluster::merge::serialize(&set);
     } else if !set.is_empty() {
         set.to_treemap().serialize_into(&mut bytes).unwrap();
     }

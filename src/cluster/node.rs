@@ -39,10 +39,11 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::budget::Charge;
 use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
-use crate::cluster::store::{self, Blob, Interval, Keys, Lead, Shipment, Shipped};
+use crate::cluster::merge::union_of_shipments_pausing;
+use crate::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
 use crate::endpoints;
 use crate::health::Health;
-use crate::ids::{IdSet, Union};
+use crate::ids::IdSet;
 use crate::metrics::Metrics;
 use crate::report::{callback, Reporter, Scope, WindowReport};
 use crate::shards::Shards;
@@ -260,16 +261,6 @@ struct Node {
     shared_key_warned: bool,
 }
 
-/// Serializes `ids` for one shipment, in the id set's compact format
-/// ([`IdSet::serialize_into`]); nothing for an empty set.
-pub fn serialize(ids: &IdSet) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    if !ids.is_empty() {
-        ids.serialize_into(&mut bytes);
-    }
-    bytes
-}
-
 /// The shipments that carry `ids` and `endpoints`, each at most
 /// [`store::MAX_SHIPMENT_BYTES`] (id set parts, endpoint chunks), paired up in order; at
 /// least one, so that an empty last shipment still marks the instance done.
@@ -339,61 +330,6 @@ fn ship_window(
         }
     }
     Ok(Shipped::Stored)
-}
-
-/// Shipments of a window that were not read: too long to be verve's, or not an id set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Skipped {
-    pub oversized: u64,
-    pub unreadable: u64,
-}
-
-impl Skipped {
-    pub fn total(&self) -> u64 {
-        self.oversized + self.unreadable
-    }
-}
-
-/// The union of every shipment a window's list holds now (tests and tools: the leader
-/// freezes the window first, see [`union_of_shipments_pausing`]), and what was skipped.
-/// Shipments in the compact format and in roaring's portable format (what earlier versions
-/// shipped) are both read.
-pub fn union_of_shipments(
-    con: &mut dyn redis::ConnectionLike,
-    keys: &Keys,
-    window_start: u64,
-) -> store::Result<(IdSet, Skipped)> {
-    let count = store::shipments(con, keys, window_start)?;
-    union_of_shipments_pausing(con, keys, window_start, count, &mut |_| Ok(true))
-        .map(|u| u.expect("never stopped"))
-}
-
-/// The union of the first `count` shipments of a window's list, with [`store::fetch`]'s
-/// `between`; `None` if it stopped.
-pub fn union_of_shipments_pausing(
-    con: &mut dyn redis::ConnectionLike,
-    keys: &Keys,
-    window_start: u64,
-    count: u64,
-    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
-) -> store::Result<Option<(IdSet, Skipped)>> {
-    let mut union = Union::default();
-    let mut skipped = Skipped::default();
-    let whole = store::fetch(
-        con,
-        keys,
-        window_start,
-        count,
-        &mut |blob| match blob {
-            Blob::Shipment(bytes) => match IdSet::deserialize(bytes) {
-                Ok(set) => union.add(set),
-                Err(_) => skipped.unreadable += 1,
-            },
-            Blob::Oversized(_) => skipped.oversized += 1,
-        },
-        between,
-    )?;
-    Ok(whole.then(|| (union.into_set(), skipped)))
 }
 
 impl Node {
@@ -1147,21 +1083,5 @@ mod tests {
         let none = shipments_of(&IdSet::new(), &[]);
         assert_eq!(none.len(), 1);
         assert!(none[0].0.is_empty() && none[0].1.is_empty());
-    }
-
-    #[test]
-    fn the_union_of_many_sets_is_exact_whatever_their_number() {
-        for k in [0u64, 1, 2, 3, 7, 8, 9, 100] {
-            let mut union = Union::default();
-            for i in 0..k {
-                // Overlapping runs, some above 2^32.
-                union.add(IdSet::from_ids(
-                    (i as i64 * 10..i as i64 * 10 + 20).chain([(i as i64 + 1) << 40]),
-                ));
-            }
-            let expected = if k == 0 { 0 } else { k * 10 + 10 + k };
-            let got = union.into_set();
-            assert_eq!(got.len(), expected, "k = {k}");
-        }
     }
 }
