@@ -467,16 +467,29 @@ impl Node {
         Ok(())
     }
 
-    /// The Redis part of a tick. `Err` is an outage.
+    /// The Redis part of a tick, job by job (see the module comment). `Err` is an outage.
     fn work(&mut self, stopping: bool) -> anyhow::Result<()> {
         let now = Instant::now();
         if !stopping && now >= self.next_heartbeat {
             self.next_heartbeat = now + HEARTBEAT_EVERY;
             self.heartbeat()?;
         }
-        // Said once the first heartbeat went through, not at the connect: a Redis that takes
-        // connections but cannot be used (the prefix claimed for another interval) is still
-        // one outage, logged once.
+        self.outage_over();
+        if !stopping && now >= self.next_drain {
+            self.next_drain = now + SHIP_EVERY;
+            self.ship_open_window()?;
+        }
+        self.ship_sealed_windows(now)?;
+        if stopping {
+            self.leave_once_shipped()?;
+        }
+        self.lead(stopping)
+    }
+
+    /// Says that an outage is over, once the first heartbeat went through rather than at the
+    /// connect: a Redis that takes connections but cannot be used (the prefix claimed for
+    /// another interval) is still one outage, logged once.
+    fn outage_over(&mut self) {
         if let Some(since) = self.outage_since.take() {
             log::info!(
                 "Redis {} is back after {:.1} s; shipping {} held windows",
@@ -485,11 +498,11 @@ impl Node {
                 self.windows.len()
             );
         }
-        if !stopping && now >= self.next_drain {
-            self.next_drain = now + SHIP_EVERY;
-            self.ship_open_window()?;
-        }
-        // The last shipment of each sealed window, oldest first.
+    }
+
+    /// The last shipment of each sealed window not shipped yet (on this connection), oldest
+    /// first, except windows waiting out a retry after trouble with their keys.
+    fn ship_sealed_windows(&mut self, now: Instant) -> anyhow::Result<()> {
         let ttl_ms = self.s.key_ttl().as_millis() as u64;
         let mut i = 0;
         while i < self.windows.len() {
@@ -549,17 +562,22 @@ impl Node {
                 }
             }
         }
-        if stopping && !self.left && self.windows.iter().all(|h| h.shipped) {
-            // Leaders stop waiting for this instance at once.
-            if let Some(redis) = self.redis.as_mut() {
-                match store::leave(redis.con(), &self.s.keys, &self.s.instance) {
-                    Ok(()) => {}
-                    Err(e) => self.shared_key_failed("leaving the live set", e)?,
-                }
-            }
-            self.left = true;
+        Ok(())
+    }
+
+    /// Shutdown: once every held window is shipped, leaves the live set, so that leaders
+    /// stop waiting for this instance at once.
+    fn leave_once_shipped(&mut self) -> anyhow::Result<()> {
+        if self.left || !self.windows.iter().all(|h| h.shipped) {
+            return Ok(());
         }
-        self.lead(stopping)
+        if let Some(redis) = self.redis.as_mut() {
+            if let Err(e) = store::leave(redis.con(), &self.s.keys, &self.s.instance) {
+                self.shared_key_failed("leaving the live set", e)?;
+            }
+        }
+        self.left = true;
+        Ok(())
     }
 
     /// Heartbeats, and checks that the prefix is still claimed for this `--interval` (it
@@ -654,8 +672,6 @@ impl Node {
     /// Asks to lead each shipped window and reports those it leads that are ready.
     fn lead(&mut self, stopping: bool) -> anyhow::Result<()> {
         let lease_ms = LEASE.as_millis() as u64;
-        let (keys, instance) = (self.s.keys.clone(), self.s.instance.clone());
-        let (keys, instance) = (&keys, instance.as_str());
         let now = Instant::now();
         let mut i = 0;
         while i < self.windows.len() {
@@ -665,44 +681,13 @@ impl Node {
                 continue;
             }
             let start = held.window_start;
-            let Some(redis) = self.redis.as_mut() else {
-                return Ok(());
-            };
-            let con = redis.con();
-            if stopping && self.left {
-                let live_ms = LIVE_TTL.as_millis() as u64;
-                // Unreadable or not trusted: taken as nobody else, so the window is
-                // reported here (a repeat is better than a gap).
-                let others = match store::live(con, keys, self.clock.now_ms(), live_ms) {
-                    Ok(others) => others.unwrap_or_default(),
-                    Err(e) => {
-                        self.shared_key_failed("reading the live set", e)?;
-                        Vec::new()
-                    }
-                };
-                if !others.is_empty() {
-                    let Some(redis) = self.redis.as_mut() else {
-                        return Ok(());
-                    };
-                    // Left to the instances still running; they need not wait for the lease.
-                    if let Err(e) = store::release(redis.con(), keys, start, instance) {
-                        if let Failure::Outage(e) = failure(e) {
-                            return Err(e);
-                        }
-                    }
-                    log::info!(
-                        "window {} is left to {} other live instances",
-                        rfc3339_secs(start),
-                        others.len()
-                    );
-                    self.drop_window(i);
-                    continue;
-                }
+            if stopping && self.left && self.hand_over(i)? {
+                continue;
             }
             let Some(redis) = self.redis.as_mut() else {
                 return Ok(());
             };
-            let led = store::lead(redis.con(), keys, start, instance, lease_ms);
+            let led = store::lead(redis.con(), &self.s.keys, start, &self.s.instance, lease_ms);
             let outcome = match led {
                 Ok(Lead::Done(_)) => {
                     self.drop_window(i);
@@ -726,6 +711,44 @@ impl Node {
             i += 1;
         }
         Ok(())
+    }
+
+    /// Shutdown, once this instance has left the live set: window `i` is left to the
+    /// instances still running, which need not wait for its lease. True when it was (the
+    /// window is gone here); false when no other instance is alive, or the live set cannot be
+    /// read or trusted, so that this instance reports the window (a repeat is better than a
+    /// gap).
+    fn hand_over(&mut self, i: usize) -> anyhow::Result<bool> {
+        let start = self.windows[i].window_start;
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        let live_ms = LIVE_TTL.as_millis() as u64;
+        let others = match store::live(redis.con(), &self.s.keys, self.clock.now_ms(), live_ms) {
+            Ok(others) => others.unwrap_or_default(),
+            Err(e) => {
+                self.shared_key_failed("reading the live set", e)?;
+                Vec::new()
+            }
+        };
+        if others.is_empty() {
+            return Ok(false);
+        }
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        if let Err(e) = store::release(redis.con(), &self.s.keys, start, &self.s.instance) {
+            if let Failure::Outage(e) = failure(e) {
+                return Err(e);
+            }
+        }
+        log::info!(
+            "window {} is left to {} other live instances",
+            rfc3339_secs(start),
+            others.len()
+        );
+        self.drop_window(i);
+        Ok(true)
     }
 
     /// Whether the leader may report window `i` now: every live instance has made its last
