@@ -373,7 +373,7 @@ impl IdSet {
                 }
             }
         }
-        out.finish()
+        out.into_set()
     }
 
     /// Adds every id of `other`.
@@ -394,7 +394,7 @@ impl IdSet {
                 out.push(key);
             }
         }
-        *self = out.finish();
+        *self = out.into_set();
     }
 
     /// The union of many sets (one per shard, or one per shipment), merged in pairs of
@@ -413,7 +413,7 @@ impl IdSet {
         for key in tree.iter() {
             out.push(key);
         }
-        out.finish()
+        out.into_set()
     }
 
     /// The same set as a roaring treemap (to compare with it).
@@ -603,7 +603,7 @@ impl IdSet {
         if !r.0.is_empty() {
             return Err(DecodeError::Trailing(r.0.len()));
         }
-        let set = out.finish();
+        let set = out.into_set();
         if set.len != len {
             return Err(DecodeError::Count);
         }
@@ -923,7 +923,8 @@ impl Builder {
         self.set.push_block(block);
     }
 
-    pub fn finish(mut self) -> IdSet {
+    /// The set built.
+    pub fn into_set(mut self) -> IdSet {
         self.seal();
         self.set
     }
@@ -1179,7 +1180,7 @@ mod tests {
                 .into_iter()
                 .filter(|id| !a.contains(id))
                 .collect();
-            assert_eq!(fresh.finish().iter().collect::<Vec<_>>(), new);
+            assert_eq!(fresh.into_set().iter().collect::<Vec<_>>(), new);
         }
     }
 
