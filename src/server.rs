@@ -96,9 +96,9 @@ fn restore(
             Err(_) => refused_endpoint(&start, endpoint),
         }
     }
-    let window = saved.window_start / windows.len().as_secs().max(1);
-    let resumable =
-        saved.interval_secs == windows.len().as_secs() && window >= windows.index_of(limits.now_ms);
+    let window = saved.window_start / windows.length().as_secs().max(1);
+    let resumable = saved.interval_secs == windows.length().as_secs()
+        && window >= windows.index_of(limits.now_ms);
     if resumable {
         let (ids, count) = (saved.ids.len(), endpoints.len());
         // The endpoint table may be fuller than the saving instance's (`--max-endpoints`).

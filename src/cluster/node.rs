@@ -93,7 +93,7 @@ pub struct Settings {
 impl Settings {
     /// See [`key_ttl`].
     pub fn key_ttl(&self) -> Duration {
-        key_ttl(self.windows.len(), self.backlog, self.grace)
+        key_ttl(self.windows.length(), self.backlog, self.grace)
     }
 }
 
@@ -122,7 +122,7 @@ impl ClusterSink {
     ) -> std::io::Result<ClusterSink> {
         let (tx, rx) = unbounded();
         let node = Node {
-            s: settings,
+            settings,
             shards,
             clock,
             reporter,
@@ -230,7 +230,7 @@ fn one_line(text: &str) -> String {
 
 /// The cluster thread's state.
 struct Node {
-    s: Settings,
+    settings: Settings,
     shards: Arc<Shards>,
     clock: Arc<dyn Clock>,
     reporter: Box<dyn Reporter>,
@@ -355,7 +355,7 @@ impl Node {
         let unsent = if drained_here { sealed.unshipped } else { None };
         self.windows.push_back(Held {
             window_start: sealed.window_start,
-            end_ms: self.s.windows.end_ms(sealed.window),
+            end_ms: self.settings.windows.end_ms(sealed.window),
             ids: sealed.ids,
             unsent,
             endpoints: sealed.endpoints,
@@ -376,7 +376,7 @@ impl Node {
         }
         if self.redis.is_some() {
             if let Err(e) = self.work(stopping) {
-                self.lost(e);
+                self.drop_connection(e);
             }
         }
         while let Some(i) = self.windows.iter().position(|h| h.refused) {
@@ -393,7 +393,7 @@ impl Node {
     }
 
     fn connect(&mut self) {
-        match conn::connect(&self.s.target) {
+        match conn::connect(&self.settings.target) {
             Ok(redis) => {
                 self.redis = Some(redis);
                 self.generation += 1;
@@ -405,12 +405,13 @@ impl Node {
                     held.unsent = None;
                 }
             }
-            Err(e) => self.lost(e),
+            Err(e) => self.drop_connection(e),
         }
     }
 
-    /// A failed Redis operation: drop the connection and retry later. Logged once per outage.
-    fn lost(&mut self, e: anyhow::Error) {
+    /// A failed Redis operation: drops the connection, to connect again later. Logged once
+    /// per outage.
+    fn drop_connection(&mut self, e: anyhow::Error) {
         self.metrics.redis_errors.fetch_add(1, Relaxed);
         self.redis = None;
         self.next_connect = Instant::now() + RECONNECT_EVERY;
@@ -419,15 +420,15 @@ impl Node {
             log::warn!(
                 "Redis {} is unavailable ({}): requests are still answered; up to {} sealed \
                  windows wait in the backlog until it is back",
-                self.s.target.display(),
+                self.settings.target.display(),
                 conn::describe(&e),
-                self.s.backlog
+                self.settings.backlog
             );
         }
     }
 
     /// Window `i`'s keys made `doing` fail: counted, logged, tried again later (an outage
-    /// is returned instead, for [`Node::lost`]).
+    /// is returned instead, for [`Node::drop_connection`]).
     fn window_failed(&mut self, i: usize, doing: &str, e: store::Error) -> anyhow::Result<()> {
         let why = match failure(e) {
             Failure::Outage(e) => return Err(e),
@@ -442,7 +443,7 @@ impl Node {
              writing to {}?)",
             rfc3339_secs(held.window_start),
             held.failures,
-            self.s.keys.window_keys(held.window_start)
+            self.settings.keys.window_keys(held.window_start)
         );
         held.trouble = why;
         Ok(())
@@ -461,7 +462,7 @@ impl Node {
             log::error!(
                 "{doing} failed ({why}): is another program writing under --redis-prefix {}? \
                  Windows are still reported, by each leader once --cluster-grace has passed",
-                self.s.keys.prefix()
+                self.settings.keys.prefix()
             );
         }
         Ok(())
@@ -493,7 +494,7 @@ impl Node {
         if let Some(since) = self.outage_since.take() {
             log::info!(
                 "Redis {} is back after {:.1} s; shipping {} held windows",
-                self.s.target.display(),
+                self.settings.target.display(),
                 since.elapsed().as_secs_f64(),
                 self.windows.len()
             );
@@ -503,7 +504,7 @@ impl Node {
     /// The last shipment of each sealed window not shipped yet (on this connection), oldest
     /// first, except windows waiting out a retry after trouble with their keys.
     fn ship_sealed_windows(&mut self, now: Instant) -> anyhow::Result<()> {
-        let ttl_ms = self.s.key_ttl().as_millis() as u64;
+        let ttl_ms = self.settings.key_ttl().as_millis() as u64;
         let mut i = 0;
         while i < self.windows.len() {
             let held = &self.windows[i];
@@ -516,9 +517,9 @@ impl Node {
             };
             let shipped = ship_window(
                 redis.con(),
-                &self.s.keys,
+                &self.settings.keys,
                 &self.metrics,
-                &self.s.instance,
+                &self.settings.instance,
                 held.window_start,
                 held.unsent.as_ref().unwrap_or(&held.ids),
                 &held.endpoints,
@@ -572,7 +573,8 @@ impl Node {
             return Ok(());
         }
         if let Some(redis) = self.redis.as_mut() {
-            if let Err(e) = store::leave(redis.con(), &self.s.keys, &self.s.instance) {
+            if let Err(e) = store::leave(redis.con(), &self.settings.keys, &self.settings.instance)
+            {
                 self.shared_key_failed("leaving the live set", e)?;
             }
         }
@@ -587,11 +589,16 @@ impl Node {
             return Ok(());
         };
         let con = redis.con();
-        let keys = &self.s.keys;
+        let keys = &self.settings.keys;
         let (ms, ttl) = (self.clock.now_ms(), LIVE_TTL.as_millis() as u64);
-        let beat = store::heartbeat(con, keys, &self.s.instance, ms, ttl);
-        let interval = self.s.windows.len().as_secs();
-        let claim = store::claim_interval(con, keys, interval, self.s.key_ttl().as_millis() as u64);
+        let beat = store::heartbeat(con, keys, &self.settings.instance, ms, ttl);
+        let interval = self.settings.windows.length().as_secs();
+        let claim = store::claim_interval(
+            con,
+            keys,
+            interval,
+            self.settings.key_ttl().as_millis() as u64,
+        );
         let fine = beat.is_ok() && claim.is_ok();
         if let Err(e) = beat {
             self.shared_key_failed("the heartbeat", e)?;
@@ -602,7 +609,7 @@ impl Node {
                 return Err(anyhow::anyhow!(
                     "instances with --interval {theirs} now use --redis-prefix {}; this one \
                      (--interval {interval}) keeps off Redis until they are gone",
-                    self.s.keys.prefix()
+                    self.settings.keys.prefix()
                 ))
             }
             Err(e) => self.shared_key_failed("checking the interval stored in Redis", e)?,
@@ -618,7 +625,7 @@ impl Node {
         // The open window: the clock's, or a later one still open if the clock stepped back.
         let window = self
             .shards
-            .open_window(self.s.windows.index_of(self.clock.now_ms()));
+            .open_window(self.settings.windows.index_of(self.clock.now_ms()));
         let everything = self.open_shipped != Some((window, self.generation));
         let Some(drained) = self.shards.drain(window, everything) else {
             return Ok(());
@@ -627,17 +634,17 @@ impl Node {
             return Ok(());
         };
         if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
-            let start = self.s.windows.start_secs(window);
+            let start = self.settings.windows.start_secs(window);
             let shipped = ship_window(
                 redis.con(),
-                &self.s.keys,
+                &self.settings.keys,
                 &self.metrics,
-                &self.s.instance,
+                &self.settings.instance,
                 start,
                 &drained.ids,
                 &drained.endpoints,
                 false,
-                self.s.key_ttl().as_millis() as u64,
+                self.settings.key_ttl().as_millis() as u64,
             );
             match shipped.map_err(failure) {
                 Ok(Shipped::Stored) => {}
@@ -687,7 +694,13 @@ impl Node {
             let Some(redis) = self.redis.as_mut() else {
                 return Ok(());
             };
-            let led = store::lead(redis.con(), &self.s.keys, start, &self.s.instance, lease_ms);
+            let led = store::lead(
+                redis.con(),
+                &self.settings.keys,
+                start,
+                &self.settings.instance,
+                lease_ms,
+            );
             let outcome = match led {
                 Ok(Lead::Done(_)) => {
                     self.drop_window(i);
@@ -695,7 +708,7 @@ impl Node {
                 }
                 Ok(Lead::Waiting) => Ok(false),
                 Ok(Lead::Leading) => match self.windows[i].reported {
-                    Some(count) => self.finish(i, count),
+                    Some(count) => self.mark_done(i, count),
                     None => match self.ready(i, stopping) {
                         Ok(true) => self.report(i),
                         other => other,
@@ -724,7 +737,12 @@ impl Node {
             return Ok(false);
         };
         let live_ms = LIVE_TTL.as_millis() as u64;
-        let others = match store::live(redis.con(), &self.s.keys, self.clock.now_ms(), live_ms) {
+        let others = match store::live(
+            redis.con(),
+            &self.settings.keys,
+            self.clock.now_ms(),
+            live_ms,
+        ) {
             Ok(others) => others.unwrap_or_default(),
             Err(e) => {
                 self.shared_key_failed("reading the live set", e)?;
@@ -737,7 +755,12 @@ impl Node {
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
-        if let Err(e) = store::release(redis.con(), &self.s.keys, start, &self.s.instance) {
+        if let Err(e) = store::release(
+            redis.con(),
+            &self.settings.keys,
+            start,
+            &self.settings.instance,
+        ) {
             if let Failure::Outage(e) = failure(e) {
                 return Err(e);
             }
@@ -762,7 +785,7 @@ impl Node {
         }
         let held = &self.windows[i];
         let now = self.clock.now_ms();
-        let grace = self.s.grace.as_millis() as u64;
+        let grace = self.settings.grace.as_millis() as u64;
         if now < held.end_ms || now < self.connected_at_ms + grace {
             return Ok(false);
         }
@@ -773,7 +796,12 @@ impl Node {
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
-        let live = store::live(redis.con(), &self.s.keys, now, LIVE_TTL.as_millis() as u64);
+        let live = store::live(
+            redis.con(),
+            &self.settings.keys,
+            now,
+            LIVE_TTL.as_millis() as u64,
+        );
         let live = match live {
             Ok(Some(live)) => live,
             // Too many to trust: wait for the grace.
@@ -790,7 +818,7 @@ impl Node {
         };
         let con = redis.con();
         for instance in &live {
-            if !store::has_shipped(con, &self.s.keys, start, instance)? {
+            if !store::has_shipped(con, &self.settings.keys, start, instance)? {
                 return Ok(false);
             }
         }
@@ -805,11 +833,11 @@ impl Node {
             return Ok(false);
         };
         let con = redis.con();
-        let (keys, instance) = (&self.s.keys, self.s.instance.as_str());
+        let (keys, instance) = (&self.settings.keys, self.settings.instance.as_str());
         let start = self.windows[i].window_start;
-        let ttl_ms = self.s.key_ttl().as_millis() as u64;
+        let ttl_ms = self.settings.key_ttl().as_millis() as u64;
         // From here on the window's list does not change: no shipment that Redis accepted
-        // can be missed by the read below, nor deleted unread by `finish`.
+        // can be missed by the read below, nor deleted unread by `mark_done`.
         let Some(count) = store::freeze(con, keys, start, instance, ttl_ms)? else {
             return Ok(false); // lost the lease meanwhile
         };
@@ -867,7 +895,7 @@ impl Node {
             scope: Scope::Global,
         });
         self.windows[i].reported = Some(count);
-        self.finish(i, count)
+        self.mark_done(i, count)
     }
 
     /// The endpoints read from Redis that pass the checks a client's endpoint passes (this
@@ -909,17 +937,17 @@ impl Node {
     }
 
     /// Marks window `i` done and lets it go (true).
-    fn finish(&mut self, i: usize, count: u64) -> store::Result<bool> {
+    fn mark_done(&mut self, i: usize, count: u64) -> store::Result<bool> {
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
         let start = self.windows[i].window_start;
-        let ttl_ms = self.s.key_ttl().as_millis() as u64;
-        let kept = store::finish(
+        let ttl_ms = self.settings.key_ttl().as_millis() as u64;
+        let kept = store::mark_done(
             redis.con(),
-            &self.s.keys,
+            &self.settings.keys,
             start,
-            &self.s.instance,
+            &self.settings.instance,
             count,
             ttl_ms,
         )?;
@@ -950,7 +978,12 @@ impl Node {
             );
             if let Some(redis) = self.redis.as_mut() {
                 // Best effort: the lease expires on its own otherwise.
-                let _ = store::release(redis.con(), &self.s.keys, start, &self.s.instance);
+                let _ = store::release(
+                    redis.con(),
+                    &self.settings.keys,
+                    start,
+                    &self.settings.instance,
+                );
             }
             if let Some(count) = self.windows[i].reported {
                 log::error!(
@@ -975,7 +1008,7 @@ impl Node {
     /// alone; so is a window the cluster never reported before its keys expired.
     fn overflow(&mut self) {
         let now = self.clock.now_ms();
-        let ttl = self.s.key_ttl().as_millis() as u64;
+        let ttl = self.settings.key_ttl().as_millis() as u64;
         let expired = self
             .windows
             .iter()
@@ -983,7 +1016,7 @@ impl Node {
         if let Some(i) = expired {
             self.report_alone(i, "the cluster did not report it before its keys expired");
         }
-        while self.windows.iter().filter(|h| !h.shipped).count() > self.s.backlog {
+        while self.windows.iter().filter(|h| !h.shipped).count() > self.settings.backlog {
             let oldest = self
                 .windows
                 .iter()
@@ -1043,7 +1076,7 @@ impl Node {
         }
         if let Some(redis) = self.redis.as_mut() {
             if !self.left {
-                let _ = store::leave(redis.con(), &self.s.keys, &self.s.instance);
+                let _ = store::leave(redis.con(), &self.settings.keys, &self.settings.instance);
             }
         }
         while let Some(i) = self.windows.iter().position(|h| !h.shipped) {
