@@ -8,7 +8,7 @@
 //!
 //! `VERVE_KAFKA_OPTION` is read by [`Config`] rather than by clap: its list has an escape clap
 //! cannot express, and clap's `--help` would print its value, secrets included. Nothing here
-//! prints a secret: not a Kafka option's value, not a Redis password (see [`RedisUrl`]).
+//! prints a secret: not a Kafka option's value, not a Redis password (see `RedisUrl`).
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;

@@ -62,7 +62,7 @@ pub use options::{KafkaOption, OptionError};
 pub const TARGET: &str = "kafka";
 
 /// Windows reported but not yet taken by the Kafka thread, which takes them at least every
-/// [`delivery::TICK`] (the topic check runs on a thread of its own): room for the thread
+/// `delivery::TICK` (the topic check runs on a thread of its own): room for the thread
 /// being held up for about a minute of 1 s windows.
 const CHANNEL_LEN: usize = 64;
 
