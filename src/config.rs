@@ -20,7 +20,6 @@ use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Arg, Command, CommandFactory, Parser};
 
-use crate::clock::Windows;
 use crate::cluster::conn::{check_instance_id, Target};
 use crate::cluster::node::key_ttl;
 use crate::endpoints::EndpointPolicy;
@@ -344,11 +343,6 @@ impl Config {
         &self.endpoint_policy
     }
 
-    /// `--interval`'s windows.
-    pub fn windows(&self) -> Windows {
-        Windows::new(self.interval)
-    }
-
     /// `--instance-id`, or the host name and the port this instance listens on (known only
     /// once it is bound: `--listen` may ask for any free port).
     pub fn instance_id(&self, port: u16) -> String {
@@ -631,7 +625,6 @@ mod tests {
     fn what_derives_from_the_flags() {
         let c = parse(&["--max-endpoints", "10", "--interval", "5"]).unwrap();
         assert_eq!(c.callback_queue_len(), 40);
-        assert_eq!(c.windows(), Windows::new(5));
         // Ten windows of backlog and three more, the grace and a minute.
         assert_eq!(c.key_ttl(), Duration::from_secs(5 * 13 + 2 + 60));
         let c = parse(&["--instance-id", "a", "--workers", "3"]).unwrap();
