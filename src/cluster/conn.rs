@@ -19,9 +19,17 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// `--redis`: `redis://[USER:PASSWORD@]HOST:PORT[/DB]` (or `rediss://`; a user name for
 /// a Redis ACL user, a password alone for `requirepass`), or several comma-separated seed
 /// nodes of one Redis Cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     urls: Vec<String>,
+}
+
+/// As [`Target::display`] shows it: a `Debug` print (of the whole configuration, say) shows no
+/// password either.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Target").field(&self.display()).finish()
+    }
 }
 
 impl Target {
@@ -271,6 +279,7 @@ mod tests {
     fn targets_are_checked_and_shown_without_passwords() {
         let t = Target::parse("redis://:s3cret@10.0.0.1:6379/2").unwrap();
         assert_eq!(t.display(), "redis://:***@10.0.0.1:6379/2");
+        assert!(!format!("{t:?}").contains("s3cret"));
         let t = Target::parse(" redis://a:7000 , redis://b:7001 ").unwrap();
         assert_eq!(t.display(), "redis://a:7000,redis://b:7001");
         assert!(Target::parse("").is_err());
