@@ -1,9 +1,9 @@
 //! What the leader of a window does in cluster mode, timed: N instances (default 10) each
 //! hold M ids (default 1 million, random over 0..2^32, or with `--dist random-i64` over the
-//! whole i64 range), ship them the way `src/cluster/node.rs` does (`node::serialize`: the id
+//! whole i64 range), ship them the way `src/cluster/node.rs` does (`merge::serialize`: the id
 //! set's compact format), and the leader unions every shipment:
 //!
-//! - **memory**: what `verve::cluster::node::union_of_shipments` does with the blobs, without
+//! - **memory**: what `verve::cluster::merge::union_of_shipments` does with the blobs, without
 //!   Redis: `IdSet::deserialize` of each, in shipping order, added to a `verve::ids::Union`
 //!   (pairwise merges of sets of similar size); decoding and merging are timed apart.
 //! - **redis** (only with `REDIS_URL` set, e.g. `redis://127.0.0.1:6379`): the blobs are
@@ -46,7 +46,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use verve::cluster::conn::{self, Target};
-use verve::cluster::node::{serialize, union_of_shipments};
+use verve::cluster::merge::{serialize, union_of_shipments};
 use verve::cluster::store::{self, Keys};
 use verve::ids::{IdBuffer, IdSet, Union};
 

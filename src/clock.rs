@@ -53,32 +53,33 @@ impl Clock for ManualClock {
     }
 }
 
-/// Windows are numbered from the epoch: window `w` covers `[w * len, (w + 1) * len)` ms, so
-/// with a 60 s length every window is one wall-clock minute starting at `:00`.
+/// Windows are numbered from the epoch: window `w` covers `[w * length, (w + 1) * length)`
+/// ms, so with a 60 s length every window is one wall-clock minute starting at `:00`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {
-    len_ms: u64,
+    /// `--interval`, in ms.
+    length_ms: u64,
 }
 
 impl Windows {
     /// `interval_secs` must be at least 1 (the config checks it).
     pub fn new(interval_secs: u64) -> Self {
         Self {
-            len_ms: interval_secs.max(1) * 1000,
+            length_ms: interval_secs.max(1) * 1000,
         }
     }
 
     #[inline]
     pub fn index_of(&self, ms: u64) -> u64 {
-        ms / self.len_ms
+        ms / self.length_ms
     }
 
     pub fn start_ms(&self, window: u64) -> u64 {
-        window * self.len_ms
+        window * self.length_ms
     }
 
     pub fn end_ms(&self, window: u64) -> u64 {
-        (window + 1) * self.len_ms
+        (window + 1) * self.length_ms
     }
 
     /// Start of `window` in whole seconds since the epoch (what the count line shows).
@@ -86,8 +87,9 @@ impl Windows {
         self.start_ms(window) / 1000
     }
 
-    pub fn len(&self) -> Duration {
-        Duration::from_millis(self.len_ms)
+    /// How long each window is: `--interval`.
+    pub fn length(&self) -> Duration {
+        Duration::from_millis(self.length_ms)
     }
 }
 

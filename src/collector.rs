@@ -100,7 +100,7 @@ impl Collector {
                     let due = this.windows.end_ms(next) + SETTLE.as_millis() as u64;
                     let now = this.clock.now_ms();
                     if now >= due {
-                        this.seal(next);
+                        this.seal_and_hand_on(next);
                         next += 1;
                         // The gauge moves on to the window open now without waiting a second.
                         next_absorb = Instant::now();
@@ -152,14 +152,14 @@ impl Collector {
         }
     }
 
-    /// Seals `window` and hands it on.
-    fn seal(&mut self, window: u64) {
-        let sealed = self.merge(window);
+    /// Seals `window` and hands it to the sink.
+    fn seal_and_hand_on(&mut self, window: u64) {
+        let sealed = self.seal(window);
         self.sink.accept(sealed);
     }
 
     /// Seals `window`: the shards' last ids are merged into its set.
-    fn merge(&mut self, window: u64) -> SealedWindow {
+    fn seal(&mut self, window: u64) -> SealedWindow {
         let sealed = self.shards.seal(window);
         self.refused(window, sealed.refused);
         if sealed.late > 0 {
@@ -184,9 +184,9 @@ impl Collector {
     /// Seals the open window at shutdown and saves it to the state file; reports it as
     /// usual (a partial count) if it cannot be saved, so nothing is lost silently.
     fn save(&mut self, window: u64, path: &std::path::Path) {
-        let sealed = self.merge(window);
+        let sealed = self.seal(window);
         let saved = SavedWindow {
-            interval_secs: self.windows.len().as_secs(),
+            interval_secs: self.windows.length().as_secs(),
             window_start: sealed.window_start,
             ids: sealed.ids,
             endpoints: sealed.endpoints,
@@ -224,14 +224,14 @@ impl Collector {
         for window in next..=open {
             match &state_file {
                 Some(path) if window == open => self.save(window, path),
-                _ => self.seal(window),
+                _ => self.seal_and_hand_on(window),
             }
         }
         // Only a restored window ahead of the clock can be later. It is reported, but not the
         // empty windows before it, which have not begun: a window far ahead costs one line,
         // not one per interval up to it.
         for window in self.shards.windows_with_ids_after(open) {
-            self.seal(window);
+            self.seal_and_hand_on(window);
         }
         self.sink.finish(deadline);
     }

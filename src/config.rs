@@ -1,30 +1,41 @@
-//! The configuration: every flag of the README's *Flags* table, each with a
-//! `VERVE_<FLAG>` environment fallback, parsed and range-checked by clap (which names the
-//! flag and exits 2 on a bad value) and read-only after start-up. `VERVE_KAFKA_OPTION` is
-//! read here rather than by clap: its list has an escape clap cannot express, and clap's
-//! `--help` would print its value, secrets included.
+//! The configuration, in two steps, as ripgrep reads its flags: [`Flags`] is every flag of
+//! the README's *Flags* table, each with a `VERVE_<FLAG>` environment fallback,
+//! parsed and range-checked by clap, with the rules between flags beside them (`conflicts_with`,
+//! `requires`); [`Config`] is the flags checked as a whole, with what derives from them (the
+//! endpoint policy, the default instance id, the callback queue, the cluster's key lifetime),
+//! made once at start-up and read-only afterwards. Every refusal is a [`clap::Error`] that
+//! names the flag, exit status 2.
+//!
+//! `VERVE_KAFKA_OPTION` is read by [`Config`] rather than by clap: its list has an escape clap
+//! cannot express, and clap's `--help` would print its value, secrets included. Nothing here
+//! prints a secret: not a Kafka option's value, not a Redis password (see `RedisUrl`).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
+use clap::{Arg, Command, CommandFactory, Parser};
 
 use crate::cluster::conn::{check_instance_id, Target};
+use crate::cluster::node::key_ttl;
 use crate::endpoints::EndpointPolicy;
 use crate::http::limits::Resources;
 use crate::report::callback::{Method, DEFAULT_HOST_CALLS, MAX_CALL_THREADS};
 use crate::report::kafka::{self, options, KafkaOption};
 
+/// The command line and the environment as clap reads them. [`Config`] checks them as a
+/// whole; nothing else should read them.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "verve",
     version,
     about = "Counts distinct ids per wall-clock window and reports them."
 )]
-pub struct Config {
+pub struct Flags {
     /// Address to listen on.
     #[arg(
         long,
@@ -106,13 +117,20 @@ pub struct Config {
 
     /// Where the open window is saved at shutdown and resumed from at start (single
     /// instance); without it, shutdown reports the open window at once with a partial count.
-    #[arg(long, env = "VERVE_STATE_FILE", value_name = "PATH")]
+    /// Not with --redis: a cluster ships the open window to Redis at shutdown instead.
+    #[arg(
+        long,
+        env = "VERVE_STATE_FILE",
+        value_name = "PATH",
+        conflicts_with = "redis"
+    )]
     pub state_file: Option<PathBuf>,
 
     /// Cluster mode: the Redis all instances share, `redis://[USER:PASSWORD@]HOST:PORT[/DB]`
     /// (or several comma-separated seed nodes of a Redis Cluster).
-    #[arg(long, env = "VERVE_REDIS", value_name = "URL",
-          value_parser = Target::parse)]
+    // The environment's value is not shown by --help: it may hold a password.
+    #[arg(long, env = "VERVE_REDIS", value_name = "URL", hide_env_values = true,
+          value_parser = RedisUrl)]
     pub redis: Option<Target>,
 
     /// Cluster mode: the prefix of every Redis key.
@@ -159,7 +177,7 @@ pub struct Config {
     /// VERVE_KAFKA_OPTION, a comma-separated list in which `\,` is a comma of a value.
     /// Secret values (passwords, keys) are never shown.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE",
-          value_parser = KafkaOption::given)]
+          value_parser = KafkaOption::given, requires = "kafka_brokers")]
     pub kafka_options: Vec<KafkaOption>,
 
     /// Most memory the id sets of every window held in memory may take together (open,
@@ -203,12 +221,59 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `--redis`'s parser. Unlike clap's for a plain function, its refusal does not quote the
+/// value, which may hold a password.
+#[derive(Debug, Clone, Copy)]
+struct RedisUrl;
+
+impl TypedValueParser for RedisUrl {
+    type Value = Target;
+
+    fn parse_ref(
+        &self,
+        cmd: &Command,
+        _arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<Target, clap::Error> {
+        let refuse = |why: &str| {
+            cmd.clone().error(
+                ErrorKind::ValueValidation,
+                format!("invalid value for --redis: {why}"),
+            )
+        };
+        let url = value.to_str().ok_or_else(|| refuse("not valid UTF-8"))?;
+        Target::parse(url).map_err(|why| refuse(&why))
+    }
+}
+
+/// The configuration verve runs with: the [`Flags`], checked together, and what derives from
+/// them. The flags themselves are read through `Deref` (`config.interval`), read-only.
+#[derive(Debug, Clone)]
+pub struct Config {
+    flags: Flags,
+    /// `--endpoint-allow`, parsed.
+    endpoint_policy: EndpointPolicy,
+    /// The first half of the default `--instance-id`: this machine's host name, or
+    /// `localhost` when it cannot be read or cannot name an instance.
+    host_name: String,
+    /// `--workers`, or the cores this process may run on.
+    worker_count: usize,
+    /// `--max-memory`, or its default.
+    memory_limit: u64,
+}
+
+impl Deref for Config {
+    type Target = Flags;
+
+    fn deref(&self) -> &Flags {
+        &self.flags
+    }
+}
+
 impl Config {
-    /// The command line and the environment, or exit 2 with a message naming the flag at
-    /// fault (clap's own exit).
-    pub fn load() -> Config {
+    /// The command line and the environment of this process.
+    pub fn load() -> Result<Config, clap::Error> {
         Config::try_load(std::env::args_os(), std::env::var_os(options::ENV))
-            .unwrap_or_else(|e| e.exit())
     }
 
     /// [`Config::load`] from given arguments and `VERVE_KAFKA_OPTION` value. Like clap's own
@@ -218,54 +283,79 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let mut config = Config::try_parse_from(args)?;
-        let refuse = |msg: String| Config::command().error(ErrorKind::ValueValidation, msg);
-        if config.kafka_options.is_empty() {
+        Config::check(Flags::try_parse_from(args)?, kafka_env)
+    }
+
+    /// What clap cannot check: the `VERVE_KAFKA_OPTION` list, and the allow-list as a whole.
+    fn check(mut flags: Flags, kafka_env: Option<OsString>) -> Result<Config, clap::Error> {
+        let refuse = |kind, msg: String| Flags::command().error(kind, msg);
+        if flags.kafka_options.is_empty() {
             if let Some(list) = kafka_env {
                 let list = list.into_string().map_err(|_| {
-                    refuse(format!(
-                        "{} (--kafka-option) is not valid UTF-8",
-                        options::ENV
-                    ))
+                    refuse(
+                        ErrorKind::ValueValidation,
+                        format!("{} (--kafka-option) is not valid UTF-8", options::ENV),
+                    )
                 })?;
-                config.kafka_options = options::split_list(&list);
+                flags.kafka_options = options::split_list(&list);
+                // The rule clap checks for the flag (`requires`), for the variable.
+                if !flags.kafka_options.is_empty() && flags.kafka_brokers.is_none() {
+                    return Err(refuse(
+                        ErrorKind::MissingRequiredArgument,
+                        "--kafka-option is for the Kafka clients: it needs --kafka-brokers".into(),
+                    ));
+                }
             }
         }
-        options::check(&config.kafka_options).map_err(|e| refuse(e.to_string()))?;
-        if !config.kafka_options.is_empty() && config.kafka_brokers.is_none() {
-            return Err(Config::command().error(
-                ErrorKind::MissingRequiredArgument,
-                "--kafka-option is for the Kafka clients: it needs --kafka-brokers",
-            ));
-        }
-        Ok(config)
-    }
-
-    /// Checks what clap cannot: the allow-list entries.
-    pub fn endpoint_policy(&self) -> Result<EndpointPolicy, String> {
-        EndpointPolicy::new(&self.endpoint_allow)
-            .map_err(|e| format!("invalid value for --endpoint-allow: {e}"))
-    }
-
-    /// `--instance-id`, or the host name and the port this instance listens on.
-    pub fn instance_id(&self, port: u16) -> String {
-        if let Some(id) = &self.instance_id {
-            return id.clone();
-        }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        options::check(&flags.kafka_options)
+            .map_err(|e| refuse(ErrorKind::ValueValidation, e.to_string()))?;
+        let endpoint_policy = EndpointPolicy::new(&flags.endpoint_allow).map_err(|e| {
+            refuse(
+                ErrorKind::ValueValidation,
+                format!("invalid value for --endpoint-allow: {e}"),
+            )
+        })?;
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_owned())
             .filter(|h| check_instance_id(h).is_ok())
             .unwrap_or_else(|| "localhost".into());
-        format!("{host}:{port}")
+        let worker_count = match flags.workers {
+            Some(n) => n as usize,
+            None => core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1)),
+        };
+        // No budget only where neither the cgroup nor `/proc/meminfo` can be read.
+        let memory_limit = flags
+            .max_memory
+            .or_else(crate::budget::default_limit)
+            .unwrap_or(u64::MAX);
+        Ok(Config {
+            flags,
+            endpoint_policy,
+            host_name,
+            worker_count,
+            memory_limit,
+        })
+    }
+
+    /// `--endpoint-allow`: which callback URLs may be called.
+    pub fn endpoint_policy(&self) -> &EndpointPolicy {
+        &self.endpoint_policy
+    }
+
+    /// `--instance-id`, or the host name and the port this instance listens on (known only
+    /// once it is bound: `--listen` may ask for any free port).
+    pub fn instance_id(&self, port: u16) -> String {
+        match &self.instance_id {
+            Some(id) => id.clone(),
+            None => format!("{}:{port}", self.host_name),
+        }
     }
 
     /// `--max-memory`, or its default (see [`crate::budget::default_limit`]); no budget
     /// only where neither the cgroup nor `/proc/meminfo` can be read.
     pub fn memory_limit(&self) -> u64 {
-        self.max_memory
-            .or_else(crate::budget::default_limit)
-            .unwrap_or(u64::MAX)
+        self.memory_limit
     }
 
     /// `--max-connections`, or what `resources` allow (see [`crate::http::limits`]).
@@ -276,12 +366,24 @@ impl Config {
         }
     }
 
-    /// Worker threads: the flag, or the cores this process may run on.
+    /// Worker threads: `--workers`, or the cores this process may run on.
     pub fn worker_count(&self) -> usize {
-        match self.workers {
-            Some(n) => n as usize,
-            None => core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1)),
-        }
+        self.worker_count
+    }
+
+    /// Calls that may wait for a callback thread: a window's worth of endpoints, four times
+    /// over.
+    pub fn callback_queue_len(&self) -> usize {
+        self.max_endpoints as usize * 4
+    }
+
+    /// Cluster mode: how long a window's keys live in Redis (see [`key_ttl`]).
+    pub fn key_ttl(&self) -> Duration {
+        key_ttl(
+            Duration::from_secs(self.interval),
+            self.cluster_backlog as usize,
+            self.cluster_grace,
+        )
     }
 }
 
@@ -411,6 +513,7 @@ mod tests {
         );
         let id = c.instance_id(8080);
         assert!(id.ends_with(":8080") && id.len() > 5, "{id}");
+        assert!(check_instance_id(&id).is_ok(), "{id}");
     }
 
     #[test]
@@ -450,7 +553,7 @@ mod tests {
     }
 
     #[test]
-    fn allow_list_is_comma_separated_and_checked() {
+    fn allow_list_is_comma_separated_and_checked_at_load() {
         let c = parse(&[
             "--endpoint-allow",
             "a.test,*.b.test",
@@ -459,11 +562,74 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.endpoint_allow, ["a.test", "*.b.test"]);
-        assert!(c.endpoint_policy().unwrap().name_listed("x.b.test"));
-        let bad = parse(&["--endpoint-allow", "*."]).unwrap();
-        assert!(bad
-            .endpoint_policy()
-            .unwrap_err()
-            .contains("--endpoint-allow"));
+        assert!(c.endpoint_policy().name_listed("x.b.test"));
+        for bad in ["*.", "10.0.0.1/8"] {
+            let err = parse(&["--endpoint-allow", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains("--endpoint-allow"), "{err}");
+        }
+    }
+
+    const REDIS: [&str; 2] = ["--redis", "redis://verve:s3cret@127.0.0.1:6379/"];
+
+    #[test]
+    fn a_state_file_is_for_a_single_instance() {
+        let err = parse(&[&["--state-file", "w.state"][..], &REDIS].concat()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("--state-file") && text.contains("--redis"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(parse(&["--state-file", "w.state"]).is_ok());
+        assert!(parse(&REDIS).is_ok());
+    }
+
+    #[test]
+    fn kafka_options_need_brokers() {
+        let err = parse(&["--kafka-option", "debug=all"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--kafka-brokers"), "{err}");
+        let err = load(&[], Some("debug=all")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(parse(&[&BROKERS[..], &["--kafka-option", "debug=all"]].concat()).is_ok());
+    }
+
+    #[test]
+    fn a_redis_password_is_never_shown() {
+        for bad in [
+            "redis://verve:s3cret@127.0.0.1:99999/",
+            "http://verve:s3cret@127.0.0.1:6379/",
+            "verve:s3cret@127.0.0.1:6379",
+        ] {
+            let err = parse(&["--redis", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            let text = err.to_string();
+            assert!(
+                text.contains("--redis") && !text.contains("s3cret"),
+                "{text}"
+            );
+        }
+        // `--help` does not show the value of VERVE_REDIS.
+        let command = Flags::command();
+        let redis = command
+            .get_arguments()
+            .find(|a| a.get_id() == "redis")
+            .unwrap();
+        assert!(redis.is_hide_env_values_set());
+    }
+
+    #[test]
+    fn what_derives_from_the_flags() {
+        let c = parse(&["--max-endpoints", "10", "--interval", "5"]).unwrap();
+        assert_eq!(c.callback_queue_len(), 40);
+        // Ten windows of backlog and three more, the grace and a minute.
+        assert_eq!(c.key_ttl(), Duration::from_secs(5 * 13 + 2 + 60));
+        let c = parse(&["--instance-id", "a", "--workers", "3"]).unwrap();
+        assert_eq!(c.instance_id(8080), "a");
+        assert_eq!(c.worker_count(), 3);
+        assert!(parse(&[]).unwrap().worker_count() >= 1);
     }
 }

@@ -373,7 +373,7 @@ impl IdSet {
                 }
             }
         }
-        out.finish()
+        out.into_set()
     }
 
     /// Adds every id of `other`.
@@ -394,7 +394,7 @@ impl IdSet {
                 out.push(key);
             }
         }
-        *self = out.finish();
+        *self = out.into_set();
     }
 
     /// The union of many sets (one per shard, or one per shipment), merged in pairs of
@@ -413,7 +413,7 @@ impl IdSet {
         for key in tree.iter() {
             out.push(key);
         }
-        out.finish()
+        out.into_set()
     }
 
     /// The same set as a roaring treemap (to compare with it).
@@ -603,7 +603,7 @@ impl IdSet {
         if !r.0.is_empty() {
             return Err(DecodeError::Trailing(r.0.len()));
         }
-        let set = out.finish();
+        let set = out.into_set();
         if set.len != len {
             return Err(DecodeError::Count);
         }
@@ -923,7 +923,8 @@ impl Builder {
         self.set.push_block(block);
     }
 
-    pub fn finish(mut self) -> IdSet {
+    /// The set built.
+    pub fn into_set(mut self) -> IdSet {
         self.seal();
         self.set
     }
@@ -1179,7 +1180,7 @@ mod tests {
                 .into_iter()
                 .filter(|id| !a.contains(id))
                 .collect();
-            assert_eq!(fresh.finish().iter().collect::<Vec<_>>(), new);
+            assert_eq!(fresh.into_set().iter().collect::<Vec<_>>(), new);
         }
     }
 
@@ -1217,6 +1218,22 @@ mod tests {
         assert_eq!(a.iter().collect::<Vec<_>>(), [-7, 1, 3, u32::MAX as i64]);
         a.subtract(&IdSet::new());
         assert_eq!(a.len(), 4);
+    }
+
+    #[test]
+    fn the_union_of_many_sets_is_exact_whatever_their_number() {
+        for k in [0u64, 1, 2, 3, 7, 8, 9, 100] {
+            let mut union = Union::default();
+            for i in 0..k {
+                // Overlapping runs, some above 2^32.
+                union.add(IdSet::from_ids(
+                    (i as i64 * 10..i as i64 * 10 + 20).chain([(i as i64 + 1) << 40]),
+                ));
+            }
+            let expected = if k == 0 { 0 } else { k * 10 + 10 + k };
+            let got = union.into_set();
+            assert_eq!(got.len(), expected, "k = {k}");
+        }
     }
 
     #[test]

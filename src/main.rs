@@ -1,19 +1,20 @@
-//! The verve binary: read the config, open the log, bind, serve until SIGTERM or SIGINT;
-//! SIGHUP reopens the log file (after rotation) and serving goes on. If one of verve's own
-//! threads dies (see `verve::health`), it stops as for SIGTERM and exits with
-//! [`EXIT_THREAD_DIED`], so that systemd restarts it.
+//! The verve binary: read the config, open the log, check what the config points at, bind,
+//! serve until SIGTERM or SIGINT; SIGHUP reopens the log file (after rotation) and serving
+//! goes on. If one of verve's own threads dies (see `verve::health`), it stops as for
+//! SIGTERM and exits with [`EXIT_THREAD_DIED`], so that systemd restarts it.
+//!
+//! Every way out is a [`Failure`], and `main` is its one exit point: the kind of failure
+//! gives the exit status.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use verve::clock::SystemClock;
-use verve::cluster::conn::Problem;
-use verve::cluster::node::key_ttl;
+use verve::cluster::conn::{self, Problem, Target};
 use verve::cluster::store::Keys;
 use verve::config::Config;
 use verve::report::kafka::OptionError;
@@ -27,6 +28,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Start-up failures caused by the configuration exit with 2, like clap's own errors.
 const EXIT_CONFIG: u8 = 2;
 
+/// Other failures: the machine, not the configuration (signal handlers that cannot be
+/// installed, a thread that cannot be started).
+const EXIT_RUNTIME: u8 = 1;
+
 /// One of verve's threads died: a bug, not a configuration error, so systemd's
 /// `Restart=on-failure` restarts the service (70 is `EX_SOFTWARE`, "internal software error").
 const EXIT_THREAD_DIED: u8 = 70;
@@ -39,106 +44,95 @@ macro_rules! say {
     }};
 }
 
+/// Why verve did not start, or stopped other than by a signal: each kind has its exit status.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// A flag that clap or [`Config`] refused (exit 2), or `--help` and `--version` (exit
+    /// 0): clap's own message and status.
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    /// The configuration points at something that cannot be used: a log file that cannot be
+    /// opened, an address that cannot be bound, a Redis that is not one, a Kafka option that
+    /// librdkafka refuses (exit 2). The message names the flag.
+    #[error("{0}")]
+    Config(String),
+    /// One of verve's own threads died while serving (exit 70); `reported`: the open window
+    /// was reported all the same.
+    #[error(
+        "the {thread} thread died{}",
+        if *.reported { "" } else { "; the open window was not reported" }
+    )]
+    ThreadDied { thread: String, reported: bool },
+    /// Anything else (exit 1).
+    #[error("{0:#}")]
+    Runtime(#[from] anyhow::Error),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Flags(e) => u8::try_from(e.exit_code()).unwrap_or(EXIT_CONFIG),
+            Failure::Config(_) => EXIT_CONFIG,
+            Failure::ThreadDied { .. } => EXIT_THREAD_DIED,
+            Failure::Runtime(_) => EXIT_RUNTIME,
+        }
+    }
+
+    /// Says it on stderr (`--help` and `--version` on stdout, as clap does).
+    fn print(&self) {
+        match self {
+            Failure::Flags(e) => {
+                let _ = e.print();
+            }
+            Failure::ThreadDied { .. } => {
+                say!("verve: exiting with status {EXIT_THREAD_DIED}: {self}")
+            }
+            Failure::Config(_) | Failure::Runtime(_) => say!("error: {self}"),
+        }
+    }
+
+    /// A failed [`Server::start`]: librdkafka refusing the operator's `--kafka-option` is a
+    /// configuration error, anything else is not.
+    fn of_start(e: anyhow::Error) -> Failure {
+        match e.chain().find_map(|c| c.downcast_ref::<OptionError>()) {
+            Some(option) => Failure::Config(option.to_string()),
+            None => Failure::Runtime(e),
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let config = Config::load();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            failure.print();
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+fn run() -> Result<(), Failure> {
+    let config = Config::load()?;
     // Register first, so an early signal is not lost and an early SIGHUP (logrotate right
     // after a start) does not kill the process by its default action.
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(s) => s,
-        Err(e) => {
-            say!("error: installing signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let policy_check = config.endpoint_policy();
-    if let Err(e) = policy_check {
-        say!("error: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let log_file = match verve::logging::init(&config.log_file) {
-        Ok(f) => f,
-        Err(e) => {
-            say!("error: {e:#}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| anyhow::Error::new(e).context("installing signal handlers"))?;
+    let log_file =
+        verve::logging::init(&config.log_file).map_err(|e| Failure::Config(format!("{e:#}")))?;
     if let Some(target) = &config.redis {
-        if config.state_file.is_some() {
-            say!(
-                "error: --state-file is for a single instance; with --redis the open window is \
-                 shipped to Redis at shutdown instead"
-            );
-            return ExitCode::from(EXIT_CONFIG);
-        }
-        // Said plainly now rather than at the first window boundary.
-        let keys = Keys::new(&config.redis_prefix);
-        let key_ttl = key_ttl(
-            Duration::from_secs(config.interval),
-            config.cluster_backlog as usize,
-            config.cluster_grace,
-        );
-        match verve::cluster::conn::check(
-            target,
-            &keys,
-            config.interval,
-            key_ttl.as_millis() as u64,
-        ) {
-            Ok(kind) => log::info!("{kind} at {} is ready", target.display()),
-            Err(Problem::Unreachable(e)) => {
-                let msg = format!(
-                    "--redis {}: not reachable ({}); serving anyway, windows wait in the \
-                     backlog until it is",
-                    target.display(),
-                    verve::cluster::conn::describe(&e)
-                );
-                say!("warning: {msg}");
-                log::warn!("{msg}");
-            }
-            Err(Problem::Unusable(e)) => {
-                let why = verve::cluster::conn::describe(&e);
-                say!("error: --redis {}: {why}", target.display());
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            Err(Problem::OtherInterval(theirs)) => {
-                eprintln!(
-                    "error: --interval {}: the instances already using --redis-prefix {} on                      --redis {} count with --interval {theirs}; give every instance of a                      cluster the same --interval, or this one another --redis-prefix (Redis                      forgets their interval {} s after the last of them stops)",
-                    config.interval,
-                    config.redis_prefix,
-                    target.display(),
-                    key_ttl.as_secs()
-                );
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        }
+        check_redis(&config, target)?;
     }
     // A state file that cannot be written would only fail at shutdown: find out now.
     if let Some(path) = &config.state_file {
-        if let Err(e) = verve::state::check_writable(path) {
-            say!("error: --state-file {}: {e:#}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        verve::state::check_writable(path)
+            .map_err(|e| Failure::Config(format!("--state-file {}: {e:#}", path.display())))?;
     }
-    let listener = match server::bind(config.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            say!("error: --listen {}: cannot bind: {e}", config.listen);
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let listener = server::bind(config.listen)
+        .map_err(|e| Failure::Config(format!("--listen {}: cannot bind: {e}", config.listen)))?;
     let workers = config.worker_count();
     verve::configure_runtime(workers);
-    let server = match Server::start(&config, listener, Arc::new(SystemClock), workers) {
-        Ok(s) => s,
-        Err(e) => {
-            // librdkafka refused the operator's --kafka-option: a configuration error.
-            if let Some(option) = e.chain().find_map(|c| c.downcast_ref::<OptionError>()) {
-                say!("error: {option}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            say!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let server = Server::start(&config, listener, Arc::new(SystemClock), workers)
+        .map_err(Failure::of_start)?;
     log::info!(
         "verve {} listening on {} ({workers} workers, interval {} s, log {})",
         env!("CARGO_PKG_VERSION"),
@@ -172,17 +166,98 @@ fn main() -> ExitCode {
     let reported = server.shutdown();
     log::logger().flush();
     if let Some(thread) = health.failed() {
-        say!(
-            "verve: exiting with status {EXIT_THREAD_DIED}: the {thread} thread died{}",
-            if reported {
-                ""
-            } else {
-                "; the open window was not reported"
-            }
-        );
-        return ExitCode::from(EXIT_THREAD_DIED);
+        return Err(Failure::ThreadDied { thread, reported });
     }
     log::info!("stopped");
     log::logger().flush();
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+/// Cluster mode: whether `--redis` can be used, said plainly now rather than at the first
+/// window boundary. A Redis that cannot be reached yet is only a warning: windows wait in
+/// the backlog until it can.
+fn check_redis(config: &Config, target: &Target) -> Result<(), Failure> {
+    let keys = Keys::new(&config.redis_prefix);
+    let key_ttl = config.key_ttl();
+    match conn::check(target, &keys, config.interval, key_ttl.as_millis() as u64) {
+        Ok(kind) => log::info!("{kind} at {} is ready", target.display()),
+        Err(Problem::Unreachable(e)) => {
+            let msg = format!(
+                "--redis {}: not reachable ({}); serving anyway, windows wait in the backlog \
+                 until it is",
+                target.display(),
+                conn::describe(&e)
+            );
+            say!("warning: {msg}");
+            log::warn!("{msg}");
+        }
+        Err(Problem::Unusable(e)) => {
+            return Err(Failure::Config(format!(
+                "--redis {}: {}",
+                target.display(),
+                conn::describe(&e)
+            )))
+        }
+        Err(Problem::OtherInterval(theirs)) => {
+            return Err(Failure::Config(format!(
+                "--interval {}: the instances already using --redis-prefix {} on --redis {} \
+                 count with --interval {theirs}; give every instance of a cluster the same \
+                 --interval, or this one another --redis-prefix (Redis forgets their interval \
+                 {} s after the last of them stops)",
+                config.interval,
+                config.redis_prefix,
+                target.display(),
+                key_ttl.as_secs()
+            )))
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_exit_status() {
+        let flags = |args: &[&str]| Failure::from(Config::try_load(args, None).unwrap_err());
+        assert_eq!(
+            flags(&["verve", "--interval", "0"]).exit_code(),
+            EXIT_CONFIG
+        );
+        assert_eq!(flags(&["verve", "--help"]).exit_code(), 0);
+        assert_eq!(flags(&["verve", "--version"]).exit_code(), 0);
+        assert_eq!(Failure::Config("--listen".into()).exit_code(), EXIT_CONFIG);
+        let died = Failure::ThreadDied {
+            thread: "verve-collector".into(),
+            reported: false,
+        };
+        assert_eq!(died.exit_code(), EXIT_THREAD_DIED);
+        assert_eq!(
+            died.to_string(),
+            "the verve-collector thread died; the open window was not reported"
+        );
+        let runtime = Failure::from(anyhow::anyhow!("no threads").context("starting"));
+        assert_eq!(runtime.exit_code(), EXIT_RUNTIME);
+        assert_eq!(runtime.to_string(), "starting: no threads");
+    }
+
+    #[test]
+    fn a_kafka_option_that_librdkafka_refuses_is_a_configuration_error() {
+        let refused = anyhow::Error::new(OptionError::new(
+            Some("ssl.key.password"),
+            "librdkafka: bad key",
+        ))
+        .context("starting the Kafka reporter");
+        let failure = Failure::of_start(refused);
+        assert_eq!(failure.exit_code(), EXIT_CONFIG);
+        assert!(
+            failure
+                .to_string()
+                .starts_with("--kafka-option ssl.key.password"),
+            "{failure}"
+        );
+        let other = Failure::of_start(anyhow::anyhow!("starting the collector thread"));
+        assert_eq!(other.exit_code(), EXIT_RUNTIME);
+    }
 }

@@ -39,11 +39,6 @@ pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4_000);
 /// Longest wait for requests already read to be answered before the last window is sealed.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-/// Calls that may wait for a callback thread: a window's worth of endpoints, four times over.
-fn callback_queue_len(config: &Config) -> usize {
-    config.max_endpoints as usize * 4
-}
-
 /// Binds the listening socket: `SO_REUSEADDR` (restart while old connections linger) but not
 /// `SO_REUSEPORT`, so a second instance on the same port fails instead of sharing it.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -101,9 +96,9 @@ fn restore(
             Err(_) => refused_endpoint(&start, endpoint),
         }
     }
-    let window = saved.window_start / windows.len().as_secs().max(1);
-    let resumable =
-        saved.interval_secs == windows.len().as_secs() && window >= windows.index_of(limits.now_ms);
+    let window = saved.window_start / windows.length().as_secs().max(1);
+    let resumable = saved.interval_secs == windows.length().as_secs()
+        && window >= windows.index_of(limits.now_ms);
     if resumable {
         let (ids, count) = (saved.ids.len(), endpoints.len());
         // The endpoint table may be fuller than the saving instance's (`--max-endpoints`).
@@ -162,7 +157,7 @@ impl Server {
         clock: Arc<dyn Clock>,
         shards: usize,
     ) -> anyhow::Result<Server> {
-        let policy = config.endpoint_policy().map_err(anyhow::Error::msg)?;
+        let policy = config.endpoint_policy().clone();
         let health = Health::new();
         let memory = IdMemory::new(config.memory_limit());
         log::info!("id memory budget: {} bytes", memory.limit());
@@ -180,7 +175,7 @@ impl Server {
                 method: config.endpoint_method,
                 timeout: config.endpoint_timeout,
                 policy: policy.clone(),
-                queue_len: callback_queue_len(config),
+                queue_len: config.callback_queue_len(),
                 host_calls: config.endpoint_host_calls as usize,
                 threads: callback::call_threads(
                     config.max_endpoints as usize,
@@ -262,7 +257,7 @@ impl Server {
         }
         .spawn(&health)
         .context("starting the collector thread")?;
-        http::date::start();
+        http::date::try_start().context("starting the Date header thread")?;
         listener
             .set_nonblocking(true)
             .context("making the listener non-blocking")?;

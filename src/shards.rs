@@ -441,7 +441,7 @@ impl Shards {
             Some(unshipped) => {
                 let mut fresh = Builder::default();
                 m.ids = IdSet::union(ids, recent, Some(&mut fresh));
-                m.unshipped = Some(IdSet::union(unshipped, fresh.finish(), None));
+                m.unshipped = Some(IdSet::union(unshipped, fresh.into_set(), None));
             }
         }
         self.settle(m, reserved);

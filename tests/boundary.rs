@@ -9,7 +9,6 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::Parser;
 use verve::clock::ManualClock;
 use verve::collector::SETTLE;
 use verve::config::Config;
@@ -69,8 +68,11 @@ fn requests_count_in_the_window_they_arrived_in_across_a_boundary() {
     // 2026-11-21T23:50:59Z: one second before the boundary of a 60 s window.
     let boundary_ms = 1_795_305_060_000;
     let clock = ManualClock::new(boundary_ms - 1_000);
-    let config =
-        Config::try_parse_from(["verve", "--listen", "127.0.0.1:0", "--interval", "60"]).unwrap();
+    let config = Config::try_load(
+        ["verve", "--listen", "127.0.0.1:0", "--interval", "60"],
+        None,
+    )
+    .unwrap();
     let listener = bind(config.listen).unwrap();
     let server = Server::start(&config, listener, clock.clone() as Arc<_>, 2).unwrap();
     let mut client = Client::connect(server.local_addr());

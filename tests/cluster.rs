@@ -21,7 +21,7 @@ use common::redis_servers::{Redis, RedisCluster};
 use common::{
     encode, rfc3339_secs, temp_dir, wait_until, window_now, CountLine, Receiver, Reply, Server,
 };
-use verve::cluster::node::union_of_shipments;
+use verve::cluster::merge::union_of_shipments;
 use verve::cluster::store::Keys;
 
 const INTERVAL: u64 = 3;
@@ -537,20 +537,6 @@ fn something_that_is_not_redis_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error: --redis"), "{err}");
-}
-
-#[test]
-fn a_state_file_is_refused_in_cluster_mode() {
-    let redis = Redis::start();
-    let dir = temp_dir("state-cluster");
-    let out = common::command(&dir)
-        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url])
-        .arg("--state-file")
-        .arg(dir.join("w.state"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--state-file"));
 }
 
 #[test]

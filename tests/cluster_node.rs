@@ -15,7 +15,8 @@ use common::wait_until;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use verve::clock::{rfc3339_secs, ManualClock, Windows};
 use verve::cluster::conn::Target;
-use verve::cluster::node::{union_of_shipments_pausing, ClusterSink, Settings, WINDOW_TRIES};
+use verve::cluster::merge::union_of_shipments_pausing;
+use verve::cluster::node::{ClusterSink, Settings, WINDOW_TRIES};
 use verve::cluster::store::{self, Keys, Lead};
 use verve::endpoints::EndpointPolicy;
 use verve::metrics::Metrics;
@@ -225,7 +226,7 @@ fn a_last_shipment_after_the_leaders_read_is_reported_locally_not_lost() {
         "{:?}",
         logged(&[&when])
     );
-    assert!(store::finish(&mut leader, &keys, start, "a", union.len(), 60_000).unwrap());
+    assert!(store::mark_done(&mut leader, &keys, start, "a", union.len(), 60_000).unwrap());
     // The next window is b's alone (the test's leader never heartbeats): reported in full.
     b.record(w + 1, 100..107, None);
     b.seal(w + 1);

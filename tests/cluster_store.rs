@@ -9,7 +9,7 @@ mod common;
 use common::redis_servers::{Redis, RedisCluster};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use verve::cluster::conn;
-use verve::cluster::node::{union_of_shipments, union_of_shipments_pausing, Skipped};
+use verve::cluster::merge::{union_of_shipments, union_of_shipments_pausing, Skipped};
 use verve::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
 
 use verve::ids::IdSet;
@@ -21,7 +21,7 @@ fn serialized(ids: &[i64]) -> Vec<u8> {
     let set = IdSet::from_ids(ids.iter().copied());
     let mut bytes = Vec::new();
     if CALLS.fetch_add(1, Relaxed).is_multiple_of(2) {
-        bytes = verve::cluster::node::serialize(&set);
+        bytes = verve::cluster::merge::serialize(&set);
     } else if !set.is_empty() {
         set.to_treemap().serialize_into(&mut bytes).unwrap();
     }
@@ -85,7 +85,7 @@ fn shipments_add_up_to_the_union_and_repeats_change_nothing() {
     window_round_trip(&mut redis.connect());
 }
 
-/// Ships, counts, leads and finishes one window, on any connection (single or cluster).
+/// Ships, counts, leads and marks done one window, on any connection (single or cluster).
 fn window_round_trip(con: &mut dyn redis::ConnectionLike) {
     let keys = Keys::new("verve-test");
     let w = 1_795_320_720;
@@ -114,7 +114,7 @@ fn window_round_trip(con: &mut dyn redis::ConnectionLike) {
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut *con).unwrap();
         assert!(ttl > 0 && ttl <= TTL as i64, "{key}: PTTL {ttl}");
     }
-    // Lead, freeze, report, finish: then the window is done for everybody, its ids are
+    // Lead, freeze, report, mark done: then the window is done for everybody, its ids are
     // gone, and a late shipment is refused instead of changing a reported count.
     assert_eq!(store::lead(con, &keys, w, "b", TTL).unwrap(), Lead::Leading);
     assert_eq!(store::lead(con, &keys, w, "a", TTL).unwrap(), Lead::Waiting);
@@ -127,10 +127,10 @@ fn window_round_trip(con: &mut dyn redis::ConnectionLike) {
     assert!(store::renew(con, &keys, w, "b", TTL).unwrap());
     assert!(!store::renew(con, &keys, w, "a", TTL).unwrap());
     assert!(
-        !store::finish(con, &keys, w, "a", 6, TTL).unwrap(),
+        !store::mark_done(con, &keys, w, "a", 6, TTL).unwrap(),
         "not a's lease"
     );
-    assert!(store::finish(con, &keys, w, "b", 6, TTL).unwrap());
+    assert!(store::mark_done(con, &keys, w, "b", 6, TTL).unwrap());
     assert_eq!(store::lead(con, &keys, w, "a", TTL).unwrap(), Lead::Done(6));
     assert!(!store::renew(con, &keys, w, "b", TTL).unwrap(), "done");
     let exists: i64 = redis::cmd("EXISTS")
@@ -311,7 +311,7 @@ fn a_shipment_that_reaches_redis_after_the_leaders_read_is_refused_not_deleted_u
     assert_eq!(store::shipments(&mut slow, &keys, w).unwrap(), n);
     assert!(endpoints(&mut slow, &keys, w, 10).is_empty());
     assert!(!store::has_shipped(&mut slow, &keys, w, "b").unwrap());
-    assert!(store::finish(&mut leader, &keys, w, "a", union.len(), TTL).unwrap());
+    assert!(store::mark_done(&mut leader, &keys, w, "a", union.len(), TTL).unwrap());
     assert_eq!(
         store::lead(&mut slow, &keys, w, "b", TTL).unwrap(),
         Lead::Done(4)

@@ -19,9 +19,17 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// `--redis`: `redis://[USER:PASSWORD@]HOST:PORT[/DB]` (or `rediss://`; a user name for
 /// a Redis ACL user, a password alone for `requirepass`), or several comma-separated seed
 /// nodes of one Redis Cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     urls: Vec<String>,
+}
+
+/// As [`Target::display`] shows it: a `Debug` print (of the whole configuration, say) shows no
+/// password either.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Target").field(&self.display()).finish()
+    }
 }
 
 impl Target {
@@ -36,7 +44,8 @@ impl Target {
             return Err("no Redis URL given".into());
         }
         for url in &urls {
-            redis::Client::open(url.as_str()).map_err(|e| format!("{url:?}: {e}"))?;
+            // Shown masked: a URL that does not parse may still hold a password.
+            redis::Client::open(url.as_str()).map_err(|e| format!("{:?}: {e}", masked(url)))?;
         }
         Ok(Target { urls })
     }
@@ -50,10 +59,21 @@ impl Target {
                     let _ = parsed.set_password(Some("***"));
                     parsed.to_string()
                 }
-                _ => u.clone(),
+                Ok(_) => u.clone(),
+                Err(_) => masked(u),
             })
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// `url` with what comes before its last `@` (after the scheme) masked: the user and the
+/// password of a URL that may not parse, where [`Target::display`] cannot find them.
+fn masked(url: &str) -> String {
+    let from = url.find("://").map_or(0, |i| i + 3);
+    match url[from..].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..from], &url[from + at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -259,9 +279,18 @@ mod tests {
     fn targets_are_checked_and_shown_without_passwords() {
         let t = Target::parse("redis://:s3cret@10.0.0.1:6379/2").unwrap();
         assert_eq!(t.display(), "redis://:***@10.0.0.1:6379/2");
+        assert!(!format!("{t:?}").contains("s3cret"));
         let t = Target::parse(" redis://a:7000 , redis://b:7001 ").unwrap();
         assert_eq!(t.display(), "redis://a:7000,redis://b:7001");
         assert!(Target::parse("").is_err());
+        // A URL that does not parse is shown without what may be its password.
+        let err = Target::parse("redis://u:s3cret@h:99999").unwrap_err();
+        assert!(
+            err.contains("redis://***@h:99999") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let err = Target::parse("u:s3cret@h:1").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
         assert!(Target::parse("http://x").is_err());
     }
 

@@ -7,6 +7,8 @@
 //!   start-up check.
 //! - [`node`]: the cluster thread that ships, holds the backlog and leads windows, and the
 //!   [`node::ClusterSink`] through which the collector hands it sealed windows.
+//! - [`merge`]: the leader's merge, the union of every shipment of a window, and the
+//!   shipments' encoding.
 //!
 //! The request path never touches Redis: workers record into their shards as in single
 //! mode, and the cluster thread drains the open window's new ids every second and ships them
@@ -45,5 +47,6 @@
 //! reported possible instead, and a repeat is preferred to a gap (README, *Cluster mode*).
 
 pub mod conn;
+pub mod merge;
 pub mod node;
 pub mod store;

@@ -26,7 +26,7 @@
 //! list, and the ship script refuses a window that is frozen or done. So every shipment that
 //! was answered [`Shipped::Stored`] is in the list the leader then reads, and every later one
 //! is answered [`Shipped::TooLate`], which its instance reports alone (`scope=local`): none
-//! is stored after the read and deleted unseen by [`finish`]. A successor that takes over a
+//! is stored after the read and deleted unseen by [`mark_done`]. A successor that takes over a
 //! frozen window reads the same, unchanged list.
 //!
 //! **Redis is untrusted input.** Another program, or another deployment, may write under the
@@ -414,7 +414,7 @@ pub fn freeze(
 
 /// Marks the window reported while `instance` holds the lease, and drops its ids. The list
 /// holds only what the leader read: it was frozen before the read (see [`freeze`]).
-const FINISH: &str = r"
+const MARK_DONE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
@@ -426,7 +426,7 @@ return 1
 /// Marks the window reported with its global `count` (kept for `ttl_ms`, so that a late
 /// shipment is refused rather than reported twice) and frees its ids. False when `instance`
 /// no longer held the lease: another instance may report the window too.
-pub fn finish(
+pub fn mark_done(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     window_start: u64,
@@ -434,7 +434,7 @@ pub fn finish(
     count: u64,
     ttl_ms: u64,
 ) -> Result<bool> {
-    let marked: i64 = redis::Script::new(FINISH)
+    let marked: i64 = redis::Script::new(MARK_DONE)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
         .key(keys.ids(window_start))
@@ -499,7 +499,7 @@ return out
 /// Calls `each` with the first `count` shipments of the window's list (from [`freeze`] or
 /// [`shipments`]), a page at a time, and `between` with the connection after each page: a
 /// long read can renew the lease and heartbeat on the way. `between` returning false stops
-/// the read (false). A list that turns out shorter (a successor finished the window and
+/// the read (false). A list that turns out shorter (a successor marked the window done and
 /// deleted it) ends the read early; the leader's renewal before it reports then fails.
 pub fn fetch(
     con: &mut dyn ConnectionLike,

@@ -3,7 +3,7 @@
 //! sees a half-written date and never blocks the writer.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` is always 29 bytes.
@@ -24,7 +24,8 @@ static CACHED: Cached = Cached {
     ],
 };
 
-static UPDATER: OnceLock<()> = OnceLock::new();
+/// Whether the updater thread runs: set once it has been started.
+static UPDATER: Mutex<bool> = Mutex::new(false);
 
 fn store(now: SystemTime) {
     let text = httpdate::fmt_http_date(now);
@@ -42,26 +43,37 @@ fn store(now: SystemTime) {
     CACHED.seq.store(seq + 2, Ordering::Release);
 }
 
-/// Starts the once-a-second updater (idempotent) after storing the current date.
+/// Stores the current date and starts the once-a-second updater; later calls do nothing.
+/// A thread that cannot be started is an error, as for every other thread of verve (the
+/// date would freeze), and the next call tries again.
+pub fn try_start() -> std::io::Result<()> {
+    let mut started = UPDATER.lock().unwrap_or_else(PoisonError::into_inner);
+    if *started {
+        return Ok(());
+    }
+    store(SystemTime::now());
+    std::thread::Builder::new()
+        .name("verve-date".into())
+        .spawn(|| loop {
+            // Wake just after the next whole second so the header changes on time.
+            let now = SystemTime::now();
+            let into_second = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            std::thread::sleep(Duration::from_nanos(
+                1_000_000_000 - into_second as u64 + 1_000,
+            ));
+            store(SystemTime::now());
+        })?;
+    *started = true;
+    Ok(())
+}
+
+/// [`try_start`] for tests and tools, panicking where it fails, as `std::thread::spawn`
+/// does; the server uses [`try_start`].
 pub fn start() {
-    UPDATER.get_or_init(|| {
-        store(SystemTime::now());
-        std::thread::Builder::new()
-            .name("verve-date".into())
-            .spawn(|| loop {
-                // Wake just after the next whole second so the header changes on time.
-                let now = SystemTime::now();
-                let into_second = now
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(0);
-                std::thread::sleep(Duration::from_nanos(
-                    1_000_000_000 - into_second as u64 + 1_000,
-                ));
-                store(SystemTime::now());
-            })
-            .expect("spawn the date thread");
-    });
+    try_start().expect("starting the Date header thread");
 }
 
 /// The current `Date` header value.
@@ -93,7 +105,7 @@ mod tests {
 
     #[test]
     fn date_is_an_http_date() {
-        start();
+        try_start().unwrap();
         let date = now();
         let text = std::str::from_utf8(&date).unwrap();
         assert!(text.ends_with(" GMT"), "{text}");
