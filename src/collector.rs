@@ -128,7 +128,9 @@ impl Collector {
         Ok(CollectorHandle { stop, thread })
     }
 
-    /// Merges what the shards buffered for the open `window` and publishes its count.
+    /// Merges what the shards buffered for the open `window` and publishes its count, then
+    /// re-renders the status page (see [`crate::status`]): about once a second, off the
+    /// request path.
     fn absorb(&mut self, window: u64) {
         if let Some(absorbed) = self.shards.absorb(window) {
             self.metrics
@@ -136,6 +138,9 @@ impl Collector {
                 .store(absorbed.unique, Relaxed);
             self.refused(window, absorbed.refused);
         }
+        self.metrics
+            .status
+            .refresh(&self.metrics, self.windows.start_secs(window));
     }
 
     /// Warns, once per window, that ids were refused for want of memory.

@@ -211,6 +211,21 @@ impl Server {
         let addr = listener
             .local_addr()
             .context("reading the listening address")?;
+        metrics.status.configure(
+            &metrics,
+            crate::status::Info {
+                interval_secs: config.interval,
+                instance: config
+                    .redis
+                    .as_ref()
+                    .map(|_| config.instance_id(addr.port())),
+                kafka_topic: config
+                    .kafka_brokers
+                    .as_ref()
+                    .map(|_| config.kafka_topic.clone()),
+                state_file: config.state_file.is_some(),
+            },
+        );
         let mut sink: Box<dyn WindowSink> = match &config.redis {
             None => Box::new(LocalSink::new(reporters)),
             Some(target) => {

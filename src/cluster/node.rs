@@ -439,8 +439,9 @@ impl Node {
             self.connect();
         }
         if self.redis.is_some() {
-            if let Err(e) = self.work(stopping) {
-                self.lost(e);
+            match self.work(stopping) {
+                Ok(()) => self.metrics.status.redis_link(true, self.clock.now_ms()),
+                Err(e) => self.lost(e),
             }
         }
         while let Some(i) = self.windows.iter().position(|h| h.refused) {
@@ -476,6 +477,7 @@ impl Node {
     /// A failed Redis operation: drop the connection and retry later. Logged once per outage.
     fn lost(&mut self, e: anyhow::Error) {
         self.metrics.redis_errors.fetch_add(1, Relaxed);
+        self.metrics.status.redis_link(false, self.clock.now_ms());
         self.redis = None;
         self.next_connect = Instant::now() + RECONNECT_EVERY;
         if self.outage_since.is_none() {
@@ -768,7 +770,10 @@ impl Node {
             };
             let led = store::lead(redis.con(), keys, start, instance, lease_ms);
             let outcome = match led {
-                Ok(Lead::Done(_)) => {
+                Ok(Lead::Done(count)) => {
+                    // The cluster's count, as its leader left it: this instance's
+                    // `/api/verve/windows` lists it too.
+                    self.metrics.status.record(&self.metrics, start, count);
                     self.drop_window(i);
                     continue;
                 }
