@@ -196,7 +196,8 @@ impl Collector {
             ids: sealed.ids,
             endpoints: sealed.endpoints,
         };
-        match state::save(path, &saved) {
+        // With the windows reported before it: `/api/verve/windows` goes on after a restart.
+        match state::save(path, &saved, &self.metrics.status.history()) {
             Ok(()) => log::info!(
                 "saved the open window {} ({} ids, {} endpoints) to {}",
                 crate::clock::rfc3339_secs(saved.window_start),
@@ -430,7 +431,7 @@ mod tests {
         assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
         let limits = crate::state::Limits::new(1 << 30, 10, Windows::new(10), 5_000);
         match crate::state::load(&path, &limits).unwrap() {
-            crate::state::Loaded::Window(w) => {
+            crate::state::Loaded::Window(w, _) => {
                 assert_eq!((w.window_start, w.ids.len()), (0, 2));
                 assert_eq!(w.endpoints, ["http://cb.test/"]);
             }
