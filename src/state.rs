@@ -100,10 +100,12 @@ impl SavedWindow {
         let interval = self.interval_secs.max(1);
         let mut history: Vec<Reported> = history
             .iter()
-            .filter(|r| r.window_start % interval == 0 && r.window_start < self.window_start)
+            .filter(|r| {
+                r.window_start.is_multiple_of(interval) && r.window_start < self.window_start
+            })
             .copied()
             .collect();
-        history.sort_by(|a, b| b.window_start.cmp(&a.window_start));
+        history.sort_by_key(|r| std::cmp::Reverse(r.window_start));
         history.dedup_by_key(|r| r.window_start);
         history.truncate(MAX_HISTORY as usize);
         let set_bytes = self.ids.serialized_size();
@@ -224,7 +226,7 @@ fn read_history(
         let start = r.u64()?;
         let unique_count = r.u64()?;
         ensure!(
-            start % interval_secs == 0,
+            start.is_multiple_of(interval_secs),
             "reported window start {start} is not a multiple of the interval ({interval_secs} s)"
         );
         ensure!(

@@ -284,7 +284,7 @@ impl Status {
     /// `--interval` reported late) are left out of the history.
     pub fn record(&self, metrics: &Metrics, window_start: u64, unique_count: u64) {
         let interval = self.info().interval_secs.max(1);
-        if window_start % interval != 0 || window_start >= END_OF_RFC3339_SECS {
+        if !window_start.is_multiple_of(interval) || window_start >= END_OF_RFC3339_SECS {
             return;
         }
         let mut board = self.board();
@@ -302,7 +302,7 @@ impl Status {
         let interval = self.info().interval_secs.max(1);
         let mut board = self.board();
         for r in history {
-            if r.window_start % interval == 0 && r.window_start < END_OF_RFC3339_SECS {
+            if r.window_start.is_multiple_of(interval) && r.window_start < END_OF_RFC3339_SECS {
                 insert(&mut board.history, *r);
             }
         }
@@ -507,7 +507,7 @@ fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -569,9 +569,9 @@ fn bytes(n: u64) -> String {
 /// minute or not whole minutes, `YYYY-MM-DD` for day-long ones), UTC.
 fn clock_label(secs: u64, interval: u64) -> String {
     let full = rfc3339_secs(secs);
-    let part = if interval % 86_400 == 0 {
+    let part = if interval.is_multiple_of(86_400) {
         full.get(0..10)
-    } else if interval % 60 == 0 {
+    } else if interval.is_multiple_of(60) {
         full.get(11..16)
     } else {
         full.get(11..19)
@@ -643,11 +643,13 @@ a{color:var(--bar)}\
 @media (max-width:820px){.cards,.panels{grid-template-columns:repeat(2,minmax(0,1fr))}}";
 
 /// Reloads `main` every few seconds while the page is visible (the server renders it at most
-/// once a second); no framework, nothing from elsewhere.
+/// once a second), and counts the reloads in `data-refreshed` on the body; no framework,
+/// nothing from elsewhere.
 const SCRIPT: &str = "setInterval(function(){if(document.hidden)return;\
 fetch(location.pathname,{cache:'no-store'}).then(function(r){return r.ok?r.text():null})\
 .then(function(t){if(!t)return;var m=new DOMParser().parseFromString(t,'text/html')\
-.querySelector('main');if(m)document.querySelector('main').replaceWith(m)})\
+.querySelector('main');if(!m)return;document.querySelector('main').replaceWith(m);\
+var d=document.body.dataset;d.refreshed=(+d.refreshed||0)+1})\
 .catch(function(){})},";
 
 /// The status page.
@@ -812,7 +814,7 @@ fn render_page(v: &View<'_>) -> String {
         "<footer>Counts as JSON: <a href=\"/api/verve/windows\">/api/verve/windows</a> \
          &middot; Prometheus: <a href=\"/metrics\">/metrics</a> &middot; \
          <a href=\"/healthz\">/healthz</a> &middot; {} &middot; this page refreshes every {} s \
-         </footer></main><script>{SCRIPT}{})</script></body></html>\n",
+         </footer></main><script>{SCRIPT}{})</script></body></html>",
         if v.info.state_file {
             "the open window and this history are kept across restarts (--state-file)"
         } else {
@@ -821,6 +823,7 @@ fn render_page(v: &View<'_>) -> String {
         PAGE_REFRESH.as_secs(),
         PAGE_REFRESH.as_millis(),
     );
+    out.push('\n');
     out
 }
 
