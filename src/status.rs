@@ -690,7 +690,7 @@ fn render_page(v: &View<'_>) -> String {
         "open-count",
         &grouped(v.open_count),
         &format!(
-            "distinct ids so far, window of {} UTC (merged once a second)",
+            "distinct ids so far in the window of {} UTC",
             clock_label(v.open_start, 1)
         ),
     );
@@ -751,7 +751,7 @@ fn render_page(v: &View<'_>) -> String {
             ("bad request (400, 404, 405)", grouped(bad)),
             ("unavailable (503)", grouped(unavailable)),
             ("error (500)", grouped(error)),
-            ("late ids (counted in the next window)", grouped(v.late_ids)),
+            ("late (counted in the next window)", grouped(v.late_ids)),
         ],
     );
     let [success, http_error, failed, denied, dropped, refused] = v.endpoint_calls;
@@ -796,15 +796,15 @@ fn render_page(v: &View<'_>) -> String {
         &[
             ("id memory", format!("{} of {limit}", bytes(v.memory_used))),
             (
-                "ids refused for memory",
+                "ids refused (memory)",
                 match v.memory_refused_ago {
                     Some(_) => format!("<span class=\"bad\">{}</span>", grouped(v.memory_refused)),
                     None => grouped(v.memory_refused),
                 },
             ),
-            ("windows whose reports are unfinished", grouped(v.backlog)),
+            ("reports in progress (windows)", grouped(v.backlog)),
             ("--max-connections", grouped(v.max_connections)),
-            ("connections not taken", grouped(v.accept_errors)),
+            ("accept errors", grouped(v.accept_errors)),
             ("log lines lost", grouped(v.log_write_errors)),
         ],
     );
@@ -813,12 +813,12 @@ fn render_page(v: &View<'_>) -> String {
         out,
         "<footer>Counts as JSON: <a href=\"/api/verve/windows\">/api/verve/windows</a> \
          &middot; Prometheus: <a href=\"/metrics\">/metrics</a> &middot; \
-         <a href=\"/healthz\">/healthz</a> &middot; {} &middot; this page refreshes every {} s \
-         </footer></main><script>{SCRIPT}{})</script></body></html>",
+         <a href=\"/healthz\">/healthz</a> &middot; {} &middot; this page refreshes every \
+         {}&nbsp;s</footer></main><script>{SCRIPT}{})</script></body></html>",
         if v.info.state_file {
-            "the open window and this history are kept across restarts (--state-file)"
+            "the open window and the history survive a restart (--state-file)"
         } else {
-            "the history starts again at a restart (no --state-file)"
+            "the history starts afresh at a restart (no --state-file)"
         },
         PAGE_REFRESH.as_secs(),
         PAGE_REFRESH.as_millis(),
@@ -909,10 +909,7 @@ fn redis_panel(out: &mut String, v: &View<'_>) {
             ("state", state),
             ("errors", errors),
             ("shipments", grouped(v.shipments)),
-            (
-                "windows reported alone (scope=local)",
-                grouped(v.local_windows),
-            ),
+            ("windows reported alone", grouped(v.local_windows)),
             ("windows shipped too late", grouped(v.late_windows)),
         ],
     );
