@@ -13,7 +13,9 @@
 //! 4. ships the last part of each sealed window, oldest first;
 //! 5. asks to lead each shipped window; the leader reports it once it is ready (see
 //!    `Node::ready`): it freezes the window, reads every shipment, checks the endpoints,
-//!    writes the count line, then marks the window done.
+//!    writes the count line, then marks the window done. An instance that finds a window
+//!    done by another leader hands that count to the history of reported windows
+//!    ([`crate::status`]), so that every instance lists the cluster's counts.
 //!
 //! Windows that cannot be shipped wait, with all their ids, in the backlog (at most
 //! `--cluster-backlog`); the oldest one past that is reported by this instance alone, with
