@@ -27,6 +27,7 @@ packages=(
   openssl         # the test certificates of tests/kafka_tls.rs
   prometheus      # promtool, which checks and unit-tests scripts/verve.rules.yml
   systemd         # systemd-analyze, which checks scripts/verve.service (systemd need not run)
+  chromium        # headless Chromium: tests/status_page.rs loads the status page in it
   ca-certificates # HTTPS to crates.io, for cargo (the crates and tansu)
 )
 # and tansu, an Apache Kafka compatible broker (crates.io, built from source by cargo, with

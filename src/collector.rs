@@ -128,7 +128,9 @@ impl Collector {
         Ok(CollectorHandle { stop, thread })
     }
 
-    /// Merges what the shards buffered for the open `window` and publishes its count.
+    /// Merges what the shards buffered for the open `window` and publishes its count, then
+    /// re-renders the status page (see [`crate::status`]): about once a second, off the
+    /// request path.
     fn absorb(&mut self, window: u64) {
         if let Some(absorbed) = self.shards.absorb(window) {
             self.metrics
@@ -136,6 +138,9 @@ impl Collector {
                 .store(absorbed.unique, Relaxed);
             self.refused(window, absorbed.refused);
         }
+        self.metrics
+            .status
+            .refresh(&self.metrics, self.windows.start_secs(window));
     }
 
     /// Warns, once per window, that ids were refused for want of memory.
@@ -191,7 +196,8 @@ impl Collector {
             ids: sealed.ids,
             endpoints: sealed.endpoints,
         };
-        match state::save(path, &saved) {
+        // With the windows reported before it: `/api/verve/windows` goes on after a restart.
+        match state::save(path, &saved, &self.metrics.status.history()) {
             Ok(()) => log::info!(
                 "saved the open window {} ({} ids, {} endpoints) to {}",
                 crate::clock::rfc3339_secs(saved.window_start),
@@ -425,7 +431,7 @@ mod tests {
         assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
         let limits = crate::state::Limits::new(1 << 30, 10, Windows::new(10), 5_000);
         match crate::state::load(&path, &limits).unwrap() {
-            crate::state::Loaded::Window(w) => {
+            crate::state::Loaded::Window(w, _) => {
                 assert_eq!((w.window_start, w.ids.len()), (0, 2));
                 assert_eq!(w.endpoints, ["http://cb.test/"]);
             }

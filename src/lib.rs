@@ -30,6 +30,8 @@
 //! - [`state`]: `--state-file`, the open window kept across a restart.
 //! - [`report`]: the reporters (count log, endpoint callbacks, Kafka) behind one trait.
 //! - [`metrics`]: counters and the `/metrics` page.
+//! - [`status`]: the reported windows' history, `/api/verve/windows` and the status page
+//!   (`/`), rendered off the request path and served from a per-worker cache.
 //! - [`logging`]: the log file format.
 
 // The Kafka client's TLS (`security.protocol=ssl` or `sasl_ssl`) comes from exactly one
@@ -65,6 +67,7 @@ pub mod server;
 pub mod shards;
 pub mod sink;
 pub mod state;
+pub mod status;
 
 /// Tunes the may runtime; call once, before the first coroutine.
 ///

@@ -1,7 +1,8 @@
 //! Counters for `/metrics`, in Prometheus text format. Request outcomes are counted per
 //! worker shard (each on its own cache line, so workers never write a shared line on the
 //! request path) and summed at scrape time; everything the collector and reporters count is
-//! rare enough for plain shared atomics.
+//! rare enough for plain shared atomics. [`Metrics::status`] holds the history of reported
+//! windows and the cached `/api/verve/windows` and status pages (see [`crate::status`]).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use crate::budget::IdMemory;
+use crate::status::Status;
 
 /// Outcomes of API requests, one set per shard.
 #[derive(Debug, Default)]
@@ -85,6 +87,8 @@ pub struct Metrics {
     pub accept_errors: AtomicU64,
     /// `--max-connections`, set once at start-up.
     pub max_connections: AtomicU64,
+    /// The reported windows' history and the pages rendered from it and these counters.
+    pub status: Status,
 }
 
 impl Metrics {
@@ -114,6 +118,7 @@ impl Metrics {
             memory,
             accept_errors: AtomicU64::new(0),
             max_connections: AtomicU64::new(0),
+            status: Status::new(workers),
         }
     }
 

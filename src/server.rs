@@ -61,11 +61,12 @@ fn restore(
     shards: &Shards,
     limits: &state::Limits,
     policy: &EndpointPolicy,
+    metrics: &Metrics,
     sink: &mut dyn WindowSink,
 ) -> anyhow::Result<()> {
-    let saved = match state::load(path, limits).context("--state-file")? {
+    let (saved, history) = match state::load(path, limits).context("--state-file")? {
         Loaded::Nothing => return Ok(()),
-        Loaded::Window(saved) => saved,
+        Loaded::Window(saved, history) => (saved, history),
         Loaded::Unreadable { error, moved_to } => {
             log::error!(
                 "--state-file {} is unreadable ({}); moved to {}, its ids are not counted",
@@ -87,6 +88,19 @@ fn restore(
     };
     let windows = limits.windows;
     let start = crate::clock::rfc3339_secs(saved.window_start);
+    // First, so that a window reported below joins it in order. Windows of another
+    // `--interval` would not line up with this instance's.
+    if saved.interval_secs == windows.length().as_secs() {
+        metrics.status.restore(metrics, &history);
+    } else if !history.is_empty() {
+        log::info!(
+            "the {} reported windows in {} were counted with --interval {}: not listed by \
+             /api/verve/windows",
+            history.len(),
+            path.display(),
+            saved.interval_secs
+        );
+    }
     // Endpoints are re-checked whichever way the window goes: the file may not be the one
     // this service wrote, and the allow-list may have changed since.
     let mut endpoints = Vec::with_capacity(saved.endpoints.len());
@@ -207,6 +221,21 @@ impl Server {
         let addr = listener
             .local_addr()
             .context("reading the listening address")?;
+        metrics.status.configure(
+            &metrics,
+            crate::status::Info {
+                interval_secs: config.interval,
+                instance: config
+                    .redis
+                    .as_ref()
+                    .map(|_| config.instance_id(addr.port())),
+                kafka_topic: config
+                    .kafka_brokers
+                    .as_ref()
+                    .map(|_| config.kafka_topic.clone()),
+                state_file: config.state_file.is_some(),
+            },
+        );
         let mut sink: Box<dyn WindowSink> = match &config.redis {
             None => Box::new(LocalSink::new(reporters)),
             Some(target) => {
@@ -244,7 +273,7 @@ impl Server {
                 windows,
                 clock.now_ms(),
             );
-            restore(path, &shards, &limits, &policy, &mut *sink)?;
+            restore(path, &shards, &limits, &policy, &metrics, &mut *sink)?;
         }
         let collector = Collector {
             shards: shards.clone(),

@@ -14,15 +14,19 @@
 //! The temporary file is created afresh (`O_EXCL`, `O_NOFOLLOW`, mode 0600), so a link
 //! planted at its name cannot redirect the write.
 //!
+//! The file also carries the history of reported windows that `/api/verve/windows` and the
+//! status page show ([`crate::status`]), so that they go on after a restart.
+//!
 //! Layout, all integers little-endian:
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 8 | magic `VERVEST2` (format version 2; version 1, `VERVEST1`, is still read) |
+//! | 8 | magic `VERVEST3` (format version 3; versions 2, `VERVEST2`, and 1, `VERVEST1`, are still read: they end after the id set and hold no history) |
 //! | 8 | `--interval` of the instance that saved it, seconds (1 to 86 400) |
 //! | 8 | window start, seconds since the epoch (a multiple of the interval, before year 10000) |
 //! | 4 | number of endpoints, then per endpoint: 4-byte length (at most 2048), UTF-8 URL |
 //! | 8 | length of the id set, then the set in its compact format ([`IdSet::serialize_into`]; version 1 held roaring's portable treemap format, which [`IdSet::deserialize`] also reads) |
+//! | 4 | version 3: number of reported windows (at most 4096), then per window: 8-byte window start, 8-byte count; newest first, each start a multiple of the interval and before the next one's and the saved window's |
 //! | 4 | CRC-32 of everything before it |
 
 use std::fs::{self, File, OpenOptions};
@@ -36,11 +40,22 @@ use anyhow::{bail, ensure, Context};
 use crate::clock::{rfc3339_secs, Windows, END_OF_RFC3339_SECS};
 use crate::ids::IdSet;
 use crate::query::MAX_ENDPOINT_BYTES;
+use crate::status::Reported;
 
-const MAGIC: &[u8; 8] = b"VERVEST2";
+const MAGIC: &[u8; 8] = b"VERVEST3";
 
-/// The magic of format version 1: the same layout with a roaring id set.
+/// The magic of format version 2: no history after the id set.
+const MAGIC_V2: &[u8; 8] = b"VERVEST2";
+
+/// The magic of format version 1: version 2's layout with a roaring id set.
 const MAGIC_V1: &[u8; 8] = b"VERVEST1";
+
+/// Most reported windows a state file may hold: far more than the history keeps
+/// ([`crate::status::HISTORY_LEN`]), so that a later version keeping more is still read.
+const MAX_HISTORY: u32 = 4096;
+
+/// Bytes of one reported window: its start and its count.
+const REPORTED_BYTES: u64 = 16;
 
 /// Most endpoints a state file may list: far above `--max-endpoints`' useful range, low enough
 /// that a corrupt count cannot make the loader allocate without bound.
@@ -50,8 +65,8 @@ const MAX_ENDPOINTS: u32 = 1 << 20;
 const MAX_INTERVAL_SECS: u64 = 86_400;
 
 /// Bytes of a file around its id set and endpoints: magic, interval, window start, endpoint
-/// count, set length, checksum.
-const FRAME_BYTES: u64 = 8 + 8 + 8 + 4 + 8 + 4;
+/// count, set length, the history (its length and the most entries), checksum.
+const FRAME_BYTES: u64 = 8 + 8 + 8 + 4 + 8 + (4 + MAX_HISTORY as u64 * REPORTED_BYTES) + 4;
 
 /// How long after its end a saved window is still reported at start. A service stopped for a
 /// weekend or a long maintenance is back well within it, and its late count is still news;
@@ -72,11 +87,29 @@ pub struct SavedWindow {
 }
 
 impl SavedWindow {
-    /// The file's bytes (see the module doc). Public for the fuzz target, which checks that
-    /// what [`SavedWindow::decode`] accepts encodes back to an equal window.
+    /// The file's bytes (see the module doc), without history. Public for the fuzz target,
+    /// which checks that what [`SavedWindow::decode`] accepts encodes back to an equal window.
     pub fn encode(&self) -> io::Result<Vec<u8>> {
+        self.encode_with_history(&[])
+    }
+
+    /// The file's bytes with the windows reported before this one. Only what
+    /// [`SavedWindow::decode_with_history`] accepts is written: windows aligned to the
+    /// interval and before this one, newest first, one per start, at most 4096.
+    pub fn encode_with_history(&self, history: &[Reported]) -> io::Result<Vec<u8>> {
+        let interval = self.interval_secs.max(1);
+        let mut history: Vec<Reported> = history
+            .iter()
+            .filter(|r| {
+                r.window_start.is_multiple_of(interval) && r.window_start < self.window_start
+            })
+            .copied()
+            .collect();
+        history.sort_by_key(|r| std::cmp::Reverse(r.window_start));
+        history.dedup_by_key(|r| r.window_start);
+        history.truncate(MAX_HISTORY as usize);
         let set_bytes = self.ids.serialized_size();
-        let mut out = Vec::with_capacity(64 + set_bytes);
+        let mut out = Vec::with_capacity(64 + set_bytes + history.len() * 16);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.interval_secs.to_le_bytes());
         out.extend_from_slice(&self.window_start.to_le_bytes());
@@ -87,6 +120,11 @@ impl SavedWindow {
         }
         out.extend_from_slice(&(set_bytes as u64).to_le_bytes());
         self.ids.serialize_into(&mut out);
+        out.extend_from_slice(&(history.len() as u32).to_le_bytes());
+        for r in &history {
+            out.extend_from_slice(&r.window_start.to_le_bytes());
+            out.extend_from_slice(&r.unique_count.to_le_bytes());
+        }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         Ok(out)
@@ -95,16 +133,24 @@ impl SavedWindow {
     /// Reads a state file's bytes. Public for the fuzz target (`fuzz/fuzz_targets/state.rs`)
     /// and tests; [`load`] is what the server calls. The bytes are untrusted: every count and
     /// length is checked against what is left before anything is allocated, and the fields
-    /// must be what verve writes (see the module doc), or the file is refused.
+    /// must be what verve writes (see the module doc), or the file is refused. The history
+    /// of a version 3 file is checked, and left out.
     pub fn decode(bytes: &[u8]) -> anyhow::Result<SavedWindow> {
+        Ok(SavedWindow::decode_with_history(bytes)?.0)
+    }
+
+    /// [`SavedWindow::decode`], with the history of reported windows (newest first; empty
+    /// in files of versions 1 and 2).
+    pub fn decode_with_history(bytes: &[u8]) -> anyhow::Result<(SavedWindow, Vec<Reported>)> {
         ensure!(
             bytes.len() >= MAGIC.len() + 4,
             "too short ({} bytes)",
             bytes.len()
         );
         let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let with_history = body.starts_with(MAGIC);
         ensure!(
-            body.starts_with(MAGIC) || body.starts_with(MAGIC_V1),
+            with_history || body.starts_with(MAGIC_V2) || body.starts_with(MAGIC_V1),
             "not a verve state file (bad magic)"
         );
         ensure!(
@@ -144,14 +190,57 @@ impl SavedWindow {
         let len = r.u64()?;
         let set = r.take(usize::try_from(len).context("id set length")?)?;
         let ids = IdSet::deserialize(set).context("id set")?;
+        let history = if with_history {
+            read_history(&mut r, interval_secs, window_start)?
+        } else {
+            Vec::new()
+        };
         ensure!(r.0.is_empty(), "{} trailing bytes", r.0.len());
-        Ok(SavedWindow {
+        let window = SavedWindow {
             interval_secs,
             window_start,
             ids,
             endpoints,
-        })
+        };
+        Ok((window, history))
     }
+}
+
+/// The history of a version 3 file: at most [`MAX_HISTORY`] windows, newest first, each
+/// start a multiple of the interval and before the one read before it (the first before
+/// the saved window's start), so also before year 10000.
+fn read_history(
+    r: &mut Reader<'_>,
+    interval_secs: u64,
+    window_start: u64,
+) -> anyhow::Result<Vec<Reported>> {
+    let count = r.u32()?;
+    ensure!(count <= MAX_HISTORY, "{count} reported windows");
+    ensure!(
+        count as u64 <= r.0.len() as u64 / REPORTED_BYTES,
+        "truncated: {count} reported windows"
+    );
+    let mut history = Vec::with_capacity(count as usize);
+    let mut before = window_start;
+    for _ in 0..count {
+        let start = r.u64()?;
+        let unique_count = r.u64()?;
+        ensure!(
+            start.is_multiple_of(interval_secs),
+            "reported window start {start} is not a multiple of the interval ({interval_secs} s)"
+        );
+        ensure!(
+            start < before,
+            "reported window start {start} is not before {before} (newest first, all before \
+             the saved window)"
+        );
+        before = start;
+        history.push(Reported {
+            window_start: start,
+            unique_count,
+        });
+    }
+    Ok(history)
 }
 
 /// Reads fixed fields off the front of a byte slice.
@@ -204,9 +293,12 @@ fn create_private(tmp: &Path) -> io::Result<File> {
         .open(tmp)
 }
 
-/// Writes `window` to `path` atomically (see the module doc).
-pub fn save(path: &Path, window: &SavedWindow) -> anyhow::Result<()> {
-    let bytes = window.encode().context("serializing the window")?;
+/// Writes `window` and the `history` of windows reported before it to `path` atomically (see
+/// the module doc).
+pub fn save(path: &Path, window: &SavedWindow, history: &[Reported]) -> anyhow::Result<()> {
+    let bytes = window
+        .encode_with_history(history)
+        .context("serializing the window")?;
     let tmp = tmp_path(path);
     let write = || -> io::Result<()> {
         let mut file = create_private(&tmp)?;
@@ -314,8 +406,9 @@ impl Limits {
 pub enum Loaded {
     /// No state file: a normal start.
     Nothing,
-    /// A saved window, read and removed from disk: it lives in memory from now on.
-    Window(SavedWindow),
+    /// A saved window, read and removed from disk: it lives in memory from now on; and the
+    /// windows reported before it, newest first.
+    Window(SavedWindow, Vec<Reported>),
     /// A file that could not be read as a state file (damaged, not a regular file, a
     /// symbolic link); it was renamed to `moved_to` (`PATH.unreadable`) so that it is kept
     /// for inspection and not read again at every start.
@@ -389,13 +482,13 @@ pub fn load(path: &Path, limits: &Limits) -> anyhow::Result<Loaded> {
     file.take(limits.max_file_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
-    let checked = SavedWindow::decode(&bytes).map(|w| (limits.check(&w), w));
+    let checked = SavedWindow::decode_with_history(&bytes).map(|w| (limits.check(&w.0), w));
     match checked {
-        Ok((Ok(()), window)) => {
+        Ok((Ok(()), (window, history))) => {
             // Removed now: the ids are in memory, and a file left behind would be read again
             // after a later crash and reported a second time if its window had been reported.
             fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-            Ok(Loaded::Window(window))
+            Ok(Loaded::Window(window, history))
         }
         Ok((Err(error), _)) => {
             let moved_to = set_aside(path, "refused", &error)?;
@@ -435,6 +528,16 @@ mod tests {
         }
     }
 
+    /// Windows reported before the sample's, newest first.
+    fn history() -> Vec<Reported> {
+        (1..=5)
+            .map(|i| Reported {
+                window_start: START - i * 60,
+                unique_count: i * 1000 + 7,
+            })
+            .collect()
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("verve-state-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -446,10 +549,10 @@ mod tests {
     fn save_then_load_gives_the_same_window_and_removes_the_file() {
         let dir = temp_dir("roundtrip");
         let path = dir.join("window.state");
-        save(&path, &sample()).unwrap();
+        save(&path, &sample(), &history()).unwrap();
         assert!(!tmp_path(&path).exists());
         match load(&path, &limits()).unwrap() {
-            Loaded::Window(w) => assert_eq!(w, sample()),
+            Loaded::Window(w, h) => assert_eq!((w, h), (sample(), history())),
             other => panic!("{other:?}"),
         }
         assert!(!path.exists());
@@ -480,8 +583,116 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_format_version_2_is_still_read_without_history() {
+        let window = sample();
+        let v3 = window.encode().unwrap();
+        // Version 2 is version 3 without the history count: its last field is the id set.
+        let mut v2 = v3[..v3.len() - 8].to_vec();
+        v2[..8].copy_from_slice(MAGIC_V2);
+        let crc = crc32fast::hash(&v2);
+        v2.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SavedWindow::decode_with_history(&v2).unwrap(),
+            (window.clone(), vec![])
+        );
+        // Version 2 with bytes after the set is not a file verve wrote.
+        let mut longer = v2[..v2.len() - 4].to_vec();
+        longer.extend_from_slice(&0u32.to_le_bytes());
+        let crc = crc32fast::hash(&longer);
+        longer.extend_from_slice(&crc.to_le_bytes());
+        let err = SavedWindow::decode(&longer).unwrap_err();
+        assert!(format!("{err:#}").contains("4 trailing bytes"), "{err:#}");
+    }
+
+    #[test]
+    fn the_history_is_written_as_the_decoder_accepts_it() {
+        let window = sample();
+        // Unordered, repeated, misaligned, not before the window: the encoder keeps what a
+        // load accepts.
+        let mut given = history();
+        given.reverse();
+        given.push(given[0]);
+        given.push(Reported {
+            window_start: START - 30,
+            unique_count: 1,
+        });
+        given.push(Reported {
+            window_start: START,
+            unique_count: 1,
+        });
+        let bytes = window.encode_with_history(&given).unwrap();
+        assert_eq!(
+            SavedWindow::decode_with_history(&bytes).unwrap(),
+            (window.clone(), history())
+        );
+        // The plain decoder reads the same window.
+        assert_eq!(SavedWindow::decode(&bytes).unwrap(), window);
+        // At most MAX_HISTORY windows.
+        let many: Vec<Reported> = (1..=MAX_HISTORY as u64 + 10)
+            .map(|i| Reported {
+                window_start: START - i * 60,
+                unique_count: i,
+            })
+            .collect();
+        let bytes = window.encode_with_history(&many).unwrap();
+        let (_, read) = SavedWindow::decode_with_history(&bytes).unwrap();
+        assert_eq!(read.len(), MAX_HISTORY as usize);
+        assert_eq!(read[0], many[0]);
+    }
+
+    /// The sample with `entries` (start, count) as its history, written as they are, with
+    /// a right checksum.
+    fn with_raw_history(count: u32, entries: &[(u64, u64)]) -> Vec<u8> {
+        let mut bytes = sample().encode().unwrap();
+        bytes.truncate(bytes.len() - 8);
+        bytes.extend_from_slice(&count.to_le_bytes());
+        for (start, n) in entries {
+            bytes.extend_from_slice(&start.to_le_bytes());
+            bytes.extend_from_slice(&n.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_history_verve_never_writes_is_refused() {
+        let ok = with_raw_history(2, &[(START - 60, 5), (START - 600, 0)]);
+        assert_eq!(SavedWindow::decode_with_history(&ok).unwrap().1.len(), 2);
+        for (bytes, why) in [
+            (
+                with_raw_history(2, &[(START - 600, 5), (START - 60, 0)]),
+                "is not before",
+            ),
+            (
+                with_raw_history(2, &[(START - 60, 5), (START - 60, 5)]),
+                "is not before",
+            ),
+            (with_raw_history(1, &[(START, 5)]), "is not before"),
+            (with_raw_history(1, &[(START + 60, 5)]), "is not before"),
+            (with_raw_history(1, &[(START - 61, 5)]), "not a multiple"),
+            (
+                with_raw_history(MAX_HISTORY + 1, &[]),
+                "4097 reported windows",
+            ),
+            (with_raw_history(3, &[(START - 60, 5)]), "truncated"),
+            (with_raw_history(u32::MAX, &[]), "reported windows"),
+            (with_raw_history(0, &[(START - 60, 5)]), "16 trailing bytes"),
+        ] {
+            let err = SavedWindow::decode_with_history(&bytes).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{why}: {err:#}");
+        }
+        // A history count cut short.
+        let mut bytes = sample().encode().unwrap();
+        bytes.truncate(bytes.len() - 6);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        assert!(SavedWindow::decode_with_history(&bytes).is_err());
+    }
+
+    #[test]
     fn every_truncation_and_any_flipped_byte_is_refused() {
-        let bytes = sample().encode().unwrap();
+        let bytes = sample().encode_with_history(&history()).unwrap();
         for len in (0..bytes.len()).step_by(97).chain([bytes.len() - 1]) {
             assert!(SavedWindow::decode(&bytes[..len]).is_err(), "length {len}");
         }
@@ -510,7 +721,7 @@ mod tests {
     fn round_trip(name: &str, window: &SavedWindow, limits: &Limits) -> (PathBuf, Loaded) {
         let dir = temp_dir(name);
         let path = dir.join("window.state");
-        save(&path, window).unwrap();
+        save(&path, window, &[]).unwrap();
         let loaded = load(&path, limits).unwrap();
         (path, loaded)
     }
@@ -531,7 +742,7 @@ mod tests {
         let mut next = sample();
         next.window_start += 60;
         let (_, loaded) = round_trip("next", &next, &limits());
-        assert!(matches!(loaded, Loaded::Window(_)), "{loaded:?}");
+        assert!(matches!(loaded, Loaded::Window(..)), "{loaded:?}");
         // Two windows ahead is refused; the file is kept, renamed.
         let mut ahead = sample();
         ahead.window_start += 120;
@@ -558,15 +769,21 @@ mod tests {
         let mut yesterday = sample();
         yesterday.window_start -= 86_400;
         let (_, loaded) = round_trip("yesterday", &yesterday, &limits());
-        assert!(matches!(loaded, Loaded::Window(_)), "{loaded:?}");
+        assert!(matches!(loaded, Loaded::Window(..)), "{loaded:?}");
     }
 
     #[test]
     fn ids_beyond_the_memory_budget_are_refused_unread_or_after_decoding() {
         let window = sample();
         let bytes = window.encode().unwrap().len() as u64;
-        // A file larger than the budget allows is not even read.
+        // A file larger than the budget allows is not even read: the budget, room for the
+        // endpoints and the longest history, and the frame.
         let small = Limits::new(bytes / 2, 0, Windows::new(60), START * 1000);
+        assert_eq!(small.max_file_bytes, bytes / 2 + FRAME_BYTES);
+        let small = Limits {
+            max_file_bytes: bytes / 2,
+            ..small
+        };
         let (_, loaded) = round_trip("budget-file", &window, &small);
         refused(loaded, "more than a window within --max-memory");
         // A file that fits, whose set takes more in memory than the budget.
@@ -621,7 +838,7 @@ mod tests {
         let path = dir.join("window.state");
         // A link at the state file's name: moved aside (the link itself), target untouched.
         let target = dir.join("elsewhere");
-        save(&target, &sample()).unwrap();
+        save(&target, &sample(), &[]).unwrap();
         symlink(&target, &path).unwrap();
         match load(&path, &limits()).unwrap() {
             Loaded::Unreadable { moved_to, .. } => {
@@ -642,7 +859,7 @@ mod tests {
         let victim = dir.join("victim");
         fs::write(&victim, b"keep me").unwrap();
         symlink(&victim, tmp_path(&path)).unwrap();
-        save(&path, &sample()).unwrap();
+        save(&path, &sample(), &[]).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"keep me");
         let meta = fs::symlink_metadata(&path).unwrap();
         assert!(meta.is_file());
@@ -654,15 +871,15 @@ mod tests {
     fn a_failed_write_leaves_the_previous_file_intact() {
         let dir = temp_dir("failed-write");
         let path = dir.join("window.state");
-        save(&path, &sample()).unwrap();
+        save(&path, &sample(), &[]).unwrap();
         // A directory where the temporary file should go makes the write fail.
         fs::create_dir(tmp_path(&path)).unwrap();
         let mut other = sample();
         other.window_start += 60;
-        assert!(save(&path, &other).is_err());
+        assert!(save(&path, &other, &[]).is_err());
         fs::remove_dir(tmp_path(&path)).unwrap();
         match load(&path, &limits()).unwrap() {
-            Loaded::Window(w) => assert_eq!(w, sample()),
+            Loaded::Window(w, _) => assert_eq!(w, sample()),
             other => panic!("{other:?}"),
         }
     }

@@ -141,6 +141,12 @@ fn the_state_seeds_are_read_as_documented() {
         decoded("v2_far_future").is_ok(),
         "well-formed; refused by the limits"
     );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/state/v3_history");
+    let mut bytes = std::fs::read(path).expect("readable seed");
+    bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+    let (window, history) =
+        verve::state::SavedWindow::decode_with_history(&bytes).expect("v3_history decodes");
+    assert_eq!((window.endpoints.len(), history.len()), (1, 3));
 }
 
 #[test]

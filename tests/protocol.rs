@@ -155,7 +155,7 @@ fn routing_answers_404_and_405_with_failed() {
     let server = Server::start(INTERVAL, &[]);
     let mut client = server.client();
     for target in [
-        "/",
+        "/index.html",
         "/nope",
         "/api/verve",
         "/api/verve/accept/",
@@ -170,7 +170,13 @@ fn routing_answers_404_and_405_with_failed() {
         assert!(!r.says_close(), "a 404 keeps the connection: {target}");
     }
     for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
-        for target in ["/api/verve/accept?id=1", "/healthz", "/metrics"] {
+        for target in [
+            "/api/verve/accept?id=1",
+            "/healthz",
+            "/metrics",
+            "/api/verve/windows",
+            "/",
+        ] {
             client.send(
                 format!("{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
                     .as_bytes(),

@@ -221,6 +221,7 @@ fn check_batch(
             Body::Ok => seen.ok_answers += 1,
             Body::Failed => {}
             Body::None => seen.bodyless += 1,
+            Body::Cached => {}
             Body::Metrics(page) => {
                 seen.metrics_pages += 1;
                 check_page(&page, seen)?;

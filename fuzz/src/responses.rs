@@ -14,6 +14,8 @@ pub(super) enum Body {
     /// The answer to a HEAD request: headers only.
     None,
     Metrics(Page),
+    /// `/api/verve/windows` or the status page: a body rendered off the request path.
+    Cached,
 }
 
 #[derive(Debug)]
@@ -38,6 +40,22 @@ pub(super) const STATUS_LINES: [(u16, &str); 8] = [
 
 pub(super) const TEXT: &str = "text/plain";
 pub(super) const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
+
+/// The headers verve writes after `Date` for a content type (`response::write_with`).
+fn extra_headers(content_type: &str) -> Vec<String> {
+    let extra: &[u8] = match content_type {
+        JSON => verve::http::response::JSON_HEADERS,
+        HTML => verve::http::response::PAGE_HEADERS,
+        _ => b"",
+    };
+    String::from_utf8_lossy(extra)
+        .split("\r\n")
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect()
+}
 
 /// Parses the response at `out[pos..]` strictly in the form verve writes it and returns it
 /// with the position after it.
@@ -71,7 +89,7 @@ pub(super) fn parse_response(out: &[u8], pos: usize) -> Result<(Response, usize)
         .ok_or("expected Content-Type")?
         .to_string();
     ensure!(
-        content_type == TEXT || content_type == PROMETHEUS,
+        [TEXT, PROMETHEUS, JSON, HTML].contains(&content_type.as_str()),
         "Content-Type {content_type:?}"
     );
     let length = next()
@@ -91,6 +109,10 @@ pub(super) fn parse_response(out: &[u8], pos: usize) -> Result<(Response, usize)
             && date.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
         "Date {date:?}"
     );
+    for expected in extra_headers(&content_type) {
+        let header = next();
+        ensure!(header == expected, "expected {expected:?}, got {header:?}");
+    }
     let connection = match next() {
         "" => None,
         "Connection: close" => Some(Connection::Close),
@@ -109,6 +131,24 @@ pub(super) fn parse_response(out: &[u8], pos: usize) -> Result<(Response, usize)
         (200, PROMETHEUS) => {
             let page = body_bytes.ok_or("metrics page shorter than Content-Length")?;
             (Body::Metrics(parse_page(page)?), length)
+        }
+        (200, JSON) => {
+            let body = body_bytes.ok_or("windows shorter than Content-Length")?;
+            ensure!(
+                body.starts_with(b"{\"windows\":[") && body.ends_with(b"]}\n"),
+                "windows body {:?}",
+                String::from_utf8_lossy(body)
+            );
+            (Body::Cached, length)
+        }
+        (200, HTML) => {
+            let body = body_bytes.ok_or("status page shorter than Content-Length")?;
+            ensure!(
+                body.starts_with(b"<!doctype html>"),
+                "status page {:?}",
+                String::from_utf8_lossy(body)
+            );
+            (Body::Cached, length)
         }
         (_, TEXT) => {
             ensure!(length == 6, "failed answer with Content-Length {length}");

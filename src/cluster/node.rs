@@ -13,7 +13,9 @@
 //! 4. ships the last part of each sealed window, oldest first;
 //! 5. asks to lead each shipped window; the leader reports it once it is ready (see
 //!    `Node::ready`): it freezes the window, reads every shipment, checks the endpoints,
-//!    writes the count line, then marks the window done.
+//!    writes the count line, then marks the window done. An instance that finds a window
+//!    done by another leader hands that count to the history of reported windows
+//!    ([`crate::status`]), so that every instance lists the cluster's counts.
 //!
 //! Windows that cannot be shipped wait, with all their ids, in the backlog (at most
 //! `--cluster-backlog`); the oldest one past that is reported by this instance alone, with
@@ -375,8 +377,9 @@ impl Node {
             self.connect();
         }
         if self.redis.is_some() {
-            if let Err(e) = self.work(stopping) {
-                self.drop_connection(e);
+            match self.work(stopping) {
+                Ok(()) => self.metrics.status.redis_link(true, self.clock.now_ms()),
+                Err(e) => self.drop_connection(e),
             }
         }
         while let Some(i) = self.windows.iter().position(|h| h.refused) {
@@ -413,6 +416,7 @@ impl Node {
     /// per outage.
     fn drop_connection(&mut self, e: anyhow::Error) {
         self.metrics.redis_errors.fetch_add(1, Relaxed);
+        self.metrics.status.redis_link(false, self.clock.now_ms());
         self.redis = None;
         self.next_connect = Instant::now() + RECONNECT_EVERY;
         if self.outage_since.is_none() {
@@ -702,7 +706,10 @@ impl Node {
                 lease_ms,
             );
             let outcome = match led {
-                Ok(Lead::Done(_)) => {
+                Ok(Lead::Done(count)) => {
+                    // The cluster's count, as its leader left it: this instance's
+                    // `/api/verve/windows` lists it too.
+                    self.metrics.status.record(&self.metrics, start, count);
                     self.drop_window(i);
                     continue;
                 }

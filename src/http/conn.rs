@@ -399,7 +399,37 @@ fn route(
                 persist,
             );
         }
-        b"/healthz" | b"/metrics" => response::failed(out, Status::MethodNotAllowed, date, persist),
+        // Both served from bodies rendered off the request path (see `crate::status`): a
+        // copy out of this worker's own slot.
+        b"/api/verve/windows" if method == "GET" => {
+            ctx.metrics.status.pages.windows(shard, |body| {
+                response::write_with(
+                    out,
+                    Status::Ok,
+                    response::JSON,
+                    response::JSON_HEADERS,
+                    body,
+                    date,
+                    persist,
+                )
+            });
+        }
+        b"/" if method == "GET" => {
+            ctx.metrics.status.pages.page(shard, |body| {
+                response::write_with(
+                    out,
+                    Status::Ok,
+                    response::HTML,
+                    response::PAGE_HEADERS,
+                    body,
+                    date,
+                    persist,
+                )
+            });
+        }
+        b"/healthz" | b"/metrics" | b"/api/verve/windows" | b"/" => {
+            response::failed(out, Status::MethodNotAllowed, date, persist)
+        }
         _ => response::failed(out, Status::NotFound, date, persist),
     }
     if method == "HEAD" {

@@ -57,6 +57,21 @@ pub enum Persist {
 
 pub const TEXT: &[u8] = b"text/plain";
 pub const PROMETHEUS: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
+pub const JSON: &[u8] = b"application/json";
+pub const HTML: &[u8] = b"text/html; charset=utf-8";
+
+/// Extra headers of `/api/verve/windows`: a cache must not keep an old count.
+pub const JSON_HEADERS: &[u8] = b"\r\nCache-Control: no-store";
+
+/// Extra headers of the status page: never cached, and a browser runs nothing but the page's
+/// own inline script and style, loads nothing from elsewhere, and shows it in no frame (the
+/// page escapes what it shows from outside; this is the second line of defence).
+pub const PAGE_HEADERS: &[u8] = b"\r\nCache-Control: no-store\
+\r\nX-Content-Type-Options: nosniff\
+\r\nReferrer-Policy: no-referrer\
+\r\nContent-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
+style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'";
 
 /// The 200 `ok` answer up to the date: the hot path writes it in three copies.
 const OK_HEAD: &[u8] =
@@ -82,6 +97,20 @@ pub fn write(
     date: &[u8; DATE_LEN],
     persist: Persist,
 ) {
+    write_with(out, status, content_type, b"", body, date, persist);
+}
+
+/// Appends any response with `extra` headers: each `\r\nName: value`, as in
+/// [`PAGE_HEADERS`].
+pub fn write_with(
+    out: &mut Vec<u8>,
+    status: Status,
+    content_type: &[u8],
+    extra: &[u8],
+    body: &[u8],
+    date: &[u8; DATE_LEN],
+    persist: Persist,
+) {
     out.extend_from_slice(status.line());
     out.extend_from_slice(b"Server: verve\r\nContent-Type: ");
     out.extend_from_slice(content_type);
@@ -89,6 +118,7 @@ pub fn write(
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(date);
+    out.extend_from_slice(extra);
     match persist {
         Persist::Default => {}
         Persist::KeepAlive => out.extend_from_slice(b"\r\nConnection: keep-alive"),
@@ -129,6 +159,34 @@ mod tests {
             "HTTP/1.1 200 OK\r\nServer: verve\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
              Date: Sun, 22 Nov 2026 01:19:18 GMT\r\n\r\nok"
         );
+    }
+
+    #[test]
+    fn extra_headers_go_between_the_date_and_the_body() {
+        let mut out = Vec::new();
+        write_with(
+            &mut out,
+            Status::Ok,
+            HTML,
+            PAGE_HEADERS,
+            b"<p>",
+            DATE,
+            Persist::Close,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, "<p>");
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert!(lines.contains(&"Content-Type: text/html; charset=utf-8"));
+        assert!(lines.contains(&"Cache-Control: no-store"));
+        assert!(lines.contains(&"Connection: close"));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("Content-Security-Policy: default-src 'none';")));
+        assert!(lines
+            .iter()
+            .all(|l| l.contains(": ") || l.starts_with("HTTP/")));
     }
 
     #[test]

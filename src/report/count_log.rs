@@ -1,5 +1,7 @@
 //! The count line: one per window, through the `log` facade to the `--log-file` that
-//! [`crate::logging`] set up, in the exact form the README gives (*The count log*).
+//! [`crate::logging`] set up, in the exact form the README gives (*The count log*). A window's count also
+//! joins the history that `/api/verve/windows` and the status page show
+//! ([`crate::status`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -41,6 +43,12 @@ impl Reporter for CountLog {
         self.metrics
             .last_window_unique_ids
             .store(report.unique_count, Relaxed);
+        // The history holds what every instance would say: not a count of this one's alone.
+        if report.scope == Scope::Global {
+            self.metrics
+                .status
+                .record(&self.metrics, report.window_start, report.unique_count);
+        }
     }
 
     fn finish(&mut self, _deadline: std::time::Instant) {
