@@ -12,8 +12,13 @@
 # Builds both in release mode, then runs ROUNDS rounds; each round starts the baseline, then
 # verve, each on a free loopback port, warms it up for WARMUP seconds, measures it with
 #   wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s perf/random_ids.lua
-# and stops it. Prints a table (req/s of both, verve/baseline ratio, p99 latencies, load) and
-# the median ratio, and appends everything, raw wrk output included, to perf/out/.
+# and stops it; which of the two goes first alternates from round to round. Prints a table
+# (req/s of both, verve/baseline ratio, each server's CPU time per request, p99 latencies,
+# load) and the median ratios, and appends everything, raw wrk output included, to perf/out/.
+# On a VM whose host lends it more or less of the machine from one run to the next, req/s
+# moves by tens of percent between runs; CPU time per request (utime + stime of the server
+# process over the measured run, over the requests wrk counted) does not, so the baseline/verve
+# CPU ratio is the steadier of the two comparisons.
 #
 # "verve windows" is the number of count lines verve logged: 2 when the run crossed a window
 # boundary (every minute with the default --interval 60), after which verve starts an empty
@@ -100,7 +105,10 @@ run_one() {
       "load $(cut -d' ' -f1-3 /proc/loadavg), other CPU busy in the second before: $BUSY"
     echo "\$ IDS=$IDS wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s perf/random_ids.lua $url"
   } >>"$RAW"
+  local ticks_before
+  ticks_before=$(cpu_ticks "$SERVER_PID")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$url" >"$WRK_OUT"
+  CPU_TICKS=$(($(cpu_ticks "$SERVER_PID") - ticks_before))
   cat "$WRK_OUT" >>"$RAW"
   stop_server
   echo "(server exit status: $STOP_RC)" >>"$RAW"
@@ -111,6 +119,17 @@ run_one() {
     echo "compare.sh: no Requests/sec in wrk output" >&2
     exit 1
   }
+  # The server's CPU time per request, in microseconds: unlike req/s it does not move with
+  # how much of the machine the host lends this VM from one run to the next.
+  CPU_US=$(awk -v t="$CPU_TICKS" -v hz="$(getconf CLK_TCK)" -v n="$REQUESTS" \
+    'BEGIN { printf "%.2f", (n > 0) ? t * 1e6 / hz / n : 0 }')
+  echo "(server CPU: $CPU_TICKS ticks, $CPU_US us per request)" >>"$RAW"
+}
+
+# utime + stime of a process, in clock ticks.
+cpu_ticks() {
+  # The fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+  sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
 
 # verve's checks for one round.
@@ -155,23 +174,34 @@ ROWS=()
 RATIOS=()
 CSV_ROWS=()
 declare -A DIST_RATIOS=()
+declare -A DIST_CPU_RATIOS=()
 for round in $(seq 1 "$ROUNDS"); do
   for dist in $DISTS; do
     export IDS=$dist
-    load_b=$(load1)
-    run_one baseline "$round"
-    base_rps=$RPS base_p99=$P99 busy_b=$BUSY
-    load_v=$(load1)
-    run_one verve "$round"
-    busy_v=$BUSY
-    check_verve "$round"
+    # The order alternates from round to round, so that neither server always runs first.
+    if ((round % 2)); then order="baseline verve"; else order="verve baseline"; fi
+    for name in $order; do
+      if [[ $name == baseline ]]; then
+        load_b=$(load1)
+        run_one baseline "$round"
+        base_rps=$RPS base_p99=$P99 busy_b=$BUSY base_cpu=$CPU_US
+      else
+        load_v=$(load1)
+        run_one verve "$round"
+        verve_rps=$RPS verve_p99=$P99 busy_v=$BUSY verve_cpu=$CPU_US
+        check_verve "$round"
+      fi
+    done
+    RPS=$verve_rps P99=$verve_p99
+    cpu_ratio=$(ratio "$base_cpu" "$verve_cpu")
+    DIST_CPU_RATIOS[$dist]+="$cpu_ratio "
     ratio=$(ratio "$RPS" "$base_rps")
     RATIOS+=("$ratio")
     DIST_RATIOS[$dist]+="$ratio "
     CSV_ROWS+=("$round,$base_rps,$RPS,$ratio")
-    ROWS+=("$(printf '| %5s | %4s | %12s | %12s | %6s | %9s | %9s | %7s | %5s / %-5s | %4s / %-4s |' \
-      "$round" "$dist" "$base_rps" "$RPS" "$ratio" "$base_p99" "$P99" "$COUNT_LINES" \
-      "$load_b" "$load_v" "$busy_b" "$busy_v")")
+    ROWS+=("$(printf '| %5s | %4s | %12s | %12s | %6s | %6s / %-6s | %6s | %9s | %9s | %7s | %5s / %-5s | %4s / %-4s |' \
+      "$round" "$dist" "$base_rps" "$RPS" "$ratio" "$base_cpu" "$verve_cpu" "$cpu_ratio" \
+      "$base_p99" "$P99" "$COUNT_LINES" "$load_b" "$load_v" "$busy_b" "$busy_v")")
     echo "round $round ($dist ids): baseline $base_rps req/s, verve $RPS req/s, ratio $ratio" >&2
   done
 done
@@ -180,13 +210,15 @@ MEDIAN=$(printf '%s\n' "${RATIOS[@]}" | median)
 
 {
   echo
-  echo "| round | ids | baseline req/s | verve req/s | verve/baseline | baseline p99 | verve p99 | verve windows | load1 at start (b / v) | other CPU busy before (b / v) |"
-  echo "| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |"
+  echo "| round | ids | baseline req/s | verve req/s | verve/baseline | server CPU us/req (b / v) | CPU ratio b/v | baseline p99 | verve p99 | verve windows | load1 at start (b / v) | other CPU busy before (b / v) |"
+  echo "| ---: | :---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | :---: | :---: |"
   printf '%s\n' "${ROWS[@]}"
   echo
   for dist in $DISTS; do
     # shellcheck disable=SC2086 # a space-separated list of ratios
     echo "median verve/baseline ratio, $dist ids: $(printf '%s\n' ${DIST_RATIOS[$dist]} | median)"
+    # shellcheck disable=SC2086 # a space-separated list of ratios
+    echo "median baseline/verve CPU per request, $dist ids: $(printf '%s\n' ${DIST_CPU_RATIOS[$dist]} | median)"
   done
   echo "median verve/baseline ratio: $MEDIAN  (nproc $(nproc), load now $(cut -d' ' -f1-3 /proc/loadavg))"
   echo "raw output: ${RAW#"$ROOT"/}"
