@@ -287,6 +287,7 @@ impl Server {
         .spawn(&health)
         .context("starting the collector thread")?;
         http::date::try_start().context("starting the Date header thread")?;
+        http::fair::try_start().context("starting the thread that wakes heavy connections")?;
         listener
             .set_nonblocking(true)
             .context("making the listener non-blocking")?;

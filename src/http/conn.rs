@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use may::net::TcpStream;
 
 use super::response::{self, Persist, Status};
-use super::{date, Ctx};
+use super::{date, fair, Ctx};
 use crate::query::{decode_endpoint, parse_accept};
 use crate::shards::Recorded;
 
@@ -95,11 +95,15 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
             let since = *partial_since.get_or_insert(now);
             keep_open &= now.saturating_sub(since) <= idle_ms;
         }
-        let written = conn.output().is_empty() || stream.write_all(conn.output()).is_ok();
+        let output_len = conn.output().len();
+        let written = output_len == 0 || stream.write_all(conn.output()).is_ok();
         conn.sent();
         counters.busy.fetch_sub(1, SeqCst);
         if !written {
             return;
+        }
+        if output_len > fair::HEAVY_TURN {
+            fair::give_way();
         }
         if !keep_open {
             linger(&mut stream, &mut conn.buf);

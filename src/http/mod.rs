@@ -16,6 +16,7 @@
 
 pub mod conn;
 pub mod date;
+pub mod fair;
 pub mod idle;
 pub mod limits;
 pub mod response;
