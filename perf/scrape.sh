@@ -9,7 +9,8 @@
 #   ROUNDS=5 FILL=5000000 perf/scrape.sh
 #
 # Environment: ROUNDS (3), DURATION (10), CONNECTIONS (16), FILL (2000000), PIPELINE (1000),
-# CARGO_TARGET_DIR. Output: a table on stdout and everything in perf/out/scrape-<UTC>.txt.
+# SCRAPE_PATH (/metrics; `/`, a static page twice the size, is the control that separates the
+# cost of rendering the metrics from that of answering a pipelined batch at all), CARGO_TARGET_DIR. Output: a table on stdout and everything in perf/out/scrape-<UTC>.txt.
 # Exit status 1 if a check failed (non-2xx answers, socket errors, no scrape answered).
 set -euo pipefail
 # shellcheck source=../scripts/lib.sh
@@ -32,7 +33,7 @@ trap 'kill_pids "$VERVE_PID" "$SCRAPER_PID"; rm -rf "$TMP"' EXIT
 build --bin verve
 BIN=$(target_dir)/release/verve
 log "# perf/scrape.sh $STAMP: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS" \
-  "FILL=$FILL PIPELINE=$PIPELINE"
+  "FILL=$FILL PIPELINE=$PIPELINE SCRAPE_PATH=${SCRAPE_PATH:-/metrics}"
 machine_line | tee -a "$RAW"
 
 port=$(free_port)
@@ -41,10 +42,14 @@ url=http://127.0.0.1:$port
 start_verve "$BIN" "$port" "$TMP/verve.log" --interval 86400
 export IDS=i64
 # wrk -d takes whole seconds: fill at whatever rate, until the gauge passes FILL.
+# Each pass with a seed of its own: the same seed sends the same ids again.
+fill_seed=${SEED:-1}
 while :; do
-  wrk -t2 -c64 -d2s -s "$ROOT/perf/random_ids.lua" "$url" >/dev/null
+  fill_seed=$((fill_seed + 1))
+  SEED=$fill_seed wrk -t2 -c64 -d2s -s "$ROOT/perf/random_ids.lua" "$url" >/dev/null
   sleep 1.1 # the gauge is merged once a second
   held=$(curl -s "$url/metrics" | awk '$1 == "verve_window_unique_ids" {print $2}')
+  [[ $held =~ ^[0-9]+$ ]] || die "no verve_window_unique_ids on $url/metrics"
   ((held >= FILL)) && break
 done
 log "window holds $held distinct ids"
