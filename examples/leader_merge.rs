@@ -3,20 +3,22 @@
 //! whole i64 range), ship them the way `src/cluster/node.rs` does (`merge::serialize`: the id
 //! set's compact format), and the leader unions every shipment:
 //!
-//! - **memory**: what `verve::cluster::merge::union_of_shipments` does with the blobs, without
-//!   Redis: `IdSet::deserialize` of each, in shipping order, added to a `verve::ids::Union`
-//!   (pairwise merges of sets of similar size); decoding and merging are timed apart.
+//! - **memory**: what `verve::cluster::merge::count_of_shipments` does with the blobs, without
+//!   Redis: `IdSet::deserialize` of each, then `verve::ids::count_union` of them all (a k-way
+//!   merge that counts); decoding and counting are timed apart.
+//! - **union**: the same, but building the union with `verve::ids::Union` (pairwise merges of
+//!   sets of similar size), as the leader did before it only counted: the naive alternative.
 //! - **redis** (only with `REDIS_URL` set, e.g. `redis://127.0.0.1:6379`): the blobs are
 //!   `RPUSH`ed to `Keys::new(prefix).ids(window_start)` (the window's list of shipments, see
-//!   `src/cluster/store.rs`), then the whole `union_of_shipments` runs against that Redis on
+//!   `src/cluster/store.rs`), then the whole `count_of_shipments` runs against that Redis on
 //!   a connection made by `verve::cluster::conn::connect` (verve's own timeouts). Also timed:
 //!   the `RPUSH`es, and `store::fetch` alone (the `LRANGE` pages, no decoding). The key is
 //!   under a prefix of its own (`verve-leader-merge-<pid>`, or `--prefix`), expires after
 //!   10 minutes and is deleted at the end.
 //!
 //! Each phase is run RUNS times (default 5) on the same blobs; the figures are the median,
-//! min and max. Dropping the union (as the leader does once it has reported the count) is
-//! timed apart (`release_ms`) and not in `total_ms`.
+//! min and max. Dropping the decoded sets or the union (as the leader does once it has the
+//! count) is timed apart (`release_ms`) and not in `total_ms`.
 //!
 //! ```sh
 //! cargo run --release --example leader_merge                       # 10 x 1M random u32 ids, no overlap, 5 runs
@@ -46,9 +48,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use verve::cluster::conn::{self, Target};
-use verve::cluster::merge::{serialize, union_of_shipments};
+use verve::cluster::merge::{count_of_shipments, serialize};
 use verve::cluster::store::{self, Keys};
-use verve::ids::{IdBuffer, IdSet, Union};
+use verve::ids::{count_union, IdBuffer, IdSet, Union};
 
 #[path = "support/rng.rs"]
 mod rng;
@@ -179,24 +181,39 @@ fn stats(xs: &[f64]) -> String {
     format!("{median:.2},{:.2},{:.2}", xs[0], xs[n - 1])
 }
 
-/// The leader's merge as `union_of_shipments` does it, without Redis: (union, time decoding,
-/// time merging, total).
-fn merge_in_memory(blobs: &[Vec<u8>]) -> (IdSet, Duration, Duration, Duration) {
+/// The leader's merge without Redis: (count, what to drop, time decoding, time merging, total).
+/// `build` false counts as `count_of_shipments` does; true builds the union with [`Union`].
+fn merge_in_memory(
+    blobs: &[Vec<u8>],
+    build: bool,
+) -> (u64, Vec<IdSet>, Duration, Duration, Duration) {
     let (mut de, mut un) = (Duration::ZERO, Duration::ZERO);
     let started = Instant::now();
     let mut union = Union::default();
+    let mut sets = Vec::new();
     for blob in blobs {
         let t0 = Instant::now();
         let set = IdSet::deserialize(black_box(&blob[..])).expect("readable blob");
         let t1 = Instant::now();
-        union.add(set);
+        if build {
+            union.add(set);
+        } else {
+            sets.push(set);
+        }
         de += t1 - t0;
         un += t1.elapsed();
     }
     let t0 = Instant::now();
-    let union = union.into_set();
+    let count = if build {
+        let union = union.into_set();
+        let count = union.len();
+        sets.push(union);
+        count
+    } else {
+        count_union(&sets)
+    };
     un += t0.elapsed();
-    (union, de, un, started.elapsed())
+    (count, sets, de, un, started.elapsed())
 }
 
 fn main() -> ExitCode {
@@ -276,39 +293,42 @@ fn main() -> ExitCode {
         };
     }
 
-    // (a) In memory.
-    let (mut de, mut un, mut total, mut release) = (vec![], vec![], vec![], vec![]);
-    for run in 1..=o.runs {
-        let (union, d, u, t) = merge_in_memory(&blobs);
-        let count = union.len();
-        let t0 = Instant::now();
-        drop(union);
-        let r = t0.elapsed();
-        if count != expected {
-            eprintln!("leader_merge: run {run}: the union holds {count} ids, expected {expected}");
-            return ExitCode::FAILURE;
+    // (a) In memory: the leader's count, then the union built, the naive alternative.
+    for (mode, build) in [("memory", false), ("union", true)] {
+        let (mut de, mut un, mut total, mut release) = (vec![], vec![], vec![], vec![]);
+        for run in 1..=o.runs {
+            let (count, sets, d, u, t) = merge_in_memory(&blobs, build);
+            let t0 = Instant::now();
+            drop(sets);
+            let r = t0.elapsed();
+            if count != expected {
+                eprintln!(
+                    "leader_merge: {mode} run {run}: {count} distinct ids, expected {expected}"
+                );
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "RESULT mode={mode} run={run} {head} deserialize_ms={:.2} union_ms={:.2} \
+                 total_ms={:.2} release_ms={:.2}",
+                ms(d),
+                ms(u),
+                ms(t),
+                ms(r)
+            );
+            de.push(ms(d));
+            un.push(ms(u));
+            total.push(ms(t));
+            release.push(ms(r));
         }
         println!(
-            "RESULT mode=memory run={run} {head} deserialize_ms={:.2} union_ms={:.2} \
-             total_ms={:.2} release_ms={:.2}",
-            ms(d),
-            ms(u),
-            ms(t),
-            ms(r)
+            "SUMMARY mode={mode} {head} {shipment} deserialize_ms={} union_ms={} total_ms={} \
+             release_ms={}",
+            stats(&de),
+            stats(&un),
+            stats(&total),
+            stats(&release)
         );
-        de.push(ms(d));
-        un.push(ms(u));
-        total.push(ms(t));
-        release.push(ms(r));
     }
-    println!(
-        "SUMMARY mode=memory {head} {shipment} deserialize_ms={} union_ms={} total_ms={} \
-         release_ms={}",
-        stats(&de),
-        stats(&un),
-        stats(&total),
-        stats(&release)
-    );
 
     // (b) Through Redis.
     let Ok(url) = std::env::var("REDIS_URL") else {
@@ -379,7 +399,7 @@ fn through_redis(
         .query::<()>(con)?;
 
     let result = (|| -> anyhow::Result<()> {
-        let (mut fetch, mut total, mut release) = (vec![], vec![], vec![]);
+        let (mut fetch, mut total) = (vec![], vec![]);
         for run in 1..=o.runs {
             // The LRANGE pages alone: what the transfer costs.
             let mut fetched = 0usize;
@@ -399,36 +419,28 @@ fn through_redis(
             )?;
             let f = t0.elapsed();
             let t1 = Instant::now();
-            let (union, skipped) = union_of_shipments(con, &keys, o.window_start)?;
+            let (count, skipped) = count_of_shipments(con, &keys, o.window_start)?;
             let unreadable = skipped.total();
             let t = t1.elapsed();
-            let count = union.len();
-            let t2 = Instant::now();
-            drop(union);
-            let r = t2.elapsed();
             anyhow::ensure!(
                 unreadable == 0 && count == expected,
-                "run {run}: union_of_shipments gave {count} ids ({unreadable} unreadable), \
+                "run {run}: count_of_shipments gave {count} ids ({unreadable} unreadable), \
                  expected {expected}"
             );
             println!(
                 "RESULT mode=redis run={run} {head} fetch_bytes={fetched} fetch_ms={:.2} \
-                 total_ms={:.2} release_ms={:.2}",
+                 total_ms={:.2}",
                 ms(f),
-                ms(t),
-                ms(r)
+                ms(t)
             );
             fetch.push(ms(f));
             total.push(ms(t));
-            release.push(ms(r));
         }
         println!(
-            "SUMMARY mode=redis {head} {shipment} rpush_all_ms={:.2} fetch_ms={} total_ms={} \
-             release_ms={}",
+            "SUMMARY mode=redis {head} {shipment} rpush_all_ms={:.2} fetch_ms={} total_ms={}",
             ms(push),
             stats(&fetch),
-            stats(&total),
-            stats(&release)
+            stats(&total)
         );
         Ok(())
     })();

@@ -963,6 +963,44 @@ impl Union {
     }
 }
 
+/// How many distinct ids `sets` hold together: a k-way merge of their keys that counts and
+/// builds nothing. The cluster's leader needs only this number of a window's shipments, and
+/// it costs a fraction of building the union with [`Union`], which packs every key again at
+/// each of its `log2 k` levels (`examples/leader_merge`, `perf/RESULTS.md`).
+pub fn count_union(sets: &[IdSet]) -> u64 {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    match sets {
+        [] => return 0,
+        [only] => return only.len(),
+        _ => {}
+    }
+    let mut keys: Vec<_> = sets.iter().map(IdSet::keys).collect();
+    // The smallest next key of each set, with the set it came from.
+    let mut heads: BinaryHeap<Reverse<(u64, usize)>> = keys
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, it)| it.next().map(|k| Reverse((k, i))))
+        .collect();
+    let mut count = 0u64;
+    let mut last = None;
+    while let Some(mut head) = heads.peek_mut() {
+        let Reverse((key, i)) = *head;
+        if last != Some(key) {
+            count += 1;
+            last = Some(key);
+        }
+        match keys[i].next() {
+            // Replacing the top in place sifts once, where pop + push would sift twice.
+            Some(next) => *head = Reverse((next, i)),
+            None => {
+                std::collections::binary_heap::PeekMut::pop(head);
+            }
+        }
+    }
+    count
+}
+
 /// Ids buffered before they are packed: see [`IdBuffer`].
 pub const BATCH: usize = 2048;
 
@@ -1233,6 +1271,26 @@ mod tests {
             let expected = if k == 0 { 0 } else { k * 10 + 10 + k };
             let got = union.into_set();
             assert_eq!(got.len(), expected, "k = {k}");
+        }
+    }
+
+    #[test]
+    fn counting_the_union_equals_building_it() {
+        // Overlapping sets of every kind: dense, sparse over the whole range, repeats of one
+        // another, empty, one id at either end of the key space.
+        let mut sets: Vec<IdSet> = (0..9u64)
+            .map(|s| match s % 3 {
+                0 => IdSet::from_ids(stream(s + 7).take(3000).map(|k| (k % 50_000) as i64)),
+                1 => IdSet::from_ids(stream(s + 7).take(3000).map(|k| k as i64)),
+                _ => IdSet::from_ids((s as i64 * 1000..s as i64 * 1000 + 2500).map(|i| i - 4000)),
+            })
+            .collect();
+        sets.push(sets[1].clone());
+        sets.push(IdSet::new());
+        sets.push(IdSet::from_ids([i64::MIN, i64::MAX]));
+        for k in 0..=sets.len() {
+            let expected = IdSet::union_all(sets[..k].to_vec()).len();
+            assert_eq!(count_union(&sets[..k]), expected, "the first {k} sets");
         }
     }
 

@@ -1,14 +1,13 @@
 //! The leader's merge: a window's count is the number of ids in the union of every shipment
-//! in its list (see [`store`]), read page by page and merged in pairs of similar size
-//! ([`Union`]) so that many small shipments (one per instance per second) cost `O(n log k)`,
-//! not a copy of the whole union per shipment. Also the shipment's encoding, which this
-//! reads back: an id set in its compact format.
+//! in its list (see [`store`]), read page by page, decoded, and counted by one k-way merge
+//! of them all ([`count_union`]): the union itself is never built, only its size is needed.
+//! Also the shipment's encoding, which this reads back: an id set in its compact format.
 //!
 //! What Redis holds is untrusted: a shipment too long to be verve's, or that is not an id
 //! set, is skipped and counted ([`Skipped`]), and costs no other shipment.
 
 use crate::cluster::store::{self, Blob, Keys};
-use crate::ids::{IdSet, Union};
+use crate::ids::{count_union, IdSet};
 
 /// Serializes `ids` for one shipment, in the id set's compact format
 /// ([`IdSet::serialize_into`]); nothing for an empty set.
@@ -33,30 +32,56 @@ impl Skipped {
     }
 }
 
-/// The union of every shipment a window's list holds now (tests and tools: the leader
-/// freezes the window first, see [`union_of_shipments_pausing`]), and what was skipped.
-/// Shipments in the compact format and in roaring's portable format (what earlier versions
-/// shipped) are both read.
+/// How many distinct ids the shipments a window's list holds now have together, and what was
+/// skipped: the leader's count without the freeze that comes first (tools). Shipments in the
+/// compact format and in roaring's portable format (what earlier versions shipped) are both
+/// read.
+pub fn count_of_shipments(
+    con: &mut dyn redis::ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+) -> store::Result<(u64, Skipped)> {
+    let count = store::shipments(con, keys, window_start)?;
+    count_of_shipments_pausing(con, keys, window_start, count, &mut |_| Ok(true))
+        .map(|u| u.expect("never stopped"))
+}
+
+/// How many distinct ids the first `count` shipments of a window's list have together, with
+/// [`store::fetch`]'s `between`; `None` if it stopped. The decoded shipments are all held
+/// until the count: about what the list holds in Redis (5-6 bytes per random 64-bit id).
+pub fn count_of_shipments_pausing(
+    con: &mut dyn redis::ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    count: u64,
+    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
+) -> store::Result<Option<(u64, Skipped)>> {
+    let read = read_shipments(con, keys, window_start, count, between)?;
+    Ok(read.map(|(sets, skipped)| (count_union(&sets), skipped)))
+}
+
+/// The union itself of every shipment a window's list holds now, and what was skipped: for
+/// tests and tools that look at the ids (the leader only counts them).
 pub fn union_of_shipments(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
     window_start: u64,
 ) -> store::Result<(IdSet, Skipped)> {
     let count = store::shipments(con, keys, window_start)?;
-    union_of_shipments_pausing(con, keys, window_start, count, &mut |_| Ok(true))
-        .map(|u| u.expect("never stopped"))
+    let (sets, skipped) =
+        read_shipments(con, keys, window_start, count, &mut |_| Ok(true))?.expect("never stopped");
+    Ok((IdSet::union_all(sets), skipped))
 }
 
-/// The union of the first `count` shipments of a window's list, with [`store::fetch`]'s
-/// `between`; `None` if it stopped.
-pub fn union_of_shipments_pausing(
+/// The first `count` shipments of a window's list, decoded; `None` if `between` stopped.
+fn read_shipments(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
     window_start: u64,
     count: u64,
     between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
-) -> store::Result<Option<(IdSet, Skipped)>> {
-    let mut union = Union::default();
+) -> store::Result<Option<(Vec<IdSet>, Skipped)>> {
+    let mut sets = Vec::new();
     let mut skipped = Skipped::default();
     let whole = store::fetch(
         con,
@@ -65,12 +90,12 @@ pub fn union_of_shipments_pausing(
         count,
         &mut |blob| match blob {
             Blob::Shipment(bytes) => match IdSet::deserialize(bytes) {
-                Ok(set) => union.add(set),
+                Ok(set) => sets.push(set),
                 Err(_) => skipped.unreadable += 1,
             },
             Blob::Oversized(_) => skipped.oversized += 1,
         },
         between,
     )?;
-    Ok(whole.then(|| (union.into_set(), skipped)))
+    Ok(whole.then_some((sets, skipped)))
 }

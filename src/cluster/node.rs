@@ -41,7 +41,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::budget::Charge;
 use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
-use crate::cluster::merge::union_of_shipments_pausing;
+use crate::cluster::merge::count_of_shipments_pausing;
 use crate::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
 use crate::endpoints;
 use crate::health::Health;
@@ -869,8 +869,8 @@ impl Node {
             }
             store::renew(con, keys, start, instance, LEASE.as_millis() as u64)
         };
-        let read = union_of_shipments_pausing(con, keys, start, count, &mut between)?;
-        let Some((union, skipped)) = read else {
+        let read = count_of_shipments_pausing(con, keys, start, count, &mut between)?;
+        let Some((count, skipped)) = read else {
             return Ok(false); // lost the lease meanwhile
         };
         if skipped.total() > 0 {
@@ -893,8 +893,6 @@ impl Node {
             return Ok(false);
         }
         let endpoints = self.checked_endpoints(start, &stored);
-        let count = union.len();
-        drop(union);
         self.reporter.report(&WindowReport {
             window_start: start,
             unique_count: count,
