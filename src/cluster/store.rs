@@ -476,12 +476,20 @@ pub enum Blob<'a> {
 
 /// A page of the list: at most `FETCH_PAGE` elements and, past the first, at most
 /// `FETCH_PAGE_BYTES`; an element longer than `MAX_SHIPMENT_BYTES` is replaced by its
-/// length, so it never crosses the network.
+/// length, so it never crosses the network. One `LRANGE` per element rather than one for the
+/// page: the script copies only the elements it returns (one `LRANGE` of 8 shipments of 6 MB
+/// copied 48 MB into Lua to return 12 MB, and made reading 10 x 1M random 64-bit ids take
+/// 0.8 s instead of 0.2 s). Not `LINDEX`: the Redis users that deployments give verve (README)
+/// may run `LRANGE` and not `LINDEX`.
 const FETCH: &str = r"
-local page = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+local key, first, last = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local max, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out, bytes = {}, 0
-for _, blob in ipairs(page) do
+for i = first, last do
+  local blob = redis.call('LRANGE', key, i, i)[1]
+  if not blob then
+    break
+  end
   local n = #blob
   if n > max then
     out[#out + 1] = n
