@@ -202,6 +202,43 @@ fn routing_answers_404_and_405_with_failed() {
 }
 
 #[test]
+fn a_pipeline_of_heavy_pages_is_answered_in_full_across_turns() {
+    // A connection stops answering after 128 KiB of answers, gives way to the others and
+    // answers the requests left in its buffer before it reads more. 1000 requests (more than
+    // a read buffer holds), nine in ten a status page of ~8 KB: many such turns, and every
+    // request answered once, in order, the accept requests among them counted.
+    let server = Server::start(INTERVAL, &[]);
+    let mut client = server.client();
+    let batch: String = (0..1000)
+        .map(|i| {
+            if i % 10 == 9 {
+                get_request(&format!("/api/verve/accept?id={i}"))
+            } else {
+                get_request("/")
+            }
+        })
+        .collect();
+    client.send(batch.as_bytes());
+    let mut page_bytes = 0;
+    for i in 0..1000 {
+        let r = client.response();
+        assert_eq!(r.status, 200, "response {i}");
+        if i % 10 == 9 {
+            assert_eq!(r.text(), "ok", "response {i}");
+        } else {
+            assert!(r.text().contains("</html>"), "response {i}: {r:?}");
+            page_bytes += r.text().len();
+        }
+    }
+    assert!(page_bytes > 16 * 128 * 1024, "{page_bytes} bytes of pages: too few turns");
+    let page = client.get("/metrics").text();
+    assert_eq!(
+        samples(&page)["verve_requests_total{outcome=\"ok\"}"],
+        100.0
+    );
+}
+
+#[test]
 fn window_unique_ids_gauge_follows_the_open_window() {
     // The gauge is merged about once a second: windows long enough to see it settle.
     let server = Server::start(5, &[]);

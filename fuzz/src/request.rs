@@ -160,14 +160,21 @@ pub fn check_request(data: &[u8]) -> Result<RequestStats, String> {
             input[..n].copy_from_slice(&chunk[..n]);
             conn.received(n);
             chunk = &chunk[n..];
-            let keep_open = conn.answer(&ctx, 0, window, flags.draining);
-            stats.batches += 1;
-            check_batch(conn.output(), keep_open, flags, &ctx, &mut seen, &mut stats)
-                .map_err(|e| format!("batch {}: {e}", stats.batches))?;
-            conn.sent();
-            if !keep_open {
-                stats.closed = true;
-                break 'chunks;
+            // As the connection loop does: requests left after a heavy turn are answered
+            // before the next read.
+            loop {
+                let keep_open = conn.answer(&ctx, 0, window, flags.draining);
+                stats.batches += 1;
+                check_batch(conn.output(), keep_open, flags, &ctx, &mut seen, &mut stats)
+                    .map_err(|e| format!("batch {}: {e}", stats.batches))?;
+                conn.sent();
+                if !keep_open {
+                    stats.closed = true;
+                    break 'chunks;
+                }
+                if !conn.deferred() {
+                    break;
+                }
             }
         }
     }

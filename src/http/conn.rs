@@ -44,6 +44,9 @@ pub struct Conn {
     out: Vec<u8>,
     /// Percent-decoded `endpoint`, reused.
     scratch: Vec<u8>,
+    /// The last [`Conn::answer`] stopped after [`fair::HEAVY_TURN`] bytes of answers with
+    /// requests left in the buffer: they are answered before anything more is read.
+    deferred: bool,
 }
 
 /// Serves one connection until the client leaves, an error closes it, or shutdown.
@@ -63,13 +66,18 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
     // When the unfinished request in the buffer began: a client that trickles a head byte
     // by byte is closed once it has taken longer than the idle timeout in total.
     let mut partial_since: Option<u64> = None;
+    // The window of the last read's requests, kept for those answered after giving way.
+    let mut window = 0;
     loop {
-        let n = match stream.read(conn.input()) {
-            Ok(0) | Err(_) => return, // closed, reset or idle too long: nothing to answer
-            Ok(n) => n,
-        };
-        conn.received(n);
-        watch.active();
+        let deferred = conn.deferred();
+        if !deferred {
+            let n = match stream.read(conn.input()) {
+                Ok(0) | Err(_) => return, // closed, reset or idle too long: nothing to answer
+                Ok(n) => n,
+            };
+            conn.received(n);
+            watch.active();
+        }
         // Read after the last yield and used before the next one (the write below); the
         // busy count below is decremented through the same index, wherever the write resumes.
         let shard = ctx.shards.current();
@@ -78,9 +86,12 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         // sees it busy and waits for it (both sides use SeqCst).
         counters.busy.fetch_add(1, SeqCst);
         let draining = ctx.draining.load(SeqCst);
-        // The instant of arrival: every request of this read belongs to this window.
+        // The instant of arrival: every request of this read belongs to this window, also
+        // those answered after the connection gave way.
         let now = ctx.clock.now_ms();
-        let window = ctx.windows.index_of(now);
+        if !deferred {
+            window = ctx.windows.index_of(now);
+        }
         let mut keep_open = conn.answer(ctx, shard, window, draining);
         if !conn.unfinished() {
             partial_since = None;
@@ -151,6 +162,7 @@ impl Conn {
             discard: 0,
             out: Vec::with_capacity(4096),
             scratch: Vec::new(),
+            deferred: false,
         }
     }
 
@@ -170,6 +182,12 @@ impl Conn {
     /// True while part of a request (head or body) is still to come.
     pub fn unfinished(&self) -> bool {
         self.start != self.end || self.discard > 0
+    }
+
+    /// True when the last [`Conn::answer`] left requests in the buffer to answer after the
+    /// connection has given way (see [`fair`]): call it again before reading more.
+    pub fn deferred(&self) -> bool {
+        self.deferred
     }
 
     /// The answers to the requests parsed so far; clear them with [`Conn::sent`].
@@ -198,9 +216,11 @@ impl Conn {
     }
 
     /// Answers every complete request in the buffer, all counted in `window`, recorded in
-    /// `shard`. False when the connection must close.
+    /// `shard`, or as many as [`fair::HEAVY_TURN`] bytes of answers hold, leaving the rest
+    /// [`Conn::deferred`]. False when the connection must close.
     pub fn answer(&mut self, ctx: &Ctx, shard: usize, window: u64, draining: bool) -> bool {
         let date = date::now();
+        self.deferred = false;
         loop {
             if self.discard > 0 {
                 let skip = self.discard.min((self.end - self.start) as u64);
@@ -288,6 +308,10 @@ impl Conn {
             self.discard = head.body;
             if persist == Persist::Close {
                 return false;
+            }
+            if self.out.len() > fair::HEAVY_TURN && self.start != self.end {
+                self.deferred = true;
+                return true;
             }
         }
     }

@@ -9,8 +9,9 @@
 //! `may::coroutine::yield_now` does not help: it puts the coroutine back on the same
 //! thread's ready queue, which the thread drains before polling epoll.
 //!
-//! So after a turn that wrote more than [`HEAVY_TURN`] bytes the connection gives way: it
-//! parks, and a small thread of its own wakes it from outside the workers. may queues such a
+//! So a turn ends once its answers pass [`HEAVY_TURN`] bytes, the requests left in the buffer
+//! waiting for the next turn (`Conn::deferred`), and after such a turn the connection gives
+//! way: it parks, and a small thread of its own wakes it from outside the workers. may queues such a
 //! wake-up on a worker's global queue and pokes its epoll, so the worker polls its sockets,
 //! runs the connections that are ready, and only then this one again. A connection answering
 //! accept requests, even a full read buffer of them pipelined, writes less than that and
@@ -21,9 +22,9 @@ use std::sync::OnceLock;
 use crossbeam_channel::Sender;
 use may::coroutine::Coroutine;
 
-/// A turn that wrote more than this gives way. A full read buffer of the shortest pipelined
-/// accept requests (16 KiB of 39-byte requests) is answered in about 50 KiB; one of
-/// `/metrics` scrapes in about 1.4 MiB.
+/// A turn stops answering past this many bytes, and gives way. A full read buffer of the
+/// shortest pipelined accept requests (16 KiB of 39-byte requests) is answered in about
+/// 50 KiB; one of `/metrics` scrapes would take about 1.4 MiB, now cut into turns of ~34.
 pub const HEAVY_TURN: usize = 128 * 1024;
 
 /// Where a connection that gives way sends itself to be woken.
