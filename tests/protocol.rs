@@ -230,7 +230,10 @@ fn a_pipeline_of_heavy_pages_is_answered_in_full_across_turns() {
             page_bytes += r.text().len();
         }
     }
-    assert!(page_bytes > 16 * 128 * 1024, "{page_bytes} bytes of pages: too few turns");
+    assert!(
+        page_bytes > 16 * 128 * 1024,
+        "{page_bytes} bytes of pages: too few turns"
+    );
     let page = client.get("/metrics").text();
     assert_eq!(
         samples(&page)["verve_requests_total{outcome=\"ok\"}"],
