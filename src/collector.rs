@@ -14,7 +14,6 @@
 //! one that is later still). Windows are sealed strictly in order, each exactly once, empty
 //! ones included, so every window gets its count line even if the thread fell behind.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,7 +26,8 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
-use crate::state::{self, SavedWindow};
+use crate::state::journal::Record;
+use crate::state::writer::Journal;
 
 /// How long after a boundary the window is sealed. Long enough to cover a worker thread
 /// descheduled between its clock read and its insert (a few scheduler ticks under load),
@@ -43,6 +43,22 @@ const POLL: Duration = Duration::from_millis(50);
 /// shards buffer (repeats included) to a second of requests.
 pub const ABSORB_EVERY: Duration = Duration::from_secs(1);
 
+/// How often, with `--state-file`, what the shards recorded is appended to the journal and
+/// synced. An id answered `ok` is on disk within this plus one sync, so a crash loses at
+/// most the last second's ids, as promised, with room for a slow sync.
+pub const SAVE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a seal waits for the window's last ids to be synced before its count line is
+/// written. Synced first, a crash between the line and the record that it was written
+/// repeats the line with the same count; past this wait (a stalled disk) the line goes out
+/// anyway, on time.
+pub const SEAL_SYNC_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The journal is rewritten when it holds more than twice the bytes of the id sets held in
+/// memory plus this: so it stays within a small multiple of the sets' size whatever the
+/// interval, and small windows are not rewritten at every boundary.
+pub const SNAPSHOT_SLACK_BYTES: u64 = 4 << 20;
+
 /// Everything the collector works on.
 pub struct Collector {
     pub shards: Arc<Shards>,
@@ -50,10 +66,13 @@ pub struct Collector {
     pub clock: Arc<dyn Clock>,
     pub sink: Box<dyn WindowSink>,
     pub metrics: Arc<Metrics>,
-    /// `--state-file`: where the open window goes at shutdown instead of being reported.
-    pub state_file: Option<PathBuf>,
+    /// `--state-file`: the journal what the shards record is saved to, about twice a
+    /// second; the open window is saved there at shutdown instead of being reported.
+    pub journal: Option<Journal>,
     /// The last window whose refused ids were warned about (one warning per window).
     pub memory_warned: Option<u64>,
+    /// Journal rewrites asked for: another is asked only once the writer is done with it.
+    pub snapshots_asked: u64,
 }
 
 /// Asks the collector to close the open window and stop.
@@ -96,6 +115,7 @@ impl Collector {
                 let _guard = guard;
                 let mut this = self;
                 let mut next_absorb = Instant::now() + ABSORB_EVERY;
+                let mut next_save = Instant::now() + SAVE_EVERY;
                 loop {
                     let due = this.windows.end_ms(next) + SETTLE.as_millis() as u64;
                     let now = this.clock.now_ms();
@@ -106,16 +126,24 @@ impl Collector {
                         next_absorb = Instant::now();
                         continue;
                     }
+                    // The open window is the clock's, or `next` when the clock was stepped
+                    // back behind it: that one keeps counting until the clock passes its
+                    // end (see `crate::shards`).
+                    let open = this.windows.index_of(now).max(next);
+                    if this.journal.is_some() && Instant::now() >= next_save {
+                        this.save(next, open);
+                        next_save = Instant::now() + SAVE_EVERY;
+                    }
                     if Instant::now() >= next_absorb {
-                        // The open window is the clock's, or `next` when the clock was
-                        // stepped back behind it: that one keeps counting until the clock
-                        // passes its end (see `crate::shards`).
-                        this.absorb(this.windows.index_of(now).max(next));
+                        this.absorb(open);
                         next_absorb = Instant::now() + ABSORB_EVERY;
                     }
-                    let wait = Duration::from_millis(due - now)
+                    let mut wait = Duration::from_millis(due - now)
                         .min(POLL)
                         .min(next_absorb.saturating_duration_since(Instant::now()));
+                    if this.journal.is_some() {
+                        wait = wait.min(next_save.saturating_duration_since(Instant::now()));
+                    }
                     match stopped.recv_timeout(wait) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(Stop { deadline }) => return this.close(next, deadline),
@@ -157,14 +185,64 @@ impl Collector {
         }
     }
 
-    /// Seals `window` and hands it to the sink.
+    /// Seals `window` and hands it to the sink. With a state file, the window's last ids
+    /// are synced first (see [`SEAL_SYNC_TIMEOUT`]).
     fn seal_and_hand_on(&mut self, window: u64) {
-        let sealed = self.seal(window);
+        let (sealed, unsaved) = self.seal(window);
+        if let Some(journal) = &self.journal {
+            journal.append(records(sealed.window_start, unsaved, &sealed.endpoints));
+            if !journal.sync(SEAL_SYNC_TIMEOUT) {
+                log::warn!(
+                    "--state-file: window {}'s last ids were not synced within {:?}: its \
+                     count line goes out now; a crash before they are would report the \
+                     window again, with those ids missing",
+                    crate::clock::rfc3339_secs(sealed.window_start),
+                    SEAL_SYNC_TIMEOUT
+                );
+            }
+        }
         self.sink.accept(sealed);
+        self.maybe_snapshot();
     }
 
-    /// Seals `window`: the shards' last ids are merged into its set.
-    fn seal(&mut self, window: u64) -> SealedWindow {
+    /// Appends what the shards recorded in windows `first..=last` since the last save to
+    /// the journal (see [`SAVE_EVERY`]).
+    fn save(&mut self, first: u64, last: u64) {
+        let Some(journal) = &self.journal else { return };
+        for window in first..=last {
+            if let Some(unsaved) = self.shards.unsaved(window) {
+                let start = self.windows.start_secs(window);
+                journal.append(records(start, unsaved.ids, &unsaved.endpoints));
+            }
+        }
+        self.maybe_snapshot();
+    }
+
+    /// Asks the writer to rewrite the journal when it holds more than twice what is live
+    /// (see [`SNAPSHOT_SLACK_BYTES`]), or after a failed write, unless a rewrite is under way.
+    fn maybe_snapshot(&mut self) {
+        let Some(journal) = &self.journal else { return };
+        let stats = journal.stats();
+        if stats.snapshots.load(Relaxed) < self.snapshots_asked {
+            return;
+        }
+        let file = stats.file_bytes.load(Relaxed);
+        let live = self.shards.memory().used();
+        if journal.wants_snapshot() || file > live.saturating_mul(2) + SNAPSHOT_SLACK_BYTES {
+            let sets = self
+                .shards
+                .saved_sets()
+                .into_iter()
+                .map(|(w, sets)| (self.windows.start_secs(w), sets))
+                .collect();
+            self.snapshots_asked = stats.snapshots.load(Relaxed) + 1;
+            journal.snapshot(sets);
+        }
+    }
+
+    /// Seals `window`: the shards' last ids are merged into its set. Also returns those of
+    /// them that were not saved yet, serialized (with a state file).
+    fn seal(&mut self, window: u64) -> (SealedWindow, Vec<u8>) {
         let sealed = self.shards.seal(window);
         self.refused(window, sealed.refused);
         if sealed.late > 0 {
@@ -176,61 +254,56 @@ impl Collector {
                 sealed.late
             );
         }
-        SealedWindow {
+        let window = SealedWindow {
             window,
             window_start: self.windows.start_secs(window),
             ids: sealed.ids,
             unshipped: sealed.unshipped,
             endpoints: sealed.endpoints,
             charge: sealed.charge,
-        }
+        };
+        (window, sealed.unsaved)
     }
 
-    /// Seals the open window at shutdown and saves it to the state file; reports it as
-    /// usual (a partial count) if it cannot be saved, so nothing is lost silently.
-    fn save(&mut self, window: u64, path: &std::path::Path) {
-        let sealed = self.seal(window);
-        let saved = SavedWindow {
-            interval_secs: self.windows.length().as_secs(),
-            window_start: sealed.window_start,
-            ids: sealed.ids,
-            endpoints: sealed.endpoints,
+    /// Seals the open window at shutdown and saves it to the state file, synced by
+    /// `deadline`; reports it as usual (a partial count) if it cannot be saved, so nothing is
+    /// lost silently.
+    fn save_open(&mut self, window: u64, deadline: Instant) {
+        let (sealed, unsaved) = self.seal(window);
+        let Some(journal) = &self.journal else {
+            return self.sink.accept(sealed);
         };
-        // With the windows reported before it: `/api/verve/windows` goes on after a restart.
-        match state::save(path, &saved, &self.metrics.status.history()) {
-            Ok(()) => log::info!(
+        journal.append(records(sealed.window_start, unsaved, &sealed.endpoints));
+        if journal.sync(deadline.saturating_duration_since(Instant::now())) {
+            log::info!(
                 "saved the open window {} ({} ids, {} endpoints) to {}",
-                crate::clock::rfc3339_secs(saved.window_start),
-                saved.ids.len(),
-                saved.endpoints.len(),
-                path.display()
-            ),
-            Err(e) => {
-                log::error!("cannot save the open window, reporting it now instead: {e:#}");
-                self.sink.accept(SealedWindow {
-                    window,
-                    window_start: saved.window_start,
-                    ids: saved.ids,
-                    unshipped: None,
-                    endpoints: saved.endpoints,
-                    charge: sealed.charge,
-                });
-            }
+                crate::clock::rfc3339_secs(sealed.window_start),
+                sealed.ids.len(),
+                sealed.endpoints.len(),
+                journal.path().display()
+            );
+        } else {
+            log::error!(
+                "cannot save the open window {} to {}, reporting it now instead",
+                crate::clock::rfc3339_secs(sealed.window_start),
+                journal.path().display()
+            );
+            self.sink.accept(sealed);
         }
     }
 
     /// Shutdown: refuse further records, then report every window from `next` to the one
     /// open now, except that with a state file the open one is saved instead, then any later
-    /// window that holds ids, then let the reporters finish.
+    /// window that holds ids, then let the reporters finish, then close the state file.
     fn close(mut self, next: u64, deadline: Instant) {
         self.shards.close();
         // The clock's window, or `next` if the clock was stepped back behind it.
         let open = self.windows.index_of(self.clock.now_ms()).max(next);
-        let state_file = self.state_file.take();
         for window in next..=open {
-            match &state_file {
-                Some(path) if window == open => self.save(window, path),
-                _ => self.seal_and_hand_on(window),
+            if self.journal.is_some() && window == open {
+                self.save_open(window, deadline);
+            } else {
+                self.seal_and_hand_on(window);
             }
         }
         // Only a restored window ahead of the clock can be later. It is reported, but not the
@@ -240,7 +313,36 @@ impl Collector {
             self.seal_and_hand_on(window);
         }
         self.sink.finish(deadline);
+        // Last: the reporters record the calls and Kafka records they finished.
+        if let Some(journal) = self.journal.take() {
+            let path = journal.path().to_owned();
+            if !journal.close(deadline) {
+                log::error!(
+                    "--state-file {}: the last records were not synced by the shutdown \
+                     deadline: the next start makes again the calls and Kafka records they \
+                     would have marked done",
+                    path.display()
+                );
+            }
+        }
     }
+}
+
+/// The journal records of `ids` (serialized, possibly empty) and `endpoints` of the window
+/// starting at `window_start`.
+fn records(window_start: u64, ids: Vec<u8>, endpoints: &[String]) -> Vec<Record> {
+    let mut records = Vec::with_capacity(1 + endpoints.len());
+    if !ids.is_empty() {
+        records.push(Record::Ids {
+            window_start,
+            set: ids,
+        });
+    }
+    records.extend(endpoints.iter().map(|url| Record::Endpoint {
+        window_start,
+        url: url.clone(),
+    }));
+    records
 }
 
 #[cfg(test)]
@@ -254,10 +356,24 @@ mod tests {
     /// What the test sink receives: window start, count, endpoints.
     type Seen = (u64, u64, Vec<String>);
 
-    struct ChannelSink(Sender<Seen>);
+    /// Sends what it gets to the test; with a state file, marks each window reported in it
+    /// as the service's own reporters do.
+    struct ChannelSink(
+        Sender<Seen>,
+        Option<crate::report::state_file::StateFileMark>,
+    );
 
     impl WindowSink for ChannelSink {
         fn accept(&mut self, s: SealedWindow) {
+            if let Some(mark) = &mut self.1 {
+                use crate::report::Reporter;
+                mark.report(&crate::report::WindowReport {
+                    window_start: s.window_start,
+                    unique_count: s.ids.len(),
+                    endpoints: s.endpoints.clone(),
+                    scope: crate::report::Scope::Global,
+                });
+            }
             self.0
                 .send((s.window_start, s.ids.len(), s.endpoints))
                 .unwrap();
@@ -273,18 +389,25 @@ mod tests {
 
     fn start_with(
         clock: Arc<ManualClock>,
-        state_file: Option<PathBuf>,
+        journal: Option<Journal>,
     ) -> (Arc<Shards>, CollectorHandle, Receiver<Seen>) {
         let shards = Arc::new(Shards::new(2, EndpointPolicy::default(), 10));
+        if journal.is_some() {
+            shards.set_durable();
+        }
+        let mark = journal
+            .as_ref()
+            .map(|j| crate::report::state_file::StateFileMark::new(j.sender(), false));
         let (tx, rx) = unbounded();
         let handle = Collector {
             shards: shards.clone(),
             windows: Windows::new(10),
             clock,
-            sink: Box::new(ChannelSink(tx)),
+            sink: Box::new(ChannelSink(tx, mark)),
             metrics: Arc::new(Metrics::new(2)),
-            state_file,
+            journal,
             memory_warned: None,
+            snapshots_asked: 0,
         }
         .spawn(&Health::new())
         .unwrap();
@@ -387,8 +510,9 @@ mod tests {
             clock: clock.clone(),
             sink: Box::new(PanickingSink),
             metrics: Arc::new(Metrics::new(1)),
-            state_file: None,
+            journal: None,
             memory_warned: None,
+            snapshots_asked: 0,
         }
         .spawn(&health)
         .unwrap();
@@ -419,21 +543,24 @@ mod tests {
 
     #[test]
     fn with_a_state_file_the_open_window_is_saved_not_reported() {
+        use crate::state::{journal::Book, Limits, Loaded};
         let dir = std::env::temp_dir().join(format!("verve-collector-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("w.state");
+        let journal = Journal::create(&path, 10, Book::default(), vec![], &Health::new()).unwrap();
         let clock = ManualClock::new(5_000);
-        let (shards, handle, rx) = start_with(clock, Some(path.clone()));
+        let (shards, handle, rx) = start_with(clock, Some(journal));
         shards.record(0, 0, 10, Some("http://cb.test/")).unwrap();
         shards.record(1, 0, 11, None).unwrap();
-        handle.shutdown(Instant::now());
+        handle.shutdown(Instant::now() + WAIT);
         // Only the sink's finish: no count for the open window.
         assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
-        let limits = crate::state::Limits::new(1 << 30, 10, Windows::new(10), 5_000);
+        let limits = Limits::new(1 << 30, 10, Windows::new(10), 5_000);
         match crate::state::load(&path, &limits).unwrap() {
-            crate::state::Loaded::Window(w, _) => {
-                assert_eq!((w.window_start, w.ids.len()), (0, 2));
-                assert_eq!(w.endpoints, ["http://cb.test/"]);
+            Loaded::Found(restored) => {
+                assert_eq!(restored.ids[&0].len(), 2);
+                assert_eq!(restored.book.open[&0], ["http://cb.test/"]);
+                assert!(restored.book.history.is_empty());
             }
             other => panic!("{other:?}"),
         }
@@ -443,10 +570,57 @@ mod tests {
     #[test]
     fn a_state_file_that_cannot_be_written_reports_the_window_instead() {
         let clock = ManualClock::new(5_000);
-        let missing = std::env::temp_dir().join("verve-no-such-dir-for-sure/w.state");
-        let (shards, handle, rx) = start_with(clock, Some(missing));
+        let (shards, handle, rx) = start_with(clock, Some(Journal::stopped_for_test()));
         shards.record(0, 0, 10, None).unwrap();
-        handle.shutdown(Instant::now());
+        handle.shutdown(Instant::now() + WAIT);
         assert_eq!(rx.recv_timeout(WAIT).unwrap(), (0, 1, vec![]));
+    }
+
+    #[test]
+    fn ids_are_saved_as_they_come_and_the_file_is_rewritten_once_a_window_is_reported() {
+        use crate::state::{journal::Book, Limits, Loaded};
+        let dir = std::env::temp_dir().join(format!("verve-collector-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.state");
+        let journal = Journal::create(&path, 10, Book::default(), vec![], &Health::new()).unwrap();
+        let stats = journal.stats().clone();
+        let clock = ManualClock::new(5_000);
+        let (shards, handle, rx) = start_with(clock.clone(), Some(journal));
+        for id in 0..1000 {
+            shards.record((id % 2) as usize, 0, id, None).unwrap();
+        }
+        // Saved within a save round or two, with no window closed: a crash now keeps them.
+        let limits = Limits::new(1 << 30, 10, Windows::new(10), 5_000);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let bytes = std::fs::read(&path).unwrap();
+            let r = crate::state::journal::replay(
+                &bytes,
+                &crate::state::journal::Limits {
+                    max_id_bytes: 1 << 30,
+                },
+            )
+            .unwrap();
+            if r.ids.get(&0).map(|s| s.len()) == Some(1000) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the ids were not saved");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The window closes: reported, and the file no longer needs its ids.
+        clock.set(10_000 + SETTLE.as_millis() as u64);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (0, 1000, vec![]));
+        shards.record(0, 1, 5, None).unwrap();
+        handle.shutdown(Instant::now() + WAIT);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+        match crate::state::load(&path, &limits).unwrap() {
+            Loaded::Found(restored) => {
+                assert!(!restored.ids.contains_key(&0), "window 0 was reported");
+                assert_eq!(restored.ids[&10].len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(stats.syncs.load(Relaxed) >= 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -160,8 +160,13 @@ impl log::Log for FileOutput {
         }
     }
 
+    /// Every line is written through at once, so nothing is buffered; a flush syncs the
+    /// file to disk. `--state-file` flushes after a count line, before it records the
+    /// window as reported, so that a power cut cannot keep the record and lose the line.
     fn flush(&self) {
-        // Every line is written through at once; nothing is buffered.
+        if self.0.lock().file.sync_data().is_err() {
+            WRITE_ERRORS.fetch_add(1, Relaxed);
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -18,19 +17,18 @@ use crate::cluster::node::{ClusterSink, Settings};
 use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
-use crate::endpoints::{canonicalize, EndpointPolicy};
 use crate::health::Health;
 use crate::http::limits::Resources;
 use crate::http::{self, Admission, Ctx};
-use crate::logging::sanitize;
 use crate::metrics::Metrics;
 use crate::report::callback::{self, Callbacks};
 use crate::report::count_log::CountLog;
 use crate::report::kafka::{self, Kafka};
+use crate::report::state_file::StateFileMark;
 use crate::report::Fanout;
 use crate::shards::Shards;
-use crate::sink::{LocalSink, SealedWindow, WindowSink};
-use crate::state::{self, Loaded};
+use crate::sink::{LocalSink, WindowSink};
+use crate::state;
 
 /// verve exits within 5 s of the signal (README, *Shutdown*); this leaves room for the
 /// process to unwind after the reporters' deadline.
@@ -49,107 +47,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     // A deep accept queue absorbs connection bursts from load generators and balancers.
     socket.listen(4096)?;
     Ok(socket.into())
-}
-
-/// Start-up with `--state-file`: a window saved by the previous run resumes if it is still
-/// open (or not yet open: the clock went back), and is reported at once, late, if it has
-/// closed or was counted with another `--interval`. The file is untrusted (see
-/// [`crate::state`]): a window `limits` refuse is set aside and logged, and its endpoints are
-/// checked against `policy` as if a client had just sent them.
-fn restore(
-    path: &Path,
-    shards: &Shards,
-    limits: &state::Limits,
-    policy: &EndpointPolicy,
-    metrics: &Metrics,
-    sink: &mut dyn WindowSink,
-) -> anyhow::Result<()> {
-    let (saved, history) = match state::load(path, limits).context("--state-file")? {
-        Loaded::Nothing => return Ok(()),
-        Loaded::Window(saved, history) => (saved, history),
-        Loaded::Unreadable { error, moved_to } => {
-            log::error!(
-                "--state-file {} is unreadable ({}); moved to {}, its ids are not counted",
-                path.display(),
-                sanitize(&format!("{error:#}")),
-                moved_to.display()
-            );
-            return Ok(());
-        }
-        Loaded::Refused { error, moved_to } => {
-            log::error!(
-                "--state-file {} is refused: {}; moved to {}, its ids are not counted",
-                path.display(),
-                sanitize(&format!("{error:#}")),
-                moved_to.display()
-            );
-            return Ok(());
-        }
-    };
-    let windows = limits.windows;
-    let start = crate::clock::rfc3339_secs(saved.window_start);
-    // First, so that a window reported below joins it in order. Windows of another
-    // `--interval` would not line up with this instance's.
-    if saved.interval_secs == windows.length().as_secs() {
-        metrics.status.restore(metrics, &history);
-    } else if !history.is_empty() {
-        log::info!(
-            "the {} reported windows in {} were counted with --interval {}: not listed by \
-             /api/verve/windows",
-            history.len(),
-            path.display(),
-            saved.interval_secs
-        );
-    }
-    // Endpoints are re-checked whichever way the window goes: the file may not be the one
-    // this service wrote, and the allow-list may have changed since.
-    let mut endpoints = Vec::with_capacity(saved.endpoints.len());
-    for endpoint in &saved.endpoints {
-        match canonicalize(endpoint, policy) {
-            Ok(url) => endpoints.push(url.as_str().to_owned()),
-            Err(_) => refused_endpoint(&start, endpoint),
-        }
-    }
-    let window = saved.window_start / windows.length().as_secs().max(1);
-    let resumable = saved.interval_secs == windows.length().as_secs()
-        && window >= windows.index_of(limits.now_ms);
-    if resumable {
-        let (ids, count) = (saved.ids.len(), endpoints.len());
-        // The endpoint table may be fuller than the saving instance's (`--max-endpoints`).
-        for endpoint in shards.restore(window, saved.ids, &endpoints) {
-            refused_endpoint(&start, &endpoint);
-        }
-        log::info!(
-            "resumed window {start} from {} ({ids} ids, {count} endpoints)",
-            path.display(),
-        );
-    } else {
-        log::warn!(
-            "window {start} (interval {} s) from {} has closed: reporting it now, late",
-            saved.interval_secs,
-            path.display()
-        );
-        sink.accept(SealedWindow {
-            window,
-            window_start: saved.window_start,
-            ids: saved.ids,
-            unshipped: None,
-            endpoints,
-            charge: Default::default(),
-        });
-    }
-    Ok(())
-}
-
-/// The endpoint line (README, *The count log*) for an endpoint of a saved window that is
-/// not called. The text is from the file: shown as the callback reporter shows outside
-/// text, one token.
-fn refused_endpoint(window_start: &str, endpoint: &str) {
-    log::warn!(
-        target: crate::report::callback::TARGET,
-        "window_start={window_start} endpoint={} error=not-allowed-after-restart",
-        crate::report::callback::endpoint_token(endpoint)
-    );
 }
 
 /// A running verve.
@@ -184,6 +81,22 @@ impl Server {
         ));
         let windows = Windows::new(config.interval);
         let interval = Duration::from_secs(config.interval);
+        // The state file is read and written afresh before the reporters start: they record
+        // in it what they deliver.
+        let recovered = match &config.state_file {
+            Some(path) => {
+                let limits = state::Limits::new(
+                    shards.memory().limit(),
+                    config.max_endpoints as usize,
+                    windows,
+                    clock.now_ms(),
+                );
+                shards.set_durable();
+                Some(state::restore::open(path, &limits, &policy, &health)?)
+            }
+            None => None,
+        };
+        let journal = recovered.as_ref().map(|(journal, _)| journal.sender());
         let callbacks = Callbacks::start(
             callback::Settings {
                 method: config.endpoint_method,
@@ -197,20 +110,27 @@ impl Server {
                     interval,
                 ),
                 patience: interval,
+                journal: journal.clone(),
             },
             metrics.clone(),
             &health,
         )
         .context("starting the callback dispatcher")?;
-        let mut reporters = Fanout::new()
-            .with(CountLog::new(metrics.clone()))
-            .with(callbacks);
+        let mut reporters = Fanout::new().with(CountLog::new(metrics.clone()));
+        if let Some(journal) = &journal {
+            reporters = reporters.with(StateFileMark::new(
+                journal.clone(),
+                config.kafka_brokers.is_some(),
+            ));
+        }
+        reporters = reporters.with(callbacks);
         if let Some(brokers) = &config.kafka_brokers {
             let settings = kafka::Settings {
                 brokers: brokers.clone(),
                 topic: config.kafka_topic.clone(),
                 backlog: config.kafka_backlog as usize,
                 options: config.kafka_options.clone(),
+                journal: journal.clone(),
             };
             log::info!("kafka: {}", settings.describe());
             for warning in settings.warnings() {
@@ -266,23 +186,23 @@ impl Server {
                 Box::new(sink)
             }
         };
-        if let Some(path) = &config.state_file {
-            let limits = state::Limits::new(
-                shards.memory().limit(),
-                config.max_endpoints as usize,
-                windows,
-                clock.now_ms(),
-            );
-            restore(path, &shards, &limits, &policy, &metrics, &mut *sink)?;
-        }
+        let journal = match recovered {
+            Some((journal, recovery)) => {
+                let kafka = config.kafka_brokers.is_some();
+                recovery.apply(&shards, &metrics, &mut *sink, &journal.sender(), kafka);
+                Some(journal)
+            }
+            None => None,
+        };
         let collector = Collector {
             shards: shards.clone(),
             windows,
             clock: clock.clone(),
             sink,
             metrics: metrics.clone(),
-            state_file: config.state_file.clone(),
+            journal,
             memory_warned: None,
+            snapshots_asked: 0,
         }
         .spawn(&health)
         .context("starting the collector thread")?;

@@ -203,6 +203,9 @@ pub struct Sealed {
     pub endpoints: Vec<String>,
     /// The budget bytes `ids` and `unshipped` hold until they are dropped.
     pub charge: Charge,
+    /// With a state file ([`Shards::set_durable`]): the ids that no [`Shards::unsaved`]
+    /// handed out yet, serialized (empty when there are none).
+    pub unsaved: Vec<u8>,
 }
 
 /// What a [`Shards::drain`] hands out.
@@ -223,9 +226,25 @@ pub struct Absorbed {
     pub refused: u64,
 }
 
+/// What [`Shards::unsaved`] hands out: what the state file lacks of a window.
+#[derive(Debug, Default)]
+pub struct Unsaved {
+    /// Ids recorded since the last call, serialized (empty when none), possibly with some
+    /// already saved: the journal's records are a union.
+    pub ids: Vec<u8>,
+    /// Endpoints first named since the last call.
+    pub endpoints: Vec<String>,
+}
+
 /// The merged ids of one window not sealed yet.
 #[derive(Debug, Default)]
 struct Merged {
+    /// With a state file: ids taken from the shards and saved, not merged into `ids` yet
+    /// (the next absorb does, about once a second); and the bytes they had reserved.
+    recent: Vec<IdSet>,
+    recent_reserved: u64,
+    /// Endpoints an [`Shards::unsaved`] handed out already.
+    saved_endpoints: HashSet<String>,
     ids: IdSet,
     /// Cluster mode, from the first drain on: the ids merged since the last drain.
     unshipped: Option<IdSet>,
@@ -238,6 +257,12 @@ struct Merged {
 impl Merged {
     fn bytes(&self) -> u64 {
         (self.ids.heap_bytes() + self.unshipped.as_ref().map_or(0, IdSet::heap_bytes)) as u64
+    }
+
+    /// `runs` and the saved ids waiting to be merged, with the bytes they reserved.
+    fn with_recent(&mut self, mut runs: Vec<IdSet>, reserved: u64) -> (Vec<IdSet>, u64) {
+        runs.append(&mut self.recent);
+        (runs, reserved + mem::take(&mut self.recent_reserved))
     }
 }
 
@@ -262,6 +287,9 @@ pub struct Shards {
     /// the request path.
     merged: Mutex<MergedWindows>,
     memory: Arc<IdMemory>,
+    /// A state file saves what the shards record ([`Shards::unsaved`]), so a seal hands out
+    /// what was not saved yet ([`Sealed::unsaved`]).
+    durable: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -291,7 +319,13 @@ impl Shards {
             cache_cap: max_endpoints.saturating_mul(SPELLINGS_PER_ENDPOINT),
             merged: Mutex::new(MergedWindows::default()),
             memory,
+            durable: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// With `--state-file`: seals hand out the ids not saved yet, serialized.
+    pub fn set_durable(&self) {
+        self.durable.store(true, Relaxed);
     }
 
     pub fn len(&self) -> usize {
@@ -434,6 +468,7 @@ impl Shards {
     /// Merges `runs` into `m`; in cluster mode after the first drain, also into the
     /// unshipped ids.
     fn merge(&self, m: &mut Merged, runs: Vec<IdSet>, reserved: u64) {
+        let (runs, reserved) = m.with_recent(runs, reserved);
         let recent = IdSet::union_all(runs);
         let ids = mem::take(&mut m.ids);
         match m.unshipped.take() {
@@ -447,7 +482,8 @@ impl Shards {
         self.settle(m, reserved);
     }
 
-    /// Takes what every shard buffered for `window` and merges it into the window's set.
+    /// Takes what every shard buffered for `window` and merges it into the window's set
+    /// (with a state file, what [`Shards::unsaved`] took since the last absorb instead).
     /// The collector calls it about once a second for the open window; `None` once the
     /// window is sealed. Each worker's lock is held only to pack its last batch and move its
     /// runs out; the merge runs outside every shard lock.
@@ -459,9 +495,14 @@ impl Shards {
         let mut runs = Vec::new();
         let mut reserved = 0;
         let mut refused = 0;
+        // With a state file the shards' ids reach the set only through `unsaved`, which
+        // saves them first: an id merged unsaved would be missing from the file.
+        let durable = self.durable.load(Relaxed);
         for shard in self.shards.iter() {
             let mut s = lock(shard);
-            reserved += s.take_runs(window, &mut runs);
+            if !durable {
+                reserved += s.take_runs(window, &mut runs);
+            }
             refused += mem::take(&mut s.refused);
         }
         self.memory.count_refused(refused);
@@ -508,6 +549,13 @@ impl Shards {
             slot.ids.take_runs(&mut runs);
             reserved += slot.reserved;
         }
+        if self.durable.load(Relaxed) {
+            let last = IdSet::union_all(runs);
+            if !last.is_empty() {
+                last.serialize_into(&mut sealed.unsaved);
+            }
+            runs = vec![last];
+        }
         self.merge(&mut m, runs, reserved);
         // After every shard is sealed no request can add an endpoint to this window: a
         // request admits its endpoint while it holds its shard's lock.
@@ -516,6 +564,63 @@ impl Shards {
         sealed.ids = m.ids;
         sealed.unshipped = m.unshipped;
         sealed
+    }
+
+    /// With a state file, about twice a second for each window not sealed: takes what the
+    /// shards recorded in `window` since the last call and returns it serialized, with the
+    /// endpoints first named since, for the journal. The ids are merged into the window's
+    /// set at the next absorb; only their union (the last half second's, small) is built
+    /// here, so the cost does not grow with the window. `None` once the window is sealed.
+    pub fn unsaved(&self, window: u64) -> Option<Unsaved> {
+        let mut merged = lock(&self.merged);
+        if merged.sealed_upto.is_some_and(|s| window <= s) {
+            return None;
+        }
+        let mut runs = Vec::new();
+        let mut reserved = 0;
+        for shard in self.shards.iter() {
+            reserved += lock(shard).take_runs(window, &mut runs);
+        }
+        let m = merged.windows.entry(window).or_default();
+        let mut unsaved = Unsaved::default();
+        let recent = IdSet::union_all(runs);
+        if !recent.is_empty() {
+            recent.serialize_into(&mut unsaved.ids);
+            m.recent.push(recent);
+        }
+        m.recent_reserved += reserved;
+        for endpoint in self.table.snapshot(window) {
+            if !m.saved_endpoints.contains(&endpoint) {
+                m.saved_endpoints.insert(endpoint.clone());
+                unsaved.endpoints.push(endpoint);
+            }
+        }
+        Some(unsaved)
+    }
+
+    /// Every id of each window not sealed that the state file holds, serialized (the merged
+    /// set and the saved ids not merged yet), with the window: what a rewrite of the file
+    /// needs. Ids the shards still buffer are not saved yet, and not included.
+    pub fn saved_sets(&self) -> Vec<(u64, Vec<Vec<u8>>)> {
+        let merged = lock(&self.merged);
+        merged
+            .windows
+            .iter()
+            .filter(|(w, _)| merged.sealed_upto.is_none_or(|s| **w > s))
+            .map(|(&w, m)| {
+                let sets = [&m.ids]
+                    .into_iter()
+                    .chain(&m.recent)
+                    .filter(|set| !set.is_empty())
+                    .map(|set| {
+                        let mut bytes = Vec::with_capacity(set.serialized_size());
+                        set.serialize_into(&mut bytes);
+                        bytes
+                    })
+                    .collect();
+                (w, sets)
+            })
+            .collect()
     }
 
     /// Cluster mode, during a window: merges what the shards recorded in `window` and returns

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::budget::Charge;
 use crate::ids::IdSet;
-use crate::report::{Reporter, Scope, WindowReport};
+use crate::report::{Reporter, Resumed, Scope, WindowReport};
 
 /// One closed window, merged across all shards of this instance.
 #[derive(Debug, PartialEq)]
@@ -32,6 +32,9 @@ pub struct SealedWindow {
 pub trait WindowSink: Send {
     fn accept(&mut self, sealed: SealedWindow);
 
+    /// Deliveries left from before a restart (`--state-file`, a single instance only).
+    fn resume(&mut self, _resumed: Resumed) {}
+
     /// Shutdown: finish what is queued, waiting at most until `deadline`.
     fn finish(&mut self, deadline: Instant);
 }
@@ -56,6 +59,10 @@ impl<R: Reporter> WindowSink for LocalSink<R> {
             scope: Scope::Global,
         });
         // The window's ids and their budget bytes (`sealed.charge`) are freed here.
+    }
+
+    fn resume(&mut self, resumed: Resumed) {
+        self.reporter.resume(&resumed);
     }
 
     fn finish(&mut self, deadline: Instant) {

@@ -36,7 +36,9 @@ use crate::endpoints::EndpointPolicy;
 use crate::health::Health;
 use crate::logging::sanitize;
 use crate::metrics::Metrics;
-use crate::report::{Reporter, Scope, WindowReport};
+use crate::report::{Reporter, Resumed, Scope, WindowReport};
+use crate::state::journal::Record;
+use crate::state::writer::JournalSender;
 
 /// The log target of endpoint lines.
 pub const TARGET: &str = "endpoint";
@@ -67,6 +69,10 @@ pub const MAX_RESPONSE_BYTES: u64 = 16 * 1024;
 /// The `error=` token of a call refused because every address of its host is in a refused
 /// range.
 pub const DENIED: &str = "denied-address";
+
+/// The `error=` reason of a call that the process stopped before making, kept in the state
+/// file and made after the restart.
+pub const DEFERRED: &str = "deferred-to-restart";
 
 /// `--endpoint-method`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -261,6 +267,9 @@ struct Call {
     /// Set by whoever settles the call first (its thread with the outcome, or shutdown
     /// giving up on it), so that each call has exactly one log line and one count.
     settled: Arc<AtomicBool>,
+    /// `--state-file`: told when the call is settled, so that a restart does not make it
+    /// again; a call the process stops before settling is made after the restart.
+    journal: Option<JournalSender>,
 }
 
 impl Call {
@@ -291,8 +300,19 @@ impl Call {
                 log::warn!(target: TARGET, "window_start={window_start} endpoint={url} error={reason}");
             }
         }
+        self.journal_settled();
         self.release(metrics);
         true
+    }
+
+    /// Tells the state file that this call is done with (made, or dropped for good).
+    fn journal_settled(&self) {
+        if let Some(journal) = &self.journal {
+            journal.record(Record::Called {
+                window_start: self.window_start,
+                url: self.url.clone(),
+            });
+        }
     }
 
     /// One call of the window fewer to settle: the last one takes it off the backlog.
@@ -311,6 +331,26 @@ impl Call {
         log::warn!(
             target: TARGET,
             "window_start={} endpoint={} error={reason}",
+            rfc3339_secs(self.window_start),
+            self.url
+        );
+        self.journal_settled();
+        self.release(metrics);
+    }
+
+    /// The process stops before the call is made (or before it finished): with a state
+    /// file it is kept there and made after the restart, logged `error=deferred-to-restart`
+    /// and not counted as dropped; without one it is dropped with `reason`.
+    fn stop_unmade(&self, metrics: &Metrics, reason: &str) {
+        if self.journal.is_none() {
+            return self.drop_unmade(metrics, reason);
+        }
+        if self.settled.swap(true, Relaxed) {
+            return;
+        }
+        log::warn!(
+            target: TARGET,
+            "window_start={} endpoint={} error={DEFERRED}",
             rfc3339_secs(self.window_start),
             self.url
         );
@@ -334,6 +374,8 @@ pub struct Settings {
     /// How long after its window is reported a call may wait to start: one interval, so
     /// that it happens within the window that follows.
     pub patience: Duration,
+    /// `--state-file`: where settled calls are recorded.
+    pub journal: Option<JournalSender>,
 }
 
 /// What the collector side sends the dispatcher.
@@ -566,12 +608,12 @@ impl Dispatcher {
     fn abandon(&mut self) {
         for queue in self.hosts.values_mut() {
             for call in queue.waiting.drain(..) {
-                call.drop_unmade(&self.metrics, "not-sent-at-exit");
+                call.stop_unmade(&self.metrics, "not-sent-at-exit");
             }
         }
         self.waiting = 0;
         for call in self.running.values() {
-            call.drop_unmade(&self.metrics, "unfinished-at-exit");
+            call.stop_unmade(&self.metrics, "unfinished-at-exit");
         }
     }
 }
@@ -582,6 +624,7 @@ pub struct Callbacks {
     dispatcher: Option<JoinHandle<()>>,
     patience: Duration,
     metrics: Arc<Metrics>,
+    journal: Option<JournalSender>,
 }
 
 impl Callbacks {
@@ -607,6 +650,7 @@ impl Callbacks {
         let (work_tx, work_rx) = unbounded();
         let (done_tx, done_rx) = unbounded();
         let patience = settings.patience;
+        let journal = settings.journal.clone();
         let dispatcher = Dispatcher {
             settings: Settings {
                 host_calls: settings.host_calls.max(1),
@@ -640,6 +684,7 @@ impl Callbacks {
             dispatcher: Some(dispatcher),
             patience,
             metrics,
+            journal,
         })
     }
 }
@@ -653,14 +698,45 @@ fn host_of(url: &str) -> Arc<str> {
     Arc::from(host)
 }
 
-impl Reporter for Callbacks {
-    fn report(&mut self, report: &WindowReport) {
+impl Callbacks {
+    /// Queues one call per endpoint of a window with its global count.
+    fn call(&mut self, window_start: u64, count: u64, endpoints: &[String]) {
         let Some(commands) = &self.commands else {
             return;
         };
-        if report.endpoints.is_empty() {
+        if endpoints.is_empty() {
             return;
         }
+        // The window is in the backlog until its last call is settled.
+        self.metrics.backlog_windows.fetch_add(1, Relaxed);
+        let window_left = Arc::new(AtomicU64::new(endpoints.len() as u64));
+        let start_by = Instant::now() + self.patience;
+        let calls: Vec<Call> = endpoints
+            .iter()
+            .map(|url| Call {
+                url: url.clone(),
+                host: host_of(url),
+                window_start,
+                count,
+                start_by,
+                window_left: window_left.clone(),
+                settled: Arc::new(AtomicBool::new(false)),
+                journal: self.journal.clone(),
+            })
+            .collect();
+        if let Err(unsent) = commands.send(Command::Calls(calls)) {
+            // The dispatcher is gone (it never ends before `finish`): say so for each call.
+            if let Command::Calls(calls) = unsent.into_inner() {
+                for call in calls {
+                    call.drop_unmade(&self.metrics, "dispatcher-gone");
+                }
+            }
+        }
+    }
+}
+
+impl Reporter for Callbacks {
+    fn report(&mut self, report: &WindowReport) {
         if report.scope == Scope::Local {
             // Endpoints are promised the cluster's count; this instance's alone would be
             // wrong, so none is sent, and each endpoint says why.
@@ -675,31 +751,15 @@ impl Reporter for Callbacks {
             }
             return;
         }
-        // The window is in the backlog until its last call is settled.
-        self.metrics.backlog_windows.fetch_add(1, Relaxed);
-        let window_left = Arc::new(AtomicU64::new(report.endpoints.len() as u64));
-        let start_by = Instant::now() + self.patience;
-        let calls: Vec<Call> = report
-            .endpoints
-            .iter()
-            .map(|url| Call {
-                url: url.clone(),
-                host: host_of(url),
-                window_start: report.window_start,
-                count: report.unique_count,
-                start_by,
-                window_left: window_left.clone(),
-                settled: Arc::new(AtomicBool::new(false)),
-            })
-            .collect();
-        if let Err(unsent) = commands.send(Command::Calls(calls)) {
-            // The dispatcher is gone (it never ends before `finish`): say so for each call.
-            if let Command::Calls(calls) = unsent.into_inner() {
-                for call in calls {
-                    call.drop_unmade(&self.metrics, "dispatcher-gone");
-                }
-            }
-        }
+        self.call(report.window_start, report.unique_count, &report.endpoints);
+    }
+
+    fn resume(&mut self, resumed: &Resumed) {
+        self.call(
+            resumed.window_start,
+            resumed.unique_count,
+            &resumed.endpoints,
+        );
     }
 
     /// Lets calls go on until `deadline`; each one left is logged and counted as dropped.
@@ -785,6 +845,7 @@ mod tests {
             host_calls: DEFAULT_HOST_CALLS as usize,
             threads: 4,
             patience: Duration::from_secs(60),
+            journal: None,
         }
     }
 

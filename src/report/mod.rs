@@ -6,6 +6,7 @@
 pub mod callback;
 pub mod count_log;
 pub mod kafka;
+pub mod state_file;
 
 use std::time::Instant;
 
@@ -33,10 +34,27 @@ pub enum Scope {
     Local,
 }
 
+/// Deliveries of a window reported before a restart that were not done when the process
+/// stopped (`--state-file` keeps them): made again, without a second count line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// Window start, whole seconds since the Unix epoch.
+    pub window_start: u64,
+    pub unique_count: u64,
+    /// Endpoints whose call was not settled.
+    pub endpoints: Vec<String>,
+    /// Whether its Kafka record was not acknowledged.
+    pub kafka: bool,
+}
+
 /// One destination of window counts. `report` runs on the collector thread: it must hand
 /// slow work (network calls) to a thread of its own rather than block the next window.
 pub trait Reporter: Send {
     fn report(&mut self, report: &WindowReport);
+
+    /// Makes the deliveries of a window reported before a restart that were not done; a
+    /// destination with nothing to deliver again (the count log) does nothing.
+    fn resume(&mut self, _resumed: &Resumed) {}
 
     /// Shutdown: finish queued work, waiting at most until `deadline`.
     fn finish(&mut self, _deadline: Instant) {}
@@ -63,6 +81,12 @@ impl Reporter for Fanout {
     fn report(&mut self, report: &WindowReport) {
         for r in &mut self.reporters {
             r.report(report);
+        }
+    }
+
+    fn resume(&mut self, resumed: &Resumed) {
+        for r in &mut self.reporters {
+            r.resume(resumed);
         }
     }
 

@@ -18,6 +18,9 @@ pub struct Settings {
     pub backlog: usize,
     /// Passed to both clients; checked by [`options::check`] (its `Debug` masks secrets).
     pub options: Vec<KafkaOption>,
+    /// `--state-file`: where records acknowledged or lost for good are recorded; those the
+    /// process stops before delivering stay there and are produced after the restart.
+    pub journal: Option<crate::state::writer::JournalSender>,
 }
 
 impl Settings {

@@ -14,10 +14,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::client::{code, new_producer, Outcome, ProducerCtx, TopicChecked};
 use super::config::Settings;
-use super::{key, record_lost, value, Msg, Record, TARGET};
+use super::{key, record_lost, record_stopped, value, Msg, Record, TARGET};
 use crate::clock::rfc3339_secs;
 use crate::logging::sanitize;
 use crate::metrics::Metrics;
+use crate::state::journal::Record as JournalRecord;
+use crate::state::writer::JournalSender;
 
 /// How long the thread waits for news before it looks at the producer again.
 const TICK: Duration = Duration::from_millis(50);
@@ -98,6 +100,8 @@ pub(super) struct Delivery {
     topic_retry: Backoff,
     /// What the last topic check found, so a broker that stays away is warned about once.
     reachable: Option<bool>,
+    /// `--state-file`: told of each record acknowledged or lost for good.
+    journal: Option<JournalSender>,
 }
 
 impl Delivery {
@@ -113,6 +117,7 @@ impl Delivery {
         pending: Arc<AtomicU64>,
         metrics: Arc<Metrics>,
     ) -> Delivery {
+        let journal = settings.journal.clone();
         Delivery {
             settings,
             producer,
@@ -132,6 +137,7 @@ impl Delivery {
             topic_ready: false,
             topic_retry: Backoff::new(),
             reachable: None,
+            journal,
         }
     }
 
@@ -188,9 +194,10 @@ impl Delivery {
             }
         }
         for record in std::mem::take(&mut self.backlog) {
-            record_lost(
+            record_stopped(
                 &self.metrics,
                 &self.pending,
+                self.journal.as_ref(),
                 record,
                 "not-delivered-at-exit",
             );
@@ -215,7 +222,13 @@ impl Delivery {
         if self.backlog.len() > self.settings.backlog.max(1) {
             let index = usize::from(self.in_flight);
             if let Some(old) = self.backlog.remove(index) {
-                record_lost(&self.metrics, &self.pending, old, "backlog-full");
+                record_lost(
+                    &self.metrics,
+                    &self.pending,
+                    self.journal.as_ref(),
+                    old,
+                    "backlog-full",
+                );
             }
         }
     }
@@ -257,6 +270,11 @@ impl Delivery {
                 self.pending.fetch_sub(1, Relaxed);
                 self.metrics.kafka_records.delivered.fetch_add(1, Relaxed);
                 self.metrics.backlog_windows.fetch_sub(1, Relaxed);
+                if let Some(journal) = &self.journal {
+                    journal.record(JournalRecord::Produced {
+                        window_start: record.window_start,
+                    });
+                }
                 log::info!(
                     target: TARGET,
                     "window_start={} topic={} partition={partition} offset={offset}",

@@ -51,7 +51,9 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use crate::clock::rfc3339_secs;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::report::{Reporter, Scope, WindowReport};
+use crate::report::{Reporter, Resumed, Scope, WindowReport};
+use crate::state::journal::Record as JournalRecord;
+use crate::state::writer::JournalSender;
 use client::{new_producer, start_topic_checks};
 use delivery::Delivery;
 
@@ -101,6 +103,9 @@ pub struct Kafka {
     /// Records reported and not yet delivered or logged as lost.
     pending: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// `--state-file`: records acknowledged or lost for good are recorded there; those the
+    /// process stops before delivering stay there and are produced after the restart.
+    journal: Option<JournalSender>,
 }
 
 impl Kafka {
@@ -111,6 +116,7 @@ impl Kafka {
         metrics: Arc<Metrics>,
         health: &Health,
     ) -> anyhow::Result<Kafka> {
+        let journal = settings.journal.clone();
         let (outcomes_tx, outcomes) = unbounded();
         let producer = new_producer(&settings, 0, &outcomes_tx, &metrics)?;
         let topic_checks = start_topic_checks(&settings, health)?;
@@ -141,12 +147,20 @@ impl Kafka {
             done,
             pending,
             metrics,
+            journal,
         })
     }
 }
 
-/// Logs a record that will never be produced and takes it off the books.
-fn record_lost(metrics: &Metrics, pending: &AtomicU64, record: Record, why: &str) {
+/// Logs a record that will never be produced and takes it off the books (and, with a state
+/// file, off it too: it is not produced after a restart either).
+fn record_lost(
+    metrics: &Metrics,
+    pending: &AtomicU64,
+    journal: Option<&JournalSender>,
+    record: Record,
+    why: &str,
+) {
     pending.fetch_sub(1, Relaxed);
     metrics.kafka_records.lost.fetch_add(1, Relaxed);
     metrics.backlog_windows.fetch_sub(1, Relaxed);
@@ -155,6 +169,53 @@ fn record_lost(metrics: &Metrics, pending: &AtomicU64, record: Record, why: &str
         "window_start={} lost={why}",
         rfc3339_secs(record.window_start)
     );
+    if let Some(journal) = journal {
+        journal.record(JournalRecord::Produced {
+            window_start: record.window_start,
+        });
+    }
+}
+
+/// A record the process stops before delivering: with a state file it stays there and is
+/// produced after the restart (`deferred=restart`, not counted as lost); without one it is
+/// lost with `why`.
+fn record_stopped(
+    metrics: &Metrics,
+    pending: &AtomicU64,
+    journal: Option<&JournalSender>,
+    record: Record,
+    why: &str,
+) {
+    if journal.is_none() {
+        return record_lost(metrics, pending, None, record, why);
+    }
+    pending.fetch_sub(1, Relaxed);
+    metrics.backlog_windows.fetch_sub(1, Relaxed);
+    log::warn!(
+        target: TARGET,
+        "window_start={} deferred=restart",
+        rfc3339_secs(record.window_start)
+    );
+}
+
+impl Kafka {
+    /// Hands a window's record to the Kafka thread.
+    fn produce(&mut self, record: Record) {
+        self.metrics.backlog_windows.fetch_add(1, Relaxed);
+        self.pending.fetch_add(1, Relaxed);
+        // Never blocks the collector: a thread that is this far behind has lost the record.
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.queue.try_send(Msg::Record(record))
+        {
+            record_lost(
+                &self.metrics,
+                &self.pending,
+                self.journal.as_ref(),
+                record,
+                "kafka-thread-behind",
+            );
+        }
+    }
 }
 
 impl Reporter for Kafka {
@@ -169,17 +230,18 @@ impl Reporter for Kafka {
             );
             return;
         }
-        let record = Record {
+        self.produce(Record {
             window_start: report.window_start,
             count: report.unique_count,
-        };
-        self.metrics.backlog_windows.fetch_add(1, Relaxed);
-        self.pending.fetch_add(1, Relaxed);
-        // Never blocks the collector: a thread that is this far behind has lost the record.
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(Msg::Record(record))
-        {
-            record_lost(&self.metrics, &self.pending, record, "kafka-thread-behind");
+        });
+    }
+
+    fn resume(&mut self, resumed: &Resumed) {
+        if resumed.kafka {
+            self.produce(Record {
+                window_start: resumed.window_start,
+                count: resumed.unique_count,
+            });
         }
     }
 
@@ -200,7 +262,13 @@ impl Reporter for Kafka {
             return;
         }
         let left = self.pending.swap(0, Relaxed);
-        if left > 0 {
+        if left > 0 && self.journal.is_some() {
+            log::warn!(
+                target: TARGET,
+                "{left} records not delivered at exit: kept in the state file, produced \
+                 after the restart"
+            );
+        } else if left > 0 {
             self.metrics.kafka_records.lost.fetch_add(left, Relaxed);
             log::warn!(target: TARGET, "{left} records not delivered at exit");
         }
@@ -231,6 +299,7 @@ mod tests {
             topic: "t".into(),
             backlog: 10,
             options: vec![],
+            journal: None,
         };
         let mut kafka = Kafka::start(settings, metrics.clone(), &Health::new()).unwrap();
         let mut report = WindowReport {

@@ -29,6 +29,7 @@
 //! | 4 | version 3: number of reported windows (at most 4096), then per window: 8-byte window start, 8-byte count; newest first, each start a multiple of the interval and before the next one's and the saved window's |
 //! | 4 | CRC-32 of everything before it |
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -41,6 +42,11 @@ use crate::clock::{rfc3339_secs, Windows, END_OF_RFC3339_SECS};
 use crate::ids::IdSet;
 use crate::query::MAX_ENDPOINT_BYTES;
 use crate::status::Reported;
+use journal::Book;
+
+pub mod journal;
+pub mod restore;
+pub mod writer;
 
 const MAGIC: &[u8; 8] = b"VERVEST3";
 
@@ -269,7 +275,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     PathBuf::from(tmp)
@@ -279,7 +285,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// crashed save is unlinked first (unlinking a symbolic link removes the link, not its
 /// target); then `O_EXCL` and `O_NOFOLLOW` make the create fail, rather than write through a
 /// link or into a file someone else opened, if anything appeared at the name meanwhile.
-fn create_private(tmp: &Path) -> io::Result<File> {
+pub(crate) fn create_private(tmp: &Path) -> io::Result<File> {
     match fs::remove_file(tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -315,16 +321,20 @@ pub fn save(path: &Path, window: &SavedWindow, history: &[Reported]) -> anyhow::
     // `rename` replaces the name `path`, never what a link there points to.
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    // The rename is only durable once the directory is: without this a power cut can bring
-    // back the old directory entry.
+    sync_dir(path)?;
+    Ok(())
+}
+
+/// Syncs the directory of `path`: a rename is only durable once its directory is, or a
+/// power cut can bring back the old entry.
+pub(crate) fn sync_dir(path: &Path) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))?;
-    Ok(())
+        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Fails unless a state file can be written at `path` (its directory exists and is
@@ -358,9 +368,14 @@ impl Limits {
     pub fn new(memory_limit: u64, max_endpoints: usize, windows: Windows, now_ms: u64) -> Self {
         let endpoint_bytes = (max_endpoints as u64).saturating_mul(4 + MAX_ENDPOINT_BYTES as u64);
         Limits {
+            // A journal is rewritten once it holds more than twice what is live (plus
+            // `collector::SNAPSHOT_SLACK_BYTES`), so it stays well within three budgets; the
+            // endpoints of a few windows whose calls are still due come on top.
             max_file_bytes: memory_limit
-                .saturating_add(endpoint_bytes)
-                .saturating_add(FRAME_BYTES),
+                .saturating_mul(3)
+                .saturating_add(endpoint_bytes.saturating_mul(4))
+                .saturating_add(FRAME_BYTES)
+                .saturating_add(64 << 20),
             max_id_bytes: memory_limit,
             now_ms,
             windows,
@@ -372,29 +387,39 @@ impl Limits {
     /// this start: it resumes when the clock gets there) nor older than [`MAX_AGE`], and its
     /// ids fit in `--max-memory`.
     pub fn check(&self, saved: &SavedWindow) -> anyhow::Result<()> {
-        let bytes = saved.ids.heap_bytes() as u64;
+        self.check_window(saved.interval_secs, saved.window_start, &saved.ids)
+    }
+
+    /// [`Limits::check`] for one window of a file written with `interval_secs`.
+    pub fn check_window(
+        &self,
+        interval_secs: u64,
+        window_start: u64,
+        ids: &IdSet,
+    ) -> anyhow::Result<()> {
+        let bytes = ids.heap_bytes() as u64;
         ensure!(
             bytes <= self.max_id_bytes,
             "its {} ids take {bytes} bytes, more than --max-memory allows ({} bytes); restart \
              with a larger --max-memory and move the file back to count them",
-            saved.ids.len(),
+            ids.len(),
             self.max_id_bytes
         );
-        let start_ms = saved.window_start.saturating_mul(1000);
-        let end_ms = start_ms.saturating_add(saved.interval_secs.saturating_mul(1000));
+        let start_ms = window_start.saturating_mul(1000);
+        let end_ms = start_ms.saturating_add(interval_secs.saturating_mul(1000));
         let open = self.windows.index_of(self.now_ms);
         let next_start_ms = self.windows.end_ms(open);
         ensure!(
             start_ms <= next_start_ms,
             "its window {} starts more than one interval after the window open now ({}): the \
              clock is far behind the one that saved it, or the file is not this service's",
-            rfc3339_secs(saved.window_start),
+            rfc3339_secs(window_start),
             rfc3339_secs(self.windows.start_secs(open))
         );
         ensure!(
             self.now_ms.saturating_sub(end_ms) <= MAX_AGE.as_millis() as u64,
             "its window {} ended more than {} days ago: too old to be worth reporting",
-            rfc3339_secs(saved.window_start),
+            rfc3339_secs(window_start),
             MAX_AGE.as_secs() / 86_400
         );
         Ok(())
@@ -406,9 +431,9 @@ impl Limits {
 pub enum Loaded {
     /// No state file: a normal start.
     Nothing,
-    /// A saved window, read and removed from disk: it lives in memory from now on; and the
-    /// windows reported before it, newest first.
-    Window(SavedWindow, Vec<Reported>),
+    /// What the file holds: the windows not reported, the deliveries still due, the
+    /// history. The file stays until the new journal is written over it.
+    Found(Restored),
     /// A file that could not be read as a state file (damaged, not a regular file, a
     /// symbolic link); it was renamed to `moved_to` (`PATH.unreadable`) so that it is kept
     /// for inspection and not read again at every start.
@@ -482,14 +507,16 @@ pub fn load(path: &Path, limits: &Limits) -> anyhow::Result<Loaded> {
     file.take(limits.max_file_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
-    let checked = SavedWindow::decode_with_history(&bytes).map(|w| (limits.check(&w.0), w));
-    match checked {
-        Ok((Ok(()), (window, history))) => {
-            // Removed now: the ids are in memory, and a file left behind would be read again
-            // after a later crash and reported a second time if its window had been reported.
-            fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-            Ok(Loaded::Window(window, history))
-        }
+    let found = if journal::is_journal(&bytes) {
+        let limits = journal::Limits {
+            max_id_bytes: limits.max_id_bytes,
+        };
+        journal::replay(&bytes, &limits).map(Restored::from_journal)
+    } else {
+        SavedWindow::decode_with_history(&bytes).map(Restored::from_snapshot)
+    };
+    match found.map(|r| (limits.check_all(&r), r)) {
+        Ok((Ok(()), restored)) => Ok(Loaded::Found(restored)),
         Ok((Err(error), _)) => {
             let moved_to = set_aside(path, "refused", &error)?;
             Ok(Loaded::Refused { error, moved_to })
@@ -498,6 +525,85 @@ pub fn load(path: &Path, limits: &Limits) -> anyhow::Result<Loaded> {
             let moved_to = set_aside(path, "unreadable", &error)?;
             Ok(Loaded::Unreadable { error, moved_to })
         }
+    }
+}
+
+/// A window the file holds that was not reported: its start, ids and endpoints.
+pub type HeldWindow = (u64, IdSet, Vec<String>);
+
+/// What a state file holds, in either format.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The `--interval` it was written with.
+    pub interval_secs: u64,
+    /// The windows not reported: their ids (and, in `book.open`, their endpoints).
+    pub ids: BTreeMap<u64, IdSet>,
+    /// Endpoints of the windows not reported, deliveries due, history.
+    pub book: Book,
+    /// A journal whose end was cut short (a crash mid-write) or damaged: why, and the
+    /// bytes after the last whole record.
+    pub torn: Option<(String, usize)>,
+}
+
+impl Restored {
+    fn from_journal(replayed: journal::Replayed) -> Restored {
+        Restored {
+            interval_secs: replayed.interval_secs,
+            ids: replayed.ids,
+            book: replayed.book,
+            torn: replayed.torn,
+        }
+    }
+
+    /// A file of the single-snapshot format (saved at a graceful stop by earlier versions):
+    /// one window not reported, and the history.
+    fn from_snapshot((saved, history): (SavedWindow, Vec<Reported>)) -> Restored {
+        let mut book = Book::default();
+        for r in &history {
+            book.history.insert(r.window_start, r.unique_count);
+        }
+        book.open.insert(saved.window_start, saved.endpoints);
+        Restored {
+            interval_secs: saved.interval_secs,
+            ids: BTreeMap::from([(saved.window_start, saved.ids)]),
+            book,
+            torn: None,
+        }
+    }
+
+    /// The windows not reported, oldest first (start, ids, endpoints); the book without
+    /// them; the interval.
+    pub fn into_windows(mut self) -> (Vec<HeldWindow>, Book, u64) {
+        let mut starts: Vec<u64> = self.ids.keys().copied().collect();
+        starts.extend(self.book.open.keys().copied());
+        starts.sort_unstable();
+        starts.dedup();
+        let windows = starts
+            .into_iter()
+            .map(|start| {
+                let ids = self.ids.remove(&start).unwrap_or_default();
+                let endpoints = self.book.open.remove(&start).unwrap_or_default();
+                (start, ids, endpoints)
+            })
+            .collect();
+        (windows, self.book, self.interval_secs)
+    }
+}
+
+impl Limits {
+    /// [`Limits::check`] for every window a file holds that is not reported.
+    pub fn check_all(&self, restored: &Restored) -> anyhow::Result<()> {
+        let mut starts: BTreeSet<u64> = restored.ids.keys().copied().collect();
+        starts.extend(restored.book.open.keys().copied());
+        let empty = IdSet::new();
+        for start in starts {
+            self.check_window(
+                restored.interval_secs,
+                start,
+                restored.ids.get(&start).unwrap_or(&empty),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -546,17 +652,23 @@ mod tests {
     }
 
     #[test]
-    fn save_then_load_gives_the_same_window_and_removes_the_file() {
+    fn a_snapshot_of_the_earlier_format_loads_as_one_window_and_its_history() {
         let dir = temp_dir("roundtrip");
         let path = dir.join("window.state");
         save(&path, &sample(), &history()).unwrap();
         assert!(!tmp_path(&path).exists());
+        let sample = sample();
         match load(&path, &limits()).unwrap() {
-            Loaded::Window(w, h) => assert_eq!((w, h), (sample(), history())),
+            Loaded::Found(r) => {
+                assert_eq!(r.interval_secs, 60);
+                assert_eq!(r.ids[&START], sample.ids);
+                assert_eq!(r.book.open[&START], sample.endpoints);
+                assert_eq!(r.book.history_newest_first(), history());
+            }
             other => panic!("{other:?}"),
         }
-        assert!(!path.exists());
-        assert!(matches!(load(&path, &limits()).unwrap(), Loaded::Nothing));
+        // Left in place: the new journal is written over it.
+        assert!(path.exists());
     }
 
     #[test]
@@ -742,7 +854,7 @@ mod tests {
         let mut next = sample();
         next.window_start += 60;
         let (_, loaded) = round_trip("next", &next, &limits());
-        assert!(matches!(loaded, Loaded::Window(..)), "{loaded:?}");
+        assert!(matches!(loaded, Loaded::Found(..)), "{loaded:?}");
         // Two windows ahead is refused; the file is kept, renamed.
         let mut ahead = sample();
         ahead.window_start += 120;
@@ -769,17 +881,20 @@ mod tests {
         let mut yesterday = sample();
         yesterday.window_start -= 86_400;
         let (_, loaded) = round_trip("yesterday", &yesterday, &limits());
-        assert!(matches!(loaded, Loaded::Window(..)), "{loaded:?}");
+        assert!(matches!(loaded, Loaded::Found(..)), "{loaded:?}");
     }
 
     #[test]
     fn ids_beyond_the_memory_budget_are_refused_unread_or_after_decoding() {
         let window = sample();
         let bytes = window.encode().unwrap().len() as u64;
-        // A file larger than the budget allows is not even read: the budget, room for the
-        // endpoints and the longest history, and the frame.
+        // A file larger than the budget allows is not even read: a journal's bound (three
+        // budgets, room for the endpoints and the longest history, the frame, the slack).
         let small = Limits::new(bytes / 2, 0, Windows::new(60), START * 1000);
-        assert_eq!(small.max_file_bytes, bytes / 2 + FRAME_BYTES);
+        assert_eq!(
+            small.max_file_bytes,
+            bytes / 2 * 3 + FRAME_BYTES + (64 << 20)
+        );
         let small = Limits {
             max_file_bytes: bytes / 2,
             ..small
@@ -879,7 +994,7 @@ mod tests {
         assert!(save(&path, &other, &[]).is_err());
         fs::remove_dir(tmp_path(&path)).unwrap();
         match load(&path, &limits()).unwrap() {
-            Loaded::Window(w, _) => assert_eq!(w, sample()),
+            Loaded::Found(r) => assert_eq!(r.ids[&START], sample().ids),
             other => panic!("{other:?}"),
         }
     }
