@@ -217,3 +217,104 @@ fn endpoints_of_a_state_file_are_checked_again_and_logged_on_one_line() {
     );
     assert!(server.count_lines().iter().all(|c| c.unique_count != 999));
 }
+
+/// A host that accepts connections and never answers, until dropped.
+struct Tarpit {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tarpit {
+    fn start() -> Tarpit {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        });
+        Tarpit {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // The listener is closed once the thread is done: the port is free again.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_call_not_made_at_a_stop_or_a_crash_is_made_after_the_restart() {
+    const INTERVAL: u64 = 1;
+    let dir = temp_dir("state-calls");
+    let state = dir.join("verve.state");
+    let tarpit = Tarpit::start();
+    let port = tarpit.port;
+    let endpoint = format!("http://127.0.0.1:{port}/cb");
+    // Calls that hang longer than any stop takes: they are in flight at the signal.
+    let args = ["--endpoint-allow", "127.0.0.1", "--endpoint-timeout", "60"];
+    let first = start(&dir, INTERVAL, &state, &args);
+    let (window, ()) = first.in_one_window(|_| {
+        for id in [1, 2, 3] {
+            let r = first.get(&format!(
+                "/api/verve/accept?id={id}&endpoint={}",
+                encode(&endpoint)
+            ));
+            assert_eq!(r.status, 200);
+        }
+    });
+    let count = first.wait_for_window(window).unique_count;
+    // SIGTERM while the call hangs: kept for after the restart, not dropped.
+    let first = stop(first);
+    assert!(
+        first.log().contains("error=deferred-to-restart"),
+        "{}",
+        first.log()
+    );
+    // The next start makes it again (the host still hangs); then SIGKILL.
+    let mut second = start(&dir, INTERVAL, &state, &args);
+    second.wait_for_log("the call due from before the restart", |l| {
+        l.contains("endpoint calls still due from before the restart")
+    });
+    second.signal(libc::SIGKILL);
+    let _ = second.wait_exit();
+    // The host answers now, on the same port: the third start makes the call, once.
+    drop(tarpit);
+    let receiver = Receiver::start_at((std::net::Ipv4Addr::LOCALHOST, port), |_| {
+        Reply::status(200)
+    });
+    let third = start(&dir, INTERVAL, &state, &args);
+    let calls = receiver.wait_for_requests(1);
+    assert_eq!(calls[0].target, format!("/cb?count={count}"));
+    third.wait_for_log("the call's status line", |l| {
+        l.contains(&format!("endpoint={endpoint}?count")) || l.contains("status=200")
+    });
+    // Reported once in all: the restarts wrote no second line for the window.
+    assert_eq!(lines_for(&third, window).len(), 1, "{}", third.log());
+    let third = stop(third);
+    let fourth = start(&dir, INTERVAL, &state, &args);
+    let before = third.count_lines().len();
+    fourth.wait_for_count_lines(before + 1);
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "the call was made again after it succeeded"
+    );
+}

@@ -73,7 +73,15 @@ impl Receiver {
         ip: Ipv4Addr,
         handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
-        let listener = TcpListener::bind((ip, 0)).expect("binding the receiver");
+        Receiver::start_at((ip, 0), handler)
+    }
+
+    /// [`Receiver::start_on`] at a given port (0: any free one).
+    pub fn start_at(
+        addr: (Ipv4Addr, u16),
+        handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let listener = TcpListener::bind(addr).expect("binding the receiver");
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
