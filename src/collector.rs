@@ -547,7 +547,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("verve-collector-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("w.state");
-        let journal = Journal::create(&path, 10, Book::default(), vec![], &Health::new()).unwrap();
+        let journal = Journal::create(
+            &path,
+            10,
+            Book::default(),
+            vec![],
+            Default::default(),
+            &Health::new(),
+        )
+        .unwrap();
         let clock = ManualClock::new(5_000);
         let (shards, handle, rx) = start_with(clock, Some(journal));
         shards.record(0, 0, 10, Some("http://cb.test/")).unwrap();
@@ -582,7 +590,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("verve-collector-save-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("w.state");
-        let journal = Journal::create(&path, 10, Book::default(), vec![], &Health::new()).unwrap();
+        let journal = Journal::create(
+            &path,
+            10,
+            Book::default(),
+            vec![],
+            Default::default(),
+            &Health::new(),
+        )
+        .unwrap();
         let stats = journal.stats().clone();
         let clock = ManualClock::new(5_000);
         let (shards, handle, rx) = start_with(clock.clone(), Some(journal));

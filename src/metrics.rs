@@ -54,6 +54,23 @@ pub struct KafkaRecords {
     pub lost: AtomicU64,
 }
 
+/// `--state-file`'s writer (see [`crate::state::writer`]).
+#[derive(Debug, Default)]
+pub struct StateFileStats {
+    /// Bytes in the file now.
+    pub file_bytes: AtomicU64,
+    /// Bytes written since start, rewrites included.
+    pub written_bytes: AtomicU64,
+    /// `fdatasync` calls that succeeded.
+    pub syncs: AtomicU64,
+    /// Writes, syncs and rewrites that failed.
+    pub errors: AtomicU64,
+    /// Rewrites finished (written or failed).
+    pub snapshots: AtomicU64,
+    /// Set after a failure: the file may be torn, a rewrite should follow.
+    pub broken: std::sync::atomic::AtomicBool,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub workers: Box<[CachePadded<WorkerCounters>]>,
@@ -89,6 +106,8 @@ pub struct Metrics {
     pub max_connections: AtomicU64,
     /// The reported windows' history and the pages rendered from it and these counters.
     pub status: Status,
+    /// `--state-file`'s writer (all zero without one).
+    pub state_file: Arc<StateFileStats>,
 }
 
 impl Metrics {
@@ -119,6 +138,7 @@ impl Metrics {
             accept_errors: AtomicU64::new(0),
             max_connections: AtomicU64::new(0),
             status: Status::new(workers),
+            state_file: Arc::default(),
         }
     }
 
@@ -285,6 +305,31 @@ impl Metrics {
             "Connections not taken: accept failed (descriptors, memory) or no coroutine could start.",
             &[("", self.accept_errors.load(Relaxed))],
         );
+        let state = &self.state_file;
+        family(
+            "verve_state_file_bytes",
+            "gauge",
+            "Bytes in the --state-file journal now.",
+            &[("", state.file_bytes.load(Relaxed))],
+        );
+        family(
+            "verve_state_file_written_bytes_total",
+            "counter",
+            "Bytes written to the --state-file journal, rewrites included.",
+            &[("", state.written_bytes.load(Relaxed))],
+        );
+        family(
+            "verve_state_file_syncs_total",
+            "counter",
+            "Syncs of the --state-file journal to disk.",
+            &[("", state.syncs.load(Relaxed))],
+        );
+        family(
+            "verve_state_file_errors_total",
+            "counter",
+            "Writes, syncs and rewrites of the --state-file journal that failed.",
+            &[("", state.errors.load(Relaxed))],
+        );
         family(
             "verve_log_write_errors_total",
             "counter",
@@ -326,6 +371,10 @@ mod tests {
             "verve_id_memory_limit_bytes 0\n",
             "verve_memory_refused_ids_total 0\n",
             "verve_log_write_errors_total ",
+            "verve_state_file_bytes ",
+            "verve_state_file_written_bytes_total ",
+            "verve_state_file_syncs_total ",
+            "verve_state_file_errors_total ",
         ] {
             assert!(page.contains(name), "{name}");
         }

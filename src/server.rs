@@ -92,7 +92,9 @@ impl Server {
                     clock.now_ms(),
                 );
                 shards.set_durable();
-                Some(state::restore::open(path, &limits, &policy, &health)?)
+                Some(state::restore::open(
+                    path, &limits, &policy, &metrics, &health,
+                )?)
             }
             None => None,
         };

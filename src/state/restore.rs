@@ -56,6 +56,7 @@ pub fn open(
     path: &Path,
     limits: &Limits,
     policy: &EndpointPolicy,
+    metrics: &Metrics,
     health: &Health,
 ) -> anyhow::Result<(Journal, Recovery)> {
     let restored = match load(path, limits).context("--state-file")? {
@@ -145,6 +146,7 @@ pub fn open(
         interval,
         recovery.book(same_interval),
         recovery.ids(same_interval),
+        metrics.state_file.clone(),
         health,
     )?;
     Ok((journal, recovery))

@@ -11,7 +11,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use super::journal::{header, Book, Record};
 use crate::health::Health;
 use crate::logging::sanitize;
+pub use crate::metrics::StateFileStats as Stats;
 
 /// What the writer is asked to do, in order.
 enum Op {
@@ -33,23 +34,6 @@ enum Op {
     Snapshot(Vec<(u64, Vec<Vec<u8>>)>),
     /// Sync, answer, and stop.
     Close(Sender<bool>),
-}
-
-/// Counters the collector and `/metrics` read.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Bytes in the file now.
-    pub file_bytes: AtomicU64,
-    /// Bytes written since start, snapshots included.
-    pub written_bytes: AtomicU64,
-    /// `fdatasync` calls that succeeded.
-    pub syncs: AtomicU64,
-    /// Writes, syncs and snapshots that failed.
-    pub errors: AtomicU64,
-    /// Snapshots written.
-    pub snapshots: AtomicU64,
-    /// Set after a failure: the file may be torn, a snapshot should be written.
-    pub broken: AtomicBool,
 }
 
 /// Where records go: cheap to clone, for the reporters' threads.
@@ -91,9 +75,9 @@ impl Journal {
         interval_secs: u64,
         book: Book,
         ids: Vec<(u64, Vec<Vec<u8>>)>,
+        stats: Arc<Stats>,
         health: &Health,
     ) -> anyhow::Result<Journal> {
-        let stats = Arc::new(Stats::default());
         let mut writer = Writer {
             path: path.to_owned(),
             interval_secs,
