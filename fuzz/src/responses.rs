@@ -199,7 +199,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-pub(super) const SAMPLES: [&str; 30] = [
+pub(super) const SAMPLES: [&str; 34] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -229,6 +229,10 @@ pub(super) const SAMPLES: [&str; 30] = [
     "verve_open_connections",
     "verve_max_connections",
     "verve_accept_errors_total",
+    "verve_state_file_bytes",
+    "verve_state_file_written_bytes_total",
+    "verve_state_file_syncs_total",
+    "verve_state_file_errors_total",
     "verve_log_write_errors_total",
 ];
 
