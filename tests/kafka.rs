@@ -269,3 +269,63 @@ fn sigterm_with_a_frozen_broker_accounts_for_every_window() {
     assert!(acknowledged.iter().all(|w| keys.contains(w)));
     assert!(keys.len() <= acknowledged.len() + 1, "{keys:?}");
 }
+
+#[test]
+fn with_a_state_file_records_that_wait_survive_a_stop_and_a_crash() {
+    let port = free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let dir = common::temp_dir("kafka-state");
+    let state = dir.join("verve.state");
+    let args = [
+        "--kafka-brokers",
+        bootstrap.as_str(),
+        "--state-file",
+        state.to_str().expect("UTF-8 path"),
+    ];
+    // No broker yet: windows are reported, their records wait.
+    let first = Server::start_in(dir.clone(), INTERVAL, &args);
+    for id in 1..=5 {
+        first.accept_ok(id);
+    }
+    first.wait_for_count_lines(3);
+    // SIGTERM: what waits is kept, not lost.
+    let (first, _) = stop(first);
+    assert!(first.log().contains("deferred=restart"), "{}", first.log());
+    assert!(lost(&first).is_empty(), "{:?}", lost(&first));
+    // SIGKILL: what waits now (the first run's records and this one's) is kept too.
+    let mut second = Server::start_in(dir.clone(), INTERVAL, &args);
+    let before = second.count_lines().len();
+    for id in 6..=9 {
+        second.accept_ok(id);
+    }
+    second.wait_for_count_lines(before + 2);
+    second.signal(libc::SIGKILL);
+    let _ = second.wait_exit();
+    let promised: Vec<CountLine> = second.count_lines();
+    // The broker comes up; the next start delivers every window's record, oldest first.
+    let broker = Broker::start_on(port);
+    let third = Server::start_in(dir, INTERVAL, &args);
+    wait_until("every reported window's record delivered", || {
+        let done = delivered(&third);
+        promised
+            .iter()
+            .all(|c| done.contains(&c.window_start))
+            .then_some(())
+    });
+    let windows: std::collections::BTreeSet<u64> =
+        promised.iter().map(|c| c.window_start).collect();
+    let records = broker.read_topic(TOPIC, windows.len());
+    for record in expected(&promised) {
+        assert!(records.contains(&record), "{record:?} not in {records:?}");
+    }
+    // Window order: each window's first record comes after every older window's.
+    let mut firsts: Vec<u64> = Vec::new();
+    for (k, _) in &records {
+        let start = parse_rfc3339_secs(k).expect("an RFC 3339 key");
+        if !firsts.contains(&start) {
+            firsts.push(start);
+        }
+    }
+    assert!(firsts.windows(2).all(|p| p[0] < p[1]), "{firsts:?}");
+    assert!(lost(&third).is_empty(), "{:?}", lost(&third));
+}
