@@ -59,6 +59,9 @@ pub const SEAL_SYNC_TIMEOUT: Duration = Duration::from_millis(500);
 /// interval, and small windows are not rewritten at every boundary.
 pub const SNAPSHOT_SLACK_BYTES: u64 = 4 << 20;
 
+/// How long the state file's last sync may take at shutdown once the reporters are done.
+const JOURNAL_CLOSE: Duration = Duration::from_millis(300);
+
 /// Everything the collector works on.
 pub struct Collector {
     pub shards: Arc<Shards>,
@@ -130,7 +133,10 @@ impl Collector {
                     // back behind it: that one keeps counting until the clock passes its
                     // end (see `crate::shards`).
                     let open = this.windows.index_of(now).max(next);
-                    if this.journal.is_some() && Instant::now() >= next_save {
+                    // Saved before each absorb too: with a state file the shards' ids reach
+                    // the window's set only once saved, and the gauge stays within a second.
+                    let saving_due = Instant::now() >= next_save || Instant::now() >= next_absorb;
+                    if this.journal.is_some() && saving_due {
                         this.save(next, open);
                         next_save = Instant::now() + SAVE_EVERY;
                     }
@@ -316,7 +322,9 @@ impl Collector {
         // Last: the reporters record the calls and Kafka records they finished.
         if let Some(journal) = self.journal.take() {
             let path = journal.path().to_owned();
-            if !journal.close(deadline) {
+            // Its own moment after the reporters' deadline: their last records are worth
+            // one more sync, and the process still exits well within its 5 s.
+            if !journal.close(deadline.max(Instant::now() + JOURNAL_CLOSE)) {
                 log::error!(
                     "--state-file {}: the last records were not synced by the shutdown \
                      deadline: the next start makes again the calls and Kafka records they \
