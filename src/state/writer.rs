@@ -209,14 +209,13 @@ impl Writer {
                 match op {
                     Op::Append(records) => self.take(records),
                     Op::Sync(done) => waiting.push(done),
-                    Op::Snapshot(ids) => {
+                    Op::Snapshot(ids) => match self.snapshot(ids) {
                         // What came before is in the snapshot (the book, and the
                         // collector's ids): the buffer is not needed any more.
-                        self.buffer.clear();
-                        if let Err(e) = self.snapshot(ids) {
-                            self.failed("rewriting", &e);
-                        }
-                    }
+                        Ok(()) => self.buffer.clear(),
+                        // The old file stays: the buffer still goes to it.
+                        Err(e) => self.failed("rewriting", &e),
+                    },
                     Op::Close(done) => {
                         close = Some(done);
                         break;
@@ -336,5 +335,135 @@ impl Writer {
         self.stats.snapshots.fetch_add(1, Relaxed);
         self.stats.broken.store(false, Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::IdSet;
+    use crate::state::journal::{replay, Limits};
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("verve-writer-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn set(ids: impl IntoIterator<Item = i64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        IdSet::from_ids(ids).serialize_into(&mut out);
+        out
+    }
+
+    fn read(path: &Path) -> crate::state::journal::Replayed {
+        replay(
+            &fs::read(path).unwrap(),
+            &Limits {
+                max_id_bytes: 1 << 30,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn appends_are_synced_and_a_rewrite_keeps_only_what_is_live() {
+        let dir = dir("rewrite");
+        let path = dir.join("j");
+        let journal = Journal::create(
+            &path,
+            60,
+            Book::default(),
+            vec![],
+            Default::default(),
+            &Health::new(),
+        )
+        .unwrap();
+        for w in 0..20u64 {
+            let start = w * 60;
+            journal.append(vec![
+                Record::Ids {
+                    window_start: start,
+                    set: set((0..2000).map(|i| i * 7 + w as i64)),
+                },
+                Record::Endpoint {
+                    window_start: start,
+                    url: "http://a.test/".into(),
+                },
+                Record::Reported {
+                    window_start: start,
+                    count: 2000,
+                    kafka: false,
+                },
+            ]);
+            journal.sender().record(Record::Called {
+                window_start: start,
+                url: "http://a.test/".into(),
+            });
+        }
+        journal.append(vec![Record::Ids {
+            window_start: 1200,
+            set: set([1, 2, 3]),
+        }]);
+        assert!(journal.sync(Duration::from_secs(10)));
+        let before = fs::metadata(&path).unwrap().len();
+        assert_eq!(journal.stats().file_bytes.load(Relaxed), before);
+        let r = read(&path);
+        assert_eq!(r.book.history.len(), 20);
+        assert!(r.book.undelivered.is_empty());
+        assert_eq!(r.ids[&1200].len(), 3);
+        // The rewrite: the open window's ids as the collector holds them, and the book.
+        journal.snapshot(vec![(1200, vec![set([1, 2, 3, 4])])]);
+        assert!(journal.sync(Duration::from_secs(10)));
+        let after = fs::metadata(&path).unwrap().len();
+        assert!(after * 20 < before, "{after} bytes after, {before} before");
+        let r = read(&path);
+        assert_eq!(r.book.history.len(), 20);
+        assert_eq!(r.ids.len(), 1);
+        assert_eq!(r.ids[&1200].len(), 4);
+        // Appends go on in the new file.
+        journal.append(vec![Record::Ids {
+            window_start: 1200,
+            set: set([9]),
+        }]);
+        assert!(journal.close(Instant::now() + Duration::from_secs(10)));
+        assert_eq!(read(&path).ids[&1200].len(), 5);
+        assert!(!crate::state::tmp_path(&path).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rewrite_that_fails_leaves_the_file_as_it_was_and_asks_for_another() {
+        let dir = dir("failed-rewrite");
+        let path = dir.join("j");
+        let journal = Journal::create(
+            &path,
+            60,
+            Book::default(),
+            vec![],
+            Default::default(),
+            &Health::new(),
+        )
+        .unwrap();
+        journal.append(vec![Record::Ids {
+            window_start: 60,
+            set: set([5, 6]),
+        }]);
+        assert!(journal.sync(Duration::from_secs(10)));
+        // A directory where the temporary file goes makes the rewrite fail, as a crash before
+        // the rename would leave it: the journal stays whole and readable.
+        fs::create_dir(crate::state::tmp_path(&path)).unwrap();
+        journal.snapshot(vec![(60, vec![set([5, 6])])]);
+        assert!(!journal.sync(Duration::from_secs(10)));
+        assert!(journal.wants_snapshot());
+        assert_eq!(journal.stats().errors.load(Relaxed), 1);
+        assert_eq!(read(&path).ids[&60].len(), 2);
+        fs::remove_dir(crate::state::tmp_path(&path)).unwrap();
+        journal.snapshot(vec![(60, vec![set([5, 6, 7])])]);
+        assert!(journal.sync(Duration::from_secs(10)));
+        assert!(!journal.wants_snapshot());
+        assert_eq!(read(&path).ids[&60].len(), 3);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
