@@ -62,10 +62,14 @@ impl Net {
         Ok(Net::new(addr, prefix))
     }
 
-    /// The range of `prefix` bits that holds `addr`.
+    /// The range of `prefix` bits that holds `addr`. Only an IPv4-mapped range is kept as
+    /// the IPv4 range it spells; a range of another embedding (NAT64, 6to4, ...) stays the
+    /// IPv6 range it names: `64:ff9b::/96` is the NAT64 prefix, not every IPv4 address.
     fn new(addr: IpAddr, prefix: u8) -> Net {
+        let mapped =
+            matches!(addr, IpAddr::V6(v6) if v6.segments()[..6] == [0, 0, 0, 0, 0, 0xffff]);
         match (addr, canonical_ip(addr)) {
-            (IpAddr::V6(_), IpAddr::V4(v4)) if prefix >= 96 => Net {
+            (IpAddr::V6(_), IpAddr::V4(v4)) if mapped && prefix >= 96 => Net {
                 addr: masked(IpAddr::V4(v4), prefix - 96),
                 prefix: prefix - 96,
             },
@@ -230,22 +234,26 @@ pub fn is_loopback_name(name: &str) -> bool {
 }
 
 /// The IPv4 address an IPv6 address stands for, where it embeds one: IPv4-mapped
-/// (`::ffff:a.b.c.d`, what a dual-stack socket connects to), IPv4-compatible (`::a.b.c.d`,
-/// deprecated but still parsed; `::` and `::1` keep their IPv6 meaning) and the NAT64 prefix
-/// (`64:ff9b::a.b.c.d`, translated to the IPv4 address by a NAT64 gateway). Every other
-/// address is returned as it is.
+/// (`::ffff:a.b.c.d`, what a dual-stack socket connects to), IPv4-translated (SIIT,
+/// `::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still parsed; `::` and
+/// `::1` keep their IPv6 meaning), the NAT64 prefixes (`64:ff9b::a.b.c.d` and the local-use
+/// `64:ff9b:1::/48`, translated to the IPv4 address by a NAT64 gateway), 6to4
+/// (`2002:AABB:CCDD::/48`, a relay forwards to `AA.BB.CC.DD`) and Teredo (`2001:0::/32`, the
+/// client's address is the last 32 bits inverted). Every other address is returned as it is.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else { return ip };
     let s = v6.segments();
-    let embedded = || {
-        let [a, b] = s[6].to_be_bytes();
-        let [c, d] = s[7].to_be_bytes();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
     };
-    match s[..6] {
-        [0, 0, 0, 0, 0, 0xffff] => embedded(),
-        [0, 0, 0, 0, 0, 0] if !v6.is_unspecified() && !v6.is_loopback() => embedded(),
-        [0x64, 0xff9b, 0, 0, 0, 0] => embedded(),
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, ..] | [0, 0, 0, 0, 0xffff, 0, ..] => v4(s[6], s[7]),
+        [0, 0, 0, 0, 0, 0, ..] if !v6.is_unspecified() && !v6.is_loopback() => v4(s[6], s[7]),
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] | [0x64, 0xff9b, 1, ..] => v4(s[6], s[7]),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        [0x2001, 0, ..] => v4(!s[6], !s[7]),
         _ => ip,
     }
 }
@@ -506,6 +514,15 @@ mod tests {
             ("::10.0.0.1", "10.0.0.1"),
             ("64:ff9b::10.0.0.1", "10.0.0.1"),
             ("64:ff9b::8.8.8.8", "8.8.8.8"),
+            // SIIT, local-use NAT64, 6to4, Teredo (the client's address, inverted)
+            ("::ffff:0:a9fe:a9fe", "169.254.169.254"),
+            ("64:ff9b:1::a9fe:a9fe", "169.254.169.254"),
+            ("64:ff9b:1:2:3:4:7f00:1", "127.0.0.1"),
+            ("2002:a9fe:a9fe::", "169.254.169.254"),
+            ("2002:7f00:1:5::1", "127.0.0.1"),
+            ("2002:808:808::1", "8.8.8.8"),
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1"),
+            ("2001::5601:5601", "169.254.169.254"),
         ] {
             assert_eq!(canonical_ip(ip(v6)), ip(v4), "{v6}");
             assert_eq!(refused_range(ip(v6)), refused_range(ip(v4)), "{v6}");
@@ -514,6 +531,23 @@ mod tests {
         assert_eq!(canonical_ip(ip("::1")), ip("::1"));
         assert_eq!(canonical_ip(ip("::")), ip("::"));
         assert_eq!(canonical_ip(ip("2001:db8::1")), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn names_that_resolve_to_an_embedded_internal_address_are_not_called() {
+        let none = EndpointPolicy::default();
+        for v6 in [
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:a9fe:a9fe::",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+        ] {
+            assert!(!none.address_allowed(ip(v6)), "{v6}");
+        }
+        // Public IPv4 addresses behind the same embeddings may be called.
+        for v6 in ["2002:808:808::1", "64:ff9b:1::808:808"] {
+            assert!(none.address_allowed(ip(v6)), "{v6}");
+        }
     }
 
     #[test]
@@ -542,6 +576,10 @@ mod tests {
             "http://[::ffff:7f00:1]/",
             "http://[::127.0.0.1]/",
             "http://[64:ff9b::127.0.0.1]/",
+            "http://[::ffff:0:7f00:1]/",
+            "http://[64:ff9b:1::7f00:1]/",
+            "http://[2002:7f00:1::]/",
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
             // the names of loopback
             "http://localhost/",
             "http://LOCALHOST:9000/",
@@ -656,6 +694,18 @@ mod tests {
             "http://localhost/",
         ] {
             assert!(!allowed(&p, url), "{url}");
+        }
+        // An entry for an IPv6 range that embeds IPv4 addresses names that IPv6 range:
+        // the NAT64 prefix is not every IPv4 address.
+        let nat64 = EndpointPolicy::new(&["64:ff9b::/96"]).unwrap();
+        assert!(allowed(&nat64, "http://[64:ff9b::7f00:1]/"));
+        for url in [
+            "http://127.0.0.1/",
+            "http://169.254.169.254/",
+            "http://8.8.8.8/",
+            "http://[::ffff:127.0.0.1]/",
+        ] {
+            assert!(!allowed(&nat64, url), "{url}");
         }
         let named = EndpointPolicy::new(&["localhost", "127.0.0.0/8"]).unwrap();
         assert!(allowed(&named, "http://localhost:8080/"));
