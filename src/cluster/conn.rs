@@ -34,11 +34,10 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     pub fn parse(s: &str) -> Result<Target, String> {
-        let urls: Vec<String> = s
-            .split(',')
-            .map(str::trim)
+        let urls: Vec<String> = split_urls(s)
+            .into_iter()
+            .map(|u| u.trim().to_owned())
             .filter(|u| !u.is_empty())
-            .map(String::from)
             .collect();
         if urls.is_empty() {
             return Err("no Redis URL given".into());
@@ -65,6 +64,24 @@ impl Target {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// `s` cut at each comma that starts another URL (a scheme follows it): a comma inside a
+/// URL, in a password say, stays in it, so no piece of a password is ever taken for a URL of
+/// its own (and shown in an error message).
+fn split_urls(s: &str) -> Vec<&str> {
+    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (at, _) in s.match_indices(',') {
+        let next = s[at + 1..].trim_start();
+        if SCHEMES.iter().any(|scheme| next.starts_with(scheme)) {
+            urls.push(&s[start..at]);
+            start = at + 1;
+        }
+    }
+    urls.push(&s[start..]);
+    urls
 }
 
 /// `url` with what comes before its last `@` (after the scheme) masked: the user and the
@@ -292,6 +309,24 @@ mod tests {
         let err = Target::parse("u:s3cret@h:1").unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
         assert!(Target::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn a_comma_in_a_password_stays_in_it_and_is_never_shown() {
+        let t = Target::parse("redis://verve:se,cret@127.0.0.1:6379").unwrap();
+        assert_eq!(t.urls, ["redis://verve:se,cret@127.0.0.1:6379"]);
+        assert_eq!(t.display(), "redis://verve:***@127.0.0.1:6379");
+        // Seed nodes are still told apart, with or without spaces.
+        let t = Target::parse("redis://:p,w@10.0.0.1:7000, redis://:p,w@10.0.0.2:7000").unwrap();
+        assert_eq!(t.urls.len(), 2);
+        assert_eq!(
+            t.display(),
+            "redis://:***@10.0.0.1:7000,redis://:***@10.0.0.2:7000"
+        );
+        // A URL that does not parse is shown without any part of the password.
+        let err = Target::parse("redis://verve:se,cret@h:notaport").unwrap_err();
+        assert!(!err.contains("se,") && !err.contains("cret"), "{err}");
+        assert!(err.contains("***@h:notaport"), "{err}");
     }
 
     #[test]
