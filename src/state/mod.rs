@@ -148,6 +148,15 @@ impl SavedWindow {
     /// [`SavedWindow::decode`], with the history of reported windows (newest first; empty
     /// in files of versions 1 and 2).
     pub fn decode_with_history(bytes: &[u8]) -> anyhow::Result<(SavedWindow, Vec<Reported>)> {
+        SavedWindow::decode_bounded(bytes, crate::ids::MAX_DECODED_IDS)
+    }
+
+    /// [`SavedWindow::decode_with_history`] with an id set of at most `max_ids` ids: a set
+    /// that would be larger is refused before it is expanded.
+    pub fn decode_bounded(
+        bytes: &[u8],
+        max_ids: u64,
+    ) -> anyhow::Result<(SavedWindow, Vec<Reported>)> {
         ensure!(
             bytes.len() >= MAGIC.len() + 4,
             "too short ({} bytes)",
@@ -195,7 +204,7 @@ impl SavedWindow {
         }
         let len = r.u64()?;
         let set = r.take(usize::try_from(len).context("id set length")?)?;
-        let ids = IdSet::deserialize(set).context("id set")?;
+        let ids = IdSet::deserialize_bounded(set, max_ids).context("id set")?;
         let history = if with_history {
             read_history(&mut r, interval_secs, window_start)?
         } else {
@@ -513,7 +522,11 @@ pub fn load(path: &Path, limits: &Limits) -> anyhow::Result<Loaded> {
         };
         journal::replay(&bytes, &limits).map(Restored::from_journal)
     } else {
-        SavedWindow::decode_with_history(&bytes).map(Restored::from_snapshot)
+        // Ids beyond what the budget could ever hold are refused before they are expanded.
+        let max_ids = limits
+            .max_id_bytes
+            .saturating_mul(journal::DENSEST_IDS_PER_BYTE);
+        SavedWindow::decode_bounded(&bytes, max_ids).map(Restored::from_snapshot)
     };
     match found.map(|r| (limits.check_all(&r), r)) {
         Ok((Ok(()), restored)) => Ok(Loaded::Found(restored)),
@@ -909,6 +922,24 @@ mod tests {
         };
         let (_, loaded) = round_trip("budget-ids", &window, &tight);
         refused(loaded, "more than --max-memory allows");
+    }
+
+    #[test]
+    fn a_dense_set_larger_than_the_budget_could_hold_is_refused_before_it_is_expanded() {
+        // A few hundred bytes of consecutive ids stand for millions of them.
+        let mut window = sample();
+        window.ids = IdSet::from_ids(0..4_000_000);
+        let dir = temp_dir("dense");
+        let path = dir.join("window.state");
+        save(&path, &window, &[]).unwrap();
+        assert!(fs::metadata(&path).unwrap().len() < 4096);
+        let small = Limits::new(8 << 10, 10, Windows::new(60), START * 1000 + 5_000);
+        match load(&path, &small).unwrap() {
+            Loaded::Unreadable { error, .. } => {
+                assert!(format!("{error:#}").contains("4000000"), "{error:#}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
