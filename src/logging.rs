@@ -301,12 +301,23 @@ mod tests {
     fn a_file_that_refuses_writes_costs_the_line_not_the_thread() {
         // /dev/full fails every write with ENOSPC: the line goes to stderr (it shows in the
         // test's output) or is counted, and the logger goes on.
+        let before = write_errors();
         let (output, _handle) = file_output(Path::new("/dev/full"));
         line(
             &output,
             "(expected in the test output: a line the log file refused)",
         );
         line(&output, "(and a second one)");
+        // stderr took both: none is counted as written nowhere.
+        assert_eq!(write_errors(), before);
+        // And the thread goes on logging: a working file gets the next line.
+        let path =
+            std::env::temp_dir().join(format!("verve-log-after-full-{}", std::process::id()));
+        let (working, _handle) = file_output(&path);
+        line(&working, "after the full disk");
+        let written = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(written, "after the full disk\n");
     }
 
     #[test]
