@@ -7,7 +7,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use verve::clock::ManualClock;
 use verve::collector::SETTLE;
@@ -90,7 +89,16 @@ fn requests_count_in_the_window_they_arrived_in_across_a_boundary() {
     accept(&mut client, 4);
     let mut other = Client::connect(server.local_addr());
     accept(&mut other, -9);
-    std::thread::sleep(Duration::from_millis(200));
+    accept(&mut other, -10);
+    // Once the collector has merged the new window's four ids (the old one has three), it
+    // has looked at the clock past the boundary: and it must not have sealed the old window,
+    // whose settling delay has not passed.
+    wait_until("the new window's ids merged", || {
+        let page = client.get("/metrics").text();
+        page.lines()
+            .any(|l| l == "verve_window_unique_ids 4")
+            .then_some(())
+    });
     assert!(count_lines().is_empty(), "{:?}", count_lines());
 
     clock.set(boundary_ms + SETTLE.as_millis() as u64);
@@ -100,7 +108,7 @@ fn requests_count_in_the_window_they_arrived_in_across_a_boundary() {
         ["count window_start=2026-11-21T23:50:00Z unique_count=3"]
     );
 
-    // The next window closes with the three ids sent after the boundary, then one empty window,
+    // The next window closes with the four ids sent after the boundary, then one empty window,
     // then the open window is reported at shutdown.
     clock.set(boundary_ms + 120_000 + SETTLE.as_millis() as u64);
     wait_for_count_lines(3);
@@ -109,7 +117,7 @@ fn requests_count_in_the_window_they_arrived_in_across_a_boundary() {
         count_lines(),
         [
             "count window_start=2026-11-21T23:50:00Z unique_count=3",
-            "count window_start=2026-11-21T23:51:00Z unique_count=3",
+            "count window_start=2026-11-21T23:51:00Z unique_count=4",
             "count window_start=2026-11-21T23:52:00Z unique_count=0",
             "count window_start=2026-11-21T23:53:00Z unique_count=0",
         ]
