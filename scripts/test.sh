@@ -27,6 +27,8 @@ packages=(
   openssl         # the test certificates of tests/kafka_tls.rs
   prometheus      # promtool, which checks and unit-tests scripts/verve.rules.yml
   systemd         # systemd-analyze, which checks scripts/verve.service (systemd need not run)
+  dpkg-dev        # dpkg-shlibdeps: the Debian package's dependencies (tests/package.rs)
+  adduser         # what the Debian package depends on, installed and purged by tests/package.rs
   chromium        # headless Chromium: tests/status_page.rs loads the status page in it
   ca-certificates # HTTPS to crates.io, for cargo (the crates and tansu)
 )
@@ -34,6 +36,8 @@ packages=(
 # nothing beyond the C compiler the build needs anyway), for the Kafka tests:
 tansu_version='^0.6'
 tansu_features=dynostore
+# and cargo-deb (crates.io, the same way), with which tests/package.rs builds the Debian
+# package through scripts/package.sh, which installs it (its version is set there).
 
 if ! command -v cargo >/dev/null 2>&1; then
   say "cargo not found: install the Rust toolchain (rustup, stable) first" >&2
@@ -90,6 +94,14 @@ else
   say "installing tansu $tansu_version, the Kafka broker of the Kafka tests" \
     "(a build from source: about 20 minutes on 2 cores, once)"
   cargo install --locked tansu --version "$tansu_version" --features "$tansu_features"
+fi
+
+if cargo deb --version >/dev/null 2>&1; then
+  say "cargo-deb: $(cargo deb --version)"
+else
+  say "installing cargo-deb, which builds the Debian package of tests/package.rs" \
+    "(a build from source: about 3 minutes on 2 cores, once)"
+  scripts/package.sh --install-only
 fi
 
 if [ "${1:-}" = --install-only ]; then

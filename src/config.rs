@@ -32,7 +32,8 @@ use crate::report::kafka::{self, options, KafkaOption};
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "verve",
-    version,
+    // The version and the commit it was built from (build.rs).
+    version = env!("VERVE_VERSION"),
     about = "Counts distinct ids per wall-clock window and reports them."
 )]
 pub struct Flags {

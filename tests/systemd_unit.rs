@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verve.service");
-const INSTALLED_BIN: &str = "/usr/local/bin/verve";
+const INSTALLED_BIN: &str = "/usr/bin/verve";
 
 /// The unit as shipped, except that it runs the binary under test: `verify` checks that the
 /// `ExecStart` program exists, and the test must not depend on an installed copy.
