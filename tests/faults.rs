@@ -281,9 +281,22 @@ fn a_second_line_with_another_count_is_a_violation() {
     assert!(!rep.passed());
 }
 
+/// The warnings verve writes beside `scope=local` lines, one per instance.
+fn warn_alone(r: &mut Run, window: u64) {
+    for i in 0..r.instances.len() {
+        let log = format!(
+            "2026-11-21T23:52:01.000Z WARN verve::cluster::node window {}: fell off the \
+             backlog; reporting this instance's 3 ids alone (scope=local)\n",
+            check::rfc3339(W0 + window * IV)
+        );
+        check::read_log(r, i, &log);
+    }
+}
+
 #[test]
 fn a_window_reported_alone_is_a_warning_and_its_lines_add_up() {
     let mut r = clean();
+    warn_alone(&mut r, 0);
     // Window 0 reported by each instance alone: 10 + 5.
     r.lines[0] = CountLine {
         count: 10,
@@ -306,11 +319,22 @@ fn a_window_reported_alone_is_a_warning_and_its_lines_add_up() {
     // One of them short: lost.
     r.lines[2].count = 4;
     assert_eq!(check(&r).lost, 1);
+    // Without the warnings, a violation.
+    r.lines[2].count = 5;
+    r.warned.clear();
+    let rep = check(&r);
+    assert_eq!(rep.violations.len(), 2, "{:?}", rep.violations);
+    assert!(
+        rep.violations[0].contains("no warning"),
+        "{:?}",
+        rep.violations
+    );
 }
 
 #[test]
 fn late_ids_reported_alone_beside_the_cluster_line_count_toward_the_window() {
     let mut r = clean();
+    warn_alone(&mut r, 0);
     // The cluster counted 12 of window 0; i2's 3 late ones came in a scope=local line.
     r.lines[0].count = 12;
     r.lines.push(CountLine {
@@ -374,6 +398,11 @@ fn count_lines_are_read_as_verve_writes_them() {
         ]
     );
     assert_eq!(r.bad_lines.len(), 1);
+    assert!(
+        r.warned.contains(&(1, at("2026-11-21T23:50:00Z"))),
+        "{:?}",
+        r.warned
+    );
     let rep = check(&r);
     assert!(rep
         .violations

@@ -158,6 +158,9 @@ pub struct Run {
     pub lines: Vec<CountLine>,
     /// Lines that hold `unique_count=` but could not be read, with their instance.
     pub bad_lines: Vec<(usize, String)>,
+    /// (instance, window start ms) of every window a WARN line of that instance names: a
+    /// `scope=local` line must come with a warning.
+    pub warned: BTreeSet<(usize, u64)>,
     /// The first send and the last answer of the load: every window in between must have a
     /// count line.
     pub load_start_ms: u64,
@@ -519,6 +522,15 @@ pub fn check(run: &Run) -> Report {
                 }
             }
         }
+        for l in local
+            .iter()
+            .filter(|l| !run.warned.contains(&(l.instance, l.window_start_ms)))
+        {
+            rep.violations.push(format!(
+                "window {when}: a scope=local line by {} and no warning of it naming the window",
+                name(l.instance)
+            ));
+        }
         if !local.is_empty() {
             let who: Vec<String> = local
                 .iter()
@@ -700,12 +712,25 @@ fn parse_ms(s: &str) -> Option<u64> {
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
 }
 
-/// Reads one instance's count log into `run.lines` / `run.bad_lines`.
+/// Reads one instance's count log into `run.lines` / `run.bad_lines`, and the windows its
+/// warnings name into `run.warned`.
 pub fn read_log(run: &mut Run, instance: usize, text: &str) {
-    for line in text.lines().filter(|l| l.contains("unique_count=")) {
-        match parse_count_line(instance, line) {
-            Some(c) => run.lines.push(c),
-            None => run.bad_lines.push((instance, line.to_string())),
+    for line in text.lines() {
+        if line.contains("unique_count=") {
+            match parse_count_line(instance, line) {
+                Some(c) => run.lines.push(c),
+                None => run.bad_lines.push((instance, line.to_string())),
+            }
+        } else if line.contains(" WARN ") {
+            // Past the line's own timestamp: `window 2026-11-21T23:50:00Z: ...`.
+            for t in line.split_whitespace().skip(1) {
+                let t = t.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+                if t.len() == 20 && t.ends_with('Z') {
+                    if let Some(ms) = parse_ms(t) {
+                        run.warned.insert((instance, ms));
+                    }
+                }
+            }
         }
     }
 }
