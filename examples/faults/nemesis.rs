@@ -64,9 +64,10 @@ fn uniform(rng: &mut Rng, (lo, hi): (u64, u64)) -> u64 {
     lo + rng.next() % (hi.saturating_sub(lo) + 1)
 }
 
-/// Injects faults until `until`; returns how many. Every fault is healed before it returns
-/// (the instance runs again, SIGCONT sent, Redis back). An instance or Redis that does not
-/// come back is an error: the run stops there.
+/// Injects faults until `until`, and at least one of each kind however long that takes (a
+/// slow machine makes the run longer, not thinner); returns how many. Every fault is healed
+/// before it returns (the instance runs again, SIGCONT sent, Redis back). An instance or
+/// Redis that does not come back is an error: the run stops there.
 pub fn run<W: Write>(
     s: &Settings,
     t: &mut Targets<'_>,
@@ -80,7 +81,8 @@ pub fn run<W: Write>(
     let longest = Duration::from_millis(s.freeze_ms.1 + s.gap_ms.1);
     loop {
         let gap = Duration::from_millis(uniform(&mut rng, s.gap_ms));
-        if Instant::now() + gap + longest >= until || s.kinds.is_empty() {
+        let each_once = done >= s.kinds.len() as u64;
+        if (each_once && Instant::now() + gap + longest >= until) || s.kinds.is_empty() {
             return Ok(done);
         }
         std::thread::sleep(gap);

@@ -179,8 +179,11 @@ pub fn run(s: &Settings, say: &dyn Fn(&str)) -> Result<Report, String> {
         start + s.duration.saturating_sub(s.quiet),
         say,
     );
-    // Whatever the nemesis did, the load stops and the processes are stopped below.
-    let rest = (start + s.duration).saturating_duration_since(Instant::now());
+    // Whatever the nemesis did, the load stops and the processes are stopped below; after
+    // the last fault, at least `quiet` of load (the nemesis may have run over).
+    let rest = (start + s.duration)
+        .saturating_duration_since(Instant::now())
+        .max(s.quiet);
     if faults.is_ok() {
         std::thread::sleep(rest);
     }
