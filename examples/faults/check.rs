@@ -220,6 +220,8 @@ pub struct Report {
     pub local_only: u64,
     pub local_extra: u64,
     pub missing: u64,
+    /// How long after its window's close each window of the load got its first line, ms.
+    pub delays_ms: Vec<u64>,
     pub violations: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -266,6 +268,18 @@ impl Report {
              with scope=local lines beside the cluster's: {}",
             self.missing, self.local_only, self.local_extra
         );
+        let mut d = self.delays_ms.clone();
+        d.sort_unstable();
+        if let Some(&max) = d.last() {
+            let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize];
+            let _ = writeln!(
+                s,
+                "first count line after the window's close: median {} ms, p90 {} ms, max {} ms",
+                at(0.5),
+                at(0.9),
+                max
+            );
+        }
         for (what, list) in [("warning", &self.warnings), ("VIOLATION", &self.violations)] {
             for v in list.iter().take(SHOWN) {
                 let _ = writeln!(s, "{what}: {v}");
@@ -474,6 +488,9 @@ pub fn check(run: &Run) -> Report {
         let mut verdict = "ok";
         if (first_w..=last_w).contains(&w) {
             rep.windows_checked += 1;
+            if let Some(l) = lines.first() {
+                rep.delays_ms.push(l.t_ms.saturating_sub((w + 1) * iv));
+            }
         } else {
             rep.windows_outside += 1;
         }
@@ -497,7 +514,9 @@ pub fn check(run: &Run) -> Report {
                         name(again.instance)
                     ));
                 } else if any_in(
-                    &kills_and_stops[first.instance.min(run.instances.len().saturating_sub(1))],
+                    kills_and_stops
+                        .get(first.instance)
+                        .map_or(&[][..], Vec::as_slice),
                     first.t_ms.saturating_sub(100),
                     first.t_ms + 1000,
                 ) {
@@ -647,9 +666,11 @@ pub fn check(run: &Run) -> Report {
     rep
 }
 
-/// The faults from one window before `w` to one after it, for a violation's message.
+/// The faults from three windows before `w` to one after it, for a violation's message: a
+/// loss shows in the last window its ids could have been counted in, or later, where the
+/// counts' slack runs out (ids straddling boundaries carry the shortfall along).
 fn faults_near(run: &Run, w: u64, iv: u64) -> String {
-    let from = (w * iv).saturating_sub(iv);
+    let from = (w * iv).saturating_sub(3 * iv);
     let to = (w + 2) * iv;
     let list: Vec<String> = run
         .events
