@@ -5,10 +5,11 @@
 //! **Strictness of the short runs.** They always assert that the run was carried out: the
 //! load was answered, every fault kind of the mode was injected, the windows were checked.
 //! Whether they also assert the checker's verdict (no id lost, no unexplained duplicate) is
-//! [`PROMISE_HOLDS`], or `VERVE_FAULTS_STRICT=1` in the environment: verve does not keep
-//! that promise through every fault yet (a single instance loses its open window on
-//! SIGKILL), and the suite must stay green until it does. The verdict and the summary are
-//! printed either way (`cargo test --test faults -- --nocapture`).
+//! [`PROMISE_HOLDS`], or `VERVE_FAULTS_STRICT=1` in the environment
+//! (`VERVE_FAULTS_STRICT=1 cargo test --test faults -- --nocapture`): set it once verve
+//! keeps the promise through every fault these runs inject. The verdict and the summary
+//! are printed either way (`cargo test --test faults -- --nocapture`), and a run that fails
+//! an assertion keeps its directory (the path is in the message).
 
 #[path = "../examples/faults/check.rs"]
 mod check;
