@@ -118,17 +118,15 @@ impl Redis {
     pub fn spawn(&mut self) -> Result<(), String> {
         let (out, err) =
             output_to(&self.dir.join("redis.out")).map_err(|e| format!("redis.out: {e}"))?;
-        let mut child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        // Redis 7 refuses DEBUG unless allowed; Redis 6 allows it and knows no such option.
+        if redis_major().is_none_or(|v| v >= 7) {
+            cmd.args(["--enable-debug-command", "local"]);
+        }
+        let mut child = cmd
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-            ])
-            .args(["--enable-debug-command", "local", "--daemonize", "no"])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .args(["--save", "", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -171,6 +169,17 @@ impl Drop for Redis {
             kill_hard(c);
         }
     }
+}
+
+/// The major version of `redis-server` (`Redis server v=7.0.15 ...`).
+fn redis_major() -> Option<u32> {
+    let out = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split("v=").nth(1)?;
+    v.split('.').next()?.parse().ok()
 }
 
 /// Runs `redis-cli -p PORT ARGS...`; its stdout, or `None` if it failed.
