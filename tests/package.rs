@@ -64,10 +64,14 @@ struct Packages {
 fn packages() -> &'static Packages {
     static PACKAGES: OnceLock<Packages> = OnceLock::new();
     PACKAGES.get_or_init(|| {
-        let out = temp_dir("deb");
+        // Under the target directory, replaced by each run.
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deb");
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
         let build = |extra: &[&str]| -> PathBuf {
             let output = Command::new(format!("{ROOT}/scripts/package.sh"))
-                .args(["--profile", "deb-test", "--fast", "--output"])
+                // --fast: light compression; --no-dbgsym: the profile has no debug symbols.
+                .args(["--profile", "deb-test", "--fast", "--no-dbgsym", "--output"])
                 .arg(&out)
                 .args(extra)
                 .current_dir(ROOT)
@@ -495,8 +499,9 @@ fn the_commit_is_known_without_git_in_a_tarball() {
     .unwrap();
     assert_eq!(build_script::commit_of(&krate), Some(head));
     // Neither: unknown, not a wrong commit.
-    assert_eq!(build_script::commit_of(&temp_dir("bare")), None);
-    for d in [dir, krate] {
+    let bare = temp_dir("bare");
+    assert_eq!(build_script::commit_of(&bare), None);
+    for d in [dir, krate, bare] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
