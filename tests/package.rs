@@ -864,7 +864,24 @@ fn install_run_upgrade_remove_and_purge_leave_nothing_behind() {
         );
     }
     assert!(std::fs::read(LOG_FILE).unwrap() == log, "the log changed");
+    // The new version resumes from the state file the old one left: id 42 is still counted,
+    // in the open window (when the window has not ended since) or in the count line of the
+    // window the new process reports at start (when it has).
     let (child, addr) = start_installed();
+    wait_until(
+        "id 42, answered before the upgrade, to be counted after it",
+        || {
+            let page = Client::connect(addr).get("/metrics").text();
+            let open: u64 = page
+                .lines()
+                .find_map(|l| l.strip_prefix("verve_window_unique_ids ")?.parse().ok())
+                .unwrap_or(0);
+            let logged = std::fs::read_to_string(LOG_FILE)
+                .unwrap_or_default()
+                .contains("unique_count=1");
+            (open == 1 || logged).then_some(())
+        },
+    );
     let r = Client::connect(addr).get("/api/verve/accept?id=43");
     assert_eq!((r.status, r.text()), (200, "ok".to_owned()));
     stop(child);
