@@ -878,7 +878,8 @@ fn install_run_upgrade_remove_and_purge_leave_nothing_behind() {
                 .unwrap_or(0);
             let logged = std::fs::read_to_string(LOG_FILE)
                 .unwrap_or_default()
-                .contains("unique_count=1");
+                .split_whitespace()
+                .any(|token| token == "unique_count=1");
             (open == 1 || logged).then_some(())
         },
     );
