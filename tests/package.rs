@@ -3,7 +3,7 @@
 //! fat LTO, so that the test pays for the packaging and not for the optimiser. Then:
 //!
 //! - its contents and metadata, read with `dpkg-deb`: the files, their modes and owners, the
-//!   conffiles, the dependencies (computed: nothing but the C runtime and adduser), the
+//!   conffiles, the dependencies (computed: nothing but the C library and adduser), the
 //!   maintainer scripts with the systemd steps filled in;
 //! - the environment file against the flags (`verve --help`'s source): every flag listed,
 //!   commented out with its default, every value one verve accepts, so that neither can drift;
@@ -12,13 +12,16 @@
 //!   started where systemd does not run), `systemd-analyze verify` of the installed unit, the
 //!   installed binary run with the installed environment file on a loopback port answers
 //!   `ok`, an upgrade keeps an edited conffile and the state, remove keeps the configuration
-//!   and the data, purge leaves nothing (no file, no user, no unit).
+//!   and the data, purge leaves nothing (no file, no user, no unit);
+//! - where systemd runs, install starts the service, an upgrade restarts it (and does not stop
+//!   it first), remove stops it: systemd does not run in CI (no /run/systemd/system), so this
+//!   runs dpkg in a mount namespace where that directory exists and `systemctl` and
+//!   `deb-systemd-invoke` are stand-ins that write down their calls. Whether the real systemd
+//!   then starts verve from the installed unit is not tested here.
 //!
-//! The life test changes the machine (a package, a user), so it refuses to run where a verve
-//! package, user or directory already exists, and it needs root: CI runs the tests as root;
-//! elsewhere run this file with `sudo -E cargo test --test package`. systemd is not running
-//! in CI (no /run/systemd/system), so the maintainer scripts' start, restart and stop, which
-//! only happen under a running systemd, are not exercised here.
+//! The tests that install change the machine (a package, a user), so they refuse to run where
+//! a verve package, user or directory already exists, run one at a time, and need root: CI
+//! runs the tests as root; elsewhere run this file with `sudo -E cargo test --test package`.
 
 mod common;
 
@@ -34,7 +37,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
@@ -64,10 +67,14 @@ struct Packages {
 fn packages() -> &'static Packages {
     static PACKAGES: OnceLock<Packages> = OnceLock::new();
     PACKAGES.get_or_init(|| {
-        let out = temp_dir("deb");
+        // Under the target directory, replaced by each run.
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deb");
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
         let build = |extra: &[&str]| -> PathBuf {
             let output = Command::new(format!("{ROOT}/scripts/package.sh"))
-                .args(["--profile", "deb-test", "--fast", "--output"])
+                // --fast: light compression; --no-dbgsym: the profile has no debug symbols.
+                .args(["--profile", "deb-test", "--fast", "--no-dbgsym", "--output"])
                 .arg(&out)
                 .args(extra)
                 .current_dir(ROOT)
@@ -495,8 +502,9 @@ fn the_commit_is_known_without_git_in_a_tarball() {
     .unwrap();
     assert_eq!(build_script::commit_of(&krate), Some(head));
     // Neither: unknown, not a wrong commit.
-    assert_eq!(build_script::commit_of(&temp_dir("bare")), None);
-    for d in [dir, krate] {
+    let bare = temp_dir("bare");
+    assert_eq!(build_script::commit_of(&bare), None);
+    for d in [dir, krate, bare] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
@@ -714,8 +722,17 @@ fn owner_of(path: &str) -> (u32, u32) {
     (m.uid(), m.gid())
 }
 
-#[test]
-fn install_run_upgrade_remove_and_purge_leave_nothing_behind() {
+/// What a test that installs the package holds: the machine to itself (the tests that install
+/// run one at a time), and the purge at the end, whatever happens.
+struct Machine {
+    _purge: PurgeOnDrop,
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+/// Checks that the test may install the package here: root, and no verve package, user or
+/// directory that the purge would take away.
+fn claim_the_machine() -> Machine {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     // SAFETY: geteuid(2) has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
@@ -723,14 +740,23 @@ fn install_run_upgrade_remove_and_purge_leave_nothing_behind() {
         "this test installs and purges the Debian package with dpkg and needs root (CI runs \
          the tests as root); run it with: sudo -E cargo test --test package"
     );
-    let Packages { first, second } = packages();
-    let before = leftovers(first);
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = leftovers(&packages().first);
     assert!(
         before.is_empty(),
         "this machine already has a verve package, user or directory, which the test would \
          purge; remove them first (dpkg --purge verve): {before:?}"
     );
-    let _purge = PurgeOnDrop;
+    Machine {
+        _purge: PurgeOnDrop,
+        _one_at_a_time: guard,
+    }
+}
+
+#[test]
+fn install_run_upgrade_remove_and_purge_leave_nothing_behind() {
+    let _machine = claim_the_machine();
+    let Packages { first, second } = packages();
 
     // Install. No systemd runs here: the unit is enabled (a symlink, for the next boot) and
     // nothing is started.
@@ -838,7 +864,25 @@ fn install_run_upgrade_remove_and_purge_leave_nothing_behind() {
         );
     }
     assert!(std::fs::read(LOG_FILE).unwrap() == log, "the log changed");
+    // The new version resumes from the state file the old one left: id 42 is still counted,
+    // in the open window (when the window has not ended since) or in the count line of the
+    // window the new process reports at start (when it has).
     let (child, addr) = start_installed();
+    wait_until(
+        "id 42, answered before the upgrade, to be counted after it",
+        || {
+            let page = Client::connect(addr).get("/metrics").text();
+            let open: u64 = page
+                .lines()
+                .find_map(|l| l.strip_prefix("verve_window_unique_ids ")?.parse().ok())
+                .unwrap_or(0);
+            let logged = std::fs::read_to_string(LOG_FILE)
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|token| token == "unique_count=1");
+            (open == 1 || logged).then_some(())
+        },
+    );
     let r = Client::connect(addr).get("/api/verve/accept?id=43");
     assert_eq!((r.status, r.text()), (200, "ok".to_owned()));
     stop(child);
@@ -864,4 +908,118 @@ fn install_run_upgrade_remove_and_purge_leave_nothing_behind() {
     dpkg(&["--purge", "verve"]);
     let after = leftovers(first);
     assert!(after.is_empty(), "left after purge: {after:?}");
+}
+
+/// The maintainer scripts where systemd runs, which this machine (and CI) does not have: in a
+/// mount namespace of its own, `/run/systemd/system` exists and `systemctl` and
+/// `deb-systemd-invoke` are stand-ins that write down how they were called. The rest is real
+/// (dpkg, the user, deb-systemd-helper's enablement), and gone after the purge.
+#[test]
+fn where_systemd_runs_install_starts_upgrade_restarts_and_remove_stops() {
+    let _machine = claim_the_machine();
+    let Packages { first, second } = packages();
+    let dir = temp_dir("systemd-calls");
+    let calls = dir.join("calls");
+    let stand_in = dir.join("stand-in");
+    std::fs::write(
+        &stand_in,
+        format!(
+            "#!/bin/sh\necho \"$(basename \"$0\") $*\" >> '{}'\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["systemctl", "deb-systemd-invoke"] {
+        std::os::unix::fs::symlink(&stand_in, dir.join(name)).unwrap();
+    }
+    // Each step's calls follow a line that names it. dpkg is retried while another dpkg or
+    // apt holds its lock, as dpkg() does.
+    let script = format!(
+        r#"set -e
+mount --make-rprivate /
+mkdir -p /run/systemd
+mount -t tmpfs tmpfs /run/systemd
+mkdir /run/systemd/system
+mount --bind '{dir}/systemctl' /usr/bin/systemctl
+mount --bind '{dir}/deb-systemd-invoke' /usr/bin/deb-systemd-invoke
+step() {{
+    echo "== $1" >> '{calls}'
+    shift
+    tries=0
+    until out=$(DEBIAN_FRONTEND=noninteractive dpkg "$@" </dev/null 2>&1); do
+        case $out in
+        *lock*"another process"*) ;;
+        *) echo "$out" >&2; exit 1 ;;
+        esac
+        tries=$((tries + 1))
+        [ "$tries" -lt {lock_wait} ] || {{ echo "$out" >&2; exit 1; }}
+        sleep 1
+    done
+}}
+step install --install '{first}'
+step upgrade --install '{second}'
+step remove --remove verve
+step purge --purge verve
+"#,
+        dir = dir.display(),
+        calls = calls.display(),
+        first = first.display(),
+        second = second.display(),
+        lock_wait = DPKG_LOCK_WAIT.as_secs(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare (util-linux)");
+    assert!(
+        out.status.success(),
+        "the package's life in a mount namespace where systemd seems to run (unshare \
+         --mount needs CAP_SYS_ADMIN):\n{}",
+        report(&out)
+    );
+    let text = std::fs::read_to_string(&calls).unwrap();
+    let step = |name: &str| -> Vec<String> {
+        text.split("== ")
+            .find_map(|part| part.strip_prefix(&format!("{name}\n")))
+            .unwrap_or_else(|| panic!("no step {name} in:\n{text}"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    // What each step asks of the service (deb-systemd-helper's own systemctl calls, a preset
+    // and reloads, come besides), and that systemd reloads the changed unit files.
+    let invoked = |name: &str| -> Vec<String> {
+        step(name)
+            .into_iter()
+            .filter(|c| c.starts_with("deb-systemd-invoke"))
+            .collect()
+    };
+    assert_eq!(
+        invoked("install"),
+        ["deb-systemd-invoke start verve.service"],
+        "{text}"
+    );
+    // Not stopped before the new version is unpacked: restarted after it.
+    assert_eq!(
+        invoked("upgrade"),
+        ["deb-systemd-invoke restart verve.service"],
+        "{text}"
+    );
+    assert_eq!(
+        invoked("remove"),
+        ["deb-systemd-invoke stop verve.service"],
+        "{text}"
+    );
+    assert_eq!(invoked("purge"), Vec::<String>::new(), "{text}");
+    for name in ["install", "upgrade", "remove"] {
+        assert!(
+            step(name).iter().any(|c| c.ends_with("daemon-reload")),
+            "no daemon-reload on {name}:\n{text}"
+        );
+    }
+    let after = leftovers(first);
+    assert!(after.is_empty(), "left after purge: {after:?}");
+    let _ = std::fs::remove_dir_all(dir);
 }
