@@ -222,6 +222,9 @@ pub struct Report {
     pub missing: u64,
     /// How long after its window's close each window of the load got its first line, ms.
     pub delays_ms: Vec<u64>,
+    /// (allowance, ids lost) had ids answered that long before a SIGKILL been owed too:
+    /// how far back a kill actually reaches (filled in by the caller, see `run::check_dir`).
+    pub lost_with_allowance: Vec<(u64, u64)>,
     pub violations: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -255,6 +258,18 @@ impl Report {
             self.sent, self.ok, self.failed, self.no_answer, self.unprotected, self.retried
         );
         let _ = writeln!(s, "ids lost: {} (goal 0)", self.lost);
+        if !self.lost_with_allowance.is_empty() {
+            let list: Vec<String> = self
+                .lost_with_allowance
+                .iter()
+                .map(|(ms, n)| format!("{ms} ms: {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "ids lost had a SIGKILL been allowed to cost only the ids answered within: {}",
+                list.join(", ")
+            );
+        }
         let _ = writeln!(s, "counted beyond the ids sent: {} (goal 0)", self.over);
         let _ = writeln!(
             s,
