@@ -491,7 +491,13 @@ fn short_run(mode: run::Mode, seconds: u64) {
         },
         nemesis: nemesis::Settings {
             seed,
-            gap_ms: (200, 800),
+            // Kills far enough apart in single mode that the ids a kill may take (the
+            // second before it) stay a minority: a loss can hide behind those.
+            gap_ms: if mode == run::Mode::Single {
+                (500, 1500)
+            } else {
+                (200, 800)
+            },
             freeze_ms: (1000, 2500),
             kinds: run::kinds(mode),
         },
