@@ -222,6 +222,9 @@ pub struct Report {
     pub missing: u64,
     /// How long after its window's close each window of the load got its first line, ms.
     pub delays_ms: Vec<u64>,
+    /// (allowance, ids lost) had ids answered that long before a SIGKILL been owed too:
+    /// how far back a kill actually reaches (filled in by the caller, see `run::check_dir`).
+    pub lost_with_allowance: Vec<(u64, u64)>,
     pub violations: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -255,6 +258,18 @@ impl Report {
             self.sent, self.ok, self.failed, self.no_answer, self.unprotected, self.retried
         );
         let _ = writeln!(s, "ids lost: {} (goal 0)", self.lost);
+        if !self.lost_with_allowance.is_empty() {
+            let list: Vec<String> = self
+                .lost_with_allowance
+                .iter()
+                .map(|(ms, n)| format!("{ms} ms: {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "ids lost had a SIGKILL been allowed to cost only the ids answered within: {}",
+                list.join(", ")
+            );
+        }
         let _ = writeln!(s, "counted beyond the ids sent: {} (goal 0)", self.over);
         let _ = writeln!(
             s,
@@ -415,6 +430,25 @@ pub fn check(run: &Run) -> Report {
         }
     }
     let any_in = |list: &[u64], from: u64, to: u64| list.iter().any(|&t| t >= from && t <= to);
+    // When each instance was not running: from a SIGKILL or SIGTERM to serving again.
+    let mut down: Vec<Vec<(u64, u64)>> = vec![Vec::new(); run.instances.len()];
+    for (k, e) in run.events.iter().enumerate() {
+        let Some(i) = e.target.filter(|&i| i < run.instances.len()) else {
+            continue;
+        };
+        if e.phase == Phase::Begin && matches!(e.fault, Fault::Kill | Fault::Deploy) {
+            let back = run.events[k + 1..]
+                .iter()
+                .find(|x| x.phase == Phase::End && x.fault == e.fault && x.target == e.target)
+                .map_or(u64::MAX, |x| x.t_ms);
+            down[i].push((e.t_ms, back));
+        }
+    }
+    // Whether no instance ran at any instant of `[from, to)`: no count line is due then.
+    let none_ran = |from: u64, to: u64| {
+        down.iter()
+            .all(|d| d.iter().any(|&(a, b)| a <= from && b >= to))
+    };
 
     // Each id's interval; what the lower bound owes, what the upper bound allows.
     let mut owed: BTreeMap<(u64, u64), u64> = BTreeMap::new();
@@ -494,7 +528,12 @@ pub fn check(run: &Run) -> Report {
         } else {
             rep.windows_outside += 1;
         }
-        if lines.is_empty() {
+        if lines.is_empty() && none_ran(w * iv, (w + 1) * iv) {
+            verdict = "not running";
+            rep.warnings.push(format!(
+                "window {when}: no count line, and no instance ran during it"
+            ));
+        } else if lines.is_empty() {
             rep.missing += 1;
             verdict = "missing";
             rep.violations.push(format!(

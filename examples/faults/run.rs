@@ -253,7 +253,19 @@ pub fn check_dir(dir: &Path, protect_ms: Option<u64>) -> Result<Report, String> 
     if let Some(p) = protect_ms {
         run.protect_ms = p;
     }
-    let report = check::check(&run);
+    let mut report = check::check(&run);
+    if report.faults.contains_key(&Fault::Kill) {
+        // How far back before a SIGKILL ids were really lost.
+        for ms in [0, 250, 500, 750] {
+            if ms < run.protect_ms {
+                let r = check::check(&check::Run {
+                    protect_ms: ms,
+                    ..run.clone()
+                });
+                report.lost_with_allowance.push((ms, r.lost));
+            }
+        }
+    }
     std::fs::write(dir.join("windows.tsv"), report.windows_tsv(run.interval_ms))
         .map_err(|e| format!("windows.tsv: {e}"))?;
     std::fs::write(dir.join("summary.txt"), report.summary(run.interval_ms))
