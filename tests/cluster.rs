@@ -626,6 +626,7 @@ const ACL_COMMANDS: &[&str] = &[
     "+zrem",
     "+zrangebyscore",
     "+zremrangebyscore",
+    "+time",
 ];
 
 #[test]

@@ -209,31 +209,73 @@ fn one_leader_per_window_until_its_lease_expires_or_is_released() {
     assert_eq!(lead(&mut con, "c", w), Lead::Leading);
 }
 
+/// Redis's own time, in ms since the epoch.
+fn redis_time(con: &mut redis::Connection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(con).unwrap();
+    secs * 1000 + micros / 1000
+}
+
 #[test]
-fn heartbeats_name_the_live_instances() {
+fn heartbeats_name_the_live_instances_by_redis_clock_alone() {
     let redis = Redis::start();
     let mut con = redis.connect();
     let keys = Keys::new("verve-test");
     let ttl = 3_000;
-    store::heartbeat(&mut con, &keys, "a", 10_000, ttl).unwrap();
-    store::heartbeat(&mut con, &keys, "b", 11_000, ttl).unwrap();
-    store::heartbeat(&mut con, &keys, "c", 11_000, ttl).unwrap();
+    let before = redis_time(&mut con);
+    for name in ["a", "b", "c"] {
+        let at = store::heartbeat(&mut con, &keys, name, ttl).unwrap();
+        let score: u64 = redis::cmd("ZSCORE")
+            .arg(keys.live())
+            .arg(name)
+            .query(&mut con)
+            .unwrap();
+        // Stamped with Redis's time: no instance's clock takes part.
+        assert_eq!(score, at);
+        assert!(before <= at && at <= redis_time(&mut con), "{before} {at}");
+    }
     assert_eq!(
-        store::live(&mut con, &keys, 12_000, ttl).unwrap().unwrap(),
+        store::live(&mut con, &keys, ttl).unwrap().unwrap(),
         ["a", "b", "c"]
     );
-    // a falls silent; b goes on; c leaves.
-    store::heartbeat(&mut con, &keys, "b", 13_500, ttl).unwrap();
+    // a fell silent 10 s ago by Redis's clock; b goes on; c leaves.
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.live())
+        .arg(redis_time(&mut con) - 10_000)
+        .arg("a")
+        .query(&mut con)
+        .unwrap();
     store::leave(&mut con, &keys, "c").unwrap();
-    assert_eq!(
-        store::live(&mut con, &keys, 13_500, ttl).unwrap().unwrap(),
-        ["b"]
-    );
+    assert_eq!(store::live(&mut con, &keys, ttl).unwrap().unwrap(), ["b"]);
+    store::heartbeat(&mut con, &keys, "b", ttl).unwrap();
     let size: i64 = redis::cmd("ZCARD")
         .arg(keys.live())
         .query(&mut con)
         .unwrap();
     assert_eq!(size, 1, "silent instances are removed, not just skipped");
+}
+
+#[test]
+fn a_done_mark_is_restored_only_where_it_is_missing() {
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    assert!(store::restore_done(&mut con, &keys, 60, 42, 60_000).unwrap());
+    assert_eq!(
+        store::lead(&mut con, &keys, 60, "a", TTL).unwrap(),
+        Lead::Done(42)
+    );
+    // A mark already there, or a leader's, stays as it is.
+    assert!(!store::restore_done(&mut con, &keys, 60, 7, 60_000).unwrap());
+    assert_eq!(
+        store::lead(&mut con, &keys, 60, "a", TTL).unwrap(),
+        Lead::Done(42)
+    );
+    // And it expires like every key of a window.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.done(60))
+        .query(&mut con)
+        .unwrap();
+    assert!(0 < ttl && ttl <= 60_000, "{ttl}");
 }
 
 #[test]
@@ -251,11 +293,8 @@ fn the_store_works_on_a_three_master_redis_cluster() {
         store::lead(&mut con, &keys, 120, "b", TTL).unwrap(),
         Lead::Waiting
     );
-    store::heartbeat(&mut con, &keys, "a", 5_000, TTL).unwrap();
-    assert_eq!(
-        store::live(&mut con, &keys, 5_000, TTL).unwrap().unwrap(),
-        ["a"]
-    );
+    store::heartbeat(&mut con, &keys, "a", TTL).unwrap();
+    assert_eq!(store::live(&mut con, &keys, TTL).unwrap().unwrap(), ["a"]);
     // The windows really are spread over the masters: their slots differ.
     let mut slot = |key: String| -> i64 {
         redis::cmd("CLUSTER")
@@ -463,11 +502,8 @@ fn keys_verve_did_not_write_are_refused_and_nothing_is_half_written() {
     assert_eq!(lens, [store::MAX_ENDPOINT_BYTES + 1, 15]);
     // Live-set members longer than an instance name are not instances.
     set(&mut con, &["ZADD", &keys.live(), "5000", &"x".repeat(300)]);
-    store::heartbeat(&mut con, &keys, "a", 5_000, TTL).unwrap();
-    assert_eq!(
-        store::live(&mut con, &keys, 5_000, TTL).unwrap().unwrap(),
-        ["a"]
-    );
+    store::heartbeat(&mut con, &keys, "a", TTL).unwrap();
+    assert_eq!(store::live(&mut con, &keys, TTL).unwrap().unwrap(), ["a"]);
 }
 
 #[test]

@@ -41,11 +41,11 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::budget::Charge;
 use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
-use crate::cluster::merge::count_of_shipments_pausing;
+use crate::cluster::merge::{count_of_shipments_with, Counter};
 use crate::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
 use crate::endpoints;
 use crate::health::Health;
-use crate::ids::IdSet;
+use crate::ids::{count_union, IdSet};
 use crate::metrics::Metrics;
 use crate::report::{callback, Reporter, Scope, WindowReport};
 use crate::shards::Shards;
@@ -122,9 +122,33 @@ impl ClusterSink {
         metrics: Arc<Metrics>,
         health: &Health,
     ) -> std::io::Result<ClusterSink> {
+        Self::start_with_counter(
+            settings,
+            shards,
+            clock,
+            reporter,
+            metrics,
+            health,
+            count_union,
+        )
+    }
+
+    /// [`ClusterSink::start`] with the leader's count done by `counter`: for tests, a count
+    /// that lasts as long as the test wants.
+    pub fn start_with_counter(
+        settings: Settings,
+        shards: Arc<Shards>,
+        clock: Arc<dyn Clock>,
+        reporter: Box<dyn Reporter>,
+        metrics: Arc<Metrics>,
+        health: &Health,
+        counter: Counter,
+    ) -> std::io::Result<ClusterSink> {
         let (tx, rx) = unbounded();
         let node = Node {
             settings,
+            counter,
+            known_done: VecDeque::new(),
             shards,
             clock,
             reporter,
@@ -230,9 +254,27 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A window this instance knows the cluster reported, with its global count: its `done`
+/// mark is written again after every (re)connect while its keys would still live, in case
+/// Redis lost it (see [`store::restore_done`]).
+struct KnownDone {
+    window_start: u64,
+    end_ms: u64,
+    count: u64,
+}
+
+/// The most reported windows remembered for [`KnownDone`]: far more than live at once with
+/// any `--interval`, `--cluster-backlog` and `--cluster-grace` that make sense.
+const MAX_KNOWN_DONE: usize = 10_000;
+
 /// The cluster thread's state.
 struct Node {
     settings: Settings,
+    /// How the leader counts a window's shipments ([`count_union`] but in tests).
+    counter: Counter,
+    /// Windows this instance reported or saw reported, newest last, until their keys would
+    /// have expired.
+    known_done: VecDeque<KnownDone>,
     shards: Arc<Shards>,
     clock: Arc<dyn Clock>,
     reporter: Box<dyn Reporter>,
@@ -402,14 +444,70 @@ impl Node {
                 self.generation += 1;
                 self.connected_at_ms = self.clock.now_ms();
                 self.next_heartbeat = Instant::now();
-                // Redis may have restarted empty: everything held goes again, whole.
+                // Redis may have restarted empty: everything held goes again, whole, and
+                // the windows known to be reported get their `done` marks back first.
                 for held in &mut self.windows {
                     held.shipped = false;
                     held.unsent = None;
                 }
+                if let Err(e) = self.restore_done_marks() {
+                    self.drop_connection(e);
+                }
             }
             Err(e) => self.drop_connection(e),
         }
+    }
+
+    /// Writes the `done` mark of each window in [`Node::known_done`] whose keys would still
+    /// live, where it is missing: an instance that had not seen the mark before Redis lost
+    /// it then finds it, rather than report the window again with what it re-shipped. Done
+    /// on every connect, before any shipment: the others trust nothing for a grace period
+    /// after they connect (see `Node::ready`), which leaves the instances that know the time
+    /// to put the marks back. `Err` is an outage.
+    fn restore_done_marks(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let ttl = self.settings.key_ttl().as_millis() as u64;
+        self.known_done.retain(|k| now <= k.end_ms + ttl);
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(());
+        };
+        for known in &self.known_done {
+            let left = (known.end_ms + ttl).saturating_sub(now);
+            match store::restore_done(
+                redis.con(),
+                &self.settings.keys,
+                known.window_start,
+                known.count,
+                left,
+            ) {
+                Ok(true) => log::warn!(
+                    "window {}: its done mark (count {}) was missing from Redis, which must have \
+                     lost data; written again so that no instance reports the window twice",
+                    rfc3339_secs(known.window_start),
+                    known.count
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    if let Failure::Outage(e) = failure(e) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers that the cluster reported window `i` with `count` (see [`KnownDone`]).
+    fn known_reported(&mut self, i: usize, count: u64) {
+        let held = &self.windows[i];
+        if self.known_done.len() >= MAX_KNOWN_DONE {
+            self.known_done.pop_front();
+        }
+        self.known_done.push_back(KnownDone {
+            window_start: held.window_start,
+            end_ms: held.end_ms,
+            count,
+        });
     }
 
     /// A failed Redis operation: drops the connection, to connect again later. Logged once
@@ -530,7 +628,21 @@ impl Node {
                 true,
                 ttl_ms,
             );
+            // Refused, but a last shipment of this instance is in Redis already: one whose
+            // answer was lost with the connection. It was stored before the freeze (the
+            // mark goes with it, and a frozen window takes no shipment), so the leader's read
+            // holds it, as after a refused re-shipment.
             let shipped = match shipped {
+                Ok(Shipped::TooLate) if !held.ever_shipped => store::has_shipped(
+                    redis.con(),
+                    &self.settings.keys,
+                    held.window_start,
+                    &self.settings.instance,
+                )
+                .map(|stored| (Shipped::TooLate, stored)),
+                other => other.map(|shipped| (shipped, held.ever_shipped)),
+            };
+            let (shipped, ever_shipped) = match shipped {
                 Ok(shipped) => shipped,
                 Err(e) => {
                     self.window_failed(i, "shipping", e)?;
@@ -539,6 +651,7 @@ impl Node {
                 }
             };
             let held = &mut self.windows[i];
+            held.ever_shipped = ever_shipped;
             match shipped {
                 Shipped::Stored => {
                     held.shipped = true;
@@ -558,12 +671,16 @@ impl Node {
                     i += 1;
                 }
                 Shipped::TooLate => {
-                    // A whole re-shipment after a reconnect, refused: this instance's last
-                    // shipment had been stored before the freeze, so the leader's read
-                    // counted it (unless Redis lost it meanwhile: a leader that lost its
-                    // connection too trusts nobody for a grace after it is back, see
-                    // `ready`).
-                    self.windows.remove(i).expect("index in range");
+                    // A whole re-shipment after a reconnect, refused: the window is frozen
+                    // or done. This instance's last shipment had been stored before the
+                    // freeze, so the leader's read holds it (unless Redis lost it meanwhile:
+                    // a leader that lost its connection too trusts nobody for a grace after
+                    // it is back, see `ready`). The window stays until its `done` mark is
+                    // seen: its leader may have lost its connection between the freeze and
+                    // the mark too, and then this instance, or the leader itself, must be
+                    // able to take it over (see `lead`).
+                    held.shipped = true;
+                    i += 1;
                 }
             }
         }
@@ -594,8 +711,8 @@ impl Node {
         };
         let con = redis.con();
         let keys = &self.settings.keys;
-        let (ms, ttl) = (self.clock.now_ms(), LIVE_TTL.as_millis() as u64);
-        let beat = store::heartbeat(con, keys, &self.settings.instance, ms, ttl);
+        let ttl = LIVE_TTL.as_millis() as u64;
+        let beat = store::heartbeat(con, keys, &self.settings.instance, ttl);
         let interval = self.settings.windows.length().as_secs();
         let claim = store::claim_interval(
             con,
@@ -710,6 +827,7 @@ impl Node {
                     // The cluster's count, as its leader left it: this instance's
                     // `/api/verve/windows` lists it too.
                     self.metrics.status.record(&self.metrics, start, count);
+                    self.known_reported(i, count);
                     self.drop_window(i);
                     continue;
                 }
@@ -744,18 +862,15 @@ impl Node {
             return Ok(false);
         };
         let live_ms = LIVE_TTL.as_millis() as u64;
-        let others = match store::live(
-            redis.con(),
-            &self.settings.keys,
-            self.clock.now_ms(),
-            live_ms,
-        ) {
+        let mut others = match store::live(redis.con(), &self.settings.keys, live_ms) {
             Ok(others) => others.unwrap_or_default(),
             Err(e) => {
                 self.shared_key_failed("reading the live set", e)?;
                 Vec::new()
             }
         };
+        // Itself, if a heartbeat got in after it left: not someone to leave the window to.
+        others.retain(|name| *name != self.settings.instance);
         if others.is_empty() {
             return Ok(false);
         }
@@ -806,7 +921,6 @@ impl Node {
         let live = store::live(
             redis.con(),
             &self.settings.keys,
-            now,
             LIVE_TTL.as_millis() as u64,
         );
         let live = match live {
@@ -849,10 +963,13 @@ impl Node {
             return Ok(false); // lost the lease meanwhile
         };
         let count = store::check_shipments(keys, start, count)?;
-        // A merge of many shipments can take a while (1.4 s for 10 x 1M ids in 600
-        // shipments): keep the lease and the heartbeat fresh meanwhile.
+        // A read of many shipments takes a while (1.4 s for 10 x 1M ids in 600 shipments),
+        // and so does the count (on a helper thread, see `merge`): the lease and the
+        // heartbeat stay fresh meanwhile. An instance that has left the live set (stopping)
+        // does not heartbeat: it would put itself back, and take itself for another live
+        // instance to leave its next window to (`hand_over`).
         let mut last = Instant::now();
-        let clock = &self.clock;
+        let left = self.left;
         let mut between = |con: &mut dyn redis::ConnectionLike| -> store::Result<bool> {
             if last.elapsed() < HEARTBEAT_EVERY {
                 return Ok(true);
@@ -860,16 +977,16 @@ impl Node {
             last = Instant::now();
             let ttl = LIVE_TTL.as_millis() as u64;
             // A heartbeat that fails on the shared key must not cost this window.
-            if let Err(store::Error::Redis(e)) =
-                store::heartbeat(con, keys, instance, clock.now_ms(), ttl)
-            {
-                if conn::is_outage(&e) {
-                    return Err(e.into());
+            if !left {
+                if let Err(store::Error::Redis(e)) = store::heartbeat(con, keys, instance, ttl) {
+                    if conn::is_outage(&e) {
+                        return Err(e.into());
+                    }
                 }
             }
             store::renew(con, keys, start, instance, LEASE.as_millis() as u64)
         };
-        let read = count_of_shipments_pausing(con, keys, start, count, &mut between)?;
+        let read = count_of_shipments_with(con, keys, start, count, &mut between, self.counter)?;
         let Some((count, skipped)) = read else {
             return Ok(false); // lost the lease meanwhile
         };
@@ -957,12 +1074,16 @@ impl Node {
             ttl_ms,
         )?;
         if !kept {
+            // Kept until the mark is seen: this instance marks it once it leads it again, or
+            // sees the `done` of the instance that took it over.
             log::warn!(
                 "window {}: the lease ran out while this instance reported it; another \
                  instance may report it too",
                 rfc3339_secs(start)
             );
+            return Ok(false);
         }
+        self.known_reported(i, count);
         self.drop_window(i);
         Ok(true)
     }
@@ -1019,7 +1140,16 @@ impl Node {
             .iter()
             .position(|h| h.shipped && now > h.end_ms + ttl);
         if let Some(i) = expired {
-            self.report_alone(i, "the cluster did not report it before its keys expired");
+            if let Some(count) = self.windows[i].reported {
+                log::error!(
+                    "window {}: reported with count {count} but never marked done in Redis \
+                     before its keys expired",
+                    rfc3339_secs(self.windows[i].window_start)
+                );
+                self.drop_window(i);
+            } else {
+                self.report_alone(i, "the cluster did not report it before its keys expired");
+            }
         }
         while self.windows.iter().filter(|h| !h.shipped).count() > self.settings.backlog {
             let oldest = self

@@ -12,7 +12,7 @@
 //! | `P:{wS}:lease` | string | the instance leading the window, with an expiry |
 //! | `P:{wS}:frozen` | string | the leader that began its final read: later shipments are refused |
 //! | `P:{wS}:done` | string | the window's global count, once reported |
-//! | `P:live` | sorted set | instance -> time of its last heartbeat (ms) |
+//! | `P:live` | sorted set | instance -> Redis's time (`TIME`, ms) at its last heartbeat |
 //! | `P:interval` | string | the deployment's `--interval`, refreshed by every heartbeat |
 //!
 //! A window's count is the cardinality of the union of every shipment in its list. Shipments
@@ -447,6 +447,28 @@ pub fn mark_done(
     Ok(marked == 1)
 }
 
+/// Writes a window's `done` mark again, with the global `count` it was reported with, unless
+/// a `done` (or any value) is there already: for an instance that knows the window was
+/// reported, after Redis may have restarted empty or failed over to a replica that lacked the
+/// mark. Without it, an instance that had not yet seen the mark would ship the window again
+/// and, after the grace, report it a second time with a partial count. True if written.
+pub fn restore_done(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    count: u64,
+    ttl_ms: u64,
+) -> Result<bool> {
+    let set: Option<String> = redis::cmd("SET")
+        .arg(keys.done(window_start))
+        .arg(count)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms.max(1))
+        .query(con)?;
+    Ok(set.is_some())
+}
+
 /// How many shipments the window's list holds, checked against
 /// [`MAX_SHIPMENTS_PER_WINDOW`] (for reads that do not freeze the window: tests and tools).
 pub fn shipments(con: &mut dyn ConnectionLike, keys: &Keys, window_start: u64) -> Result<u64> {
@@ -547,28 +569,33 @@ pub fn fetch(
     Ok(true)
 }
 
-/// Records that `instance` is alive at `now_ms`, and forgets instances silent for longer
-/// than `ttl_ms`.
+/// The heartbeat, judged by Redis's own clock (`TIME`), never by an instance's: records
+/// the instance at the server's time and forgets members silent for longer than `ARGV[2]` ms.
+/// A clock ahead on one instance then evicts nobody, and every reader (see [`LIVE`]) judges
+/// every member on that same clock. Redis Cluster: the live set is one key on one node, so
+/// one node's clock judges it all. Milliseconds since the epoch fit a Lua number exactly.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return now
+";
+
+/// Records that `instance` is alive now (by Redis's clock), and forgets instances silent for
+/// longer than `ttl_ms`. Returns Redis's time, in ms since the epoch.
 pub fn heartbeat(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     instance: &str,
-    now_ms: u64,
     ttl_ms: u64,
-) -> Result<()> {
-    // Three plain commands (no pipeline: see SHIP); none depends on another being atomic.
-    let key = keys.live();
-    redis::cmd("ZADD")
-        .arg(&key)
-        .arg(now_ms)
+) -> Result<u64> {
+    Ok(redis::Script::new(HEARTBEAT)
+        .key(keys.live())
         .arg(instance)
-        .query::<()>(con)?;
-    redis::cmd("ZREMRANGEBYSCORE")
-        .arg(&key)
-        .arg("-inf")
-        .arg(format!("({}", now_ms.saturating_sub(ttl_ms)))
-        .query::<()>(con)?;
-    Ok(redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms).query(con)?)
+        .arg(ttl_ms)
+        .invoke(con)?)
 }
 
 /// Takes `instance` off the live set (a graceful stop): leaders stop waiting for it at once.
@@ -579,10 +606,14 @@ pub fn leave(con: &mut dyn ConnectionLike, keys: &Keys, instance: &str) -> Resul
         .query(con)?)
 }
 
-/// The live set's members with a recent enough score, at most `ARGV[2]` of them, those longer
-/// than an instance name may be left out (`ARGV[3]`).
+/// The live set's members whose last heartbeat is at most `ARGV[1]` ms old by Redis's clock
+/// (the clock [`HEARTBEAT`] wrote them with), at most `ARGV[2]` of them; those longer than an
+/// instance name may be left out (`ARGV[3]`).
 const LIVE: &str = r"
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local from = string.format('%d', now - tonumber(ARGV[1]))
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], from, '+inf', 'LIMIT', 0, ARGV[2])
 local max = tonumber(ARGV[3])
 local out = {}
 for _, m in ipairs(live) do
@@ -593,17 +624,14 @@ end
 return out
 ";
 
-/// The instances whose last heartbeat is at most `ttl_ms` old at `now_ms`, sorted; `None`
-/// when there are more than [`MAX_LIVE_READ`] (not verve's: not trusted to be complete).
-pub fn live(
-    con: &mut dyn ConnectionLike,
-    keys: &Keys,
-    now_ms: u64,
-    ttl_ms: u64,
-) -> Result<Option<Vec<String>>> {
+/// The instances whose last heartbeat is at most `ttl_ms` old, by Redis's clock, sorted;
+/// `None` when there are more than [`MAX_LIVE_READ`] (not verve's: not trusted to be
+/// complete). No instance's clock takes part: clocks that disagree by less than
+/// `--cluster-grace` never make a live instance look dead.
+pub fn live(con: &mut dyn ConnectionLike, keys: &Keys, ttl_ms: u64) -> Result<Option<Vec<String>>> {
     let members: Vec<Vec<u8>> = redis::Script::new(LIVE)
         .key(keys.live())
-        .arg(now_ms.saturating_sub(ttl_ms))
+        .arg(ttl_ms)
         .arg(MAX_LIVE_READ + 1)
         .arg(MAX_INSTANCE_BYTES)
         .invoke(con)?;
