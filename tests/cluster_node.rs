@@ -117,12 +117,15 @@ impl Gate {
         }
     }
 
-    fn shut(&self) {
-        self.state.lock().unwrap().shut = true;
+    /// Shuts the gate until the guard is dropped (or [`Gate::open`]): a test that fails
+    /// while a count waits here opens it as it unwinds, so the instances can stop.
+    fn shut(&self) -> OpenOnDrop<'_> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).shut = true;
+        OpenOnDrop(self)
     }
 
     fn open(&self) {
-        self.state.lock().unwrap().shut = false;
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).shut = false;
         self.moved.notify_all();
     }
 
@@ -148,6 +151,15 @@ impl Gate {
         }
         drop(state);
         count_union(sets)
+    }
+}
+
+/// Opens its gate when dropped.
+struct OpenOnDrop<'a>(&'a Gate);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.open();
     }
 }
 
@@ -732,7 +744,7 @@ fn a_window_frozen_when_every_link_to_redis_drops_is_still_reported_once() {
     };
     let (mut a, mut b) = pair(&redis, prefix, w, options(&pa), options(&pb));
     let expected = fill(&redis, &keys, w, &a, &b);
-    gate.shut();
+    let _open = gate.shut();
     a.close(w);
     b.close(w);
     gate.wait_for_a_count();
@@ -852,7 +864,7 @@ fn a_count_longer_than_the_lease_keeps_the_lease_and_the_heartbeat() {
     };
     let (mut a, mut b) = pair(&redis, prefix, w, options(), options());
     let expected = fill(&redis, &keys, w, &a, &b);
-    gate.shut();
+    let _open = gate.shut();
     a.close(w);
     b.close(w);
     gate.wait_for_a_count();
@@ -919,7 +931,7 @@ fn the_last_instance_reports_every_window_it_holds_at_shutdown() {
     // shutdown is not.
     a.seal_now(w);
     a.seal_now(w + 1);
-    gate.shut();
+    let _open = gate.shut();
     // The shutdown, on a thread of its own: its count of `w` waits at the gate meanwhile.
     let reports = a.reports.clone();
     let stopper = std::thread::spawn(move || {
@@ -1018,7 +1030,7 @@ fn redis_restarted_empty_right_after_a_report_gets_no_second_line() {
     let (mut a, mut b) = pair(&redis, prefix, w, a_options, b_options);
     let expected = fill(&redis, &keys, w, &a, &b);
     let mut con = redis.connect();
-    gate.shut();
+    let _open = gate.shut();
     a.clock.set(windows.end_ms(w) + 1);
     a.seal_now(w);
     wait_until("a to lead", || {
