@@ -77,7 +77,7 @@ pub fn count_of_shipments_pausing(
 }
 
 /// [`count_of_shipments_pausing`] with the count done by `counter`, on a helper thread,
-/// while `between` is called every [`COUNT_PAUSE`] (see the module comment).
+/// while `between` is called every 100 ms (see the module comment).
 pub fn count_of_shipments_with(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
