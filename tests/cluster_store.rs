@@ -255,6 +255,32 @@ fn heartbeats_name_the_live_instances_by_redis_clock_alone() {
 }
 
 #[test]
+fn a_redis_user_without_time_fails_the_heartbeat_not_the_connection() {
+    // A Redis user set up before heartbeats used Redis's clock: the heartbeat and the live
+    // set fail with an error that names what is missing, and that is not taken for an
+    // outage (which would keep every window off Redis).
+    let redis = Redis::start();
+    let mut admin = redis.connect();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "old", "on", ">pw", "~*", "+@all", "-time"][..])
+        .query(&mut admin)
+        .unwrap();
+    let url = format!("redis://old:pw@127.0.0.1:{}/", redis.port);
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let keys = Keys::new("verve-test");
+    for result in [
+        store::heartbeat(&mut con, &keys, "a", TTL).map(|_| ()),
+        store::live(&mut con, &keys, TTL).map(|_| ()),
+    ] {
+        let Err(store::Error::Redis(e)) = result else {
+            panic!("{result:?}")
+        };
+        assert!(!verve::cluster::conn::is_outage(&e), "{e}");
+        assert!(e.to_string().contains("+time"), "{e}");
+    }
+}
+
+#[test]
 fn a_done_mark_is_restored_only_where_it_is_missing() {
     let redis = Redis::start();
     let mut con = redis.connect();

@@ -573,9 +573,14 @@ pub fn fetch(
 /// the instance at the server's time and forgets members silent for longer than `ARGV[2]` ms.
 /// A clock ahead on one instance then evicts nobody, and every reader (see [`LIVE`]) judges
 /// every member on that same clock. Redis Cluster: the live set is one key on one node, so
-/// one node's clock judges it all. Milliseconds since the epoch fit a Lua number exactly.
+/// one node's clock judges it all. Milliseconds since the epoch fit a Lua number exactly. A
+/// Redis user that may not run `TIME` gets a plain error (not an outage: the connection is
+/// fine), which the cluster thread logs once; leaders then wait for the grace.
 const HEARTBEAT: &str = r"
-local t = redis.call('TIME')
+local t = redis.pcall('TIME')
+if t.err then
+  return redis.error_reply('ERR verve needs TIME for heartbeats (+time for its Redis user): ' .. t.err)
+end
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[2])))
@@ -610,7 +615,10 @@ pub fn leave(con: &mut dyn ConnectionLike, keys: &Keys, instance: &str) -> Resul
 /// (the clock [`HEARTBEAT`] wrote them with), at most `ARGV[2]` of them; those longer than an
 /// instance name may be left out (`ARGV[3]`).
 const LIVE: &str = r"
-local t = redis.call('TIME')
+local t = redis.pcall('TIME')
+if t.err then
+  return redis.error_reply('ERR verve needs TIME for heartbeats (+time for its Redis user): ' .. t.err)
+end
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local from = string.format('%d', now - tonumber(ARGV[1]))
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], from, '+inf', 'LIMIT', 0, ARGV[2])
