@@ -1112,3 +1112,52 @@ fn a_last_shipment_stored_whose_answer_was_lost_is_not_reported_again_alone() {
     assert_eq!(knows_reported(&b, start), Some(10));
     assert_eq!(b.metrics.cluster_local_windows.load(Relaxed), 0);
 }
+
+#[test]
+fn a_stopping_instance_leaves_an_ended_window_only_to_an_instance_that_holds_it() {
+    // b is live but never shipped window `w`: it started after `w` ended (restarted in a
+    // rolling deploy), so it will never lead it. a, stopped while it waits for b's last
+    // shipment, must report `w` itself rather than leave it to b.
+    let redis = Redis::start();
+    let prefix = "handover";
+    let keys = Keys::new(prefix);
+    let w = window_at(18);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let mut a = Instance::start(&redis, prefix, "a", windows.start_ms(w) + 1_000);
+    let mut b = Instance::start(&redis, prefix, "b", windows.start_ms(w + 1) + 1_000);
+    a.record(w, 0..12, None);
+    a.close(w);
+    // The open window, sealed by the shutdown below.
+    a.record(w + 1, 100..103, None);
+    let mut con = redis.connect();
+    wait_until("a to lead", || {
+        (leader_of(&mut con, &keys, start).as_deref() == Some("a")).then_some(())
+    });
+    assert!(
+        !renewed_or_done(&mut con, &keys, start),
+        "b is live: a waits for it"
+    );
+    a.seal_now(w + 1);
+    a.sink.finish(Instant::now() + REPORT_WAIT);
+    let reports: Vec<_> = a.reports.try_iter().collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(
+        (
+            reports[0].window_start,
+            reports[0].unique_count,
+            reports[0].scope
+        ),
+        (start, 12, Scope::Global)
+    );
+    assert_eq!(done_of(&mut con, &keys, start), Some(12));
+    // The window still open is left to b, which seals it in its turn and reports both
+    // instances' ids.
+    b.record(w + 1, 0..3, None);
+    b.close(w + 1);
+    let next = b.next_report();
+    assert_eq!(
+        (next.window_start, next.unique_count, next.scope),
+        (windows.start_secs(w + 1), 6, Scope::Global)
+    );
+}

@@ -852,10 +852,10 @@ impl Node {
     }
 
     /// Shutdown, once this instance has left the live set: window `i` is left to the
-    /// instances still running, which need not wait for its lease. True when it was (the
-    /// window is gone here); false when no other instance is alive, or the live set cannot be
-    /// read or trusted, so that this instance reports the window (a repeat is better than a
-    /// gap).
+    /// instances still running that will lead it, which need not wait for its lease. True
+    /// when it was (the window is gone here); false when no such instance is alive, or the
+    /// live set cannot be read or trusted, so that this instance reports the window (a repeat
+    /// is better than a gap).
     fn hand_over(&mut self, i: usize) -> anyhow::Result<bool> {
         let start = self.windows[i].window_start;
         let Some(redis) = self.redis.as_mut() else {
@@ -871,12 +871,31 @@ impl Node {
         };
         // Itself, if a heartbeat got in after it left: not someone to leave the window to.
         others.retain(|name| *name != self.settings.instance);
-        if others.is_empty() {
-            return Ok(false);
-        }
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
+        // A window that has ended goes only to instances that hold it: those that made their
+        // last shipment of it. One that started after the window ended (restarted during a
+        // rolling deploy) is live but never leads it, and the window would never be reported.
+        // A window still open goes to any live instance: each will seal it at its end.
+        if self.clock.now_ms() >= self.windows[i].end_ms {
+            let mut holders = Vec::with_capacity(others.len());
+            for other in others {
+                match store::has_shipped(redis.con(), &self.settings.keys, start, &other) {
+                    Ok(true) => holders.push(other),
+                    Ok(false) => {}
+                    Err(e) => {
+                        if let Failure::Outage(e) = failure(e) {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            others = holders;
+        }
+        if others.is_empty() {
+            return Ok(false);
+        }
         if let Err(e) = store::release(
             redis.con(),
             &self.settings.keys,
