@@ -16,7 +16,9 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use verve::clock::{rfc3339_secs, ManualClock, Windows};
 use verve::cluster::conn::Target;
 use verve::cluster::merge::{count_of_shipments_pausing, Counter};
-use verve::cluster::node::{ClusterSink, Settings, LEASE, LIVE_TTL, WINDOW_TRIES};
+use verve::cluster::node::{
+    ClusterSink, Extras, RecordHandoff, Settings, LEASE, LIVE_TTL, WINDOW_TRIES,
+};
 use verve::cluster::store::{self, Keys, Lead};
 use verve::endpoints::EndpointPolicy;
 use verve::ids::{count_union, IdSet};
@@ -178,6 +180,8 @@ struct Options {
     counter: Counter,
     /// Cut after each report (see [`Recorder`]).
     cut_after_report: Option<Cut>,
+    /// Its Kafka producer, as far as record hand-overs go.
+    kafka: Option<FakeKafka>,
 }
 
 impl Default for Options {
@@ -187,6 +191,7 @@ impl Default for Options {
             grace: GRACE,
             counter: count_union,
             cut_after_report: None,
+            kafka: None,
         }
     }
 }
@@ -233,14 +238,18 @@ impl Instance {
             tx,
             then: options.cut_after_report,
         };
-        let sink = ClusterSink::start_with_counter(
+        let extras = Extras {
+            counter: options.counter,
+            records: options.kafka.map(|k| Box::new(k) as Box<dyn RecordHandoff>),
+        };
+        let sink = ClusterSink::start_with(
             settings,
             shards.clone(),
             clock.clone(),
             Box::new(recorder),
             metrics.clone(),
             &verve::health::Health::new(),
-            options.counter,
+            extras,
         )
         .unwrap();
         // Connected and heartbeating (or the prefix claimed, where the test spoiled the
@@ -1160,4 +1169,165 @@ fn a_stopping_instance_leaves_an_ended_window_only_to_an_instance_that_holds_it(
         (next.window_start, next.unique_count, next.scope),
         (windows.start_secs(w + 1), 6, Scope::Global)
     );
+}
+
+/// A Kafka producer whose broker the test plays: records an instance produces through a
+/// hand-over are listed, and the broker acknowledges the windows the test says, when it says.
+#[derive(Clone, Default)]
+struct FakeKafka {
+    state: Arc<Mutex<KafkaState>>,
+}
+
+#[derive(Default)]
+struct KafkaState {
+    /// `(window_start, count)` produced through hand-overs.
+    produced: Vec<(u64, u64)>,
+    /// Acknowledged by the broker, not yet handed to the cluster thread.
+    acks: Vec<u64>,
+}
+
+impl FakeKafka {
+    fn produced(&self) -> Vec<(u64, u64)> {
+        self.state.lock().unwrap().produced.clone()
+    }
+
+    fn acknowledge(&self, window_start: u64) {
+        self.state.lock().unwrap().acks.push(window_start);
+    }
+}
+
+impl RecordHandoff for FakeKafka {
+    fn produce(&mut self, window_start: u64, count: u64) {
+        self.state
+            .lock()
+            .unwrap()
+            .produced
+            .push((window_start, count));
+    }
+
+    fn acknowledged(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.state.lock().unwrap().acks)
+    }
+}
+
+fn record_pending(con: &mut redis::Connection, keys: &Keys, start: u64) -> Option<u64> {
+    redis::cmd("GET")
+        .arg(keys.record(start))
+        .query(con)
+        .unwrap()
+}
+
+/// a leads window `w` and reports it; its broker never acknowledges the record. Returns the
+/// instances, their producers, and the count.
+fn reported_with_a_pending_record(
+    redis: &Redis,
+    prefix: &str,
+    w: u64,
+    a_url: Option<String>,
+) -> (Instance, Instance, FakeKafka, FakeKafka, u64) {
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let keys = Keys::new(prefix);
+    let (ka, kb) = (FakeKafka::default(), FakeKafka::default());
+    let a_options = Options {
+        url: a_url,
+        kafka: Some(ka.clone()),
+        ..Options::default()
+    };
+    let b_options = Options {
+        kafka: Some(kb.clone()),
+        ..Options::default()
+    };
+    let (mut a, mut b) = pair(redis, prefix, w, a_options, b_options);
+    let expected = fill(redis, &keys, w, &a, &b);
+    let mut con = redis.connect();
+    a.close(w);
+    wait_until("a to lead", || {
+        (leader_of(&mut con, &keys, start).as_deref() == Some("a")).then_some(())
+    });
+    b.close(w);
+    let report = a.next_report();
+    assert_eq!(
+        (report.unique_count, report.scope),
+        (expected, Scope::Global)
+    );
+    wait_until("b to see the window done", || knows_reported(&b, start));
+    assert_eq!(record_pending(&mut con, &keys, start), Some(expected));
+    (a, b, ka, kb, expected)
+}
+
+#[test]
+fn a_record_the_broker_acknowledged_is_produced_once() {
+    let redis = Redis::start();
+    let prefix = "acked";
+    let keys = Keys::new(prefix);
+    let w = window_at(19);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let (a, b, ka, kb, _) = reported_with_a_pending_record(&redis, prefix, w, None);
+    let mut con = redis.connect();
+    ka.acknowledge(start);
+    wait_until("the record forgotten in Redis", || {
+        record_pending(&mut con, &keys, start)
+            .is_none()
+            .then_some(())
+    });
+    // a stops: nothing is left to hand over, and b produces nothing.
+    drop(a);
+    drop(b);
+    assert!(kb.produced().is_empty(), "{:?}", kb.produced());
+    assert!(ka.produced().is_empty());
+}
+
+#[test]
+fn a_record_not_acknowledged_when_its_leader_stops_is_produced_by_another_instance() {
+    let redis = Redis::start();
+    let prefix = "handrecord";
+    let keys = Keys::new(prefix);
+    let w = window_at(20);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let (a, b, ka, kb, expected) = reported_with_a_pending_record(&redis, prefix, w, None);
+    // a stops with the record unacknowledged (its broker is down): b takes it over at once.
+    drop(a);
+    let produced = wait_until("b to produce the record", || {
+        Some(kb.produced()).filter(|p| !p.is_empty())
+    });
+    assert_eq!(produced, [(start, expected)]);
+    assert!(ka.produced().is_empty());
+    // b's broker acknowledges it: it is forgotten, and never produced again.
+    kb.acknowledge(start);
+    let mut con = redis.connect();
+    wait_until("the record forgotten in Redis", || {
+        record_pending(&mut con, &keys, start)
+            .is_none()
+            .then_some(())
+    });
+    drop(b);
+    assert_eq!(kb.produced(), [(start, expected)]);
+}
+
+#[test]
+fn a_record_not_acknowledged_when_its_leader_dies_is_produced_by_another_instance() {
+    // a is cut off from Redis for good, as a dead instance is: its claim on the record runs
+    // out after the lease, and b produces the record.
+    let redis = Redis::start();
+    let pa = Proxy::start(&redis);
+    let prefix = "deadrecord";
+    let w = window_at(21);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let (a, b, ka, kb, expected) =
+        reported_with_a_pending_record(&redis, prefix, w, Some(pa.url.clone()));
+    let cut = Instant::now();
+    pa.switch().cut();
+    let produced = wait_until("b to produce the record", || {
+        Some(kb.produced()).filter(|p| !p.is_empty())
+    });
+    assert!(
+        cut.elapsed() >= LEASE - Duration::from_secs(1),
+        "{:?}",
+        cut.elapsed()
+    );
+    assert_eq!(produced, [(start, expected)]);
+    assert!(ka.produced().is_empty());
+    drop(b);
+    drop(a);
 }

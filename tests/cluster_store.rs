@@ -10,7 +10,7 @@ use common::redis_servers::{Redis, RedisCluster};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use verve::cluster::conn;
 use verve::cluster::merge::{count_of_shipments_pausing, union_of_shipments, Skipped};
-use verve::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
+use verve::cluster::store::{self, Interval, Keys, Lead, RecordClaim, Shipment, Shipped};
 
 use verve::ids::IdSet;
 
@@ -278,6 +278,60 @@ fn a_redis_user_without_time_fails_the_heartbeat_not_the_connection() {
         assert!(!verve::cluster::conn::is_outage(&e), "{e}");
         assert!(e.to_string().contains("+time"), "{e}");
     }
+}
+
+#[test]
+fn a_pending_record_is_owned_by_one_instance_at_a_time_until_acknowledged() {
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    let w = 180;
+    let lead =
+        |con: &mut redis::Connection, i: &str, w| store::lead(con, &keys, w, i, TTL).unwrap();
+    // Reported without Kafka: nothing pending.
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "b", TTL).unwrap(),
+        RecordClaim::Gone
+    );
+    assert_eq!(lead(&mut con, "a", w), Lead::Leading);
+    assert!(store::mark_done_with_record(&mut con, &keys, w, "a", 9, TTL, Some(TTL)).unwrap());
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "a", TTL).unwrap(),
+        RecordClaim::Mine
+    );
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "b", TTL).unwrap(),
+        RecordClaim::Held
+    );
+    // a stops with it unacknowledged: b takes it over, with the count to produce.
+    store::release_record(&mut con, &keys, w, "b").unwrap();
+    store::release_record(&mut con, &keys, w, "a").unwrap();
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "b", TTL).unwrap(),
+        RecordClaim::Taken(9)
+    );
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "c", TTL).unwrap(),
+        RecordClaim::Held
+    );
+    store::record_acknowledged(&mut con, &keys, w).unwrap();
+    for who in ["a", "b", "c"] {
+        assert_eq!(
+            store::claim_record(&mut con, &keys, w, who, TTL).unwrap(),
+            RecordClaim::Gone
+        );
+    }
+    // An owner that stops renewing loses it after its lease.
+    assert_eq!(lead(&mut con, "a", w + 60), Lead::Leading);
+    assert!(store::mark_done_with_record(&mut con, &keys, w + 60, "a", 4, TTL, Some(50)).unwrap());
+    let taken = common::wait_until(
+        "the owner's claim to run out",
+        || match store::claim_record(&mut con, &keys, w + 60, "b", TTL).unwrap() {
+            RecordClaim::Held => None,
+            other => Some(other),
+        },
+    );
+    assert_eq!(taken, RecordClaim::Taken(4));
 }
 
 #[test]

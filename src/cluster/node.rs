@@ -99,6 +99,44 @@ impl Settings {
     }
 }
 
+/// A Kafka producer as the cluster thread sees it, to hand records over between instances:
+/// the leader's record of a window stays pending in Redis (`record`, `record-owner`) until
+/// its broker acknowledged it, and an instance that finds its owner gone (dead, stopped,
+/// stalled past [`LEASE`]) produces it instead. At least once: a record its owner's producer
+/// still delivers after the hand-over comes twice, with the same key and count.
+pub trait RecordHandoff: Send {
+    /// Produces the record of a window that this instance did not report (its owner is
+    /// gone): the same key and value as its leader's, and nothing else (no count line, no
+    /// endpoint call).
+    fn produce(&mut self, window_start: u64, count: u64);
+
+    /// The windows whose record (from this instance's reports, or produced through
+    /// [`RecordHandoff::produce`]) the broker acknowledged since the last call.
+    fn acknowledged(&mut self) -> Vec<u64>;
+
+    /// Shutdown: the producer has finished (its `finish` returned); records not
+    /// acknowledged by now never will be by this instance.
+    fn finished(&mut self) {}
+}
+
+/// What [`ClusterSink::start_with`] adds to [`ClusterSink::start`].
+pub struct Extras {
+    /// How the leader counts a window's shipments: [`count_union`], or in tests a count
+    /// that lasts as long as the test wants.
+    pub counter: Counter,
+    /// The Kafka producer's side of record hand-overs, when `--kafka-brokers` is set.
+    pub records: Option<Box<dyn RecordHandoff>>,
+}
+
+impl Default for Extras {
+    fn default() -> Extras {
+        Extras {
+            counter: count_union,
+            records: None,
+        }
+    }
+}
+
 enum Msg {
     Sealed(SealedWindow),
     Stop(Instant),
@@ -122,32 +160,28 @@ impl ClusterSink {
         metrics: Arc<Metrics>,
         health: &Health,
     ) -> std::io::Result<ClusterSink> {
-        Self::start_with_counter(
-            settings,
-            shards,
-            clock,
-            reporter,
-            metrics,
-            health,
-            count_union,
-        )
+        let extras = Extras::default();
+        Self::start_with(settings, shards, clock, reporter, metrics, health, extras)
     }
 
-    /// [`ClusterSink::start`] with the leader's count done by `counter`: for tests, a count
-    /// that lasts as long as the test wants.
-    pub fn start_with_counter(
+    /// [`ClusterSink::start`] with [`Extras`].
+    pub fn start_with(
         settings: Settings,
         shards: Arc<Shards>,
         clock: Arc<dyn Clock>,
         reporter: Box<dyn Reporter>,
         metrics: Arc<Metrics>,
         health: &Health,
-        counter: Counter,
+        extras: Extras,
     ) -> std::io::Result<ClusterSink> {
         let (tx, rx) = unbounded();
         let node = Node {
             settings,
-            counter,
+            counter: extras.counter,
+            records: extras.records,
+            owned_records: Vec::new(),
+            watched_records: VecDeque::new(),
+            next_records: Instant::now(),
             known_done: VecDeque::new(),
             shards,
             clock,
@@ -272,6 +306,15 @@ struct Node {
     settings: Settings,
     /// How the leader counts a window's shipments ([`count_union`] but in tests).
     counter: Counter,
+    /// See [`RecordHandoff`]; `None` without Kafka.
+    records: Option<Box<dyn RecordHandoff>>,
+    /// `(window_start, end_ms)`: windows whose pending record this instance's producer
+    /// holds, renewed every [`HEARTBEAT_EVERY`] until acknowledged.
+    owned_records: Vec<(u64, u64)>,
+    /// `(window_start, end_ms)`: windows reported by another instance, whose record this one
+    /// takes over if its owner goes before the broker acknowledged it.
+    watched_records: VecDeque<(u64, u64)>,
+    next_records: Instant,
     /// Windows this instance reported or saw reported, newest last, until their keys would
     /// have expired.
     known_done: VecDeque<KnownDone>,
@@ -578,6 +621,10 @@ impl Node {
             self.heartbeat()?;
         }
         self.outage_over();
+        if now >= self.next_records {
+            self.next_records = now + HEARTBEAT_EVERY;
+            self.tend_records()?;
+        }
         if !stopping && now >= self.next_drain {
             self.next_drain = now + SHIP_EVERY;
             self.ship_open_window()?;
@@ -828,6 +875,10 @@ impl Node {
                     // `/api/verve/windows` lists it too.
                     self.metrics.status.record(&self.metrics, start, count);
                     self.known_reported(i, count);
+                    if self.records.is_some() {
+                        let end_ms = self.windows[i].end_ms;
+                        self.watched_records.push_back((start, end_ms));
+                    }
                     self.drop_window(i);
                     continue;
                 }
@@ -1084,13 +1135,15 @@ impl Node {
         };
         let start = self.windows[i].window_start;
         let ttl_ms = self.settings.key_ttl().as_millis() as u64;
-        let kept = store::mark_done(
+        let record_lease = self.records.is_some().then_some(LEASE.as_millis() as u64);
+        let kept = store::mark_done_with_record(
             redis.con(),
             &self.settings.keys,
             start,
             &self.settings.instance,
             count,
             ttl_ms,
+            record_lease,
         )?;
         if !kept {
             // Kept until the mark is seen: this instance marks it once it leads it again, or
@@ -1103,8 +1156,117 @@ impl Node {
             return Ok(false);
         }
         self.known_reported(i, count);
+        if self.records.is_some() {
+            self.owned_records.push((start, self.windows[i].end_ms));
+        }
         self.drop_window(i);
         Ok(true)
+    }
+
+    /// Kafka record hand-overs (see [`RecordHandoff`]): records the broker acknowledged are
+    /// forgotten in Redis; those this instance owns are renewed; those of windows reported
+    /// by others whose owner is gone are taken over and produced here. A window's trouble
+    /// with its keys costs that record alone (logged); `Err` is an outage.
+    fn tend_records(&mut self) -> anyhow::Result<()> {
+        let (Some(records), Some(redis)) = (self.records.as_mut(), self.redis.as_mut()) else {
+            return Ok(());
+        };
+        let con = redis.con();
+        let keys = &self.settings.keys;
+        let instance = self.settings.instance.as_str();
+        let lease_ms = LEASE.as_millis() as u64;
+        let now = self.clock.now_ms();
+        let ttl = self.settings.key_ttl().as_millis() as u64;
+        let outage = |e: store::Error, start: u64| -> anyhow::Result<()> {
+            match failure(e) {
+                Failure::Outage(e) => Err(e),
+                Failure::Keys(why) => {
+                    log::warn!(
+                        "window {}: its Kafka record hand-over: {why}",
+                        rfc3339_secs(start)
+                    );
+                    Ok(())
+                }
+            }
+        };
+        for start in records.acknowledged() {
+            if let Err(e) = store::record_acknowledged(con, keys, start) {
+                outage(e, start)?;
+            }
+            self.owned_records.retain(|&(w, _)| w != start);
+            self.watched_records.retain(|&(w, _)| w != start);
+        }
+        self.owned_records.retain(|&(_, end)| now <= end + ttl);
+        self.watched_records.retain(|&(_, end)| now <= end + ttl);
+        let mut keep = Vec::with_capacity(self.owned_records.len());
+        for &(start, end) in &self.owned_records {
+            match store::claim_record(con, keys, start, instance, lease_ms) {
+                Ok(store::RecordClaim::Mine | store::RecordClaim::Taken(_)) => {
+                    keep.push((start, end))
+                }
+                // Taken over by another instance (this one stalled), or acknowledged.
+                Ok(store::RecordClaim::Held | store::RecordClaim::Gone) => {}
+                Err(e) => {
+                    keep.push((start, end));
+                    outage(e, start)?;
+                }
+            }
+        }
+        self.owned_records = keep;
+        let mut i = 0;
+        while i < self.watched_records.len() {
+            let (start, end) = self.watched_records[i];
+            match store::claim_record(con, keys, start, instance, lease_ms) {
+                Ok(store::RecordClaim::Held) => i += 1,
+                Ok(store::RecordClaim::Gone) => {
+                    self.watched_records.remove(i);
+                }
+                Ok(store::RecordClaim::Mine) => {
+                    self.watched_records.remove(i);
+                    self.owned_records.push((start, end));
+                }
+                Ok(store::RecordClaim::Taken(count)) => {
+                    log::warn!(
+                        "window {}: its leader went before the Kafka broker acknowledged its \
+                         record; producing it here (count {count})",
+                        rfc3339_secs(start)
+                    );
+                    records.produce(start, count);
+                    self.watched_records.remove(i);
+                    self.owned_records.push((start, end));
+                }
+                Err(e) => {
+                    i += 1;
+                    outage(e, start)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown, once the producer has finished: what it acknowledged is forgotten in
+    /// Redis, and the records it still held are given up, so that a running instance takes
+    /// them over at once rather than after [`LEASE`].
+    fn hand_over_records(&mut self) {
+        let (Some(records), Some(redis)) = (self.records.as_mut(), self.redis.as_mut()) else {
+            return;
+        };
+        records.finished();
+        let acknowledged = records.acknowledged();
+        let con = redis.con();
+        for start in acknowledged {
+            let _ = store::record_acknowledged(con, &self.settings.keys, start);
+            self.owned_records.retain(|&(w, _)| w != start);
+        }
+        for &(start, _) in &self.owned_records {
+            let _ = store::release_record(con, &self.settings.keys, start, &self.settings.instance);
+            log::warn!(
+                "window {}: its Kafka record was not acknowledged before this instance stopped; \
+                 left to the other instances",
+                rfc3339_secs(start)
+            );
+        }
+        self.owned_records.clear();
     }
 
     fn drop_window(&mut self, i: usize) {
@@ -1245,6 +1407,7 @@ impl Node {
         }
         self.publish_backlog();
         self.reporter.finish(deadline);
+        self.hand_over_records();
     }
 }
 

@@ -12,6 +12,8 @@
 //! | `P:{wS}:lease` | string | the instance leading the window, with an expiry |
 //! | `P:{wS}:frozen` | string | the leader that began its final read: later shipments are refused |
 //! | `P:{wS}:done` | string | the window's global count, once reported |
+//! | `P:{wS}:record` | string | the count of the window's Kafka record, until the broker acknowledged it |
+//! | `P:{wS}:record-owner` | string | the instance whose producer holds that record, with an expiry it renews |
 //! | `P:live` | sorted set | instance -> Redis's time (`TIME`, ms) at its last heartbeat |
 //! | `P:interval` | string | the deployment's `--interval`, refreshed by every heartbeat |
 //!
@@ -146,6 +148,14 @@ impl Keys {
 
     pub fn done(&self, window_start: u64) -> String {
         self.window(window_start, "done")
+    }
+
+    pub fn record(&self, window_start: u64) -> String {
+        self.window(window_start, "record")
+    }
+
+    pub fn record_owner(&self, window_start: u64) -> String {
+        self.window(window_start, "record-owner")
     }
 
     /// Every key of the window, as a `SCAN`/`KEYS` pattern: for messages.
@@ -420,6 +430,10 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[6], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[4])
+end
 return 1
 ";
 
@@ -434,17 +448,127 @@ pub fn mark_done(
     count: u64,
     ttl_ms: u64,
 ) -> Result<bool> {
+    mark_done_with_record(con, keys, window_start, instance, count, ttl_ms, None)
+}
+
+/// [`mark_done`], and with `record_lease_ms`, in the same step: the window's Kafka record is
+/// pending (`record`), held by `instance`'s producer (`record-owner`, for that long unless
+/// renewed, see [`claim_record`]). If the instance dies or stops before the broker
+/// acknowledged the record, another instance takes the record over and produces it.
+pub fn mark_done_with_record(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    instance: &str,
+    count: u64,
+    ttl_ms: u64,
+    record_lease_ms: Option<u64>,
+) -> Result<bool> {
     let marked: i64 = redis::Script::new(MARK_DONE)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
         .key(keys.ids(window_start))
         .key(keys.endpoints(window_start))
         .key(keys.frozen(window_start))
+        .key(keys.record(window_start))
+        .key(keys.record_owner(window_start))
         .arg(instance)
         .arg(count)
         .arg(ttl_ms)
+        .arg(record_lease_ms.map(|ms| ms.to_string()).unwrap_or_default())
         .invoke(con)?;
     Ok(marked == 1)
+}
+
+/// Where a window's pending Kafka record stands for one instance claiming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordClaim {
+    /// No record pending: acknowledged (or the window was reported without Kafka).
+    Gone,
+    /// Its owner had stopped renewing it: this instance now owns it and must produce it,
+    /// with this count.
+    Taken(u64),
+    /// This instance owns it (renewed).
+    Mine,
+    /// Another instance owns it.
+    Held,
+}
+
+/// Claims (or renews) the ownership of a window's pending record, in one step.
+const CLAIM_RECORD: &str = r"
+local count = redis.call('GET', KEYS[1])
+if not count then
+  return {'gone'}
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {'mine'}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'taken', string.sub(count, 1, 21)}
+end
+return {'held'}
+";
+
+/// Claims the window's pending Kafka record for `instance` for `lease_ms`, or renews its
+/// claim (see [`RecordClaim`]). A record count that is not a count is [`Error::Malformed`].
+pub fn claim_record(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    instance: &str,
+    lease_ms: u64,
+) -> Result<RecordClaim> {
+    let answer: Vec<Vec<u8>> = redis::Script::new(CLAIM_RECORD)
+        .key(keys.record(window_start))
+        .key(keys.record_owner(window_start))
+        .arg(instance)
+        .arg(lease_ms)
+        .invoke(con)?;
+    match answer.first().map(Vec::as_slice) {
+        Some(b"gone") => Ok(RecordClaim::Gone),
+        Some(b"mine") => Ok(RecordClaim::Mine),
+        Some(b"taken") => answer
+            .get(1)
+            .and_then(|c| parse_count(c))
+            .map(RecordClaim::Taken)
+            .ok_or_else(|| malformed(keys.record(window_start), "is not a count")),
+        _ => Ok(RecordClaim::Held),
+    }
+}
+
+/// Forgets a window's pending record, whoever owns it: the broker acknowledged it.
+const RECORD_ACKNOWLEDGED: &str = r"
+return redis.call('DEL', KEYS[1], KEYS[2])
+";
+
+/// The broker acknowledged the window's record (produced by `instance`): nobody needs to
+/// produce it again.
+pub fn record_acknowledged(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+) -> Result<()> {
+    redis::Script::new(RECORD_ACKNOWLEDGED)
+        .key(keys.record(window_start))
+        .key(keys.record_owner(window_start))
+        .invoke::<i64>(con)?;
+    Ok(())
+}
+
+/// Gives up the ownership of a window's pending record (this instance stops with it not
+/// acknowledged), so that another instance takes it over at once.
+pub fn release_record(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    instance: &str,
+) -> Result<()> {
+    redis::Script::new(RELEASE)
+        .key(keys.record_owner(window_start))
+        .arg(instance)
+        .invoke::<i64>(con)?;
+    Ok(())
 }
 
 /// Writes a window's `done` mark again, with the global `count` it was reported with, unless
