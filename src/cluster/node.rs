@@ -119,6 +119,16 @@ pub trait RecordHandoff: Send {
     fn finished(&mut self) {}
 }
 
+impl RecordHandoff for crate::report::kafka::Handoff {
+    fn produce(&mut self, window_start: u64, count: u64) {
+        crate::report::kafka::Handoff::produce(self, window_start, count);
+    }
+
+    fn acknowledged(&mut self) -> Vec<u64> {
+        crate::report::kafka::Handoff::acknowledged(self)
+    }
+}
+
 /// What [`ClusterSink::start_with`] adds to [`ClusterSink::start`].
 pub struct Extras {
     /// How the leader counts a window's shipments: [`count_union`], or in tests a count
