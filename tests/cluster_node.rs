@@ -880,6 +880,14 @@ fn a_count_longer_than_the_lease_keeps_the_lease_and_the_heartbeat() {
     let mut con = redis.connect();
     let leader = leader_of(&mut con, &keys, start).expect("a leader");
     let beat = heartbeat_of(&mut con, &keys, &leader).unwrap();
+    // The leader's open window is shipped meanwhile too: a hard crash of the leader during
+    // a long count loses no more than of any instance.
+    let next = Windows::new(INTERVAL_SECS).start_secs(w + 1);
+    let busy = if leader == "a" { &a } else { &b };
+    busy.record(w + 1, 1_000..1_010, None);
+    wait_until("the leader's open window shipped during the count", || {
+        (store::shipments(&mut con, &keys, next).unwrap() > 0).then_some(())
+    });
     // Longer than the lease and the heartbeats' time to live.
     let held = Instant::now();
     let mut renewals = 0;

@@ -429,6 +429,77 @@ fn ship_window(
     Ok(Shipped::Stored)
 }
 
+/// What shipping the open window takes, borrowed from the [`Node`] field by field: the
+/// leader's long read and count ship it too, so that a hard crash of the leader still loses
+/// at most [`SHIP_EVERY`] of ids.
+struct OpenWindow<'a> {
+    settings: &'a Settings,
+    shards: &'a Shards,
+    clock: &'a dyn Clock,
+    metrics: &'a Metrics,
+    generation: u64,
+    /// [`Node::open_shipped`].
+    shipped: &'a mut Option<(u64, u64)>,
+    late_warned: &'a mut Option<u64>,
+    drain_warned: &'a mut Option<u64>,
+}
+
+impl OpenWindow<'_> {
+    /// Drains the open window's new ids from the shards and ships them. `Err` is an outage.
+    fn ship(&mut self, con: &mut dyn redis::ConnectionLike) -> store::Result<()> {
+        // The open window: the clock's, or a later one still open if the clock stepped back.
+        let window = self
+            .shards
+            .open_window(self.settings.windows.index_of(self.clock.now_ms()));
+        let everything = *self.shipped != Some((window, self.generation));
+        let Some(drained) = self.shards.drain(window, everything) else {
+            return Ok(());
+        };
+        if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
+            let start = self.settings.windows.start_secs(window);
+            let shipped = ship_window(
+                con,
+                &self.settings.keys,
+                self.metrics,
+                &self.settings.instance,
+                start,
+                &drained.ids,
+                &drained.endpoints,
+                false,
+                self.settings.key_ttl().as_millis() as u64,
+            );
+            match shipped {
+                Ok(Shipped::Stored) => {}
+                Ok(Shipped::TooLate) => {
+                    if *self.late_warned != Some(start) {
+                        *self.late_warned = Some(start);
+                        late(self.metrics, start, drained.ids.len());
+                    }
+                }
+                Err(store::Error::Redis(e)) if conn::is_outage(&e) => return Err(e.into()),
+                Err(e) => {
+                    // The drained ids are not shipped: the next drain and the window's last
+                    // shipment carry everything again.
+                    *self.shipped = None;
+                    self.metrics.redis_errors.fetch_add(1, Relaxed);
+                    if *self.drain_warned != Some(window) {
+                        *self.drain_warned = Some(window);
+                        log::warn!(
+                            "window {}: shipping the open window's ids failed ({}); the \
+                             window's last shipment tries again with all of them",
+                            rfc3339_secs(start),
+                            one_line(&e.to_string())
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        *self.shipped = Some((window, self.generation));
+        Ok(())
+    }
+}
+
 impl Node {
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
@@ -800,58 +871,20 @@ impl Node {
 
     /// Drains the open window's new ids from the shards and ships them.
     fn ship_open_window(&mut self) -> anyhow::Result<()> {
-        // The open window: the clock's, or a later one still open if the clock stepped back.
-        let window = self
-            .shards
-            .open_window(self.settings.windows.index_of(self.clock.now_ms()));
-        let everything = self.open_shipped != Some((window, self.generation));
-        let Some(drained) = self.shards.drain(window, everything) else {
-            return Ok(());
-        };
         let Some(redis) = self.redis.as_mut() else {
             return Ok(());
         };
-        if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
-            let start = self.settings.windows.start_secs(window);
-            let shipped = ship_window(
-                redis.con(),
-                &self.settings.keys,
-                &self.metrics,
-                &self.settings.instance,
-                start,
-                &drained.ids,
-                &drained.endpoints,
-                false,
-                self.settings.key_ttl().as_millis() as u64,
-            );
-            match shipped.map_err(failure) {
-                Ok(Shipped::Stored) => {}
-                Ok(Shipped::TooLate) => {
-                    if self.late_warned != Some(start) {
-                        self.late_warned = Some(start);
-                        late(&self.metrics, start, drained.ids.len());
-                    }
-                }
-                Err(Failure::Outage(e)) => return Err(e),
-                Err(Failure::Keys(why)) => {
-                    // The drained ids are not shipped: the next drain and the window's last
-                    // shipment carry everything again.
-                    self.open_shipped = None;
-                    self.metrics.redis_errors.fetch_add(1, Relaxed);
-                    if self.drain_warned != Some(window) {
-                        self.drain_warned = Some(window);
-                        log::warn!(
-                            "window {}: shipping the open window's ids failed ({why}); the \
-                             window's last shipment tries again with all of them",
-                            rfc3339_secs(start)
-                        );
-                    }
-                    return Ok(());
-                }
-            }
-        }
-        self.open_shipped = Some((window, self.generation));
-        Ok(())
+        let mut open = OpenWindow {
+            settings: &self.settings,
+            shards: &self.shards,
+            clock: &*self.clock,
+            metrics: &self.metrics,
+            generation: self.generation,
+            shipped: &mut self.open_shipped,
+            late_warned: &mut self.late_warned,
+            drain_warned: &mut self.drain_warned,
+        };
+        Ok(open.ship(redis.con())?)
     }
 
     /// Asks to lead each shipped window and reports those it leads that are ready.
@@ -1048,8 +1081,20 @@ impl Node {
         // heartbeat stay fresh meanwhile. An instance that has left the live set (stopping)
         // does not heartbeat: it would put itself back, and take itself for another live
         // instance to leave its next window to (`hand_over`).
+        // So does the shipping of the open window (not when stopping: it is sealed then).
         let mut last = Instant::now();
         let left = self.left;
+        let mut open = OpenWindow {
+            settings: &self.settings,
+            shards: &self.shards,
+            clock: &*self.clock,
+            metrics: &self.metrics,
+            generation: self.generation,
+            shipped: &mut self.open_shipped,
+            late_warned: &mut self.late_warned,
+            drain_warned: &mut self.drain_warned,
+        };
+        let next_drain = &mut self.next_drain;
         let mut between = |con: &mut dyn redis::ConnectionLike| -> store::Result<bool> {
             if last.elapsed() < HEARTBEAT_EVERY {
                 return Ok(true);
@@ -1062,6 +1107,10 @@ impl Node {
                     if conn::is_outage(&e) {
                         return Err(e.into());
                     }
+                }
+                if last >= *next_drain {
+                    *next_drain = last + SHIP_EVERY;
+                    open.ship(con)?;
                 }
             }
             store::renew(con, keys, start, instance, LEASE.as_millis() as u64)
