@@ -11,7 +11,9 @@
 //! 3. every [`SHIP_EVERY`], drains the open window's new ids from the shards and ships them,
 //!    which bounds what a hard crash loses to that interval;
 //! 4. ships the last part of each sealed window, oldest first;
-//! 5. asks to lead each shipped window; the leader reports it once it is ready (see
+//! 5. with Kafka, tends the records of reported windows that the broker has not acknowledged
+//!    yet (see [`RecordHandoff`]): renews its own, takes over those whose owner is gone;
+//! 6. asks to lead each shipped window; the leader reports it once it is ready (see
 //!    `Node::ready`): it freezes the window, reads every shipment, checks the endpoints,
 //!    writes the count line, then marks the window done. An instance that finds a window
 //!    done by another leader hands that count to the history of reported windows
@@ -113,10 +115,6 @@ pub trait RecordHandoff: Send {
     /// The windows whose record (from this instance's reports, or produced through
     /// [`RecordHandoff::produce`]) the broker acknowledged since the last call.
     fn acknowledged(&mut self) -> Vec<u64>;
-
-    /// Shutdown: the producer has finished (its `finish` returned); records not
-    /// acknowledged by now never will be by this instance.
-    fn finished(&mut self) {}
 }
 
 impl RecordHandoff for crate::report::kafka::Handoff {
@@ -702,15 +700,15 @@ impl Node {
             self.heartbeat()?;
         }
         self.outage_over();
-        if now >= self.next_records {
-            self.next_records = now + HEARTBEAT_EVERY;
-            self.tend_records()?;
-        }
         if !stopping && now >= self.next_drain {
             self.next_drain = now + SHIP_EVERY;
             self.ship_open_window()?;
         }
         self.ship_sealed_windows(now)?;
+        if now >= self.next_records {
+            self.next_records = now + HEARTBEAT_EVERY;
+            self.tend_records()?;
+        }
         if stopping {
             self.leave_once_shipped()?;
         }
@@ -1310,7 +1308,6 @@ impl Node {
         let (Some(records), Some(redis)) = (self.records.as_mut(), self.redis.as_mut()) else {
             return;
         };
-        records.finished();
         let acknowledged = records.acknowledged();
         let con = redis.con();
         for start in acknowledged {
