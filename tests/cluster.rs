@@ -680,8 +680,18 @@ fn a_redis_user_with_only_the_prefix_and_the_commands_verve_needs_is_enough() {
 
 #[test]
 fn a_record_its_leader_could_not_deliver_before_it_was_killed_is_produced_by_another() {
-    // The broker is frozen while a window is reported; its leader is killed with the record
-    // still waiting for the broker. Once the broker is back, the other instance produces it.
+    leader_gone_before_the_broker_acknowledged(libc::SIGKILL);
+}
+
+#[test]
+fn a_record_its_leader_could_not_deliver_before_it_stopped_is_produced_by_another() {
+    leader_gone_before_the_broker_acknowledged(libc::SIGTERM);
+}
+
+/// The broker is frozen while a window is reported; its leader goes (`signal`) with the
+/// record still waiting for the broker. Once the broker is back, the other instance
+/// produces it.
+fn leader_gone_before_the_broker_acknowledged(signal: i32) {
     let redis = Redis::start();
     let mut broker = common::kafka_broker::Broker::start();
     let bootstrap = broker.bootstrap();
@@ -705,7 +715,7 @@ fn a_record_its_leader_could_not_deliver_before_it_was_killed_is_produced_by_ano
     assert_eq!(lines[0].1.unique_count, expected);
     let leader = lines[0].0;
     assert!(!common::kafka_log::delivered(&servers[leader]).contains(&w));
-    servers[leader].signal(libc::SIGKILL);
+    servers[leader].signal(signal);
     servers[leader].wait_exit();
     let killed = servers.remove(leader);
     broker.thaw();
@@ -724,5 +734,12 @@ fn a_record_its_leader_could_not_deliver_before_it_was_killed_is_produced_by_ano
         verve::report::kafka::value(w, expected),
     );
     assert!(records.contains(&record), "{records:?}");
+    if signal == libc::SIGTERM {
+        assert!(
+            killed.log().contains("left to the other instances"),
+            "{}",
+            killed.log()
+        );
+    }
     drop(killed);
 }
