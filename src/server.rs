@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use crate::budget::IdMemory;
 use crate::clock::{Clock, Windows};
-use crate::cluster::node::{ClusterSink, Settings};
+use crate::cluster::node::{ClusterSink, Extras, RecordHandoff, Settings};
 use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
@@ -126,6 +126,7 @@ impl Server {
             ));
         }
         reporters = reporters.with(callbacks);
+        let mut handoff = None;
         if let Some(brokers) = &config.kafka_brokers {
             let settings = kafka::Settings {
                 brokers: brokers.clone(),
@@ -138,7 +139,10 @@ impl Server {
             for warning in settings.warnings() {
                 log::warn!("kafka: {warning}");
             }
-            reporters = reporters.with(Kafka::start(settings, metrics.clone(), &health)?);
+            let kafka = Kafka::start(settings, metrics.clone(), &health)?;
+            // Cluster mode: a record its leader could not deliver is produced by another.
+            handoff = Some(kafka.handoff());
+            reporters = reporters.with(kafka);
         }
         let addr = listener
             .local_addr()
@@ -176,13 +180,18 @@ impl Server {
                     settings.grace,
                     settings.backlog
                 );
-                let sink = ClusterSink::start(
+                let extras = Extras {
+                    records: handoff.map(|h| Box::new(h) as Box<dyn RecordHandoff>),
+                    ..Extras::default()
+                };
+                let sink = ClusterSink::start_with(
                     settings,
                     shards.clone(),
                     clock.clone(),
                     Box::new(reporters),
                     metrics.clone(),
                     &health,
+                    extras,
                 )
                 .context("starting the cluster thread")?;
                 Box::new(sink)

@@ -626,6 +626,7 @@ const ACL_COMMANDS: &[&str] = &[
     "+zrem",
     "+zrangebyscore",
     "+zremrangebyscore",
+    "+time",
 ];
 
 #[test]
@@ -675,4 +676,70 @@ fn a_redis_user_with_only_the_prefix_and_the_commands_verve_needs_is_enough() {
         // The password is never shown.
         assert!(!s.stderr().contains("s3cret") && !s.log().contains("s3cret"));
     }
+}
+
+#[test]
+fn a_record_its_leader_could_not_deliver_before_it_was_killed_is_produced_by_another() {
+    leader_gone_before_the_broker_acknowledged(libc::SIGKILL);
+}
+
+#[test]
+fn a_record_its_leader_could_not_deliver_before_it_stopped_is_produced_by_another() {
+    leader_gone_before_the_broker_acknowledged(libc::SIGTERM);
+}
+
+/// The broker is frozen while a window is reported; its leader goes (`signal`) with the
+/// record still waiting for the broker. Once the broker is back, the other instance
+/// produces it.
+fn leader_gone_before_the_broker_acknowledged(signal: i32) {
+    let redis = Redis::start();
+    let mut broker = common::kafka_broker::Broker::start();
+    let bootstrap = broker.bootstrap();
+    let extra = ["--cluster-grace", "1", "--kafka-brokers", &bootstrap];
+    let mut servers = instances(&redis.url, 2, &extra);
+    wait_until("a first record delivered", || {
+        servers
+            .iter()
+            .any(|s| !common::kafka_log::delivered(s).is_empty())
+            .then_some(())
+    });
+    broker.freeze();
+    let (w, expected) = in_one_window(|attempt| {
+        let base = 77_000_000 * (attempt as i64 + 1);
+        send(&servers[0], base..base + 30, None);
+        send(&servers[1], base + 20..base + 50, None);
+        50u64
+    });
+    let lines = reported(&servers, w);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].1.unique_count, expected);
+    let leader = lines[0].0;
+    assert!(!common::kafka_log::delivered(&servers[leader]).contains(&w));
+    servers[leader].signal(signal);
+    servers[leader].wait_exit();
+    let killed = servers.remove(leader);
+    broker.thaw();
+    let other = &servers[0];
+    wait_until("the other instance to deliver the window's record", || {
+        common::kafka_log::delivered(other)
+            .contains(&w)
+            .then_some(())
+    });
+    assert!(other.log().contains("producing it here"), "{}", other.log());
+    let acknowledged =
+        common::kafka_log::delivered(other).len() + common::kafka_log::delivered(&killed).len();
+    let records = broker.read_topic("unique-requests", acknowledged);
+    let record = (
+        verve::report::kafka::key(w),
+        verve::report::kafka::value(w, expected),
+    );
+    assert!(records.contains(&record), "{records:?}");
+    if signal == libc::SIGTERM {
+        assert!(
+            killed.log().contains("left to the other instances"),
+            "{}",
+            killed.log()
+        );
+    }
+    drop(killed);
 }

@@ -7,18 +7,21 @@
 mod common;
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, Once};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
 
-use common::redis_servers::Redis;
+use common::redis_servers::{Cut, Proxy, Redis};
 use common::wait_until;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use verve::clock::{rfc3339_secs, ManualClock, Windows};
 use verve::cluster::conn::Target;
-use verve::cluster::merge::count_of_shipments_pausing;
-use verve::cluster::node::{ClusterSink, Settings, WINDOW_TRIES};
+use verve::cluster::merge::{count_of_shipments_pausing, Counter};
+use verve::cluster::node::{
+    ClusterSink, Extras, RecordHandoff, Settings, LEASE, LIVE_TTL, WINDOW_TRIES,
+};
 use verve::cluster::store::{self, Keys, Lead};
 use verve::endpoints::EndpointPolicy;
+use verve::ids::{count_union, IdSet};
 use verve::metrics::Metrics;
 use verve::report::{Reporter, Scope, WindowReport};
 use verve::shards::Shards;
@@ -73,12 +76,123 @@ fn logged(parts: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// The reports the cluster thread makes, handed to the test.
-struct Recorder(Sender<WindowReport>);
+/// The reports the cluster thread makes, handed to the test; `then` is cut on the cluster
+/// thread with each one, before the thread goes on (to cut its Redis link between the count
+/// line and the `done` mark).
+struct Recorder {
+    tx: Sender<WindowReport>,
+    then: Option<Cut>,
+}
 
 impl Reporter for Recorder {
     fn report(&mut self, report: &WindowReport) {
-        let _ = self.0.send(report.clone());
+        // Cut before the test hears of the report: it may restore the link at once.
+        if let Some(cut) = &self.then {
+            cut.cut();
+        }
+        let _ = self.tx.send(report.clone());
+    }
+}
+
+/// A leader's count that the test holds up for as long as it wants: while a gate is shut,
+/// every count that reaches it waits there (and says it arrived), then counts as verve does.
+struct Gate {
+    state: Mutex<GateState>,
+    moved: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    shut: bool,
+    /// Counts that reached the gate while it was shut.
+    arrived: u32,
+}
+
+impl Gate {
+    const fn new() -> Gate {
+        Gate {
+            state: Mutex::new(GateState {
+                shut: false,
+                arrived: 0,
+            }),
+            moved: Condvar::new(),
+        }
+    }
+
+    /// Shuts the gate until the guard is dropped (or [`Gate::open`]): a test that fails
+    /// while a count waits here opens it as it unwinds, so the instances can stop.
+    fn shut(&self) -> OpenOnDrop<'_> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).shut = true;
+        OpenOnDrop(self)
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).shut = false;
+        self.moved.notify_all();
+    }
+
+    /// Waits until a count is held at the gate.
+    fn wait_for_a_count(&self) {
+        let deadline = Instant::now() + REPORT_WAIT;
+        let mut state = self.state.lock().unwrap();
+        while state.arrived == 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no count reached the gate");
+            state = self.moved.wait_timeout(state, left).unwrap().0;
+        }
+    }
+
+    fn count(&self, sets: &[IdSet]) -> u64 {
+        let mut state = self.state.lock().unwrap();
+        if state.shut {
+            state.arrived += 1;
+            self.moved.notify_all();
+            while state.shut {
+                state = self.moved.wait(state).unwrap();
+            }
+        }
+        drop(state);
+        count_union(sets)
+    }
+}
+
+/// Opens its gate when dropped.
+struct OpenOnDrop<'a>(&'a Gate);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// One gate per test that needs one (tests run in parallel), each with its counter.
+static GATES: [Gate; 4] = [Gate::new(), Gate::new(), Gate::new(), Gate::new()];
+
+fn gated<const N: usize>(sets: &[IdSet]) -> u64 {
+    GATES[N].count(sets)
+}
+
+/// How an [`Instance`] is started, beyond its name and clock.
+struct Options {
+    /// Where it finds Redis: the server's URL, or a [`Proxy`]'s.
+    url: Option<String>,
+    grace: Duration,
+    counter: Counter,
+    /// Cut after each report (see [`Recorder`]).
+    cut_after_report: Option<Cut>,
+    /// Its Kafka producer, as far as record hand-overs go.
+    kafka: Option<FakeKafka>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            url: None,
+            grace: GRACE,
+            counter: count_union,
+            cut_after_report: None,
+            kafka: None,
+        }
     }
 }
 
@@ -88,6 +202,7 @@ struct Instance {
     shards: Arc<Shards>,
     clock: Arc<ManualClock>,
     windows: Windows,
+    grace: Duration,
     reports: Receiver<WindowReport>,
     metrics: Arc<Metrics>,
 }
@@ -95,6 +210,16 @@ struct Instance {
 impl Instance {
     /// `name` on `redis` under `prefix`, its clock at `now_ms`.
     fn start(redis: &Redis, prefix: &str, name: &str, now_ms: u64) -> Instance {
+        Instance::start_with(redis, prefix, name, now_ms, Options::default())
+    }
+
+    fn start_with(
+        redis: &Redis,
+        prefix: &str,
+        name: &str,
+        now_ms: u64,
+        options: Options,
+    ) -> Instance {
         capture_logs();
         let windows = Windows::new(INTERVAL_SECS);
         let shards = Arc::new(Shards::new(1, EndpointPolicy::default(), 100));
@@ -102,38 +227,54 @@ impl Instance {
         let metrics = Arc::new(Metrics::new(1));
         let (tx, reports) = unbounded();
         let settings = Settings {
-            target: Target::parse(&redis.url).unwrap(),
+            target: Target::parse(options.url.as_deref().unwrap_or(&redis.url)).unwrap(),
             keys: Keys::new(prefix),
             instance: name.to_string(),
-            grace: GRACE,
+            grace: options.grace,
             backlog: 10,
             windows,
         };
-        let sink = ClusterSink::start(
+        let recorder = Recorder {
+            tx,
+            then: options.cut_after_report,
+        };
+        let extras = Extras {
+            counter: options.counter,
+            records: options.kafka.map(|k| Box::new(k) as Box<dyn RecordHandoff>),
+        };
+        let sink = ClusterSink::start_with(
             settings,
             shards.clone(),
             clock.clone(),
-            Box::new(Recorder(tx)),
+            Box::new(recorder),
             metrics.clone(),
             &verve::health::Health::new(),
+            extras,
         )
         .unwrap();
-        // Connected (it claims the prefix first thing) before the test moves the clock: a
-        // leader trusts the live set only a grace period after it connected.
+        // Connected and heartbeating (or the prefix claimed, where the test spoiled the
+        // live set) before the test moves the clock: a leader trusts the live set only a
+        // grace period after it connected, and the other instances must see this one.
         let mut con = redis.connect();
         let keys = Keys::new(prefix);
         wait_until("the instance to connect", || {
-            redis::cmd("EXISTS")
-                .arg(keys.interval())
-                .query::<bool>(&mut con)
-                .unwrap()
-                .then_some(())
+            let kind: String = redis::cmd("TYPE").arg(keys.live()).query(&mut con).unwrap();
+            let connected = if kind == "zset" || kind == "none" {
+                live_now(&mut con, &keys, name)
+            } else {
+                redis::cmd("EXISTS")
+                    .arg(keys.interval())
+                    .query::<bool>(&mut con)
+                    .unwrap()
+            };
+            connected.then_some(())
         });
         Instance {
             sink,
             shards,
             clock,
             windows,
+            grace: options.grace,
             reports,
             metrics,
         }
@@ -149,7 +290,20 @@ impl Instance {
     /// does at the boundary.
     fn seal(&mut self, window: u64) {
         self.clock
-            .set(self.windows.end_ms(window) + GRACE.as_millis() as u64 + 1);
+            .set(self.windows.end_ms(window) + self.grace.as_millis() as u64 + 1);
+        self.seal_now(window);
+    }
+
+    /// Moves the clock just past `window`'s end and seals it: a leader then waits for the
+    /// other live instances' last shipments (or the grace).
+    fn close(&mut self, window: u64) {
+        self.clock.set(self.windows.end_ms(window) + 1);
+        self.seal_now(window);
+    }
+
+    /// Seals `window` without moving the clock, as the collector does at the boundary (or at
+    /// shutdown, for the open window).
+    fn seal_now(&mut self, window: u64) {
         let sealed = self.shards.seal(window);
         self.sink.accept(SealedWindow {
             window,
@@ -174,6 +328,78 @@ impl Drop for Instance {
         self.sink
             .finish(std::time::Instant::now() + Duration::from_secs(2));
     }
+}
+
+/// Whether `name`'s last heartbeat is in the live set, fresh by Redis's clock.
+fn live_now(con: &mut redis::Connection, keys: &Keys, name: &str) -> bool {
+    let live = store::live(con, keys, LIVE_TTL.as_millis() as u64).unwrap();
+    live.unwrap_or_default().iter().any(|n| n == name)
+}
+
+/// `name`'s heartbeat score (Redis's time at its last heartbeat), if any.
+fn heartbeat_of(con: &mut redis::Connection, keys: &Keys, name: &str) -> Option<u64> {
+    redis::cmd("ZSCORE")
+        .arg(keys.live())
+        .arg(name)
+        .query::<Option<u64>>(con)
+        .unwrap()
+}
+
+/// Waits until window `start`'s lease has been renewed at least once from now on (its time
+/// to live went up between two looks), or the window is done: the leader has then looked at
+/// the window again after the step that took the lease. Returns whether it is done.
+fn renewed_or_done(con: &mut redis::Connection, keys: &Keys, start: u64) -> bool {
+    let mut last = i64::MAX;
+    wait_until("the lease renewed, or the window done", || {
+        let done: bool = redis::cmd("EXISTS")
+            .arg(keys.done(start))
+            .query(con)
+            .unwrap();
+        if done {
+            return Some(true);
+        }
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(keys.lease(start))
+            .query(con)
+            .unwrap();
+        let renewed = ttl > last;
+        last = if ttl > 0 { ttl } else { last };
+        renewed.then_some(false)
+    })
+}
+
+/// The instance holding window `start`'s lease.
+fn leader_of(con: &mut redis::Connection, keys: &Keys, start: u64) -> Option<String> {
+    redis::cmd("GET").arg(keys.lease(start)).query(con).unwrap()
+}
+
+fn done_of(con: &mut redis::Connection, keys: &Keys, start: u64) -> Option<u64> {
+    redis::cmd("GET").arg(keys.done(start)).query(con).unwrap()
+}
+
+/// Whether `i` has recorded window `start` as reported by the cluster (its history).
+fn knows_reported(i: &Instance, start: u64) -> Option<u64> {
+    i.metrics
+        .status
+        .history()
+        .iter()
+        .find(|r| r.window_start == start)
+        .map(|r| r.unique_count)
+}
+
+/// Whether `i` is done with window `start`: it saw the cluster's `done` mark, or reported
+/// the window itself.
+fn past(i: &Instance, start: u64) -> bool {
+    knows_reported(i, start).is_some() || !i.reports.is_empty()
+}
+
+/// Every report the instances have made so far, with the instance's index.
+fn reports_so_far(instances: &[&Instance]) -> Vec<(usize, WindowReport)> {
+    let mut all = Vec::new();
+    for (n, i) in instances.iter().enumerate() {
+        all.extend(i.reports.try_iter().map(|r| (n, r)));
+    }
+    all
 }
 
 /// A window index whose start is `hours` hours after a fixed instant: each test its own, so
@@ -481,4 +707,635 @@ fn an_instance_keeps_off_a_prefix_claimed_for_another_interval_until_it_is_free(
     );
     assert_eq!(logged(&[conflict]).len(), 1, "one outage, logged once");
     assert_eq!(logged(&[&redis.url, "is back after"]).len(), 1);
+}
+
+/// Two instances on `redis`, `a` and `b`, each with its options, their clocks one second
+/// into window `w`.
+fn pair(redis: &Redis, prefix: &str, w: u64, a: Options, b: Options) -> (Instance, Instance) {
+    let at = Windows::new(INTERVAL_SECS).start_ms(w) + 1_000;
+    let a = Instance::start_with(redis, prefix, "a", at, a);
+    let b = Instance::start_with(redis, prefix, "b", at, b);
+    (a, b)
+}
+
+/// Ids in both instances' shipments of `w`, and more than one shipment (the count then runs
+/// on its helper thread): each instance's first drain is waited for before its other ids.
+fn fill(redis: &Redis, keys: &Keys, w: u64, a: &Instance, b: &Instance) -> u64 {
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let mut con = redis.connect();
+    a.record(w, 0..10, None);
+    b.record(w, 5..20, None);
+    wait_until("both instances' first drains in Redis", || {
+        (store::shipments(&mut con, keys, start).unwrap() >= 2).then_some(())
+    });
+    a.record(w, 20..25, None);
+    b.record(w, 25..30, None);
+    30
+}
+
+#[test]
+fn a_window_frozen_when_every_link_to_redis_drops_is_still_reported_once() {
+    // The leader froze the window and read it; then every instance lost Redis (it stalled,
+    // failed over, the network went) before the `done` mark. Back, each one's whole
+    // re-shipment is refused (the window is frozen): the window must stay with them until
+    // one of them reports it.
+    let redis = Redis::start();
+    let (pa, pb) = (Proxy::start(&redis), Proxy::start(&redis));
+    let prefix = "frozen";
+    let keys = Keys::new(prefix);
+    let w = window_at(11);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let gate = &GATES[0];
+    let options = |proxy: &Proxy| Options {
+        url: Some(proxy.url.clone()),
+        counter: gated::<0>,
+        ..Options::default()
+    };
+    let (mut a, mut b) = pair(&redis, prefix, w, options(&pa), options(&pb));
+    let expected = fill(&redis, &keys, w, &a, &b);
+    let _open = gate.shut();
+    a.close(w);
+    b.close(w);
+    gate.wait_for_a_count();
+    let mut con = redis.connect();
+    assert!(redis::cmd("EXISTS")
+        .arg(keys.frozen(start))
+        .query::<bool>(&mut con)
+        .unwrap());
+    let shipments = |i: &Instance| i.metrics.cluster_shipments.load(Relaxed);
+    let errors = |i: &Instance| i.metrics.redis_errors.load(Relaxed);
+    let before = (shipments(&a), shipments(&b));
+    let errors_before = (errors(&a), errors(&b));
+    pa.switch().cut();
+    pb.switch().cut();
+    gate.open();
+    // Both notice, and are back: each re-ships the window whole, and is refused.
+    wait_until("both instances to lose Redis", || {
+        (errors(&a) > errors_before.0 && errors(&b) > errors_before.1).then_some(())
+    });
+    pa.switch().restore();
+    pb.switch().restore();
+    wait_until("both whole re-shipments", || {
+        (shipments(&a) > before.0 && shipments(&b) > before.1).then_some(())
+    });
+    let early = reports_so_far(&[&a, &b]);
+    assert!(
+        early.is_empty(),
+        "{early:?} {:#?}",
+        logged(&[&rfc3339_secs(start)])
+    );
+    // A leader trusts the live set a grace period after it is back.
+    a.clock.advance(GRACE + Duration::from_secs(1));
+    b.clock.advance(GRACE + Duration::from_secs(1));
+    let done = wait_until("the window done", || done_of(&mut con, &keys, start));
+    assert_eq!(done, expected);
+    wait_until("both instances past the window", || {
+        (past(&a, start) && past(&b, start)).then_some(())
+    });
+    let reports = reports_so_far(&[&a, &b]);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0].1;
+    assert_eq!(
+        (report.window_start, report.unique_count, report.scope),
+        (start, expected, Scope::Global)
+    );
+}
+
+#[test]
+fn a_leader_cut_off_between_its_count_line_and_the_done_mark_marks_it_once_back() {
+    // The leader writes the count line, then loses Redis before the `done` mark. Back, its
+    // re-shipment is refused (frozen): it must still mark the window done, so that the
+    // other instance does not report it a second time once the lease runs out.
+    let redis = Redis::start();
+    let pa = Proxy::start(&redis);
+    let prefix = "unmarked";
+    let keys = Keys::new(prefix);
+    let w = window_at(12);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let a_options = Options {
+        url: Some(pa.url.clone()),
+        cut_after_report: Some(pa.switch()),
+        ..Options::default()
+    };
+    let (mut a, mut b) = pair(&redis, prefix, w, a_options, Options::default());
+    let expected = fill(&redis, &keys, w, &a, &b);
+    let mut con = redis.connect();
+    // a seals first, at the window's end: it takes the lease and waits for b, which is live.
+    a.clock.set(windows.end_ms(w) + 1);
+    a.seal_now(w);
+    wait_until("a to lead", || {
+        (leader_of(&mut con, &keys, start).as_deref() == Some("a")).then_some(())
+    });
+    b.clock.set(windows.end_ms(w) + 1);
+    b.seal_now(w);
+    let report = a.next_report();
+    assert_eq!(
+        (report.window_start, report.unique_count, report.scope),
+        (start, expected, Scope::Global)
+    );
+    assert_eq!(
+        done_of(&mut con, &keys, start),
+        None,
+        "cut off before the mark"
+    );
+    pa.switch().restore();
+    let done = wait_until("the window done", || done_of(&mut con, &keys, start));
+    assert_eq!(done, expected);
+    wait_until("b past the window", || past(&b, start).then_some(()));
+    let reports = reports_so_far(&[&a, &b]);
+    assert!(
+        reports.is_empty(),
+        "a second count line: {reports:?} {:#?}",
+        logged(&[&rfc3339_secs(start)])
+    );
+    assert!(
+        logged(&[&rfc3339_secs(start), "may report it too"]).is_empty(),
+        "{:?}",
+        logged(&[&rfc3339_secs(start)])
+    );
+}
+
+#[test]
+fn a_count_longer_than_the_lease_keeps_the_lease_and_the_heartbeat() {
+    // The count of a window's shipments can outlast the lease (a hundred million ids): the
+    // leader renews it and heartbeats all along, so no other instance takes the window over
+    // or takes the leader for dead.
+    let redis = Redis::start();
+    let prefix = "longcount";
+    let keys = Keys::new(prefix);
+    let w = window_at(13);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let gate = &GATES[1];
+    let options = || Options {
+        counter: gated::<1>,
+        ..Options::default()
+    };
+    let (mut a, mut b) = pair(&redis, prefix, w, options(), options());
+    let expected = fill(&redis, &keys, w, &a, &b);
+    let _open = gate.shut();
+    a.close(w);
+    b.close(w);
+    gate.wait_for_a_count();
+    let mut con = redis.connect();
+    let leader = leader_of(&mut con, &keys, start).expect("a leader");
+    let beat = heartbeat_of(&mut con, &keys, &leader).unwrap();
+    // The leader's open window is shipped meanwhile too: a hard crash of the leader during
+    // a long count loses no more than of any instance.
+    let next = Windows::new(INTERVAL_SECS).start_secs(w + 1);
+    let busy = if leader == "a" { &a } else { &b };
+    busy.record(w + 1, 1_000..1_010, None);
+    wait_until("the leader's open window shipped during the count", || {
+        (store::shipments(&mut con, &keys, next).unwrap() > 0).then_some(())
+    });
+    // Longer than the lease and the heartbeats' time to live.
+    let held = Instant::now();
+    let mut renewals = 0;
+    while held.elapsed() < LEASE + Duration::from_secs(1) {
+        assert!(
+            !renewed_or_done(&mut con, &keys, start),
+            "done while counting"
+        );
+        renewals += 1;
+        assert_eq!(leader_of(&mut con, &keys, start).as_deref(), Some(&*leader));
+        assert!(live_now(&mut con, &keys, &leader), "{leader} looks dead");
+    }
+    assert!(renewals >= 5, "{renewals} renewals");
+    assert!(heartbeat_of(&mut con, &keys, &leader).unwrap() > beat);
+    let rival = if leader == "a" { "b" } else { "a" };
+    assert_eq!(
+        store::lead(&mut con, &keys, start, rival, 60_000).unwrap(),
+        Lead::Waiting
+    );
+    gate.open();
+    let done = wait_until("the window done", || done_of(&mut con, &keys, start));
+    assert_eq!(done, expected);
+    let reports = reports_so_far(&[&a, &b]);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(
+        (reports[0].1.unique_count, reports[0].1.scope),
+        (expected, Scope::Global)
+    );
+}
+
+#[test]
+fn the_last_instance_reports_every_window_it_holds_at_shutdown() {
+    // At shutdown the last instance holds two windows that are not due yet (as the open
+    // window is, sealed by the shutdown). It leaves the live set, then reports the first:
+    // a read long enough to heartbeat on the way must not put it back in the live set, and
+    // a stray heartbeat of its own there must not pass for another instance to leave the
+    // second window to.
+    let redis = Redis::start();
+    let prefix = "lastone";
+    let keys = Keys::new(prefix);
+    let w = window_at(14);
+    let windows = Windows::new(INTERVAL_SECS);
+    let (start, next) = (windows.start_secs(w), windows.start_secs(w + 1));
+    let gate = &GATES[2];
+    let options = Options {
+        counter: gated::<2>,
+        ..Options::default()
+    };
+    let mut a = Instance::start_with(&redis, prefix, "a", windows.start_ms(w) + 1_000, options);
+    let mut con = redis.connect();
+    a.record(w, 0..10, None);
+    wait_until("a's first drain in Redis", || {
+        (store::shipments(&mut con, &keys, start).unwrap() >= 1).then_some(())
+    });
+    a.record(w, 10..15, None);
+    a.record(w + 1, 100..107, None);
+    // Sealed while a's clock is still in `w`: neither is due yet, as the open window at a
+    // shutdown is not.
+    a.seal_now(w);
+    a.seal_now(w + 1);
+    let _open = gate.shut();
+    // The shutdown, on a thread of its own: its count of `w` waits at the gate meanwhile.
+    let reports = a.reports.clone();
+    let stopper = std::thread::spawn(move || {
+        a.sink.finish(Instant::now() + REPORT_WAIT);
+    });
+    gate.wait_for_a_count();
+    // Long enough for the renewal (and, before, a heartbeat) on the way.
+    assert!(!renewed_or_done(&mut con, &keys, start));
+    assert!(!live_now(&mut con, &keys, "a"), "a heartbeat after leaving");
+    // A heartbeat that got in after it left, all the same.
+    store::heartbeat(&mut con, &keys, "a", LIVE_TTL.as_millis() as u64).unwrap();
+    gate.open();
+    stopper.join().unwrap();
+    let got: Vec<_> = reports
+        .try_iter()
+        .map(|r| (r.window_start, r.unique_count, r.scope))
+        .collect();
+    assert_eq!(
+        got,
+        [(start, 15, Scope::Global), (next, 7, Scope::Global)],
+        "{:?}",
+        logged(&[&rfc3339_secs(next)])
+    );
+}
+
+#[test]
+fn a_clock_ahead_by_less_than_the_grace_takes_no_ids_out_of_the_count() {
+    // a's clock is 6 s ahead of b's, with a grace of 10 s: a closes the window 6 s before
+    // b does, and must wait for b, which is live, rather than take itself for the only
+    // instance left and freeze the window while b still counts ids into it.
+    let redis = Redis::start();
+    let prefix = "skew";
+    let keys = Keys::new(prefix);
+    let w = window_at(15);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let grace = Duration::from_secs(10);
+    let skew = 6_000;
+    let options = || Options {
+        grace,
+        ..Options::default()
+    };
+    let b_at = windows.start_ms(w) + 1_000;
+    let mut a = Instance::start_with(&redis, prefix, "a", b_at + skew, options());
+    let mut b = Instance::start_with(&redis, prefix, "b", b_at, options());
+    a.record(w, 0..300, None);
+    b.record(w, 0..300, None);
+    a.clock.set(windows.end_ms(w) + 1);
+    b.clock.set(windows.end_ms(w) + 1 - skew);
+    a.seal_now(w);
+    let mut con = redis.connect();
+    wait_until("a to lead", || {
+        (leader_of(&mut con, &keys, start).is_some()).then_some(())
+    });
+    assert!(
+        !renewed_or_done(&mut con, &keys, start),
+        "a reported the window while b was still in it: {:?}",
+        a.reports.try_iter().collect::<Vec<_>>()
+    );
+    // b, 54 s into the window by its clock, takes 100 more ids, then closes it.
+    b.record(w, 300..400, None);
+    b.clock.set(windows.end_ms(w) + 1);
+    b.seal_now(w);
+    let report = a.next_report();
+    assert_eq!(
+        (report.window_start, report.unique_count, report.scope),
+        (start, 400, Scope::Global)
+    );
+    wait_until("b past the window", || past(&b, start).then_some(()));
+    assert!(b.reports.is_empty(), "{:?}", b.reports.try_recv());
+    assert_eq!(b.metrics.cluster_late_windows.load(Relaxed), 0);
+    assert_eq!(b.metrics.cluster_local_windows.load(Relaxed), 0);
+}
+
+#[test]
+fn redis_restarted_empty_right_after_a_report_gets_no_second_line() {
+    // a reports the window while b is cut off from Redis; then Redis restarts empty, and
+    // the `done` mark is gone. b, back, must not report the window again with the ids it
+    // re-ships: a, which knows the window was reported, puts the mark back.
+    let mut redis = Redis::start();
+    let pb = Proxy::start(&redis);
+    let prefix = "amnesia";
+    let keys = Keys::new(prefix);
+    let w = window_at(16);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let gate = &GATES[3];
+    let a_options = Options {
+        counter: gated::<3>,
+        ..Options::default()
+    };
+    let b_options = Options {
+        url: Some(pb.url.clone()),
+        ..Options::default()
+    };
+    let (mut a, mut b) = pair(&redis, prefix, w, a_options, b_options);
+    let expected = fill(&redis, &keys, w, &a, &b);
+    let mut con = redis.connect();
+    let _open = gate.shut();
+    a.clock.set(windows.end_ms(w) + 1);
+    a.seal_now(w);
+    wait_until("a to lead", || {
+        (leader_of(&mut con, &keys, start).as_deref() == Some("a")).then_some(())
+    });
+    b.clock.set(windows.end_ms(w) + 1);
+    b.seal_now(w);
+    gate.wait_for_a_count();
+    pb.switch().cut();
+    gate.open();
+    let report = a.next_report();
+    assert_eq!(
+        (report.window_start, report.unique_count, report.scope),
+        (start, expected, Scope::Global)
+    );
+    wait_until("the window done", || done_of(&mut con, &keys, start));
+    redis.stop();
+    redis.restart();
+    let mut con = redis.connect();
+    wait_until("a back on the new Redis", || {
+        live_now(&mut con, &keys, "a").then_some(())
+    });
+    pb.switch().restore();
+    wait_until("b back on the new Redis", || {
+        live_now(&mut con, &keys, "b").then_some(())
+    });
+    // Past the grace a leader waits after it is back.
+    b.clock.advance(GRACE + Duration::from_secs(1));
+    wait_until("b past the window", || past(&b, start).then_some(()));
+    assert!(b.reports.is_empty(), "{:?}", b.reports.try_recv());
+    assert_eq!(knows_reported(&b, start), Some(expected));
+    assert_eq!(done_of(&mut con, &keys, start), Some(expected));
+    assert!(!logged(&[&rfc3339_secs(start), "done mark (count 30) was missing"]).is_empty());
+}
+
+#[test]
+fn a_last_shipment_stored_whose_answer_was_lost_is_not_reported_again_alone() {
+    // b's last shipment reached Redis but its answer was lost with the connection; the
+    // leader froze the window meanwhile. b's shipment again is refused, yet its ids are in
+    // the leader's read: b must wait for the report, not report its ids alone as well.
+    let redis = Redis::start();
+    let prefix = "lostanswer";
+    let keys = Keys::new(prefix);
+    let w = window_at(17);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let mut b = Instance::start(&redis, prefix, "b", windows.start_ms(w) + 1_000);
+    b.record(w, 0..10, None);
+    let mut leader = redis.connect();
+    let ids = verve::cluster::merge::serialize(&IdSet::from_ids(0..10));
+    let shipment = store::Shipment {
+        window_start: start,
+        instance: "b",
+        ids: &ids,
+        endpoints: &[],
+        last: true,
+        ttl_ms: 600_000,
+    };
+    assert_eq!(
+        store::ship(&mut leader, &keys, &shipment).unwrap(),
+        store::Shipped::Stored
+    );
+    assert_eq!(
+        store::lead(&mut leader, &keys, start, "a", 60_000).unwrap(),
+        Lead::Leading
+    );
+    let n = store::freeze(&mut leader, &keys, start, "a", 600_000)
+        .unwrap()
+        .unwrap();
+    // Its last shipment again: refused (frozen, or done by the time it arrives).
+    b.close(w);
+    let (count, _) = count_of_shipments_pausing(&mut leader, &keys, start, n, &mut |_| Ok(true))
+        .unwrap()
+        .unwrap();
+    assert_eq!(count, 10);
+    assert!(store::mark_done(&mut leader, &keys, start, "a", count, 600_000).unwrap());
+    wait_until("b past the window", || past(&b, start).then_some(()));
+    assert!(b.reports.is_empty(), "{:?}", b.reports.try_recv());
+    assert_eq!(knows_reported(&b, start), Some(10));
+    assert_eq!(b.metrics.cluster_local_windows.load(Relaxed), 0);
+}
+
+#[test]
+fn a_stopping_instance_leaves_an_ended_window_only_to_an_instance_that_holds_it() {
+    // b is live but never shipped window `w`: it started after `w` ended (restarted in a
+    // rolling deploy), so it will never lead it. a, stopped while it waits for b's last
+    // shipment, must report `w` itself rather than leave it to b.
+    let redis = Redis::start();
+    let prefix = "handover";
+    let keys = Keys::new(prefix);
+    let w = window_at(18);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let mut a = Instance::start(&redis, prefix, "a", windows.start_ms(w) + 1_000);
+    let mut b = Instance::start(&redis, prefix, "b", windows.start_ms(w + 1) + 1_000);
+    a.record(w, 0..12, None);
+    a.close(w);
+    // The open window, sealed by the shutdown below.
+    a.record(w + 1, 100..103, None);
+    let mut con = redis.connect();
+    wait_until("a to lead", || {
+        (leader_of(&mut con, &keys, start).as_deref() == Some("a")).then_some(())
+    });
+    assert!(
+        !renewed_or_done(&mut con, &keys, start),
+        "b is live: a waits for it"
+    );
+    a.seal_now(w + 1);
+    a.sink.finish(Instant::now() + REPORT_WAIT);
+    let reports: Vec<_> = a.reports.try_iter().collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(
+        (
+            reports[0].window_start,
+            reports[0].unique_count,
+            reports[0].scope
+        ),
+        (start, 12, Scope::Global)
+    );
+    assert_eq!(done_of(&mut con, &keys, start), Some(12));
+    // The window still open is left to b, which seals it in its turn and reports both
+    // instances' ids.
+    b.record(w + 1, 0..3, None);
+    b.close(w + 1);
+    let next = b.next_report();
+    assert_eq!(
+        (next.window_start, next.unique_count, next.scope),
+        (windows.start_secs(w + 1), 6, Scope::Global)
+    );
+}
+
+/// A Kafka producer whose broker the test plays: records an instance produces through a
+/// hand-over are listed, and the broker acknowledges the windows the test says, when it says.
+#[derive(Clone, Default)]
+struct FakeKafka {
+    state: Arc<Mutex<KafkaState>>,
+}
+
+#[derive(Default)]
+struct KafkaState {
+    /// `(window_start, count)` produced through hand-overs.
+    produced: Vec<(u64, u64)>,
+    /// Acknowledged by the broker, not yet handed to the cluster thread.
+    acks: Vec<u64>,
+}
+
+impl FakeKafka {
+    fn produced(&self) -> Vec<(u64, u64)> {
+        self.state.lock().unwrap().produced.clone()
+    }
+
+    fn acknowledge(&self, window_start: u64) {
+        self.state.lock().unwrap().acks.push(window_start);
+    }
+}
+
+impl RecordHandoff for FakeKafka {
+    fn produce(&mut self, window_start: u64, count: u64) {
+        self.state
+            .lock()
+            .unwrap()
+            .produced
+            .push((window_start, count));
+    }
+
+    fn acknowledged(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.state.lock().unwrap().acks)
+    }
+}
+
+fn record_pending(con: &mut redis::Connection, keys: &Keys, start: u64) -> Option<u64> {
+    redis::cmd("GET")
+        .arg(keys.record(start))
+        .query(con)
+        .unwrap()
+}
+
+/// a leads window `w` and reports it; its broker never acknowledges the record. Returns the
+/// instances, their producers, and the count.
+fn reported_with_a_pending_record(
+    redis: &Redis,
+    prefix: &str,
+    w: u64,
+    a_url: Option<String>,
+) -> (Instance, Instance, FakeKafka, FakeKafka, u64) {
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let keys = Keys::new(prefix);
+    let (ka, kb) = (FakeKafka::default(), FakeKafka::default());
+    let a_options = Options {
+        url: a_url,
+        kafka: Some(ka.clone()),
+        ..Options::default()
+    };
+    let b_options = Options {
+        kafka: Some(kb.clone()),
+        ..Options::default()
+    };
+    let (mut a, mut b) = pair(redis, prefix, w, a_options, b_options);
+    let expected = fill(redis, &keys, w, &a, &b);
+    let mut con = redis.connect();
+    a.close(w);
+    wait_until("a to lead", || {
+        (leader_of(&mut con, &keys, start).as_deref() == Some("a")).then_some(())
+    });
+    b.close(w);
+    let report = a.next_report();
+    assert_eq!(
+        (report.unique_count, report.scope),
+        (expected, Scope::Global)
+    );
+    wait_until("b to see the window done", || knows_reported(&b, start));
+    assert_eq!(record_pending(&mut con, &keys, start), Some(expected));
+    (a, b, ka, kb, expected)
+}
+
+#[test]
+fn a_record_the_broker_acknowledged_is_produced_once() {
+    let redis = Redis::start();
+    let prefix = "acked";
+    let keys = Keys::new(prefix);
+    let w = window_at(19);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let (a, b, ka, kb, _) = reported_with_a_pending_record(&redis, prefix, w, None);
+    let mut con = redis.connect();
+    ka.acknowledge(start);
+    wait_until("the record forgotten in Redis", || {
+        record_pending(&mut con, &keys, start)
+            .is_none()
+            .then_some(())
+    });
+    // a stops: nothing is left to hand over, and b produces nothing.
+    drop(a);
+    drop(b);
+    assert!(kb.produced().is_empty(), "{:?}", kb.produced());
+    assert!(ka.produced().is_empty());
+}
+
+#[test]
+fn a_record_not_acknowledged_when_its_leader_stops_is_produced_by_another_instance() {
+    let redis = Redis::start();
+    let prefix = "handrecord";
+    let keys = Keys::new(prefix);
+    let w = window_at(20);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let (a, b, ka, kb, expected) = reported_with_a_pending_record(&redis, prefix, w, None);
+    // a stops with the record unacknowledged (its broker is down): b takes it over at once.
+    drop(a);
+    let produced = wait_until("b to produce the record", || {
+        Some(kb.produced()).filter(|p| !p.is_empty())
+    });
+    assert_eq!(produced, [(start, expected)]);
+    assert!(ka.produced().is_empty());
+    // b's broker acknowledges it: it is forgotten, and never produced again.
+    kb.acknowledge(start);
+    let mut con = redis.connect();
+    wait_until("the record forgotten in Redis", || {
+        record_pending(&mut con, &keys, start)
+            .is_none()
+            .then_some(())
+    });
+    drop(b);
+    assert_eq!(kb.produced(), [(start, expected)]);
+}
+
+#[test]
+fn a_record_not_acknowledged_when_its_leader_dies_is_produced_by_another_instance() {
+    // a is cut off from Redis for good, as a dead instance is: its claim on the record runs
+    // out after the lease, and b produces the record.
+    let redis = Redis::start();
+    let pa = Proxy::start(&redis);
+    let prefix = "deadrecord";
+    let w = window_at(21);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let (a, b, ka, kb, expected) =
+        reported_with_a_pending_record(&redis, prefix, w, Some(pa.url.clone()));
+    let cut = Instant::now();
+    pa.switch().cut();
+    let produced = wait_until("b to produce the record", || {
+        Some(kb.produced()).filter(|p| !p.is_empty())
+    });
+    assert!(
+        cut.elapsed() >= LEASE - Duration::from_secs(1),
+        "{:?}",
+        cut.elapsed()
+    );
+    assert_eq!(produced, [(start, expected)]);
+    assert!(ka.produced().is_empty());
+    drop(b);
+    drop(a);
 }

@@ -10,7 +10,7 @@ use common::redis_servers::{Redis, RedisCluster};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use verve::cluster::conn;
 use verve::cluster::merge::{count_of_shipments_pausing, union_of_shipments, Skipped};
-use verve::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
+use verve::cluster::store::{self, Interval, Keys, Lead, RecordClaim, Shipment, Shipped};
 
 use verve::ids::IdSet;
 
@@ -209,31 +209,153 @@ fn one_leader_per_window_until_its_lease_expires_or_is_released() {
     assert_eq!(lead(&mut con, "c", w), Lead::Leading);
 }
 
+/// Redis's own time, in ms since the epoch.
+fn redis_time(con: &mut redis::Connection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(con).unwrap();
+    secs * 1000 + micros / 1000
+}
+
 #[test]
-fn heartbeats_name_the_live_instances() {
+fn heartbeats_name_the_live_instances_by_redis_clock_alone() {
     let redis = Redis::start();
     let mut con = redis.connect();
     let keys = Keys::new("verve-test");
     let ttl = 3_000;
-    store::heartbeat(&mut con, &keys, "a", 10_000, ttl).unwrap();
-    store::heartbeat(&mut con, &keys, "b", 11_000, ttl).unwrap();
-    store::heartbeat(&mut con, &keys, "c", 11_000, ttl).unwrap();
+    let before = redis_time(&mut con);
+    for name in ["a", "b", "c"] {
+        let at = store::heartbeat(&mut con, &keys, name, ttl).unwrap();
+        let score: u64 = redis::cmd("ZSCORE")
+            .arg(keys.live())
+            .arg(name)
+            .query(&mut con)
+            .unwrap();
+        // Stamped with Redis's time: no instance's clock takes part.
+        assert_eq!(score, at);
+        assert!(before <= at && at <= redis_time(&mut con), "{before} {at}");
+    }
     assert_eq!(
-        store::live(&mut con, &keys, 12_000, ttl).unwrap().unwrap(),
+        store::live(&mut con, &keys, ttl).unwrap().unwrap(),
         ["a", "b", "c"]
     );
-    // a falls silent; b goes on; c leaves.
-    store::heartbeat(&mut con, &keys, "b", 13_500, ttl).unwrap();
+    // a fell silent 10 s ago by Redis's clock; b goes on; c leaves.
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.live())
+        .arg(redis_time(&mut con) - 10_000)
+        .arg("a")
+        .query(&mut con)
+        .unwrap();
     store::leave(&mut con, &keys, "c").unwrap();
-    assert_eq!(
-        store::live(&mut con, &keys, 13_500, ttl).unwrap().unwrap(),
-        ["b"]
-    );
+    assert_eq!(store::live(&mut con, &keys, ttl).unwrap().unwrap(), ["b"]);
+    store::heartbeat(&mut con, &keys, "b", ttl).unwrap();
     let size: i64 = redis::cmd("ZCARD")
         .arg(keys.live())
         .query(&mut con)
         .unwrap();
     assert_eq!(size, 1, "silent instances are removed, not just skipped");
+}
+
+#[test]
+fn a_redis_user_without_time_fails_the_heartbeat_not_the_connection() {
+    // A Redis user set up before heartbeats used Redis's clock: the heartbeat and the live
+    // set fail with an error that names what is missing, and that is not taken for an
+    // outage (which would keep every window off Redis).
+    let redis = Redis::start();
+    let mut admin = redis.connect();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "old", "on", ">pw", "~*", "+@all", "-time"][..])
+        .query(&mut admin)
+        .unwrap();
+    let url = format!("redis://old:pw@127.0.0.1:{}/", redis.port);
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let keys = Keys::new("verve-test");
+    for result in [
+        store::heartbeat(&mut con, &keys, "a", TTL).map(|_| ()),
+        store::live(&mut con, &keys, TTL).map(|_| ()),
+    ] {
+        let Err(store::Error::Redis(e)) = result else {
+            panic!("{result:?}")
+        };
+        assert!(!verve::cluster::conn::is_outage(&e), "{e}");
+        assert!(e.to_string().contains("+time"), "{e}");
+    }
+}
+
+#[test]
+fn a_pending_record_is_owned_by_one_instance_at_a_time_until_acknowledged() {
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    let w = 180;
+    let lead =
+        |con: &mut redis::Connection, i: &str, w| store::lead(con, &keys, w, i, TTL).unwrap();
+    // Reported without Kafka: nothing pending.
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "b", TTL).unwrap(),
+        RecordClaim::Gone
+    );
+    assert_eq!(lead(&mut con, "a", w), Lead::Leading);
+    assert!(store::mark_done_with_record(&mut con, &keys, w, "a", 9, TTL, Some(TTL)).unwrap());
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "a", TTL).unwrap(),
+        RecordClaim::Mine
+    );
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "b", TTL).unwrap(),
+        RecordClaim::Held
+    );
+    // a stops with it unacknowledged: b takes it over, with the count to produce.
+    store::release_record(&mut con, &keys, w, "b").unwrap();
+    store::release_record(&mut con, &keys, w, "a").unwrap();
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "b", TTL).unwrap(),
+        RecordClaim::Taken(9)
+    );
+    assert_eq!(
+        store::claim_record(&mut con, &keys, w, "c", TTL).unwrap(),
+        RecordClaim::Held
+    );
+    store::record_acknowledged(&mut con, &keys, w).unwrap();
+    for who in ["a", "b", "c"] {
+        assert_eq!(
+            store::claim_record(&mut con, &keys, w, who, TTL).unwrap(),
+            RecordClaim::Gone
+        );
+    }
+    // An owner that stops renewing loses it after its lease.
+    assert_eq!(lead(&mut con, "a", w + 60), Lead::Leading);
+    assert!(store::mark_done_with_record(&mut con, &keys, w + 60, "a", 4, TTL, Some(50)).unwrap());
+    let taken = common::wait_until(
+        "the owner's claim to run out",
+        || match store::claim_record(&mut con, &keys, w + 60, "b", TTL).unwrap() {
+            RecordClaim::Held => None,
+            other => Some(other),
+        },
+    );
+    assert_eq!(taken, RecordClaim::Taken(4));
+}
+
+#[test]
+fn a_done_mark_is_restored_only_where_it_is_missing() {
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    assert!(store::restore_done(&mut con, &keys, 60, 42, 60_000).unwrap());
+    assert_eq!(
+        store::lead(&mut con, &keys, 60, "a", TTL).unwrap(),
+        Lead::Done(42)
+    );
+    // A mark already there, or a leader's, stays as it is.
+    assert!(!store::restore_done(&mut con, &keys, 60, 7, 60_000).unwrap());
+    assert_eq!(
+        store::lead(&mut con, &keys, 60, "a", TTL).unwrap(),
+        Lead::Done(42)
+    );
+    // And it expires like every key of a window.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.done(60))
+        .query(&mut con)
+        .unwrap();
+    assert!(0 < ttl && ttl <= 60_000, "{ttl}");
 }
 
 #[test]
@@ -251,11 +373,8 @@ fn the_store_works_on_a_three_master_redis_cluster() {
         store::lead(&mut con, &keys, 120, "b", TTL).unwrap(),
         Lead::Waiting
     );
-    store::heartbeat(&mut con, &keys, "a", 5_000, TTL).unwrap();
-    assert_eq!(
-        store::live(&mut con, &keys, 5_000, TTL).unwrap().unwrap(),
-        ["a"]
-    );
+    store::heartbeat(&mut con, &keys, "a", TTL).unwrap();
+    assert_eq!(store::live(&mut con, &keys, TTL).unwrap().unwrap(), ["a"]);
     // The windows really are spread over the masters: their slots differ.
     let mut slot = |key: String| -> i64 {
         redis::cmd("CLUSTER")
@@ -463,11 +582,8 @@ fn keys_verve_did_not_write_are_refused_and_nothing_is_half_written() {
     assert_eq!(lens, [store::MAX_ENDPOINT_BYTES + 1, 15]);
     // Live-set members longer than an instance name are not instances.
     set(&mut con, &["ZADD", &keys.live(), "5000", &"x".repeat(300)]);
-    store::heartbeat(&mut con, &keys, "a", 5_000, TTL).unwrap();
-    assert_eq!(
-        store::live(&mut con, &keys, 5_000, TTL).unwrap().unwrap(),
-        ["a"]
-    );
+    store::heartbeat(&mut con, &keys, "a", TTL).unwrap();
+    assert_eq!(store::live(&mut con, &keys, TTL).unwrap().unwrap(), ["a"]);
 }
 
 #[test]

@@ -5,9 +5,26 @@
 //!
 //! What Redis holds is untrusted: a shipment too long to be verve's, or that is not an id
 //! set, is skipped and counted ([`Skipped`]), and costs no other shipment.
+//!
+//! The count runs on a helper thread while the caller's thread goes on calling `between`
+//! (the leader's lease renewal and heartbeat): a count of a hundred million ids takes longer
+//! than the lease, and a leader that stopped renewing would lose the window to another
+//! instance, and look dead to the others, for no fault of its own.
+
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, RecvTimeoutError};
 
 use crate::cluster::store::{self, Blob, Keys};
 use crate::ids::{count_union, IdSet};
+
+/// How the leader counts the distinct ids of a window's shipments: [`count_union`], or in
+/// tests one that takes as long as the test wants.
+pub type Counter = fn(&[IdSet]) -> u64;
+
+/// How often `between` is offered a turn while the count runs (it decides itself whether
+/// there is anything to do: the cluster thread renews every half second).
+const COUNT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serializes `ids` for one shipment, in the id set's compact format
 /// ([`IdSet::serialize_into`]); nothing for an empty set.
@@ -56,8 +73,71 @@ pub fn count_of_shipments_pausing(
     count: u64,
     between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
 ) -> store::Result<Option<(u64, Skipped)>> {
-    let read = read_shipments(con, keys, window_start, count, between)?;
-    Ok(read.map(|(sets, skipped)| (count_union(&sets), skipped)))
+    count_of_shipments_with(con, keys, window_start, count, between, count_union)
+}
+
+/// [`count_of_shipments_pausing`] with the count done by `counter`, on a helper thread,
+/// while `between` is called every 100 ms (see the module comment).
+pub fn count_of_shipments_with(
+    con: &mut dyn redis::ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    count: u64,
+    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
+    counter: Counter,
+) -> store::Result<Option<(u64, Skipped)>> {
+    let Some((sets, skipped)) = read_shipments(con, keys, window_start, count, between)? else {
+        return Ok(None);
+    };
+    let counted = count_pausing(&sets, counter, con, between)?;
+    Ok(counted.map(|n| (n, skipped)))
+}
+
+/// `counter(sets)` on a helper thread, `between` called meanwhile; `None` if `between` said
+/// stop (the lease is lost): the count is still waited for, so that its memory is freed
+/// before the caller goes on, and `between` still called, for the heartbeats. An error of
+/// `between` (an outage) ends the calls and is returned once the count is over.
+fn count_pausing(
+    sets: &[IdSet],
+    counter: Counter,
+    con: &mut dyn redis::ConnectionLike,
+    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
+) -> store::Result<Option<u64>> {
+    if sets.len() < 2 {
+        // Nothing to merge: the count is a length.
+        return Ok(Some(counter(sets)));
+    }
+    let (tx, rx) = bounded(1);
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("verve-count".into())
+            .spawn_scoped(scope, move || {
+                let _ = tx.send(counter(sets));
+            });
+        if helper.is_err() {
+            // No thread to be had: count here, as before a helper existed.
+            return Ok(Some(counter(sets)));
+        }
+        let (mut stopped, mut failed) = (false, None);
+        loop {
+            match rx.recv_timeout(COUNT_PAUSE) {
+                Ok(n) => {
+                    return match failed {
+                        Some(e) => Err(e),
+                        None => Ok((!stopped).then_some(n)),
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if failed.is_none() => match between(con) {
+                    Ok(true) => {}
+                    Ok(false) => stopped = true,
+                    Err(e) => failed = Some(e),
+                },
+                Err(RecvTimeoutError::Timeout) => {}
+                // The helper panicked: the scope's end passes the panic on.
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            }
+        }
+    })
 }
 
 /// The union itself of every shipment a window's list holds now, and what was skipped: for

@@ -16,7 +16,17 @@
 //! window is sealed. One instance leads each window (a lease taken with `SET NX PX`), waits
 //! until every live instance has shipped it or `--cluster-grace` has passed, freezes it (from
 //! then on Redis refuses shipments of it), unions the shipments, writes the one count line,
-//! calls each endpoint once and marks the window done.
+//! calls each endpoint once and marks the window done. The count runs on a helper thread
+//! while the cluster thread keeps the lease and the heartbeat fresh ([`merge`]).
+//!
+//! **A window leaves an instance's memory** only once the cluster has recorded it as
+//! reported (its `done` mark, seen by this instance or written by it), or once this instance
+//! has reported its own ids of it with `scope=local`. A refused re-shipment after a reconnect
+//! (the window frozen or done) does not let it go: its leader may have lost Redis between the
+//! freeze and the mark, and then it, or another instance once the lease ran out, reports it.
+//! Every instance remembers the windows it knows were reported and writes their `done` marks
+//! back after each connect, in case Redis lost them. Liveness is judged by Redis's clock
+//! (`TIME`), never an instance's, so clock skew makes no live instance look dead.
 //!
 //! **Failure cases, and what they cost.**
 //! - Redis down: windows wait in memory (at most `--cluster-backlog`) and are shipped in full
@@ -27,6 +37,10 @@
 //!   heartbeat is [`node::LIVE_TTL`] old, or at the grace.
 //! - The leader killed: its lease expires after [`node::LEASE`] and another instance takes
 //!   the window over, re-reads every shipment and reports it.
+//! - Redis lost by every instance between the freeze and the mark: each keeps the window, and
+//!   once Redis is back and the grace has passed, the leader (or a successor) reports it.
+//! - Redis restarted empty right after a report: the instances that know the window was
+//!   reported write its `done` mark back, so none reports it again with what it re-shipped.
 //! - A shipment that reaches Redis after the leader froze the window (a slow instance, past
 //!   the grace): refused, and its instance reports its ids alone with `scope=local`. No
 //!   shipment Redis accepted is missing from the leader's read.
@@ -40,8 +54,10 @@
 //! it and the window is not done), writes the count line and queues the calls, then marks
 //! the window done, all within a few milliseconds. If it dies, or stalls for longer than the
 //! lease, between the renewal and the mark, a successor reports the window again: a second
-//! count line (same window, the same count or a larger one if an instance shipped late) and
-//! a second call to each endpoint. Calls the dead leader had queued but not made are lost,
+//! count line and a second call to each endpoint. The second line carries the same count:
+//! the window was frozen before the first read, so the successor reads the same shipments.
+//! A leader that only loses Redis between the line and the mark keeps the window and marks
+//! it once back. Calls the dead leader had queued but not made are lost,
 //! not repeated, unless the successor makes them. Without an outage that window is a few
 //! milliseconds per window; it cannot be closed without making a window that is never
 //! reported possible instead, and a repeat is preferred to a gap (README, *Cluster mode*).

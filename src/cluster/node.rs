@@ -11,7 +11,9 @@
 //! 3. every [`SHIP_EVERY`], drains the open window's new ids from the shards and ships them,
 //!    which bounds what a hard crash loses to that interval;
 //! 4. ships the last part of each sealed window, oldest first;
-//! 5. asks to lead each shipped window; the leader reports it once it is ready (see
+//! 5. with Kafka, tends the records of reported windows that the broker has not acknowledged
+//!    yet (see [`RecordHandoff`]): renews its own, takes over those whose owner is gone;
+//! 6. asks to lead each shipped window; the leader reports it once it is ready (see
 //!    `Node::ready`): it freezes the window, reads every shipment, checks the endpoints,
 //!    writes the count line, then marks the window done. An instance that finds a window
 //!    done by another leader hands that count to the history of reported windows
@@ -41,11 +43,11 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::budget::Charge;
 use crate::clock::{rfc3339_secs, Clock, Windows};
 use crate::cluster::conn::{self, Redis, Target};
-use crate::cluster::merge::count_of_shipments_pausing;
+use crate::cluster::merge::{count_of_shipments_with, Counter};
 use crate::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
 use crate::endpoints;
 use crate::health::Health;
-use crate::ids::IdSet;
+use crate::ids::{count_union, IdSet};
 use crate::metrics::Metrics;
 use crate::report::{callback, Reporter, Scope, WindowReport};
 use crate::shards::Shards;
@@ -99,6 +101,50 @@ impl Settings {
     }
 }
 
+/// A Kafka producer as the cluster thread sees it, to hand records over between instances:
+/// the leader's record of a window stays pending in Redis (`record`, `record-owner`) until
+/// its broker acknowledged it, and an instance that finds its owner gone (dead, stopped,
+/// stalled past [`LEASE`]) produces it instead. At least once: a record its owner's producer
+/// still delivers after the hand-over comes twice, with the same key and count.
+pub trait RecordHandoff: Send {
+    /// Produces the record of a window that this instance did not report (its owner is
+    /// gone): the same key and value as its leader's, and nothing else (no count line, no
+    /// endpoint call).
+    fn produce(&mut self, window_start: u64, count: u64);
+
+    /// The windows whose record (from this instance's reports, or produced through
+    /// [`RecordHandoff::produce`]) the broker acknowledged since the last call.
+    fn acknowledged(&mut self) -> Vec<u64>;
+}
+
+impl RecordHandoff for crate::report::kafka::Handoff {
+    fn produce(&mut self, window_start: u64, count: u64) {
+        crate::report::kafka::Handoff::produce(self, window_start, count);
+    }
+
+    fn acknowledged(&mut self) -> Vec<u64> {
+        crate::report::kafka::Handoff::acknowledged(self)
+    }
+}
+
+/// What [`ClusterSink::start_with`] adds to [`ClusterSink::start`].
+pub struct Extras {
+    /// How the leader counts a window's shipments: [`count_union`], or in tests a count
+    /// that lasts as long as the test wants.
+    pub counter: Counter,
+    /// The Kafka producer's side of record hand-overs, when `--kafka-brokers` is set.
+    pub records: Option<Box<dyn RecordHandoff>>,
+}
+
+impl Default for Extras {
+    fn default() -> Extras {
+        Extras {
+            counter: count_union,
+            records: None,
+        }
+    }
+}
+
 enum Msg {
     Sealed(SealedWindow),
     Stop(Instant),
@@ -122,9 +168,29 @@ impl ClusterSink {
         metrics: Arc<Metrics>,
         health: &Health,
     ) -> std::io::Result<ClusterSink> {
+        let extras = Extras::default();
+        Self::start_with(settings, shards, clock, reporter, metrics, health, extras)
+    }
+
+    /// [`ClusterSink::start`] with [`Extras`].
+    pub fn start_with(
+        settings: Settings,
+        shards: Arc<Shards>,
+        clock: Arc<dyn Clock>,
+        reporter: Box<dyn Reporter>,
+        metrics: Arc<Metrics>,
+        health: &Health,
+        extras: Extras,
+    ) -> std::io::Result<ClusterSink> {
         let (tx, rx) = unbounded();
         let node = Node {
             settings,
+            counter: extras.counter,
+            records: extras.records,
+            owned_records: Vec::new(),
+            watched_records: VecDeque::new(),
+            next_records: Instant::now(),
+            known_done: VecDeque::new(),
             shards,
             clock,
             reporter,
@@ -230,9 +296,36 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A window this instance knows the cluster reported, with its global count: its `done`
+/// mark is written again after every (re)connect while its keys would still live, in case
+/// Redis lost it (see [`store::restore_done`]).
+struct KnownDone {
+    window_start: u64,
+    end_ms: u64,
+    count: u64,
+}
+
+/// The most reported windows remembered for [`KnownDone`]: far more than live at once with
+/// any `--interval`, `--cluster-backlog` and `--cluster-grace` that make sense.
+const MAX_KNOWN_DONE: usize = 10_000;
+
 /// The cluster thread's state.
 struct Node {
     settings: Settings,
+    /// How the leader counts a window's shipments ([`count_union`] but in tests).
+    counter: Counter,
+    /// See [`RecordHandoff`]; `None` without Kafka.
+    records: Option<Box<dyn RecordHandoff>>,
+    /// `(window_start, end_ms)`: windows whose pending record this instance's producer
+    /// holds, renewed every [`HEARTBEAT_EVERY`] until acknowledged.
+    owned_records: Vec<(u64, u64)>,
+    /// `(window_start, end_ms)`: windows reported by another instance, whose record this one
+    /// takes over if its owner goes before the broker acknowledged it.
+    watched_records: VecDeque<(u64, u64)>,
+    next_records: Instant,
+    /// Windows this instance reported or saw reported, newest last, until their keys would
+    /// have expired.
+    known_done: VecDeque<KnownDone>,
     shards: Arc<Shards>,
     clock: Arc<dyn Clock>,
     reporter: Box<dyn Reporter>,
@@ -334,6 +427,77 @@ fn ship_window(
     Ok(Shipped::Stored)
 }
 
+/// What shipping the open window takes, borrowed from the [`Node`] field by field: the
+/// leader's long read and count ship it too, so that a hard crash of the leader still loses
+/// at most [`SHIP_EVERY`] of ids.
+struct OpenWindow<'a> {
+    settings: &'a Settings,
+    shards: &'a Shards,
+    clock: &'a dyn Clock,
+    metrics: &'a Metrics,
+    generation: u64,
+    /// [`Node::open_shipped`].
+    shipped: &'a mut Option<(u64, u64)>,
+    late_warned: &'a mut Option<u64>,
+    drain_warned: &'a mut Option<u64>,
+}
+
+impl OpenWindow<'_> {
+    /// Drains the open window's new ids from the shards and ships them. `Err` is an outage.
+    fn ship(&mut self, con: &mut dyn redis::ConnectionLike) -> store::Result<()> {
+        // The open window: the clock's, or a later one still open if the clock stepped back.
+        let window = self
+            .shards
+            .open_window(self.settings.windows.index_of(self.clock.now_ms()));
+        let everything = *self.shipped != Some((window, self.generation));
+        let Some(drained) = self.shards.drain(window, everything) else {
+            return Ok(());
+        };
+        if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
+            let start = self.settings.windows.start_secs(window);
+            let shipped = ship_window(
+                con,
+                &self.settings.keys,
+                self.metrics,
+                &self.settings.instance,
+                start,
+                &drained.ids,
+                &drained.endpoints,
+                false,
+                self.settings.key_ttl().as_millis() as u64,
+            );
+            match shipped {
+                Ok(Shipped::Stored) => {}
+                Ok(Shipped::TooLate) => {
+                    if *self.late_warned != Some(start) {
+                        *self.late_warned = Some(start);
+                        late(self.metrics, start, drained.ids.len());
+                    }
+                }
+                Err(store::Error::Redis(e)) if conn::is_outage(&e) => return Err(e.into()),
+                Err(e) => {
+                    // The drained ids are not shipped: the next drain and the window's last
+                    // shipment carry everything again.
+                    *self.shipped = None;
+                    self.metrics.redis_errors.fetch_add(1, Relaxed);
+                    if *self.drain_warned != Some(window) {
+                        *self.drain_warned = Some(window);
+                        log::warn!(
+                            "window {}: shipping the open window's ids failed ({}); the \
+                             window's last shipment tries again with all of them",
+                            rfc3339_secs(start),
+                            one_line(&e.to_string())
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        *self.shipped = Some((window, self.generation));
+        Ok(())
+    }
+}
+
 impl Node {
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
@@ -402,14 +566,70 @@ impl Node {
                 self.generation += 1;
                 self.connected_at_ms = self.clock.now_ms();
                 self.next_heartbeat = Instant::now();
-                // Redis may have restarted empty: everything held goes again, whole.
+                // Redis may have restarted empty: everything held goes again, whole, and
+                // the windows known to be reported get their `done` marks back first.
                 for held in &mut self.windows {
                     held.shipped = false;
                     held.unsent = None;
                 }
+                if let Err(e) = self.restore_done_marks() {
+                    self.drop_connection(e);
+                }
             }
             Err(e) => self.drop_connection(e),
         }
+    }
+
+    /// Writes the `done` mark of each window in [`Node::known_done`] whose keys would still
+    /// live, where it is missing: an instance that had not seen the mark before Redis lost
+    /// it then finds it, rather than report the window again with what it re-shipped. Done
+    /// on every connect, before any shipment: the others trust nothing for a grace period
+    /// after they connect (see `Node::ready`), which leaves the instances that know the time
+    /// to put the marks back. `Err` is an outage.
+    fn restore_done_marks(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let ttl = self.settings.key_ttl().as_millis() as u64;
+        self.known_done.retain(|k| now <= k.end_ms + ttl);
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(());
+        };
+        for known in &self.known_done {
+            let left = (known.end_ms + ttl).saturating_sub(now);
+            match store::restore_done(
+                redis.con(),
+                &self.settings.keys,
+                known.window_start,
+                known.count,
+                left,
+            ) {
+                Ok(true) => log::warn!(
+                    "window {}: its done mark (count {}) was missing from Redis, which must have \
+                     lost data; written again so that no instance reports the window twice",
+                    rfc3339_secs(known.window_start),
+                    known.count
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    if let Failure::Outage(e) = failure(e) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers that the cluster reported window `i` with `count` (see [`KnownDone`]).
+    fn known_reported(&mut self, i: usize, count: u64) {
+        let held = &self.windows[i];
+        if self.known_done.len() >= MAX_KNOWN_DONE {
+            self.known_done.pop_front();
+        }
+        self.known_done.push_back(KnownDone {
+            window_start: held.window_start,
+            end_ms: held.end_ms,
+            count,
+        });
     }
 
     /// A failed Redis operation: drops the connection, to connect again later. Logged once
@@ -485,6 +705,10 @@ impl Node {
             self.ship_open_window()?;
         }
         self.ship_sealed_windows(now)?;
+        if now >= self.next_records {
+            self.next_records = now + HEARTBEAT_EVERY;
+            self.tend_records()?;
+        }
         if stopping {
             self.leave_once_shipped()?;
         }
@@ -530,7 +754,21 @@ impl Node {
                 true,
                 ttl_ms,
             );
+            // Refused, but a last shipment of this instance is in Redis already: one whose
+            // answer was lost with the connection. It was stored before the freeze (the
+            // mark goes with it, and a frozen window takes no shipment), so the leader's read
+            // holds it, as after a refused re-shipment.
             let shipped = match shipped {
+                Ok(Shipped::TooLate) if !held.ever_shipped => store::has_shipped(
+                    redis.con(),
+                    &self.settings.keys,
+                    held.window_start,
+                    &self.settings.instance,
+                )
+                .map(|stored| (Shipped::TooLate, stored)),
+                other => other.map(|shipped| (shipped, held.ever_shipped)),
+            };
+            let (shipped, ever_shipped) = match shipped {
                 Ok(shipped) => shipped,
                 Err(e) => {
                     self.window_failed(i, "shipping", e)?;
@@ -539,6 +777,7 @@ impl Node {
                 }
             };
             let held = &mut self.windows[i];
+            held.ever_shipped = ever_shipped;
             match shipped {
                 Shipped::Stored => {
                     held.shipped = true;
@@ -558,12 +797,16 @@ impl Node {
                     i += 1;
                 }
                 Shipped::TooLate => {
-                    // A whole re-shipment after a reconnect, refused: this instance's last
-                    // shipment had been stored before the freeze, so the leader's read
-                    // counted it (unless Redis lost it meanwhile: a leader that lost its
-                    // connection too trusts nobody for a grace after it is back, see
-                    // `ready`).
-                    self.windows.remove(i).expect("index in range");
+                    // A whole re-shipment after a reconnect, refused: the window is frozen
+                    // or done. This instance's last shipment had been stored before the
+                    // freeze, so the leader's read holds it (unless Redis lost it meanwhile:
+                    // a leader that lost its connection too trusts nobody for a grace after
+                    // it is back, see `ready`). The window stays until its `done` mark is
+                    // seen: its leader may have lost its connection between the freeze and
+                    // the mark too, and then this instance, or the leader itself, must be
+                    // able to take it over (see `lead`).
+                    held.shipped = true;
+                    i += 1;
                 }
             }
         }
@@ -594,8 +837,8 @@ impl Node {
         };
         let con = redis.con();
         let keys = &self.settings.keys;
-        let (ms, ttl) = (self.clock.now_ms(), LIVE_TTL.as_millis() as u64);
-        let beat = store::heartbeat(con, keys, &self.settings.instance, ms, ttl);
+        let ttl = LIVE_TTL.as_millis() as u64;
+        let beat = store::heartbeat(con, keys, &self.settings.instance, ttl);
         let interval = self.settings.windows.length().as_secs();
         let claim = store::claim_interval(
             con,
@@ -626,58 +869,20 @@ impl Node {
 
     /// Drains the open window's new ids from the shards and ships them.
     fn ship_open_window(&mut self) -> anyhow::Result<()> {
-        // The open window: the clock's, or a later one still open if the clock stepped back.
-        let window = self
-            .shards
-            .open_window(self.settings.windows.index_of(self.clock.now_ms()));
-        let everything = self.open_shipped != Some((window, self.generation));
-        let Some(drained) = self.shards.drain(window, everything) else {
-            return Ok(());
-        };
         let Some(redis) = self.redis.as_mut() else {
             return Ok(());
         };
-        if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
-            let start = self.settings.windows.start_secs(window);
-            let shipped = ship_window(
-                redis.con(),
-                &self.settings.keys,
-                &self.metrics,
-                &self.settings.instance,
-                start,
-                &drained.ids,
-                &drained.endpoints,
-                false,
-                self.settings.key_ttl().as_millis() as u64,
-            );
-            match shipped.map_err(failure) {
-                Ok(Shipped::Stored) => {}
-                Ok(Shipped::TooLate) => {
-                    if self.late_warned != Some(start) {
-                        self.late_warned = Some(start);
-                        late(&self.metrics, start, drained.ids.len());
-                    }
-                }
-                Err(Failure::Outage(e)) => return Err(e),
-                Err(Failure::Keys(why)) => {
-                    // The drained ids are not shipped: the next drain and the window's last
-                    // shipment carry everything again.
-                    self.open_shipped = None;
-                    self.metrics.redis_errors.fetch_add(1, Relaxed);
-                    if self.drain_warned != Some(window) {
-                        self.drain_warned = Some(window);
-                        log::warn!(
-                            "window {}: shipping the open window's ids failed ({why}); the \
-                             window's last shipment tries again with all of them",
-                            rfc3339_secs(start)
-                        );
-                    }
-                    return Ok(());
-                }
-            }
-        }
-        self.open_shipped = Some((window, self.generation));
-        Ok(())
+        let mut open = OpenWindow {
+            settings: &self.settings,
+            shards: &self.shards,
+            clock: &*self.clock,
+            metrics: &self.metrics,
+            generation: self.generation,
+            shipped: &mut self.open_shipped,
+            late_warned: &mut self.late_warned,
+            drain_warned: &mut self.drain_warned,
+        };
+        Ok(open.ship(redis.con())?)
     }
 
     /// Asks to lead each shipped window and reports those it leads that are ready.
@@ -710,6 +915,11 @@ impl Node {
                     // The cluster's count, as its leader left it: this instance's
                     // `/api/verve/windows` lists it too.
                     self.metrics.status.record(&self.metrics, start, count);
+                    self.known_reported(i, count);
+                    if self.records.is_some() {
+                        let end_ms = self.windows[i].end_ms;
+                        self.watched_records.push_back((start, end_ms));
+                    }
                     self.drop_window(i);
                     continue;
                 }
@@ -734,34 +944,50 @@ impl Node {
     }
 
     /// Shutdown, once this instance has left the live set: window `i` is left to the
-    /// instances still running, which need not wait for its lease. True when it was (the
-    /// window is gone here); false when no other instance is alive, or the live set cannot be
-    /// read or trusted, so that this instance reports the window (a repeat is better than a
-    /// gap).
+    /// instances still running that will lead it, which need not wait for its lease. True
+    /// when it was (the window is gone here); false when no such instance is alive, or the
+    /// live set cannot be read or trusted, so that this instance reports the window (a repeat
+    /// is better than a gap).
     fn hand_over(&mut self, i: usize) -> anyhow::Result<bool> {
         let start = self.windows[i].window_start;
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
         let live_ms = LIVE_TTL.as_millis() as u64;
-        let others = match store::live(
-            redis.con(),
-            &self.settings.keys,
-            self.clock.now_ms(),
-            live_ms,
-        ) {
+        let mut others = match store::live(redis.con(), &self.settings.keys, live_ms) {
             Ok(others) => others.unwrap_or_default(),
             Err(e) => {
                 self.shared_key_failed("reading the live set", e)?;
                 Vec::new()
             }
         };
-        if others.is_empty() {
-            return Ok(false);
-        }
+        // Itself, if a heartbeat got in after it left: not someone to leave the window to.
+        others.retain(|name| *name != self.settings.instance);
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
+        // A window that has ended goes only to instances that hold it: those that made their
+        // last shipment of it. One that started after the window ended (restarted during a
+        // rolling deploy) is live but never leads it, and the window would never be reported.
+        // A window still open goes to any live instance: each will seal it at its end.
+        if self.clock.now_ms() >= self.windows[i].end_ms {
+            let mut holders = Vec::with_capacity(others.len());
+            for other in others {
+                match store::has_shipped(redis.con(), &self.settings.keys, start, &other) {
+                    Ok(true) => holders.push(other),
+                    Ok(false) => {}
+                    Err(e) => {
+                        if let Failure::Outage(e) = failure(e) {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            others = holders;
+        }
+        if others.is_empty() {
+            return Ok(false);
+        }
         if let Err(e) = store::release(
             redis.con(),
             &self.settings.keys,
@@ -806,7 +1032,6 @@ impl Node {
         let live = store::live(
             redis.con(),
             &self.settings.keys,
-            now,
             LIVE_TTL.as_millis() as u64,
         );
         let live = match live {
@@ -849,10 +1074,25 @@ impl Node {
             return Ok(false); // lost the lease meanwhile
         };
         let count = store::check_shipments(keys, start, count)?;
-        // A merge of many shipments can take a while (1.4 s for 10 x 1M ids in 600
-        // shipments): keep the lease and the heartbeat fresh meanwhile.
+        // A read of many shipments takes a while (1.4 s for 10 x 1M ids in 600 shipments),
+        // and so does the count (on a helper thread, see `merge`): the lease and the
+        // heartbeat stay fresh meanwhile. An instance that has left the live set (stopping)
+        // does not heartbeat: it would put itself back, and take itself for another live
+        // instance to leave its next window to (`hand_over`).
+        // So does the shipping of the open window (not when stopping: it is sealed then).
         let mut last = Instant::now();
-        let clock = &self.clock;
+        let left = self.left;
+        let mut open = OpenWindow {
+            settings: &self.settings,
+            shards: &self.shards,
+            clock: &*self.clock,
+            metrics: &self.metrics,
+            generation: self.generation,
+            shipped: &mut self.open_shipped,
+            late_warned: &mut self.late_warned,
+            drain_warned: &mut self.drain_warned,
+        };
+        let next_drain = &mut self.next_drain;
         let mut between = |con: &mut dyn redis::ConnectionLike| -> store::Result<bool> {
             if last.elapsed() < HEARTBEAT_EVERY {
                 return Ok(true);
@@ -860,16 +1100,20 @@ impl Node {
             last = Instant::now();
             let ttl = LIVE_TTL.as_millis() as u64;
             // A heartbeat that fails on the shared key must not cost this window.
-            if let Err(store::Error::Redis(e)) =
-                store::heartbeat(con, keys, instance, clock.now_ms(), ttl)
-            {
-                if conn::is_outage(&e) {
-                    return Err(e.into());
+            if !left {
+                if let Err(store::Error::Redis(e)) = store::heartbeat(con, keys, instance, ttl) {
+                    if conn::is_outage(&e) {
+                        return Err(e.into());
+                    }
+                }
+                if last >= *next_drain {
+                    *next_drain = last + SHIP_EVERY;
+                    open.ship(con)?;
                 }
             }
             store::renew(con, keys, start, instance, LEASE.as_millis() as u64)
         };
-        let read = count_of_shipments_pausing(con, keys, start, count, &mut between)?;
+        let read = count_of_shipments_with(con, keys, start, count, &mut between, self.counter)?;
         let Some((count, skipped)) = read else {
             return Ok(false); // lost the lease meanwhile
         };
@@ -948,23 +1192,137 @@ impl Node {
         };
         let start = self.windows[i].window_start;
         let ttl_ms = self.settings.key_ttl().as_millis() as u64;
-        let kept = store::mark_done(
+        let record_lease = self.records.is_some().then_some(LEASE.as_millis() as u64);
+        let kept = store::mark_done_with_record(
             redis.con(),
             &self.settings.keys,
             start,
             &self.settings.instance,
             count,
             ttl_ms,
+            record_lease,
         )?;
         if !kept {
+            // Kept until the mark is seen: this instance marks it once it leads it again, or
+            // sees the `done` of the instance that took it over.
             log::warn!(
                 "window {}: the lease ran out while this instance reported it; another \
                  instance may report it too",
                 rfc3339_secs(start)
             );
+            return Ok(false);
+        }
+        self.known_reported(i, count);
+        if self.records.is_some() {
+            self.owned_records.push((start, self.windows[i].end_ms));
         }
         self.drop_window(i);
         Ok(true)
+    }
+
+    /// Kafka record hand-overs (see [`RecordHandoff`]): records the broker acknowledged are
+    /// forgotten in Redis; those this instance owns are renewed; those of windows reported
+    /// by others whose owner is gone are taken over and produced here. A window's trouble
+    /// with its keys costs that record alone (logged); `Err` is an outage.
+    fn tend_records(&mut self) -> anyhow::Result<()> {
+        let (Some(records), Some(redis)) = (self.records.as_mut(), self.redis.as_mut()) else {
+            return Ok(());
+        };
+        let con = redis.con();
+        let keys = &self.settings.keys;
+        let instance = self.settings.instance.as_str();
+        let lease_ms = LEASE.as_millis() as u64;
+        let now = self.clock.now_ms();
+        let ttl = self.settings.key_ttl().as_millis() as u64;
+        let outage = |e: store::Error, start: u64| -> anyhow::Result<()> {
+            match failure(e) {
+                Failure::Outage(e) => Err(e),
+                Failure::Keys(why) => {
+                    log::warn!(
+                        "window {}: its Kafka record hand-over: {why}",
+                        rfc3339_secs(start)
+                    );
+                    Ok(())
+                }
+            }
+        };
+        for start in records.acknowledged() {
+            if let Err(e) = store::record_acknowledged(con, keys, start) {
+                outage(e, start)?;
+            }
+            self.owned_records.retain(|&(w, _)| w != start);
+            self.watched_records.retain(|&(w, _)| w != start);
+        }
+        self.owned_records.retain(|&(_, end)| now <= end + ttl);
+        self.watched_records.retain(|&(_, end)| now <= end + ttl);
+        let mut keep = Vec::with_capacity(self.owned_records.len());
+        for &(start, end) in &self.owned_records {
+            match store::claim_record(con, keys, start, instance, lease_ms) {
+                Ok(store::RecordClaim::Mine | store::RecordClaim::Taken(_)) => {
+                    keep.push((start, end))
+                }
+                // Taken over by another instance (this one stalled), or acknowledged.
+                Ok(store::RecordClaim::Held | store::RecordClaim::Gone) => {}
+                Err(e) => {
+                    keep.push((start, end));
+                    outage(e, start)?;
+                }
+            }
+        }
+        self.owned_records = keep;
+        let mut i = 0;
+        while i < self.watched_records.len() {
+            let (start, end) = self.watched_records[i];
+            match store::claim_record(con, keys, start, instance, lease_ms) {
+                Ok(store::RecordClaim::Held) => i += 1,
+                Ok(store::RecordClaim::Gone) => {
+                    self.watched_records.remove(i);
+                }
+                Ok(store::RecordClaim::Mine) => {
+                    self.watched_records.remove(i);
+                    self.owned_records.push((start, end));
+                }
+                Ok(store::RecordClaim::Taken(count)) => {
+                    log::warn!(
+                        "window {}: its leader went before the Kafka broker acknowledged its \
+                         record; producing it here (count {count})",
+                        rfc3339_secs(start)
+                    );
+                    records.produce(start, count);
+                    self.watched_records.remove(i);
+                    self.owned_records.push((start, end));
+                }
+                Err(e) => {
+                    i += 1;
+                    outage(e, start)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown, once the producer has finished: what it acknowledged is forgotten in
+    /// Redis, and the records it still held are given up, so that a running instance takes
+    /// them over at once rather than after [`LEASE`].
+    fn hand_over_records(&mut self) {
+        let (Some(records), Some(redis)) = (self.records.as_mut(), self.redis.as_mut()) else {
+            return;
+        };
+        let acknowledged = records.acknowledged();
+        let con = redis.con();
+        for start in acknowledged {
+            let _ = store::record_acknowledged(con, &self.settings.keys, start);
+            self.owned_records.retain(|&(w, _)| w != start);
+        }
+        for &(start, _) in &self.owned_records {
+            let _ = store::release_record(con, &self.settings.keys, start, &self.settings.instance);
+            log::warn!(
+                "window {}: its Kafka record was not acknowledged before this instance stopped; \
+                 left to the other instances",
+                rfc3339_secs(start)
+            );
+        }
+        self.owned_records.clear();
     }
 
     fn drop_window(&mut self, i: usize) {
@@ -1019,7 +1377,16 @@ impl Node {
             .iter()
             .position(|h| h.shipped && now > h.end_ms + ttl);
         if let Some(i) = expired {
-            self.report_alone(i, "the cluster did not report it before its keys expired");
+            if let Some(count) = self.windows[i].reported {
+                log::error!(
+                    "window {}: reported with count {count} but never marked done in Redis \
+                     before its keys expired",
+                    rfc3339_secs(self.windows[i].window_start)
+                );
+                self.drop_window(i);
+            } else {
+                self.report_alone(i, "the cluster did not report it before its keys expired");
+            }
         }
         while self.windows.iter().filter(|h| !h.shipped).count() > self.settings.backlog {
             let oldest = self
@@ -1096,6 +1463,7 @@ impl Node {
         }
         self.publish_backlog();
         self.reporter.finish(deadline);
+        self.hand_over_records();
     }
 }
 

@@ -12,7 +12,9 @@
 //! | `P:{wS}:lease` | string | the instance leading the window, with an expiry |
 //! | `P:{wS}:frozen` | string | the leader that began its final read: later shipments are refused |
 //! | `P:{wS}:done` | string | the window's global count, once reported |
-//! | `P:live` | sorted set | instance -> time of its last heartbeat (ms) |
+//! | `P:{wS}:record` | string | the count of the window's Kafka record, until the broker acknowledged it |
+//! | `P:{wS}:record-owner` | string | the instance whose producer holds that record, with an expiry it renews |
+//! | `P:live` | sorted set | instance -> Redis's time (`TIME`, ms) at its last heartbeat |
 //! | `P:interval` | string | the deployment's `--interval`, refreshed by every heartbeat |
 //!
 //! A window's count is the cardinality of the union of every shipment in its list. Shipments
@@ -146,6 +148,14 @@ impl Keys {
 
     pub fn done(&self, window_start: u64) -> String {
         self.window(window_start, "done")
+    }
+
+    pub fn record(&self, window_start: u64) -> String {
+        self.window(window_start, "record")
+    }
+
+    pub fn record_owner(&self, window_start: u64) -> String {
+        self.window(window_start, "record-owner")
     }
 
     /// Every key of the window, as a `SCAN`/`KEYS` pattern: for messages.
@@ -420,6 +430,10 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[6], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[4])
+end
 return 1
 ";
 
@@ -434,17 +448,149 @@ pub fn mark_done(
     count: u64,
     ttl_ms: u64,
 ) -> Result<bool> {
+    mark_done_with_record(con, keys, window_start, instance, count, ttl_ms, None)
+}
+
+/// [`mark_done`], and with `record_lease_ms`, in the same step: the window's Kafka record is
+/// pending (`record`), held by `instance`'s producer (`record-owner`, for that long unless
+/// renewed, see [`claim_record`]). If the instance dies or stops before the broker
+/// acknowledged the record, another instance takes the record over and produces it.
+pub fn mark_done_with_record(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    instance: &str,
+    count: u64,
+    ttl_ms: u64,
+    record_lease_ms: Option<u64>,
+) -> Result<bool> {
     let marked: i64 = redis::Script::new(MARK_DONE)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
         .key(keys.ids(window_start))
         .key(keys.endpoints(window_start))
         .key(keys.frozen(window_start))
+        .key(keys.record(window_start))
+        .key(keys.record_owner(window_start))
         .arg(instance)
         .arg(count)
         .arg(ttl_ms)
+        .arg(record_lease_ms.map(|ms| ms.to_string()).unwrap_or_default())
         .invoke(con)?;
     Ok(marked == 1)
+}
+
+/// Where a window's pending Kafka record stands for one instance claiming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordClaim {
+    /// No record pending: acknowledged (or the window was reported without Kafka).
+    Gone,
+    /// Its owner had stopped renewing it: this instance now owns it and must produce it,
+    /// with this count.
+    Taken(u64),
+    /// This instance owns it (renewed).
+    Mine,
+    /// Another instance owns it.
+    Held,
+}
+
+/// Claims (or renews) the ownership of a window's pending record, in one step.
+const CLAIM_RECORD: &str = r"
+local count = redis.call('GET', KEYS[1])
+if not count then
+  return {'gone'}
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {'mine'}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'taken', string.sub(count, 1, 21)}
+end
+return {'held'}
+";
+
+/// Claims the window's pending Kafka record for `instance` for `lease_ms`, or renews its
+/// claim (see [`RecordClaim`]). A record count that is not a count is [`Error::Malformed`].
+pub fn claim_record(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    instance: &str,
+    lease_ms: u64,
+) -> Result<RecordClaim> {
+    let answer: Vec<Vec<u8>> = redis::Script::new(CLAIM_RECORD)
+        .key(keys.record(window_start))
+        .key(keys.record_owner(window_start))
+        .arg(instance)
+        .arg(lease_ms)
+        .invoke(con)?;
+    match answer.first().map(Vec::as_slice) {
+        Some(b"gone") => Ok(RecordClaim::Gone),
+        Some(b"mine") => Ok(RecordClaim::Mine),
+        Some(b"taken") => answer
+            .get(1)
+            .and_then(|c| parse_count(c))
+            .map(RecordClaim::Taken)
+            .ok_or_else(|| malformed(keys.record(window_start), "is not a count")),
+        _ => Ok(RecordClaim::Held),
+    }
+}
+
+/// Forgets a window's pending record, whoever owns it: the broker acknowledged it.
+const RECORD_ACKNOWLEDGED: &str = r"
+return redis.call('DEL', KEYS[1], KEYS[2])
+";
+
+/// The broker acknowledged the window's record (produced by `instance`): nobody needs to
+/// produce it again.
+pub fn record_acknowledged(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+) -> Result<()> {
+    redis::Script::new(RECORD_ACKNOWLEDGED)
+        .key(keys.record(window_start))
+        .key(keys.record_owner(window_start))
+        .invoke::<i64>(con)?;
+    Ok(())
+}
+
+/// Gives up the ownership of a window's pending record (this instance stops with it not
+/// acknowledged), so that another instance takes it over at once.
+pub fn release_record(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    instance: &str,
+) -> Result<()> {
+    redis::Script::new(RELEASE)
+        .key(keys.record_owner(window_start))
+        .arg(instance)
+        .invoke::<i64>(con)?;
+    Ok(())
+}
+
+/// Writes a window's `done` mark again, with the global `count` it was reported with, unless
+/// a `done` (or any value) is there already: for an instance that knows the window was
+/// reported, after Redis may have restarted empty or failed over to a replica that lacked the
+/// mark. Without it, an instance that had not yet seen the mark would ship the window again
+/// and, after the grace, report it a second time with a partial count. True if written.
+pub fn restore_done(
+    con: &mut dyn ConnectionLike,
+    keys: &Keys,
+    window_start: u64,
+    count: u64,
+    ttl_ms: u64,
+) -> Result<bool> {
+    let set: Option<String> = redis::cmd("SET")
+        .arg(keys.done(window_start))
+        .arg(count)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms.max(1))
+        .query(con)?;
+    Ok(set.is_some())
 }
 
 /// How many shipments the window's list holds, checked against
@@ -547,28 +693,38 @@ pub fn fetch(
     Ok(true)
 }
 
-/// Records that `instance` is alive at `now_ms`, and forgets instances silent for longer
-/// than `ttl_ms`.
+/// The heartbeat, judged by Redis's own clock (`TIME`), never by an instance's: records
+/// the instance at the server's time and forgets members silent for longer than `ARGV[2]` ms.
+/// A clock ahead on one instance then evicts nobody, and every reader (see [`LIVE`]) judges
+/// every member on that same clock. Redis Cluster: the live set is one key on one node, so
+/// one node's clock judges it all. Milliseconds since the epoch fit a Lua number exactly. A
+/// Redis user that may not run `TIME` gets a plain error (not an outage: the connection is
+/// fine), which the cluster thread logs once; leaders then wait for the grace.
+const HEARTBEAT: &str = r"
+local t = redis.pcall('TIME')
+if t.err then
+  return redis.error_reply('ERR verve needs TIME for heartbeats (+time for its Redis user): ' .. t.err)
+end
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return now
+";
+
+/// Records that `instance` is alive now (by Redis's clock), and forgets instances silent for
+/// longer than `ttl_ms`. Returns Redis's time, in ms since the epoch.
 pub fn heartbeat(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     instance: &str,
-    now_ms: u64,
     ttl_ms: u64,
-) -> Result<()> {
-    // Three plain commands (no pipeline: see SHIP); none depends on another being atomic.
-    let key = keys.live();
-    redis::cmd("ZADD")
-        .arg(&key)
-        .arg(now_ms)
+) -> Result<u64> {
+    Ok(redis::Script::new(HEARTBEAT)
+        .key(keys.live())
         .arg(instance)
-        .query::<()>(con)?;
-    redis::cmd("ZREMRANGEBYSCORE")
-        .arg(&key)
-        .arg("-inf")
-        .arg(format!("({}", now_ms.saturating_sub(ttl_ms)))
-        .query::<()>(con)?;
-    Ok(redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms).query(con)?)
+        .arg(ttl_ms)
+        .invoke(con)?)
 }
 
 /// Takes `instance` off the live set (a graceful stop): leaders stop waiting for it at once.
@@ -579,10 +735,17 @@ pub fn leave(con: &mut dyn ConnectionLike, keys: &Keys, instance: &str) -> Resul
         .query(con)?)
 }
 
-/// The live set's members with a recent enough score, at most `ARGV[2]` of them, those longer
-/// than an instance name may be left out (`ARGV[3]`).
+/// The live set's members whose last heartbeat is at most `ARGV[1]` ms old by Redis's clock
+/// (the clock [`HEARTBEAT`] wrote them with), at most `ARGV[2]` of them; those longer than an
+/// instance name may be left out (`ARGV[3]`).
 const LIVE: &str = r"
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+local t = redis.pcall('TIME')
+if t.err then
+  return redis.error_reply('ERR verve needs TIME for heartbeats (+time for its Redis user): ' .. t.err)
+end
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local from = string.format('%d', now - tonumber(ARGV[1]))
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], from, '+inf', 'LIMIT', 0, ARGV[2])
 local max = tonumber(ARGV[3])
 local out = {}
 for _, m in ipairs(live) do
@@ -593,17 +756,14 @@ end
 return out
 ";
 
-/// The instances whose last heartbeat is at most `ttl_ms` old at `now_ms`, sorted; `None`
-/// when there are more than [`MAX_LIVE_READ`] (not verve's: not trusted to be complete).
-pub fn live(
-    con: &mut dyn ConnectionLike,
-    keys: &Keys,
-    now_ms: u64,
-    ttl_ms: u64,
-) -> Result<Option<Vec<String>>> {
+/// The instances whose last heartbeat is at most `ttl_ms` old, by Redis's clock, sorted;
+/// `None` when there are more than [`MAX_LIVE_READ`] (not verve's: not trusted to be
+/// complete). No instance's clock takes part: clocks that disagree by less than
+/// `--cluster-grace` never make a live instance look dead.
+pub fn live(con: &mut dyn ConnectionLike, keys: &Keys, ttl_ms: u64) -> Result<Option<Vec<String>>> {
     let members: Vec<Vec<u8>> = redis::Script::new(LIVE)
         .key(keys.live())
-        .arg(now_ms.saturating_sub(ttl_ms))
+        .arg(ttl_ms)
         .arg(MAX_LIVE_READ + 1)
         .arg(MAX_INSTANCE_BYTES)
         .invoke(con)?;

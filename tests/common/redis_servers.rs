@@ -1,10 +1,14 @@
 //! Real Redis servers for the cluster tests: a single `redis-server` and a 3-master Redis
 //! Cluster, each on free loopback ports, without persistence, killed on drop. Debian's
-//! `redis-server` package provides both binaries; `scripts/test.sh` installs it.
+//! `redis-server` package provides both binaries; `scripts/test.sh` installs it. Also a
+//! [`Proxy`] that one instance reaches Redis through, which the test can cut: that
+//! instance alone loses Redis, at the instant the test picks.
 
-use std::net::TcpListener;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{temp_dir, wait_until};
 
@@ -204,5 +208,107 @@ impl Drop for RedisCluster {
             let _ = node.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy on a free loopback port in front of a [`Redis`]: what goes through it reaches
+/// the server until the test cuts it ([`Cut::cut`]): then every connection through it is
+/// closed at once and new ones are closed as soon as they are accepted, as when the network
+/// between one instance and Redis fails, until [`Cut::restore`]. Each accepted connection
+/// opens its own to the server's port, so a server restarted on that port is reached again.
+pub struct Proxy {
+    pub url: String,
+    port: u16,
+    cut: Cut,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The switch of a [`Proxy`]: cloned into whatever must cut it (a reporter, a thread).
+#[derive(Clone, Default)]
+pub struct Cut {
+    cut: Arc<AtomicBool>,
+    /// Both ends of every connection made through the proxy, to close them on a cut.
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Cut {
+    /// Closes every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+impl Proxy {
+    pub fn start(redis: &Redis) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = redis.port;
+        let cut = Cut::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (switch, done) = (cut.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if switch.is_cut() {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let mut open = switch.open.lock().unwrap();
+                if switch.is_cut() {
+                    continue;
+                }
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+                open.push(client);
+                open.push(server);
+            }
+        });
+        Proxy {
+            url: format!("redis://127.0.0.1:{port}/"),
+            port,
+            cut,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The proxy's switch.
+    pub fn switch(&self) -> Cut {
+        self.cut.clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut.cut();
+        // Wakes the accept loop up, so that it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

@@ -81,6 +81,9 @@ pub(super) struct Delivery {
     checking: bool,
     /// Records reported and not yet delivered or logged as lost, shared with the reporter.
     pending: Arc<AtomicU64>,
+    /// The window of each record the broker acknowledged, for cluster mode's record
+    /// hand-over ([`super::Handoff`]); dropped when nobody takes them.
+    acked: Sender<u64>,
     /// Which producer this is: bumped each time a fatal error replaces it.
     generation: u64,
     outcomes_tx: Sender<Outcome>,
@@ -107,14 +110,15 @@ pub(super) struct Delivery {
 impl Delivery {
     /// The thread's state before its first record: nothing to deliver, the topic not
     /// checked yet. `outcomes` carries `producer`'s delivery reports (and its successors');
-    /// `topic_checks` is the admin thread's (see [`super::client::start_topic_checks`]).
+    /// `topic_checks` is the admin thread's (see [`super::client::start_topic_checks`]);
+    /// `pending` is shared with the reporter, and each acknowledged window goes to `acked`.
     pub(super) fn new(
         settings: Settings,
         producer: BaseProducer<ProducerCtx>,
         outcomes: (Sender<Outcome>, Receiver<Outcome>),
         topic_checks: (Sender<()>, Receiver<TopicChecked>),
         rx: Receiver<Msg>,
-        pending: Arc<AtomicU64>,
+        (pending, acked): (Arc<AtomicU64>, Sender<u64>),
         metrics: Arc<Metrics>,
     ) -> Delivery {
         let journal = settings.journal.clone();
@@ -125,6 +129,7 @@ impl Delivery {
             checked: topic_checks.1,
             checking: false,
             pending,
+            acked,
             generation: 0,
             outcomes_tx: outcomes.0,
             outcomes: outcomes.1,
@@ -275,6 +280,7 @@ impl Delivery {
                         window_start: record.window_start,
                     });
                 }
+                let _ = self.acked.try_send(record.window_start);
                 log::info!(
                     target: TARGET,
                     "window_start={} topic={} partition={partition} offset={offset}",

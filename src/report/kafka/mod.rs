@@ -102,6 +102,8 @@ pub struct Kafka {
     done: Receiver<()>,
     /// Records reported and not yet delivered or logged as lost.
     pending: Arc<AtomicU64>,
+    /// See [`Kafka::handoff`].
+    acked: Receiver<u64>,
     metrics: Arc<Metrics>,
     /// `--state-file`: records acknowledged or lost for good are recorded there; those the
     /// process stops before delivering stay there and are produced after the restart.
@@ -123,13 +125,14 @@ impl Kafka {
         let (queue, rx) = bounded(CHANNEL_LEN);
         let (done_tx, done) = bounded(1);
         let pending = Arc::new(AtomicU64::new(0));
+        let (acked_tx, acked) = bounded(ACKED_LEN);
         let delivery = Delivery::new(
             settings,
             producer,
             (outcomes_tx, outcomes),
             topic_checks,
             rx,
-            pending.clone(),
+            (pending.clone(), acked_tx),
             metrics.clone(),
         );
         let guard = health.guard("verve-kafka");
@@ -146,9 +149,61 @@ impl Kafka {
             thread: Some(thread),
             done,
             pending,
+            acked,
             metrics,
             journal,
         })
+    }
+
+    /// What cluster mode needs to hand records over between instances (see
+    /// [`crate::cluster::node::RecordHandoff`]).
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            queue: self.queue.clone(),
+            acked: self.acked.clone(),
+            pending: self.pending.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Acknowledgements kept for [`Handoff::acknowledged`]: far more than one call's worth (the
+/// cluster thread asks every half second); past it they are dropped, and a dropped one
+/// makes a record pending in Redis until its instance stops, then produced again elsewhere.
+const ACKED_LEN: usize = 4096;
+
+/// Cluster mode's side door to the Kafka thread: produces records of windows another
+/// instance reported, and tells which records the broker acknowledged.
+pub struct Handoff {
+    queue: Sender<Msg>,
+    acked: Receiver<u64>,
+    pending: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Handoff {
+    /// Queues the window's record, as a report of it would (no count line, no call).
+    pub fn produce(&self, window_start: u64, count: u64) {
+        let record = Record {
+            window_start,
+            count,
+        };
+        self.metrics.backlog_windows.fetch_add(1, Relaxed);
+        self.pending.fetch_add(1, Relaxed);
+        if self.queue.try_send(Msg::Record(record)).is_err() {
+            record_lost(
+                &self.metrics,
+                &self.pending,
+                None,
+                record,
+                "kafka-thread-behind",
+            );
+        }
+    }
+
+    /// The windows whose record the broker acknowledged since the last call.
+    pub fn acknowledged(&self) -> Vec<u64> {
+        self.acked.try_iter().collect()
     }
 }
 
