@@ -2,14 +2,11 @@
 //! thing it must catch or must allow; then a short run of each mode against the real binary,
 //! nginx and redis-server (the whole file well under 90 s: the two runs go in parallel).
 //!
-//! **Strictness of the short runs.** They always assert that the run was carried out: the
-//! load was answered, every fault kind of the mode was injected, the windows were checked.
-//! Whether they also assert the checker's verdict (no id lost, no unexplained duplicate) is
-//! [`PROMISE_HOLDS`], or `VERVE_FAULTS_STRICT=1` in the environment
-//! (`VERVE_FAULTS_STRICT=1 cargo test --test faults -- --nocapture`): set it once verve
-//! keeps the promise through every fault these runs inject. The verdict and the summary
-//! are printed either way (`cargo test --test faults -- --nocapture`), and a run that fails
-//! an assertion keeps its directory (the path is in the message).
+//! **What the short runs assert.** That the run was carried out (the load was answered,
+//! every fault kind of the mode was injected, the windows were checked) and the checker's
+//! verdict: no id lost, no unexplained duplicate. The summary is printed
+//! (`cargo test --test faults -- --nocapture`), and a run that fails an assertion keeps its
+//! directory (the path is in the message).
 
 #[path = "../examples/faults/check.rs"]
 mod check;
@@ -28,14 +25,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use check::{check, edf, CountLine, Event, Fault, Outcome, Phase, Run, Sent};
-
-/// Whether the short runs assert the checker's verdict. Set it once verve survives every
-/// fault of the run; until then `VERVE_FAULTS_STRICT=1` asserts it on demand.
-const PROMISE_HOLDS: bool = false;
-
-fn strict() -> bool {
-    PROMISE_HOLDS || std::env::var("VERVE_FAULTS_STRICT").is_ok_and(|v| v == "1")
-}
 
 // --- the checker on synthetic runs ------------------------------------------------------------
 
@@ -531,13 +520,11 @@ fn short_run(mode: run::Mode, seconds: u64) {
             "no {kind:?} injected: {summary}"
         );
     }
-    if strict() {
-        assert!(
-            report.passed(),
-            "{summary}(run directory kept: {})",
-            dir.display()
-        );
-    }
+    assert!(
+        report.passed(),
+        "{summary}(run directory kept: {})",
+        dir.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

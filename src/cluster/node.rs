@@ -55,8 +55,10 @@ use crate::sink::{SealedWindow, WindowSink};
 
 /// How often the thread looks at its windows and the channel.
 pub const TICK: Duration = Duration::from_millis(100);
-/// How often the open window's new ids are shipped: what a hard crash can lose.
-pub const SHIP_EVERY: Duration = Duration::from_secs(1);
+/// How often the open window's new ids are shipped: what a hard crash can lose. Below a
+/// second by the thread's [`TICK`] and room for the shipment itself, so that an id answered
+/// `ok` is in Redis within a second, as the README promises.
+pub const SHIP_EVERY: Duration = Duration::from_millis(800);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// An instance silent for this long is not waited for. Well above the heartbeat period,
 /// so that a slow Redis reply (up to [`conn::IO_TIMEOUT`]) or a long merge does not make a
