@@ -995,7 +995,9 @@ mod tests {
         assert!(target.exists());
         // A FIFO does not block the start.
         let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // SAFETY: `fifo` is a NUL-terminated path that outlives the call; mkfifo only reads it.
+        let made = unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) };
+        assert_eq!(made, 0);
         assert!(matches!(
             load(&path, &limits()).unwrap(),
             Loaded::Unreadable { .. }
