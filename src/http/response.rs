@@ -29,19 +29,6 @@ impl Status {
             Status::Unavailable => b"HTTP/1.1 503 Service Unavailable\r\n",
         }
     }
-
-    pub fn code(self) -> u16 {
-        match self {
-            Status::Ok => 200,
-            Status::BadRequest => 400,
-            Status::NotFound => 404,
-            Status::MethodNotAllowed => 405,
-            Status::PayloadTooLarge => 413,
-            Status::HeaderFieldsTooLarge => 431,
-            Status::InternalError => 500,
-            Status::Unavailable => 503,
-        }
-    }
 }
 
 /// What the response says about the connection.
