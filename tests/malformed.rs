@@ -54,9 +54,10 @@ fn an_oversized_head_sent_in_full_before_reading_still_gets_its_431() {
     let mut client = server.client();
     client.send(&request);
     client.send(b"GET /api/verve/accept?id=2 HTTP/1.1\r\nHost: x\r\n\r\n");
-    // Read only once the server has had every chance to close: without draining it would
-    // have reset the connection by now, and the reset discards the unread 431.
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Read only once the server has closed its side, as it does right after the 431: had it
+    // closed the socket with our bytes unread instead of draining them, the kernel would
+    // have sent a reset, which discards the unread answer.
+    wait_for_peer_close(&client.stream);
     let response = client.response();
     assert_eq!(
         (response.status, response.text()),
@@ -64,6 +65,21 @@ fn an_oversized_head_sent_in_full_before_reading_still_gets_its_431() {
     );
     assert!(response.says_close());
     server.assert_serves();
+}
+
+/// Waits until the peer has closed its side of `stream` (or reset it): `poll` with
+/// `POLLRDHUP`, which reads nothing.
+fn wait_for_peer_close(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `fd` is one valid pollfd for the duration of the call, and the descriptor is
+    // owned by `stream`, which outlives it.
+    let ready = unsafe { libc::poll(&mut fd, 1, 10_000) };
+    assert_eq!(ready, 1, "the server did not close its side within 10 s");
 }
 
 /// A request whose head (request line to blank line) is exactly `len` bytes.
