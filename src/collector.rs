@@ -648,3 +648,90 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod rewrite_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::endpoints::EndpointPolicy;
+    use crate::state::journal::Book;
+
+    /// Once a window holding more than [`SNAPSHOT_SLACK_BYTES`] of ids is reported, the
+    /// journal holds mostly dead bytes and the collector has it rewritten: the file shrinks
+    /// to what is live.
+    #[test]
+    fn a_journal_mostly_dead_after_a_report_is_rewritten_small() {
+        let dir = std::env::temp_dir().join(format!("verve-rewrite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.state");
+        let journal = Journal::create(
+            &path,
+            10,
+            Book::default(),
+            vec![],
+            Default::default(),
+            &Health::new(),
+        )
+        .unwrap();
+        let stats = journal.stats().clone();
+        let shards = Arc::new(Shards::new(2, EndpointPolicy::default(), 10));
+        shards.set_durable();
+        let clock = ManualClock::new(5_000);
+        let mark = crate::report::state_file::StateFileMark::new(journal.sender(), false);
+        struct Marking(crate::report::state_file::StateFileMark);
+        impl WindowSink for Marking {
+            fn accept(&mut self, s: SealedWindow) {
+                use crate::report::Reporter;
+                self.0.report(&crate::report::WindowReport {
+                    window_start: s.window_start,
+                    unique_count: s.ids.len(),
+                    endpoints: s.endpoints,
+                    scope: crate::report::Scope::Global,
+                });
+            }
+            fn finish(&mut self, _: Instant) {}
+        }
+        let handle = Collector {
+            shards: shards.clone(),
+            windows: Windows::new(10),
+            clock: clock.clone(),
+            sink: Box::new(Marking(mark)),
+            metrics: Arc::new(Metrics::new(2)),
+            journal: Some(journal),
+            memory_warned: None,
+            snapshots_asked: 0,
+        }
+        .spawn(&Health::new())
+        .unwrap();
+        // About 6 MB of 64-bit ids, saved as they come.
+        for i in 0..1_000_000i64 {
+            shards
+                .record(
+                    (i % 2) as usize,
+                    0,
+                    i.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64),
+                    None,
+                )
+                .unwrap();
+        }
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait("the ids saved", &|| {
+            stats.file_bytes.load(Relaxed) > SNAPSHOT_SLACK_BYTES
+        });
+        let before = stats.file_bytes.load(Relaxed);
+        // The window closes and is reported: its ids are dead in the file.
+        clock.set(10_000 + SETTLE.as_millis() as u64);
+        wait("the journal rewritten", &|| {
+            stats.snapshots.load(Relaxed) >= 2 && stats.file_bytes.load(Relaxed) < 4096
+        });
+        assert!(std::fs::metadata(&path).unwrap().len() < before / 100);
+        handle.shutdown(Instant::now() + Duration::from_secs(10));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
