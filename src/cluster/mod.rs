@@ -60,7 +60,8 @@
 //! it once back. Calls the dead leader had queued but not made are lost,
 //! not repeated, unless the successor makes them. Without an outage that window is a few
 //! milliseconds per window; it cannot be closed without making a window that is never
-//! reported possible instead, and a repeat is preferred to a gap (docs/failures.md, *Cluster mode*).
+//! reported possible instead, and a repeat is preferred to a gap (docs/failures.md,
+//! *Cluster mode*).
 
 pub mod conn;
 pub mod merge;
