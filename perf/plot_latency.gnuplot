@@ -1,16 +1,17 @@
 # Latency percentile curve, from the CSV perf/latency.sh writes:
-#   gnuplot -e "csv='perf/out/latency-X-curve.csv'; out='perf/latency.svg'; subtitle='...'" perf/plot_latency.gnuplot
+#   gnuplot -e "csv='perf/out/latency-X-curve.csv'; out='perf/latency.svg'; tool='wrk2'; subtitle='...'" perf/plot_latency.gnuplot
 # CSV columns (with a header line): percentile (0-100, below 100),latency_ms
 # x: the "nines" scale, 1/(1-p) on a log axis; y: latency in ms on a log axis.
 if (!exists("csv")) csv = "perf/out/latency-curve.csv"
 if (!exists("out")) out = "perf/latency.svg"
 if (!exists("subtitle")) subtitle = ""
 if (!exists("target_ms")) target_ms = 1
+if (!exists("tool")) tool = "oha"
 set terminal svg size 900,560 dynamic enhanced font "sans,12" background "white"
 set output out
 set datafile separator ","
 set datafile columnheaders
-set title "verve latency by percentile (oha, constant rate, latency-corrected)\n{/*0.8 ".subtitle."}"
+set title "verve latency by percentile (".tool.", constant rate, latency-corrected)\n{/*0.8 ".subtitle."}"
 set logscale x 10
 set logscale y 10
 stats csv using (1/(1-$1/100)) nooutput name "X"

@@ -30,8 +30,8 @@ use crate::shards::Shards;
 use crate::sink::{LocalSink, WindowSink};
 use crate::state;
 
-/// verve exits within 5 s of the signal (README, *Shutdown*); this leaves room for the
-/// process to unwind after the reporters' deadline.
+/// verve exits within 5 s of the signal (docs/operating.md, *Signals and shutdown*); this
+/// leaves room for the process to unwind after the reporters' deadline.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4_000);
 
 /// Longest wait for requests already read to be answered before the last window is sealed.

@@ -1,4 +1,4 @@
-//! Endpoint callbacks into a real HTTP receiver on loopback (README, *Endpoint callbacks*): the GET and POST
+//! Endpoint callbacks into a real HTTP receiver on loopback (docs/callbacks.md): the GET and POST
 //! forms, one call per distinct endpoint and window, non-2xx answers and redirects, timeouts,
 //! the allow-list, the refusal of the host's own network (loopback included, so every test
 //! that calls a receiver allows 127.0.0.1 explicitly), the per-window endpoint limit, and

@@ -1,4 +1,4 @@
-//! Cluster mode end to end (README, *Cluster mode*): real `verve` processes sharing a real
+//! Cluster mode end to end (docs/cluster.md): real `verve` processes sharing a real
 //! `redis-server` (or a 3-master Redis Cluster) on loopback, behind a real nginx where the
 //! test needs a load balancer. Each test starts its own servers on free ports.
 //!
@@ -604,7 +604,7 @@ fn an_instance_with_another_interval_under_the_same_prefix_is_refused_at_start()
 /// What a Redis ACL user needs for verve, besides keys under its prefix: the scripts
 /// (`EVALSHA`, and `SCRIPT LOAD` when Redis does not know one yet), the commands they and
 /// the heartbeats run, and `INFO` (whether the server is part of a Redis Cluster). The
-/// README lists the same.
+/// docs/cluster.md lists the same.
 const ACL_COMMANDS: &[&str] = &[
     "+evalsha",
     "+script|load",

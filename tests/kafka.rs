@@ -1,4 +1,4 @@
-//! Kafka end to end (README, *Kafka*): the real `verve` binary producing to a real
+//! Kafka end to end (docs/kafka.md): the real `verve` binary producing to a real
 //! Kafka-protocol broker (tansu, see `common::kafka_broker`) on loopback, records read back
 //! with an rdkafka consumer. Each test starts its own broker on a free port.
 //!

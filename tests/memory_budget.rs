@@ -12,7 +12,7 @@ use common::{Client, Server};
 /// The budget under test: the smallest allowed.
 const BUDGET: u64 = 1 << 20;
 
-/// What RSS may grow by beyond the budget (the README's "slack"): the allocator keeping
+/// What RSS may grow by beyond the budget (docs/performance.md, *Memory*): the allocator keeping
 /// what a merge freed (a merge builds the new set before it frees the old one), the
 /// connections' buffers and coroutine stacks, the per-worker batch buffers.
 const SLACK: u64 = 8 << 20;

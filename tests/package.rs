@@ -173,6 +173,15 @@ fn the_package_holds_the_binary_the_unit_the_configuration_and_the_docs() {
         ("/usr/share/doc/verve/changelog.gz", "-rw-r--r--"),
         ("/usr/share/doc/verve/README.md", "-rw-r--r--"),
     ];
+    // The README's pages (docs/), beside it so that its relative links work.
+    let docs = doc_pages();
+    let expected: Vec<(&str, &str)> = expected
+        .into_iter()
+        .chain(
+            docs.iter()
+                .map(|(installed, _)| (installed.as_str(), "-rw-r--r--")),
+        )
+        .collect();
     let listed: BTreeSet<&str> = files.iter().map(|e| e.path.as_str()).collect();
     let wanted: BTreeSet<&str> = expected.iter().map(|(p, _)| *p).collect();
     assert_eq!(listed, wanted, "the package's files: {files:#?}");
@@ -206,11 +215,14 @@ fn the_package_holds_the_binary_the_unit_the_configuration_and_the_docs() {
         .output()
         .expect("dpkg-deb --extract");
     assert!(out.status.success(), "{}", report(&out));
-    for (installed, source) in [
+    let fixed = [
         (UNIT, "scripts/verve.service"),
         (ENV_FILE, "scripts/verve.env"),
         ("/etc/logrotate.d/verve", "scripts/verve.logrotate"),
-    ] {
+        ("/usr/share/doc/verve/README.md", "README.md"),
+    ];
+    let pages = docs.iter().map(|(i, s)| (i.as_str(), s.as_str()));
+    for (installed, source) in fixed.into_iter().chain(pages) {
         let packaged = std::fs::read(tree.join(&installed[1..])).unwrap();
         let repo = std::fs::read(Path::new(ROOT).join(source)).unwrap();
         assert!(packaged == repo, "{installed} differs from {source}");
@@ -218,6 +230,28 @@ fn the_package_holds_the_binary_the_unit_the_configuration_and_the_docs() {
     let version = run(tree.join("usr/bin/verve").to_str().unwrap(), &["--version"]);
     assert_eq!(version.trim(), format!("verve {}", expected_version_text()));
     let _ = std::fs::remove_dir_all(tree);
+}
+
+/// The pages under docs/ that the package installs beside the README (the Markdown pages and
+/// their pictures), as (installed path, path in the repository).
+fn doc_pages() -> Vec<(String, String)> {
+    let mut pages: Vec<(String, String)> = std::fs::read_dir(Path::new(ROOT).join("docs"))
+        .expect("docs/")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".md") || name.ends_with(".png"))
+        .map(|name| {
+            (
+                format!("/usr/share/doc/verve/docs/{name}"),
+                format!("docs/{name}"),
+            )
+        })
+        .collect();
+    pages.sort();
+    assert!(
+        pages.iter().any(|(_, s)| s == "docs/operating.md"),
+        "docs/ holds the pages the README links to: {pages:?}"
+    );
+    pages
 }
 
 /// A file of the package's control archive (`conffiles`, `postinst`, ...).

@@ -1,4 +1,4 @@
-//! Graceful shutdown by the real signals (README, *Shutdown*): exit 0, the open window reported as a
+//! Graceful shutdown by the real signals (docs/operating.md, *Signals and shutdown*): exit 0, the open window reported as a
 //! partial count, `/healthz` 503 and refused work while draining, in-flight requests
 //! answered.
 

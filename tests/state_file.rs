@@ -1,4 +1,4 @@
-//! `--state-file` (README, *Restarts and crashes without loss*) with real signals and real restarts: a restart inside a
+//! `--state-file` (docs/operating.md, *State file*) with real signals and real restarts: a restart inside a
 //! window resumes it, so the window gets one count line with the exact union of what both
 //! processes received and its endpoints are called once; a window saved before it closed is
 //! reported, late, by the next start; a damaged or unwritable state file is reported clearly.

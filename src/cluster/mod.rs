@@ -1,4 +1,4 @@
-//! Cluster mode (README, *Cluster mode*): several instances behind a load balancer count
+//! Cluster mode (docs/cluster.md): several instances behind a load balancer count
 //! each id once per window by shipping their windows to one Redis (or Redis Cluster).
 //!
 //! - [`store`]: the Redis side: key layout, shipments, heartbeats, the per-window lease and
@@ -60,7 +60,8 @@
 //! it once back. Calls the dead leader had queued but not made are lost,
 //! not repeated, unless the successor makes them. Without an outage that window is a few
 //! milliseconds per window; it cannot be closed without making a window that is never
-//! reported possible instead, and a repeat is preferred to a gap (README, *Cluster mode*).
+//! reported possible instead, and a repeat is preferred to a gap (docs/failures.md,
+//! *Cluster mode*).
 
 pub mod conn;
 pub mod merge;

@@ -57,7 +57,7 @@ use crate::sink::{SealedWindow, WindowSink};
 pub const TICK: Duration = Duration::from_millis(100);
 /// How often the open window's new ids are shipped: what a hard crash can lose. Below a
 /// second by the thread's [`TICK`] and room for the shipment itself, so that an id answered
-/// `ok` is in Redis within a second, as the README promises.
+/// `ok` is in Redis within a second, as docs/failures.md promises (*Cluster mode*).
 pub const SHIP_EVERY: Duration = Duration::from_millis(800);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// An instance silent for this long is not waited for. Well above the heartbeat period,

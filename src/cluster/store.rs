@@ -625,8 +625,8 @@ pub enum Blob<'a> {
 /// length, so it never crosses the network. One `LRANGE` per element rather than one for the
 /// page: the script copies only the elements it returns (one `LRANGE` of 8 shipments of 6 MB
 /// copied 48 MB into Lua to return 12 MB, and made reading 10 x 1M random 64-bit ids take
-/// 0.8 s instead of 0.2 s). Not `LINDEX`: the Redis users that deployments give verve (README)
-/// may run `LRANGE` and not `LINDEX`.
+/// 0.8 s instead of 0.2 s). Not `LINDEX`: the Redis users that deployments give verve
+/// (docs/cluster.md) may run `LRANGE` and not `LINDEX`.
 const FETCH: &str = r"
 local key, first, last = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local max, budget = tonumber(ARGV[3]), tonumber(ARGV[4])

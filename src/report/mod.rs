@@ -30,7 +30,7 @@ pub enum Scope {
     /// Cluster mode, a window that could not be shipped to Redis in time (it fell off the
     /// `--cluster-backlog`): this instance's ids only. The count line says `scope=local`,
     /// and endpoints are not called with it (each is logged with an `error=`), because the
-    /// README promises them the cluster's count (*Cluster mode*).
+    /// docs promise them the cluster's count (docs/cluster.md).
     Local,
 }
 

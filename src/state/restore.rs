@@ -180,7 +180,7 @@ impl Recovery {
     /// What the new journal says besides the ids. Windows of another `--interval` do not
     /// line up with this instance's, so they are not carried over: they are reported from
     /// memory as the service starts, and a crash in the moment before that loses them (the
-    /// README says so).
+    /// docs/operating.md, *State file*, says so).
     fn book(&self, same_interval: bool) -> Book {
         let mut book = Book::default();
         if !same_interval {

@@ -19,7 +19,7 @@
 //! - A delivery that fails for good (librdkafka reports it: the topic was deleted, the
 //!   record was refused) is logged with its reason, counted in `verve_kafka_errors_total`
 //!   and retried with a backoff; so is a fatal producer error, after which a new producer
-//!   is made (the one case that may write a record twice, see the README).
+//!   is made (the one case that may write a record twice, see docs/failures.md, *Kafka*).
 //!
 //! The topic is created at start-up when missing (many brokers do not create topics on
 //! their own), with one partition and up to three replicas. A broker that cannot be reached
