@@ -11,14 +11,15 @@
 //! permits the refused addresses it may resolve to.
 //!
 //! The parts: [`policy`] (the allow-list and the checks an endpoint passes), [`net`] (address
-//! ranges and the IPv4 address an IPv6 one stands for), [`table`] (the per-window table).
+//! ranges and the IPv4 address an IPv6 one stands for), [`table`] (the per-window table),
+//! [`outcome`] (what became of a call to an endpoint, and its log line).
 
 pub mod net;
+pub mod outcome;
 pub mod policy;
 pub mod table;
 
 pub use net::{canonical_ip, refused_range};
-pub use policy::{
-    canonicalize, check_untrusted, is_loopback_name, sanitize_for_log, EndpointPolicy,
-};
+pub use outcome::{CallError, CallResult, EndpointLine, NotMade};
+pub use policy::{canonicalize, check_untrusted, is_loopback_name, EndpointPolicy};
 pub use table::{Admit, EndpointTable};

@@ -11,7 +11,7 @@ use ureq::Agent;
 use super::Method;
 use crate::clock::rfc3339_secs;
 use crate::endpoints::EndpointPolicy;
-use crate::logging::sanitize;
+use crate::endpoints::{CallError, CallResult};
 
 /// Longest wait for a TCP connection. A reachable host accepts within one round trip (well
 /// under a second anywhere on Earth); one that drops SYNs would otherwise keep the thread for
@@ -21,10 +21,6 @@ pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Response bytes read (and discarded) so the pooled connection can be reused; past this
 /// the connection is dropped instead.
 pub const MAX_RESPONSE_BYTES: u64 = 16 * 1024;
-
-/// The `error=` token of a call refused because every address of its host is in a refused
-/// range.
-pub const DENIED: &str = "denied-address";
 
 /// The connect timeout for calls bounded by `timeout`: half of it, at most
 /// [`MAX_CONNECT_TIMEOUT`], so a host that does not accept leaves time to try its next
@@ -56,7 +52,7 @@ pub fn json_body(window_start: u64, count: u64) -> String {
 }
 
 /// Resolves with `inner` (ureq's own resolver in service), then removes the addresses the
-/// policy refuses. When nothing is left the call fails with [`DENIED`].
+/// policy refuses. When nothing is left the call fails with [`CallError::DeniedAddress`].
 #[derive(Debug)]
 pub struct GuardedResolver<R = DefaultResolver> {
     inner: R,
@@ -80,7 +76,7 @@ impl<R: Resolver> Resolver for GuardedResolver<R> {
         if kept.is_empty() {
             return Err(ureq::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                DENIED,
+                CallError::DeniedAddress.as_str(),
             )));
         }
         Ok(kept)
@@ -116,50 +112,32 @@ pub fn agent_with_resolver(
     )
 }
 
-/// How one call ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// An HTTP answer with this status.
-    Status(u16),
-    /// Every address of the host is in a refused range.
-    Denied,
-    /// No HTTP answer; the one-token reason.
-    Failed(String),
-}
-
-/// A short, single-line reason for a failed call (the `error=` token).
-fn reason(err: &ureq::Error) -> String {
-    let text = match err {
-        ureq::Error::Timeout(_) => "timeout".to_string(),
-        ureq::Error::HostNotFound => "host-not-found".to_string(),
-        ureq::Error::ConnectionFailed => "connection-failed".to_string(),
-        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            DENIED.to_string()
-        }
-        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            "connection-refused".to_string()
-        }
-        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout".to_string(),
-        other => format!("{other}"),
-    };
-    // Never let a reason break the one-line-per-event log format: it is one token, and what
-    // ureq quotes (a host's answer, a TLS library's words) is outside text.
-    sanitize(&text.replace(|c: char| c.is_whitespace() || c.is_control(), "_")).into_owned()
-}
-
-/// An endpoint as the `endpoint=` token shows it: sanitized, spaces encoded, so that one
-/// from outside (Redis, in cluster mode) stays one token on one line. A canonical URL is shown
-/// as it is.
-pub fn endpoint_token(url: &str) -> std::borrow::Cow<'_, str> {
-    if url.contains(' ') {
-        std::borrow::Cow::Owned(sanitize(&url.replace(' ', "%20")).into_owned())
-    } else {
-        sanitize(url)
+/// Why a call got no answer, from ureq's error.
+fn call_error(err: &ureq::Error) -> CallError {
+    match err {
+        ureq::Error::Timeout(_) => CallError::Timeout,
+        ureq::Error::HostNotFound => CallError::HostNotFound,
+        ureq::Error::ConnectionFailed => CallError::ConnectionFailed,
+        ureq::Error::Io(e) => match e.kind() {
+            // What `GuardedResolver` says when it leaves no address.
+            std::io::ErrorKind::PermissionDenied => CallError::DeniedAddress,
+            std::io::ErrorKind::ConnectionRefused => CallError::ConnectionRefused,
+            std::io::ErrorKind::TimedOut => CallError::Timeout,
+            _ => CallError::other(&err.to_string()),
+        },
+        // What ureq quotes (a host's answer, a TLS library's words) is outside text.
+        other => CallError::other(&other.to_string()),
     }
 }
 
 /// Makes one call: GET `url` with the count, or POST the JSON body to it.
-pub fn attempt(agent: &Agent, method: Method, url: &str, window_start: u64, count: u64) -> Outcome {
+pub fn attempt(
+    agent: &Agent,
+    method: Method,
+    url: &str,
+    window_start: u64,
+    count: u64,
+) -> CallResult {
     let result = match method {
         Method::Get => agent.get(url_with_count(url, count)).call(),
         Method::Post => agent
@@ -175,12 +153,9 @@ pub fn attempt(agent: &Agent, method: Method, url: &str, window_start: u64, coun
                 .with_config()
                 .limit(MAX_RESPONSE_BYTES)
                 .read_to_vec();
-            Outcome::Status(response.status().as_u16())
+            CallResult::Status(response.status().as_u16())
         }
-        Err(err) => match reason(&err) {
-            r if r == DENIED => Outcome::Denied,
-            r => Outcome::Failed(r),
-        },
+        Err(err) => CallResult::Failed(call_error(&err)),
     }
 }
 
@@ -189,15 +164,6 @@ mod tests {
     use super::*;
     use crate::report::callback::test_support::{responder, stop, FixedResolver};
     use std::net::SocketAddr;
-
-    #[test]
-    fn an_endpoint_from_outside_is_shown_as_one_token_on_one_line() {
-        assert_eq!(endpoint_token("http://h/p?a=1"), "http://h/p?a=1");
-        assert_eq!(
-            endpoint_token("http://h/x y\nINFO count unique_count=5"),
-            "http://h/x%20y\\nINFO%20count%20unique_count%3D5"
-        );
-    }
 
     #[test]
     fn count_is_appended_as_a_query_parameter() {
@@ -249,7 +215,7 @@ mod tests {
             let agent = agent_with_resolver(timeout, policy, resolver());
             assert_eq!(
                 attempt(&agent, Method::Get, &url, 0, 1),
-                Outcome::Denied,
+                CallResult::Failed(CallError::DeniedAddress),
                 "{entries:?}"
             );
         }
@@ -258,7 +224,7 @@ mod tests {
         let agent = agent_with_resolver(timeout, policy, resolver());
         assert_eq!(
             attempt(&agent, Method::Get, &url, 0, 1),
-            Outcome::Status(200)
+            CallResult::Status(200)
         );
         stop(addr);
         assert_eq!(
@@ -283,7 +249,7 @@ mod tests {
         let url = format!("http://mixed.example:{}/", addr.port());
         assert_eq!(
             attempt(&agent, Method::Get, &url, 0, 1),
-            Outcome::Status(200)
+            CallResult::Status(200)
         );
         stop(addr);
         assert_eq!(served.join().unwrap(), 2);
@@ -292,8 +258,16 @@ mod tests {
     #[test]
     fn reasons_stay_on_one_line_and_one_token() {
         let err = ureq::Error::BadUri("a b\nc".into());
-        let r = reason(&err);
-        assert!(!r.contains(' ') && !r.contains('\n'), "{r}");
-        assert_eq!(reason(&ureq::Error::HostNotFound), "host-not-found");
+        let r = call_error(&err);
+        assert!(!r.as_str().contains([' ', '\n']), "{r:?}");
+        assert_eq!(
+            call_error(&ureq::Error::HostNotFound).as_str(),
+            "host-not-found"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            call_error(&ureq::Error::Io(refused)),
+            CallError::ConnectionRefused
+        );
     }
 }

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
 use ureq::Agent;
 
-use super::client::{attempt, Outcome, DENIED};
-use super::{Settings, DEFERRED, TARGET};
+use super::client::attempt;
+use super::{Settings, TARGET};
 use crate::clock::rfc3339_secs;
+use crate::endpoints::{CallError, CallResult, EndpointLine, NotMade};
 use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{EndpointCalls, Metrics};
 use crate::state::journal::Record;
 use crate::state::writer::JournalSender;
 
@@ -65,33 +66,15 @@ pub(super) struct Call {
 }
 
 impl Call {
-    /// Logs and counts the outcome, unless the call was already settled. Returns false
+    /// Logs and counts the result, unless the call was already settled. Returns false
     /// when it was.
-    fn settle(&self, metrics: &Metrics, outcome: &Outcome) -> bool {
+    fn settle(&self, metrics: &Metrics, result: &CallResult) -> bool {
         if self.settled.swap(true, Relaxed) {
             return false;
         }
+        counter(&metrics.endpoint_calls, result).fetch_add(1, Relaxed);
         let window_start = rfc3339_secs(self.window_start);
-        let url = &self.url;
-        let calls = &metrics.endpoint_calls;
-        match outcome {
-            Outcome::Status(status @ 200..=299) => {
-                calls.success.fetch_add(1, Relaxed);
-                log::info!(target: TARGET, "window_start={window_start} endpoint={url} status={status}");
-            }
-            Outcome::Status(status) => {
-                calls.http_error.fetch_add(1, Relaxed);
-                log::warn!(target: TARGET, "window_start={window_start} endpoint={url} status={status}");
-            }
-            Outcome::Denied => {
-                calls.denied.fetch_add(1, Relaxed);
-                log::warn!(target: TARGET, "window_start={window_start} endpoint={url} error={DENIED}");
-            }
-            Outcome::Failed(reason) => {
-                calls.failed.fetch_add(1, Relaxed);
-                log::warn!(target: TARGET, "window_start={window_start} endpoint={url} error={reason}");
-            }
-        }
+        EndpointLine::called(&window_start, &self.url, result).log();
         self.journal_settled();
         self.release(metrics);
         true
@@ -115,17 +98,12 @@ impl Call {
     }
 
     /// Settles a call that was never made: `error=<reason>`, counted as dropped.
-    pub(super) fn drop_unmade(&self, metrics: &Metrics, reason: &str) {
+    pub(super) fn drop_unmade(&self, metrics: &Metrics, reason: NotMade) {
         if self.settled.swap(true, Relaxed) {
             return;
         }
         metrics.endpoint_calls.dropped.fetch_add(1, Relaxed);
-        log::warn!(
-            target: TARGET,
-            "window_start={} endpoint={} error={reason}",
-            rfc3339_secs(self.window_start),
-            self.url
-        );
+        self.log_unmade(reason);
         self.journal_settled();
         self.release(metrics);
     }
@@ -133,20 +111,30 @@ impl Call {
     /// The process stops before the call is made (or before it finished): with a state
     /// file it is kept there and made after the restart, logged `error=deferred-to-restart`
     /// and not counted as dropped; without one it is dropped with `reason`.
-    fn stop_unmade(&self, metrics: &Metrics, reason: &str) {
+    fn stop_unmade(&self, metrics: &Metrics, reason: NotMade) {
         if self.journal.is_none() {
             return self.drop_unmade(metrics, reason);
         }
         if self.settled.swap(true, Relaxed) {
             return;
         }
-        log::warn!(
-            target: TARGET,
-            "window_start={} endpoint={} error={DEFERRED}",
-            rfc3339_secs(self.window_start),
-            self.url
-        );
+        self.log_unmade(NotMade::DeferredToRestart);
         self.release(metrics);
+    }
+
+    fn log_unmade(&self, reason: NotMade) {
+        let window_start = rfc3339_secs(self.window_start);
+        EndpointLine::not_made(&window_start, &self.url, reason).log();
+    }
+}
+
+/// The `verve_endpoint_calls_total` counter of a call's result.
+fn counter<'m>(calls: &'m EndpointCalls, result: &CallResult) -> &'m AtomicU64 {
+    match result {
+        CallResult::Status(200..=299) => &calls.success,
+        CallResult::Status(_) => &calls.http_error,
+        CallResult::Failed(CallError::DeniedAddress) => &calls.denied,
+        CallResult::Failed(_) => &calls.failed,
     }
 }
 
@@ -276,7 +264,7 @@ impl Dispatcher {
     fn enqueue(&mut self, calls: Vec<Call>) {
         for call in calls {
             if self.waiting >= self.settings.queue_len {
-                call.drop_unmade(&self.metrics, "queue-full");
+                call.drop_unmade(&self.metrics, NotMade::QueueFull);
                 continue;
             }
             self.next_expiry = Some(
@@ -341,8 +329,8 @@ impl Dispatcher {
             .name(format!("verve-callback-{}", self.threads.len()))
             .spawn(move || {
                 for (id, call) in work {
-                    let outcome = attempt(&agent, method, &call.url, call.window_start, call.count);
-                    call.settle(&metrics, &outcome);
+                    let result = attempt(&agent, method, &call.url, call.window_start, call.count);
+                    call.settle(&metrics, &result);
                     if done.send(id).is_err() {
                         return;
                     }
@@ -399,9 +387,9 @@ impl Dispatcher {
                 let call = queue.waiting.pop_front().expect("front exists");
                 self.waiting -= 1;
                 let reason = if queue.running >= limit {
-                    "host-busy"
+                    NotMade::HostBusy
                 } else {
-                    "threads-busy"
+                    NotMade::ThreadsBusy
                 };
                 call.drop_unmade(&self.metrics, reason);
             }
@@ -422,12 +410,12 @@ impl Dispatcher {
     fn abandon(&mut self) {
         for queue in self.hosts.values_mut() {
             for call in queue.waiting.drain(..) {
-                call.stop_unmade(&self.metrics, "not-sent-at-exit");
+                call.stop_unmade(&self.metrics, NotMade::NotSentAtExit);
             }
         }
         self.waiting = 0;
         for call in self.running.values() {
-            call.stop_unmade(&self.metrics, "unfinished-at-exit");
+            call.stop_unmade(&self.metrics, NotMade::UnfinishedAtExit);
         }
     }
 }
@@ -435,6 +423,27 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_result_is_counted_once_under_its_label() {
+        let calls = EndpointCalls::default();
+        for result in [
+            CallResult::Status(200),
+            CallResult::Status(204),
+            CallResult::Status(302),
+            CallResult::Failed(CallError::DeniedAddress),
+            CallResult::Failed(CallError::Timeout),
+            CallResult::Failed(CallError::other("tls")),
+        ] {
+            counter(&calls, &result).fetch_add(1, Relaxed);
+        }
+        let n = |c: &AtomicU64| c.load(Relaxed);
+        assert_eq!(n(&calls.success), 2);
+        assert_eq!(n(&calls.http_error), 1);
+        assert_eq!(n(&calls.denied), 1);
+        assert_eq!(n(&calls.failed), 2);
+        assert_eq!(n(&calls.dropped) + n(&calls.refused), 0);
+    }
 
     #[test]
     fn enough_threads_for_a_window_of_timeouts_within_bounds() {

@@ -36,18 +36,13 @@ pub mod reporter;
 mod test_support;
 
 pub use client::{
-    agent, agent_with_resolver, attempt, connect_timeout, endpoint_token, json_body,
-    url_with_count, GuardedResolver, Outcome, DENIED, MAX_CONNECT_TIMEOUT, MAX_RESPONSE_BYTES,
+    agent, agent_with_resolver, attempt, connect_timeout, json_body, url_with_count,
+    GuardedResolver, MAX_CONNECT_TIMEOUT, MAX_RESPONSE_BYTES,
 };
 pub use dispatch::{call_threads, DEFAULT_HOST_CALLS, MAX_CALL_THREADS, MIN_CALL_THREADS};
 pub use reporter::Callbacks;
 
-/// The log target of endpoint lines.
-pub const TARGET: &str = "endpoint";
-
-/// The `error=` reason of a call that the process stopped before making, kept in the state
-/// file and made after the restart.
-pub const DEFERRED: &str = "deferred-to-restart";
+pub use crate::endpoints::outcome::TARGET;
 
 /// `--endpoint-method`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use ureq::Agent;
 
-use super::client::{agent, endpoint_token};
+use super::client::agent;
 use super::dispatch::{Call, Command, Dispatcher};
-use super::{Settings, TARGET};
+use super::Settings;
 use crate::clock::rfc3339_secs;
+use crate::endpoints::{EndpointLine, NotMade};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Resumed, Scope, WindowReport};
@@ -98,7 +99,7 @@ impl Callbacks {
             // The dispatcher is gone (it never ends before `finish`): say so for each call.
             if let Command::Calls(calls) = unsent.into_inner() {
                 for call in calls {
-                    call.drop_unmade(&self.metrics, "dispatcher-gone");
+                    call.drop_unmade(&self.metrics, NotMade::DispatcherGone);
                 }
             }
         }
@@ -110,14 +111,10 @@ impl Reporter for Callbacks {
         if report.scope == Scope::Local {
             // Endpoints are promised the cluster's count; this instance's alone would be
             // wrong, so none is sent, and each endpoint says why.
+            let window_start = rfc3339_secs(report.window_start);
             for url in &report.endpoints {
                 self.metrics.endpoint_calls.dropped.fetch_add(1, Relaxed);
-                log::warn!(
-                    target: TARGET,
-                    "window_start={} endpoint={} error=cluster-count-unavailable",
-                    rfc3339_secs(report.window_start),
-                    endpoint_token(url)
-                );
+                EndpointLine::not_made(&window_start, url, NotMade::ClusterCountUnavailable).log();
             }
             return;
         }
