@@ -266,8 +266,9 @@ mod tests {
     #[test]
     fn every_reason_is_listed_once() {
         for (i, reason) in NotMade::ALL.into_iter().enumerate() {
-            // Exhaustive: a new reason does not compile here until it has its place, and
-            // then this fails until `ALL` holds it there.
+            // Exhaustive: a new reason does not compile until it is given a place here; give
+            // it the next one and put it in `ALL` at that place (the documentation test
+            // below reads `ALL`).
             let place = match reason {
                 NotMade::QueueFull => 0,
                 NotMade::HostBusy => 1,
@@ -296,5 +297,37 @@ mod tests {
             };
             assert_eq!(place, i, "{error:?}");
         }
+    }
+
+    /// README.md and every `docs/*.md`, concatenated.
+    fn documentation() -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut text = std::fs::read_to_string(root.join("README.md")).unwrap();
+        if let Ok(dir) = std::fs::read_dir(root.join("docs")) {
+            for entry in dir {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "md") {
+                    text.push_str(&std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn every_reason_the_log_can_give_is_documented() {
+        let docs = documentation();
+        let named = NotMade::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(CallError::NAMED.iter().map(CallError::as_str));
+        // Named as a token (`` `host-busy` ``) or as it is logged (`error=host-busy`).
+        let missing: Vec<&str> = named
+            .filter(|r| !docs.contains(&format!("`{r}`")) && !docs.contains(&format!("error={r}")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in README.md or docs/*.md: {missing:?}"
+        );
     }
 }
