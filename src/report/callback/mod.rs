@@ -22,7 +22,8 @@
 //!
 //! The parts: [`client`] makes one call (the HTTP side, the address guard, the bounds),
 //! [`dispatch`] decides when each call is made (the per-host queues and the call threads), and
-//! [`reporter`] turns each reported window into its calls.
+//! [`reporter`] turns each reported window into its calls. What a call's line says (its
+//! result, or why it was not made) is typed in [`crate::endpoints::outcome`].
 
 use std::time::Duration;
 
