@@ -88,7 +88,12 @@ pub fn token<T: AsRef<[u8]> + ?Sized>(text: &T) -> Cow<'_, str> {
             }
         }
     }
-    let cut = &bytes[..bytes.len().min(MAX_TOKEN_BYTES)];
+    let mut end = bytes.len().min(MAX_TOKEN_BYTES);
+    // Cut before a character, not inside one (a UTF-8 continuation byte is 0b10xxxxxx).
+    while end < bytes.len() && end > 0 && bytes[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    let cut = &bytes[..end];
     let mut out = String::with_capacity(cut.len() + 8);
     for chunk in cut.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -363,6 +368,8 @@ mod tests {
         assert_eq!(token("bad uri: a b"), "bad%20uri:%20a%20b");
         let long = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(token(&long), format!("{}...", &long[..MAX_TOKEN_BYTES]));
+        let wide = format!("{}\u{e9}", "a".repeat(MAX_TOKEN_BYTES - 1));
+        assert_eq!(token(&wide), format!("{}...", &wide[..MAX_TOKEN_BYTES - 1]));
         // Every endpoint a client may name is shown whole.
         const { assert!(MAX_TOKEN_BYTES >= crate::query::MAX_ENDPOINT_BYTES) };
         for text in ["unique_count=1", "x\u{0}unique_count==", " unique_count=\n"] {
