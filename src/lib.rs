@@ -23,7 +23,8 @@
 //!   buffer the request path records into.
 //! - [`budget`]: `--max-memory`, the budget the id sets are held to.
 //! - [`shards`]: per-worker id shards, sealed per window; why they are sound under may.
-//! - [`endpoints`]: which callback URLs are allowed; the per-window endpoint table.
+//! - [`endpoints`]: which callback URLs are allowed; the per-window endpoint table; how a call
+//!   to one ended (typed reasons) and the endpoint log line.
 //! - [`collector`]: the thread that seals each window and hands it on.
 //! - [`health`]: whether verve's own threads are alive; a dead one stops the process.
 //! - [`sink`]: the sealed-window handover (reported here, or shipped to the cluster).

@@ -14,8 +14,10 @@
 //! own stderr output panics when stderr fails after a failed write, so stderr is written by
 //! `StderrOutput` instead, and `eprintln!` (which panics too) is never used.
 //!
-//! **Text from outside is sanitized** ([`sanitize`]) before it is logged: what brokers,
-//! Redis, callback hosts or a state file say cannot add a line or forge a count line.
+//! **Text from outside is sanitized** before it is logged: free text by [`sanitize`], a
+//! `key=value` token (an endpoint, an error reason) by [`token`], so that what brokers, Redis,
+//! callback hosts or a state file say cannot add a line, end a token early or forge a count
+//! line.
 //!
 //! fern's own reopen support (`reopen-1` feature) is not used: it reopens lazily on the next
 //! write, from a handler it installs itself (a second signal-hook version), and when the new
@@ -46,7 +48,7 @@ const COUNT_TOKEN_DEFUSED: &str = "unique_count%3D";
 /// `unique_count=` becomes `unique_count%3D`, so no line but a count line holds the token.
 /// Borrowed when there is nothing to change, which is almost always.
 pub fn sanitize(text: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    let unsafe_char = |c: char| c.is_control() || is_line_separator(c);
     if !text.contains(unsafe_char) && !text.contains(COUNT_TOKEN) {
         return Cow::Borrowed(text);
     }
@@ -61,6 +63,62 @@ pub fn sanitize(text: &str) -> Cow<'_, str> {
     // Escapes only add `\`, letters, digits and braces, so they cannot form the token; and
     // the replacement cannot form it with what follows (it holds one `u`, at its start).
     Cow::Owned(out.replace(COUNT_TOKEN, COUNT_TOKEN_DEFUSED))
+}
+
+/// Most bytes of outside text kept in one [`token`]: 2 KiB, the longest endpoint a client may
+/// name (`query::MAX_ENDPOINT_BYTES`), so every endpoint that can be called is shown whole;
+/// longer text (only ever from outside: Redis, a state file) is cut there and marked `...`.
+pub const MAX_TOKEN_BYTES: usize = 2048;
+
+/// Makes text that came from outside one token of a log line (`endpoint=<token>`,
+/// `error=<token>`), whatever its source: an endpoint from a request, a state file or Redis,
+/// or an error an HTTP or Kafka library quotes. A space is written `%20` (so a URL reads the
+/// same), any other white space or control character and the Unicode line and paragraph
+/// separators as a Rust escape (`\n`, `\t`, `\u{a0}`), a byte that is not UTF-8 as `\xFF`, and
+/// `unique_count=` as `unique_count%3D`; past [`MAX_TOKEN_BYTES`] the text is cut and ends in
+/// `...`. So the token neither ends early, nor starts a line, nor passes for a count line.
+/// Borrowed when there is nothing to change (a canonical endpoint, a named reason).
+pub fn token<T: AsRef<[u8]> + ?Sized>(text: &T) -> Cow<'_, str> {
+    let bytes = text.as_ref();
+    let unsafe_char = |c: char| c.is_whitespace() || c.is_control() || is_line_separator(c);
+    if bytes.len() <= MAX_TOKEN_BYTES {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            if !text.contains(unsafe_char) && !text.contains(COUNT_TOKEN) {
+                return Cow::Borrowed(text);
+            }
+        }
+    }
+    let mut end = bytes.len().min(MAX_TOKEN_BYTES);
+    // Cut before a character, not inside one (a UTF-8 continuation byte is 0b10xxxxxx).
+    while end < bytes.len() && end > 0 && bytes[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    let cut = &bytes[..end];
+    let mut out = String::with_capacity(cut.len() + 8);
+    for chunk in cut.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                ' ' => out.push_str("%20"),
+                c if unsafe_char(c) => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    if cut.len() < bytes.len() {
+        out.push_str("...");
+    }
+    // As in `sanitize`: the escapes cannot form the token, nor can the replacement with
+    // what follows it.
+    Cow::Owned(out.replace(COUNT_TOKEN, COUNT_TOKEN_DEFUSED))
+}
+
+/// The Unicode line and paragraph separators: not control characters, but some readers
+/// break lines at them.
+fn is_line_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Log lines that could be written nowhere: neither to the file nor to stderr.
@@ -294,6 +352,33 @@ mod tests {
             let clean = sanitize(text);
             assert!(!clean.contains(COUNT_TOKEN), "{clean}");
             assert!(!clean.contains(|c: char| c.is_control()), "{clean}");
+        }
+    }
+
+    #[test]
+    fn token_keeps_outside_text_one_token_on_its_line_and_off_the_count_token() {
+        for clean in ["http://h/p?a=1&b=%20", "denied-address", "http://[::1]:81/"] {
+            assert!(matches!(token(clean), Cow::Borrowed(_)), "{clean}");
+        }
+        assert_eq!(
+            token("http://x/?unique_count=5 a\n\t\u{a0}\u{2029}"),
+            "http://x/?unique_count%3D5%20a\\n\\t\\u{a0}\\u{2029}"
+        );
+        assert_eq!(token(b"ok\xff\xfe".as_slice()), "ok\\xFF\\xFE");
+        assert_eq!(token("bad uri: a b"), "bad%20uri:%20a%20b");
+        let long = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(token(&long), format!("{}...", &long[..MAX_TOKEN_BYTES]));
+        let wide = format!("{}\u{e9}", "a".repeat(MAX_TOKEN_BYTES - 1));
+        assert_eq!(token(&wide), format!("{}...", &wide[..MAX_TOKEN_BYTES - 1]));
+        // Every endpoint a client may name is shown whole.
+        const { assert!(MAX_TOKEN_BYTES >= crate::query::MAX_ENDPOINT_BYTES) };
+        for text in ["unique_count=1", "x\u{0}unique_count==", " unique_count=\n"] {
+            let t = token(text);
+            assert!(!t.contains(COUNT_TOKEN), "{t}");
+            assert!(
+                !t.contains(|c: char| c.is_whitespace() || c.is_control()),
+                "{t}"
+            );
         }
     }
 

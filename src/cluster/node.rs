@@ -1161,11 +1161,7 @@ impl Node {
                 Ok(url) => urls.push(String::from(url)),
                 Err(reason) => {
                     self.metrics.endpoint_calls.refused.fetch_add(1, Relaxed);
-                    log::warn!(
-                        target: callback::TARGET,
-                        "window_start={window_start} endpoint={} error={reason}",
-                        endpoints::sanitize_for_log(raw)
-                    );
+                    endpoints::EndpointLine::not_made(&window_start, raw, reason).log();
                 }
             }
         }

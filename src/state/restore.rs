@@ -16,7 +16,7 @@ use super::journal::{Book, Record, Undelivered};
 use super::writer::{Journal, JournalSender};
 use super::{load, Limits, Loaded, Restored};
 use crate::clock::rfc3339_secs;
-use crate::endpoints::{canonicalize, EndpointPolicy};
+use crate::endpoints::{canonicalize, EndpointLine, EndpointPolicy, NotMade};
 use crate::health::Health;
 use crate::ids::IdSet;
 use crate::logging::sanitize;
@@ -169,11 +169,7 @@ fn allowed(start: &str, url: &str, policy: &EndpointPolicy) -> Option<String> {
 /// not called. The text is from the file: shown as the callback reporter shows outside
 /// text, one token.
 fn refused_endpoint(window_start: &str, endpoint: &str) {
-    log::warn!(
-        target: crate::report::callback::TARGET,
-        "window_start={window_start} endpoint={} error=not-allowed-after-restart",
-        crate::report::callback::endpoint_token(endpoint)
-    );
+    EndpointLine::not_made(window_start, endpoint, NotMade::NotAllowedAfterRestart).log();
 }
 
 impl Recovery {

@@ -19,7 +19,7 @@ use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
 use super::config::{client_config, creation_error, producer_config, Settings};
 use super::TARGET;
 use crate::health::Health;
-use crate::logging::sanitize;
+use crate::logging::{sanitize, token};
 use crate::metrics::Metrics;
 
 /// A metadata request or topic creation that gets no answer in this time has failed; the
@@ -45,7 +45,7 @@ pub(super) struct Outcome {
 pub(super) fn code(err: &KafkaError) -> String {
     match err.rdkafka_error_code() {
         Some(code) => format!("{code:?}"),
-        None => sanitize(&format!("{err}").replace(|c: char| c.is_whitespace(), "_")).into_owned(),
+        None => token(&err.to_string()).into_owned(),
     }
 }
 
@@ -175,9 +175,31 @@ pub(super) fn new_producer(
         .map_err(|e| creation_error(e, "creating the Kafka producer", &settings.options))
 }
 
-/// What a topic check answers: how the topic was found ("exists" or "created"), or why it
-/// could not be.
-pub(super) type TopicChecked = Result<&'static str, String>;
+/// How a topic check found the topic (logged `topic <name> exists` or `... created`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TopicFound {
+    Exists,
+    Created,
+}
+
+impl TopicFound {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            TopicFound::Exists => "exists",
+            TopicFound::Created => "created",
+        }
+    }
+}
+
+impl std::fmt::Display for TopicFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a topic check answers: how the topic was found, or why it could not be (the error
+/// chain on one line).
+pub(super) type TopicChecked = Result<TopicFound, String>;
 
 /// Makes the admin client (a bad setting fails here) and starts its thread, which checks the
 /// topic each time it is asked on the first channel and answers on the second. It ends when
@@ -208,8 +230,8 @@ pub(super) fn start_topic_checks(
     Ok((check_tx, checked))
 }
 
-/// Makes sure `topic` exists, creating it when missing: "exists" or "created".
-fn ensure_topic(admin: &AdminClient<AdminCtx>, topic: &str) -> anyhow::Result<&'static str> {
+/// Makes sure `topic` exists, creating it when missing.
+fn ensure_topic(admin: &AdminClient<AdminCtx>, topic: &str) -> anyhow::Result<TopicFound> {
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
@@ -217,7 +239,7 @@ fn ensure_topic(admin: &AdminClient<AdminCtx>, topic: &str) -> anyhow::Result<&'
         .context("metadata request")?;
     let listed = metadata.topics().iter().find(|t| t.name() == topic);
     match listed.map(|t| t.error().map(RDKafkaErrorCode::from)) {
-        Some(None) => return Ok("exists"),
+        Some(None) => return Ok(TopicFound::Exists),
         Some(Some(RDKafkaErrorCode::UnknownTopicOrPartition)) | None => {}
         Some(Some(e)) => anyhow::bail!("metadata: {e:?}"),
     }
@@ -228,8 +250,8 @@ fn ensure_topic(admin: &AdminClient<AdminCtx>, topic: &str) -> anyhow::Result<&'
         .map_err(|e| anyhow::anyhow!("{}", code(&e)))
         .context("create topic")?;
     match results.into_iter().next() {
-        Some(Ok(_)) => Ok("created"),
-        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok("exists"),
+        Some(Ok(_)) => Ok(TopicFound::Created),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(TopicFound::Exists),
         Some(Err((_, e))) => anyhow::bail!("create topic: {e:?}"),
         None => anyhow::bail!("create topic: no answer"),
     }

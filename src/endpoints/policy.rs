@@ -1,21 +1,13 @@
-//! Callback endpoints: which URLs verve agrees to call, and the bounded per-window table of
-//! distinct endpoints that the collector drains when the window closes.
-//!
-//! A callback is a request that verve makes on a client's behalf, from inside the network it
-//! runs in, so the addresses of that network (loopback, private, link-local and the other
-//! ranges of [`refused_range`]) are never called unless an address entry of
-//! `--endpoint-allow` (an IP literal or a CIDR range) covers them. A literal is checked when
-//! the request arrives ([`canonicalize`]); a host name is checked on every address it
-//! resolves to, just before connecting ([`EndpointPolicy::address_allowed`]), so a DNS answer
-//! cannot point a call inside. A name entry only lets a name through the allow-list: it never
-//! permits the refused addresses it may resolve to.
+//! The endpoint policy: which URLs verve agrees to call (`--endpoint-allow` and the refused
+//! ranges), the checks a client's endpoint passes ([`canonicalize`]), and the same checks for an
+//! endpoint read from somewhere untrusted ([`check_untrusted`]).
 
-use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Mutex;
 
 use url::{Host, Url};
 
+use super::net::{refused_range, strip_brackets, Net};
+use super::outcome::NotMade;
 use crate::query::QueryError;
 
 /// One `--endpoint-allow` entry.
@@ -27,91 +19,6 @@ enum Entry {
     Subdomains(String),
     /// An IP literal (a /32 or /128) or a CIDR range.
     Net(Net),
-}
-
-/// An address range: `addr` with its host bits zero. An IPv4-mapped IPv6 range
-/// (`::ffff:10.0.0.0/104`) is kept as the IPv4 range it maps (see [`canonical_ip`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Net {
-    /// `10.0.0.0/8`, `fd00::/8`, `[fd00::]/8`. The address must have no bit set past the
-    /// prefix: `10.1.2.3/8` is refused as most likely a mistake for `10.0.0.0/8` or
-    /// `10.1.2.3/32`.
-    fn parse_cidr(entry: &str) -> Result<Net, String> {
-        let (addr, prefix) = entry.split_once('/').unwrap_or((entry, ""));
-        let addr: IpAddr = strip_brackets(addr)
-            .parse()
-            .map_err(|_| format!("{entry:?}: not an IP address before the '/'"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| format!("{entry:?}: not a prefix length after the '/'"))?;
-        let bits = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > bits {
-            return Err(format!("{entry:?}: the prefix is longer than {bits} bits"));
-        }
-        let start = masked(addr, prefix);
-        if start != addr {
-            return Err(format!(
-                "{entry:?}: bits are set past the prefix (the range starts at {start})"
-            ));
-        }
-        Ok(Net::new(addr, prefix))
-    }
-
-    /// The range of `prefix` bits that holds `addr`. Only an IPv4-mapped range is kept as
-    /// the IPv4 range it spells; a range of another embedding (NAT64, 6to4, ...) stays the
-    /// IPv6 range it names: `64:ff9b::/96` is the NAT64 prefix, not every IPv4 address.
-    fn new(addr: IpAddr, prefix: u8) -> Net {
-        let mapped =
-            matches!(addr, IpAddr::V6(v6) if v6.segments()[..6] == [0, 0, 0, 0, 0, 0xffff]);
-        match (addr, canonical_ip(addr)) {
-            (IpAddr::V6(_), IpAddr::V4(v4)) if mapped && prefix >= 96 => Net {
-                addr: masked(IpAddr::V4(v4), prefix - 96),
-                prefix: prefix - 96,
-            },
-            _ => Net {
-                addr: masked(addr, prefix),
-                prefix,
-            },
-        }
-    }
-
-    /// True when `ip`, in the spelling given or as the IPv4 address it embeds, is in the
-    /// range.
-    fn contains(&self, ip: IpAddr) -> bool {
-        let within = |ip: IpAddr| {
-            ip.is_ipv4() == self.addr.is_ipv4() && masked(ip, self.prefix) == self.addr
-        };
-        within(ip) || within(canonical_ip(ip))
-    }
-}
-
-/// `ip` with every bit past the first `prefix` cleared.
-fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-    }
-}
-
-fn strip_brackets(s: &str) -> &str {
-    s.strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(s)
 }
 
 /// What may be called: the allow-list (none: any public host) and, whatever it lists, no
@@ -233,72 +140,6 @@ pub fn is_loopback_name(name: &str) -> bool {
         && (tail == 0 || name.as_bytes()[tail - 1] == b'.')
 }
 
-/// The IPv4 address an IPv6 address stands for, where it embeds one: IPv4-mapped
-/// (`::ffff:a.b.c.d`, what a dual-stack socket connects to), IPv4-translated (SIIT,
-/// `::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still parsed; `::` and
-/// `::1` keep their IPv6 meaning), the NAT64 prefixes (`64:ff9b::a.b.c.d` and the local-use
-/// `64:ff9b:1::/48`, translated to the IPv4 address by a NAT64 gateway), 6to4
-/// (`2002:AABB:CCDD::/48`, a relay forwards to `AA.BB.CC.DD`) and Teredo (`2001:0::/32`, the
-/// client's address is the last 32 bits inverted). Every other address is returned as it is.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    let IpAddr::V6(v6) = ip else { return ip };
-    let s = v6.segments();
-    let v4 = |hi: u16, lo: u16| {
-        let [a, b] = hi.to_be_bytes();
-        let [c, d] = lo.to_be_bytes();
-        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-    };
-    match s {
-        [0, 0, 0, 0, 0, 0xffff, ..] | [0, 0, 0, 0, 0xffff, 0, ..] => v4(s[6], s[7]),
-        [0, 0, 0, 0, 0, 0, ..] if !v6.is_unspecified() && !v6.is_loopback() => v4(s[6], s[7]),
-        [0x64, 0xff9b, 0, 0, 0, 0, ..] | [0x64, 0xff9b, 1, ..] => v4(s[6], s[7]),
-        [0x2002, hi, lo, ..] => v4(hi, lo),
-        [0x2001, 0, ..] => v4(!s[6], !s[7]),
-        _ => ip,
-    }
-}
-
-/// The range of the host's own network that `ip` (any spelling) is in, by name, or `None`
-/// for an address that may be called without an address entry.
-pub fn refused_range(ip: IpAddr) -> Option<&'static str> {
-    match canonical_ip(ip) {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            match (a, b) {
-                (0, _) => Some("unspecified"),
-                (10, _) | (192, 168) => Some("private"),
-                (172, 16..=31) => Some("private"),
-                (100, 64..=127) => Some("shared"),
-                (127, _) => Some("loopback"),
-                (169, 254) => Some("link-local"),
-                (224..=239, _) => Some("multicast"),
-                _ if v4.is_broadcast() => Some("broadcast"),
-                (240..=255, _) => Some("reserved"),
-                _ => None,
-            }
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            if v6.is_unspecified() {
-                Some("unspecified")
-            } else if v6.is_loopback() {
-                Some("loopback")
-            } else if first & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if first & 0xffc0 == 0xfec0 {
-                // Site-local: deprecated in favour of unique-local, and just as internal.
-                Some("site-local")
-            } else if first & 0xfe00 == 0xfc00 {
-                Some("unique-local")
-            } else if first & 0xff00 == 0xff00 {
-                Some("multicast")
-            } else {
-                None
-            }
-        }
-    }
-}
-
 /// The token that marks count lines in the log.
 const COUNT_TOKEN: &str = "unique_count=";
 
@@ -325,212 +166,25 @@ pub fn canonicalize(decoded: &str, policy: &EndpointPolicy) -> Result<Url, Query
 
 /// Checks an endpoint read from somewhere untrusted (cluster mode: Redis, where another
 /// program may have written it) exactly as a client's would be checked, and returns the URL
-/// to call, or the reason it is refused: the `error=` token of its log line.
-pub fn check_untrusted(bytes: &[u8], policy: &EndpointPolicy) -> Result<Url, &'static str> {
+/// to call, or the reason it is refused.
+pub fn check_untrusted(bytes: &[u8], policy: &EndpointPolicy) -> Result<Url, NotMade> {
     if bytes.len() > crate::query::MAX_ENDPOINT_BYTES {
-        return Err("too-long");
+        return Err(NotMade::TooLong);
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| "not-utf8")?;
+    let text = std::str::from_utf8(bytes).map_err(|_| NotMade::NotUtf8)?;
     if text.contains(COUNT_TOKEN) {
-        return Err("count-token");
+        return Err(NotMade::CountToken);
     }
-    canonicalize(text, policy).map_err(|_| "refused-by-policy")
-}
-
-/// An untrusted endpoint as one log token that cannot break the log's format: at most
-/// [`crate::query::MAX_ENDPOINT_BYTES`] of its bytes, with every byte that is not printable
-/// ASCII, and every `=`, percent-encoded (so that no line but a count line holds
-/// `unique_count=`).
-pub fn sanitize_for_log(bytes: &[u8]) -> String {
-    let cut = &bytes[..bytes.len().min(crate::query::MAX_ENDPOINT_BYTES)];
-    let mut out = String::with_capacity(cut.len());
-    for &b in cut {
-        if b.is_ascii_graphic() && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    if cut.len() < bytes.len() {
-        out.push_str("...");
-    }
-    out
-}
-
-/// What admitting an endpoint to a window's table did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
-    Added,
-    Known,
-    /// The window already holds `--max-endpoints` distinct endpoints.
-    Full,
-}
-
-/// Distinct endpoints per window, at most `max` each. Shared by all workers but touched only
-/// the first time a worker sees an endpoint in a window (each shard caches what it admitted),
-/// so the request path does not take this lock in the common case.
-#[derive(Debug)]
-pub struct EndpointTable {
-    max: usize,
-    windows: Mutex<BTreeMap<u64, HashSet<String>>>,
-}
-
-impl EndpointTable {
-    pub fn new(max: usize) -> Self {
-        Self {
-            max,
-            windows: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// The most distinct endpoints per window.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
-    pub fn admit(&self, window: u64, url: &str) -> Admit {
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let set = windows.entry(window).or_default();
-        if set.contains(url) {
-            Admit::Known
-        } else if set.len() >= self.max {
-            Admit::Full
-        } else {
-            set.insert(url.to_string());
-            Admit::Added
-        }
-    }
-
-    /// The endpoints of `window` so far (cluster mode ships them during the window).
-    pub fn snapshot(&self, window: u64) -> Vec<String> {
-        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        windows
-            .get(&window)
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Removes and returns the endpoints of `window`, sorted (so calls happen in a stable
-    /// order), and forgets any older window that was somehow left behind.
-    pub fn take(&self, window: u64) -> Vec<String> {
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let mut taken: Vec<String> = windows.remove(&window).into_iter().flatten().collect();
-        let stale: Vec<u64> = windows.range(..window).map(|(w, _)| *w).collect();
-        for w in stale {
-            taken.extend(windows.remove(&w).into_iter().flatten());
-        }
-        taken.sort();
-        taken.dedup();
-        taken
-    }
+    canonicalize(text, policy).map_err(|_| NotMade::RefusedByPolicy)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoints::net::tests::{ip, PUBLIC, REFUSED};
 
     fn allowed(policy: &EndpointPolicy, url: &str) -> bool {
         canonicalize(url, policy).is_ok()
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    /// One address of every refused range, with the range's name, in the usual spelling.
-    const REFUSED: &[(&str, &str)] = &[
-        ("127.0.0.1", "loopback"),
-        ("127.255.255.254", "loopback"),
-        ("::1", "loopback"),
-        ("0.0.0.0", "unspecified"),
-        ("0.1.2.3", "unspecified"),
-        ("::", "unspecified"),
-        ("10.0.0.1", "private"),
-        ("10.255.255.255", "private"),
-        ("172.16.0.1", "private"),
-        ("172.31.255.255", "private"),
-        ("192.168.0.1", "private"),
-        ("192.168.255.255", "private"),
-        ("100.64.0.1", "shared"),
-        ("100.127.255.255", "shared"),
-        ("169.254.169.254", "link-local"),
-        ("169.254.0.1", "link-local"),
-        ("fe80::1", "link-local"),
-        ("febf::1", "link-local"),
-        ("fc00::1", "unique-local"),
-        ("fd12:3456::1", "unique-local"),
-        ("fec0::1", "site-local"),
-        ("224.0.0.1", "multicast"),
-        ("239.255.255.250", "multicast"),
-        ("ff02::1", "multicast"),
-        ("ff0e::1", "multicast"),
-        ("255.255.255.255", "broadcast"),
-        ("240.0.0.1", "reserved"),
-        ("254.1.2.3", "reserved"),
-    ];
-
-    /// Public neighbours of the refused ranges: called without any entry.
-    const PUBLIC: &[&str] = &[
-        "1.1.1.1",
-        "9.255.255.255",
-        "11.0.0.0",
-        "172.15.255.255",
-        "172.32.0.0",
-        "192.167.255.255",
-        "192.169.0.0",
-        "100.63.255.255",
-        "100.128.0.0",
-        "126.255.255.255",
-        "128.0.0.0",
-        "169.253.255.255",
-        "169.255.0.0",
-        "223.255.255.255",
-        "93.184.216.34",
-        "2001:4860:4860::8888",
-        "2606:4700::1111",
-        "fbff::1",
-        "fe00::1",
-        "::2:0:0:1",
-    ];
-
-    #[test]
-    fn every_refused_range_is_named_and_its_neighbours_are_public() {
-        for (addr, range) in REFUSED {
-            assert_eq!(refused_range(ip(addr)), Some(*range), "{addr}");
-        }
-        for addr in PUBLIC {
-            assert_eq!(refused_range(ip(addr)), None, "{addr}");
-        }
-    }
-
-    #[test]
-    fn ipv6_spellings_of_ipv4_addresses_are_the_ipv4_address() {
-        for (v6, v4) in [
-            ("::ffff:127.0.0.1", "127.0.0.1"),
-            ("::ffff:7f00:1", "127.0.0.1"),
-            ("::ffff:10.1.2.3", "10.1.2.3"),
-            ("::ffff:169.254.169.254", "169.254.169.254"),
-            ("::127.0.0.1", "127.0.0.1"),
-            ("::10.0.0.1", "10.0.0.1"),
-            ("64:ff9b::10.0.0.1", "10.0.0.1"),
-            ("64:ff9b::8.8.8.8", "8.8.8.8"),
-            // SIIT, local-use NAT64, 6to4, Teredo (the client's address, inverted)
-            ("::ffff:0:a9fe:a9fe", "169.254.169.254"),
-            ("64:ff9b:1::a9fe:a9fe", "169.254.169.254"),
-            ("64:ff9b:1:2:3:4:7f00:1", "127.0.0.1"),
-            ("2002:a9fe:a9fe::", "169.254.169.254"),
-            ("2002:7f00:1:5::1", "127.0.0.1"),
-            ("2002:808:808::1", "8.8.8.8"),
-            ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1"),
-            ("2001::5601:5601", "169.254.169.254"),
-        ] {
-            assert_eq!(canonical_ip(ip(v6)), ip(v4), "{v6}");
-            assert_eq!(refused_range(ip(v6)), refused_range(ip(v4)), "{v6}");
-        }
-        // IPv6's own loopback and unspecified addresses are not IPv4-compatible ones.
-        assert_eq!(canonical_ip(ip("::1")), ip("::1"));
-        assert_eq!(canonical_ip(ip("::")), ip("::"));
-        assert_eq!(canonical_ip(ip("2001:db8::1")), ip("2001:db8::1"));
     }
 
     #[test]
@@ -849,7 +503,7 @@ mod tests {
     }
 
     #[test]
-    fn untrusted_endpoints_are_checked_like_a_clients_and_logged_harmlessly() {
+    fn untrusted_endpoints_are_checked_like_a_clients() {
         let p = EndpointPolicy::new(&["ok.test"]).unwrap();
         assert_eq!(
             check_untrusted(b"HTTP://OK.test/a#x", &p).unwrap().as_str(),
@@ -868,33 +522,11 @@ mod tests {
             (b"ftp://ok.test/", "refused-by-policy"),
             (b"", "refused-by-policy"),
         ] {
-            assert_eq!(check_untrusted(bad, &p).unwrap_err(), why, "{bad:?}");
+            assert_eq!(
+                check_untrusted(bad, &p).unwrap_err().as_str(),
+                why,
+                "{bad:?}"
+            );
         }
-        assert_eq!(
-            sanitize_for_log(b"http://x/?unique_count=5 a\n\xff"),
-            "http://x/?unique_count%3D5%20a%0A%FF"
-        );
-        let logged = sanitize_for_log(long.as_bytes());
-        assert!(
-            logged.ends_with("...") && logged.len() < long.len() + 4,
-            "{logged}"
-        );
-    }
-
-    #[test]
-    fn table_is_bounded_per_window_and_drained_by_take() {
-        let t = EndpointTable::new(2);
-        assert_eq!(t.admit(7, "http://a/"), Admit::Added);
-        assert_eq!(t.admit(7, "http://a/"), Admit::Known);
-        assert_eq!(t.admit(7, "http://b/"), Admit::Added);
-        assert_eq!(t.admit(7, "http://c/"), Admit::Full);
-        assert_eq!(t.admit(7, "http://a/"), Admit::Known);
-        assert_eq!(t.admit(8, "http://c/"), Admit::Added);
-        assert_eq!(
-            t.take(7),
-            vec!["http://a/".to_string(), "http://b/".to_string()]
-        );
-        assert!(t.take(7).is_empty());
-        assert_eq!(t.take(8), vec!["http://c/".to_string()]);
     }
 }
