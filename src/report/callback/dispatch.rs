@@ -111,7 +111,7 @@ impl Call {
     /// The process stops before the call is made (or before it finished): with a state
     /// file it is kept there and made after the restart, logged `error=deferred-to-restart`
     /// and not counted as dropped; without one it is dropped with `reason`.
-    fn stop_unmade(&self, metrics: &Metrics, reason: NotMade) {
+    pub(super) fn stop_unmade(&self, metrics: &Metrics, reason: NotMade) {
         if self.journal.is_none() {
             return self.drop_unmade(metrics, reason);
         }

@@ -96,10 +96,12 @@ impl Callbacks {
             })
             .collect();
         if let Err(unsent) = commands.send(Command::Calls(calls)) {
-            // The dispatcher is gone (it never ends before `finish`): say so for each call.
+            // The dispatcher is gone (it never ends before `finish`, so the health check is
+            // stopping the process): with a state file the calls are kept for the restart,
+            // as at any stop; without one they are dropped, each said in the log.
             if let Command::Calls(calls) = unsent.into_inner() {
                 for call in calls {
-                    call.drop_unmade(&self.metrics, NotMade::DispatcherGone);
+                    call.stop_unmade(&self.metrics, NotMade::DispatcherGone);
                 }
             }
         }
