@@ -155,8 +155,152 @@ impl Metrics {
         self.sum(|w| &w.busy) > 0
     }
 
-    /// The `/metrics` page: atomics only, so its cost does not depend on the window.
-    /// `open_connections` comes from the accept loop, which counts them.
+    /// Every counter and gauge, read once from the atomics: what `/metrics` and the status
+    /// page render. Loads only, so its cost does not depend on the window.
+    pub fn snapshot(&self) -> Snapshot {
+        let calls = &self.endpoint_calls;
+        let state = &self.state_file;
+        let limit = self.memory.limit();
+        Snapshot {
+            requests: RequestCounts {
+                ok: self.sum(|w| &w.ok),
+                bad_request: self.sum(|w| &w.bad_request),
+                unavailable: self.sum(|w| &w.unavailable),
+                error: self.sum(|w| &w.error),
+            },
+            window_unique_ids: self.window_unique_ids.load(Relaxed),
+            last_window_unique_ids: self.last_window_unique_ids.load(Relaxed),
+            id_memory: IdMemoryUse {
+                used: self.memory.used(),
+                limit: (limit != u64::MAX).then_some(limit),
+                refused: self.memory.refused(),
+            },
+            windows_reported: self.windows_reported.load(Relaxed),
+            endpoint_calls: EndpointCallCounts {
+                success: calls.success.load(Relaxed),
+                http_error: calls.http_error.load(Relaxed),
+                failed: calls.failed.load(Relaxed),
+                denied: calls.denied.load(Relaxed),
+                dropped: calls.dropped.load(Relaxed),
+                refused: calls.refused.load(Relaxed),
+            },
+            redis_errors: self.redis_errors.load(Relaxed),
+            kafka_errors: self.kafka_errors.load(Relaxed),
+            kafka_records: KafkaRecordCounts {
+                delivered: self.kafka_records.delivered.load(Relaxed),
+                lost: self.kafka_records.lost.load(Relaxed),
+            },
+            backlog_windows: self.backlog_windows.load(Relaxed),
+            cluster_shipments: self.cluster_shipments.load(Relaxed),
+            cluster_shipped_bytes: self.cluster_shipped_bytes.load(Relaxed),
+            cluster_local_windows: self.cluster_local_windows.load(Relaxed),
+            cluster_late_windows: self.cluster_late_windows.load(Relaxed),
+            late_ids: self.late_ids.load(Relaxed),
+            max_connections: self.max_connections.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            state_file: StateFileCounts {
+                file_bytes: state.file_bytes.load(Relaxed),
+                written_bytes: state.written_bytes.load(Relaxed),
+                syncs: state.syncs.load(Relaxed),
+                errors: state.errors.load(Relaxed),
+            },
+            log_write_errors: crate::logging::write_errors(),
+        }
+    }
+
+    /// The `/metrics` page, from one [`Snapshot`]. `open_connections` comes from the accept
+    /// loop, which counts them.
+    pub fn render(&self, open_connections: u64) -> String {
+        self.snapshot().render(open_connections)
+    }
+}
+
+/// Accept API requests by outcome, summed over the workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub ok: u64,
+    pub bad_request: u64,
+    pub unavailable: u64,
+    pub error: u64,
+}
+
+impl RequestCounts {
+    /// Every answer, whatever its outcome.
+    pub fn total(&self) -> u64 {
+        self.ok
+            .saturating_add(self.bad_request)
+            .saturating_add(self.unavailable)
+            .saturating_add(self.error)
+    }
+}
+
+/// Endpoint call results (see [`EndpointCalls`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointCallCounts {
+    pub success: u64,
+    pub http_error: u64,
+    pub failed: u64,
+    pub denied: u64,
+    pub dropped: u64,
+    pub refused: u64,
+}
+
+/// Kafka records by result (see [`KafkaRecords`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaRecordCounts {
+    pub delivered: u64,
+    pub lost: u64,
+}
+
+/// The `--max-memory` budget and what it holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IdMemoryUse {
+    /// Bytes the id sets take (with what workers reserved).
+    pub used: u64,
+    /// `--max-memory`; `None` without one.
+    pub limit: Option<u64>,
+    /// Requests answered 503 and not counted because the budget was spent.
+    pub refused: u64,
+}
+
+/// `--state-file`'s writer (see [`StateFileStats`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateFileCounts {
+    pub file_bytes: u64,
+    pub written_bytes: u64,
+    pub syncs: u64,
+    pub errors: u64,
+}
+
+/// [`Metrics`] at one moment: plain numbers, read once ([`Metrics::snapshot`]), so the
+/// `/metrics` page and the status page show the same figures and never re-read the atomics.
+/// The fields are those of [`Metrics`]; see there for what each counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub requests: RequestCounts,
+    pub window_unique_ids: u64,
+    pub last_window_unique_ids: u64,
+    pub id_memory: IdMemoryUse,
+    pub windows_reported: u64,
+    pub endpoint_calls: EndpointCallCounts,
+    pub redis_errors: u64,
+    pub kafka_errors: u64,
+    pub kafka_records: KafkaRecordCounts,
+    pub backlog_windows: u64,
+    pub cluster_shipments: u64,
+    pub cluster_shipped_bytes: u64,
+    pub cluster_local_windows: u64,
+    pub cluster_late_windows: u64,
+    pub late_ids: u64,
+    pub max_connections: u64,
+    pub accept_errors: u64,
+    pub state_file: StateFileCounts,
+    /// Log lines written nowhere (see [`crate::logging::write_errors`]).
+    pub log_write_errors: u64,
+}
+
+impl Snapshot {
+    /// The `/metrics` page, in Prometheus text format.
     pub fn render(&self, open_connections: u64) -> String {
         let mut out = String::with_capacity(2048);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
@@ -165,53 +309,53 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
+        let requests = &self.requests;
         family(
             "verve_requests_total",
             "counter",
             "Accept API requests by outcome.",
             &[
-                ("{outcome=\"ok\"}", self.sum(|w| &w.ok)),
-                ("{outcome=\"bad_request\"}", self.sum(|w| &w.bad_request)),
-                ("{outcome=\"unavailable\"}", self.sum(|w| &w.unavailable)),
-                ("{outcome=\"error\"}", self.sum(|w| &w.error)),
+                ("{outcome=\"ok\"}", requests.ok),
+                ("{outcome=\"bad_request\"}", requests.bad_request),
+                ("{outcome=\"unavailable\"}", requests.unavailable),
+                ("{outcome=\"error\"}", requests.error),
             ],
         );
         family(
             "verve_window_unique_ids",
             "gauge",
             "Distinct ids so far in the open window (merged once a second).",
-            &[("", self.window_unique_ids.load(Relaxed))],
+            &[("", self.window_unique_ids)],
         );
         family(
             "verve_last_window_unique_ids",
             "gauge",
             "The count of the last window this instance reported.",
-            &[("", self.last_window_unique_ids.load(Relaxed))],
+            &[("", self.last_window_unique_ids)],
         );
         family(
             "verve_id_memory_bytes",
             "gauge",
             "Bytes the id sets of every window held in memory take (with what workers reserved).",
-            &[("", self.memory.used())],
+            &[("", self.id_memory.used)],
         );
-        let limit = self.memory.limit();
         family(
             "verve_id_memory_limit_bytes",
             "gauge",
             "The id memory budget, --max-memory (0: none).",
-            &[("", if limit == u64::MAX { 0 } else { limit })],
+            &[("", self.id_memory.limit.unwrap_or(0))],
         );
         family(
             "verve_memory_refused_ids_total",
             "counter",
             "Requests answered 503 and not counted because the id memory budget was spent.",
-            &[("", self.memory.refused())],
+            &[("", self.id_memory.refused)],
         );
         family(
             "verve_windows_reported_total",
             "counter",
             "Windows whose count line was written.",
-            &[("", self.windows_reported.load(Relaxed))],
+            &[("", self.windows_reported)],
         );
         let calls = &self.endpoint_calls;
         family(
@@ -219,73 +363,70 @@ impl Metrics {
             "counter",
             "Endpoint callbacks by result.",
             &[
-                ("{result=\"success\"}", calls.success.load(Relaxed)),
-                ("{result=\"http_error\"}", calls.http_error.load(Relaxed)),
-                ("{result=\"failed\"}", calls.failed.load(Relaxed)),
-                ("{result=\"denied\"}", calls.denied.load(Relaxed)),
-                ("{result=\"dropped\"}", calls.dropped.load(Relaxed)),
-                ("{result=\"refused\"}", calls.refused.load(Relaxed)),
+                ("{result=\"success\"}", calls.success),
+                ("{result=\"http_error\"}", calls.http_error),
+                ("{result=\"failed\"}", calls.failed),
+                ("{result=\"denied\"}", calls.denied),
+                ("{result=\"dropped\"}", calls.dropped),
+                ("{result=\"refused\"}", calls.refused),
             ],
         );
         family(
             "verve_redis_errors_total",
             "counter",
             "Failed Redis operations (cluster mode).",
-            &[("", self.redis_errors.load(Relaxed))],
+            &[("", self.redis_errors)],
         );
         family(
             "verve_kafka_errors_total",
             "counter",
             "Kafka errors: broker errors, failed deliveries and topic checks.",
-            &[("", self.kafka_errors.load(Relaxed))],
+            &[("", self.kafka_errors)],
         );
         family(
             "verve_kafka_records_total",
             "counter",
             "Kafka records by result: delivered (acknowledged) or lost (logged).",
             &[
-                (
-                    "{result=\"delivered\"}",
-                    self.kafka_records.delivered.load(Relaxed),
-                ),
-                ("{result=\"lost\"}", self.kafka_records.lost.load(Relaxed)),
+                ("{result=\"delivered\"}", self.kafka_records.delivered),
+                ("{result=\"lost\"}", self.kafka_records.lost),
             ],
         );
         family(
             "verve_backlog_windows",
             "gauge",
             "Sealed windows whose reports are not finished.",
-            &[("", self.backlog_windows.load(Relaxed))],
+            &[("", self.backlog_windows)],
         );
         family(
             "verve_cluster_shipments_total",
             "counter",
             "Shipments of ids stored in Redis (cluster mode).",
-            &[("", self.cluster_shipments.load(Relaxed))],
+            &[("", self.cluster_shipments)],
         );
         family(
             "verve_cluster_shipped_bytes_total",
             "counter",
             "Bytes of serialized ids shipped to Redis (cluster mode).",
-            &[("", self.cluster_shipped_bytes.load(Relaxed))],
+            &[("", self.cluster_shipped_bytes)],
         );
         family(
             "verve_cluster_local_windows_total",
             "counter",
             "Windows this instance reported alone, scope=local (cluster mode).",
-            &[("", self.cluster_local_windows.load(Relaxed))],
+            &[("", self.cluster_local_windows)],
         );
         family(
             "verve_cluster_late_windows_total",
             "counter",
             "Windows whose ids reached Redis after the cluster reported them (cluster mode).",
-            &[("", self.cluster_late_windows.load(Relaxed))],
+            &[("", self.cluster_late_windows)],
         );
         family(
             "verve_late_ids_total",
             "counter",
             "Requests whose window was already sealed, counted in the oldest open window.",
-            &[("", self.late_ids.load(Relaxed))],
+            &[("", self.late_ids)],
         );
         family(
             "verve_open_connections",
@@ -297,44 +438,44 @@ impl Metrics {
             "verve_max_connections",
             "gauge",
             "The --max-connections limit.",
-            &[("", self.max_connections.load(Relaxed))],
+            &[("", self.max_connections)],
         );
         family(
             "verve_accept_errors_total",
             "counter",
             "Connections not taken: accept failed (descriptors, memory) or no coroutine could start.",
-            &[("", self.accept_errors.load(Relaxed))],
+            &[("", self.accept_errors)],
         );
         let state = &self.state_file;
         family(
             "verve_state_file_bytes",
             "gauge",
             "Bytes in the --state-file journal now.",
-            &[("", state.file_bytes.load(Relaxed))],
+            &[("", state.file_bytes)],
         );
         family(
             "verve_state_file_written_bytes_total",
             "counter",
             "Bytes written to the --state-file journal, rewrites included.",
-            &[("", state.written_bytes.load(Relaxed))],
+            &[("", state.written_bytes)],
         );
         family(
             "verve_state_file_syncs_total",
             "counter",
             "Syncs of the --state-file journal to disk.",
-            &[("", state.syncs.load(Relaxed))],
+            &[("", state.syncs)],
         );
         family(
             "verve_state_file_errors_total",
             "counter",
             "Writes, syncs and rewrites of the --state-file journal that failed.",
-            &[("", state.errors.load(Relaxed))],
+            &[("", state.errors)],
         );
         family(
             "verve_log_write_errors_total",
             "counter",
             "Log lines written nowhere: the log file and stderr both refused them.",
-            &[("", crate::logging::write_errors())],
+            &[("", self.log_write_errors)],
         );
         out
     }
@@ -378,5 +519,41 @@ mod tests {
         ] {
             assert!(page.contains(name), "{name}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_names_every_counter_and_renders_the_page() {
+        let m = Metrics::with_memory(3, IdMemory::new(4096));
+        m.worker(0).ok.fetch_add(3, Relaxed);
+        m.worker(2).ok.fetch_add(4, Relaxed);
+        m.worker(1).unavailable.fetch_add(2, Relaxed);
+        m.endpoint_calls.dropped.fetch_add(5, Relaxed);
+        m.kafka_records.lost.fetch_add(1, Relaxed);
+        m.state_file.syncs.fetch_add(9, Relaxed);
+        let counts = m.snapshot();
+        assert_eq!(
+            counts.requests,
+            RequestCounts {
+                ok: 7,
+                unavailable: 2,
+                ..RequestCounts::default()
+            }
+        );
+        assert_eq!(counts.requests.total(), 9);
+        assert_eq!(counts.endpoint_calls.dropped, 5);
+        assert_eq!(counts.kafka_records.lost, 1);
+        assert_eq!(counts.state_file.syncs, 9);
+        assert_eq!(counts.id_memory.limit, Some(4096));
+        assert_eq!(Metrics::new(1).snapshot().id_memory.limit, None);
+        // Later counts change the atomics, not a snapshot already taken.
+        m.worker(0).ok.fetch_add(1, Relaxed);
+        assert_eq!(counts.requests.ok, 7);
+        let page = counts.render(0);
+        assert!(page.contains("verve_requests_total{outcome=\"ok\"} 7\n"));
+        assert!(page.contains("verve_id_memory_limit_bytes 4096\n"));
+        assert!(page.contains("verve_state_file_syncs_total 9\n"));
+        assert!(m
+            .render(0)
+            .contains("verve_requests_total{outcome=\"ok\"} 8\n"));
     }
 }

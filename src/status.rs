@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use crate::clock::{rfc3339_secs, Clock, SystemClock, END_OF_RFC3339_SECS};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Snapshot};
 
 /// Windows kept in the history (and listed by `/api/verve/windows`): two hours of one-minute
 /// windows.
@@ -320,7 +320,7 @@ impl Status {
         let mut board = self.board();
         board.open_start = Some(open_window_start);
         let now = Instant::now();
-        let total = requests(metrics).iter().sum::<u64>();
+        let total = metrics.snapshot().requests.total();
         match board.rate_sample {
             Some((at, before)) if now.duration_since(at) < MIN_RATE_SPAN && total >= before => {}
             Some((at, before)) => {
@@ -344,32 +344,17 @@ impl Status {
     /// Renders both bodies from `board` and the counters, and publishes them.
     fn render(&self, board: &mut Board, metrics: &Metrics) {
         let now = Instant::now();
-        board
-            .redis_errors
-            .see(metrics.redis_errors.load(Relaxed), now);
-        board
-            .kafka_errors
-            .see(metrics.kafka_errors.load(Relaxed), now);
-        board.memory_refused.see(metrics.memory.refused(), now);
-        let view = View::of(self, board, metrics, now);
+        let counts = metrics.snapshot();
+        board.redis_errors.see(counts.redis_errors, now);
+        board.kafka_errors.see(counts.kafka_errors, now);
+        board.memory_refused.see(counts.id_memory.refused, now);
+        let view = View::of(self, board, counts, now);
         let bodies = Bodies {
             windows: render_windows(&board.history).into(),
             page: render_page(&view).into_bytes().into(),
         };
         self.pages.publish(&bodies);
     }
-}
-
-/// The accept API's request totals: ok, bad request, unavailable, error.
-fn requests(metrics: &Metrics) -> [u64; 4] {
-    let mut totals = [0; 4];
-    for w in metrics.workers.iter() {
-        totals[0] += w.ok.load(Relaxed);
-        totals[1] += w.bad_request.load(Relaxed);
-        totals[2] += w.unavailable.load(Relaxed);
-        totals[3] += w.error.load(Relaxed);
-    }
-    totals
 }
 
 /// The `/api/verve/windows` body: `{"windows":[{"window_start":"...","unique_count":N},...]}`,
@@ -400,35 +385,18 @@ struct View<'a> {
     uptime: Duration,
     history: &'a VecDeque<Reported>,
     open_start: u64,
-    open_count: u64,
     per_second: f64,
-    requests: [u64; 4],
-    windows_reported: u64,
-    endpoint_calls: [u64; 6],
+    /// The counters, as `/metrics` shows them.
+    counts: Snapshot,
     redis: RedisLink,
     redis_since_ms: u64,
-    redis_errors: u64,
     redis_error_ago: Option<Duration>,
-    shipments: u64,
-    local_windows: u64,
-    late_windows: u64,
-    kafka_delivered: u64,
-    kafka_lost: u64,
-    kafka_errors: u64,
     kafka_error_ago: Option<Duration>,
-    memory_used: u64,
-    memory_limit: u64,
-    memory_refused: u64,
     memory_refused_ago: Option<Duration>,
-    late_ids: u64,
-    backlog: u64,
-    max_connections: u64,
-    accept_errors: u64,
-    log_write_errors: u64,
 }
 
 impl<'a> View<'a> {
-    fn of(status: &'a Status, board: &'a Board, m: &Metrics, now: Instant) -> View<'a> {
+    fn of(status: &'a Status, board: &'a Board, counts: Snapshot, now: Instant) -> View<'a> {
         let info = status.info();
         let interval = info.interval_secs.max(1);
         let now_ms = SystemClock.now_ms();
@@ -442,45 +410,19 @@ impl<'a> View<'a> {
             .open_start
             .unwrap_or(clock_window)
             .max(newest_next.unwrap_or(0));
-        let calls = &m.endpoint_calls;
         View {
             info,
             now_ms,
             uptime: now.saturating_duration_since(status.started),
             history: &board.history,
             open_start,
-            open_count: m.window_unique_ids.load(Relaxed),
             per_second: board.per_second,
-            requests: requests(m),
-            windows_reported: m.windows_reported.load(Relaxed),
-            endpoint_calls: [
-                calls.success.load(Relaxed),
-                calls.http_error.load(Relaxed),
-                calls.failed.load(Relaxed),
-                calls.denied.load(Relaxed),
-                calls.dropped.load(Relaxed),
-                calls.refused.load(Relaxed),
-            ],
+            counts,
             redis: RedisLink::from_u8(status.redis.load(Relaxed)),
             redis_since_ms: status.redis_since_ms.load(Relaxed),
-            redis_errors: board.redis_errors.value,
             redis_error_ago: board.redis_errors.within(RECENT, now),
-            shipments: m.cluster_shipments.load(Relaxed),
-            local_windows: m.cluster_local_windows.load(Relaxed),
-            late_windows: m.cluster_late_windows.load(Relaxed),
-            kafka_delivered: m.kafka_records.delivered.load(Relaxed),
-            kafka_lost: m.kafka_records.lost.load(Relaxed),
-            kafka_errors: board.kafka_errors.value,
             kafka_error_ago: board.kafka_errors.within(RECENT, now),
-            memory_used: m.memory.used(),
-            memory_limit: m.memory.limit(),
-            memory_refused: board.memory_refused.value,
             memory_refused_ago: board.memory_refused.within(RECENT, now),
-            late_ids: m.late_ids.load(Relaxed),
-            backlog: m.backlog_windows.load(Relaxed),
-            max_connections: m.max_connections.load(Relaxed),
-            accept_errors: m.accept_errors.load(Relaxed),
-            log_write_errors: crate::logging::write_errors(),
         }
     }
 }
@@ -688,7 +630,7 @@ fn render_page(v: &View<'_>) -> String {
         &mut out,
         "Open window",
         "open-count",
-        &grouped(v.open_count),
+        &grouped(v.counts.window_unique_ids),
         &format!(
             "distinct ids so far in the window of {} UTC",
             clock_label(v.open_start, 1)
@@ -731,7 +673,7 @@ fn render_page(v: &View<'_>) -> String {
         &mut out,
         "Windows reported",
         "windows-reported",
-        &grouped(v.windows_reported),
+        &grouped(v.counts.windows_reported),
         if v.info.instance.is_some() {
             "count lines this instance wrote (as leader)"
         } else {
@@ -741,31 +683,34 @@ fn render_page(v: &View<'_>) -> String {
     out.push_str("</section>");
     chart(&mut out, v);
     out.push_str("<section class=\"panels\">");
-    let [ok, bad, unavailable, error] = v.requests;
+    let requests = &v.counts.requests;
     panel(
         &mut out,
         "Accept API",
         "requests",
         &[
-            ("ok", grouped(ok)),
-            ("bad request (400, 404, 405)", grouped(bad)),
-            ("unavailable (503)", grouped(unavailable)),
-            ("error (500)", grouped(error)),
-            ("late (counted in the next window)", grouped(v.late_ids)),
+            ("ok", grouped(requests.ok)),
+            ("bad request (400, 404, 405)", grouped(requests.bad_request)),
+            ("unavailable (503)", grouped(requests.unavailable)),
+            ("error (500)", grouped(requests.error)),
+            (
+                "late (counted in the next window)",
+                grouped(v.counts.late_ids),
+            ),
         ],
     );
-    let [success, http_error, failed, denied, dropped, refused] = v.endpoint_calls;
+    let calls = &v.counts.endpoint_calls;
     panel(
         &mut out,
         "Endpoint calls",
         "endpoints",
         &[
-            ("success (2xx)", grouped(success)),
-            ("HTTP error", grouped(http_error)),
-            ("failed (no answer)", grouped(failed)),
-            ("denied (internal address)", grouped(denied)),
-            ("dropped", grouped(dropped)),
-            ("refused (from Redis)", grouped(refused)),
+            ("success (2xx)", grouped(calls.success)),
+            ("HTTP error", grouped(calls.http_error)),
+            ("failed (no answer)", grouped(calls.failed)),
+            ("denied (internal address)", grouped(calls.denied)),
+            ("dropped", grouped(calls.dropped)),
+            ("refused (from Redis)", grouped(calls.refused)),
         ],
     );
     let recent: Vec<(String, String)> = v
@@ -784,28 +729,31 @@ fn render_page(v: &View<'_>) -> String {
     out.push_str("</table></div>");
     redis_panel(&mut out, v);
     kafka_panel(&mut out, v);
-    let limit = if v.memory_limit == u64::MAX {
-        "no limit".to_owned()
-    } else {
-        bytes(v.memory_limit)
+    let memory = &v.counts.id_memory;
+    let limit = match memory.limit {
+        None => "no limit".to_owned(),
+        Some(limit) => bytes(limit),
     };
     panel(
         &mut out,
         "Memory and backlog",
         "resources",
         &[
-            ("id memory", format!("{} of {limit}", bytes(v.memory_used))),
+            ("id memory", format!("{} of {limit}", bytes(memory.used))),
             (
                 "ids refused (memory)",
                 match v.memory_refused_ago {
-                    Some(_) => format!("<span class=\"bad\">{}</span>", grouped(v.memory_refused)),
-                    None => grouped(v.memory_refused),
+                    Some(_) => format!("<span class=\"bad\">{}</span>", grouped(memory.refused)),
+                    None => grouped(memory.refused),
                 },
             ),
-            ("reports in progress (windows)", grouped(v.backlog)),
-            ("--max-connections", grouped(v.max_connections)),
-            ("accept errors", grouped(v.accept_errors)),
-            ("log lines lost", grouped(v.log_write_errors)),
+            (
+                "reports in progress (windows)",
+                grouped(v.counts.backlog_windows),
+            ),
+            ("--max-connections", grouped(v.counts.max_connections)),
+            ("accept errors", grouped(v.counts.accept_errors)),
+            ("log lines lost", grouped(v.counts.log_write_errors)),
         ],
     );
     out.push_str("</section>");
@@ -896,10 +844,10 @@ fn redis_panel(out: &mut String, v: &View<'_>) {
     let errors = match v.redis_error_ago {
         Some(ago) => format!(
             "<span class=\"warn\">{}</span> (last {} ago)",
-            grouped(v.redis_errors),
+            grouped(v.counts.redis_errors),
             span(ago)
         ),
-        None => grouped(v.redis_errors),
+        None => grouped(v.counts.redis_errors),
     };
     panel(
         out,
@@ -908,9 +856,15 @@ fn redis_panel(out: &mut String, v: &View<'_>) {
         &[
             ("state", state),
             ("errors", errors),
-            ("shipments", grouped(v.shipments)),
-            ("windows reported alone", grouped(v.local_windows)),
-            ("windows shipped too late", grouped(v.late_windows)),
+            ("shipments", grouped(v.counts.cluster_shipments)),
+            (
+                "windows reported alone",
+                grouped(v.counts.cluster_local_windows),
+            ),
+            (
+                "windows shipped too late",
+                grouped(v.counts.cluster_late_windows),
+            ),
         ],
     );
 }
@@ -927,13 +881,16 @@ fn kafka_panel(out: &mut String, v: &View<'_>) {
     let errors = match v.kafka_error_ago {
         Some(ago) => format!(
             "<span class=\"warn\">{}</span> (last {} ago)",
-            grouped(v.kafka_errors),
+            grouped(v.counts.kafka_errors),
             span(ago)
         ),
-        None => grouped(v.kafka_errors),
+        None => grouped(v.counts.kafka_errors),
     };
-    let lost = if v.kafka_lost > 0 {
-        format!("<span class=\"bad\">{}</span>", grouped(v.kafka_lost))
+    let lost = if v.counts.kafka_records.lost > 0 {
+        format!(
+            "<span class=\"bad\">{}</span>",
+            grouped(v.counts.kafka_records.lost)
+        )
     } else {
         "0".to_owned()
     };
@@ -943,7 +900,10 @@ fn kafka_panel(out: &mut String, v: &View<'_>) {
         "kafka",
         &[
             ("state", state),
-            ("records delivered", grouped(v.kafka_delivered)),
+            (
+                "records delivered",
+                grouped(v.counts.kafka_records.delivered),
+            ),
             ("records lost", lost),
             ("errors", errors),
         ],
@@ -974,7 +934,7 @@ fn chart(out: &mut String, v: &View<'_>) {
     let max = shown
         .iter()
         .map(|r| r.unique_count)
-        .chain([v.open_count])
+        .chain([v.counts.window_unique_ids])
         .max()
         .unwrap_or(0);
     let step = nice_step(max.div_ceil(4).max(1));
@@ -1065,7 +1025,7 @@ fn chart(out: &mut String, v: &View<'_>) {
             grouped = grouped(r.unique_count),
         );
     }
-    let h = height(v.open_count).max(2.0);
+    let h = height(v.counts.window_unique_ids).max(2.0);
     let _ = write!(
         out,
         "<rect class=\"open\" x=\"{:.2}\" y=\"{:.2}\" width=\"{bar_w:.2}\" height=\"{h:.2}\" \
@@ -1074,9 +1034,9 @@ fn chart(out: &mut String, v: &View<'_>) {
         x_of(v.open_start),
         base - h,
         rfc3339_secs(v.open_start),
-        v.open_count,
+        v.counts.window_unique_ids,
         long_time(v.open_start),
-        grouped(v.open_count),
+        grouped(v.counts.window_unique_ids),
     );
 }
 
