@@ -1,8 +1,8 @@
 //! Counters for `/metrics`, in Prometheus text format. Request outcomes are counted per
 //! worker shard (each on its own cache line, so workers never write a shared line on the
 //! request path) and summed at scrape time; everything the collector and reporters count is
-//! rare enough for plain shared atomics. [`Metrics::status`] holds the history of reported
-//! windows and the cached `/api/verve/windows` and status pages (see [`crate::status`]).
+//! rare enough for plain shared atomics. A scrape reads them once into a [`Snapshot`] with
+//! named fields, which the status page ([`crate::status`]) renders too.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -11,7 +11,6 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use crate::budget::IdMemory;
-use crate::status::Status;
 
 /// Outcomes of API requests, one set per shard.
 #[derive(Debug, Default)]
@@ -104,8 +103,6 @@ pub struct Metrics {
     pub accept_errors: AtomicU64,
     /// `--max-connections`, set once at start-up.
     pub max_connections: AtomicU64,
-    /// The reported windows' history and the pages rendered from it and these counters.
-    pub status: Status,
     /// `--state-file`'s writer (all zero without one).
     pub state_file: Arc<StateFileStats>,
 }
@@ -137,7 +134,6 @@ impl Metrics {
             memory,
             accept_errors: AtomicU64::new(0),
             max_connections: AtomicU64::new(0),
-            status: Status::new(workers),
             state_file: Arc::default(),
         }
     }
@@ -300,17 +296,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The `/metrics` page, in Prometheus text format.
+    /// The `/metrics` page, in Prometheus text format. `open_connections` comes from the
+    /// accept loop, which counts them.
     pub fn render(&self, open_connections: u64) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
+        let mut page = Exposition(String::with_capacity(2048));
+        self.render_counting(&mut page);
+        self.render_reporting(&mut page);
+        self.render_cluster(&mut page);
+        self.render_connections(&mut page, open_connections);
+        self.render_persistence(&mut page);
+        page.0
+    }
+
+    /// Requests, the windows' counts and the memory their ids take.
+    fn render_counting(&self, page: &mut Exposition) {
         let requests = &self.requests;
-        family(
+        page.family(
             "verve_requests_total",
             "counter",
             "Accept API requests by outcome.",
@@ -321,44 +322,42 @@ impl Snapshot {
                 ("{outcome=\"error\"}", requests.error),
             ],
         );
-        family(
+        page.gauge(
             "verve_window_unique_ids",
-            "gauge",
             "Distinct ids so far in the open window (merged once a second).",
-            &[("", self.window_unique_ids)],
+            self.window_unique_ids,
         );
-        family(
+        page.gauge(
             "verve_last_window_unique_ids",
-            "gauge",
             "The count of the last window this instance reported.",
-            &[("", self.last_window_unique_ids)],
+            self.last_window_unique_ids,
         );
-        family(
+        page.gauge(
             "verve_id_memory_bytes",
-            "gauge",
             "Bytes the id sets of every window held in memory take (with what workers reserved).",
-            &[("", self.id_memory.used)],
+            self.id_memory.used,
         );
-        family(
+        page.gauge(
             "verve_id_memory_limit_bytes",
-            "gauge",
             "The id memory budget, --max-memory (0: none).",
-            &[("", self.id_memory.limit.unwrap_or(0))],
+            self.id_memory.limit.unwrap_or(0),
         );
-        family(
+        page.counter(
             "verve_memory_refused_ids_total",
-            "counter",
             "Requests answered 503 and not counted because the id memory budget was spent.",
-            &[("", self.id_memory.refused)],
+            self.id_memory.refused,
         );
-        family(
+        page.counter(
             "verve_windows_reported_total",
-            "counter",
             "Windows whose count line was written.",
-            &[("", self.windows_reported)],
+            self.windows_reported,
         );
+    }
+
+    /// The reporters: endpoint calls, Redis, Kafka and the windows still being reported.
+    fn render_reporting(&self, page: &mut Exposition) {
         let calls = &self.endpoint_calls;
-        family(
+        page.family(
             "verve_endpoint_calls_total",
             "counter",
             "Endpoint callbacks by result.",
@@ -371,19 +370,17 @@ impl Snapshot {
                 ("{result=\"refused\"}", calls.refused),
             ],
         );
-        family(
+        page.counter(
             "verve_redis_errors_total",
-            "counter",
             "Failed Redis operations (cluster mode).",
-            &[("", self.redis_errors)],
+            self.redis_errors,
         );
-        family(
+        page.counter(
             "verve_kafka_errors_total",
-            "counter",
             "Kafka errors: broker errors, failed deliveries and topic checks.",
-            &[("", self.kafka_errors)],
+            self.kafka_errors,
         );
-        family(
+        page.family(
             "verve_kafka_records_total",
             "counter",
             "Kafka records by result: delivered (acknowledged) or lost (logged).",
@@ -392,92 +389,111 @@ impl Snapshot {
                 ("{result=\"lost\"}", self.kafka_records.lost),
             ],
         );
-        family(
+        page.gauge(
             "verve_backlog_windows",
-            "gauge",
             "Sealed windows whose reports are not finished.",
-            &[("", self.backlog_windows)],
+            self.backlog_windows,
         );
-        family(
+    }
+
+    /// Cluster mode's shipments and windows, and ids that came late.
+    fn render_cluster(&self, page: &mut Exposition) {
+        page.counter(
             "verve_cluster_shipments_total",
-            "counter",
             "Shipments of ids stored in Redis (cluster mode).",
-            &[("", self.cluster_shipments)],
+            self.cluster_shipments,
         );
-        family(
+        page.counter(
             "verve_cluster_shipped_bytes_total",
-            "counter",
             "Bytes of serialized ids shipped to Redis (cluster mode).",
-            &[("", self.cluster_shipped_bytes)],
+            self.cluster_shipped_bytes,
         );
-        family(
+        page.counter(
             "verve_cluster_local_windows_total",
-            "counter",
             "Windows this instance reported alone, scope=local (cluster mode).",
-            &[("", self.cluster_local_windows)],
+            self.cluster_local_windows,
         );
-        family(
+        page.counter(
             "verve_cluster_late_windows_total",
-            "counter",
             "Windows whose ids reached Redis after the cluster reported them (cluster mode).",
-            &[("", self.cluster_late_windows)],
+            self.cluster_late_windows,
         );
-        family(
+        page.counter(
             "verve_late_ids_total",
-            "counter",
             "Requests whose window was already sealed, counted in the oldest open window.",
-            &[("", self.late_ids)],
+            self.late_ids,
         );
-        family(
+    }
+
+    fn render_connections(&self, page: &mut Exposition, open_connections: u64) {
+        page.gauge(
             "verve_open_connections",
-            "gauge",
             "Client connections open now.",
-            &[("", open_connections)],
+            open_connections,
         );
-        family(
+        page.gauge(
             "verve_max_connections",
-            "gauge",
             "The --max-connections limit.",
-            &[("", self.max_connections)],
+            self.max_connections,
         );
-        family(
+        page.counter(
             "verve_accept_errors_total",
-            "counter",
             "Connections not taken: accept failed (descriptors, memory) or no coroutine could start.",
-            &[("", self.accept_errors)],
+            self.accept_errors,
         );
+    }
+
+    /// The state file's journal and the log.
+    fn render_persistence(&self, page: &mut Exposition) {
         let state = &self.state_file;
-        family(
+        page.gauge(
             "verve_state_file_bytes",
-            "gauge",
             "Bytes in the --state-file journal now.",
-            &[("", state.file_bytes)],
+            state.file_bytes,
         );
-        family(
+        page.counter(
             "verve_state_file_written_bytes_total",
-            "counter",
             "Bytes written to the --state-file journal, rewrites included.",
-            &[("", state.written_bytes)],
+            state.written_bytes,
         );
-        family(
+        page.counter(
             "verve_state_file_syncs_total",
-            "counter",
             "Syncs of the --state-file journal to disk.",
-            &[("", state.syncs)],
+            state.syncs,
         );
-        family(
+        page.counter(
             "verve_state_file_errors_total",
-            "counter",
             "Writes, syncs and rewrites of the --state-file journal that failed.",
-            &[("", state.errors)],
+            state.errors,
         );
-        family(
+        page.counter(
             "verve_log_write_errors_total",
-            "counter",
             "Log lines written nowhere: the log file and stderr both refused them.",
-            &[("", self.log_write_errors)],
+            self.log_write_errors,
         );
-        out
+    }
+}
+
+/// A page of Prometheus text being written, one metric family after another.
+struct Exposition(String);
+
+impl Exposition {
+    /// `# HELP`, `# TYPE` and one line per sample (its labels, then its value).
+    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(self.0, "{name}{labels} {value}");
+        }
+    }
+
+    /// A family of one counter without labels.
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "counter", help, &[("", value)]);
+    }
+
+    /// A family of one gauge without labels.
+    fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "gauge", help, &[("", value)]);
     }
 }
 
