@@ -9,7 +9,8 @@
 //! left in Redis), and the collector, which re-renders the page once a second
 //! ([`Status::refresh`], right after its merge of the workers' ids). Each render reads one
 //! [`Snapshot`] of the [`Metrics`], produces both bodies and hands them to [`Pages`], one
-//! copy per worker (see [`pages`] for why a request never renders, allocates or contends).
+//! copy per worker: a request copies its own worker's copy out, and neither renders nor
+//! waits for another worker (see `pages.rs`).
 //! Every time on the page (the time of the render, the uptime, how long ago an error was)
 //! comes from the server's injected [`Clock`], so a test can move it by hand.
 //!
@@ -18,8 +19,8 @@
 //! it. With `--state-file` it is saved with the open window and restored at the next start
 //! (see [`crate::state`]).
 //!
-//! Layout: [`history`] the recent windows and their JSON, [`pages`] the per-worker cache,
-//! [`html`] the page, [`chart`] its SVG chart; this file the writers' side that ties them.
+//! Layout: `history.rs` the recent windows and their JSON, `pages.rs` the per-worker cache,
+//! `html.rs` the page, `chart.rs` its SVG chart; this file the writers' side that ties them.
 
 mod chart;
 mod history;
