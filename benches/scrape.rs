@@ -1,8 +1,8 @@
 //! What a `/metrics` scrape costs as the open window grows: the page verve renders now
-//! (`Metrics::render`, which reads gauges the collector keeps), beside the naive scrape that
-//! counts the window itself (the union of every shard's ids, what verve did before), for
-//! windows of 10 000 and 1 000 000 random 64-bit ids. The first stays flat; the second grows
-//! with the window. Figures in `perf/RESULTS.md`.
+//! (`Metrics::render`: one snapshot of the counters and of the gauges the collector keeps),
+//! beside the naive scrape that counts the window itself (the union of every shard's ids,
+//! what verve did before), for windows of 10 000 and 1 000 000 random 64-bit ids. The first
+//! stays flat; the second grows with the window. Figures in `perf/RESULTS.md`.
 
 use std::hint::black_box;
 

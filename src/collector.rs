@@ -28,6 +28,7 @@ use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
 use crate::state::journal::Record;
 use crate::state::writer::Journal;
+use crate::status::Status;
 
 /// How long after a boundary the window is sealed. Long enough to cover a worker thread
 /// descheduled between its clock read and its insert (a few scheduler ticks under load),
@@ -69,6 +70,8 @@ pub struct Collector {
     pub clock: Arc<dyn Clock>,
     pub sink: Box<dyn WindowSink>,
     pub metrics: Arc<Metrics>,
+    /// The status page, re-rendered after each merge with the open window's count.
+    pub status: Arc<Status>,
     /// `--state-file`: the journal what the shards record is saved to, about twice a
     /// second; the open window is saved there at shutdown instead of being reported.
     pub journal: Option<Journal>,
@@ -172,9 +175,7 @@ impl Collector {
                 .store(absorbed.unique, Relaxed);
             self.refused(window, absorbed.refused);
         }
-        self.metrics
-            .status
-            .refresh(&self.metrics, self.windows.start_secs(window));
+        self.status.refresh(self.windows.start_secs(window));
     }
 
     /// Warns, once per window, that ids were refused for want of memory.
@@ -391,6 +392,13 @@ mod tests {
         }
     }
 
+    /// Counters of `workers` workers and a status page over them (which no test reads).
+    pub(super) fn counters(workers: usize) -> (Arc<Metrics>, Arc<Status>) {
+        let metrics = Arc::new(Metrics::new(workers));
+        let status = Arc::new(Status::new(metrics.clone(), ManualClock::new(0)));
+        (metrics, status)
+    }
+
     fn start(clock: Arc<ManualClock>) -> (Arc<Shards>, CollectorHandle, Receiver<Seen>) {
         start_with(clock, None)
     }
@@ -407,12 +415,14 @@ mod tests {
             .as_ref()
             .map(|j| crate::report::state_file::StateFileMark::new(j.sender(), false));
         let (tx, rx) = unbounded();
+        let (metrics, status) = counters(2);
         let handle = Collector {
             shards: shards.clone(),
             windows: Windows::new(10),
             clock,
             sink: Box::new(ChannelSink(tx, mark)),
-            metrics: Arc::new(Metrics::new(2)),
+            metrics,
+            status,
             journal,
             memory_warned: None,
             snapshots_asked: 0,
@@ -512,12 +522,14 @@ mod tests {
         }
         let clock = ManualClock::new(5_000);
         let health = Health::new();
+        let (metrics, status) = counters(1);
         let handle = Collector {
             shards: Arc::new(Shards::new(1, EndpointPolicy::default(), 10)),
             windows: Windows::new(10),
             clock: clock.clone(),
             sink: Box::new(PanickingSink),
-            metrics: Arc::new(Metrics::new(1)),
+            metrics,
+            status,
             journal: None,
             memory_warned: None,
             snapshots_asked: 0,
@@ -655,6 +667,7 @@ mod rewrite_tests {
     use crate::clock::ManualClock;
     use crate::endpoints::EndpointPolicy;
     use crate::state::journal::Book;
+    use tests::counters;
 
     /// Once a window holding more than [`SNAPSHOT_SLACK_BYTES`] of ids is reported, the
     /// journal holds mostly dead bytes and the collector has it rewritten: the file shrinks
@@ -691,12 +704,14 @@ mod rewrite_tests {
             }
             fn finish(&mut self, _: Instant) {}
         }
+        let (metrics, status) = counters(2);
         let handle = Collector {
             shards: shards.clone(),
             windows: Windows::new(10),
             clock: clock.clone(),
             sink: Box::new(Marking(mark)),
-            metrics: Arc::new(Metrics::new(2)),
+            metrics,
+            status,
             journal: Some(journal),
             memory_warned: None,
             snapshots_asked: 0,

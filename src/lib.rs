@@ -30,7 +30,7 @@
 //! - [`sink`]: the sealed-window handover (reported here, or shipped to the cluster).
 //! - [`state`]: `--state-file`, the open window kept across a restart.
 //! - [`report`]: the reporters (count log, endpoint callbacks, Kafka) behind one trait.
-//! - [`metrics`]: counters and the `/metrics` page.
+//! - [`metrics`]: counters, the snapshot read from them, and the `/metrics` page.
 //! - [`status`]: the reported windows' history, `/api/verve/windows` and the status page
 //!   (`/`), rendered off the request path and served from a per-worker cache.
 //! - [`logging`]: the log file format.

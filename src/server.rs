@@ -29,6 +29,7 @@ use crate::report::Fanout;
 use crate::shards::Shards;
 use crate::sink::{LocalSink, WindowSink};
 use crate::state;
+use crate::status::Status;
 
 /// verve exits within 5 s of the signal (docs/operating.md, *Signals and shutdown*); this
 /// leaves room for the process to unwind after the reporters' deadline.
@@ -73,6 +74,7 @@ impl Server {
         let memory = IdMemory::new(config.memory_limit());
         log::info!("id memory budget: {} bytes", memory.limit());
         let metrics = Arc::new(Metrics::with_memory(shards, memory.clone()));
+        let status = Arc::new(Status::new(metrics.clone(), clock.clone()));
         let shards = Arc::new(Shards::with_memory(
             shards,
             policy.clone(),
@@ -118,7 +120,7 @@ impl Server {
             &health,
         )
         .context("starting the callback dispatcher")?;
-        let mut reporters = Fanout::new().with(CountLog::new(metrics.clone()));
+        let mut reporters = Fanout::new().with(CountLog::new(metrics.clone(), status.clone()));
         if let Some(journal) = &journal {
             reporters = reporters.with(StateFileMark::new(
                 journal.clone(),
@@ -147,21 +149,18 @@ impl Server {
         let addr = listener
             .local_addr()
             .context("reading the listening address")?;
-        metrics.status.configure(
-            &metrics,
-            crate::status::Info {
-                interval_secs: config.interval,
-                instance: config
-                    .redis
-                    .as_ref()
-                    .map(|_| config.instance_id(addr.port())),
-                kafka_topic: config
-                    .kafka_brokers
-                    .as_ref()
-                    .map(|_| config.kafka_topic.clone()),
-                state_file: config.state_file.is_some(),
-            },
-        );
+        status.configure(crate::status::Info {
+            interval_secs: config.interval,
+            instance: config
+                .redis
+                .as_ref()
+                .map(|_| config.instance_id(addr.port())),
+            kafka_topic: config
+                .kafka_brokers
+                .as_ref()
+                .map(|_| config.kafka_topic.clone()),
+            state_file: config.state_file.is_some(),
+        });
         let mut sink: Box<dyn WindowSink> = match &config.redis {
             None => Box::new(LocalSink::new(reporters)),
             Some(target) => {
@@ -182,6 +181,7 @@ impl Server {
                 );
                 let extras = Extras {
                     records: handoff.map(|h| Box::new(h) as Box<dyn RecordHandoff>),
+                    status: Some(status.clone()),
                     ..Extras::default()
                 };
                 let sink = ClusterSink::start_with(
@@ -200,7 +200,7 @@ impl Server {
         let journal = match recovered {
             Some((journal, recovery)) => {
                 let kafka = config.kafka_brokers.is_some();
-                recovery.apply(&shards, &metrics, &mut *sink, &journal.sender(), kafka);
+                recovery.apply(&shards, &status, &mut *sink, &journal.sender(), kafka);
                 Some(journal)
             }
             None => None,
@@ -211,6 +211,7 @@ impl Server {
             clock: clock.clone(),
             sink,
             metrics: metrics.clone(),
+            status: status.clone(),
             journal,
             memory_warned: None,
             snapshots_asked: 0,
@@ -251,6 +252,7 @@ impl Server {
         let ctx = Arc::new(Ctx {
             shards,
             metrics,
+            status,
             clock,
             windows,
             draining: AtomicBool::new(false),

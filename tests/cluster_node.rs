@@ -26,6 +26,7 @@ use verve::metrics::Metrics;
 use verve::report::{Reporter, Scope, WindowReport};
 use verve::shards::Shards;
 use verve::sink::{SealedWindow, WindowSink};
+use verve::status::Status;
 
 const INTERVAL_SECS: u64 = 60;
 const GRACE: Duration = Duration::from_secs(2);
@@ -205,6 +206,7 @@ struct Instance {
     grace: Duration,
     reports: Receiver<WindowReport>,
     metrics: Arc<Metrics>,
+    status: Arc<Status>,
 }
 
 impl Instance {
@@ -225,6 +227,7 @@ impl Instance {
         let shards = Arc::new(Shards::new(1, EndpointPolicy::default(), 100));
         let clock = ManualClock::new(now_ms);
         let metrics = Arc::new(Metrics::new(1));
+        let status = Arc::new(Status::new(metrics.clone(), clock.clone()));
         let (tx, reports) = unbounded();
         let settings = Settings {
             target: Target::parse(options.url.as_deref().unwrap_or(&redis.url)).unwrap(),
@@ -241,6 +244,7 @@ impl Instance {
         let extras = Extras {
             counter: options.counter,
             records: options.kafka.map(|k| Box::new(k) as Box<dyn RecordHandoff>),
+            status: Some(status.clone()),
         };
         let sink = ClusterSink::start_with(
             settings,
@@ -277,6 +281,7 @@ impl Instance {
             grace: options.grace,
             reports,
             metrics,
+            status,
         }
     }
 
@@ -379,8 +384,7 @@ fn done_of(con: &mut redis::Connection, keys: &Keys, start: u64) -> Option<u64> 
 
 /// Whether `i` has recorded window `start` as reported by the cluster (its history).
 fn knows_reported(i: &Instance, start: u64) -> Option<u64> {
-    i.metrics
-        .status
+    i.status
         .history()
         .iter()
         .find(|r| r.window_start == start)

@@ -29,6 +29,7 @@ use verve::http::idle::Idle;
 use verve::http::{Admission, Ctx};
 use verve::metrics::Metrics;
 use verve::shards::Shards;
+use verve::status::Status;
 
 use super::query::{check_canonical, Policy};
 use super::responses::{parse_response, Body, Connection, Page};
@@ -111,10 +112,13 @@ fn ctx(flags: Flags) -> Ctx {
     } else {
         EndpointPolicy::default()
     };
+    let metrics = Arc::new(Metrics::new(1));
+    let clock = ManualClock::new(NOW_MS);
     Ctx {
         shards: Arc::new(Shards::new(1, policy, flags.max_endpoints())),
-        metrics: Arc::new(Metrics::new(1)),
-        clock: ManualClock::new(NOW_MS),
+        metrics: metrics.clone(),
+        status: Arc::new(Status::new(metrics, clock.clone())),
+        clock,
         windows: Windows::new(INTERVAL),
         draining: AtomicBool::new(flags.draining),
         health: Health::new(),

@@ -52,6 +52,7 @@ use crate::metrics::Metrics;
 use crate::report::{callback, Reporter, Scope, WindowReport};
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
+use crate::status::Status;
 
 /// How often the thread looks at its windows and the channel.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -136,6 +137,9 @@ pub struct Extras {
     pub counter: Counter,
     /// The Kafka producer's side of record hand-overs, when `--kafka-brokers` is set.
     pub records: Option<Box<dyn RecordHandoff>>,
+    /// The status page this instance serves: the windows the cluster reported join its
+    /// history, and it shows the link to Redis (`None`: no page, in tests).
+    pub status: Option<Arc<Status>>,
 }
 
 impl Default for Extras {
@@ -143,6 +147,7 @@ impl Default for Extras {
         Extras {
             counter: count_union,
             records: None,
+            status: None,
         }
     }
 }
@@ -189,6 +194,7 @@ impl ClusterSink {
             settings,
             counter: extras.counter,
             records: extras.records,
+            status: extras.status,
             owned_records: Vec::new(),
             watched_records: VecDeque::new(),
             next_records: Instant::now(),
@@ -332,6 +338,8 @@ struct Node {
     clock: Arc<dyn Clock>,
     reporter: Box<dyn Reporter>,
     metrics: Arc<Metrics>,
+    /// See [`Extras::status`].
+    status: Option<Arc<Status>>,
     redis: Option<Redis>,
     /// Counts connections: shipments made on an earlier one may be gone.
     generation: u64,
@@ -544,7 +552,7 @@ impl Node {
         }
         if self.redis.is_some() {
             match self.work(stopping) {
-                Ok(()) => self.metrics.status.redis_link(true, self.clock.now_ms()),
+                Ok(()) => self.redis_link(true),
                 Err(e) => self.drop_connection(e),
             }
         }
@@ -634,11 +642,18 @@ impl Node {
         });
     }
 
+    /// Shows on the status page whether the connection to Redis works.
+    fn redis_link(&self, up: bool) {
+        if let Some(status) = &self.status {
+            status.redis_link(up);
+        }
+    }
+
     /// A failed Redis operation: drops the connection, to connect again later. Logged once
     /// per outage.
     fn drop_connection(&mut self, e: anyhow::Error) {
         self.metrics.redis_errors.fetch_add(1, Relaxed);
-        self.metrics.status.redis_link(false, self.clock.now_ms());
+        self.redis_link(false);
         self.redis = None;
         self.next_connect = Instant::now() + RECONNECT_EVERY;
         if self.outage_since.is_none() {
@@ -916,7 +931,9 @@ impl Node {
                 Ok(Lead::Done(count)) => {
                     // The cluster's count, as its leader left it: this instance's
                     // `/api/verve/windows` lists it too.
-                    self.metrics.status.record(&self.metrics, start, count);
+                    if let Some(status) = &self.status {
+                        status.record(start, count);
+                    }
                     self.known_reported(i, count);
                     if self.records.is_some() {
                         let end_ms = self.windows[i].end_ms;

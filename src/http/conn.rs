@@ -430,7 +430,7 @@ fn route(
         // Both served from bodies rendered off the request path (see `crate::status`): a
         // copy out of this worker's own slot.
         b"/api/verve/windows" if method == "GET" => {
-            ctx.metrics.status.pages.windows(shard, |body| {
+            ctx.status.pages.windows(shard, |body| {
                 response::write_with(
                     out,
                     Status::Ok,
@@ -443,7 +443,7 @@ fn route(
             });
         }
         b"/" if method == "GET" => {
-            ctx.metrics.status.pages.page(shard, |body| {
+            ctx.status.pages.page(shard, |body| {
                 response::write_with(
                     out,
                     Status::Ok,

@@ -36,11 +36,14 @@ use crate::clock::{Clock, Windows};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
+use crate::status::Status;
 
 /// What every connection shares: read-only but for the atomics.
 pub struct Ctx {
     pub shards: Arc<Shards>,
     pub metrics: Arc<Metrics>,
+    /// The cached `/api/verve/windows` body and status page.
+    pub status: Arc<Status>,
     pub clock: Arc<dyn Clock>,
     pub windows: Windows,
     /// Set once when shutdown begins: `/healthz` turns 503 and every connection closes after

@@ -9,17 +9,19 @@ use std::sync::Arc;
 use crate::clock::rfc3339_secs;
 use crate::metrics::Metrics;
 use crate::report::{Reporter, Scope, WindowReport};
+use crate::status::Status;
 
 /// The log target of count lines: the README's example shows it after the level.
 pub const TARGET: &str = "count";
 
 pub struct CountLog {
     metrics: Arc<Metrics>,
+    status: Arc<Status>,
 }
 
 impl CountLog {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Arc<Metrics>, status: Arc<Status>) -> Self {
+        Self { metrics, status }
     }
 }
 
@@ -45,9 +47,7 @@ impl Reporter for CountLog {
             .store(report.unique_count, Relaxed);
         // The history holds what every instance would say: not a count of this one's alone.
         if report.scope == Scope::Global {
-            self.metrics
-                .status
-                .record(&self.metrics, report.window_start, report.unique_count);
+            self.status.record(report.window_start, report.unique_count);
         }
     }
 

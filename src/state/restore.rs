@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::report::Resumed;
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
-use crate::status::Reported;
+use crate::status::{Reported, Status};
 
 /// A window the previous run did not report.
 #[derive(Debug)]
@@ -226,12 +226,12 @@ impl Recovery {
     pub fn apply(
         self,
         shards: &Shards,
-        metrics: &Metrics,
+        status: &Status,
         sink: &mut dyn WindowSink,
         journal: &JournalSender,
         kafka: bool,
     ) {
-        metrics.status.restore(metrics, &self.history);
+        status.restore(&self.history);
         for (window_start, undelivered) in self.undelivered {
             let start = rfc3339_secs(window_start);
             if undelivered.kafka && !kafka {
