@@ -23,6 +23,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
 use crate::clock::{Clock, Windows};
 use crate::health::Health;
+use crate::ids::IdSet;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
@@ -197,6 +198,7 @@ impl Collector {
     fn seal_and_hand_on(&mut self, window: u64) {
         let (sealed, unsaved) = self.seal(window);
         if let Some(journal) = &self.journal {
+            let unsaved = known(unsaved);
             journal.append(records(sealed.window_start, unsaved, &sealed.endpoints));
             if !journal.sync(SEAL_SYNC_TIMEOUT) {
                 log::warn!(
@@ -277,6 +279,7 @@ impl Collector {
     /// lost silently.
     fn save_open(&mut self, window: u64, deadline: Instant) {
         let (sealed, unsaved) = self.seal(window);
+        let unsaved = known(unsaved);
         let Some(journal) = &self.journal else {
             return self.sink.accept(sealed);
         };
@@ -339,6 +342,19 @@ impl Collector {
 
 /// The journal records of `ids` (serialized, possibly empty) and `endpoints` of the window
 /// starting at `window_start`.
+/// A sealed window's unsaved ids, or an empty set when none are left: so the journal knows
+/// every sealed window, an empty one included. Its count line can be written before its
+/// `reported` record is synced; after a crash there the restart must find the window to
+/// report it again (the same count, 0) and produce its Kafka record, as for any other.
+fn known(unsaved: Vec<u8>) -> Vec<u8> {
+    if !unsaved.is_empty() {
+        return unsaved;
+    }
+    let mut empty = Vec::new();
+    IdSet::new().serialize_into(&mut empty);
+    empty
+}
+
 fn records(window_start: u64, ids: Vec<u8>, endpoints: &[String]) -> Vec<Record> {
     let mut records = Vec::with_capacity(1 + endpoints.len());
     if !ids.is_empty() {
@@ -407,12 +423,23 @@ mod tests {
         clock: Arc<ManualClock>,
         journal: Option<Journal>,
     ) -> (Arc<Shards>, CollectorHandle, Receiver<Seen>) {
+        start_marking(clock, journal, true)
+    }
+
+    /// `marked`: whether the sink marks reported windows in the journal, as the count log's
+    /// reporter does; without it the file is as a crash right after each count line left it.
+    fn start_marking(
+        clock: Arc<ManualClock>,
+        journal: Option<Journal>,
+        marked: bool,
+    ) -> (Arc<Shards>, CollectorHandle, Receiver<Seen>) {
         let shards = Arc::new(Shards::new(2, EndpointPolicy::default(), 10));
         if journal.is_some() {
             shards.set_durable();
         }
         let mark = journal
             .as_ref()
+            .filter(|_| marked)
             .map(|j| crate::report::state_file::StateFileMark::new(j.sender(), false));
         let (tx, rx) = unbounded();
         let (metrics, status) = counters(2);
@@ -589,6 +616,44 @@ mod tests {
                 assert_eq!(restored.ids[&0].len(), 2);
                 assert_eq!(restored.book.open[&0], ["http://cb.test/"]);
                 assert!(restored.book.history.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_window_sealed_with_a_state_file_is_in_the_file() {
+        use crate::state::{journal::Book, Limits, Loaded};
+        let dir =
+            std::env::temp_dir().join(format!("verve-collector-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.state");
+        let journal = Journal::create(
+            &path,
+            10,
+            Book::default(),
+            vec![],
+            Default::default(),
+            &Health::new(),
+        )
+        .unwrap();
+        let clock = ManualClock::new(5_000);
+        let (_shards, handle, rx) = start_marking(clock.clone(), Some(journal), false);
+        // Window 0 closes with no id and no endpoint; nothing marks it reported here, as a
+        // crash right after its count line would leave it.
+        clock.set(10_000 + SETTLE.as_millis() as u64);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), (0, 0, vec![]));
+        handle.shutdown(Instant::now() + WAIT);
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().0, u64::MAX);
+        let limits = Limits::new(1 << 30, 10, Windows::new(10), 15_000);
+        match crate::state::load(&path, &limits).unwrap() {
+            Loaded::Found(restored) => {
+                // Both the sealed window and the open one stopped at shutdown are known, so
+                // a restart reports them (count 0) instead of forgetting them.
+                assert!(restored.book.open.contains_key(&0), "{:?}", restored.book);
+                assert!(restored.book.open.contains_key(&10), "{:?}", restored.book);
+                assert_eq!(restored.ids.get(&0).map(|s| s.len()).unwrap_or(0), 0);
             }
             other => panic!("{other:?}"),
         }
