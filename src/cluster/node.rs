@@ -49,7 +49,7 @@ use crate::endpoints;
 use crate::health::Health;
 use crate::ids::{count_union, IdSet};
 use crate::metrics::Metrics;
-use crate::report::{callback, Reporter, Scope, WindowReport};
+use crate::report::{callback, count_log, Reporter, Scope, WindowReport};
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
 
@@ -231,11 +231,11 @@ impl WindowSink for ClusterSink {
         if let Err(e) = self.tx.send(Msg::Sealed(sealed)) {
             // Only if the thread died (a bug): say so rather than lose the window quietly.
             let Msg::Sealed(w) = e.0 else { return };
-            log::error!(
-                target: crate::report::count_log::TARGET,
-                "window_start={} unique_count={} scope=local",
-                rfc3339_secs(w.window_start),
-                w.ids.len()
+            count_log::write_count_line(
+                log::Level::Error,
+                w.window_start,
+                w.ids.len(),
+                Scope::Local,
             );
         }
     }
