@@ -5,6 +5,8 @@
 //!   the leader's reads, each an atomic command or script.
 //! - [`conn`]: connecting (one server, or a Redis Cluster found through it) and the
 //!   start-up check.
+//! - [`backlog`]: the sealed windows an instance holds until the cluster reported them, each
+//!   in one phase.
 //! - [`node`]: the cluster thread that ships, holds the backlog and leads windows, and the
 //!   [`node::ClusterSink`] through which the collector hands it sealed windows.
 //! - [`merge`]: the leader's merge, the union of every shipment of a window, and the
@@ -62,6 +64,7 @@
 //! milliseconds per window; it cannot be closed without making a window that is never
 //! reported possible instead, and a repeat is preferred to a gap (README, *Cluster mode*).
 
+pub mod backlog;
 pub mod conn;
 pub mod merge;
 pub mod node;

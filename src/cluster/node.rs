@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::budget::Charge;
 use crate::clock::{rfc3339_secs, Clock, Windows};
+use crate::cluster::backlog::{Backlog, Held, Phase};
 use crate::cluster::conn::{self, Redis, Target};
 use crate::cluster::merge::{count_of_shipments_with, Counter};
 use crate::cluster::store::{self, Interval, Keys, Lead, Shipment, Shipped};
@@ -67,12 +67,7 @@ pub const LIVE_TTL: Duration = Duration::from_secs(5);
 /// A leader that stops renewing its lease (it died, or hangs) is replaced after this long.
 pub const LEASE: Duration = Duration::from_secs(5);
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
-/// A window whose keys made a Redis operation fail is tried again after this long: a key
-/// that an operator is replacing, or a script that was killed, gets a chance to be right.
-pub const WINDOW_RETRY_EVERY: Duration = Duration::from_secs(1);
-/// Failed tries after which a window is given up and reported by this instance alone: a
-/// broken window costs a few seconds, and never holds up the windows after it.
-pub const WINDOW_TRIES: u32 = 3;
+pub use crate::cluster::backlog::{WINDOW_RETRY_EVERY, WINDOW_TRIES};
 
 /// How long a window's keys live: long enough that a window shipped late from a full
 /// backlog still finds its `done` mark (and is refused rather than reported twice). The
@@ -206,7 +201,7 @@ impl ClusterSink {
             next_drain: Instant::now() + SHIP_EVERY,
             open_shipped: None,
             drain_warned: None,
-            windows: VecDeque::new(),
+            backlog: Backlog::default(),
             published_backlog: 0,
             left: false,
             late_warned: None,
@@ -248,34 +243,6 @@ impl WindowSink for ClusterSink {
             }
         }
     }
-}
-
-/// A sealed window this instance still holds: until the cluster has reported it.
-struct Held {
-    window_start: u64,
-    end_ms: u64,
-    /// All of this instance's ids of the window: a reconnect ships them again.
-    ids: IdSet,
-    /// What the next shipment must carry; `None`: all of `ids`.
-    unsent: Option<IdSet>,
-    endpoints: Vec<String>,
-    /// The last shipment is stored, on the current connection.
-    shipped: bool,
-    /// ... on any connection.
-    ever_shipped: bool,
-    /// This instance wrote the window's count line with this count but could not mark it
-    /// done yet: it does not write it again.
-    reported: Option<u64>,
-    /// The window's leader had read it (or reported it) before this instance's last
-    /// shipment reached Redis: that shipment was refused.
-    refused: bool,
-    /// Failed tries on the window's keys (see [`WINDOW_TRIES`]), the last one's error, and
-    /// when the next try may be.
-    failures: u32,
-    trouble: String,
-    retry_at: Instant,
-    /// The `--max-memory` bytes `ids` and `unsent` hold, given back when the window goes.
-    _charge: Charge,
 }
 
 /// How a store operation failed, as the cluster thread treats it.
@@ -345,8 +312,8 @@ struct Node {
     open_shipped: Option<(u64, u64)>,
     /// The last open window whose failed shipment was logged (once per window).
     drain_warned: Option<u64>,
-    /// Sealed windows not reported yet, oldest first.
-    windows: VecDeque<Held>,
+    /// Sealed windows not reported yet.
+    backlog: Backlog,
     /// What this thread added to `verve_backlog_windows`.
     published_backlog: u64,
     /// Stopping: this instance has left the live set.
@@ -520,22 +487,14 @@ impl Node {
         // The drains' shipments stand only if they all went out on this connection.
         let drained_here =
             self.redis.is_some() && self.open_shipped == Some((sealed.window, self.generation));
-        let unsent = if drained_here { sealed.unshipped } else { None };
-        self.windows.push_back(Held {
-            window_start: sealed.window_start,
-            end_ms: self.settings.windows.end_ms(sealed.window),
-            ids: sealed.ids,
-            unsent,
-            endpoints: sealed.endpoints,
-            shipped: false,
-            ever_shipped: false,
-            reported: None,
-            refused: false,
-            failures: 0,
-            trouble: String::new(),
-            retry_at: Instant::now(),
-            _charge: sealed.charge,
-        });
+        let end_ms = self.settings.windows.end_ms(sealed.window);
+        if let Some(twice) = self
+            .backlog
+            .hold(Held::sealed(sealed, end_ms, drained_here))
+        {
+            // Only a bug seals a window twice: its ids are still counted, not dropped.
+            self.report_held_alone(twice, "it was sealed twice");
+        }
     }
 
     fn step(&mut self, stopping: bool) {
@@ -548,9 +507,9 @@ impl Node {
                 Err(e) => self.drop_connection(e),
             }
         }
-        while let Some(i) = self.windows.iter().position(|h| h.refused) {
+        while let Some(start) = self.backlog.oldest(|h| h.phase() == Phase::Refused) {
             self.report_alone(
-                i,
+                start,
                 "its leader had read the window before this instance's last shipment reached \
                  Redis, which refused it (this instance started after the cluster reported \
                  the window, or its clock or shipping is later than --cluster-grace allows)",
@@ -570,10 +529,7 @@ impl Node {
                 self.next_heartbeat = Instant::now();
                 // Redis may have restarted empty: everything held goes again, whole, and
                 // the windows known to be reported get their `done` marks back first.
-                for held in &mut self.windows {
-                    held.shipped = false;
-                    held.unsent = None;
-                }
+                self.backlog.reconnected();
                 if let Err(e) = self.restore_done_marks() {
                     self.drop_connection(e);
                 }
@@ -621,9 +577,11 @@ impl Node {
         Ok(())
     }
 
-    /// Remembers that the cluster reported window `i` with `count` (see [`KnownDone`]).
-    fn known_reported(&mut self, i: usize, count: u64) {
-        let held = &self.windows[i];
+    /// Remembers that the cluster reported window `start` with `count` (see [`KnownDone`]).
+    fn known_reported(&mut self, start: u64, count: u64) {
+        let Some(held) = self.backlog.get(start) else {
+            return;
+        };
         if self.known_done.len() >= MAX_KNOWN_DONE {
             self.known_done.pop_front();
         }
@@ -653,25 +611,24 @@ impl Node {
         }
     }
 
-    /// Window `i`'s keys made `doing` fail: counted, logged, tried again later (an outage
-    /// is returned instead, for [`Node::drop_connection`]).
-    fn window_failed(&mut self, i: usize, doing: &str, e: store::Error) -> anyhow::Result<()> {
+    /// Window `start`'s keys made `doing` fail: counted, logged, tried again later (an
+    /// outage is returned instead, for [`Node::drop_connection`]).
+    fn window_failed(&mut self, start: u64, doing: &str, e: store::Error) -> anyhow::Result<()> {
         let why = match failure(e) {
             Failure::Outage(e) => return Err(e),
             Failure::Keys(why) => why,
         };
         self.metrics.redis_errors.fetch_add(1, Relaxed);
-        let held = &mut self.windows[i];
-        held.failures += 1;
-        held.retry_at = Instant::now() + WINDOW_RETRY_EVERY;
+        let Some(held) = self.backlog.get_mut(start) else {
+            return Ok(());
+        };
+        let tries = held.failed(why.clone(), Instant::now());
         log::warn!(
-            "window {}: {doing} failed ({why}); try {} of {WINDOW_TRIES} (is another program \
-             writing to {}?)",
-            rfc3339_secs(held.window_start),
-            held.failures,
-            self.settings.keys.window_keys(held.window_start)
+            "window {}: {doing} failed ({why}); try {tries} of {WINDOW_TRIES} (is another \
+             program writing to {}?)",
+            rfc3339_secs(start),
+            self.settings.keys.window_keys(start)
         );
-        held.trouble = why;
         Ok(())
     }
 
@@ -726,7 +683,7 @@ impl Node {
                 "Redis {} is back after {:.1} s; shipping {} held windows",
                 self.settings.target.display(),
                 since.elapsed().as_secs_f64(),
-                self.windows.len()
+                self.backlog.len()
             );
         }
     }
@@ -735,11 +692,11 @@ impl Node {
     /// first, except windows waiting out a retry after trouble with their keys.
     fn ship_sealed_windows(&mut self, now: Instant) -> anyhow::Result<()> {
         let ttl_ms = self.settings.key_ttl().as_millis() as u64;
-        let mut i = 0;
-        while i < self.windows.len() {
-            let held = &self.windows[i];
-            if held.shipped || held.retry_at > now {
-                i += 1;
+        for start in self.backlog.starts() {
+            let Some(held) = self.backlog.get(start) else {
+                continue;
+            };
+            if held.is_shipped() || !held.may_try(now) {
                 continue;
             }
             let Some(redis) = self.redis.as_mut() else {
@@ -750,8 +707,8 @@ impl Node {
                 &self.settings.keys,
                 &self.metrics,
                 &self.settings.instance,
-                held.window_start,
-                held.unsent.as_ref().unwrap_or(&held.ids),
+                start,
+                held.to_ship(),
                 &held.endpoints,
                 true,
                 ttl_ms,
@@ -761,55 +718,33 @@ impl Node {
             // mark goes with it, and a frozen window takes no shipment), so the leader's read
             // holds it, as after a refused re-shipment.
             let shipped = match shipped {
-                Ok(Shipped::TooLate) if !held.ever_shipped => store::has_shipped(
+                Ok(Shipped::TooLate) if !held.stored_before() => store::has_shipped(
                     redis.con(),
                     &self.settings.keys,
-                    held.window_start,
+                    start,
                     &self.settings.instance,
                 )
                 .map(|stored| (Shipped::TooLate, stored)),
-                other => other.map(|shipped| (shipped, held.ever_shipped)),
+                other => other.map(|shipped| (shipped, false)),
             };
-            let (shipped, ever_shipped) = match shipped {
+            let (shipped, found_stored) = match shipped {
                 Ok(shipped) => shipped,
                 Err(e) => {
-                    self.window_failed(i, "shipping", e)?;
-                    i += 1;
+                    self.window_failed(start, "shipping", e)?;
                     continue;
                 }
             };
-            let held = &mut self.windows[i];
-            held.ever_shipped = ever_shipped;
-            match shipped {
-                Shipped::Stored => {
-                    held.shipped = true;
-                    held.ever_shipped = true;
-                    held.unsent = Some(IdSet::new());
-                    i += 1;
-                }
-                Shipped::TooLate if !held.ever_shipped && held.reported.is_none() => {
-                    // Not in the cluster's count: reported alone, after this tick (see
-                    // `step`), not lost silently.
-                    if self.late_warned != Some(held.window_start) {
-                        self.late_warned = Some(held.window_start);
-                        late(&self.metrics, held.window_start, held.ids.len());
-                    }
-                    held.refused = true;
-                    held.shipped = true;
-                    i += 1;
-                }
-                Shipped::TooLate => {
-                    // A whole re-shipment after a reconnect, refused: the window is frozen
-                    // or done. This instance's last shipment had been stored before the
-                    // freeze, so the leader's read holds it (unless Redis lost it meanwhile:
-                    // a leader that lost its connection too trusts nobody for a grace after
-                    // it is back, see `ready`). The window stays until its `done` mark is
-                    // seen: its leader may have lost its connection between the freeze and
-                    // the mark too, and then this instance, or the leader itself, must be
-                    // able to take it over (see `lead`).
-                    held.shipped = true;
-                    i += 1;
-                }
+            let Some(held) = self.backlog.get_mut(start) else {
+                continue;
+            };
+            // A refused first shipment is not in the cluster's count: the window is reported
+            // alone, after this tick (see `step`), not lost silently. A refused re-shipment
+            // keeps the window until its `done` mark is seen (see `Held::refused`).
+            if shipped == Shipped::Stored {
+                held.stored();
+            } else if held.refused(found_stored) && self.late_warned != Some(start) {
+                self.late_warned = Some(start);
+                late(&self.metrics, start, held.ids.len());
             }
         }
         Ok(())
@@ -818,7 +753,7 @@ impl Node {
     /// Shutdown: once every held window is shipped, leaves the live set, so that leaders
     /// stop waiting for this instance at once.
     fn leave_once_shipped(&mut self) -> anyhow::Result<()> {
-        if self.left || !self.windows.iter().all(|h| h.shipped) {
+        if self.left || !self.backlog.iter().all(Held::is_shipped) {
             return Ok(());
         }
         if let Some(redis) = self.redis.as_mut() {
@@ -891,15 +826,15 @@ impl Node {
     fn lead(&mut self, stopping: bool) -> anyhow::Result<()> {
         let lease_ms = LEASE.as_millis() as u64;
         let now = Instant::now();
-        let mut i = 0;
-        while i < self.windows.len() {
-            let held = &self.windows[i];
-            if !held.shipped || held.refused || held.retry_at > now {
-                i += 1;
+        for start in self.backlog.starts() {
+            let Some(held) = self.backlog.get(start) else {
+                continue;
+            };
+            if !held.may_lead(now) {
                 continue;
             }
-            let start = held.window_start;
-            if stopping && self.left && self.hand_over(i)? {
+            let (end_ms, reported) = (held.end_ms, held.reported());
+            if stopping && self.left && self.hand_over(start)? {
                 continue;
             }
             let Some(redis) = self.redis.as_mut() else {
@@ -917,41 +852,39 @@ impl Node {
                     // The cluster's count, as its leader left it: this instance's
                     // `/api/verve/windows` lists it too.
                     self.metrics.status.record(&self.metrics, start, count);
-                    self.known_reported(i, count);
+                    self.known_reported(start, count);
                     if self.records.is_some() {
-                        let end_ms = self.windows[i].end_ms;
                         self.watched_records.push_back((start, end_ms));
                     }
-                    self.drop_window(i);
+                    self.drop_window(start);
                     continue;
                 }
                 Ok(Lead::Waiting) => Ok(false),
-                Ok(Lead::Leading) => match self.windows[i].reported {
-                    Some(count) => self.mark_done(i, count),
-                    None => match self.ready(i, stopping) {
-                        Ok(true) => self.report(i),
+                Ok(Lead::Leading) => match reported {
+                    Some(count) => self.mark_done(start, count),
+                    None => match self.ready(start, stopping) {
+                        Ok(true) => self.report(start),
                         other => other,
                     },
                 },
                 Err(e) => Err(e),
             };
-            match outcome {
-                Ok(true) => continue, // the window is gone
-                Ok(false) => {}
-                Err(e) => self.window_failed(i, "leading", e)?,
+            if let Err(e) = outcome {
+                self.window_failed(start, "leading", e)?;
             }
-            i += 1;
         }
         Ok(())
     }
 
-    /// Shutdown, once this instance has left the live set: window `i` is left to the
+    /// Shutdown, once this instance has left the live set: window `start` is left to the
     /// instances still running that will lead it, which need not wait for its lease. True
     /// when it was (the window is gone here); false when no such instance is alive, or the
     /// live set cannot be read or trusted, so that this instance reports the window (a repeat
     /// is better than a gap).
-    fn hand_over(&mut self, i: usize) -> anyhow::Result<bool> {
-        let start = self.windows[i].window_start;
+    fn hand_over(&mut self, start: u64) -> anyhow::Result<bool> {
+        let Some(end_ms) = self.backlog.get(start).map(|h| h.end_ms) else {
+            return Ok(false);
+        };
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
@@ -972,7 +905,7 @@ impl Node {
         // last shipment of it. One that started after the window ended (restarted during a
         // rolling deploy) is live but never leads it, and the window would never be reported.
         // A window still open goes to any live instance: each will seal it at its end.
-        if self.clock.now_ms() >= self.windows[i].end_ms {
+        if self.clock.now_ms() >= end_ms {
             let mut holders = Vec::with_capacity(others.len());
             for other in others {
                 match store::has_shipped(redis.con(), &self.settings.keys, start, &other) {
@@ -1005,20 +938,22 @@ impl Node {
             rfc3339_secs(start),
             others.len()
         );
-        self.drop_window(i);
+        self.drop_window(start);
         Ok(true)
     }
 
-    /// Whether the leader may report window `i` now: every live instance has made its last
+    /// Whether the leader may report window `start` now: every live instance has made its last
     /// shipment of it, or `--cluster-grace` has passed since it closed. Right after a
     /// (re)connect the live set is not trusted for a grace period: after an outage the other
     /// instances need time to come back, heartbeat and ship. At shutdown, an instance that is
     /// the last one alive reports at once, as a single instance does.
-    fn ready(&mut self, i: usize, stopping: bool) -> store::Result<bool> {
+    fn ready(&mut self, start: u64, stopping: bool) -> store::Result<bool> {
         if stopping && self.left {
             return Ok(true);
         }
-        let held = &self.windows[i];
+        let Some(held) = self.backlog.get(start) else {
+            return Ok(false);
+        };
         let now = self.clock.now_ms();
         let grace = self.settings.grace.as_millis() as u64;
         if now < held.end_ms || now < self.connected_at_ms + grace {
@@ -1027,7 +962,6 @@ impl Node {
         if now >= held.end_ms + grace {
             return Ok(true);
         }
-        let start = held.window_start;
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
@@ -1062,13 +996,12 @@ impl Node {
     /// The leader's report: freeze the window, union every shipment, check the endpoints,
     /// write the count line and queue the calls (through the reporters), then the `done`
     /// mark. True when the window is finished with.
-    fn report(&mut self, i: usize) -> store::Result<bool> {
+    fn report(&mut self, start: u64) -> store::Result<bool> {
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
         let con = redis.con();
         let (keys, instance) = (&self.settings.keys, self.settings.instance.as_str());
-        let start = self.windows[i].window_start;
         let ttl_ms = self.settings.key_ttl().as_millis() as u64;
         // From here on the window's list does not change: no shipment that Redis accepted
         // can be missed by the read below, nor deleted unread by `mark_done`.
@@ -1145,8 +1078,10 @@ impl Node {
             endpoints,
             scope: Scope::Global,
         });
-        self.windows[i].reported = Some(count);
-        self.mark_done(i, count)
+        if let Some(held) = self.backlog.get_mut(start) {
+            held.counted(count);
+        }
+        self.mark_done(start, count)
     }
 
     /// The endpoints read from Redis that pass the checks a client's endpoint passes (this
@@ -1187,12 +1122,14 @@ impl Node {
         urls
     }
 
-    /// Marks window `i` done and lets it go (true).
-    fn mark_done(&mut self, i: usize, count: u64) -> store::Result<bool> {
+    /// Marks window `start` done and lets it go (true).
+    fn mark_done(&mut self, start: u64, count: u64) -> store::Result<bool> {
+        let Some(end_ms) = self.backlog.get(start).map(|h| h.end_ms) else {
+            return Ok(false);
+        };
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
         };
-        let start = self.windows[i].window_start;
         let ttl_ms = self.settings.key_ttl().as_millis() as u64;
         let record_lease = self.records.is_some().then_some(LEASE.as_millis() as u64);
         let kept = store::mark_done_with_record(
@@ -1214,11 +1151,11 @@ impl Node {
             );
             return Ok(false);
         }
-        self.known_reported(i, count);
+        self.known_reported(start, count);
         if self.records.is_some() {
-            self.owned_records.push((start, self.windows[i].end_ms));
+            self.owned_records.push((start, end_ms));
         }
-        self.drop_window(i);
+        self.drop_window(start);
         Ok(true)
     }
 
@@ -1327,20 +1264,21 @@ impl Node {
         self.owned_records.clear();
     }
 
-    fn drop_window(&mut self, i: usize) {
+    fn drop_window(&mut self, start: u64) {
         // Its ids and their budget bytes are freed here.
-        self.windows.remove(i);
+        self.backlog.remove(start);
     }
 
     /// Windows whose keys failed [`WINDOW_TRIES`] times: reported by this instance alone
     /// (its lease, if it holds one, given up so that another instance may try), or, when
     /// its count line is written already, let go without the `done` mark.
     fn give_up(&mut self) {
-        while let Some(i) = self.windows.iter().position(|h| h.failures >= WINDOW_TRIES) {
-            let (start, trouble) = (
-                self.windows[i].window_start,
-                self.windows[i].trouble.clone(),
-            );
+        while let Some(start) = self.backlog.oldest(|h| h.given_up().is_some()) {
+            let Some(held) = self.backlog.get(start) else {
+                return;
+            };
+            let trouble = held.given_up().map(|t| t.why.clone()).unwrap_or_default();
+            let reported = held.reported();
             if let Some(redis) = self.redis.as_mut() {
                 // Best effort: the lease expires on its own otherwise.
                 let _ = store::release(
@@ -1350,16 +1288,16 @@ impl Node {
                     &self.settings.instance,
                 );
             }
-            if let Some(count) = self.windows[i].reported {
+            if let Some(count) = reported {
                 log::error!(
                     "window {}: reported with count {count} but not marked done in Redis \
                      ({trouble}); another instance may report it too",
                     rfc3339_secs(start)
                 );
-                self.drop_window(i);
+                self.drop_window(start);
             } else {
                 self.report_alone(
-                    i,
+                    start,
                     &format!(
                         "its keys in Redis are not what verve writes ({trouble}), {WINDOW_TRIES} \
                          tries"
@@ -1375,27 +1313,27 @@ impl Node {
         let now = self.clock.now_ms();
         let ttl = self.settings.key_ttl().as_millis() as u64;
         let expired = self
-            .windows
-            .iter()
-            .position(|h| h.shipped && now > h.end_ms + ttl);
-        if let Some(i) = expired {
-            if let Some(count) = self.windows[i].reported {
+            .backlog
+            .oldest(|h| h.is_shipped() && now > h.end_ms + ttl);
+        if let Some(start) = expired {
+            if let Some(count) = self.backlog.get(start).and_then(Held::reported) {
                 log::error!(
                     "window {}: reported with count {count} but never marked done in Redis \
                      before its keys expired",
-                    rfc3339_secs(self.windows[i].window_start)
+                    rfc3339_secs(start)
                 );
-                self.drop_window(i);
+                self.drop_window(start);
             } else {
-                self.report_alone(i, "the cluster did not report it before its keys expired");
+                self.report_alone(
+                    start,
+                    "the cluster did not report it before its keys expired",
+                );
             }
         }
-        while self.windows.iter().filter(|h| !h.shipped).count() > self.settings.backlog {
-            let oldest = self
-                .windows
-                .iter()
-                .position(|h| !h.shipped)
-                .expect("counted above");
+        while self.backlog.unshipped() > self.settings.backlog {
+            let Some(oldest) = self.backlog.oldest(|h| !h.is_shipped()) else {
+                break;
+            };
             self.report_alone(
                 oldest,
                 "it fell off the --cluster-backlog before Redis came back",
@@ -1403,11 +1341,14 @@ impl Node {
         }
     }
 
-    /// Reports window `i` with this instance's ids only (`scope=local`).
-    fn report_alone(&mut self, i: usize, why: &str) {
-        let Some(held) = self.windows.remove(i) else {
-            return;
-        };
+    /// Reports window `start` with this instance's ids only (`scope=local`).
+    fn report_alone(&mut self, start: u64, why: &str) {
+        if let Some(held) = self.backlog.remove(start) {
+            self.report_held_alone(held, why);
+        }
+    }
+
+    fn report_held_alone(&mut self, held: Held, why: &str) {
         log::warn!(
             "window {}: {why}; reporting this instance's {} ids alone (scope=local)",
             rfc3339_secs(held.window_start),
@@ -1423,7 +1364,7 @@ impl Node {
     }
 
     fn publish_backlog(&mut self) {
-        let now = self.windows.iter().filter(|h| !h.shipped).count() as u64;
+        let now = self.backlog.unshipped() as u64;
         if now > self.published_backlog {
             self.metrics
                 .backlog_windows
@@ -1440,9 +1381,9 @@ impl Node {
     /// it is the last one alive, until `deadline`. A window still unshipped then is reported
     /// alone (`scope=local`): nothing counted is dropped silently.
     fn stop(mut self, deadline: Instant) {
-        while !self.windows.is_empty() && Instant::now() < deadline {
+        while !self.backlog.is_empty() && Instant::now() < deadline {
             self.step(true);
-            if self.windows.is_empty() {
+            if self.backlog.is_empty() {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1453,10 +1394,10 @@ impl Node {
                 let _ = store::leave(redis.con(), &self.settings.keys, &self.settings.instance);
             }
         }
-        while let Some(i) = self.windows.iter().position(|h| !h.shipped) {
-            self.report_alone(i, "Redis was unavailable at shutdown");
+        while let Some(start) = self.backlog.oldest(|h| !h.is_shipped()) {
+            self.report_alone(start, "Redis was unavailable at shutdown");
         }
-        for held in &self.windows {
+        for held in self.backlog.iter() {
             log::warn!(
                 "window {} is in Redis but no instance is left to report it; the next instance \
                  of this cluster will not see it",
