@@ -1,8 +1,11 @@
 //! Cluster mode (README, *Cluster mode*): several instances behind a load balancer count
 //! each id once per window by shipping their windows to one Redis (or Redis Cluster).
 //!
-//! - [`store`]: the Redis side: key layout, shipments, heartbeats, the per-window lease and
-//!   the leader's reads, each an atomic command or script.
+//! - [`keys`]: what is kept where in Redis: the key layout.
+//! - [`error`]: what an operation on those keys can fail with.
+//! - [`store`]: the Redis side of a window: shipments, the per-window lease and the leader's
+//!   reads, each an atomic command or script.
+//! - [`presence`]: the deployment's shared keys: heartbeats, the live set, the interval.
 //! - [`conn`]: connecting (one server, or a Redis Cluster found through it) and the
 //!   start-up check.
 //! - [`backlog`]: the sealed windows an instance holds until the cluster reported them, each
@@ -66,6 +69,9 @@
 
 pub mod backlog;
 pub mod conn;
+pub mod error;
+pub mod keys;
 pub mod merge;
 pub mod node;
+pub mod presence;
 pub mod store;

@@ -1131,7 +1131,6 @@ impl Node {
             return Ok(false);
         };
         let ttl_ms = self.settings.key_ttl().as_millis() as u64;
-        let record_lease = self.records.is_some().then_some(LEASE.as_millis() as u64);
         let kept = store::mark_done_with_record(
             redis.con(),
             &self.settings.keys,
@@ -1139,7 +1138,7 @@ impl Node {
             &self.settings.instance,
             count,
             ttl_ms,
-            record_lease,
+            self.records.is_some().then_some(LEASE.as_millis() as u64),
         )?;
         if !kept {
             // Kept until the mark is seen: this instance marks it once it leads it again, or
