@@ -187,8 +187,37 @@ impl Node {
     /// write the count line and queue the calls (through the reporters), then the `done`
     /// mark. True when the window is finished with.
     fn report(&mut self, start: u64) -> store::Result<bool> {
+        let Some(count) = self.read_count(start)? else {
+            return Ok(false); // lost the lease meanwhile
+        };
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
+        };
+        let con = redis.con();
+        let (keys, instance) = (&self.settings.keys, self.settings.instance.as_str());
+        let stored = store::endpoints(con, keys, start, self.shards.max_endpoints())?;
+        // The last check before the count goes out: still the leader, still not reported.
+        if !store::renew(con, keys, start, instance, LEASE.as_millis() as u64)? {
+            return Ok(false);
+        }
+        let endpoints = self.checked_endpoints(start, &stored);
+        self.reporter.report(&WindowReport {
+            window_start: start,
+            unique_count: count,
+            endpoints,
+            scope: Scope::Global,
+        });
+        if let Some(held) = self.backlog.get_mut(start) {
+            held.counted(count);
+        }
+        self.mark_done(start, count)
+    }
+
+    /// Freezes the window and counts the union of its shipments, keeping the lease, the
+    /// heartbeat and the open window's shipping going meanwhile. `None`: the lease was lost.
+    fn read_count(&mut self, start: u64) -> store::Result<Option<u64>> {
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(None);
         };
         let con = redis.con();
         let (keys, instance) = (&self.settings.keys, self.settings.instance.as_str());
@@ -196,7 +225,7 @@ impl Node {
         // From here on the window's list does not change: no shipment that Redis accepted
         // can be missed by the read below, nor deleted unread by `mark_done`.
         let Some(count) = store::freeze(con, keys, start, instance, ttl_ms)? else {
-            return Ok(false); // lost the lease meanwhile
+            return Ok(None);
         };
         let count = store::check_shipments(keys, start, count)?;
         // A read of many shipments takes a while (1.4 s for 10 x 1M ids in 600 shipments),
@@ -240,7 +269,7 @@ impl Node {
         };
         let read = count_of_shipments_with(con, keys, start, count, &mut between, self.counter)?;
         let Some((count, skipped)) = read else {
-            return Ok(false); // lost the lease meanwhile
+            return Ok(None);
         };
         if skipped.total() > 0 {
             self.metrics
@@ -256,22 +285,7 @@ impl Node {
                 keys.prefix()
             );
         }
-        let stored = store::endpoints(con, keys, start, self.shards.max_endpoints())?;
-        // The last check before the count goes out: still the leader, still not reported.
-        if !store::renew(con, keys, start, instance, LEASE.as_millis() as u64)? {
-            return Ok(false);
-        }
-        let endpoints = self.checked_endpoints(start, &stored);
-        self.reporter.report(&WindowReport {
-            window_start: start,
-            unique_count: count,
-            endpoints,
-            scope: Scope::Global,
-        });
-        if let Some(held) = self.backlog.get_mut(start) {
-            held.counted(count);
-        }
-        self.mark_done(start, count)
+        Ok(Some(count))
     }
 
     /// The endpoints read from Redis that pass the checks a client's endpoint passes (this
