@@ -1,6 +1,6 @@
 //! What the leader of a window does in cluster mode, timed: N instances (default 10) each
 //! hold M ids (default 1 million, random over 0..2^32, or with `--dist random-i64` over the
-//! whole i64 range), ship them the way `src/cluster/node.rs` does (`merge::serialize`: the id
+//! whole i64 range), ship them the way `src/cluster/ship.rs` does (`merge::serialize`: the id
 //! set's compact format), and the leader unions every shipment:
 //!
 //! - **memory**: what `verve::cluster::merge::count_of_shipments` does with the blobs, without

@@ -7,7 +7,9 @@ use anyhow::{bail, Context};
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{ConnectionLike, ErrorKind, RedisError, ServerErrorKind};
 
-use crate::cluster::store::{self, Interval, Keys};
+use crate::cluster::error::Error;
+use crate::cluster::keys::Keys;
+use crate::cluster::presence::{claim_interval, Interval};
 
 /// Longest wait to connect to one node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -234,7 +236,7 @@ pub fn is_outage(e: &RedisError) -> bool {
 }
 
 /// The start-up check: connects, runs a write and a script the way shipping will, and
-/// claims the prefix for this `--interval` (see [`store::claim_interval`]; `key_ttl_ms` is how
+/// claims the prefix for this `--interval` (see [`claim_interval`]; `key_ttl_ms` is how
 /// long the claim outlives the last instance).
 pub fn check(
     target: &Target,
@@ -265,10 +267,10 @@ pub fn check(
     if let Err(e) = probe {
         return Err(classify(e));
     }
-    match store::claim_interval(redis.con(), keys, interval_secs, key_ttl_ms) {
+    match claim_interval(redis.con(), keys, interval_secs, key_ttl_ms) {
         Ok(Interval::Same) => Ok(kind),
         Ok(Interval::Other(theirs)) => Err(Problem::OtherInterval(theirs)),
-        Err(store::Error::Redis(e)) => Err(classify(
+        Err(Error::Redis(e)) => Err(classify(
             anyhow::Error::new(e).context("claiming the prefix for the interval"),
         )),
         Err(e) => Err(Problem::Unusable(

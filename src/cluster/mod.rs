@@ -1,14 +1,28 @@
 //! Cluster mode (docs/cluster.md): several instances behind a load balancer count
 //! each id once per window by shipping their windows to one Redis (or Redis Cluster).
 //!
-//! - [`store`]: the Redis side: key layout, shipments, heartbeats, the per-window lease and
-//!   the leader's reads, each an atomic command or script.
+//! The Redis side, from the bottom up:
+//! - [`keys`]: what is kept where in Redis: the key layout.
+//! - [`error`]: what an operation on those keys can fail with.
+//! - [`presence`]: the deployment's shared keys: heartbeats, the live set, the interval.
 //! - [`conn`]: connecting (one server, or a Redis Cluster found through it) and the
 //!   start-up check.
-//! - [`node`]: the cluster thread that ships, holds the backlog and leads windows, and the
-//!   [`node::ClusterSink`] through which the collector hands it sealed windows.
+//! - [`store`]: the Redis side of a window: shipments, the per-window lease and the leader's
+//!   reads, each an atomic command or script.
 //! - [`merge`]: the leader's merge, the union of every shipment of a window, and the
 //!   shipments' encoding.
+//!
+//! The cluster thread:
+//! - [`settings`]: what it is told, and the periods it keeps.
+//! - [`backlog`]: the sealed windows an instance holds until the cluster reported them, each
+//!   in one phase.
+//! - [`node`]: the thread itself, its tick and its connection, and the
+//!   [`node::ClusterSink`] through which the collector hands it sealed windows.
+//! - `ship`: cutting a window into shipments; shipping the open window and the sealed ones.
+//! - `lead`: leading a window: the lease, readiness, the leader's report, the `done` mark.
+//! - `handoff`: Kafka records handed over between instances ([`node::RecordHandoff`]).
+//! - `done_marks`: the windows known reported, whose `done` marks go back after a connect.
+//! - `failure`: an outage, or trouble with one window's keys.
 //!
 //! The request path never touches Redis: workers record into their shards as in single
 //! mode, and the cluster thread drains the open window's new ids every second and ships them
@@ -63,7 +77,17 @@
 //! reported possible instead, and a repeat is preferred to a gap (docs/failures.md,
 //! *Cluster mode*).
 
+pub mod backlog;
 pub mod conn;
+mod done_marks;
+pub mod error;
+mod failure;
+mod handoff;
+pub mod keys;
+mod lead;
 pub mod merge;
 pub mod node;
+pub mod presence;
+pub mod settings;
+mod ship;
 pub mod store;

@@ -1,21 +1,8 @@
-//! The Redis side of cluster mode: what is kept where, and the few operations instances and
-//! the leader need. Blocking calls on a `redis` connection: only the cluster thread uses
+//! The Redis side of a window in cluster mode: its shipments, its lease, the freeze, the
+//! leader's reads and the `done` mark, each an atomic command or script on the keys that
+//! [`Keys`] names (the deployment's shared keys are [`crate::cluster::presence`]'s). Blocking
+//! calls on a `redis` connection: only the cluster thread uses
 //! this, never a coroutine.
-//!
-//! Keys, under `--redis-prefix` (`P`), for the window starting at `S` (epoch seconds):
-//!
-//! | key | type | holds |
-//! | --- | --- | --- |
-//! | `P:{wS}:ids` | list | shipments of ids, each an id set's compact serialization, from every instance |
-//! | `P:{wS}:shipped` | set | instances that made their last shipment of the window |
-//! | `P:{wS}:endpoints` | set | endpoints named anywhere in the cluster during the window |
-//! | `P:{wS}:lease` | string | the instance leading the window, with an expiry |
-//! | `P:{wS}:frozen` | string | the leader that began its final read: later shipments are refused |
-//! | `P:{wS}:done` | string | the window's global count, once reported |
-//! | `P:{wS}:record` | string | the count of the window's Kafka record, until the broker acknowledged it |
-//! | `P:{wS}:record-owner` | string | the instance whose producer holds that record, with an expiry it renews |
-//! | `P:live` | sorted set | instance -> Redis's time (`TIME`, ms) at its last heartbeat |
-//! | `P:interval` | string | the deployment's `--interval`, refreshed by every heartbeat |
 //!
 //! A window's count is the cardinality of the union of every shipment in its list. Shipments
 //! are deltas (ids the instance had not shipped yet) but nothing depends on that: a shipment
@@ -46,7 +33,14 @@
 
 use std::collections::BTreeSet;
 
-use redis::{ConnectionLike, RedisError, Value};
+use redis::{ConnectionLike, Value};
+
+use crate::cluster::error::malformed;
+pub use crate::cluster::error::{Error, Result};
+pub use crate::cluster::keys::{parse_count, Keys};
+pub use crate::cluster::presence::{
+    claim_interval, heartbeat, leave, live, Interval, MAX_LIVE_READ,
+};
 
 /// The most bytes one stored shipment may have. The shipper cuts larger id sets (and
 /// endpoint lists) into several shipments of at most this (an id set's parts are cut between
@@ -76,107 +70,6 @@ pub const MAX_ENDPOINT_BYTES: usize = crate::query::MAX_ENDPOINT_BYTES;
 
 /// Endpoint set members asked for per `SSCAN` step: small replies, few round trips.
 const ENDPOINT_SCAN_COUNT: usize = 512;
-
-/// The most live instances read. More instances than any deployment verve is made for; a
-/// longer live set is not trusted to be complete, and the leader waits for the grace
-/// instead.
-pub const MAX_LIVE_READ: usize = 10_000;
-
-/// The longest instance name (`--instance-id`, see [`crate::cluster::conn::check_instance_id`]):
-/// longer members of the live set are not verve's and are skipped.
-const MAX_INSTANCE_BYTES: usize = 200;
-
-/// What a store operation can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Redis failed or refused the operation (unreachable, a timeout, a key of another type,
-    /// a permission, ...).
-    #[error(transparent)]
-    Redis(#[from] RedisError),
-    /// A key holds something verve does not write there.
-    #[error("{key} {what}")]
-    Malformed { key: String, what: &'static str },
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
-
-fn malformed(key: String, what: &'static str) -> Error {
-    Error::Malformed { key, what }
-}
-
-/// The key names of one deployment (`--redis-prefix`).
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Keys {
-        Keys {
-            prefix: prefix.to_owned(),
-        }
-    }
-
-    /// `--redis-prefix`, for messages.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    fn window(&self, window_start: u64, what: &str) -> String {
-        format!("{}:{{w{window_start}}}:{what}", self.prefix)
-    }
-
-    pub fn ids(&self, window_start: u64) -> String {
-        self.window(window_start, "ids")
-    }
-
-    pub fn shipped(&self, window_start: u64) -> String {
-        self.window(window_start, "shipped")
-    }
-
-    pub fn endpoints(&self, window_start: u64) -> String {
-        self.window(window_start, "endpoints")
-    }
-
-    pub fn lease(&self, window_start: u64) -> String {
-        self.window(window_start, "lease")
-    }
-
-    pub fn frozen(&self, window_start: u64) -> String {
-        self.window(window_start, "frozen")
-    }
-
-    pub fn done(&self, window_start: u64) -> String {
-        self.window(window_start, "done")
-    }
-
-    pub fn record(&self, window_start: u64) -> String {
-        self.window(window_start, "record")
-    }
-
-    pub fn record_owner(&self, window_start: u64) -> String {
-        self.window(window_start, "record-owner")
-    }
-
-    /// Every key of the window, as a `SCAN`/`KEYS` pattern: for messages.
-    pub fn window_keys(&self, window_start: u64) -> String {
-        self.window(window_start, "*")
-    }
-
-    pub fn live(&self) -> String {
-        format!("{}:live", self.prefix)
-    }
-
-    pub fn interval(&self) -> String {
-        format!("{}:interval", self.prefix)
-    }
-
-    /// The start-up check's scratch key: under the prefix, so that a Redis user limited to
-    /// the prefix's keys passes it.
-    pub fn startup_check(&self) -> String {
-        format!("{}:startup-check", self.prefix)
-    }
-}
 
 /// One shipment of one instance's ids of a window.
 #[derive(Debug, Clone, Copy)]
@@ -273,15 +166,6 @@ pub fn ship(con: &mut dyn ConnectionLike, keys: &Keys, s: &Shipment<'_>) -> Resu
         -3 => Err(malformed(keys.endpoints(w), "is not a set")),
         _ => Err(malformed(keys.shipped(w), "is not a set")),
     }
-}
-
-/// A window's global count as `done` holds it: decimal digits only, no sign, no spaces, no
-/// more than a `u64` (Redis's own `tonumber`-like parsing would take `1e3` or ` 7`).
-pub fn parse_count(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// Where a window stands for one instance asking to lead it.
@@ -693,91 +577,6 @@ pub fn fetch(
     Ok(true)
 }
 
-/// The heartbeat, judged by Redis's own clock (`TIME`), never by an instance's: records
-/// the instance at the server's time and forgets members silent for longer than `ARGV[2]` ms.
-/// A clock ahead on one instance then evicts nobody, and every reader (see [`LIVE`]) judges
-/// every member on that same clock. Redis Cluster: the live set is one key on one node, so
-/// one node's clock judges it all. Milliseconds since the epoch fit a Lua number exactly. A
-/// Redis user that may not run `TIME` gets a plain error (not an outage: the connection is
-/// fine), which the cluster thread logs once; leaders then wait for the grace.
-const HEARTBEAT: &str = r"
-local t = redis.pcall('TIME')
-if t.err then
-  return redis.error_reply('ERR verve needs TIME for heartbeats (+time for its Redis user): ' .. t.err)
-end
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[2])))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return now
-";
-
-/// Records that `instance` is alive now (by Redis's clock), and forgets instances silent for
-/// longer than `ttl_ms`. Returns Redis's time, in ms since the epoch.
-pub fn heartbeat(
-    con: &mut dyn ConnectionLike,
-    keys: &Keys,
-    instance: &str,
-    ttl_ms: u64,
-) -> Result<u64> {
-    Ok(redis::Script::new(HEARTBEAT)
-        .key(keys.live())
-        .arg(instance)
-        .arg(ttl_ms)
-        .invoke(con)?)
-}
-
-/// Takes `instance` off the live set (a graceful stop): leaders stop waiting for it at once.
-pub fn leave(con: &mut dyn ConnectionLike, keys: &Keys, instance: &str) -> Result<()> {
-    Ok(redis::cmd("ZREM")
-        .arg(keys.live())
-        .arg(instance)
-        .query(con)?)
-}
-
-/// The live set's members whose last heartbeat is at most `ARGV[1]` ms old by Redis's clock
-/// (the clock [`HEARTBEAT`] wrote them with), at most `ARGV[2]` of them; those longer than an
-/// instance name may be left out (`ARGV[3]`).
-const LIVE: &str = r"
-local t = redis.pcall('TIME')
-if t.err then
-  return redis.error_reply('ERR verve needs TIME for heartbeats (+time for its Redis user): ' .. t.err)
-end
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local from = string.format('%d', now - tonumber(ARGV[1]))
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], from, '+inf', 'LIMIT', 0, ARGV[2])
-local max = tonumber(ARGV[3])
-local out = {}
-for _, m in ipairs(live) do
-  if #m <= max then
-    out[#out + 1] = m
-  end
-end
-return out
-";
-
-/// The instances whose last heartbeat is at most `ttl_ms` old, by Redis's clock, sorted;
-/// `None` when there are more than [`MAX_LIVE_READ`] (not verve's: not trusted to be
-/// complete). No instance's clock takes part: clocks that disagree by less than
-/// `--cluster-grace` never make a live instance look dead.
-pub fn live(con: &mut dyn ConnectionLike, keys: &Keys, ttl_ms: u64) -> Result<Option<Vec<String>>> {
-    let members: Vec<Vec<u8>> = redis::Script::new(LIVE)
-        .key(keys.live())
-        .arg(ttl_ms)
-        .arg(MAX_LIVE_READ + 1)
-        .arg(MAX_INSTANCE_BYTES)
-        .invoke(con)?;
-    if members.len() > MAX_LIVE_READ {
-        return Ok(None);
-    }
-    let mut live: Vec<String> = members
-        .into_iter()
-        .filter_map(|m| String::from_utf8(m).ok())
-        .collect();
-    live.sort();
-    Ok(Some(live))
-}
-
 /// Whether `instance` made its last shipment of the window.
 pub fn has_shipped(
     con: &mut dyn ConnectionLike,
@@ -848,51 +647,4 @@ pub fn endpoints(
         members: members.into_iter().collect(),
         total,
     })
-}
-
-/// What [`claim_interval`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interval {
-    /// `P:interval` is this instance's `--interval` (now stored, or refreshed).
-    Same,
-    /// The instances already using the prefix count with this other `--interval`.
-    Other(u64),
-}
-
-/// Keeps `P:interval` at `ARGV[1]` for `ARGV[2]` ms unless it holds another value, which
-/// is returned instead (cut: enough to tell a number from something else).
-const CLAIM_INTERVAL: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[1] then
-  return string.sub(v, 1, 21)
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-";
-
-/// Claims the prefix for windows of `interval_secs`: stores (or refreshes, for `ttl_ms`)
-/// `P:interval`, unless instances with another `--interval` hold it. Instances that
-/// disagreed on the interval would ship ids to each other's windows and count nonsense.
-/// Every heartbeat refreshes it, so it lasts while any instance runs, and `ttl_ms` after the
-/// last one stops (a deployment may change its interval then).
-pub fn claim_interval(
-    con: &mut dyn ConnectionLike,
-    keys: &Keys,
-    interval_secs: u64,
-    ttl_ms: u64,
-) -> Result<Interval> {
-    let stored: Option<Vec<u8>> = redis::Script::new(CLAIM_INTERVAL)
-        .key(keys.interval())
-        .arg(interval_secs)
-        .arg(ttl_ms)
-        .invoke(con)?;
-    match stored {
-        None => Ok(Interval::Same),
-        Some(v) => match parse_count(&v) {
-            // Another spelling of the same number ("060"): the same interval.
-            Some(n) if n == interval_secs => Ok(Interval::Same),
-            Some(n) => Ok(Interval::Other(n)),
-            None => Err(malformed(keys.interval(), "is not an interval")),
-        },
-    }
 }

@@ -14,6 +14,31 @@ use crate::status::Status;
 /// The log target of count lines: the README's example shows it after the level.
 pub const TARGET: &str = "count";
 
+/// The level of a window's count line: `info` for every instance's count; `warn`, the level
+/// operators alert on, for one instance's ids alone.
+pub fn level_of(scope: Scope) -> log::Level {
+    match scope {
+        Scope::Global => log::Level::Info,
+        Scope::Local => log::Level::Warn,
+    }
+}
+
+/// Writes a window's count line at `level` (see [`level_of`]): `window_start=`,
+/// `unique_count=` and, for one instance's ids alone, the trailing `scope=local`. The one
+/// place the line is written.
+pub fn write_count_line(level: log::Level, window_start: u64, unique_count: u64, scope: Scope) {
+    let start = rfc3339_secs(window_start);
+    let scope = match scope {
+        Scope::Global => "",
+        Scope::Local => " scope=local",
+    };
+    log::log!(
+        target: TARGET,
+        level,
+        "window_start={start} unique_count={unique_count}{scope}"
+    );
+}
+
 pub struct CountLog {
     metrics: Arc<Metrics>,
     status: Arc<Status>,
@@ -27,20 +52,12 @@ impl CountLog {
 
 impl Reporter for CountLog {
     fn report(&mut self, report: &WindowReport) {
-        let start = rfc3339_secs(report.window_start);
-        match report.scope {
-            Scope::Global => log::info!(
-                target: TARGET,
-                "window_start={start} unique_count={}",
-                report.unique_count
-            ),
-            // The documented trailing token, and a warning at the level operators alert on.
-            Scope::Local => log::warn!(
-                target: TARGET,
-                "window_start={start} unique_count={} scope=local",
-                report.unique_count
-            ),
-        }
+        write_count_line(
+            level_of(report.scope),
+            report.window_start,
+            report.unique_count,
+            report.scope,
+        );
         self.metrics.windows_reported.fetch_add(1, Relaxed);
         self.metrics
             .last_window_unique_ids

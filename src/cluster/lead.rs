@@ -1,0 +1,362 @@
+//! Leading a window: the lease, whether the window is ready (every live instance shipped it,
+//! or the grace passed), the leader's report (freeze, read and count every shipment, check
+//! the endpoints, write the count line, mark it done), and the hand-over of windows at
+//! shutdown.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use crate::clock::rfc3339_secs;
+use crate::cluster::conn;
+use crate::cluster::failure::outage_only;
+use crate::cluster::merge::count_of_shipments_with;
+use crate::cluster::node::Node;
+use crate::cluster::settings::{HEARTBEAT_EVERY, LEASE, LIVE_TTL, SHIP_EVERY};
+use crate::cluster::ship::OpenWindow;
+use crate::cluster::store::{self, Lead};
+use crate::endpoints;
+use crate::report::{callback, Scope, WindowReport};
+
+impl Node {
+    /// Asks to lead each shipped window and reports those it leads that are ready.
+    pub(crate) fn lead(&mut self, stopping: bool) -> anyhow::Result<()> {
+        let lease_ms = LEASE.as_millis() as u64;
+        let now = Instant::now();
+        for start in self.backlog.starts() {
+            let Some(held) = self.backlog.get(start) else {
+                continue;
+            };
+            if !held.may_lead(now) {
+                continue;
+            }
+            let (end_ms, reported) = (held.end_ms, held.reported());
+            if stopping && self.left && self.hand_over(start)? {
+                continue;
+            }
+            let Some(redis) = self.redis.as_mut() else {
+                return Ok(());
+            };
+            let led = store::lead(
+                redis.con(),
+                &self.settings.keys,
+                start,
+                &self.settings.instance,
+                lease_ms,
+            );
+            let outcome = match led {
+                Ok(Lead::Done(count)) => {
+                    // The cluster's count, as its leader left it: this instance's
+                    // `/api/verve/windows` lists it too.
+                    if let Some(status) = &self.status {
+                        status.record(start, count);
+                    }
+                    self.done_marks.remember(start, end_ms, count);
+                    if let Some(records) = self.records.as_mut() {
+                        records.watch(start, end_ms);
+                    }
+                    self.drop_window(start);
+                    continue;
+                }
+                Ok(Lead::Waiting) => Ok(false),
+                Ok(Lead::Leading) => match reported {
+                    Some(count) => self.mark_done(start, count),
+                    None => match self.ready(start, stopping) {
+                        Ok(true) => self.report(start),
+                        other => other,
+                    },
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                self.window_failed(start, "leading", e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown, once this instance has left the live set: window `start` is left to the
+    /// instances still running that will lead it, which need not wait for its lease. True
+    /// when it was (the window is gone here); false when no such instance is alive, or the
+    /// live set cannot be read or trusted, so that this instance reports the window (a repeat
+    /// is better than a gap).
+    fn hand_over(&mut self, start: u64) -> anyhow::Result<bool> {
+        let Some(end_ms) = self.backlog.get(start).map(|h| h.end_ms) else {
+            return Ok(false);
+        };
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        let live_ms = LIVE_TTL.as_millis() as u64;
+        let mut others = match store::live(redis.con(), &self.settings.keys, live_ms) {
+            Ok(others) => others.unwrap_or_default(),
+            Err(e) => {
+                self.shared_key_failed("reading the live set", e)?;
+                Vec::new()
+            }
+        };
+        // Itself, if a heartbeat got in after it left: not someone to leave the window to.
+        others.retain(|name| *name != self.settings.instance);
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        // A window that has ended goes only to instances that hold it: those that made their
+        // last shipment of it. One that started after the window ended (restarted during a
+        // rolling deploy) is live but never leads it, and the window would never be reported.
+        // A window still open goes to any live instance: each will seal it at its end.
+        if self.clock.now_ms() >= end_ms {
+            let mut holders = Vec::with_capacity(others.len());
+            for other in others {
+                match store::has_shipped(redis.con(), &self.settings.keys, start, &other) {
+                    Ok(true) => holders.push(other),
+                    Ok(false) => {}
+                    Err(e) => outage_only(e)?,
+                }
+            }
+            others = holders;
+        }
+        if others.is_empty() {
+            return Ok(false);
+        }
+        if let Err(e) = store::release(
+            redis.con(),
+            &self.settings.keys,
+            start,
+            &self.settings.instance,
+        ) {
+            outage_only(e)?;
+        }
+        log::info!(
+            "window {} is left to {} other live instances",
+            rfc3339_secs(start),
+            others.len()
+        );
+        self.drop_window(start);
+        Ok(true)
+    }
+
+    /// Whether the leader may report window `start` now: every live instance has made its last
+    /// shipment of it, or `--cluster-grace` has passed since it closed. Right after a
+    /// (re)connect the live set is not trusted for a grace period: after an outage the other
+    /// instances need time to come back, heartbeat and ship. At shutdown, an instance that is
+    /// the last one alive reports at once, as a single instance does.
+    fn ready(&mut self, start: u64, stopping: bool) -> store::Result<bool> {
+        if stopping && self.left {
+            return Ok(true);
+        }
+        let Some(held) = self.backlog.get(start) else {
+            return Ok(false);
+        };
+        let now = self.clock.now_ms();
+        let grace = self.settings.grace.as_millis() as u64;
+        if now < held.end_ms || now < self.connected_at_ms + grace {
+            return Ok(false);
+        }
+        if now >= held.end_ms + grace {
+            return Ok(true);
+        }
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        let live = store::live(
+            redis.con(),
+            &self.settings.keys,
+            LIVE_TTL.as_millis() as u64,
+        );
+        let live = match live {
+            Ok(Some(live)) => live,
+            // Too many to trust: wait for the grace.
+            Ok(None) => return Ok(false),
+            Err(store::Error::Redis(e)) if conn::is_outage(&e) => return Err(e.into()),
+            Err(e) => {
+                // The shared live set, not this window's keys: wait for the grace.
+                let _ = self.shared_key_failed("reading the live set", e);
+                return Ok(false);
+            }
+        };
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        let con = redis.con();
+        for instance in &live {
+            if !store::has_shipped(con, &self.settings.keys, start, instance)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The leader's report: freeze the window, union every shipment, check the endpoints,
+    /// write the count line and queue the calls (through the reporters), then the `done`
+    /// mark. True when the window is finished with.
+    fn report(&mut self, start: u64) -> store::Result<bool> {
+        let Some(count) = self.read_count(start)? else {
+            return Ok(false); // lost the lease meanwhile
+        };
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        let con = redis.con();
+        let (keys, instance) = (&self.settings.keys, self.settings.instance.as_str());
+        let stored = store::endpoints(con, keys, start, self.shards.max_endpoints())?;
+        // The last check before the count goes out: still the leader, still not reported.
+        if !store::renew(con, keys, start, instance, LEASE.as_millis() as u64)? {
+            return Ok(false);
+        }
+        let endpoints = self.checked_endpoints(start, &stored);
+        self.reporter.report(&WindowReport {
+            window_start: start,
+            unique_count: count,
+            endpoints,
+            scope: Scope::Global,
+        });
+        if let Some(held) = self.backlog.get_mut(start) {
+            held.counted(count);
+        }
+        self.mark_done(start, count)
+    }
+
+    /// Freezes the window and counts the union of its shipments, keeping the lease, the
+    /// heartbeat and the open window's shipping going meanwhile. `None`: the lease was lost.
+    fn read_count(&mut self, start: u64) -> store::Result<Option<u64>> {
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(None);
+        };
+        let con = redis.con();
+        let (keys, instance) = (&self.settings.keys, self.settings.instance.as_str());
+        let ttl_ms = self.settings.key_ttl().as_millis() as u64;
+        // From here on the window's list does not change: no shipment that Redis accepted
+        // can be missed by the read below, nor deleted unread by `mark_done`.
+        let Some(count) = store::freeze(con, keys, start, instance, ttl_ms)? else {
+            return Ok(None);
+        };
+        let count = store::check_shipments(keys, start, count)?;
+        // A read of many shipments takes a while (1.4 s for 10 x 1M ids in 600 shipments),
+        // and so does the count (on a helper thread, see `merge`): the lease and the
+        // heartbeat stay fresh meanwhile. An instance that has left the live set (stopping)
+        // does not heartbeat: it would put itself back, and take itself for another live
+        // instance to leave its next window to (`hand_over`).
+        // So does the shipping of the open window (not when stopping: it is sealed then).
+        let mut last = Instant::now();
+        let left = self.left;
+        let mut open = OpenWindow {
+            settings: &self.settings,
+            shards: &self.shards,
+            clock: &*self.clock,
+            metrics: &self.metrics,
+            generation: self.generation,
+            shipped: &mut self.open_shipped,
+            late_warned: &mut self.late_warned,
+            drain_warned: &mut self.drain_warned,
+        };
+        let next_drain = &mut self.next_drain;
+        let mut between = |con: &mut dyn redis::ConnectionLike| -> store::Result<bool> {
+            if last.elapsed() < HEARTBEAT_EVERY {
+                return Ok(true);
+            }
+            last = Instant::now();
+            let ttl = LIVE_TTL.as_millis() as u64;
+            // A heartbeat that fails on the shared key must not cost this window.
+            if !left {
+                if let Err(store::Error::Redis(e)) = store::heartbeat(con, keys, instance, ttl) {
+                    if conn::is_outage(&e) {
+                        return Err(e.into());
+                    }
+                }
+                if last >= *next_drain {
+                    *next_drain = last + SHIP_EVERY;
+                    open.ship(con)?;
+                }
+            }
+            store::renew(con, keys, start, instance, LEASE.as_millis() as u64)
+        };
+        let read = count_of_shipments_with(con, keys, start, count, &mut between, self.counter)?;
+        let Some((count, skipped)) = read else {
+            return Ok(None);
+        };
+        if skipped.total() > 0 {
+            self.metrics
+                .redis_errors
+                .fetch_add(skipped.total(), Relaxed);
+            log::error!(
+                "window {}: skipped {} shipments in Redis that are not id sets and {} longer \
+                 than {} bytes (is another program writing under --redis-prefix {}?)",
+                rfc3339_secs(start),
+                skipped.unreadable,
+                skipped.oversized,
+                store::MAX_SHIPMENT_BYTES,
+                keys.prefix()
+            );
+        }
+        Ok(Some(count))
+    }
+
+    /// The endpoints read from Redis that pass the checks a client's endpoint passes (this
+    /// instance's `--endpoint-allow`, the URL rules, no `unique_count=`), canonical, sorted.
+    /// Each refused one is logged with its reason and never called; so is the number of
+    /// those past `--max-endpoints`, which were not read.
+    fn checked_endpoints(&self, start: u64, stored: &store::StoredEndpoints) -> Vec<String> {
+        let window_start = rfc3339_secs(start);
+        let mut urls = Vec::with_capacity(stored.members.len());
+        for raw in &stored.members {
+            match endpoints::check_untrusted(raw, self.shards.policy()) {
+                Ok(url) => urls.push(String::from(url)),
+                Err(reason) => {
+                    self.metrics.endpoint_calls.refused.fetch_add(1, Relaxed);
+                    endpoints::EndpointLine::not_made(&window_start, raw, reason).log();
+                }
+            }
+        }
+        let unread = stored.total.saturating_sub(stored.members.len() as u64);
+        if unread > 0 {
+            self.metrics
+                .endpoint_calls
+                .refused
+                .fetch_add(unread, Relaxed);
+            log::warn!(
+                target: callback::TARGET,
+                "window_start={window_start}: {unread} more endpoints in Redis than \
+                 --max-endpoints {} are not called",
+                self.shards.max_endpoints()
+            );
+        }
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// Marks window `start` done and lets it go (true).
+    fn mark_done(&mut self, start: u64, count: u64) -> store::Result<bool> {
+        let Some(end_ms) = self.backlog.get(start).map(|h| h.end_ms) else {
+            return Ok(false);
+        };
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(false);
+        };
+        let ttl_ms = self.settings.key_ttl().as_millis() as u64;
+        let kept = store::mark_done_with_record(
+            redis.con(),
+            &self.settings.keys,
+            start,
+            &self.settings.instance,
+            count,
+            ttl_ms,
+            self.records.is_some().then_some(LEASE.as_millis() as u64),
+        )?;
+        if !kept {
+            // Kept until the mark is seen: this instance marks it once it leads it again, or
+            // sees the `done` of the instance that took it over.
+            log::warn!(
+                "window {}: the lease ran out while this instance reported it; another \
+                 instance may report it too",
+                rfc3339_secs(start)
+            );
+            return Ok(false);
+        }
+        self.done_marks.remember(start, end_ms, count);
+        if let Some(records) = self.records.as_mut() {
+            records.own(start, end_ms);
+        }
+        self.drop_window(start);
+        Ok(true)
+    }
+}

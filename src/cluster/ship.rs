@@ -1,0 +1,283 @@
+//! Shipping: a window's ids and endpoints cut into shipments Redis readers accept, the open
+//! window's new ids drained from the shards every
+//! [`SHIP_EVERY`](crate::cluster::settings::SHIP_EVERY), and the last shipment of
+//! each sealed window the cluster thread holds.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use crate::clock::{rfc3339_secs, Clock};
+use crate::cluster::conn;
+use crate::cluster::failure::one_line;
+use crate::cluster::node::Node;
+use crate::cluster::settings::Settings;
+use crate::cluster::store::{self, Shipment, Shipped};
+use crate::ids::IdSet;
+use crate::metrics::Metrics;
+use crate::shards::Shards;
+
+/// The shipments that carry `ids` and `endpoints`, each at most
+/// [`store::MAX_SHIPMENT_BYTES`] (id set parts, endpoint chunks), paired up in order; at
+/// least one, so that an empty last shipment still marks the instance done.
+pub fn shipments_of<'a>(ids: &IdSet, endpoints: &'a [String]) -> Vec<(Vec<u8>, &'a [String])> {
+    let parts = ids.serialize_parts(store::MAX_SHIPMENT_BYTES);
+    let mut chunks = Vec::new();
+    let (mut from, mut bytes) = (0, 0);
+    for (i, e) in endpoints.iter().enumerate() {
+        if bytes + e.len() > store::MAX_SHIPMENT_BYTES && i > from {
+            chunks.push(&endpoints[from..i]);
+            (from, bytes) = (i, 0);
+        }
+        bytes += e.len();
+    }
+    if from < endpoints.len() {
+        chunks.push(&endpoints[from..]);
+    }
+    let n = parts.len().max(chunks.len()).max(1);
+    let mut parts = parts.into_iter();
+    (0..n)
+        .map(|i| {
+            (
+                parts.next().unwrap_or_default(),
+                chunks.get(i).copied().unwrap_or(&[]),
+            )
+        })
+        .collect()
+}
+
+/// One window's ids and endpoints to ship.
+pub struct Load<'a> {
+    pub window_start: u64,
+    pub ids: &'a IdSet,
+    pub endpoints: &'a [String],
+    /// The instance's last shipment of the window: marks it done once stored.
+    pub last: bool,
+}
+
+/// Ships a [`Load`] in as many shipments as its size needs; `last` goes with the final one,
+/// so the instance is marked done only once all of them are stored. `TooLate` as soon as one
+/// is refused. A failure part way leaves some parts stored: shipping again repeats them,
+/// which the union absorbs.
+pub fn ship_window(
+    con: &mut dyn redis::ConnectionLike,
+    settings: &Settings,
+    metrics: &Metrics,
+    load: Load<'_>,
+) -> store::Result<Shipped> {
+    let shipments = shipments_of(load.ids, load.endpoints);
+    let n = shipments.len();
+    for (k, (bytes, endpoints)) in shipments.iter().enumerate() {
+        let shipped = store::ship(
+            con,
+            &settings.keys,
+            &Shipment {
+                window_start: load.window_start,
+                instance: &settings.instance,
+                ids: bytes,
+                endpoints,
+                last: load.last && k + 1 == n,
+                ttl_ms: settings.key_ttl().as_millis() as u64,
+            },
+        )?;
+        metrics.cluster_shipments.fetch_add(1, Relaxed);
+        metrics
+            .cluster_shipped_bytes
+            .fetch_add(bytes.len() as u64, Relaxed);
+        if shipped == Shipped::TooLate {
+            return Ok(Shipped::TooLate);
+        }
+    }
+    Ok(Shipped::Stored)
+}
+
+/// What shipping the open window takes, borrowed from the cluster thread's state field by field: the
+/// leader's long read and count ship it too, so that a hard crash of the leader still loses
+/// at most [`SHIP_EVERY`](crate::cluster::settings::SHIP_EVERY) of ids.
+pub struct OpenWindow<'a> {
+    pub settings: &'a Settings,
+    pub shards: &'a Shards,
+    pub clock: &'a dyn Clock,
+    pub metrics: &'a Metrics,
+    pub generation: u64,
+    /// [`Node::open_shipped`].
+    pub shipped: &'a mut Option<(u64, u64)>,
+    pub late_warned: &'a mut Option<u64>,
+    pub drain_warned: &'a mut Option<u64>,
+}
+
+impl OpenWindow<'_> {
+    /// Drains the open window's new ids from the shards and ships them. `Err` is an outage.
+    pub fn ship(&mut self, con: &mut dyn redis::ConnectionLike) -> store::Result<()> {
+        // The open window: the clock's, or a later one still open if the clock stepped back.
+        let window = self
+            .shards
+            .open_window(self.settings.windows.index_of(self.clock.now_ms()));
+        let everything = *self.shipped != Some((window, self.generation));
+        let Some(drained) = self.shards.drain(window, everything) else {
+            return Ok(());
+        };
+        if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
+            let start = self.settings.windows.start_secs(window);
+            let load = Load {
+                window_start: start,
+                ids: &drained.ids,
+                endpoints: &drained.endpoints,
+                last: false,
+            };
+            let shipped = ship_window(con, self.settings, self.metrics, load);
+            match shipped {
+                Ok(Shipped::Stored) => {}
+                Ok(Shipped::TooLate) => {
+                    if *self.late_warned != Some(start) {
+                        *self.late_warned = Some(start);
+                        late(self.metrics, start, drained.ids.len());
+                    }
+                }
+                Err(store::Error::Redis(e)) if conn::is_outage(&e) => return Err(e.into()),
+                Err(e) => {
+                    // The drained ids are not shipped: the next drain and the window's last
+                    // shipment carry everything again.
+                    *self.shipped = None;
+                    self.metrics.redis_errors.fetch_add(1, Relaxed);
+                    if *self.drain_warned != Some(window) {
+                        *self.drain_warned = Some(window);
+                        log::warn!(
+                            "window {}: shipping the open window's ids failed ({}); the \
+                             window's last shipment tries again with all of them",
+                            rfc3339_secs(start),
+                            one_line(&e.to_string())
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        *self.shipped = Some((window, self.generation));
+        Ok(())
+    }
+}
+
+impl Node {
+    /// The last shipment of each sealed window not shipped yet (on this connection), oldest
+    /// first, except windows waiting out a retry after trouble with their keys.
+    pub(crate) fn ship_sealed_windows(&mut self, now: Instant) -> anyhow::Result<()> {
+        for start in self.backlog.starts() {
+            let Some(held) = self.backlog.get(start) else {
+                continue;
+            };
+            if held.is_shipped() || !held.may_try(now) {
+                continue;
+            }
+            let Some(redis) = self.redis.as_mut() else {
+                return Ok(());
+            };
+            let load = Load {
+                window_start: start,
+                ids: held.to_ship(),
+                endpoints: &held.endpoints,
+                last: true,
+            };
+            let shipped = ship_window(redis.con(), &self.settings, &self.metrics, load);
+            // Refused, but a last shipment of this instance is in Redis already: one whose
+            // answer was lost with the connection. It was stored before the freeze (the
+            // mark goes with it, and a frozen window takes no shipment), so the leader's read
+            // holds it, as after a refused re-shipment.
+            let shipped = match shipped {
+                Ok(Shipped::TooLate) if !held.stored_before() => store::has_shipped(
+                    redis.con(),
+                    &self.settings.keys,
+                    start,
+                    &self.settings.instance,
+                )
+                .map(|stored| (Shipped::TooLate, stored)),
+                other => other.map(|shipped| (shipped, false)),
+            };
+            let (shipped, found_stored) = match shipped {
+                Ok(shipped) => shipped,
+                Err(e) => {
+                    self.window_failed(start, "shipping", e)?;
+                    continue;
+                }
+            };
+            let Some(held) = self.backlog.get_mut(start) else {
+                continue;
+            };
+            // A refused first shipment is not in the cluster's count: the window is reported
+            // alone, after this tick (see `step`), not lost silently. A refused re-shipment
+            // keeps the window until its `done` mark is seen (see `Held::refused`).
+            if shipped == Shipped::Stored {
+                held.stored();
+            } else if held.refused(found_stored) && self.late_warned != Some(start) {
+                self.late_warned = Some(start);
+                late(&self.metrics, start, held.ids.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the open window's new ids from the shards and ships them.
+    pub(crate) fn ship_open_window(&mut self) -> anyhow::Result<()> {
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(());
+        };
+        let mut open = OpenWindow {
+            settings: &self.settings,
+            shards: &self.shards,
+            clock: &*self.clock,
+            metrics: &self.metrics,
+            generation: self.generation,
+            shipped: &mut self.open_shipped,
+            late_warned: &mut self.late_warned,
+            drain_warned: &mut self.drain_warned,
+        };
+        Ok(open.ship(redis.con())?)
+    }
+}
+
+/// A shipment refused because its window had been read or reported: those ids are not in
+/// the cluster's count. Said, and counted.
+pub fn late(metrics: &Metrics, window_start: u64, ids: u64) {
+    if ids == 0 {
+        return;
+    }
+    metrics.cluster_late_windows.fetch_add(1, Relaxed);
+    log::warn!(
+        "window {}: {ids} ids reached Redis after the cluster's leader had read the window and \
+         are not in its count (this instance started after the report, or its clock or \
+         shipping is later than --cluster-grace allows)",
+        rfc3339_secs(window_start)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipments_stay_within_the_size_redis_readers_accept_and_carry_everything() {
+        // About 5 bytes per id spread over the whole range: more than one shipment's worth.
+        let ids = IdSet::from_ids(
+            (0..2_000_000i64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15u64 as i64)),
+        );
+        let endpoints: Vec<String> = (0..6_000)
+            .map(|i| format!("http://h{i}.test/{}", "p".repeat(2_000)))
+            .collect();
+        let shipments = shipments_of(&ids, &endpoints);
+        assert!(shipments.len() >= 2, "{} shipments", shipments.len());
+        let mut sets = Vec::new();
+        let mut carried = Vec::new();
+        for (bytes, chunk) in &shipments {
+            assert!(bytes.len() <= store::MAX_SHIPMENT_BYTES);
+            let chunk_bytes: usize = chunk.iter().map(String::len).sum();
+            assert!(chunk_bytes <= store::MAX_SHIPMENT_BYTES);
+            sets.push(IdSet::deserialize(bytes).unwrap());
+            carried.extend_from_slice(chunk);
+        }
+        assert_eq!(IdSet::union_all(sets), ids);
+        assert_eq!(carried, endpoints);
+        // Nothing to carry is still one (empty) shipment: a last one marks the instance done.
+        let none = shipments_of(&IdSet::new(), &[]);
+        assert_eq!(none.len(), 1);
+        assert!(none[0].0.is_empty() && none[0].1.is_empty());
+    }
+}
