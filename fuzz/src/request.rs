@@ -30,7 +30,7 @@ use verve::http::{Admission, Ctx};
 use verve::metrics::Metrics;
 use verve::shards::Shards;
 
-use super::query::{check_canonical, Policy};
+use super::model::{check_canonical, decimal, Policy};
 use super::responses::{parse_response, Body, Connection, Page};
 use super::{ALLOW, INTERVAL, NOW_MS};
 
@@ -398,7 +398,7 @@ fn check_counters(
         sealed.endpoints.len(),
         flags.max_endpoints()
     );
-    let policy = Policy::from_flags(flags);
+    let policy = Policy::of(flags.allow_list);
     for e in &sealed.endpoints {
         check_canonical(e, policy).map_err(|m| format!("endpoint {e:?}: {m}"))?;
     }
@@ -438,20 +438,4 @@ fn ids_in(stream: &[u8]) -> BTreeSet<i128> {
         }
     }
     ids
-}
-
-/// The value of ASCII digits, when at most 38 significant ones (fits an `i128`).
-pub(super) fn decimal(digits: &[u8]) -> Option<i128> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let significant = &digits[digits.iter().take_while(|&&d| d == b'0').count()..];
-    if significant.len() > 38 {
-        return None;
-    }
-    Some(
-        significant
-            .iter()
-            .fold(0i128, |n, &d| n * 10 + (d - b'0') as i128),
-    )
 }
