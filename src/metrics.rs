@@ -20,9 +20,6 @@ pub struct WorkerCounters {
     pub bad_request: AtomicU64,
     pub unavailable: AtomicU64,
     pub error: AtomicU64,
-    /// Connections of this shard that are between reading a batch and writing its answers:
-    /// shutdown waits for this to reach zero before it seals the last window.
-    pub busy: AtomicU64,
 }
 
 /// Endpoint call results, by the `result` label.
@@ -148,11 +145,6 @@ impl Metrics {
 
     fn sum(&self, f: impl Fn(&WorkerCounters) -> &AtomicU64) -> u64 {
         self.workers.iter().map(|w| f(w).load(Relaxed)).sum()
-    }
-
-    /// True while any connection is between reading requests and writing their answers.
-    pub fn any_busy(&self) -> bool {
-        self.sum(|w| &w.busy) > 0
     }
 
     /// The `/metrics` page: atomics only, so its cost does not depend on the window.

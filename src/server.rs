@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use crate::cluster::store::Keys;
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
 use crate::health::Health;
+use crate::http::drain::Drain;
 use crate::http::limits::Resources;
 use crate::http::{self, Admission, Ctx};
 use crate::metrics::Metrics;
@@ -224,7 +224,8 @@ impl Server {
             .context("making the listener non-blocking")?;
         // SAFETY: the descriptor comes from a listener we own and give up here.
         let listener = unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-        let idle = http::idle::Idle::new(shards.len(), config.idle_timeout);
+        let idle_shards = shards.len();
+        let idle = http::idle::Idle::new(idle_shards, config.idle_timeout);
         let reaper = idle
             .spawn_reaper(&health)
             .context("starting the idle-connection reaper")?;
@@ -253,7 +254,7 @@ impl Server {
             metrics,
             clock,
             windows,
-            draining: AtomicBool::new(false),
+            drain: Drain::new(idle_shards),
             health: health.clone(),
             idle_timeout: config.idle_timeout,
             idle,
@@ -287,13 +288,10 @@ impl Server {
     /// so nothing was reported (see [`crate::health`]).
     pub fn shutdown(self) -> bool {
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
-        self.ctx.draining.store(true, SeqCst);
+        self.ctx.drain.start();
         http::wake(self.addr);
         let _ = self.acceptor.join();
-        let drain_until = Instant::now() + DRAIN_TIMEOUT;
-        while self.ctx.metrics.any_busy() && Instant::now() < drain_until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.ctx.drain.wait(Instant::now() + DRAIN_TIMEOUT);
         let reported = self.collector.shutdown(deadline);
         self.ctx.idle.stop();
         let _ = self.reaper.join();

@@ -17,7 +17,7 @@
 //! connection is over and the rest of the stream is ignored.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use verve::clock::{ManualClock, Windows};
 use verve::endpoints::EndpointPolicy;
 use verve::health::Health;
 use verve::http::conn::{Conn, MAX_HEAD};
+use verve::http::drain::Drain;
 use verve::http::idle::Idle;
 use verve::http::{Admission, Ctx};
 use verve::metrics::Metrics;
@@ -116,7 +117,13 @@ fn ctx(flags: Flags) -> Ctx {
         metrics: Arc::new(Metrics::new(1)),
         clock: ManualClock::new(NOW_MS),
         windows: Windows::new(INTERVAL),
-        draining: AtomicBool::new(flags.draining),
+        drain: {
+            let drain = Drain::new(1);
+            if flags.draining {
+                drain.start();
+            }
+            drain
+        },
         health: Health::new(),
         idle_timeout: IDLE,
         // No reaper thread is started: `Conn` never touches it (only `conn::serve` does).
@@ -320,7 +327,7 @@ fn check_counters(
     stats.accepted = ok;
     ensure!(error == 0, "requests_total error = {error}");
     ensure!(
-        w.busy.load(Relaxed) == 0 && ctx.admission.open() == 0,
+        !ctx.drain.any_in_flight() && ctx.admission.open() == 0,
         "Conn touched the connection counts"
     );
     // Every API request is answered once; its path is in the stream.

@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::Relaxed;
 
 use may::net::TcpStream;
 
@@ -78,14 +78,12 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
             conn.received(n);
             watch.active();
         }
-        // Read after the last yield and used before the next one (the write below); the
-        // busy count below is decremented through the same index, wherever the write resumes.
+        // Read after the last yield and used before the next one (the write below).
         let shard = ctx.shards.current();
-        let counters = ctx.metrics.worker(shard);
-        // Dekker-style pairing with shutdown: either this batch sees `draining`, or shutdown
-        // sees it busy and waits for it (both sides use SeqCst).
-        counters.busy.fetch_add(1, SeqCst);
-        let draining = ctx.draining.load(SeqCst);
+        // In flight until its answers are written: shutdown waits for it, or it sees that
+        // shutdown has begun and closes.
+        let batch = ctx.drain.begin(shard);
+        let draining = batch.draining;
         // The instant of arrival: every request of this read belongs to this window, also
         // those answered after the connection gave way.
         let now = ctx.clock.now_ms();
@@ -109,7 +107,7 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         let output_len = conn.output().len();
         let written = output_len == 0 || stream.write_all(conn.output()).is_ok();
         conn.sent();
-        counters.busy.fetch_sub(1, SeqCst);
+        drop(batch);
         if !written {
             return;
         }
