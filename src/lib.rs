@@ -12,7 +12,8 @@
 //! instance's shipments and reports. README.md draws it.
 //!
 //! Layout:
-//! - [`config`]: flags and environment, validated once at start-up.
+//! - [`config`]: flags and environment, checked once at start-up and resolved into the
+//!   settings each component is started with.
 //! - [`server`]: wiring and the shutdown sequence.
 //! - [`http`]: the may coroutine front: accept loop and connection limits, connection loop,
 //!   routing, responses, `Date` cache, and the drain shutdown waits for.
