@@ -26,13 +26,13 @@ pub struct Drain {
 
 /// One batch in flight, counted until it is dropped (after its answers are written).
 #[must_use = "the batch counts as in flight until it is dropped"]
-pub struct Batch<'a> {
+pub struct InFlight<'a> {
     count: &'a AtomicU64,
     /// Shutdown had begun when the batch began: its answers close the connection.
     pub draining: bool,
 }
 
-impl Drop for Batch<'_> {
+impl Drop for InFlight<'_> {
     #[inline]
     fn drop(&mut self) {
         self.count.fetch_sub(1, SeqCst);
@@ -50,16 +50,16 @@ impl Drain {
         }
     }
 
-    /// A batch of `shard` begins: it counts as in flight until the [`Batch`] is dropped,
+    /// A batch of `shard` begins: it counts as in flight until the [`InFlight`] is dropped,
     /// which the connection does only once its answers are written. The counter is found
     /// by `shard` once here, so it is the same one however the coroutine moves meanwhile.
     #[inline]
-    pub fn begin(&self, shard: usize) -> Batch<'_> {
+    pub fn begin(&self, shard: usize) -> InFlight<'_> {
         let count = &self.in_flight[shard % self.in_flight.len()];
         // Dekker-style pairing with `start` then `wait`: either this batch sees `draining`,
         // or shutdown sees it in flight and waits for it (both sides use SeqCst).
         count.fetch_add(1, SeqCst);
-        Batch {
+        InFlight {
             count,
             draining: self.draining.load(SeqCst),
         }
