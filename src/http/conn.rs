@@ -217,8 +217,8 @@ impl Conn {
     /// `shard`, or as many as [`fair::HEAVY_TURN`] bytes of answers hold, leaving the rest
     /// [`Conn::deferred`]. False when the connection must close.
     ///
-    /// Each request goes through three steps: [`parse`] reads its head, [`route`] decides
-    /// its answer (recording the id of an accepted one), [`respond`] encodes the answer.
+    /// Each request goes through three steps: `parse` reads its head, `route` decides
+    /// its answer (recording the id of an accepted one), `respond` encodes the answer.
     pub fn answer(&mut self, ctx: &Ctx, shard: usize, window: u64, draining: bool) -> bool {
         let date = date::now();
         let batch = Batch {
