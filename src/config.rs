@@ -1,274 +1,95 @@
 //! The configuration, in two steps, as ripgrep reads its flags: [`Flags`] is every flag of
 //! the README's *Flags* table, each with a `VERVE_<FLAG>` environment fallback,
 //! parsed and range-checked by clap, with the rules between flags beside them (`conflicts_with`,
-//! `requires`); [`Config`] is the flags checked as a whole, with what derives from them (the
-//! endpoint policy, the default instance id, the callback queue, the cluster's key lifetime),
-//! made once at start-up and read-only afterwards. Every refusal is a [`clap::Error`] that
-//! names the flag, exit status 2.
+//! `requires`); [`Config`] is the flags checked as a whole and resolved (the endpoint policy,
+//! the default instance id, the worker count, the memory budget), made once at start-up and
+//! read-only afterwards, and it builds each component's settings. Every refusal is a
+//! [`clap::Error`] that names the flag, exit status 2.
 //!
 //! `VERVE_KAFKA_OPTION` is read by [`Config`] rather than by clap: its list has an escape clap
 //! cannot express, and clap's `--help` would print its value, secrets included. Nothing here
-//! prints a secret: not a Kafka option's value, not a Redis password (see `RedisUrl`).
+//! prints a secret: not a Kafka option's value, not a Redis password (see `flags::RedisUrl`).
 
-use std::ffi::{OsStr, OsString};
+mod flags;
+
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::ops::Deref;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
-use clap::{Arg, Command, CommandFactory, Parser};
+use clap::{CommandFactory, Parser};
 
+use crate::clock::Windows;
 use crate::cluster::conn::{check_instance_id, Target};
-use crate::cluster::node::key_ttl;
+use crate::cluster::node;
+use crate::cluster::store::Keys;
 use crate::endpoints::EndpointPolicy;
 use crate::http::limits::Resources;
-use crate::report::callback::{Method, DEFAULT_HOST_CALLS, MAX_CALL_THREADS};
-use crate::report::kafka::{self, options, KafkaOption};
+use crate::report::callback::{self, Method};
+use crate::report::kafka::{self, options};
+use crate::state::{self, writer::JournalSender};
+use crate::status;
 
-/// The command line and the environment as clap reads them. [`Config`] checks them as a
-/// whole; nothing else should read them.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "verve",
-    // The version and the commit it was built from (build.rs).
-    version = env!("VERVE_VERSION"),
-    about = "Counts distinct ids per wall-clock window and reports them."
-)]
-pub struct Flags {
-    /// Address to listen on.
-    #[arg(
-        long,
-        env = "VERVE_LISTEN",
-        default_value = "0.0.0.0:8080",
-        value_name = "ADDR"
-    )]
-    pub listen: SocketAddr,
+pub use flags::Flags;
 
-    /// Window length in seconds; windows are aligned to multiples of it since the epoch.
-    #[arg(long, env = "VERVE_INTERVAL", allow_negative_numbers = true,
-          default_value_t = 60, value_name = "SECS",
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub interval: u64,
-
-    /// File the count lines and endpoint results are appended to.
-    #[arg(
-        long,
-        env = "VERVE_LOG_FILE",
-        default_value = "verve.log",
-        value_name = "PATH"
-    )]
-    pub log_file: PathBuf,
-
-    /// How endpoints are called with a window's count.
-    #[arg(long, env = "VERVE_ENDPOINT_METHOD", value_enum, default_value = "get")]
-    pub endpoint_method: Method,
-
-    /// Limit for a whole endpoint call, in seconds (fractions allowed).
-    #[arg(long, env = "VERVE_ENDPOINT_TIMEOUT", allow_negative_numbers = true,
-          default_value = "2", value_name = "SECS",
-          value_parser = parse_timeout)]
-    pub endpoint_timeout: Duration,
-
-    /// Most distinct endpoints per window; past it requests are answered 503 (ids still count).
-    #[arg(long, env = "VERVE_MAX_ENDPOINTS", allow_negative_numbers = true,
-          default_value_t = 1000, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_endpoints: u32,
-
-    /// Hosts endpoints may name: host names, `*.domain` (subdomains only), IP literals and
-    /// CIDR ranges (`10.0.0.0/8`); default: any public host. Loopback, private, shared,
-    /// link-local, unique-local, multicast and reserved addresses are called only when an IP
-    /// or CIDR entry covers them, never because a name entry resolves to them.
-    #[arg(
-        long,
-        env = "VERVE_ENDPOINT_ALLOW",
-        value_delimiter = ',',
-        value_name = "ENTRY[,ENTRY...]"
-    )]
-    pub endpoint_allow: Vec<String>,
-
-    /// Most endpoint calls in flight to one host at once; its other calls wait without
-    /// holding a thread, and one that cannot start within the next window is dropped (logged).
-    #[arg(long, env = "VERVE_ENDPOINT_HOST_CALLS", allow_negative_numbers = true,
-          default_value_t = DEFAULT_HOST_CALLS, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=MAX_CALL_THREADS as i64))]
-    pub endpoint_host_calls: u32,
-
-    /// Seconds a keep-alive connection may stay silent (also mid-request) before it is closed.
-    #[arg(long, env = "VERVE_IDLE_TIMEOUT", allow_negative_numbers = true,
-          default_value = "60", value_name = "SECS",
-          value_parser = parse_timeout)]
-    pub idle_timeout: Duration,
-
-    /// Most client connections open at once; past it new connections wait in the listen
-    /// queue until one closes, and /healthz answers 503. Default: what the process limits
-    /// allow, min(RLIMIT_NOFILE - min(512, RLIMIT_NOFILE / 2), (vm.max_map_count - 4096) / 2).
-    #[arg(long, env = "VERVE_MAX_CONNECTIONS", allow_negative_numbers = true,
-          value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: Option<u32>,
-
-    /// HTTP worker threads (each runs many connection coroutines); default: one per core.
-    #[arg(long, env = "VERVE_WORKERS", allow_negative_numbers = true,
-          value_name = "N",
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub workers: Option<u16>,
-
-    /// Where the open window is saved at shutdown and resumed from at start (single
-    /// instance); without it, shutdown reports the open window at once with a partial count.
-    /// Not with --redis: a cluster ships the open window to Redis at shutdown instead.
-    #[arg(
-        long,
-        env = "VERVE_STATE_FILE",
-        value_name = "PATH",
-        conflicts_with = "redis"
-    )]
-    pub state_file: Option<PathBuf>,
-
-    /// Cluster mode: the Redis all instances share, `redis://[USER:PASSWORD@]HOST:PORT[/DB]`
-    /// (or several comma-separated seed nodes of a Redis Cluster).
-    // The environment's value is not shown by --help: it may hold a password.
-    #[arg(long, env = "VERVE_REDIS", value_name = "URL", hide_env_values = true,
-          value_parser = RedisUrl)]
-    pub redis: Option<Target>,
-
-    /// Cluster mode: the prefix of every Redis key.
-    #[arg(long, env = "VERVE_REDIS_PREFIX", default_value = "verve", value_name = "PREFIX",
-          value_parser = parse_prefix)]
-    pub redis_prefix: String,
-
-    /// Cluster mode: longest wait after a window closes for the live instances to ship it.
-    #[arg(long, env = "VERVE_CLUSTER_GRACE", allow_negative_numbers = true,
-          default_value = "2", value_name = "SECS",
-          value_parser = parse_timeout)]
-    pub cluster_grace: Duration,
-
-    /// Cluster mode: most sealed windows kept in memory while Redis is unavailable.
-    #[arg(long, env = "VERVE_CLUSTER_BACKLOG", allow_negative_numbers = true,
-          default_value_t = 10, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub cluster_backlog: u32,
-
-    /// Cluster mode: this instance's name in Redis and in logs; default: host name and port.
-    #[arg(long, env = "VERVE_INSTANCE_ID", value_name = "NAME",
-          value_parser = parse_instance_id)]
-    pub instance_id: Option<String>,
-
-    /// Kafka: brokers to produce one record per window to, `HOST:PORT[,HOST:PORT...]`.
-    #[arg(long, env = "VERVE_KAFKA_BROKERS", value_name = "HOST:PORT[,...]",
-          value_parser = kafka::parse_brokers)]
-    pub kafka_brokers: Option<String>,
-
-    /// Kafka: the topic (created at start-up when missing).
-    #[arg(long, env = "VERVE_KAFKA_TOPIC", default_value = "unique-requests",
-          value_name = "TOPIC", value_parser = kafka::parse_topic)]
-    pub kafka_topic: String,
-
-    /// Kafka: most records kept, in order, while the brokers cannot take them.
-    #[arg(long, env = "VERVE_KAFKA_BACKLOG", allow_negative_numbers = true,
-          default_value_t = 1440, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub kafka_backlog: u32,
-
-    /// Kafka: a librdkafka client property for both clients (TLS: security.protocol, ssl.*;
-    /// SASL: sasl.*), repeatable. Properties that verve sets or that would weaken delivery
-    /// (acks, enable.idempotence, message.timeout.ms, retries, ...) are refused. Environment:
-    /// VERVE_KAFKA_OPTION, a comma-separated list in which `\,` is a comma of a value.
-    /// Secret values (passwords, keys) are never shown.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE",
-          value_parser = KafkaOption::given, requires = "kafka_brokers")]
-    pub kafka_options: Vec<KafkaOption>,
-
-    /// Most memory the id sets of every window held in memory may take together (open,
-    /// sealed and not reported, cluster backlog), e.g. `512MiB`, `2GiB`; past it, requests
-    /// whose id would need more are answered 503 and not counted. Default: half the cgroup's
-    /// `memory.max` when set, else half the physical memory.
-    #[arg(long, env = "VERVE_MAX_MEMORY", value_name = "SIZE",
-          value_parser = crate::budget::parse_size)]
-    pub max_memory: Option<u64>,
-}
-
-/// A key prefix: no spaces, and no braces (they would change the Redis Cluster hash tag).
-fn parse_prefix(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 100 {
-        return Err("must be 1 to 100 bytes long".into());
-    }
-    if s.chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
-    {
-        return Err("must not contain spaces, control characters or braces".into());
-    }
-    Ok(s.to_owned())
-}
-
-fn parse_instance_id(s: &str) -> Result<String, String> {
-    check_instance_id(s).map_err(|e| format!("{e:#}"))?;
-    Ok(s.to_owned())
-}
-
-/// Seconds as a positive, finite number, at most a day.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!(
-            "{s:?} must be more than 0 and at most 86400 seconds"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// `--redis`'s parser. Unlike clap's for a plain function, its refusal does not quote the
-/// value, which may hold a password.
-#[derive(Debug, Clone, Copy)]
-struct RedisUrl;
-
-impl TypedValueParser for RedisUrl {
-    type Value = Target;
-
-    fn parse_ref(
-        &self,
-        cmd: &Command,
-        _arg: Option<&Arg>,
-        value: &OsStr,
-    ) -> Result<Target, clap::Error> {
-        let refuse = |why: &str| {
-            cmd.clone().error(
-                ErrorKind::ValueValidation,
-                format!("invalid value for --redis: {why}"),
-            )
-        };
-        let url = value.to_str().ok_or_else(|| refuse("not valid UTF-8"))?;
-        Target::parse(url).map_err(|why| refuse(&why))
-    }
-}
-
-/// The configuration verve runs with: the [`Flags`], checked together, and what derives from
-/// them. The flags themselves are read through `Deref` (`config.interval`), read-only.
+/// The configuration verve runs with: the [`Flags`] checked together and resolved (defaults
+/// filled in, units chosen), made once at start-up and read-only afterwards. Each component
+/// gets its settings from here, built whole ([`Config::callback_settings`],
+/// [`Config::kafka_settings`], [`Config::cluster_settings`], [`Config::status_info`],
+/// [`Config::state_limits`]); nothing outside this module reads a flag.
 #[derive(Debug, Clone)]
 pub struct Config {
-    flags: Flags,
+    /// `--listen`.
+    listen: SocketAddr,
+    /// `--log-file`.
+    log_file: PathBuf,
+    /// `--interval`, as the window arithmetic every component shares.
+    windows: Windows,
+    /// `--idle-timeout`.
+    idle_timeout: Duration,
+    /// `--max-connections`; without it, what the process limits allow (see
+    /// [`Config::connection_limit`]).
+    max_connections: Option<usize>,
+    /// `--workers`, or the cores this process may run on.
+    worker_count: usize,
+    /// `--state-file`.
+    state_file: Option<PathBuf>,
+    /// `--max-memory`, or its default.
+    memory_limit: u64,
+    /// `--max-endpoints`.
+    max_endpoints: usize,
     /// `--endpoint-allow`, parsed.
     endpoint_policy: EndpointPolicy,
+    /// `--endpoint-method`.
+    endpoint_method: Method,
+    /// `--endpoint-timeout`.
+    endpoint_timeout: Duration,
+    /// `--endpoint-host-calls`.
+    endpoint_host_calls: usize,
+    /// Cluster mode (`--redis` and its companions); `None`: a single instance.
+    cluster: Option<Cluster>,
+    /// The Kafka reporter's settings without a journal (the state file's is known only once
+    /// it is open); `None` without `--kafka-brokers`.
+    kafka: Option<kafka::Settings>,
+}
+
+/// Cluster mode's flags, resolved.
+#[derive(Debug, Clone)]
+struct Cluster {
+    /// `--redis`.
+    target: Target,
+    /// `--redis-prefix`.
+    keys: Keys,
+    /// `--instance-id`; `None`: the host name and the port (see [`Config::instance_id`]).
+    instance_id: Option<String>,
     /// The first half of the default `--instance-id`: this machine's host name, or
     /// `localhost` when it cannot be read or cannot name an instance.
     host_name: String,
-    /// `--workers`, or the cores this process may run on.
-    worker_count: usize,
-    /// `--max-memory`, or its default.
-    memory_limit: u64,
-}
-
-impl Deref for Config {
-    type Target = Flags;
-
-    fn deref(&self) -> &Flags {
-        &self.flags
-    }
+    /// `--cluster-grace`.
+    grace: Duration,
+    /// `--cluster-backlog`.
+    backlog: usize,
 }
 
 impl Config {
@@ -287,7 +108,8 @@ impl Config {
         Config::check(Flags::try_parse_from(args)?, kafka_env)
     }
 
-    /// What clap cannot check: the `VERVE_KAFKA_OPTION` list, and the allow-list as a whole.
+    /// What clap cannot check (the `VERVE_KAFKA_OPTION` list, and the allow-list as a
+    /// whole), then the flags resolved.
     fn check(mut flags: Flags, kafka_env: Option<OsString>) -> Result<Config, clap::Error> {
         let refuse = |kind, msg: String| Flags::command().error(kind, msg);
         if flags.kafka_options.is_empty() {
@@ -316,11 +138,11 @@ impl Config {
                 format!("invalid value for --endpoint-allow: {e}"),
             )
         })?;
-        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| check_instance_id(h).is_ok())
-            .unwrap_or_else(|| "localhost".into());
+        Ok(Config::resolve(flags, endpoint_policy))
+    }
+
+    /// The checked flags with their defaults filled in.
+    fn resolve(flags: Flags, endpoint_policy: EndpointPolicy) -> Config {
         let worker_count = match flags.workers {
             Some(n) => n as usize,
             None => core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1)),
@@ -330,27 +152,73 @@ impl Config {
             .max_memory
             .or_else(crate::budget::default_limit)
             .unwrap_or(u64::MAX);
-        Ok(Config {
-            flags,
-            endpoint_policy,
-            host_name,
+        let cluster = flags.redis.map(|target| Cluster {
+            target,
+            keys: Keys::new(&flags.redis_prefix),
+            instance_id: flags.instance_id,
+            host_name: host_name(),
+            grace: flags.cluster_grace,
+            backlog: flags.cluster_backlog as usize,
+        });
+        let kafka = flags.kafka_brokers.map(|brokers| kafka::Settings {
+            brokers,
+            topic: flags.kafka_topic,
+            backlog: flags.kafka_backlog as usize,
+            options: flags.kafka_options,
+            journal: None,
+        });
+        Config {
+            listen: flags.listen,
+            log_file: flags.log_file,
+            windows: Windows::new(flags.interval),
+            idle_timeout: flags.idle_timeout,
+            max_connections: flags.max_connections.map(|n| n as usize),
             worker_count,
+            state_file: flags.state_file,
             memory_limit,
-        })
+            max_endpoints: flags.max_endpoints as usize,
+            endpoint_policy,
+            endpoint_method: flags.endpoint_method,
+            endpoint_timeout: flags.endpoint_timeout,
+            endpoint_host_calls: flags.endpoint_host_calls as usize,
+            cluster,
+            kafka,
+        }
+    }
+
+    /// `--listen`: the address to bind.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// `--log-file`.
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// `--interval`: how time is cut into windows.
+    pub fn windows(&self) -> Windows {
+        self.windows
+    }
+
+    /// `--idle-timeout`.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// `--state-file`.
+    pub fn state_file(&self) -> Option<&Path> {
+        self.state_file.as_deref()
+    }
+
+    /// `--max-endpoints`: most distinct endpoints per window.
+    pub fn max_endpoints(&self) -> usize {
+        self.max_endpoints
     }
 
     /// `--endpoint-allow`: which callback URLs may be called.
     pub fn endpoint_policy(&self) -> &EndpointPolicy {
         &self.endpoint_policy
-    }
-
-    /// `--instance-id`, or the host name and the port this instance listens on (known only
-    /// once it is bound: `--listen` may ask for any free port).
-    pub fn instance_id(&self, port: u16) -> String {
-        match &self.instance_id {
-            Some(id) => id.clone(),
-            None => format!("{}:{port}", self.host_name),
-        }
     }
 
     /// `--max-memory`, or its default (see [`crate::budget::default_limit`]); no budget
@@ -361,10 +229,8 @@ impl Config {
 
     /// `--max-connections`, or what `resources` allow (see [`crate::http::limits`]).
     pub fn connection_limit(&self, resources: &Resources) -> usize {
-        match self.max_connections {
-            Some(n) => n as usize,
-            None => resources.connection_limit(),
-        }
+        self.max_connections
+            .unwrap_or_else(|| resources.connection_limit())
     }
 
     /// Worker threads: `--workers`, or the cores this process may run on.
@@ -372,25 +238,90 @@ impl Config {
         self.worker_count
     }
 
-    /// Calls that may wait for a callback thread: a window's worth of endpoints, four times
-    /// over.
-    pub fn callback_queue_len(&self) -> usize {
-        self.max_endpoints as usize * 4
+    /// `--state-file`'s limits on what a restart reads back, at `now_ms`: a file of this
+    /// instance's budget and endpoint table (see [`state::Limits::new`]).
+    pub fn state_limits(&self, now_ms: u64) -> state::Limits {
+        state::Limits::new(self.memory_limit, self.max_endpoints, self.windows, now_ms)
     }
 
-    /// Cluster mode: how long a window's keys live in Redis (see [`key_ttl`]).
-    pub fn key_ttl(&self) -> Duration {
-        key_ttl(
-            Duration::from_secs(self.interval),
-            self.cluster_backlog as usize,
-            self.cluster_grace,
-        )
+    /// The callback dispatcher's settings, recording what it settles in `journal`
+    /// (`--state-file`).
+    pub fn callback_settings(&self, journal: Option<JournalSender>) -> callback::Settings {
+        let interval = self.windows.length();
+        callback::Settings {
+            method: self.endpoint_method,
+            timeout: self.endpoint_timeout,
+            policy: self.endpoint_policy.clone(),
+            // A window's worth of endpoints, four times over.
+            queue_len: self.max_endpoints * 4,
+            host_calls: self.endpoint_host_calls,
+            threads: callback::call_threads(self.max_endpoints, self.endpoint_timeout, interval),
+            patience: interval,
+            journal,
+        }
     }
+
+    /// The Kafka reporter's settings, recording what it delivers in `journal`
+    /// (`--state-file`); `None` without `--kafka-brokers`.
+    pub fn kafka_settings(&self, journal: Option<JournalSender>) -> Option<kafka::Settings> {
+        let mut settings = self.kafka.clone()?;
+        settings.journal = journal;
+        Some(settings)
+    }
+
+    /// True with `--kafka-brokers`: windows get a Kafka record.
+    pub fn kafka(&self) -> bool {
+        self.kafka.is_some()
+    }
+
+    /// Cluster mode's settings for an instance listening on `port` (part of the default
+    /// instance id); `None` without `--redis`.
+    pub fn cluster_settings(&self, port: u16) -> Option<node::Settings> {
+        let cluster = self.cluster.as_ref()?;
+        Some(node::Settings {
+            target: cluster.target.clone(),
+            keys: cluster.keys.clone(),
+            instance: self.instance_id(cluster, port),
+            grace: cluster.grace,
+            backlog: cluster.backlog,
+            windows: self.windows,
+        })
+    }
+
+    /// What the status page says about this instance listening on `port`.
+    pub fn status_info(&self, port: u16) -> status::Info {
+        status::Info {
+            interval_secs: self.windows.length().as_secs(),
+            instance: self.cluster.as_ref().map(|c| self.instance_id(c, port)),
+            kafka_topic: self.kafka.as_ref().map(|k| k.topic.clone()),
+            state_file: self.state_file.is_some(),
+        }
+    }
+
+    /// `--instance-id`, or the host name and the port this instance listens on (known only
+    /// once it is bound: `--listen` may ask for any free port).
+    fn instance_id(&self, cluster: &Cluster, port: u16) -> String {
+        match &cluster.instance_id {
+            Some(id) => id.clone(),
+            None => format!("{}:{port}", cluster.host_name),
+        }
+    }
+}
+
+/// This machine's host name, or `localhost` when it cannot be read or cannot name an
+/// instance.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| check_instance_id(h).is_ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::callback::DEFAULT_HOST_CALLS;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         load(args, None)
@@ -403,8 +334,20 @@ mod tests {
         )
     }
 
-    fn shown(options: &[KafkaOption]) -> Vec<(&str, &str)> {
-        options.iter().map(|o| (o.key(), o.value())).collect()
+    fn shown(config: &Config) -> Vec<(String, String)> {
+        let kafka = config.kafka_settings(None).expect("--kafka-brokers given");
+        kafka
+            .options
+            .iter()
+            .map(|o| (o.key().to_owned(), o.value().to_owned()))
+            .collect()
+    }
+
+    fn pairs<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 
     const BROKERS: [&str; 2] = ["--kafka-brokers", "k:9092"];
@@ -422,15 +365,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            shown(&c.kafka_options),
-            [("security.protocol", "sasl_ssl"), ("debug", "broker,topic")]
+            shown(&c),
+            pairs(&[("security.protocol", "sasl_ssl"), ("debug", "broker,topic")])
         );
         let c = load(&BROKERS, Some(r"sasl.mechanism=PLAIN,debug=broker\,topic")).unwrap();
         assert_eq!(
-            shown(&c.kafka_options),
-            [("sasl.mechanism", "PLAIN"), ("debug", "broker,topic")]
+            shown(&c),
+            pairs(&[("sasl.mechanism", "PLAIN"), ("debug", "broker,topic")])
         );
-        assert!(parse(&BROKERS).unwrap().kafka_options.is_empty());
+        assert!(shown(&parse(&BROKERS).unwrap()).is_empty());
     }
 
     #[test]
@@ -484,37 +427,42 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.interval, 60);
-        assert_eq!(c.log_file, PathBuf::from("verve.log"));
-        assert_eq!(c.endpoint_method, Method::Get);
-        assert_eq!(c.endpoint_timeout, Duration::from_secs(2));
-        assert_eq!(c.max_endpoints, 1000);
-        assert!(c.endpoint_allow.is_empty());
-        assert_eq!(c.endpoint_host_calls, DEFAULT_HOST_CALLS);
-        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.listen(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.windows(), Windows::new(60));
+        assert_eq!(c.log_file(), Path::new("verve.log"));
+        assert_eq!(c.max_endpoints(), 1000);
+        assert_eq!(c.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(c.state_file(), None);
+        let calls = c.callback_settings(None);
+        assert_eq!(calls.method, Method::Get);
+        assert_eq!(calls.timeout, Duration::from_secs(2));
+        assert_eq!(calls.host_calls, DEFAULT_HOST_CALLS as usize);
         let resources = Resources {
             nofile: 1024,
             max_map_count: 65_530,
         };
         assert_eq!(c.connection_limit(&resources), 512);
-        let c = parse(&["--max-connections", "7"]).unwrap();
-        assert_eq!(c.connection_limit(&resources), 7);
-        assert!(c.redis.is_none());
-        assert_eq!(c.redis_prefix, "verve");
-        assert_eq!(c.cluster_grace, Duration::from_secs(2));
-        assert_eq!(c.cluster_backlog, 10);
-        assert!(c.kafka_brokers.is_none());
-        assert_eq!(c.kafka_topic, "unique-requests");
-        assert_eq!(c.kafka_backlog, 1440);
-        assert_eq!(c.max_memory, None);
+        let c7 = parse(&["--max-connections", "7"]).unwrap();
+        assert_eq!(c7.connection_limit(&resources), 7);
+        assert!(c.cluster_settings(8080).is_none());
+        assert!(c.kafka_settings(None).is_none() && !c.kafka());
+        assert_eq!(c.status_info(8080).instance, None);
         assert_eq!(c.memory_limit(), crate::budget::default_limit().unwrap());
         assert_eq!(
             parse(&["--max-memory", "8MiB"]).unwrap().memory_limit(),
             8 << 20
         );
-        let id = c.instance_id(8080);
+        let cluster = parse(&REDIS).unwrap().cluster_settings(8080).unwrap();
+        assert_eq!(cluster.keys.prefix(), "verve");
+        assert_eq!(cluster.grace, Duration::from_secs(2));
+        assert_eq!(cluster.backlog, 10);
+        let id = cluster.instance;
         assert!(id.ends_with(":8080") && id.len() > 5, "{id}");
         assert!(check_instance_id(&id).is_ok(), "{id}");
+        let kafka = parse(&BROKERS).unwrap().kafka_settings(None).unwrap();
+        assert_eq!(kafka.brokers, "k:9092");
+        assert_eq!(kafka.topic, "unique-requests");
+        assert_eq!(kafka.backlog, 1440);
     }
 
     #[test]
@@ -562,8 +510,10 @@ mod tests {
             "post",
         ])
         .unwrap();
-        assert_eq!(c.endpoint_allow, ["a.test", "*.b.test"]);
+        assert!(c.endpoint_policy().name_listed("a.test"));
         assert!(c.endpoint_policy().name_listed("x.b.test"));
+        assert!(!c.endpoint_policy().name_listed("b.test"));
+        assert_eq!(c.callback_settings(None).method, Method::Post);
         for bad in ["*.", "10.0.0.1/8"] {
             let err = parse(&["--endpoint-allow", bad]).unwrap_err();
             assert_eq!(err.exit_code(), 2);
@@ -625,12 +575,39 @@ mod tests {
     #[test]
     fn what_derives_from_the_flags() {
         let c = parse(&["--max-endpoints", "10", "--interval", "5"]).unwrap();
-        assert_eq!(c.callback_queue_len(), 40);
+        let calls = c.callback_settings(None);
+        // A window's worth of endpoints, four times over; calls wait at most one window.
+        assert_eq!(calls.queue_len, 40);
+        assert_eq!(calls.patience, Duration::from_secs(5));
+        assert_eq!(
+            calls.threads,
+            callback::call_threads(10, Duration::from_secs(2), Duration::from_secs(5))
+        );
+        let cluster = parse(&[&REDIS[..], &["--interval", "5"]].concat())
+            .unwrap()
+            .cluster_settings(8080)
+            .unwrap();
         // Ten windows of backlog and three more, the grace and a minute.
-        assert_eq!(c.key_ttl(), Duration::from_secs(5 * 13 + 2 + 60));
-        let c = parse(&["--instance-id", "a", "--workers", "3"]).unwrap();
-        assert_eq!(c.instance_id(8080), "a");
+        assert_eq!(cluster.key_ttl(), Duration::from_secs(5 * 13 + 2 + 60));
+        let c = parse(&[&REDIS[..], &["--instance-id", "a", "--workers", "3"]].concat()).unwrap();
+        assert_eq!(c.cluster_settings(8080).unwrap().instance, "a");
+        assert_eq!(c.status_info(8080).instance.as_deref(), Some("a"));
         assert_eq!(c.worker_count(), 3);
         assert!(parse(&[]).unwrap().worker_count() >= 1);
+        let c = parse(
+            &[
+                &BROKERS[..],
+                &["--kafka-topic", "t", "--state-file", "w.state"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let info = c.status_info(1);
+        assert_eq!(info.kafka_topic.as_deref(), Some("t"));
+        assert!(info.state_file && info.instance.is_none());
+        assert_eq!(c.state_file(), Some(Path::new("w.state")));
+        let limits = c.state_limits(7);
+        assert_eq!((limits.now_ms, limits.windows), (7, Windows::new(60)));
+        assert_eq!(limits.max_id_bytes, c.memory_limit());
     }
 }

@@ -12,10 +12,11 @@
 //! instance's shipments and reports. README.md draws it.
 //!
 //! Layout:
-//! - [`config`]: flags and environment, validated once at start-up.
+//! - [`config`]: flags and environment, checked once at start-up and resolved into the
+//!   settings each component is started with.
 //! - [`server`]: wiring and the shutdown sequence.
 //! - [`http`]: the may coroutine front: accept loop and connection limits, connection loop,
-//!   routing, responses, `Date` cache.
+//!   routing, responses, `Date` cache, and the drain shutdown waits for.
 //! - [`query`]: parsing and validating the accept API's query string.
 //! - [`cluster`]: cluster mode: shipping windows to Redis, leading them, the backlog.
 //! - [`clock`]: the clock (real or test-driven) and window arithmetic.

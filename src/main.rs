@@ -14,8 +14,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use verve::clock::SystemClock;
-use verve::cluster::conn::{self, Problem, Target};
-use verve::cluster::store::Keys;
+use verve::cluster::conn::{self, Problem};
+use verve::cluster::node::Settings;
 use verve::config::Config;
 use verve::report::kafka::OptionError;
 use verve::server::{self, Server};
@@ -118,17 +118,20 @@ fn run() -> Result<(), Failure> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| anyhow::Error::new(e).context("installing signal handlers"))?;
     let log_file =
-        verve::logging::init(&config.log_file).map_err(|e| Failure::Config(format!("{e:#}")))?;
-    if let Some(target) = &config.redis {
-        check_redis(&config, target)?;
+        verve::logging::init(config.log_file()).map_err(|e| Failure::Config(format!("{e:#}")))?;
+    // Checked before binding, so the port is the one asked for (a free port, `:0`, is not
+    // known yet): the default instance id it is part of plays no part in the check.
+    if let Some(cluster) = config.cluster_settings(config.listen().port()) {
+        check_redis(&cluster)?;
     }
     // A state file that cannot be written would only fail at shutdown: find out now.
-    if let Some(path) = &config.state_file {
+    if let Some(path) = config.state_file() {
         verve::state::check_writable(path)
             .map_err(|e| Failure::Config(format!("--state-file {}: {e:#}", path.display())))?;
     }
-    let listener = server::bind(config.listen)
-        .map_err(|e| Failure::Config(format!("--listen {}: cannot bind: {e}", config.listen)))?;
+    let listen = config.listen();
+    let listener = server::bind(listen)
+        .map_err(|e| Failure::Config(format!("--listen {listen}: cannot bind: {e}")))?;
     let workers = config.worker_count();
     verve::configure_runtime(workers);
     let server = Server::start(&config, listener, Arc::new(SystemClock), workers)
@@ -137,8 +140,8 @@ fn run() -> Result<(), Failure> {
         "verve {} listening on {} ({workers} workers, interval {} s, log {})",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
-        config.interval,
-        config.log_file.display()
+        config.windows().length().as_secs(),
+        config.log_file().display()
     );
     // One line on stdout for scripts and tests to learn the port; never fatal (stdout may be
     // closed under a supervisor).
@@ -176,10 +179,11 @@ fn run() -> Result<(), Failure> {
 /// Cluster mode: whether `--redis` can be used, said plainly now rather than at the first
 /// window boundary. A Redis that cannot be reached yet is only a warning: windows wait in
 /// the backlog until it can.
-fn check_redis(config: &Config, target: &Target) -> Result<(), Failure> {
-    let keys = Keys::new(&config.redis_prefix);
-    let key_ttl = config.key_ttl();
-    match conn::check(target, &keys, config.interval, key_ttl.as_millis() as u64) {
+fn check_redis(cluster: &Settings) -> Result<(), Failure> {
+    let (target, keys) = (&cluster.target, &cluster.keys);
+    let interval = cluster.windows.length().as_secs();
+    let key_ttl = cluster.key_ttl();
+    match conn::check(target, keys, interval, key_ttl.as_millis() as u64) {
         Ok(kind) => log::info!("{kind} at {} is ready", target.display()),
         Err(Problem::Unreachable(e)) => {
             let msg = format!(
@@ -204,8 +208,8 @@ fn check_redis(config: &Config, target: &Target) -> Result<(), Failure> {
                  count with --interval {theirs}; give every instance of a cluster the same \
                  --interval, or this one another --redis-prefix (Redis forgets their interval \
                  {} s after the last of them stops)",
-                config.interval,
-                config.redis_prefix,
+                interval,
+                keys.prefix(),
                 target.display(),
                 key_ttl.as_secs()
             )))

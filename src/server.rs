@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,16 +11,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::budget::IdMemory;
-use crate::clock::{Clock, Windows};
-use crate::cluster::node::{ClusterSink, Extras, RecordHandoff, Settings};
-use crate::cluster::store::Keys;
+use crate::clock::Clock;
+use crate::cluster::node::{ClusterSink, Extras, RecordHandoff};
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
 use crate::health::Health;
+use crate::http::drain::Drain;
 use crate::http::limits::Resources;
 use crate::http::{self, Admission, Ctx};
 use crate::metrics::Metrics;
-use crate::report::callback::{self, Callbacks};
+use crate::report::callback::Callbacks;
 use crate::report::count_log::CountLog;
 use crate::report::kafka::{self, Kafka};
 use crate::report::state_file::StateFileMark;
@@ -29,6 +28,8 @@ use crate::report::Fanout;
 use crate::shards::Shards;
 use crate::sink::{LocalSink, WindowSink};
 use crate::state;
+use crate::state::restore::Recovery;
+use crate::state::writer::{Journal, JournalSender};
 use crate::status::Status;
 
 /// verve exits within 5 s of the signal (docs/operating.md, *Signals and shutdown*); this
@@ -61,6 +62,41 @@ pub struct Server {
     collector: CollectorHandle,
 }
 
+/// What every component is started with, all of it shared.
+#[derive(Clone)]
+struct Parts {
+    /// The per-worker id shards the requests record into.
+    shards: Arc<Shards>,
+    metrics: Arc<Metrics>,
+    /// The status page and `/api/verve/windows`: the reported windows and the service's state.
+    status: Arc<Status>,
+    clock: Arc<dyn Clock>,
+    /// Whether verve's threads are alive; each thread holds a guard of it.
+    health: Health,
+}
+
+impl Parts {
+    /// `workers` shards and counters, held to the config's memory budget.
+    fn new(config: &Config, clock: Arc<dyn Clock>, workers: usize) -> Parts {
+        let memory = IdMemory::new(config.memory_limit());
+        log::info!("id memory budget: {} bytes", memory.limit());
+        let metrics = Arc::new(Metrics::with_memory(workers, memory.clone()));
+        let shards = Shards::with_memory(
+            workers,
+            config.endpoint_policy().clone(),
+            config.max_endpoints(),
+            memory,
+        );
+        Parts {
+            shards: Arc::new(shards),
+            status: Arc::new(Status::new(metrics.clone(), clock.clone())),
+            metrics,
+            clock,
+            health: Health::new(),
+        }
+    }
+}
+
 impl Server {
     /// Starts serving on `listener`. `shards` should equal the may worker count.
     pub fn start(
@@ -69,208 +105,37 @@ impl Server {
         clock: Arc<dyn Clock>,
         shards: usize,
     ) -> anyhow::Result<Server> {
-        let policy = config.endpoint_policy().clone();
-        let health = Health::new();
-        let memory = IdMemory::new(config.memory_limit());
-        log::info!("id memory budget: {} bytes", memory.limit());
-        let metrics = Arc::new(Metrics::with_memory(shards, memory.clone()));
-        let status = Arc::new(Status::new(metrics.clone(), clock.clone()));
-        let shards = Arc::new(Shards::with_memory(
-            shards,
-            policy.clone(),
-            config.max_endpoints as usize,
-            memory,
-        ));
-        let windows = Windows::new(config.interval);
-        let interval = Duration::from_secs(config.interval);
-        // The state file is read and written afresh before the reporters start: they record
-        // in it what they deliver.
-        let recovered = match &config.state_file {
-            Some(path) => {
-                let limits = state::Limits::new(
-                    shards.memory().limit(),
-                    config.max_endpoints as usize,
-                    windows,
-                    clock.now_ms(),
-                );
-                shards.set_durable();
-                Some(state::restore::open(
-                    path, &limits, &policy, &metrics, &health,
-                )?)
-            }
-            None => None,
-        };
-        let journal = recovered.as_ref().map(|(journal, _)| journal.sender());
-        let callbacks = Callbacks::start(
-            callback::Settings {
-                method: config.endpoint_method,
-                timeout: config.endpoint_timeout,
-                policy: policy.clone(),
-                queue_len: config.callback_queue_len(),
-                host_calls: config.endpoint_host_calls as usize,
-                threads: callback::call_threads(
-                    config.max_endpoints as usize,
-                    config.endpoint_timeout,
-                    interval,
-                ),
-                patience: interval,
-                journal: journal.clone(),
-            },
-            metrics.clone(),
-            &health,
-        )
-        .context("starting the callback dispatcher")?;
-        let mut reporters = Fanout::new().with(CountLog::new(metrics.clone(), status.clone()));
-        if let Some(journal) = &journal {
-            reporters = reporters.with(StateFileMark::new(
-                journal.clone(),
-                config.kafka_brokers.is_some(),
-            ));
-        }
-        reporters = reporters.with(callbacks);
-        let mut handoff = None;
-        if let Some(brokers) = &config.kafka_brokers {
-            let settings = kafka::Settings {
-                brokers: brokers.clone(),
-                topic: config.kafka_topic.clone(),
-                backlog: config.kafka_backlog as usize,
-                options: config.kafka_options.clone(),
-                journal: journal.clone(),
-            };
-            log::info!("kafka: {}", settings.describe());
-            for warning in settings.warnings() {
-                log::warn!("kafka: {warning}");
-            }
-            let kafka = Kafka::start(settings, metrics.clone(), &health)?;
-            // Cluster mode: a record its leader could not deliver is produced by another.
-            handoff = Some(kafka.handoff());
-            reporters = reporters.with(kafka);
-        }
         let addr = listener
             .local_addr()
             .context("reading the listening address")?;
-        status.configure(crate::status::Info {
-            interval_secs: config.interval,
-            instance: config
-                .redis
-                .as_ref()
-                .map(|_| config.instance_id(addr.port())),
-            kafka_topic: config
-                .kafka_brokers
-                .as_ref()
-                .map(|_| config.kafka_topic.clone()),
-            state_file: config.state_file.is_some(),
-        });
-        let mut sink: Box<dyn WindowSink> = match &config.redis {
-            None => Box::new(LocalSink::new(reporters)),
-            Some(target) => {
-                let settings = Settings {
-                    target: target.clone(),
-                    keys: Keys::new(&config.redis_prefix),
-                    instance: config.instance_id(addr.port()),
-                    grace: config.cluster_grace,
-                    backlog: config.cluster_backlog as usize,
-                    windows,
-                };
-                log::info!(
-                    "cluster mode: Redis {}, instance {}, grace {:?}, backlog {} windows",
-                    target.display(),
-                    settings.instance,
-                    settings.grace,
-                    settings.backlog
-                );
-                let extras = Extras {
-                    records: handoff.map(|h| Box::new(h) as Box<dyn RecordHandoff>),
-                    status: Some(status.clone()),
-                    ..Extras::default()
-                };
-                let sink = ClusterSink::start_with(
-                    settings,
-                    shards.clone(),
-                    clock.clone(),
-                    Box::new(reporters),
-                    metrics.clone(),
-                    &health,
-                    extras,
-                )
-                .context("starting the cluster thread")?;
-                Box::new(sink)
-            }
-        };
-        let journal = match recovered {
-            Some((journal, recovery)) => {
-                let kafka = config.kafka_brokers.is_some();
-                recovery.apply(&shards, &status, &mut *sink, &journal.sender(), kafka);
-                Some(journal)
-            }
-            None => None,
-        };
-        let collector = Collector {
-            shards: shards.clone(),
-            windows,
-            clock: clock.clone(),
-            sink,
-            metrics: metrics.clone(),
-            status: status.clone(),
-            journal,
-            memory_warned: None,
-            snapshots_asked: 0,
-        }
-        .spawn(&health)
-        .context("starting the collector thread")?;
-        http::date::try_start().context("starting the Date header thread")?;
-        http::fair::try_start().context("starting the thread that wakes heavy connections")?;
-        listener
-            .set_nonblocking(true)
-            .context("making the listener non-blocking")?;
-        // SAFETY: the descriptor comes from a listener we own and give up here.
-        let listener = unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-        let idle = http::idle::Idle::new(shards.len(), config.idle_timeout);
-        let reaper = idle
-            .spawn_reaper(&health)
-            .context("starting the idle-connection reaper")?;
-        let resources = Resources::current();
-        let max_connections = config.connection_limit(&resources);
-        let holdable = resources.connection_limit();
-        if max_connections > holdable {
-            log::warn!(
-                "--max-connections {max_connections} is more than this process can hold \
-                 ({holdable}: RLIMIT_NOFILE {}, vm.max_map_count {}); past that, new \
-                 connections fail to be accepted until others close (logged, /healthz 503)",
-                resources.nofile,
-                resources.max_map_count
+        let parts = Parts::new(config, clock, shards);
+        // The state file is read and written afresh before the reporters start: they record
+        // in it what they deliver.
+        let recovered = open_state_file(config, &parts)?;
+        let journal = recovered.as_ref().map(|(journal, _)| journal.sender());
+        let (reporters, handoff) = start_reporters(config, journal, &parts)?;
+        parts.status.configure(config.status_info(addr.port()));
+        let mut sink = start_sink(config, addr.port(), reporters, handoff, &parts)?;
+        let journal = recovered.map(|(journal, recovery)| {
+            let (shards, status) = (&parts.shards, &parts.status);
+            recovery.apply(
+                shards,
+                status,
+                &mut *sink,
+                &journal.sender(),
+                config.kafka(),
             );
-        }
-        log::info!(
-            "at most {max_connections} connections (RLIMIT_NOFILE {}, vm.max_map_count {})",
-            resources.nofile,
-            resources.max_map_count
-        );
-        metrics
-            .max_connections
-            .store(max_connections as u64, SeqCst);
-        let ctx = Arc::new(Ctx {
-            shards,
-            metrics,
-            status,
-            clock,
-            windows,
-            draining: AtomicBool::new(false),
-            health: health.clone(),
-            idle_timeout: config.idle_timeout,
-            idle,
-            admission: Admission::new(max_connections),
+            journal
         });
-        let acceptor = http::spawn_acceptor(listener, ctx.clone())
-            .map_err(anyhow::Error::msg)
-            .context("starting the accept loop")?;
+        let collector = start_collector(config, sink, journal, &parts)?;
+        let front = start_front(config, listener, parts)?;
         Ok(Server {
-            ctx,
-            health,
+            health: front.ctx.health.clone(),
+            ctx: front.ctx,
             addr,
-            acceptor,
+            acceptor: front.acceptor,
             collector,
-            reaper,
+            reaper: front.reaper,
         })
     }
 
@@ -289,16 +154,194 @@ impl Server {
     /// so nothing was reported (see [`crate::health`]).
     pub fn shutdown(self) -> bool {
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
-        self.ctx.draining.store(true, SeqCst);
+        self.ctx.drain.start();
         http::wake(self.addr);
         let _ = self.acceptor.join();
-        let drain_until = Instant::now() + DRAIN_TIMEOUT;
-        while self.ctx.metrics.any_busy() && Instant::now() < drain_until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.ctx.drain.wait(Instant::now() + DRAIN_TIMEOUT);
         let reported = self.collector.shutdown(deadline);
         self.ctx.idle.stop();
         let _ = self.reaper.join();
         reported
     }
+}
+
+/// `--state-file`: what the previous run left, read and checked, and the fresh journal
+/// written in its place; `None` without a state file.
+fn open_state_file(config: &Config, parts: &Parts) -> anyhow::Result<Option<(Journal, Recovery)>> {
+    let Some(path) = config.state_file() else {
+        return Ok(None);
+    };
+    let limits = config.state_limits(parts.clock.now_ms());
+    parts.shards.set_durable();
+    let policy = config.endpoint_policy();
+    let opened = state::restore::open(path, &limits, policy, &parts.metrics, &parts.health)?;
+    Ok(Some(opened))
+}
+
+/// The reporters, in the order each window reaches them: the count log, the state file's
+/// mark, the endpoint callbacks, Kafka. With Kafka, also its side of the cluster's record
+/// hand-overs.
+fn start_reporters(
+    config: &Config,
+    journal: Option<JournalSender>,
+    parts: &Parts,
+) -> anyhow::Result<(Fanout, Option<kafka::Handoff>)> {
+    let metrics = &parts.metrics;
+    let mut reporters = Fanout::new().with(CountLog::new(metrics.clone(), parts.status.clone()));
+    if let Some(journal) = &journal {
+        reporters = reporters.with(StateFileMark::new(journal.clone(), config.kafka()));
+    }
+    let callbacks = Callbacks::start(
+        config.callback_settings(journal.clone()),
+        metrics.clone(),
+        &parts.health,
+    )
+    .context("starting the callback dispatcher")?;
+    reporters = reporters.with(callbacks);
+    let Some(settings) = config.kafka_settings(journal) else {
+        return Ok((reporters, None));
+    };
+    log::info!("kafka: {}", settings.describe());
+    for warning in settings.warnings() {
+        log::warn!("kafka: {warning}");
+    }
+    let kafka = Kafka::start(settings, metrics.clone(), &parts.health)?;
+    // Cluster mode: a record its leader could not deliver is produced by another.
+    let handoff = kafka.handoff();
+    Ok((reporters.with(kafka), Some(handoff)))
+}
+
+/// Where sealed windows go: straight to the reporters, or in cluster mode (`--redis`) to the
+/// cluster thread, which ships them to Redis and reports the windows it leads.
+fn start_sink(
+    config: &Config,
+    port: u16,
+    reporters: Fanout,
+    handoff: Option<kafka::Handoff>,
+    parts: &Parts,
+) -> anyhow::Result<Box<dyn WindowSink>> {
+    let Some(settings) = config.cluster_settings(port) else {
+        return Ok(Box::new(LocalSink::new(reporters)));
+    };
+    log::info!(
+        "cluster mode: Redis {}, instance {}, grace {:?}, backlog {} windows",
+        settings.target.display(),
+        settings.instance,
+        settings.grace,
+        settings.backlog
+    );
+    let extras = Extras {
+        records: handoff.map(|h| Box::new(h) as Box<dyn RecordHandoff>),
+        status: Some(parts.status.clone()),
+        ..Extras::default()
+    };
+    let sink = ClusterSink::start_with(
+        settings,
+        parts.shards.clone(),
+        parts.clock.clone(),
+        Box::new(reporters),
+        parts.metrics.clone(),
+        &parts.health,
+        extras,
+    )
+    .context("starting the cluster thread")?;
+    Ok(Box::new(sink))
+}
+
+/// The collector thread, sealing the windows of `parts.shards` into `sink`, saving what they
+/// record in `journal` (`--state-file`).
+fn start_collector(
+    config: &Config,
+    sink: Box<dyn WindowSink>,
+    journal: Option<Journal>,
+    parts: &Parts,
+) -> anyhow::Result<CollectorHandle> {
+    Collector {
+        shards: parts.shards.clone(),
+        windows: config.windows(),
+        clock: parts.clock.clone(),
+        sink,
+        metrics: parts.metrics.clone(),
+        status: parts.status.clone(),
+        journal,
+        memory_warned: None,
+        snapshots_asked: 0,
+    }
+    .spawn(&parts.health)
+    .context("starting the collector thread")
+}
+
+/// The HTTP front, serving.
+struct Front {
+    ctx: Arc<Ctx>,
+    acceptor: may::coroutine::JoinHandle<()>,
+    reaper: std::thread::JoinHandle<()>,
+}
+
+/// Starts the HTTP front on `listener`: the `Date` and fairness threads, the idle reaper and
+/// the accept loop.
+fn start_front(
+    config: &Config,
+    listener: std::net::TcpListener,
+    parts: Parts,
+) -> anyhow::Result<Front> {
+    http::date::try_start().context("starting the Date header thread")?;
+    http::fair::try_start().context("starting the thread that wakes heavy connections")?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listener non-blocking")?;
+    // SAFETY: the descriptor comes from a listener we own and give up here.
+    let listener = unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let workers = parts.shards.len();
+    let idle = http::idle::Idle::new(workers, config.idle_timeout());
+    let reaper = idle
+        .spawn_reaper(&parts.health)
+        .context("starting the idle-connection reaper")?;
+    let max_connections = connection_limit(config);
+    parts
+        .metrics
+        .max_connections
+        .store(max_connections as u64, SeqCst);
+    let ctx = Arc::new(Ctx {
+        shards: parts.shards,
+        metrics: parts.metrics,
+        status: parts.status,
+        clock: parts.clock,
+        windows: config.windows(),
+        drain: Drain::new(workers),
+        health: parts.health,
+        idle_timeout: config.idle_timeout(),
+        idle,
+        admission: Admission::new(max_connections),
+    });
+    let acceptor = http::spawn_acceptor(listener, ctx.clone())
+        .map_err(anyhow::Error::msg)
+        .context("starting the accept loop")?;
+    Ok(Front {
+        ctx,
+        acceptor,
+        reaper,
+    })
+}
+
+/// `--max-connections` or its default, logged with the process limits it was held against.
+fn connection_limit(config: &Config) -> usize {
+    let resources = Resources::current();
+    let max_connections = config.connection_limit(&resources);
+    let holdable = resources.connection_limit();
+    if max_connections > holdable {
+        log::warn!(
+            "--max-connections {max_connections} is more than this process can hold \
+             ({holdable}: RLIMIT_NOFILE {}, vm.max_map_count {}); past that, new \
+             connections fail to be accepted until others close (logged, /healthz 503)",
+            resources.nofile,
+            resources.max_map_count
+        );
+    }
+    log::info!(
+        "at most {max_connections} connections (RLIMIT_NOFILE {}, vm.max_map_count {})",
+        resources.nofile,
+        resources.max_map_count
+    );
+    max_connections
 }

@@ -72,7 +72,7 @@ fn requests_count_in_the_window_they_arrived_in_across_a_boundary() {
         None,
     )
     .unwrap();
-    let listener = bind(config.listen).unwrap();
+    let listener = bind(config.listen()).unwrap();
     let server = Server::start(&config, listener, clock.clone() as Arc<_>, 2).unwrap();
     let mut client = Client::connect(server.local_addr());
 

@@ -90,7 +90,10 @@ fn the_environment_files_kafka_options_example_is_accepted() {
         Some(value.into()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let options: Vec<String> = config.kafka_options.iter().map(|o| o.to_string()).collect();
+    let kafka = config
+        .kafka_settings(None)
+        .expect("--kafka-brokers is given");
+    let options: Vec<String> = kafka.options.iter().map(|o| o.to_string()).collect();
     assert!(
         options.contains(&"sasl.password=***".to_owned()),
         "{options:?}"

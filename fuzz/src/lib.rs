@@ -10,7 +10,7 @@
 //! | module | target | entry point |
 //! | --- | --- | --- |
 //! | [`request`] (with `responses`, the parsers of what verve writes) | `request` | [`check_request`] |
-//! | [`query`] | `query` | [`check_query`] |
+//! | [`query`] (with `model`, the endpoint and id rules it shares with `request`) | `query` | [`check_query`] |
 //! | [`state`] | `state` | [`check_state`] |
 //! | [`idset`] | `idset` | [`check_idset`] |
 //!
@@ -28,6 +28,7 @@ macro_rules! ensure {
 }
 
 pub mod idset;
+mod model;
 pub mod query;
 pub mod request;
 mod responses;

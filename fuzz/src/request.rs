@@ -17,7 +17,7 @@
 //! connection is over and the rest of the stream is ignored.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,13 +25,14 @@ use verve::clock::{ManualClock, Windows};
 use verve::endpoints::EndpointPolicy;
 use verve::health::Health;
 use verve::http::conn::{Conn, MAX_HEAD};
+use verve::http::drain::Drain;
 use verve::http::idle::Idle;
 use verve::http::{Admission, Ctx};
 use verve::metrics::Metrics;
 use verve::shards::Shards;
 use verve::status::Status;
 
-use super::query::{check_canonical, Policy};
+use super::model::{check_canonical, decimal, Policy};
 use super::responses::{parse_response, Body, Connection, Page};
 use super::{ALLOW, INTERVAL, NOW_MS};
 
@@ -120,7 +121,13 @@ fn ctx(flags: Flags) -> Ctx {
         status: Arc::new(Status::new(metrics, clock.clone())),
         clock,
         windows: Windows::new(INTERVAL),
-        draining: AtomicBool::new(flags.draining),
+        drain: {
+            let drain = Drain::new(1);
+            if flags.draining {
+                drain.start();
+            }
+            drain
+        },
         health: Health::new(),
         idle_timeout: IDLE,
         // No reaper thread is started: `Conn` never touches it (only `conn::serve` does).
@@ -314,17 +321,15 @@ fn check_counters(
     stats: &mut RequestStats,
 ) -> Result<(), String> {
     let w = ctx.metrics.worker(0);
-    let (ok, bad, unavailable, error) = (
+    let (ok, bad, unavailable) = (
         w.ok.load(Relaxed),
         w.bad_request.load(Relaxed),
         w.unavailable.load(Relaxed),
-        w.error.load(Relaxed),
     );
-    let api = ok + bad + unavailable + error;
+    let api = ok + bad + unavailable;
     stats.accepted = ok;
-    ensure!(error == 0, "requests_total error = {error}");
     ensure!(
-        w.busy.load(Relaxed) == 0 && ctx.admission.open() == 0,
+        !ctx.drain.any_in_flight() && ctx.admission.open() == 0,
         "Conn touched the connection counts"
     );
     // Every API request is answered once; its path is in the stream.
@@ -402,7 +407,7 @@ fn check_counters(
         sealed.endpoints.len(),
         flags.max_endpoints()
     );
-    let policy = Policy::from_flags(flags);
+    let policy = Policy::of(flags.allow_list);
     for e in &sealed.endpoints {
         check_canonical(e, policy).map_err(|m| format!("endpoint {e:?}: {m}"))?;
     }
@@ -442,20 +447,4 @@ fn ids_in(stream: &[u8]) -> BTreeSet<i128> {
         }
     }
     ids
-}
-
-/// The value of ASCII digits, when at most 38 significant ones (fits an `i128`).
-pub(super) fn decimal(digits: &[u8]) -> Option<i128> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let significant = &digits[digits.iter().take_while(|&&d| d == b'0').count()..];
-    if significant.len() > 38 {
-        return None;
-    }
-    Some(
-        significant
-            .iter()
-            .fold(0i128, |n, &d| n * 10 + (d - b'0') as i128),
-    )
 }

@@ -27,14 +27,13 @@ pub(super) struct Response {
 
 /// Every status line verve writes (`response::Status::line`), with the header that goes
 /// with it.
-pub(super) const STATUS_LINES: [(u16, &str); 8] = [
+pub(super) const STATUS_LINES: [(u16, &str); 7] = [
     (200, "HTTP/1.1 200 OK"),
     (400, "HTTP/1.1 400 Bad Request"),
     (404, "HTTP/1.1 404 Not Found"),
     (405, "HTTP/1.1 405 Method Not Allowed"),
     (413, "HTTP/1.1 413 Content Too Large"),
     (431, "HTTP/1.1 431 Request Header Fields Too Large"),
-    (500, "HTTP/1.1 500 Internal Server Error"),
     (503, "HTTP/1.1 503 Service Unavailable"),
 ];
 
@@ -43,7 +42,7 @@ pub(super) const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
 const HTML: &str = "text/html; charset=utf-8";
 
-/// The headers verve writes after `Date` for a content type (`response::write_with`).
+/// The headers verve writes after `Date` for a content type (a `Reply::Page`'s `extra`).
 fn extra_headers(content_type: &str) -> Vec<String> {
     let extra: &[u8] = match content_type {
         JSON => verve::http::response::JSON_HEADERS,

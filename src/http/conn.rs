@@ -12,11 +12,11 @@
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::Relaxed;
 
 use may::net::TcpStream;
 
-use super::response::{self, Persist, Status};
+use super::response::{self, Framing, Persist, Reply, Status};
 use super::{date, fair, Ctx};
 use crate::query::{decode_endpoint, parse_accept};
 use crate::shards::Recorded;
@@ -78,14 +78,12 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
             conn.received(n);
             watch.active();
         }
-        // Read after the last yield and used before the next one (the write below); the
-        // busy count below is decremented through the same index, wherever the write resumes.
+        // Read after the last yield and used before the next one (the write below).
         let shard = ctx.shards.current();
-        let counters = ctx.metrics.worker(shard);
-        // Dekker-style pairing with shutdown: either this batch sees `draining`, or shutdown
-        // sees it busy and waits for it (both sides use SeqCst).
-        counters.busy.fetch_add(1, SeqCst);
-        let draining = ctx.draining.load(SeqCst);
+        // In flight until its answers are written: shutdown waits for it, or it sees that
+        // shutdown has begun and closes.
+        let in_flight = ctx.drain.begin(shard);
+        let draining = in_flight.draining;
         // The instant of arrival: every request of this read belongs to this window, also
         // those answered after the connection gave way.
         let now = ctx.clock.now_ms();
@@ -109,7 +107,7 @@ pub fn serve(mut stream: TcpStream, ctx: &Ctx) {
         let output_len = conn.output().len();
         let written = output_len == 0 || stream.write_all(conn.output()).is_ok();
         conn.sent();
-        counters.busy.fetch_sub(1, SeqCst);
+        drop(in_flight);
         if !written {
             return;
         }
@@ -218,95 +216,35 @@ impl Conn {
     /// Answers every complete request in the buffer, all counted in `window`, recorded in
     /// `shard`, or as many as [`fair::HEAVY_TURN`] bytes of answers hold, leaving the rest
     /// [`Conn::deferred`]. False when the connection must close.
+    ///
+    /// Each request goes through three steps: `parse` reads its head, `route` decides
+    /// its answer (recording the id of an accepted one), `respond` encodes the answer.
     pub fn answer(&mut self, ctx: &Ctx, shard: usize, window: u64, draining: bool) -> bool {
         let date = date::now();
+        let batch = Batch {
+            shard,
+            window,
+            draining,
+        };
         self.deferred = false;
         loop {
-            if self.discard > 0 {
-                let skip = self.discard.min((self.end - self.start) as u64);
-                self.start += skip as usize;
-                self.discard -= skip;
-                if self.discard > 0 {
-                    return true;
-                }
-            }
-            if self.start == self.end {
+            if !self.skip_body() || self.start == self.end {
                 return true;
             }
-            // Uninitialised header slots: zeroing 64 of them (2 KiB) per request costs more
-            // than parsing a typical request head.
-            let mut headers =
-                [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut []);
-            let head_len = match req
-                .parse_with_uninit_headers(&self.buf[self.start..self.end], &mut headers)
-            {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => {
-                    if self.end - self.start >= MAX_HEAD {
-                        response::failed(
-                            &mut self.out,
-                            Status::HeaderFieldsTooLarge,
-                            &date,
-                            Persist::Close,
-                        );
-                        return false;
-                    }
-                    return true;
-                }
-                Err(httparse::Error::TooManyHeaders) => {
-                    response::failed(
-                        &mut self.out,
-                        Status::HeaderFieldsTooLarge,
-                        &date,
-                        Persist::Close,
-                    );
-                    return false;
-                }
-                Err(_) => {
-                    response::failed(&mut self.out, Status::BadRequest, &date, Persist::Close);
+            let request = match parse(&self.buf[self.start..self.end], draining) {
+                Parsed::Request(request) => request,
+                Parsed::Partial => return true,
+                Parsed::Refused(status) => {
+                    let refusal = Reply::Failed(status);
+                    response::encode(&mut self.out, &refusal, Framing::CLOSE, &date);
                     return false;
                 }
             };
-            if head_len > MAX_HEAD {
-                response::failed(
-                    &mut self.out,
-                    Status::HeaderFieldsTooLarge,
-                    &date,
-                    Persist::Close,
-                );
-                return false;
-            }
-            let head = match Head::read(&req) {
-                Ok(head) => head,
-                Err(status) => {
-                    response::failed(&mut self.out, status, &date, Persist::Close);
-                    return false;
-                }
-            };
-            let persist = if draining || head.close {
-                Persist::Close
-            } else if req.version == Some(0) {
-                Persist::KeepAlive
-            } else {
-                Persist::Default
-            };
-            let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
-            route(
-                ctx,
-                shard,
-                window,
-                draining,
-                method,
-                target.as_bytes(),
-                &mut self.scratch,
-                &mut self.out,
-                &date,
-                persist,
-            );
-            self.start += head_len;
-            self.discard = head.body;
-            if persist == Persist::Close {
+            let answer = route(ctx, batch, &request, &mut self.scratch);
+            respond(ctx, shard, &answer, request.framing, &mut self.out, &date);
+            self.start += request.head_len;
+            self.discard = request.body;
+            if request.framing.persist == Persist::Close {
                 return false;
             }
             if self.out.len() > fair::HEAVY_TURN && self.start != self.end {
@@ -315,6 +253,94 @@ impl Conn {
             }
         }
     }
+
+    /// Skips what is in the buffer of the last request's body; false while more of it is
+    /// still to come.
+    fn skip_body(&mut self) -> bool {
+        if self.discard > 0 {
+            let skip = self.discard.min((self.end - self.start) as u64);
+            self.start += skip as usize;
+            self.discard -= skip;
+        }
+        self.discard == 0
+    }
+}
+
+/// What the requests of one batch (one read) share.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    /// The worker shard their ids are recorded in.
+    shard: usize,
+    /// The window they count in: the one open when they arrived.
+    window: u64,
+    /// Shutdown had begun: `/healthz` is 503 and every answer closes the connection.
+    draining: bool,
+}
+
+/// One request head, read.
+struct Request<'b> {
+    method: &'b str,
+    target: &'b [u8],
+    /// How its answer is framed.
+    framing: Framing,
+    /// Bytes of the head.
+    head_len: usize,
+    /// Bytes of body that follow, to skip.
+    body: u64,
+}
+
+/// What the bytes at the front of the buffer are.
+enum Parsed<'b> {
+    Request(Request<'b>),
+    /// The start of a request head; the rest is still to come.
+    Partial,
+    /// A request that cannot be read: answered `status`, then the connection closes.
+    Refused(Status),
+}
+
+/// Step one: reads the request head at the start of `input`, within the limits.
+#[inline]
+fn parse(input: &[u8], draining: bool) -> Parsed<'_> {
+    // Uninitialised header slots: zeroing 64 of them (2 KiB) per request costs more than
+    // parsing a typical request head.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(input, &mut headers) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Parsed::Refused(Status::HeaderFieldsTooLarge)
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if input.len() >= MAX_HEAD => {
+            return Parsed::Refused(Status::HeaderFieldsTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Refused(Status::HeaderFieldsTooLarge)
+        }
+        Err(_) => return Parsed::Refused(Status::BadRequest),
+    };
+    let head = match Head::read(&req) {
+        Ok(head) => head,
+        Err(status) => return Parsed::Refused(status),
+    };
+    let persist = if draining || head.close {
+        Persist::Close
+    } else if req.version == Some(0) {
+        Persist::KeepAlive
+    } else {
+        Persist::Default
+    };
+    let method = req.method.unwrap_or("");
+    Parsed::Request(Request {
+        method,
+        target: req.path.unwrap_or("").as_bytes(),
+        framing: Framing {
+            persist,
+            head: method == "HEAD",
+        },
+        head_len,
+        body: head.body,
+    })
 }
 
 /// What the headers say about the connection and the body.
@@ -365,105 +391,108 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0, |n, &d| n * 10 + (d - b'0') as u64))
 }
 
-/// Dispatches one request by path and method and appends its answer.
-#[allow(clippy::too_many_arguments)]
+/// What a request is answered with.
+enum Answer {
+    /// A reply known whole.
+    Reply(Reply<'static>),
+    /// `/metrics`, rendered now from the counters.
+    Metrics,
+    /// `/api/verve/windows`, from this worker's cached copy.
+    Windows,
+    /// The status page (`/`), from this worker's cached copy.
+    StatusPage,
+}
+
+/// Step two: dispatches one request by path and method. An accept request is validated and
+/// its id recorded, and its outcome counted, here.
 #[inline]
-fn route(
-    ctx: &Ctx,
-    shard: usize,
-    window: u64,
-    draining: bool,
-    method: &str,
-    target: &[u8],
-    scratch: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    date: &[u8; date::DATE_LEN],
-    persist: Persist,
-) {
-    let target = origin_form(target);
+fn route(ctx: &Ctx, batch: Batch, request: &Request<'_>, scratch: &mut Vec<u8>) -> Answer {
+    let target = origin_form(request.target);
     let (path, query) = match target.iter().position(|&b| b == b'?') {
         Some(q) => (&target[..q], &target[q + 1..]),
         None => (target, &target[target.len()..]),
     };
-    let counters = ctx.metrics.worker(shard);
+    let get = request.method == "GET";
     match path {
         b"/api/verve/accept" => {
-            let status = if method == "GET" {
-                accept(ctx, shard, window, query, scratch)
+            let status = if get {
+                accept(ctx, batch, query, scratch)
             } else {
                 Status::MethodNotAllowed
             };
+            let counters = ctx.metrics.worker(batch.shard);
             let counter = match status {
                 Status::Ok => &counters.ok,
                 Status::Unavailable => &counters.unavailable,
-                Status::InternalError => &counters.error,
                 _ => &counters.bad_request,
             };
             counter.fetch_add(1, Relaxed);
-            if status == Status::Ok {
-                response::ok(out, date, persist);
-            } else {
-                response::failed(out, status, date, persist);
-            }
+            Answer::Reply(match status {
+                Status::Ok => Reply::Ok,
+                _ => Reply::Failed(status),
+            })
         }
-        b"/healthz" if method == "GET" => {
-            // 503 as well while new connections cannot be taken (at --max-connections, or
-            // accepting is failing): a balancer should send the work elsewhere; and once a
-            // thread has died (see `crate::health`): the process is about to exit.
-            if draining || !ctx.admission.can_accept() || !ctx.health.is_ok() {
-                response::failed(out, Status::Unavailable, date, persist);
-            } else {
-                response::ok(out, date, persist);
-            }
+        b"/healthz" if get => Answer::Reply(health(ctx, batch.draining)),
+        b"/metrics" if get => Answer::Metrics,
+        b"/api/verve/windows" if get => Answer::Windows,
+        b"/" if get => Answer::StatusPage,
+        b"/healthz" | b"/metrics" | b"/api/verve/windows" | b"/" => {
+            Answer::Reply(Reply::Failed(Status::MethodNotAllowed))
         }
-        b"/metrics" if method == "GET" => {
+        _ => Answer::Reply(Reply::Failed(Status::NotFound)),
+    }
+}
+
+/// `/healthz`: 503 while shutting down; while new connections cannot be taken (at
+/// --max-connections, or accepting is failing): a balancer should send the work elsewhere;
+/// and once a thread has died (see `crate::health`): the process is about to exit.
+fn health(ctx: &Ctx, draining: bool) -> Reply<'static> {
+    if draining || !ctx.admission.can_accept() || !ctx.health.is_ok() {
+        Reply::Failed(Status::Unavailable)
+    } else {
+        Reply::Ok
+    }
+}
+
+/// Step three: encodes `answer` into `out`, framed as its request asks.
+#[inline]
+fn respond(
+    ctx: &Ctx,
+    shard: usize,
+    answer: &Answer,
+    framing: Framing,
+    out: &mut Vec<u8>,
+    date: &[u8; date::DATE_LEN],
+) {
+    match answer {
+        Answer::Reply(reply) => response::encode(out, reply, framing, date),
+        Answer::Metrics => {
             let page = ctx.metrics.render(ctx.admission.open() as u64);
-            response::write(
-                out,
-                Status::Ok,
-                response::PROMETHEUS,
-                page.as_bytes(),
-                date,
-                persist,
-            );
+            let reply = Reply::Page {
+                content_type: response::PROMETHEUS,
+                extra: b"",
+                body: page.as_bytes(),
+            };
+            response::encode(out, &reply, framing, date);
         }
         // Both served from bodies rendered off the request path (see `crate::status`): a
         // copy out of this worker's own slot.
-        b"/api/verve/windows" if method == "GET" => {
-            ctx.status.pages.windows(shard, |body| {
-                response::write_with(
-                    out,
-                    Status::Ok,
-                    response::JSON,
-                    response::JSON_HEADERS,
-                    body,
-                    date,
-                    persist,
-                )
-            });
-        }
-        b"/" if method == "GET" => {
-            ctx.status.pages.page(shard, |body| {
-                response::write_with(
-                    out,
-                    Status::Ok,
-                    response::HTML,
-                    response::PAGE_HEADERS,
-                    body,
-                    date,
-                    persist,
-                )
-            });
-        }
-        b"/healthz" | b"/metrics" | b"/api/verve/windows" | b"/" => {
-            response::failed(out, Status::MethodNotAllowed, date, persist)
-        }
-        _ => response::failed(out, Status::NotFound, date, persist),
-    }
-    if method == "HEAD" {
-        // A HEAD answer carries the headers of the GET answer but never its body
-        // (RFC 9110, HEAD); every HEAD answer here is a `failed` one.
-        out.truncate(out.len() - b"failed".len());
+        Answer::Windows => ctx.status.pages.windows(shard, |body| {
+            let reply = Reply::Page {
+                content_type: response::JSON,
+                extra: response::JSON_HEADERS,
+                body,
+            };
+            response::encode(out, &reply, framing, date)
+        }),
+        Answer::StatusPage => ctx.status.pages.page(shard, |body| {
+            let reply = Reply::Page {
+                content_type: response::HTML,
+                extra: response::PAGE_HEADERS,
+                body,
+            };
+            response::encode(out, &reply, framing, date)
+        }),
     }
 }
 
@@ -489,7 +518,7 @@ fn origin_form(target: &[u8]) -> &[u8] {
 
 /// The accept API: validate, then record.
 #[inline]
-fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<u8>) -> Status {
+fn accept(ctx: &Ctx, batch: Batch, query: &[u8], scratch: &mut Vec<u8>) -> Status {
     let Ok(accept) = parse_accept(query) else {
         return Status::BadRequest;
     };
@@ -500,7 +529,10 @@ fn accept(ctx: &Ctx, shard: usize, window: u64, query: &[u8], scratch: &mut Vec<
             Err(_) => return Status::BadRequest,
         },
     };
-    match ctx.shards.record(shard, window, accept.id, endpoint) {
+    match ctx
+        .shards
+        .record(batch.shard, batch.window, accept.id, endpoint)
+    {
         Ok(Recorded::Counted) => Status::Ok,
         Ok(Recorded::EndpointTableFull | Recorded::Closed | Recorded::OverBudget) => {
             Status::Unavailable

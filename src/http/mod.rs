@@ -16,6 +16,7 @@
 
 pub mod conn;
 pub mod date;
+pub mod drain;
 pub mod fair;
 pub mod idle;
 pub mod limits;
@@ -24,8 +25,8 @@ pub mod response;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
@@ -46,9 +47,8 @@ pub struct Ctx {
     pub status: Arc<Status>,
     pub clock: Arc<dyn Clock>,
     pub windows: Windows,
-    /// Set once when shutdown begins: `/healthz` turns 503 and every connection closes after
-    /// its current batch.
-    pub draining: AtomicBool,
+    /// Whether shutdown has begun, and the batches it waits for.
+    pub drain: drain::Drain,
     /// Turns `/healthz` 503 when one of verve's threads died (see [`crate::health`]).
     pub health: Health,
     /// `--idle-timeout`.
@@ -241,7 +241,7 @@ fn is_shortage(e: &std::io::Error) -> bool {
     )
 }
 
-/// Starts the accept loop. It ends once `ctx.draining` is set and one more connection
+/// Starts the accept loop. It ends once shutdown has begun (`ctx.drain`) and one more connection
 /// arrives (see [`wake`]).
 pub fn spawn_acceptor(listener: TcpListener, ctx: Arc<Ctx>) -> Result<JoinHandle<()>, String> {
     try_spawn(Some("verve-acceptor"), move || accept_loop(&listener, &ctx))
@@ -254,7 +254,7 @@ fn accept_loop(listener: &TcpListener, ctx: &Arc<Ctx>) {
     let mut limit_reached = Throttled::new();
     let mut at_limit = false;
     loop {
-        if ctx.draining.load(SeqCst) {
+        if ctx.drain.is_draining() {
             return;
         }
         if ctx.admission.open() >= ctx.admission.max {
@@ -289,7 +289,7 @@ fn accept_loop(listener: &TcpListener, ctx: &Arc<Ctx>) {
                 continue;
             }
         };
-        if ctx.draining.load(SeqCst) {
+        if ctx.drain.is_draining() {
             return;
         }
         match spawn_connection(stream, Admitted::new(ctx)) {

@@ -12,7 +12,6 @@ pub enum Status {
     MethodNotAllowed,
     PayloadTooLarge,
     HeaderFieldsTooLarge,
-    InternalError,
     Unavailable,
 }
 
@@ -25,7 +24,6 @@ impl Status {
             Status::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\n",
             Status::PayloadTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
             Status::HeaderFieldsTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
-            Status::InternalError => b"HTTP/1.1 500 Internal Server Error\r\n",
             Status::Unavailable => b"HTTP/1.1 503 Service Unavailable\r\n",
         }
     }
@@ -60,65 +58,121 @@ pub const PAGE_HEADERS: &[u8] = b"\r\nCache-Control: no-store\
 style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; \
 form-action 'none'; frame-ancestors 'none'";
 
+/// An answer as routing decides it; [`encode`] writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// 200, `text/plain`, `ok`: a counted id, a healthy `/healthz`.
+    Ok,
+    /// `status` with the `failed` body every error carries.
+    Failed(Status),
+    /// 200 with a page: its content type, `extra` headers (each `\r\nName: value`, as in
+    /// [`PAGE_HEADERS`]) and body.
+    Page {
+        content_type: &'static [u8],
+        extra: &'static [u8],
+        body: &'a [u8],
+    },
+}
+
+/// How an answer is framed, from its request: what it says about the connection, and
+/// whether the request was `HEAD`, whose answer carries the headers of the `GET` answer,
+/// `Content-Length` included, but never its body (RFC 9110, HEAD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    pub persist: Persist,
+    pub head: bool,
+}
+
+impl Framing {
+    /// An HTTP/1.1 answer to anything but `HEAD`, on a connection that stays open.
+    pub const PLAIN: Framing = Framing {
+        persist: Persist::Default,
+        head: false,
+    };
+    /// The answer to a request that could not be read: the connection closes after it.
+    pub const CLOSE: Framing = Framing {
+        persist: Persist::Close,
+        head: false,
+    };
+}
+
 /// The 200 `ok` answer up to the date: the hot path writes it in three copies.
 const OK_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\nServer: verve\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nDate: ";
 
-/// Appends the 200 `ok` answer.
+/// Appends `reply`, framed as `framing` says, dated `date`.
 #[inline]
-pub fn ok(out: &mut Vec<u8>, date: &[u8; DATE_LEN], persist: Persist) {
-    if persist != Persist::Default {
-        return write(out, Status::Ok, TEXT, b"ok", date, persist);
+pub fn encode(out: &mut Vec<u8>, reply: &Reply<'_>, framing: Framing, date: &[u8; DATE_LEN]) {
+    match *reply {
+        Reply::Ok if framing == Framing::PLAIN => {
+            out.extend_from_slice(OK_HEAD);
+            out.extend_from_slice(date);
+            out.extend_from_slice(b"\r\n\r\nok");
+        }
+        Reply::Ok => write(out, &Message::text(Status::Ok, b"ok"), framing, date),
+        Reply::Failed(status) => failed(out, status, framing, date),
+        Reply::Page {
+            content_type,
+            extra,
+            body,
+        } => {
+            let message = Message {
+                status: Status::Ok,
+                content_type,
+                extra,
+                body,
+            };
+            write(out, &message, framing, date);
+        }
     }
-    out.extend_from_slice(OK_HEAD);
-    out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\n\r\nok");
 }
 
-/// Appends any response.
-pub fn write(
-    out: &mut Vec<u8>,
-    status: Status,
-    content_type: &[u8],
-    body: &[u8],
-    date: &[u8; DATE_LEN],
-    persist: Persist,
-) {
-    write_with(out, status, content_type, b"", body, date, persist);
+/// The `failed` answer, off the hot path.
+#[cold]
+fn failed(out: &mut Vec<u8>, status: Status, framing: Framing, date: &[u8; DATE_LEN]) {
+    write(out, &Message::text(status, b"failed"), framing, date);
 }
 
-/// Appends any response with `extra` headers: each `\r\nName: value`, as in
-/// [`PAGE_HEADERS`].
-pub fn write_with(
-    out: &mut Vec<u8>,
+/// Any answer, in full.
+struct Message<'a> {
     status: Status,
-    content_type: &[u8],
-    extra: &[u8],
-    body: &[u8],
-    date: &[u8; DATE_LEN],
-    persist: Persist,
-) {
-    out.extend_from_slice(status.line());
+    content_type: &'a [u8],
+    extra: &'a [u8],
+    body: &'a [u8],
+}
+
+impl<'a> Message<'a> {
+    fn text(status: Status, body: &'a [u8]) -> Message<'a> {
+        Message {
+            status,
+            content_type: TEXT,
+            extra: b"",
+            body,
+        }
+    }
+}
+
+/// Appends `message`: the status line, `Server`, `Content-Type`, `Content-Length`, `Date`,
+/// the extra headers, `Connection` when there is something to say, then the body unless
+/// the request was `HEAD`.
+fn write(out: &mut Vec<u8>, message: &Message<'_>, framing: Framing, date: &[u8; DATE_LEN]) {
+    out.extend_from_slice(message.status.line());
     out.extend_from_slice(b"Server: verve\r\nContent-Type: ");
-    out.extend_from_slice(content_type);
+    out.extend_from_slice(message.content_type);
     out.extend_from_slice(b"\r\nContent-Length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(message.body.len()).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(date);
-    out.extend_from_slice(extra);
-    match persist {
+    out.extend_from_slice(message.extra);
+    match framing.persist {
         Persist::Default => {}
         Persist::KeepAlive => out.extend_from_slice(b"\r\nConnection: keep-alive"),
         Persist::Close => out.extend_from_slice(b"\r\nConnection: close"),
     }
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body);
-}
-
-/// Appends the `failed` answer every error carries.
-#[cold]
-pub fn failed(out: &mut Vec<u8>, status: Status, date: &[u8; DATE_LEN], persist: Persist) {
-    write(out, status, TEXT, b"failed", date, persist);
+    if !framing.head {
+        out.extend_from_slice(message.body);
+    }
 }
 
 #[cfg(test)]
@@ -127,40 +181,43 @@ mod tests {
 
     const DATE: &[u8; DATE_LEN] = b"Sun, 22 Nov 2026 01:19:18 GMT";
 
+    fn encoded(reply: Reply<'_>, framing: Framing) -> String {
+        let mut out = Vec::new();
+        encode(&mut out, &reply, framing, DATE);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn ok_fast_path_equals_the_general_form() {
-        let mut fast = Vec::new();
-        ok(&mut fast, DATE, Persist::Default);
         let mut general = Vec::new();
         write(
             &mut general,
-            Status::Ok,
-            TEXT,
-            b"ok",
+            &Message::text(Status::Ok, b"ok"),
+            Framing::PLAIN,
             DATE,
-            Persist::Default,
         );
-        assert_eq!(fast, general);
+        let fast = encoded(Reply::Ok, Framing::PLAIN);
+        assert_eq!(fast.as_bytes(), general);
         assert_eq!(
-            String::from_utf8(fast).unwrap(),
+            fast,
             "HTTP/1.1 200 OK\r\nServer: verve\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
              Date: Sun, 22 Nov 2026 01:19:18 GMT\r\n\r\nok"
         );
+        let keep_alive = Framing {
+            persist: Persist::KeepAlive,
+            head: false,
+        };
+        assert!(encoded(Reply::Ok, keep_alive).ends_with("\r\nConnection: keep-alive\r\n\r\nok"));
     }
 
     #[test]
     fn extra_headers_go_between_the_date_and_the_body() {
-        let mut out = Vec::new();
-        write_with(
-            &mut out,
-            Status::Ok,
-            HTML,
-            PAGE_HEADERS,
-            b"<p>",
-            DATE,
-            Persist::Close,
-        );
-        let text = String::from_utf8(out).unwrap();
+        let page = Reply::Page {
+            content_type: HTML,
+            extra: PAGE_HEADERS,
+            body: b"<p>",
+        };
+        let text = encoded(page, Framing::CLOSE);
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert_eq!(body, "<p>");
         let lines: Vec<&str> = head.split("\r\n").collect();
@@ -178,11 +235,40 @@ mod tests {
 
     #[test]
     fn errors_say_failed_and_can_close() {
-        let mut out = Vec::new();
-        failed(&mut out, Status::MethodNotAllowed, DATE, Persist::Close);
-        let text = String::from_utf8(out).unwrap();
+        let text = encoded(Reply::Failed(Status::MethodNotAllowed), Framing::CLOSE);
         assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\n"));
         assert!(text.contains("Content-Length: 6\r\n"));
         assert!(text.ends_with("Connection: close\r\n\r\nfailed"));
+    }
+
+    #[test]
+    fn a_head_answer_is_the_get_answer_without_its_body() {
+        let page = Reply::Page {
+            content_type: JSON,
+            extra: JSON_HEADERS,
+            body: b"{\"windows\":[]}",
+        };
+        for reply in [Reply::Ok, Reply::Failed(Status::NotFound), page] {
+            for persist in [Persist::Default, Persist::KeepAlive, Persist::Close] {
+                let get = encoded(
+                    reply,
+                    Framing {
+                        persist,
+                        head: false,
+                    },
+                );
+                let head = encoded(
+                    reply,
+                    Framing {
+                        persist,
+                        head: true,
+                    },
+                );
+                let (get_head, body) = get.split_once("\r\n\r\n").unwrap();
+                assert!(!body.is_empty());
+                assert_eq!(head, format!("{get_head}\r\n\r\n"));
+                assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+            }
+        }
     }
 }

@@ -321,7 +321,6 @@ fn requests_panel(out: &mut String, v: &View<'_>) {
             ("ok", grouped(requests.ok)),
             ("bad request (400, 404, 405)", grouped(requests.bad_request)),
             ("unavailable (503)", grouped(requests.unavailable)),
-            ("error (500)", grouped(requests.error)),
             (
                 "late (counted in the next window)",
                 grouped(v.counts.late_ids),
