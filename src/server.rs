@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use crate::budget::IdMemory;
 use crate::clock::Clock;
-use crate::cluster::node::{ClusterSink, Extras, RecordHandoff};
+use crate::cluster::node::{ClusterSink, Extras, RecordHandoff, Shared};
 use crate::collector::{Collector, CollectorHandle};
 use crate::config::Config;
 use crate::health::Health;
@@ -235,16 +235,13 @@ fn start_sink(
         status: Some(parts.status.clone()),
         ..Extras::default()
     };
-    let sink = ClusterSink::start_with(
-        settings,
-        parts.shards.clone(),
-        parts.clock.clone(),
-        Box::new(reporters),
-        parts.metrics.clone(),
-        &parts.health,
-        extras,
-    )
-    .context("starting the cluster thread")?;
+    let shared = Shared {
+        shards: parts.shards.clone(),
+        clock: parts.clock.clone(),
+        metrics: parts.metrics.clone(),
+    };
+    let sink = ClusterSink::start(settings, shared, Box::new(reporters), &parts.health, extras)
+        .context("starting the cluster thread")?;
     Ok(Box::new(sink))
 }
 

@@ -17,7 +17,7 @@ use verve::clock::{rfc3339_secs, ManualClock, Windows};
 use verve::cluster::conn::Target;
 use verve::cluster::merge::{count_of_shipments_pausing, Counter};
 use verve::cluster::node::{
-    ClusterSink, Extras, RecordHandoff, Settings, LEASE, LIVE_TTL, WINDOW_TRIES,
+    ClusterSink, Extras, RecordHandoff, Settings, Shared, LEASE, LIVE_TTL, WINDOW_TRIES,
 };
 use verve::cluster::store::{self, Keys, Lead};
 use verve::endpoints::EndpointPolicy;
@@ -246,16 +246,14 @@ impl Instance {
             records: options.kafka.map(|k| Box::new(k) as Box<dyn RecordHandoff>),
             status: Some(status.clone()),
         };
-        let sink = ClusterSink::start_with(
-            settings,
-            shards.clone(),
-            clock.clone(),
-            Box::new(recorder),
-            metrics.clone(),
-            &verve::health::Health::new(),
-            extras,
-        )
-        .unwrap();
+        let shared = Shared {
+            shards: shards.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        };
+        let health = verve::health::Health::new();
+        let sink =
+            ClusterSink::start(settings, shared, Box::new(recorder), &health, extras).unwrap();
         // Connected and heartbeating (or the prefix claimed, where the test spoiled the
         // live set) before the test moves the clock: a leader trusts the live set only a
         // grace period after it connected, and the other instances must see this one.

@@ -294,7 +294,7 @@ fn a_pending_record_is_owned_by_one_instance_at_a_time_until_acknowledged() {
         RecordClaim::Gone
     );
     assert_eq!(lead(&mut con, "a", w), Lead::Leading);
-    assert!(store::mark_done_with_record(&mut con, &keys, w, "a", 9, TTL, Some(TTL)).unwrap());
+    assert!(store::mark_done_with_record(&mut con, &keys, &done(w, 9), Some(TTL)).unwrap());
     assert_eq!(
         store::claim_record(&mut con, &keys, w, "a", TTL).unwrap(),
         RecordClaim::Mine
@@ -323,7 +323,7 @@ fn a_pending_record_is_owned_by_one_instance_at_a_time_until_acknowledged() {
     }
     // An owner that stops renewing loses it after its lease.
     assert_eq!(lead(&mut con, "a", w + 60), Lead::Leading);
-    assert!(store::mark_done_with_record(&mut con, &keys, w + 60, "a", 4, TTL, Some(50)).unwrap());
+    assert!(store::mark_done_with_record(&mut con, &keys, &done(w + 60, 4), Some(50)).unwrap());
     let taken = common::wait_until(
         "the owner's claim to run out",
         || match store::claim_record(&mut con, &keys, w + 60, "b", TTL).unwrap() {
@@ -652,5 +652,15 @@ fn the_start_up_check_names_what_a_redis_user_lacks_and_claims_the_interval() {
     match check("broad", 30) {
         Err(conn::Problem::OtherInterval(60)) => {}
         other => panic!("{other:?}"),
+    }
+}
+
+/// Instance "a"'s `done` mark of window `w` with `count`, kept for `TTL`.
+fn done(w: u64, count: u64) -> store::DoneMark<'static> {
+    store::DoneMark {
+        window_start: w,
+        instance: "a",
+        count,
+        ttl_ms: TTL,
     }
 }

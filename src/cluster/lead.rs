@@ -333,15 +333,15 @@ impl Node {
             return Ok(false);
         };
         let ttl_ms = self.settings.key_ttl().as_millis() as u64;
-        let kept = store::mark_done_with_record(
-            redis.con(),
-            &self.settings.keys,
-            start,
-            &self.settings.instance,
+        let mark = store::DoneMark {
+            window_start: start,
+            instance: &self.settings.instance,
             count,
             ttl_ms,
-            self.records.is_some().then_some(LEASE.as_millis() as u64),
-        )?;
+        };
+        let record_lease_ms = self.records.is_some().then_some(LEASE.as_millis() as u64);
+        let kept =
+            store::mark_done_with_record(redis.con(), &self.settings.keys, &mark, record_lease_ms)?;
         if !kept {
             // Kept until the mark is seen: this instance marks it once it leads it again, or
             // sees the `done` of the instance that took it over.

@@ -61,7 +61,16 @@ pub use crate::cluster::settings::{
     key_ttl, Settings, HEARTBEAT_EVERY, LEASE, LIVE_TTL, RECONNECT_EVERY, SHIP_EVERY, TICK,
 };
 
-/// What [`ClusterSink::start_with`] adds to [`ClusterSink::start`].
+/// What the cluster thread shares with the rest of the process.
+pub struct Shared {
+    /// The workers' id shards: the open window's ids are shipped from them as they come.
+    pub shards: Arc<Shards>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What [`ClusterSink::start`] takes beyond what it needs in every setting: each has a
+/// default ([`Extras::default`]).
 pub struct Extras {
     /// How the leader counts a window's shipments: [`count_union`], or in tests a count
     /// that lasts as long as the test wants.
@@ -100,26 +109,16 @@ impl ClusterSink {
     /// those it has to report alone).
     pub fn start(
         settings: Settings,
-        shards: Arc<Shards>,
-        clock: Arc<dyn Clock>,
+        shared: Shared,
         reporter: Box<dyn Reporter>,
-        metrics: Arc<Metrics>,
-        health: &Health,
-    ) -> std::io::Result<ClusterSink> {
-        let extras = Extras::default();
-        Self::start_with(settings, shards, clock, reporter, metrics, health, extras)
-    }
-
-    /// [`ClusterSink::start`] with [`Extras`].
-    pub fn start_with(
-        settings: Settings,
-        shards: Arc<Shards>,
-        clock: Arc<dyn Clock>,
-        reporter: Box<dyn Reporter>,
-        metrics: Arc<Metrics>,
         health: &Health,
         extras: Extras,
     ) -> std::io::Result<ClusterSink> {
+        let Shared {
+            shards,
+            clock,
+            metrics,
+        } = shared;
         let (tx, rx) = unbounded();
         let node = Node {
             settings,

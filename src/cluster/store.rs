@@ -332,22 +332,37 @@ pub fn mark_done(
     count: u64,
     ttl_ms: u64,
 ) -> Result<bool> {
-    mark_done_with_record(con, keys, window_start, instance, count, ttl_ms, None)
+    let mark = DoneMark {
+        window_start,
+        instance,
+        count,
+        ttl_ms,
+    };
+    mark_done_with_record(con, keys, &mark, None)
 }
 
-/// [`mark_done`], and with `record_lease_ms`, in the same step: the window's Kafka record is
+/// What a window's `done` mark says and how long it is kept (see [`mark_done`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DoneMark<'a> {
+    pub window_start: u64,
+    /// The instance that leads the window and must still hold its lease.
+    pub instance: &'a str,
+    /// The window's global count.
+    pub count: u64,
+    pub ttl_ms: u64,
+}
+
+/// [`mark_done`] of `mark`, and with `record_lease_ms`, in the same step: the window's Kafka record is
 /// pending (`record`), held by `instance`'s producer (`record-owner`, for that long unless
 /// renewed, see [`claim_record`]). If the instance dies or stops before the broker
 /// acknowledged the record, another instance takes the record over and produces it.
 pub fn mark_done_with_record(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
-    window_start: u64,
-    instance: &str,
-    count: u64,
-    ttl_ms: u64,
+    mark: &DoneMark<'_>,
     record_lease_ms: Option<u64>,
 ) -> Result<bool> {
+    let window_start = mark.window_start;
     let marked: i64 = redis::Script::new(MARK_DONE)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
@@ -356,9 +371,9 @@ pub fn mark_done_with_record(
         .key(keys.frozen(window_start))
         .key(keys.record(window_start))
         .key(keys.record_owner(window_start))
-        .arg(instance)
-        .arg(count)
-        .arg(ttl_ms)
+        .arg(mark.instance)
+        .arg(mark.count)
+        .arg(mark.ttl_ms)
         .arg(record_lease_ms.map(|ms| ms.to_string()).unwrap_or_default())
         .invoke(con)?;
     Ok(marked == 1)

@@ -70,6 +70,16 @@ impl Backoff {
     }
 }
 
+/// What ties the Kafka thread to its reporter ([`super::Kafka`]).
+pub(super) struct ReporterLink {
+    /// The reporter's records and its call to finish.
+    pub rx: Receiver<Msg>,
+    /// Records reported and not yet delivered or logged as lost.
+    pub pending: Arc<AtomicU64>,
+    /// Each acknowledged window (see [`Delivery::acked`]).
+    pub acked: Sender<u64>,
+}
+
 /// The Kafka thread: its backlog of records, the one record with librdkafka, and the topic
 /// check.
 pub(super) struct Delivery {
@@ -110,18 +120,17 @@ pub(super) struct Delivery {
 impl Delivery {
     /// The thread's state before its first record: nothing to deliver, the topic not
     /// checked yet. `outcomes` carries `producer`'s delivery reports (and its successors');
-    /// `topic_checks` is the admin thread's (see [`super::client::start_topic_checks`]);
-    /// `pending` is shared with the reporter, and each acknowledged window goes to `acked`.
+    /// `topic_checks` is the admin thread's (see [`super::client::start_topic_checks`]).
     pub(super) fn new(
         settings: Settings,
         producer: BaseProducer<ProducerCtx>,
         outcomes: (Sender<Outcome>, Receiver<Outcome>),
         topic_checks: (Sender<()>, Receiver<TopicChecked>),
-        rx: Receiver<Msg>,
-        (pending, acked): (Arc<AtomicU64>, Sender<u64>),
+        reporter: ReporterLink,
         metrics: Arc<Metrics>,
     ) -> Delivery {
         let journal = settings.journal.clone();
+        let ReporterLink { rx, pending, acked } = reporter;
         Delivery {
             settings,
             producer,

@@ -55,7 +55,7 @@ use crate::report::{Reporter, Resumed, Scope, WindowReport};
 use crate::state::journal::Record as JournalRecord;
 use crate::state::writer::JournalSender;
 use client::{new_producer, start_topic_checks};
-use delivery::Delivery;
+use delivery::{Delivery, ReporterLink};
 
 pub use config::{parse_brokers, parse_topic, Settings};
 pub use options::{KafkaOption, OptionError};
@@ -131,8 +131,11 @@ impl Kafka {
             producer,
             (outcomes_tx, outcomes),
             topic_checks,
-            rx,
-            (pending.clone(), acked_tx),
+            ReporterLink {
+                rx,
+                pending: pending.clone(),
+                acked: acked_tx,
+            },
             metrics.clone(),
         );
         let guard = health.guard("verve-kafka");
