@@ -859,6 +859,53 @@ fn a_leader_cut_off_between_its_count_line_and_the_done_mark_marks_it_once_back(
 }
 
 #[test]
+fn a_leader_that_stops_cut_off_after_its_count_line_does_not_write_a_second_one() {
+    // The leader writes the count line, loses Redis before the `done` mark, and is stopped
+    // while Redis is still away: the window is left unmarked, and said so, but its count
+    // line stays the only one (no `scope=local` line with this instance's ids alone).
+    let redis = Redis::start();
+    let pa = Proxy::start(&redis);
+    let prefix = "unmarkedstop";
+    let keys = Keys::new(prefix);
+    let w = window_at(22);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let a_options = Options {
+        url: Some(pa.url.clone()),
+        cut_after_report: Some(pa.switch()),
+        ..Options::default()
+    };
+    let (mut a, mut b) = pair(&redis, prefix, w, a_options, Options::default());
+    let expected = fill(&redis, &keys, w, &a, &b);
+    let mut con = redis.connect();
+    a.clock.set(windows.end_ms(w) + 1);
+    a.seal_now(w);
+    wait_until("a to lead", || {
+        (leader_of(&mut con, &keys, start).as_deref() == Some("a")).then_some(())
+    });
+    b.clock.set(windows.end_ms(w) + 1);
+    b.seal_now(w);
+    let report = a.next_report();
+    assert_eq!(
+        (report.window_start, report.unique_count, report.scope),
+        (start, expected, Scope::Global)
+    );
+    a.sink.finish(Instant::now() + Duration::from_millis(500));
+    let after: Vec<_> = a.reports.try_iter().collect();
+    assert!(
+        after.is_empty(),
+        "a second count line: {after:?} {:#?}",
+        logged(&[&rfc3339_secs(start)])
+    );
+    assert_eq!(done_of(&mut con, &keys, start), None, "Redis stayed away");
+    assert!(
+        !logged(&[&rfc3339_secs(start), "never marked done"]).is_empty(),
+        "{:?}",
+        logged(&[&rfc3339_secs(start)])
+    );
+}
+
+#[test]
 fn a_count_longer_than_the_lease_keeps_the_lease_and_the_heartbeat() {
     // The count of a window's shipments can outlast the lease (a hundred million ids): the
     // leader renews it and heartbeats all along, so no other instance takes the window over

@@ -550,6 +550,17 @@ impl Node {
     }
 
     fn report_held_alone(&mut self, held: Held, why: &str) {
+        if let Some(count) = held.reported() {
+            // Its count line is written already, with the cluster's count: a second line
+            // with this instance's ids alone would contradict it. Only the `done` mark is
+            // missing, so the lease may let another instance report it too: said here.
+            log::error!(
+                "window {}: {why}; reported with count {count} but never marked done in \
+                 Redis: another instance may report it too",
+                rfc3339_secs(held.window_start)
+            );
+            return;
+        }
         log::warn!(
             "window {}: {why}; reporting this instance's {} ids alone (scope=local)",
             rfc3339_secs(held.window_start),
@@ -599,6 +610,14 @@ impl Node {
             self.report_alone(start, "Redis was unavailable at shutdown");
         }
         for held in self.backlog.iter() {
+            if let Some(count) = held.reported() {
+                log::error!(
+                    "window {}: reported with count {count} but never marked done in Redis \
+                     before shutdown: another instance may report it too",
+                    rfc3339_secs(held.window_start)
+                );
+                continue;
+            }
             log::warn!(
                 "window {} is in Redis but no instance is left to report it; the next instance \
                  of this cluster will not see it",
