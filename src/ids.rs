@@ -16,8 +16,6 @@
 
 use std::fmt;
 
-use roaring::RoaringTreemap;
-
 /// Flips the sign bit, so that `i64::MIN..=i64::MAX` maps monotonically onto `0..=u64::MAX`.
 /// Order preservation keeps nearby ids next to each other, whatever their sign.
 ///
@@ -407,22 +405,6 @@ impl IdSet {
         union.into_set()
     }
 
-    /// The set of a roaring treemap over [`to_key`] (the serialization of earlier versions).
-    pub fn from_treemap(tree: &RoaringTreemap) -> IdSet {
-        let mut out = Builder::default();
-        for key in tree.iter() {
-            out.push(key);
-        }
-        out.into_set()
-    }
-
-    /// The same set as a roaring treemap (to compare with it).
-    pub fn to_treemap(&self) -> RoaringTreemap {
-        let mut tree = RoaringTreemap::new();
-        tree.extend(self.keys());
-        tree
-    }
-
     /// Bytes of [`IdSet::serialize_into`]'s output.
     pub fn serialized_size(&self) -> usize {
         HEADER_BYTES + self.segments().map(|s| s.size()).sum::<usize>()
@@ -469,7 +451,7 @@ impl IdSet {
     /// | bytes | field (integers little-endian) |
     /// | --- | --- |
     /// | 4 | magic `VRVI` |
-    /// | 1 | format version, 2 (version 1 was roaring's portable treemap format) |
+    /// | 1 | format version, 2 (any other is refused) |
     /// | 3 | zero |
     /// | 8 | number of ids |
     /// | 4 | number of segments, then per segment a kind byte and: |
@@ -524,26 +506,17 @@ impl IdSet {
         IdSet::deserialize_bounded(bytes, MAX_DECODED_IDS)
     }
 
-    /// Reads a set written by [`IdSet::serialize_into`], or by an earlier version in roaring's
-    /// portable treemap format; empty bytes are the empty set. The bytes are untrusted: every
-    /// size is checked against what is left before anything is allocated, keys must ascend
-    /// strictly across the whole set, and a set of more than `max_ids` ids is refused before
-    /// it is expanded (a few bytes of roaring run containers or of gap-less blocks can stand
-    /// for billions of ids).
+    /// Reads a set written by [`IdSet::serialize_into`]; empty bytes are the empty set. The
+    /// bytes are untrusted: every size is checked against what is left before anything is
+    /// allocated, keys must ascend strictly across the whole set, and a set of more than
+    /// `max_ids` ids is refused before it is expanded (a few bytes of roaring run containers
+    /// or of gap-less blocks can stand for billions of ids).
     pub fn deserialize_bounded(bytes: &[u8], max_ids: u64) -> Result<IdSet, DecodeError> {
         if bytes.is_empty() {
             return Ok(IdSet::new());
         }
         if !bytes.starts_with(MAGIC) {
-            let tree = RoaringTreemap::deserialize_from(bytes).map_err(|_| DecodeError::Roaring)?;
-            if tree.len() > max_ids {
-                return Err(DecodeError::TooMany(tree.len()));
-            }
-            // Counted before it is expanded id by id (`len` only sums container headers).
-            if tree.len() > ROARING_MAX_IDS_PER_BYTE * bytes.len() as u64 {
-                return Err(DecodeError::TooDense);
-            }
-            return Ok(IdSet::from_treemap(&tree));
+            return Err(DecodeError::Magic);
         }
         let mut r = Bytes(bytes);
         r.take(MAGIC.len())?;
@@ -717,12 +690,6 @@ pub const MAX_SEGMENT_BYTES: usize = SEGMENT_KIND_BYTES + MAX_BLOCK_BYTES;
 /// header), so that [`IdSet::serialize_parts`] can always cut between segments.
 const DENSE_MAX_BLOCKS: usize = 1024;
 
-/// The most ids per byte that a roaring treemap written by an earlier version holds: its
-/// densest container is a bitmap (65,536 ids in 8 KiB). Those versions never wrote run
-/// containers, with which a few bytes describe billions of ids that would take minutes to
-/// expand: a denser treemap is refused.
-const ROARING_MAX_IDS_PER_BYTE: u64 = 8;
-
 /// Magic of the compact format ([`IdSet::serialize_into`]).
 const MAGIC: &[u8; 4] = b"VRVI";
 const FORMAT_VERSION: u8 = 2;
@@ -738,6 +705,8 @@ const DENSE_HEADER_BYTES: usize = 4 + 4;
 /// Why bytes are not a serialized id set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    #[error("not an id set (bad magic)")]
+    Magic,
     #[error("truncated id set")]
     Truncated,
     #[error("id set format version {0} is not known")]
@@ -756,8 +725,6 @@ pub enum DecodeError {
     Kind(u8),
     #[error("id set of {0} ids, more than allowed")]
     TooMany(u64),
-    #[error("a roaring treemap denser than verve ever wrote")]
-    TooDense,
 }
 
 /// Reads fixed fields off the front of a byte slice.
@@ -1341,7 +1308,7 @@ mod tests {
     }
 
     #[test]
-    fn serialization_round_trips_and_reads_the_roaring_format() {
+    fn serialization_round_trips() {
         let sets = [
             IdSet::new(),
             IdSet::from_ids([i64::MIN, -5, 0, 7, u32::MAX as i64, 1 << 40, i64::MAX]),
@@ -1353,9 +1320,6 @@ mod tests {
             set.serialize_into(&mut bytes);
             assert_eq!(bytes.len(), set.serialized_size());
             assert_eq!(IdSet::deserialize(&bytes).unwrap(), set);
-            let mut roaring = Vec::new();
-            set.to_treemap().serialize_into(&mut roaring).unwrap();
-            assert_eq!(IdSet::deserialize(&roaring).unwrap(), set);
         }
         assert_eq!(IdSet::deserialize(&[]).unwrap(), IdSet::new());
     }
@@ -1387,18 +1351,14 @@ mod tests {
     }
 
     #[test]
-    fn roaring_run_containers_cannot_expand_a_few_bytes_into_billions_of_ids() {
-        // One run container of 65,536 ids in each of 1000 bitmaps: 64 million ids in about
-        // 16 KB, denser than any treemap verve wrote.
-        let mut tree = RoaringTreemap::new();
-        for high in 0..1000u64 {
-            tree.insert_range((high << 32)..(high << 32) + 65_536);
-        }
+    fn a_roaring_treemap_is_not_an_id_set() {
+        // Roaring's portable treemap format, whatever it holds, is refused unread.
+        let mut tree = roaring::RoaringTreemap::new();
+        tree.insert_range(0..2u64 << 32);
         tree.optimize();
         let mut bytes = Vec::new();
         tree.serialize_into(&mut bytes).unwrap();
-        assert!(bytes.len() < 100_000, "{} bytes", bytes.len());
-        assert_eq!(IdSet::deserialize(&bytes), Err(DecodeError::TooDense));
+        assert_eq!(IdSet::deserialize(&bytes), Err(DecodeError::Magic));
     }
 
     #[test]
@@ -1453,7 +1413,7 @@ mod tests {
         let mut bytes = Vec::new();
         two.serialize_into(&mut bytes);
         assert_eq!(IdSet::deserialize(&bytes), Err(DecodeError::Order));
-        assert_eq!(IdSet::deserialize(b"garbage!"), Err(DecodeError::Roaring));
+        assert_eq!(IdSet::deserialize(b"garbage!"), Err(DecodeError::Magic));
         let mut kind = good.clone();
         kind[20] = 7;
         assert_eq!(IdSet::deserialize(&kind), Err(DecodeError::Kind(7)));
@@ -1499,38 +1459,6 @@ mod tests {
         let mut lying = bytes.clone();
         lying[8..16].copy_from_slice(&10u64.to_le_bytes());
         assert_eq!(IdSet::deserialize(&lying), Err(DecodeError::Count));
-        // Roaring's old format is bounded the same way.
-        let mut old = Vec::new();
-        run.to_treemap().serialize_into(&mut old).unwrap();
-        assert_eq!(
-            IdSet::deserialize_bounded(&old, 10),
-            Err(DecodeError::TooMany(1_000_000))
-        );
-    }
-
-    #[test]
-    fn a_roaring_treemap_of_runs_is_refused_before_its_ids_are_walked() {
-        // Two full 32-bit bitmaps of run containers: 2^33 ids in about a megabyte.
-        let mut tree = RoaringTreemap::new();
-        tree.insert_range(0..2u64 << 32);
-        tree.optimize();
-        let mut bytes = Vec::new();
-        tree.serialize_into(&mut bytes).unwrap();
-        assert!(bytes.len() < 2 << 20, "{} bytes", bytes.len());
-        assert_eq!(
-            IdSet::deserialize(&bytes),
-            Err(DecodeError::TooMany(2 << 32))
-        );
-        assert_eq!(
-            IdSet::deserialize_bounded(&bytes, u64::MAX),
-            Err(DecodeError::TooDense)
-        );
-        // The densest set an earlier version could write (consecutive ids fill bitmap
-        // containers) is still read.
-        let dense = IdSet::from_ids(0..300_000);
-        let mut roaring = Vec::new();
-        dense.to_treemap().serialize_into(&mut roaring).unwrap();
-        assert_eq!(IdSet::deserialize(&roaring).unwrap(), dense);
     }
 
     #[test]

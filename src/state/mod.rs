@@ -21,12 +21,12 @@
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 8 | magic `VERVEST3` (format version 3; versions 2, `VERVEST2`, and 1, `VERVEST1`, are still read: they end after the id set and hold no history) |
+//! | 8 | magic `VERVEST3` (format version 3) |
 //! | 8 | `--interval` of the instance that saved it, seconds (1 to 86 400) |
 //! | 8 | window start, seconds since the epoch (a multiple of the interval, before year 10000) |
 //! | 4 | number of endpoints, then per endpoint: 4-byte length (at most 2048), UTF-8 URL |
-//! | 8 | length of the id set, then the set in its compact format ([`IdSet::serialize_into`]; version 1 held roaring's portable treemap format, which [`IdSet::deserialize`] also reads) |
-//! | 4 | version 3: number of reported windows (at most 4096), then per window: 8-byte window start, 8-byte count; newest first, each start a multiple of the interval and before the next one's and the saved window's |
+//! | 8 | length of the id set, then the set in its compact format ([`IdSet::serialize_into`]) |
+//! | 4 | number of reported windows (at most 4096), then per window: 8-byte window start, 8-byte count; newest first, each start a multiple of the interval and before the next one's and the saved window's |
 //! | 4 | CRC-32 of everything before it |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,12 +49,6 @@ pub mod restore;
 pub mod writer;
 
 const MAGIC: &[u8; 8] = b"VERVEST3";
-
-/// The magic of format version 2: no history after the id set.
-const MAGIC_V2: &[u8; 8] = b"VERVEST2";
-
-/// The magic of format version 1: version 2's layout with a roaring id set.
-const MAGIC_V1: &[u8; 8] = b"VERVEST1";
 
 /// Most reported windows a state file may hold: far more than the history keeps
 /// ([`crate::status::HISTORY_LEN`]), so that a later version keeping more is still read.
@@ -140,13 +134,12 @@ impl SavedWindow {
     /// and tests; [`load`] is what the server calls. The bytes are untrusted: every count and
     /// length is checked against what is left before anything is allocated, and the fields
     /// must be what verve writes (see the module doc), or the file is refused. The history
-    /// of a version 3 file is checked, and left out.
+    /// is checked, and left out.
     pub fn decode(bytes: &[u8]) -> anyhow::Result<SavedWindow> {
         Ok(SavedWindow::decode_with_history(bytes)?.0)
     }
 
-    /// [`SavedWindow::decode`], with the history of reported windows (newest first; empty
-    /// in files of versions 1 and 2).
+    /// [`SavedWindow::decode`], with the history of reported windows (newest first).
     pub fn decode_with_history(bytes: &[u8]) -> anyhow::Result<(SavedWindow, Vec<Reported>)> {
         SavedWindow::decode_bounded(bytes, crate::ids::MAX_DECODED_IDS)
     }
@@ -163,9 +156,8 @@ impl SavedWindow {
             bytes.len()
         );
         let (body, crc) = bytes.split_at(bytes.len() - 4);
-        let with_history = body.starts_with(MAGIC);
         ensure!(
-            with_history || body.starts_with(MAGIC_V2) || body.starts_with(MAGIC_V1),
+            body.starts_with(MAGIC),
             "not a verve state file (bad magic)"
         );
         ensure!(
@@ -205,11 +197,7 @@ impl SavedWindow {
         let len = r.u64()?;
         let set = r.take(usize::try_from(len).context("id set length")?)?;
         let ids = IdSet::deserialize_bounded(set, max_ids).context("id set")?;
-        let history = if with_history {
-            read_history(&mut r, interval_secs, window_start)?
-        } else {
-            Vec::new()
-        };
+        let history = read_history(&mut r, interval_secs, window_start)?;
         ensure!(r.0.is_empty(), "{} trailing bytes", r.0.len());
         let window = SavedWindow {
             interval_secs,
@@ -221,7 +209,7 @@ impl SavedWindow {
     }
 }
 
-/// The history of a version 3 file: at most [`MAX_HISTORY`] windows, newest first, each
+/// The history of reported windows: at most [`MAX_HISTORY`] windows, newest first, each
 /// start a multiple of the interval and before the one read before it (the first before
 /// the saved window's start), so also before year 10000.
 fn read_history(
@@ -685,48 +673,17 @@ mod tests {
     }
 
     #[test]
-    fn a_file_of_format_version_1_is_still_read() {
-        let window = sample();
-        let mut tree = Vec::new();
-        window.ids.to_treemap().serialize_into(&mut tree).unwrap();
-        let mut v1 = Vec::new();
-        v1.extend_from_slice(MAGIC_V1);
-        v1.extend_from_slice(&window.interval_secs.to_le_bytes());
-        v1.extend_from_slice(&window.window_start.to_le_bytes());
-        v1.extend_from_slice(&(window.endpoints.len() as u32).to_le_bytes());
-        for e in &window.endpoints {
-            v1.extend_from_slice(&(e.len() as u32).to_le_bytes());
-            v1.extend_from_slice(e.as_bytes());
+    fn files_of_earlier_magics_are_not_state_files() {
+        // Formats 1 and 2 were never released: their magics are refused like any other.
+        let v3 = sample().encode().unwrap();
+        for magic in [b"VERVEST1", b"VERVEST2"] {
+            let mut old = v3[..v3.len() - 4].to_vec();
+            old[..8].copy_from_slice(magic);
+            let crc = crc32fast::hash(&old);
+            old.extend_from_slice(&crc.to_le_bytes());
+            let err = SavedWindow::decode(&old).unwrap_err();
+            assert!(format!("{err:#}").contains("bad magic"), "{err:#}");
         }
-        v1.extend_from_slice(&(tree.len() as u64).to_le_bytes());
-        v1.extend_from_slice(&tree);
-        let crc = crc32fast::hash(&v1);
-        v1.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(SavedWindow::decode(&v1).unwrap(), window);
-        // And the current format is smaller for the same window.
-        assert!(window.encode().unwrap().len() < v1.len());
-    }
-
-    #[test]
-    fn a_file_of_format_version_2_is_still_read_without_history() {
-        let window = sample();
-        let v3 = window.encode().unwrap();
-        // Version 2 is version 3 without the history count: its last field is the id set.
-        let mut v2 = v3[..v3.len() - 8].to_vec();
-        v2[..8].copy_from_slice(MAGIC_V2);
-        let crc = crc32fast::hash(&v2);
-        v2.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(
-            SavedWindow::decode_with_history(&v2).unwrap(),
-            (window.clone(), vec![])
-        );
-        // Version 2 with bytes after the set is not a file verve wrote.
-        let mut longer = v2[..v2.len() - 4].to_vec();
-        longer.extend_from_slice(&0u32.to_le_bytes());
-        let crc = crc32fast::hash(&longer);
-        longer.extend_from_slice(&crc.to_le_bytes());
-        let err = SavedWindow::decode(&longer).unwrap_err();
-        assert!(format!("{err:#}").contains("4 trailing bytes"), "{err:#}");
     }
 
     #[test]
