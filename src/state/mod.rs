@@ -36,9 +36,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 
 use crate::clock::{rfc3339_secs, Windows, END_OF_RFC3339_SECS};
+use crate::ids::bytes::Reader;
 use crate::ids::IdSet;
 use crate::query::MAX_ENDPOINT_BYTES;
 use crate::status::Reported;
@@ -164,7 +165,7 @@ impl SavedWindow {
             crc32fast::hash(body).to_le_bytes() == crc,
             "checksum mismatch (truncated or damaged)"
         );
-        let mut r = Reader(&body[MAGIC.len()..]);
+        let mut r = Reader::new(&body[MAGIC.len()..]);
         let interval_secs = r.u64()?;
         let window_start = r.u64()?;
         ensure!(
@@ -184,7 +185,7 @@ impl SavedWindow {
         // Each endpoint takes at least its length field: a count the bytes cannot hold
         // allocates nothing.
         ensure!(
-            count as usize <= r.0.len() / 4,
+            count as usize <= r.len() / 4,
             "truncated: {count} endpoints"
         );
         let mut endpoints = Vec::with_capacity(count as usize);
@@ -198,7 +199,7 @@ impl SavedWindow {
         let set = r.take(usize::try_from(len).context("id set length")?)?;
         let ids = IdSet::deserialize_bounded(set, max_ids).context("id set")?;
         let history = read_history(&mut r, interval_secs, window_start)?;
-        ensure!(r.0.is_empty(), "{} trailing bytes", r.0.len());
+        ensure!(r.is_empty(), "{} trailing bytes", r.len());
         let window = SavedWindow {
             interval_secs,
             window_start,
@@ -220,7 +221,7 @@ fn read_history(
     let count = r.u32()?;
     ensure!(count <= MAX_HISTORY, "{count} reported windows");
     ensure!(
-        count as u64 <= r.0.len() as u64 / REPORTED_BYTES,
+        count as u64 <= r.len() as u64 / REPORTED_BYTES,
         "truncated: {count} reported windows"
     );
     let mut history = Vec::with_capacity(count as usize);
@@ -244,32 +245,6 @@ fn read_history(
         });
     }
     Ok(history)
-}
-
-/// Reads fixed fields off the front of a byte slice.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> anyhow::Result<&'a [u8]> {
-        if n > self.0.len() {
-            bail!("truncated: {n} bytes wanted, {} left", self.0.len());
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self) -> anyhow::Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn u64(&mut self) -> anyhow::Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
 }
 
 pub(crate) fn tmp_path(path: &Path) -> PathBuf {
