@@ -168,8 +168,12 @@ impl IdSet {
                         return Err(DecodeError::Count);
                     }
                     previous = Some(high << 32 | u64::from(max));
-                    for low in &bitmap {
-                        out.push(high << 32 | u64::from(low));
+                    let mut runs = bitmap.iter();
+                    while let Some(run) = runs.next_range() {
+                        out.push_run(
+                            high << 32 | u64::from(*run.start()),
+                            high << 32 | u64::from(*run.end()),
+                        );
                     }
                 }
                 kind => return Err(DecodeError::Kind(kind)),
@@ -512,5 +516,62 @@ mod tests {
         wrap.extend_from_slice(&4096u32.to_le_bytes());
         wrap.push(0);
         assert_eq!(IdSet::deserialize(&wrap), Err(DecodeError::Order));
+    }
+
+    /// One dense segment of the keys `high << 32 | low` for each `low` in `ranges`, as a
+    /// whole set in the compact format.
+    fn dense(high: u32, ranges: &[std::ops::RangeInclusive<u32>]) -> Vec<u8> {
+        let mut bitmap = roaring::RoaringBitmap::new();
+        for r in ranges {
+            bitmap.insert_range(r.clone());
+        }
+        bitmap.optimize();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
+        bytes.extend_from_slice(&bitmap.len().to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.push(KIND_DENSE);
+        bytes.extend_from_slice(&high.to_le_bytes());
+        bytes.extend_from_slice(&(bitmap.serialized_size() as u32).to_le_bytes());
+        bitmap.serialize_into(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn dense_runs_of_every_length_decode_to_their_ids() {
+        // Runs shorter than, as long as and longer than a block, next to each other.
+        let ranges = [
+            0..=0,
+            2..=4096,
+            5000..=9095,
+            9097..=13193,
+            20_000..=40_000,
+            u32::MAX - 5..=u32::MAX,
+        ];
+        let set = IdSet::deserialize(&dense(7, &ranges)).unwrap();
+        let ids = ranges
+            .iter()
+            .flat_map(|r| r.clone())
+            .map(|low| crate::ids::from_key(7 << 32 | u64::from(low)));
+        assert_eq!(set, IdSet::from_ids(ids));
+        assert!(set.blocks.iter().all(|b| b.len as usize <= BLOCK_KEYS));
+    }
+
+    #[test]
+    fn a_long_run_decodes_to_whole_blocks_without_walking_its_ids() {
+        // 2^28 consecutive ids in a few bytes: made block by block (walking them one by one
+        // took minutes in a debug build).
+        let bytes = dense(u32::MAX, &[0..=(1 << 28) - 1]);
+        assert!(bytes.len() < 100_000, "{} bytes", bytes.len());
+        let set = IdSet::deserialize(&bytes).unwrap();
+        assert_eq!(set.len(), 1 << 28);
+        assert_eq!(set.blocks.len(), (1 << 28) / BLOCK_KEYS);
+        assert!(set.blocks.iter().all(|b| b.width == 0 && b.gaps.is_empty()));
+        assert_eq!(set.keys().next(), Some(u64::from(u32::MAX) << 32));
+        assert_eq!(
+            set.blocks.last().unwrap().last,
+            (u64::from(u32::MAX) << 32) + (1 << 28) - 1
+        );
     }
 }

@@ -321,6 +321,36 @@ impl Builder {
         self.gaps.push(gap);
     }
 
+    /// Adds the keys `first..=last`, all above the keys added before. A run of at least
+    /// [`BLOCK_KEYS`] keys closes the open block and is cut into blocks of consecutive keys
+    /// (width 0) made whole, without walking its keys; its last `< BLOCK_KEYS` keys, and a
+    /// shorter run, are added one by one. So decoding a dense segment costs its runs and
+    /// blocks, not its ids: a few bytes of roaring run containers may stand for billions.
+    pub(super) fn push_run(&mut self, first: u64, last: u64) {
+        debug_assert!(first <= last);
+        let full = BLOCK_KEYS as u64 - 1;
+        let mut key = first;
+        if last - key >= full {
+            self.seal();
+            while last - key >= full {
+                self.set.push_block(Block {
+                    first: key,
+                    last: key + full,
+                    len: BLOCK_KEYS as u32,
+                    width: 0,
+                    gaps: Box::new([]),
+                });
+                if key + full == last {
+                    return;
+                }
+                key += full + 1;
+            }
+        }
+        for k in key..=last {
+            self.push(k);
+        }
+    }
+
     fn seal(&mut self) {
         if self.open {
             self.set.push_block(Block {
