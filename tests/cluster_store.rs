@@ -7,25 +7,15 @@
 mod common;
 
 use common::redis_servers::{Redis, RedisCluster};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use verve::cluster::conn;
 use verve::cluster::merge::{count_of_shipments_pausing, union_of_shipments, Skipped};
 use verve::cluster::store::{self, Interval, Keys, Lead, RecordClaim, Shipment, Shipped};
 
 use verve::ids::IdSet;
 
-/// A shipment's bytes: the compact format and roaring's portable format (what earlier
-/// versions shipped, still read) in turn, so that the unions below mix both.
+/// A shipment's bytes, in the compact format.
 fn serialized(ids: &[i64]) -> Vec<u8> {
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    let set = IdSet::from_ids(ids.iter().copied());
-    let mut bytes = Vec::new();
-    if CALLS.fetch_add(1, Relaxed).is_multiple_of(2) {
-        bytes = verve::cluster::merge::serialize(&set);
-    } else if !set.is_empty() {
-        set.to_treemap().serialize_into(&mut bytes).unwrap();
-    }
-    bytes
+    verve::cluster::merge::serialize(&IdSet::from_ids(ids.iter().copied()))
 }
 
 const TTL: u64 = 60_000;

@@ -132,13 +132,12 @@ fn the_state_seeds_are_read_as_documented() {
         bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
         verve::state::SavedWindow::decode(&bytes)
     };
-    let window = decoded("v2_window").expect("v2_window decodes");
+    let window = decoded("v3_window").expect("v3_window decodes");
     assert_eq!((window.interval_secs, window.ids.len()), (60, 7));
-    let v1 = decoded("v1_roaring").expect("v1_roaring decodes");
-    assert_eq!(v1.ids.len(), 5);
-    assert_eq!(decoded("v2_dense_no_endpoints").unwrap().ids.len(), 9100);
+    assert_eq!(decoded("v3_dense_no_endpoints").unwrap().ids.len(), 9100);
+    assert!(decoded("v3_empty").unwrap().ids.is_empty());
     assert!(
-        decoded("v2_far_future").is_ok(),
+        decoded("v3_far_future").is_ok(),
         "well-formed; refused by the limits"
     );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/state/v3_history");

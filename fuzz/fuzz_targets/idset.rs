@@ -1,5 +1,5 @@
-//! A serialized id set from outside (a Redis shipment, a state file's set), compact or
-//! roaring; see `verve_fuzz::check_idset`.
+//! A serialized id set from outside (a Redis shipment, a state file's set); see
+//! `verve_fuzz::check_idset`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

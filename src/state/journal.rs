@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use anyhow::{bail, ensure, Context};
 
 use crate::clock::END_OF_RFC3339_SECS;
+use crate::ids::bytes::Reader;
 use crate::ids::IdSet;
 use crate::query::MAX_ENDPOINT_BYTES;
 use crate::status::{Reported, HISTORY_LEN};
@@ -145,10 +146,10 @@ impl Record {
     /// Reads one record's kind and payload (its frame already checked), with the checks of
     /// the module doc.
     fn decode(body: &[u8], interval_secs: u64) -> anyhow::Result<Record> {
-        let (&kind, rest) = body.split_first().context("an empty record")?;
-        ensure!(rest.len() >= 8, "a record without its window start");
-        let (start, payload) = rest.split_at(8);
-        let window_start = u64::from_le_bytes(start.try_into().expect("8 bytes"));
+        let mut r = Reader::new(body);
+        let kind = r.u8().context("an empty record")?;
+        let window_start = r.u64().context("a record without its window start")?;
+        let payload = r.rest();
         ensure!(
             window_start.is_multiple_of(interval_secs),
             "window start {window_start} is not a multiple of the interval ({interval_secs} s)"
@@ -186,11 +187,13 @@ impl Record {
                     "a reported record of {} bytes",
                     body.len()
                 );
-                ensure!(payload[8] <= 1, "a Kafka flag of {}", payload[8]);
+                let count = r.u64()?;
+                let kafka = r.u8()?;
+                ensure!(kafka <= 1, "a Kafka flag of {kafka}");
                 Record::Reported {
                     window_start,
-                    count: u64::from_le_bytes(payload[..8].try_into().expect("8 bytes")),
-                    kafka: payload[8] == 1,
+                    count,
+                    kafka: kafka == 1,
                 }
             }
             PRODUCED => {
@@ -450,15 +453,12 @@ pub fn replay(bytes: &[u8], limits: &Limits) -> anyhow::Result<Replayed> {
 
 /// The record at the front of `bytes` and the bytes it takes.
 fn next_record(bytes: &[u8], interval_secs: u64) -> anyhow::Result<(Record, usize)> {
-    ensure!(
-        bytes.len() >= FRAME_BYTES,
-        "a record frame cut short ({} bytes)",
-        bytes.len()
-    );
-    let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    let body = bytes
-        .get(FRAME_BYTES..FRAME_BYTES + len)
+    let mut r = Reader::new(bytes);
+    let frame = || format!("a record frame cut short ({} bytes)", bytes.len());
+    let len = r.u32().with_context(frame)? as usize;
+    let crc = r.u32().with_context(frame)?;
+    let body = r
+        .take(len)
         .with_context(|| format!("a record of {len} bytes cut short"))?;
     ensure!(crc32fast::hash(body) == crc, "a record's checksum is wrong");
     Ok((Record::decode(body, interval_secs)?, FRAME_BYTES + len))
