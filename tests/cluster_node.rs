@@ -607,8 +607,7 @@ fn a_shipment_that_is_not_an_id_set_is_skipped_and_the_window_counted() {
         7,
         |con, keys, w| {
             put(con, &["RPUSH", &keys.ids(w), "garbage!"]);
-            // A roaring treemap denser than verve ever wrote: a few KB for 16 million ids
-            // (a few MB would do for billions, which would take minutes to expand).
+            // A roaring treemap, not the compact format verve ships: skipped unread.
             let mut tree = roaring::RoaringTreemap::new();
             tree.insert_range(0..1 << 24);
             tree.optimize();

@@ -50,9 +50,7 @@ impl Skipped {
 }
 
 /// How many distinct ids the shipments a window's list holds now have together, and what was
-/// skipped: the leader's count without the freeze that comes first (tools). Shipments in the
-/// compact format and in roaring's portable format (what earlier versions shipped) are both
-/// read.
+/// skipped: the leader's count without the freeze that comes first (tools).
 pub fn count_of_shipments(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
