@@ -4,7 +4,7 @@
 //! (`Shards::record`), with `Shards::absorb` after every 100 000 ids (`--absorb-every`: what
 //! the collector does once a second at 100k req/s) except the last ones, which, like the last
 //! second of a real window, are left for the seal. Then, like `Collector::seal` in
-//! `src/collector.rs`:
+//! `src/collector/mod.rs`:
 //!
 //! 1. `Shards::seal(window)`: takes the window's slot from every shard and merges their last
 //!    runs (the last second's ids) into the window's set,
