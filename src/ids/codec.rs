@@ -112,7 +112,11 @@ impl IdSet {
     /// bytes are untrusted: every size is checked against what is left before anything is
     /// allocated, keys must ascend strictly across the whole set, and a set of more than
     /// `max_ids` ids is refused before it is expanded (a few bytes of roaring run containers
-    /// or of gap-less blocks can stand for billions of ids).
+    /// or of gap-less blocks can stand for billions of ids). So is a set that, while it is
+    /// built, takes more heap than `max_ids` ids could at their densest
+    /// ([`DENSEST_IDS_PER_BYTE`]): runs of consecutive ids with a gap between each keep
+    /// under the id bound while taking far more memory, and building them costs time in
+    /// proportion; this stops that work at the memory the bound stands for.
     pub fn deserialize_bounded(bytes: &[u8], max_ids: u64) -> Result<IdSet, DecodeError> {
         if bytes.is_empty() {
             return Ok(IdSet::new());
@@ -134,6 +138,7 @@ impl IdSet {
         if segments > r.len() / (SEGMENT_KIND_BYTES + DENSE_HEADER_BYTES) {
             return Err(DecodeError::Truncated);
         }
+        let max_heap = (max_ids / DENSEST_IDS_PER_BYTE).saturating_add(HEAP_SLACK_BYTES);
         let mut out = Builder::with_blocks(segments);
         // The last key read, and how many ids the segments hold so far (never above `len`).
         let mut previous: Option<u64> = None;
@@ -174,6 +179,9 @@ impl IdSet {
                             high << 32 | u64::from(*run.start()),
                             high << 32 | u64::from(*run.end()),
                         );
+                        if out.heap_bytes() as u64 > max_heap {
+                            return Err(DecodeError::TooLarge(max_heap));
+                        }
                     }
                 }
                 kind => return Err(DecodeError::Kind(kind)),
@@ -286,6 +294,16 @@ impl Segment<'_> {
 /// (the memory budget) use [`IdSet::deserialize_bounded`].
 pub const MAX_DECODED_IDS: u64 = 1 << 32;
 
+/// The densest the compact id format gets in memory, ids per heap byte: a block of 4096
+/// consecutive ids takes its 32-byte header and no gap words. A set that would decode to
+/// more ids than a memory budget's bytes times this could never fit in the budget; and a
+/// set bounded to `n` ids is bounded to `n /` this many heap bytes.
+pub const DENSEST_IDS_PER_BYTE: u64 = 128;
+
+/// Heap bytes a decoded set may take beyond `max_ids / DENSEST_IDS_PER_BYTE`: room for the
+/// block table reserved up front and the block being built.
+const HEAP_SLACK_BYTES: u64 = 1 << 20;
+
 /// The most bytes one block takes serialized: [`BLOCK_KEYS`] keys, 64-bit gaps.
 pub const MAX_BLOCK_BYTES: usize = BLOCK_HEADER_BYTES + (BLOCK_KEYS - 1) * 8;
 /// The most bytes one segment takes serialized: a block at its largest (a dense segment
@@ -331,6 +349,8 @@ pub enum DecodeError {
     Kind(u8),
     #[error("id set of {0} ids, more than allowed")]
     TooMany(u64),
+    #[error("id set taking more than {0} bytes of memory, more than its ids allow")]
+    TooLarge(u64),
 }
 
 impl From<Truncated> for DecodeError {
@@ -572,6 +592,61 @@ mod tests {
         assert_eq!(
             set.blocks.last().unwrap().last,
             (u64::from(u32::MAX) << 32) + (1 << 28) - 1
+        );
+    }
+
+    #[test]
+    fn runs_decode_to_the_blocks_that_id_by_id_building_makes() {
+        // Runs of every short length with gaps of every width between them: filling the
+        // open block with zero gaps in bulk must cut blocks where pushing each id does.
+        let mut ranges = Vec::new();
+        let mut low = 3u32;
+        for n in 0..600u32 {
+            let len = (n * 37) % 700 + 1;
+            ranges.push(low..=low + len - 1);
+            low += len + 1 + (n * n) % 5000;
+        }
+        let set = IdSet::deserialize(&dense(1, &ranges)).unwrap();
+        let keys: Vec<u64> = ranges
+            .iter()
+            .flat_map(|r| r.clone())
+            .map(|low| 1 << 32 | u64::from(low))
+            .collect();
+        let mut by_key = Builder::default();
+        for &k in &keys {
+            by_key.push(k);
+        }
+        let by_key = by_key.into_set();
+        let shape = |s: &IdSet| -> Vec<(u64, u64, u32, u8)> {
+            s.blocks
+                .iter()
+                .map(|b| (b.first, b.last, b.len, b.width))
+                .collect()
+        };
+        assert_eq!(shape(&set), shape(&by_key));
+        assert_eq!(set, by_key);
+    }
+
+    #[test]
+    fn runs_that_keep_under_the_id_bound_but_not_its_memory_are_refused_while_built() {
+        // Runs of 4095 ids one apart: under the bound of ids a 1 MiB budget could hold at
+        // their densest, but at about 7 ids a byte they would take over 10 MiB. Decoding stops
+        // at the memory the bound stands for instead of building them all.
+        let max_ids = (1u64 << 20) * DENSEST_IDS_PER_BYTE;
+        let ranges: Vec<_> = (0..20_000u32).map(|n| n * 4096..=n * 4096 + 4094).collect();
+        let bytes = dense(2, &ranges);
+        let len = 20_000 * 4095;
+        assert!(len < max_ids);
+        assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+        let max_heap = max_ids / DENSEST_IDS_PER_BYTE + HEAP_SLACK_BYTES;
+        assert_eq!(
+            IdSet::deserialize_bounded(&bytes, max_ids),
+            Err(DecodeError::TooLarge(max_heap))
+        );
+        // The same runs fit a bound twenty times as large.
+        assert_eq!(
+            IdSet::deserialize_bounded(&bytes, max_ids * 20).map(|s| s.len()),
+            Ok(len)
         );
     }
 }

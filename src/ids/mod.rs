@@ -25,7 +25,9 @@ mod pack;
 mod set;
 
 pub use buffer::{IdBuffer, BATCH};
-pub use codec::{DecodeError, MAX_BLOCK_BYTES, MAX_DECODED_IDS, MAX_SEGMENT_BYTES};
+pub use codec::{
+    DecodeError, DENSEST_IDS_PER_BYTE, MAX_BLOCK_BYTES, MAX_DECODED_IDS, MAX_SEGMENT_BYTES,
+};
 pub use pack::{BLOCK_BITS, BLOCK_KEYS};
 pub use set::{count_union, Builder, IdSet, Union};
 

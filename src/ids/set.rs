@@ -324,8 +324,9 @@ impl Builder {
     /// Adds the keys `first..=last`, all above the keys added before. A run of at least
     /// [`BLOCK_KEYS`] keys closes the open block and is cut into blocks of consecutive keys
     /// (width 0) made whole, without walking its keys; its last `< BLOCK_KEYS` keys, and a
-    /// shorter run, are added one by one. So decoding a dense segment costs its runs and
-    /// blocks, not its ids: a few bytes of roaring run containers may stand for billions.
+    /// shorter run, fill the open block with zero gaps as many at a time as it takes. So
+    /// decoding a dense segment costs its runs and blocks, not a step per id: a few bytes of
+    /// roaring run containers may stand for billions.
     pub(super) fn push_run(&mut self, first: u64, last: u64) {
         debug_assert!(first <= last);
         let full = BLOCK_KEYS as u64 - 1;
@@ -346,9 +347,41 @@ impl Builder {
                 key += full + 1;
             }
         }
-        for k in key..=last {
-            self.push(k);
+        // The run's first key may open a block or leave a gap; the rest follow with gap 0,
+        // added as many at a time as the open block takes (its width is unchanged by them).
+        self.push(key);
+        let mut next = key + 1;
+        while next <= last {
+            let room = self.zero_gaps_room();
+            if room == 0 {
+                self.push(next);
+                next += 1;
+                continue;
+            }
+            let take = room.min(last - next + 1);
+            self.gaps.resize(self.gaps.len() + take as usize, 0);
+            self.last = next + take - 1;
+            next += take;
         }
+    }
+
+    /// How many more keys, each right after the last, the open block takes (0 when none is
+    /// open): the cut rule of [`Builder::push`] for a gap of 0.
+    fn zero_gaps_room(&self) -> u64 {
+        if !self.open {
+            return 0;
+        }
+        let by_keys = BLOCK_KEYS - 1 - self.gaps.len();
+        let by_bits = match self.width {
+            0 => usize::MAX,
+            w => (BLOCK_BITS / w as usize).saturating_sub(self.gaps.len()),
+        };
+        by_keys.min(by_bits) as u64
+    }
+
+    /// Heap bytes of what is built so far, the open block's gaps included.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.set.heap_bytes() + self.gaps.capacity() * 8
     }
 
     fn seal(&mut self) {

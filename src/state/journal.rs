@@ -59,10 +59,7 @@ const REPORTED: u8 = 3;
 const CALLED: u8 = 4;
 const PRODUCED: u8 = 5;
 
-/// The densest the compact id format gets in memory, ids per heap byte: a block of 4096
-/// consecutive ids takes its 32-byte header and no gap words. A set that would decode to
-/// more ids than the budget's bytes times this could never fit in the budget.
-pub const DENSEST_IDS_PER_BYTE: u64 = 128;
+pub use crate::ids::DENSEST_IDS_PER_BYTE;
 
 /// One record. Ids travel as the serialized set: the collector serializes, this thread
 /// only frames and writes.
