@@ -4,6 +4,7 @@
 
 use crate::cluster::conn;
 use crate::cluster::error::Error;
+use crate::logging::sanitize;
 
 /// How a store operation failed, as the cluster thread treats it.
 pub enum Failure {
@@ -17,7 +18,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         match e {
             Error::Redis(r) if conn::is_outage(&r) => Failure::Outage(r.into()),
-            other => Failure::Keys(one_line(&other.to_string())),
+            other => Failure::Keys(sanitize(&other.to_string()).into_owned()),
         }
     }
 }
@@ -28,9 +29,4 @@ pub fn outage_only(e: Error) -> anyhow::Result<()> {
         Failure::Outage(e) => Err(e),
         Failure::Keys(_) => Ok(()),
     }
-}
-
-/// `text` with every run of white space (a Redis error may hold line breaks) as one space.
-pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

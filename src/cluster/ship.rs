@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use crate::clock::{rfc3339_secs, Clock};
 use crate::cluster::conn;
-use crate::cluster::failure::one_line;
 use crate::cluster::node::Node;
 use crate::cluster::settings::Settings;
 use crate::cluster::store::{self, Shipment, Shipped};
 use crate::ids::IdSet;
+use crate::logging::sanitize;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 
@@ -145,7 +145,7 @@ impl OpenWindow<'_> {
                             "window {}: shipping the open window's ids failed ({}); the \
                              window's last shipment tries again with all of them",
                             rfc3339_secs(start),
-                            one_line(&e.to_string())
+                            sanitize(&e.to_string())
                         );
                     }
                     return Ok(());
