@@ -146,9 +146,9 @@ struct Outcome {
     spanning: usize,
 }
 
-/// Runs `rounds` processes on one state file, each killed with SIGKILL after a random
-/// 300 ms to `max_life_ms` of load, then one last process that reports what is left, and
-/// checks every window.
+/// Runs `rounds` processes on one state file, each killed with SIGKILL after `max_life_ms`
+/// of load (the first) or a random 300 ms to `max_life_ms` (the others), then one last
+/// process that reports what is left, and checks every window.
 fn run(tag: &str, interval: u64, rounds: usize, max_life_ms: u64) -> Outcome {
     let seed = std::env::var("VERVE_TEST_SEED")
         .ok()
@@ -171,7 +171,13 @@ fn run(tag: &str, interval: u64, rounds: usize, max_life_ms: u64) -> Outcome {
             let stop = stop.clone();
             std::thread::spawn(move || load(addr, next_id, round, stop))
         };
-        std::thread::sleep(Duration::from_millis(300 + rng.below(max_life_ms - 300)));
+        // The first process lives the longest life and the others a random one: so that,
+        // whatever the seed, some ids are answered well before a kill and must be counted.
+        let life_ms = match round {
+            0 => max_life_ms,
+            _ => 300 + rng.below(max_life_ms - 300),
+        };
+        std::thread::sleep(Duration::from_millis(life_ms));
         server.signal(libc::SIGKILL);
         killed_at.push(now_ms());
         let _ = server.wait_exit();
@@ -296,7 +302,7 @@ fn sigkill_at_random_instants_under_pipelined_load_loses_no_id_older_than_a_seco
 
 #[test]
 fn a_window_that_spans_several_crashes_is_counted_once_with_every_id() {
-    let outcome = run("state-crash-span", 20, 5, 1_500);
+    let outcome = run("state-crash-span", 20, 5, 2_500);
     assert!(
         outcome.spanning >= 1,
         "{outcome:?}: no window spanned two processes"
