@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::budget::Charge;
 use crate::ids::IdSet;
+use crate::report::{Scope, WindowReport};
 use crate::sink::SealedWindow;
 
 /// A window whose keys made a Redis operation fail is tried again after this long: a key
@@ -86,6 +87,22 @@ impl Held {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// The report of this window with this instance's ids alone (`scope=local`), for a
+    /// window the cluster could not count; or, for one this instance already reported with
+    /// the cluster's count, that count: its line is written, and a second one with fewer
+    /// ids would contradict it.
+    pub fn alone(self) -> Result<WindowReport, u64> {
+        if let Phase::Reported { count, .. } = self.phase {
+            return Err(count);
+        }
+        Ok(WindowReport {
+            window_start: self.window_start,
+            unique_count: self.ids.len(),
+            endpoints: self.endpoints,
+            scope: Scope::Local,
+        })
     }
 
     /// The ids the next shipment carries.
@@ -293,6 +310,20 @@ mod tests {
     const NEW: Phase = Phase::Unshipped {
         stored_before: false,
     };
+
+    #[test]
+    fn a_window_reported_once_is_never_reported_alone_even_after_a_reconnect() {
+        // Not counted by the cluster: reported alone, with this instance's ids.
+        let report = held(60).alone().unwrap();
+        assert_eq!((report.unique_count, report.scope), (3, Scope::Local));
+        // Counted and its line written, the `done` mark not yet in Redis, then cut off and
+        // back (so no longer shipped, and counted against the backlog): still never alone.
+        let mut h = held(120);
+        h.counted(7);
+        h.reconnected();
+        assert!(!h.is_shipped());
+        assert_eq!(h.alone().map(|r| r.unique_count), Err(7));
+    }
 
     #[test]
     fn a_stored_window_is_shipped_again_whole_after_a_reconnect() {

@@ -50,7 +50,7 @@ use crate::cluster::store::{self, Interval};
 use crate::health::Health;
 use crate::ids::count_union;
 use crate::metrics::Metrics;
-use crate::report::{count_log, Reporter, Scope, WindowReport};
+use crate::report::{count_log, Reporter, Scope};
 use crate::shards::Shards;
 use crate::sink::{SealedWindow, WindowSink};
 use crate::status::Status;
@@ -550,29 +550,25 @@ impl Node {
     }
 
     fn report_held_alone(&mut self, held: Held, why: &str) {
-        if let Some(count) = held.reported() {
-            // Its count line is written already, with the cluster's count: a second line
-            // with this instance's ids alone would contradict it. Only the `done` mark is
-            // missing, so the lease may let another instance report it too: said here.
-            log::error!(
-                "window {}: {why}; reported with count {count} but never marked done in \
-                 Redis: another instance may report it too",
-                rfc3339_secs(held.window_start)
-            );
-            return;
-        }
+        let window = rfc3339_secs(held.window_start);
+        let report = match held.alone() {
+            Ok(report) => report,
+            Err(count) => {
+                // Only the `done` mark is missing, so the lease may let another instance
+                // report it too: said here.
+                log::error!(
+                    "window {window}: {why}; reported with count {count} but never marked \
+                     done in Redis: another instance may report it too"
+                );
+                return;
+            }
+        };
         log::warn!(
-            "window {}: {why}; reporting this instance's {} ids alone (scope=local)",
-            rfc3339_secs(held.window_start),
-            held.ids.len()
+            "window {window}: {why}; reporting this instance's {} ids alone (scope=local)",
+            report.unique_count
         );
         self.metrics.cluster_local_windows.fetch_add(1, Relaxed);
-        self.reporter.report(&WindowReport {
-            window_start: held.window_start,
-            unique_count: held.ids.len(),
-            endpoints: held.endpoints,
-            scope: Scope::Local,
-        });
+        self.reporter.report(&report);
     }
 
     fn publish_backlog(&mut self) {
