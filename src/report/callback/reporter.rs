@@ -152,6 +152,42 @@ mod tests {
         responder, settings, stop, unused_port, FixedResolver,
     };
 
+    /// Callbacks whose dispatcher is already gone (its channel has no receiver), with or
+    /// without a state file.
+    fn with_the_dispatcher_gone(
+        metrics: &Arc<Metrics>,
+        journal: Option<JournalSender>,
+    ) -> Callbacks {
+        let (commands, _) = crossbeam_channel::unbounded();
+        Callbacks {
+            commands: Some(commands),
+            dispatcher: None,
+            patience: Duration::from_secs(1),
+            metrics: metrics.clone(),
+            journal,
+        }
+    }
+
+    #[test]
+    fn calls_the_gone_dispatcher_cannot_take_are_kept_with_a_state_file_and_dropped_without() {
+        let report = WindowReport {
+            window_start: 60,
+            unique_count: 1,
+            endpoints: vec!["http://a.test/".into(), "http://b.test/".into()],
+            scope: Scope::Global,
+        };
+        let metrics = Arc::new(Metrics::new(1));
+        with_the_dispatcher_gone(&metrics, None).report(&report);
+        assert_eq!(metrics.endpoint_calls.dropped.load(Relaxed), 2);
+        assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
+        // With a state file they are kept for the restart: not dropped, off the backlog.
+        let metrics = Arc::new(Metrics::new(1));
+        let journal = crate::state::writer::Journal::stopped_for_test();
+        with_the_dispatcher_gone(&metrics, Some(journal.sender())).report(&report);
+        assert_eq!(metrics.endpoint_calls.dropped.load(Relaxed), 0);
+        assert_eq!(metrics.backlog_windows.load(Relaxed), 0);
+    }
+
     #[test]
     fn a_window_leaves_the_backlog_when_its_last_call_is_done() {
         let port = unused_port();
