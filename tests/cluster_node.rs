@@ -802,16 +802,24 @@ fn a_window_frozen_when_every_link_to_redis_drops_is_still_reported_once() {
     );
 }
 
-#[test]
-fn a_leader_cut_off_between_its_count_line_and_the_done_mark_marks_it_once_back() {
-    // The leader writes the count line, then loses Redis before the `done` mark. Back, its
-    // re-shipment is refused (frozen): it must still mark the window done, so that the
-    // other instance does not report it a second time once the lease runs out.
+/// Two instances on `prefix` whose window `window_at(hours)` the leader, `a`, reports with the
+/// cluster's count and then is cut off from Redis (through its proxy) before its `done` mark.
+struct CutLeader {
+    a: Instance,
+    b: Instance,
+    pa: Proxy,
+    con: redis::Connection,
+    keys: Keys,
+    start: u64,
+    expected: u64,
+    _redis: Redis,
+}
+
+fn leader_cut_off_after_its_count_line(prefix: &str, hours: u64) -> CutLeader {
     let redis = Redis::start();
     let pa = Proxy::start(&redis);
-    let prefix = "unmarked";
     let keys = Keys::new(prefix);
-    let w = window_at(12);
+    let w = window_at(hours);
     let windows = Windows::new(INTERVAL_SECS);
     let start = windows.start_secs(w);
     let a_options = Options {
@@ -835,6 +843,33 @@ fn a_leader_cut_off_between_its_count_line_and_the_done_mark_marks_it_once_back(
         (report.window_start, report.unique_count, report.scope),
         (start, expected, Scope::Global)
     );
+    CutLeader {
+        a,
+        b,
+        pa,
+        con,
+        keys,
+        start,
+        expected,
+        _redis: redis,
+    }
+}
+
+#[test]
+fn a_leader_cut_off_between_its_count_line_and_the_done_mark_marks_it_once_back() {
+    // The leader writes the count line, then loses Redis before the `done` mark. Back, its
+    // re-shipment is refused (frozen): it must still mark the window done, so that the
+    // other instance does not report it a second time once the lease runs out.
+    let CutLeader {
+        a,
+        b,
+        pa,
+        mut con,
+        keys,
+        start,
+        expected,
+        _redis,
+    } = leader_cut_off_after_its_count_line("unmarked", 12);
     assert_eq!(
         done_of(&mut con, &keys, start),
         None,
@@ -862,33 +897,17 @@ fn a_leader_that_stops_cut_off_after_its_count_line_does_not_write_a_second_one(
     // The leader writes the count line, loses Redis before the `done` mark, and is stopped
     // while Redis is still away: the window is left unmarked, and said so, but its count
     // line stays the only one (no `scope=local` line with this instance's ids alone).
-    let redis = Redis::start();
-    let pa = Proxy::start(&redis);
-    let prefix = "unmarkedstop";
-    let keys = Keys::new(prefix);
-    let w = window_at(22);
-    let windows = Windows::new(INTERVAL_SECS);
-    let start = windows.start_secs(w);
-    let a_options = Options {
-        url: Some(pa.url.clone()),
-        cut_after_report: Some(pa.switch()),
-        ..Options::default()
-    };
-    let (mut a, mut b) = pair(&redis, prefix, w, a_options, Options::default());
-    let expected = fill(&redis, &keys, w, &a, &b);
-    let mut con = redis.connect();
-    a.clock.set(windows.end_ms(w) + 1);
-    a.seal_now(w);
-    wait_until("a to lead", || {
-        (leader_of(&mut con, &keys, start).as_deref() == Some("a")).then_some(())
-    });
-    b.clock.set(windows.end_ms(w) + 1);
-    b.seal_now(w);
-    let report = a.next_report();
-    assert_eq!(
-        (report.window_start, report.unique_count, report.scope),
-        (start, expected, Scope::Global)
-    );
+    // Every part bound for the whole test: Redis and `b` stay up, the proxy stays cut.
+    let CutLeader {
+        mut a,
+        b: _b,
+        pa: _pa,
+        mut con,
+        keys,
+        start,
+        expected: _,
+        _redis,
+    } = leader_cut_off_after_its_count_line("unmarkedstop", 22);
     a.sink.finish(Instant::now() + Duration::from_millis(500));
     let after: Vec<_> = a.reports.try_iter().collect();
     assert!(
