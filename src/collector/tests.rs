@@ -90,6 +90,25 @@ fn start_marking(
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A fresh journal (interval 10 s) at `DIR/w.state` in a directory of its own for the test
+/// `tag`: the directory, the path and the journal.
+fn journal_in(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, Journal) {
+    use crate::state::journal::Book;
+    let dir = std::env::temp_dir().join(format!("verve-collector-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.state");
+    let journal = Journal::create(
+        &path,
+        10,
+        Book::default(),
+        vec![],
+        Default::default(),
+        &Health::new(),
+    )
+    .unwrap();
+    (dir, path, journal)
+}
+
 #[test]
 fn reports_each_window_once_in_order_after_the_settling_delay() {
     let clock = ManualClock::new(1_000_000);
@@ -219,19 +238,8 @@ fn shutdown_reports_the_partial_window_and_refuses_later_records() {
 
 #[test]
 fn with_a_state_file_the_open_window_is_saved_not_reported() {
-    use crate::state::{journal::Book, Limits, Loaded};
-    let dir = std::env::temp_dir().join(format!("verve-collector-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("w.state");
-    let journal = Journal::create(
-        &path,
-        10,
-        Book::default(),
-        vec![],
-        Default::default(),
-        &Health::new(),
-    )
-    .unwrap();
+    use crate::state::{Limits, Loaded};
+    let (dir, path, journal) = journal_in("open");
     let clock = ManualClock::new(5_000);
     let (shards, handle, rx) = start_with(clock, Some(journal));
     shards.record(0, 0, 10, Some("http://cb.test/")).unwrap();
@@ -253,19 +261,8 @@ fn with_a_state_file_the_open_window_is_saved_not_reported() {
 
 #[test]
 fn an_empty_window_sealed_with_a_state_file_is_in_the_file() {
-    use crate::state::{journal::Book, Limits, Loaded};
-    let dir = std::env::temp_dir().join(format!("verve-collector-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("w.state");
-    let journal = Journal::create(
-        &path,
-        10,
-        Book::default(),
-        vec![],
-        Default::default(),
-        &Health::new(),
-    )
-    .unwrap();
+    use crate::state::{Limits, Loaded};
+    let (dir, path, journal) = journal_in("empty");
     let clock = ManualClock::new(5_000);
     let (_shards, handle, rx) = start_marking(clock.clone(), Some(journal), false);
     // Window 0 closes with no id and no endpoint; nothing marks it reported here, as a
@@ -299,19 +296,8 @@ fn a_state_file_that_cannot_be_written_reports_the_window_instead() {
 
 #[test]
 fn ids_are_saved_as_they_come_and_the_file_is_rewritten_once_a_window_is_reported() {
-    use crate::state::{journal::Book, Limits, Loaded};
-    let dir = std::env::temp_dir().join(format!("verve-collector-save-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("w.state");
-    let journal = Journal::create(
-        &path,
-        10,
-        Book::default(),
-        vec![],
-        Default::default(),
-        &Health::new(),
-    )
-    .unwrap();
+    use crate::state::{Limits, Loaded};
+    let (dir, path, journal) = journal_in("save");
     let stats = journal.stats().clone();
     let clock = ManualClock::new(5_000);
     let (shards, handle, rx) = start_with(clock.clone(), Some(journal));
