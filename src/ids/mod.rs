@@ -15,13 +15,14 @@
 //! merges into the window's set off the request path.
 //!
 //! Files: `pack.rs` the bit-packed blocks, `set.rs` the set and its algebra, `codec.rs` the
-//! compact wire format, `buffer.rs` the request path's buffer, `bytes.rs` the reader of
+//! compact wire format, `partition.rs` the fixed cut of ids into disjoint partitions, `buffer.rs` the request path's buffer, `bytes.rs` the reader of
 //! untrusted bytes that the codec and the state file share.
 
 mod buffer;
 pub(crate) mod bytes;
 mod codec;
 mod pack;
+pub mod partition;
 mod set;
 
 pub use buffer::{IdBuffer, BATCH};
