@@ -1,6 +1,8 @@
 //! Leading a window: the lease, whether the window is ready (every live instance shipped it,
-//! or the grace passed), the leader's report (freeze, read and count every shipment, check
-//! the endpoints, write the count line, mark it done), and the hand-over of windows at
+//! or the grace passed), the leader's report (freeze the window and its partitions, add the
+//! partitions' counts, check the endpoints, write the count line, mark it done), counting
+//! partitions (the leader and every other instance that holds the window, each partition by
+//! whoever wins its lease: see [`crate::cluster::parts`]), and the hand-over of windows at
 //! shutdown.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,12 +11,15 @@ use std::time::Instant;
 use crate::clock::rfc3339_secs;
 use crate::cluster::conn;
 use crate::cluster::failure::outage_only;
-use crate::cluster::merge::count_of_shipments_with;
+use crate::cluster::keys::{Keys, PartitionKeys};
+use crate::cluster::merge::count_partition_with;
 use crate::cluster::node::Node;
+use crate::cluster::parts;
 use crate::cluster::settings::{HEARTBEAT_EVERY, LEASE, LIVE_TTL, SHIP_EVERY};
 use crate::cluster::ship::OpenWindow;
 use crate::cluster::store::{self, Lead};
 use crate::endpoints;
+use crate::ids::partition::PARTITIONS;
 use crate::report::{callback, Scope, WindowReport};
 
 impl Node {
@@ -57,7 +62,8 @@ impl Node {
                     self.drop_window(start);
                     continue;
                 }
-                Ok(Lead::Waiting) => Ok(false),
+                // Another instance leads it: once it froze the window, help count it.
+                Ok(Lead::Waiting) => self.help_count(start).map(|()| false),
                 Ok(Lead::Leading) => match reported {
                     Some(count) => self.mark_done(start, count),
                     None => match self.ready(start, stopping) {
@@ -185,12 +191,14 @@ impl Node {
         Ok(true)
     }
 
-    /// The leader's report: freeze the window, union every shipment, check the endpoints,
-    /// write the count line and queue the calls (through the reporters), then the `done`
-    /// mark. True when the window is finished with.
+    /// The leader's report: freeze the window and its partitions, add the partitions'
+    /// counts, check the endpoints, write the count line and queue the calls (through the
+    /// reporters), then the `done` mark. True when the window is finished with; false while
+    /// some partition is still being counted (by another instance), and when the lease was
+    /// lost: the next tick tries again.
     fn report(&mut self, start: u64) -> store::Result<bool> {
-        let Some(count) = self.read_count(start)? else {
-            return Ok(false); // lost the lease meanwhile
+        let Some(count) = self.count_window(start)? else {
+            return Ok(false);
         };
         let Some(redis) = self.redis.as_mut() else {
             return Ok(false);
@@ -215,79 +223,133 @@ impl Node {
         self.mark_done(start, count)
     }
 
-    /// Freezes the window and counts the union of its shipments, keeping the lease, the
-    /// heartbeat and the open window's shipping going meanwhile. `None`: the lease was lost.
-    fn read_count(&mut self, start: u64) -> store::Result<Option<u64>> {
+    /// Freezes the window, then each partition (from here on no list changes: no shipment
+    /// that Redis accepted can be missed by a count), counts the partitions this instance
+    /// wins, and adds the partitions' counts once every one is recorded. `None`: some are
+    /// still being counted, or the lease was lost.
+    fn count_window(&mut self, start: u64) -> store::Result<Option<u64>> {
         let Some(redis) = self.redis.as_mut() else {
             return Ok(None);
         };
         let con = redis.con();
         let (keys, instance) = (&self.settings.keys, self.settings.instance.as_str());
         let ttl_ms = self.settings.key_ttl().as_millis() as u64;
-        // From here on the window's list does not change: no shipment that Redis accepted
-        // can be missed by the read below, nor deleted unread by `mark_done`.
-        let Some(count) = store::freeze(con, keys, start, instance, ttl_ms)? else {
+        if !store::freeze(con, keys, start, instance, ttl_ms)? {
+            return Ok(None);
+        }
+        let parts: Vec<PartitionKeys> = (0..PARTITIONS).map(|p| keys.partition(start, p)).collect();
+        for part in &parts {
+            parts::freeze(con, part, ttl_ms)?;
+        }
+        self.count_partitions(start, true)?;
+        let Some(redis) = self.redis.as_mut() else {
             return Ok(None);
         };
-        let count = store::check_shipments(keys, start, count)?;
-        // A read of many shipments takes a while (1.4 s for 10 x 1M ids in 600 shipments),
-        // and so does the count (on a helper thread, see `merge`): the lease and the
-        // heartbeat stay fresh meanwhile. An instance that has left the live set (stopping)
-        // does not heartbeat: it would put itself back, and take itself for another live
-        // instance to leave its next window to (`hand_over`).
+        let counts = parts::counts(redis.con(), &parts)?;
+        if counts.iter().any(Option::is_none) {
+            return Ok(None);
+        }
+        Ok(Some(counts.into_iter().flatten().sum()))
+    }
+
+    /// A window another instance leads: once it is frozen, counts the partitions this
+    /// instance wins.
+    fn help_count(&mut self, start: u64) -> store::Result<()> {
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(());
+        };
+        if store::is_frozen(redis.con(), &self.settings.keys, start)? {
+            self.count_partitions(start, false)?;
+        }
+        Ok(())
+    }
+
+    /// Counts each partition of window `start` whose lease this instance wins, one after
+    /// the other, until none is left to win. Instances start at different partitions (by a
+    /// hash of their name), so that at first each takes a different one. `leading`: this
+    /// instance leads the window, whose lease it renews meanwhile.
+    fn count_partitions(&mut self, start: u64, leading: bool) -> store::Result<()> {
+        let first = name_hash(&self.settings.instance) % PARTITIONS;
+        let lease_ms = LEASE.as_millis() as u64;
+        for i in 0..PARTITIONS {
+            let part = self
+                .settings
+                .keys
+                .partition(start, (first + i) % PARTITIONS);
+            let Some(redis) = self.redis.as_mut() else {
+                return Ok(());
+            };
+            if let parts::Lead::Counting(n) =
+                parts::lead(redis.con(), &part, &self.settings.instance, lease_ms)?
+            {
+                self.count_partition(start, &part, n, leading)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one partition whose lease this instance holds (its list holds `n` shipments)
+    /// and records its count, keeping the leases, the heartbeat and the open window's
+    /// shipping going meanwhile.
+    fn count_partition(
+        &mut self,
+        start: u64,
+        part: &PartitionKeys,
+        n: u64,
+        leading: bool,
+    ) -> store::Result<()> {
+        let Some(redis) = self.redis.as_mut() else {
+            return Ok(());
+        };
+        let con = redis.con();
+        let (keys, instance) = (&self.settings.keys, self.settings.instance.as_str());
+        let ttl_ms = self.settings.key_ttl().as_millis() as u64;
+        // A read of many shipments takes a while, and so does the count (on a helper thread,
+        // see `merge`): the leases and the heartbeat stay fresh meanwhile. An instance that
+        // has left the live set (stopping) does not heartbeat: it would put itself back, and
+        // take itself for another live instance to leave its next window to (`hand_over`).
         // So does the shipping of the open window (not when stopping: it is sealed then).
-        let mut last = Instant::now();
-        let left = self.left;
-        let mut open = OpenWindow {
-            settings: &self.settings,
-            shards: &self.shards,
-            clock: &*self.clock,
-            metrics: &self.metrics,
-            generation: self.generation,
-            shipped: &mut self.open_shipped,
-            late_warned: &mut self.late_warned,
-            drain_warned: &mut self.drain_warned,
+        let mut duties = Duties {
+            open: OpenWindow {
+                settings: &self.settings,
+                shards: &self.shards,
+                clock: &*self.clock,
+                metrics: &self.metrics,
+                generation: self.generation,
+                shipped: &mut self.open_shipped,
+                late_warned: &mut self.late_warned,
+                drain_warned: &mut self.drain_warned,
+            },
+            next_drain: &mut self.next_drain,
+            last: Instant::now(),
+            left: self.left,
+            keys,
+            instance,
+            window: leading.then_some(start),
+            part,
         };
-        let next_drain = &mut self.next_drain;
-        let mut between = |con: &mut dyn redis::ConnectionLike| -> store::Result<bool> {
-            if last.elapsed() < HEARTBEAT_EVERY {
-                return Ok(true);
-            }
-            last = Instant::now();
-            let ttl = LIVE_TTL.as_millis() as u64;
-            // A heartbeat that fails on the shared key must not cost this window.
-            if !left {
-                if let Err(store::Error::Redis(e)) = store::heartbeat(con, keys, instance, ttl) {
-                    if conn::is_outage(&e) {
-                        return Err(e.into());
-                    }
-                }
-                if last >= *next_drain {
-                    *next_drain = last + SHIP_EVERY;
-                    open.ship(con)?;
-                }
-            }
-            store::renew(con, keys, start, instance, LEASE.as_millis() as u64)
-        };
-        let read = count_of_shipments_with(con, keys, start, count, &mut between, self.counter)?;
+        let read =
+            count_partition_with(con, part, n, &mut |con| duties.between(con), self.counter)?;
         let Some((count, skipped)) = read else {
-            return Ok(None);
+            return Ok(()); // lost the lease meanwhile: another instance counts it
         };
         if skipped.total() > 0 {
             self.metrics
                 .redis_errors
                 .fetch_add(skipped.total(), Relaxed);
             log::error!(
-                "window {}: skipped {} shipments in Redis that are not id sets and {} longer \
+                "window {}: skipped {} shipments in {} that are not id sets and {} longer \
                  than {} bytes (is another program writing under --redis-prefix {}?)",
                 rfc3339_secs(start),
                 skipped.unreadable,
+                part.ids,
                 skipped.oversized,
                 store::MAX_SHIPMENT_BYTES,
                 keys.prefix()
             );
         }
-        Ok(Some(count))
+        parts::counted(con, part, instance, count, ttl_ms)?;
+        Ok(())
     }
 
     /// The endpoints read from Redis that pass the checks a client's endpoint passes (this
@@ -358,5 +420,62 @@ impl Node {
         }
         self.drop_window(start);
         Ok(true)
+    }
+}
+
+/// A hash of an instance's name, the same on every instance and run (FNV-1a).
+fn name_hash(name: &str) -> usize {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash as usize
+}
+
+/// What the cluster thread keeps doing while it counts a partition (see
+/// [`Node::count_partition`]).
+struct Duties<'a> {
+    open: OpenWindow<'a>,
+    next_drain: &'a mut Instant,
+    /// The last turn that did anything.
+    last: Instant,
+    /// Stopping, and off the live set: no heartbeat, no shipping.
+    left: bool,
+    keys: &'a Keys,
+    instance: &'a str,
+    /// The window whose lease this instance holds, when it leads it.
+    window: Option<u64>,
+    part: &'a PartitionKeys,
+}
+
+impl Duties<'_> {
+    /// Every [`HEARTBEAT_EVERY`]: the heartbeat, the open window's shipping when due, and
+    /// the leases. False when the partition's lease is lost: the count stops.
+    fn between(&mut self, con: &mut dyn redis::ConnectionLike) -> store::Result<bool> {
+        if self.last.elapsed() < HEARTBEAT_EVERY {
+            return Ok(true);
+        }
+        self.last = Instant::now();
+        let lease_ms = LEASE.as_millis() as u64;
+        // A heartbeat that fails on the shared key must not cost this window.
+        if !self.left {
+            let ttl = LIVE_TTL.as_millis() as u64;
+            if let Err(store::Error::Redis(e)) =
+                store::heartbeat(con, self.keys, self.instance, ttl)
+            {
+                if conn::is_outage(&e) {
+                    return Err(e.into());
+                }
+            }
+            if self.last >= *self.next_drain {
+                *self.next_drain = self.last + SHIP_EVERY;
+                self.open.ship(con)?;
+            }
+        }
+        if let Some(start) = self.window {
+            // Losing the window's lease does not make this partition's count useless: the
+            // successor adds it.
+            store::renew(con, self.keys, start, self.instance, lease_ms)?;
+        }
+        parts::renew(con, self.part, self.instance, lease_ms)
     }
 }

@@ -1,21 +1,25 @@
-//! The leader's merge: a window's count is the number of ids in the union of every shipment
-//! in its list (see [`store`]), read page by page, decoded, and counted by one k-way merge
-//! of them all ([`count_union`]): the union itself is never built, only its size is needed.
-//! Also the shipment's encoding, which this reads back: an id set in its compact format.
+//! Counting a partition: its count is the number of values in the union of every shipment in
+//! its list (see [`parts`]), read page by page, decoded, and counted by one k-way merge of
+//! them all ([`count_union`]): the union itself is never built, only its size is needed. A
+//! window's count is the sum of its partitions'. Also the shipment's encoding, which this
+//! reads back: an id set in its compact format.
 //!
 //! What Redis holds is untrusted: a shipment too long to be verve's, or that is not an id
 //! set, is skipped and counted ([`Skipped`]), and costs no other shipment.
 //!
 //! The count runs on a helper thread while the caller's thread goes on calling `between`
-//! (the leader's lease renewal and heartbeat): a count of a hundred million ids takes longer
-//! than the lease, and a leader that stopped renewing would lose the window to another
-//! instance, and look dead to the others, for no fault of its own.
+//! (the counter's lease renewal and heartbeat): a large count takes longer than the lease,
+//! and a counter that stopped renewing would lose the partition to another instance, and
+//! look dead to the others, for no fault of its own.
 
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, RecvTimeoutError};
 
-use crate::cluster::store::{self, Blob, Keys};
+use crate::cluster::keys::{Keys, PartitionKeys};
+use crate::cluster::parts;
+use crate::cluster::store::{self, Blob};
+use crate::ids::partition::{self, PARTITIONS};
 use crate::ids::{count_union, IdSet};
 
 /// How the leader counts the distinct ids of a window's shipments: [`count_union`], or in
@@ -49,42 +53,38 @@ impl Skipped {
     }
 }
 
-/// How many distinct ids the shipments a window's list holds now have together, and what was
-/// skipped: the leader's count without the freeze that comes first (tools).
+/// How many distinct ids the shipments of a window's partitions hold now, and what was
+/// skipped: the cluster's count without the freeze that comes first (tests and tools).
 pub fn count_of_shipments(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
     window_start: u64,
 ) -> store::Result<(u64, Skipped)> {
-    let count = store::shipments(con, keys, window_start)?;
-    count_of_shipments_pausing(con, keys, window_start, count, &mut |_| Ok(true))
-        .map(|u| u.expect("never stopped"))
+    let (mut total, mut skipped) = (0, Skipped::default());
+    for p in 0..PARTITIONS {
+        let part = keys.partition(window_start, p);
+        let n = parts::shipments(con, &part)?;
+        let (count, s) = count_partition_with(con, &part, n, &mut |_| Ok(true), count_union)?
+            .expect("never stopped");
+        total += count;
+        skipped.oversized += s.oversized;
+        skipped.unreadable += s.unreadable;
+    }
+    Ok((total, skipped))
 }
 
-/// How many distinct ids the first `count` shipments of a window's list have together, with
-/// [`store::fetch`]'s `between`; `None` if it stopped. The decoded shipments are all held
-/// until the count: about what the list holds in Redis (5-6 bytes per random 64-bit id).
-pub fn count_of_shipments_pausing(
+/// How many distinct values the first `count` shipments of a partition's list hold
+/// together, counted by `counter` on a helper thread while `between` is called every 100 ms
+/// (see the module comment); `None` if `between` said stop. The decoded shipments are all
+/// held until the count: about what the list holds in Redis.
+pub fn count_partition_with(
     con: &mut dyn redis::ConnectionLike,
-    keys: &Keys,
-    window_start: u64,
-    count: u64,
-    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
-) -> store::Result<Option<(u64, Skipped)>> {
-    count_of_shipments_with(con, keys, window_start, count, between, count_union)
-}
-
-/// [`count_of_shipments_pausing`] with the count done by `counter`, on a helper thread,
-/// while `between` is called every 100 ms (see the module comment).
-pub fn count_of_shipments_with(
-    con: &mut dyn redis::ConnectionLike,
-    keys: &Keys,
-    window_start: u64,
+    keys: &PartitionKeys,
     count: u64,
     between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
     counter: Counter,
 ) -> store::Result<Option<(u64, Skipped)>> {
-    let Some((sets, skipped)) = read_shipments(con, keys, window_start, count, between)? else {
+    let Some((sets, skipped)) = read_shipments(con, keys, count, between)? else {
         return Ok(None);
     };
     let counted = count_pausing(&sets, counter, con, between)?;
@@ -138,33 +138,39 @@ fn count_pausing(
     })
 }
 
-/// The union itself of every shipment a window's list holds now, and what was skipped: for
-/// tests and tools that look at the ids (the leader only counts them).
+/// The ids themselves that the shipments of a window's partitions hold now, and what was
+/// skipped: for tests and tools that look at the ids (the cluster only counts them).
 pub fn union_of_shipments(
     con: &mut dyn redis::ConnectionLike,
     keys: &Keys,
     window_start: u64,
 ) -> store::Result<(IdSet, Skipped)> {
-    let count = store::shipments(con, keys, window_start)?;
-    let (sets, skipped) =
-        read_shipments(con, keys, window_start, count, &mut |_| Ok(true))?.expect("never stopped");
-    Ok((IdSet::union_all(sets), skipped))
+    let mut sets = Vec::with_capacity(PARTITIONS);
+    let mut skipped = Skipped::default();
+    for p in 0..PARTITIONS {
+        let part = keys.partition(window_start, p);
+        let n = parts::shipments(con, &part)?;
+        let (shipments, s) =
+            read_shipments(con, &part, n, &mut |_| Ok(true))?.expect("never stopped");
+        sets.push(IdSet::union_all(shipments));
+        skipped.oversized += s.oversized;
+        skipped.unreadable += s.unreadable;
+    }
+    Ok((partition::join(&sets), skipped))
 }
 
-/// The first `count` shipments of a window's list, decoded; `None` if `between` stopped.
+/// The first `count` shipments of a partition's list, decoded; `None` if `between` stopped.
 fn read_shipments(
     con: &mut dyn redis::ConnectionLike,
-    keys: &Keys,
-    window_start: u64,
+    keys: &PartitionKeys,
     count: u64,
     between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
 ) -> store::Result<Option<(Vec<IdSet>, Skipped)>> {
     let mut sets = Vec::new();
     let mut skipped = Skipped::default();
-    let whole = store::fetch(
+    let whole = parts::fetch(
         con,
         keys,
-        window_start,
         count,
         &mut |blob| match blob {
             Blob::Shipment(bytes) => match IdSet::deserialize(bytes) {

@@ -7,8 +7,10 @@
 //! - [`presence`]: the deployment's shared keys: heartbeats, the live set, the interval.
 //! - [`conn`]: connecting (one server, or a Redis Cluster found through it) and the
 //!   start-up check.
-//! - [`store`]: the Redis side of a window: shipments, the per-window lease and the leader's
-//!   reads, each an atomic command or script.
+//! - [`store`]: the Redis side of a window as a whole: endpoints, last-shipment marks, the
+//!   per-window lease, the freeze and the `done` mark, each an atomic command or script.
+//! - [`parts`]: the Redis side of a window's partitions: their shipments, freeze, the leases
+//!   of the instances counting them, and their counts.
 //! - [`merge`]: the leader's merge, the union of every shipment of a window, and the
 //!   shipments' encoding.
 //!
@@ -87,6 +89,7 @@ pub mod keys;
 mod lead;
 pub mod merge;
 pub mod node;
+pub mod parts;
 pub mod presence;
 pub mod settings;
 mod ship;

@@ -9,18 +9,18 @@ use std::time::Instant;
 use crate::clock::{rfc3339_secs, Clock};
 use crate::cluster::conn;
 use crate::cluster::node::Node;
+use crate::cluster::parts;
 use crate::cluster::settings::Settings;
 use crate::cluster::store::{self, Shipment, Shipped};
-use crate::ids::IdSet;
+use crate::ids::{partition, IdSet};
 use crate::logging::sanitize;
 use crate::metrics::Metrics;
 use crate::shards::Shards;
 
-/// The shipments that carry `ids` and `endpoints`, each at most
-/// [`store::MAX_SHIPMENT_BYTES`] (id set parts, endpoint chunks), paired up in order; at
-/// least one, so that an empty last shipment still marks the instance done.
-pub fn shipments_of<'a>(ids: &IdSet, endpoints: &'a [String]) -> Vec<(Vec<u8>, &'a [String])> {
-    let parts = ids.serialize_parts(store::MAX_SHIPMENT_BYTES);
+/// The endpoint chunks that carry `endpoints`, each at most [`store::MAX_SHIPMENT_BYTES`]
+/// (one endpoint longer than that alone), in order; at least one, so that an empty last
+/// shipment still marks the instance done.
+pub fn endpoint_chunks(endpoints: &[String]) -> Vec<&[String]> {
     let mut chunks = Vec::new();
     let (mut from, mut bytes) = (0, 0);
     for (i, e) in endpoints.iter().enumerate() {
@@ -30,17 +30,22 @@ pub fn shipments_of<'a>(ids: &IdSet, endpoints: &'a [String]) -> Vec<(Vec<u8>, &
         }
         bytes += e.len();
     }
-    if from < endpoints.len() {
-        chunks.push(&endpoints[from..]);
-    }
-    let n = parts.len().max(chunks.len()).max(1);
-    let mut parts = parts.into_iter();
-    (0..n)
-        .map(|i| {
-            (
-                parts.next().unwrap_or_default(),
-                chunks.get(i).copied().unwrap_or(&[]),
-            )
+    chunks.push(&endpoints[from..]);
+    chunks
+}
+
+/// The shipments that carry `ids`, one partition's values at a time: for each partition
+/// ([`partition::split`]), its parts of at most `max_bytes` (id set parts cut between
+/// blocks; [`store::MAX_SHIPMENT_BYTES`] when shipping), nothing for an empty partition.
+pub fn partition_shipments(ids: &IdSet, max_bytes: usize) -> Vec<(usize, Vec<u8>)> {
+    partition::split(ids)
+        .iter()
+        .enumerate()
+        .filter(|(_, part)| !part.is_empty())
+        .flat_map(|(p, part)| {
+            part.serialize_parts(max_bytes)
+                .into_iter()
+                .map(move |bytes| (p, bytes))
         })
         .collect()
 }
@@ -54,35 +59,45 @@ pub struct Load<'a> {
     pub last: bool,
 }
 
-/// Ships a [`Load`] in as many shipments as its size needs; `last` goes with the final one,
-/// so the instance is marked done only once all of them are stored. `TooLate` as soon as one
-/// is refused. A failure part way leaves some parts stored: shipping again repeats them,
-/// which the union absorbs.
+/// Ships a [`Load`]: each partition's ids to its list, then the endpoints and, with `last`,
+/// the mark that this instance shipped everything, so the instance is marked done only once
+/// all of its ids are stored. `TooLate` as soon as one shipment is refused. A failure part
+/// way leaves some parts stored: shipping again repeats them, which the union absorbs.
 pub fn ship_window(
     con: &mut dyn redis::ConnectionLike,
     settings: &Settings,
     metrics: &Metrics,
     load: Load<'_>,
 ) -> store::Result<Shipped> {
-    let shipments = shipments_of(load.ids, load.endpoints);
-    let n = shipments.len();
-    for (k, (bytes, endpoints)) in shipments.iter().enumerate() {
+    let ttl_ms = settings.key_ttl().as_millis() as u64;
+    for (p, bytes) in partition_shipments(load.ids, store::MAX_SHIPMENT_BYTES) {
+        let keys = settings.keys.partition(load.window_start, p);
+        let shipped = parts::ship(con, &keys, &bytes, ttl_ms)?;
+        metrics.cluster_shipments.fetch_add(1, Relaxed);
+        metrics
+            .cluster_shipped_bytes
+            .fetch_add(bytes.len() as u64, Relaxed);
+        if shipped == Shipped::TooLate {
+            return Ok(Shipped::TooLate);
+        }
+    }
+    if load.endpoints.is_empty() && !load.last {
+        return Ok(Shipped::Stored);
+    }
+    let chunks = endpoint_chunks(load.endpoints);
+    let n = chunks.len();
+    for (k, endpoints) in chunks.into_iter().enumerate() {
         let shipped = store::ship(
             con,
             &settings.keys,
             &Shipment {
                 window_start: load.window_start,
                 instance: &settings.instance,
-                ids: bytes,
                 endpoints,
                 last: load.last && k + 1 == n,
-                ttl_ms: settings.key_ttl().as_millis() as u64,
+                ttl_ms,
             },
         )?;
-        metrics.cluster_shipments.fetch_add(1, Relaxed);
-        metrics
-            .cluster_shipped_bytes
-            .fetch_add(bytes.len() as u64, Relaxed);
         if shipped == Shipped::TooLate {
             return Ok(Shipped::TooLate);
         }
@@ -255,29 +270,41 @@ mod tests {
 
     #[test]
     fn shipments_stay_within_the_size_redis_readers_accept_and_carry_everything() {
-        // About 5 bytes per id spread over the whole range: more than one shipment's worth.
+        // About 5 bytes per id spread over the whole range: several shipments' worth of
+        // 64 KiB in every partition.
         let ids = IdSet::from_ids(
-            (0..2_000_000i64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15u64 as i64)),
+            (0..300_000i64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15u64 as i64)),
         );
+        let max = 64 << 10;
         let endpoints: Vec<String> = (0..6_000)
             .map(|i| format!("http://h{i}.test/{}", "p".repeat(2_000)))
             .collect();
-        let shipments = shipments_of(&ids, &endpoints);
-        assert!(shipments.len() >= 2, "{} shipments", shipments.len());
-        let mut sets = Vec::new();
+        let shipments = partition_shipments(&ids, max);
+        assert!(
+            shipments.len() > partition::PARTITIONS,
+            "{}",
+            shipments.len()
+        );
+        let mut parts = vec![Vec::new(); partition::PARTITIONS];
+        for (p, bytes) in &shipments {
+            assert!(bytes.len() <= max);
+            parts[*p].push(IdSet::deserialize(bytes).unwrap());
+        }
+        let parts: Vec<IdSet> = parts.into_iter().map(IdSet::union_all).collect();
+        assert_eq!(partition::join(&parts), ids);
+        let chunks = endpoint_chunks(&endpoints);
+        assert!(chunks.len() >= 2);
         let mut carried = Vec::new();
-        for (bytes, chunk) in &shipments {
-            assert!(bytes.len() <= store::MAX_SHIPMENT_BYTES);
-            let chunk_bytes: usize = chunk.iter().map(String::len).sum();
-            assert!(chunk_bytes <= store::MAX_SHIPMENT_BYTES);
-            sets.push(IdSet::deserialize(bytes).unwrap());
+        for chunk in chunks {
+            assert!(chunk.iter().map(String::len).sum::<usize>() <= store::MAX_SHIPMENT_BYTES);
             carried.extend_from_slice(chunk);
         }
-        assert_eq!(IdSet::union_all(sets), ids);
         assert_eq!(carried, endpoints);
-        // Nothing to carry is still one (empty) shipment: a last one marks the instance done.
-        let none = shipments_of(&IdSet::new(), &[]);
+        // Nothing to carry: no id shipment, and one (empty) endpoint chunk, so that a last
+        // shipment marks the instance done.
+        assert!(partition_shipments(&IdSet::new(), max).is_empty());
+        let none = endpoint_chunks(&[]);
         assert_eq!(none.len(), 1);
-        assert!(none[0].0.is_empty() && none[0].1.is_empty());
+        assert!(none[0].is_empty());
     }
 }

@@ -1,22 +1,23 @@
-//! The Redis side of a window in cluster mode: its shipments, its lease, the freeze, the
-//! leader's reads and the `done` mark, each an atomic command or script on the keys that
-//! [`Keys`] names (the deployment's shared keys are [`crate::cluster::presence`]'s). Blocking
-//! calls on a `redis` connection: only the cluster thread uses
-//! this, never a coroutine.
+//! The Redis side of a window in cluster mode, as a whole: its endpoints and last-shipment
+//! marks, the per-window lease, the freeze and the `done` mark, each an atomic command or
+//! script on the keys that [`Keys`] names. Its ids live in its partitions' lists, whose
+//! shipments, freeze, leases and counts are [`crate::cluster::parts`]'s; the deployment's
+//! shared keys are [`crate::cluster::presence`]'s. Blocking calls on a `redis` connection:
+//! only the cluster thread uses this, never a coroutine.
 //!
-//! A window's count is the cardinality of the union of every shipment in its list. Shipments
-//! are deltas (ids the instance had not shipped yet) but nothing depends on that: a shipment
-//! repeated after a timeout, a full re-shipment after Redis lost data, or an instance that
-//! restarted inside the window only add ids already there. Shipping is at-least-once, and
-//! the union makes it exact.
+//! A window's count is the sum of its partitions' counts, each the cardinality of the union
+//! of every shipment in the partition's list. Shipments are deltas (ids the instance had not
+//! shipped yet) but nothing depends on that: a shipment repeated after a timeout, a full
+//! re-shipment after Redis lost data, or an instance that restarted inside the window only
+//! add ids already there. Shipping is at-least-once, and the union makes it exact.
 //!
 //! **No stored shipment goes unread.** The leader freezes the window ([`freeze`]: one script
-//! that checks its lease, sets `frozen` and returns the list's length) before it reads the
-//! list, and the ship script refuses a window that is frozen or done. So every shipment that
-//! was answered [`Shipped::Stored`] is in the list the leader then reads, and every later one
-//! is answered [`Shipped::TooLate`], which its instance reports alone (`scope=local`): none
-//! is stored after the read and deleted unseen by [`mark_done`]. A successor that takes over a
-//! frozen window reads the same, unchanged list.
+//! that checks its lease and sets `frozen`), then each partition, before any partition is
+//! read; the ship scripts refuse a window or a partition that is frozen or done. So every
+//! shipment that was answered [`Shipped::Stored`] is in the lists that are then counted, and
+//! every later one is answered [`Shipped::TooLate`], which its instance reports alone
+//! (`scope=local`). A successor that takes over a frozen window counts the same, unchanged
+//! lists.
 //!
 //! **Redis is untrusted input.** Another program, or another deployment, may write under the
 //! prefix. Every read is bounded before anything is allocated on this side (shipments by
@@ -26,14 +27,14 @@
 //! verve would not have written is an [`Error::Malformed`] naming the key, which the cluster
 //! thread charges to that window alone.
 //!
-//! `{wS}` is a Redis Cluster hash tag: all keys of one window live in one slot, so each
-//! shipment, lease step and report is one atomic script, on Redis Cluster too. Every key
-//! carries an expiry and disappears on its own; the ids go as soon as the window is
-//! reported.
+//! `{...}` is a Redis Cluster hash tag: all keys of one window live in one slot (and those of
+//! each partition in one of their own), so each step is one atomic script, on Redis Cluster
+//! too. Every key carries an expiry and disappears on its own; a partition's ids go as soon
+//! as it is counted.
 
 use std::collections::BTreeSet;
 
-use redis::{ConnectionLike, Value};
+use redis::ConnectionLike;
 
 use crate::cluster::error::malformed;
 pub use crate::cluster::error::{Error, Result};
@@ -56,13 +57,6 @@ pub const MAX_SHIPMENT_BYTES: usize = 8 << 20;
 /// list is not verve's: the window is not read (it costs that window only).
 pub const MAX_SHIPMENTS_PER_WINDOW: u64 = 1_000_000;
 
-/// Shipments asked for per read: with [`FETCH_PAGE_BYTES`], bounds what one reply holds.
-const FETCH_PAGE: u64 = 8;
-
-/// A page's reply stops once it holds this many bytes of shipments (it holds at least one):
-/// the leader never holds more than this plus [`MAX_SHIPMENT_BYTES`] of raw replies.
-const FETCH_PAGE_BYTES: usize = 16 << 20;
-
 /// The longest endpoint verve stores: what a request may name
 /// ([`crate::query::MAX_ENDPOINT_BYTES`], checked again on its canonical form). A longer
 /// member of an endpoint set is read cut to one byte more, so that it is refused as too long.
@@ -71,16 +65,16 @@ pub const MAX_ENDPOINT_BYTES: usize = crate::query::MAX_ENDPOINT_BYTES;
 /// Endpoint set members asked for per `SSCAN` step: small replies, few round trips.
 const ENDPOINT_SCAN_COUNT: usize = 512;
 
-/// One shipment of one instance's ids of a window.
+/// The window's part of one shipment of one instance: the endpoints named (the ids go to
+/// the partitions' lists, [`crate::cluster::parts::ship`], before this), and whether it is
+/// the instance's last shipment of the window.
 #[derive(Debug, Clone, Copy)]
 pub struct Shipment<'a> {
     pub window_start: u64,
     pub instance: &'a str,
-    /// Ids, an id set's compact serialization ([`crate::ids::IdSet::serialize_into`]), at
-    /// most [`MAX_SHIPMENT_BYTES`]; empty when there are none to add.
-    pub ids: &'a [u8],
     pub endpoints: &'a [String],
-    /// True for the instance's last shipment of the window: it has nothing more.
+    /// True for the instance's last shipment of the window: it has nothing more (every
+    /// partition's ids of it are stored).
     pub last: bool,
     /// How long the window's keys live, in ms.
     pub ttl_ms: u64,
@@ -90,71 +84,65 @@ pub struct Shipment<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shipped {
     Stored,
-    /// The window's leader had begun its final read (or reported the window): the shipment
-    /// was not stored, and its ids are not in the cluster's count.
+    /// The window's leader had frozen the window (or one of its partitions) for its count,
+    /// or reported it: the shipment was not stored, and its ids are not in the cluster's
+    /// count.
     TooLate,
 }
 
-/// The shipment, atomically (a script, not a `MULTI` pipeline: the sync Redis Cluster
-/// connection of the `redis` crate does not pipeline, and a script runs on the node of its
-/// keys, which share the window's slot). Refused once the window is frozen or done, so that
-/// the leader's read covers every stored shipment. A `done` that is not a count, or a key
-/// of another type, is answered with a code before anything is written: scripts are not
-/// rolled back, and a half-stored shipment (ids without the `shipped` mark) would be wrong.
-/// Endpoints are added 1000 at a time (Lua's `unpack` has a stack limit).
+/// The window's part of a shipment, atomically (a script, not a `MULTI` pipeline: the sync
+/// Redis Cluster connection of the `redis` crate does not pipeline, and a script runs on the
+/// node of its keys, which share the window's slot). Refused once the window is frozen or
+/// done, so that the leader reads every endpoint and last-shipment mark stored. A `done`
+/// that is not a count, or a key of another type, is answered with a code before anything
+/// is written: scripts are not rolled back. Endpoints are added 1000 at a time (Lua's
+/// `unpack` has a stack limit).
 ///
-/// Answers: 1 stored, 0 too late, -1 `done` malformed, -2/-3/-4 `ids`/`endpoints`/`shipped`
-/// of another type.
+/// Answers: 1 stored, 0 too late, -1 `done` malformed, -2/-3 `endpoints`/`shipped` of another
+/// type.
 const SHIP: &str = r"
-local done = redis.call('GET', KEYS[4])
+local done = redis.call('GET', KEYS[3])
 if done then
   if #done <= 20 and string.match(done, '^%d+$') then
     return 0
   end
   return -1
 end
-if redis.call('EXISTS', KEYS[5]) == 1 then
+if redis.call('EXISTS', KEYS[4]) == 1 then
   return 0
 end
-local wanted = {'list', 'set', 'set'}
-for i = 1, 3 do
+for i = 1, 2 do
   local t = redis.call('TYPE', KEYS[i]).ok
-  if t ~= 'none' and t ~= wanted[i] then
+  if t ~= 'none' and t ~= 'set' then
     return -1 - i
   end
 end
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[1], ARGV[4])
+if #ARGV > 3 then
+  for i = 4, #ARGV, 1000 do
+    redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
-if #ARGV > 4 then
-  for i = 5, #ARGV, 1000 do
-    redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
-  end
-  redis.call('PEXPIRE', KEYS[2], ARGV[1])
-end
 if ARGV[2] == '1' then
-  redis.call('SADD', KEYS[3], ARGV[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
 end
 return 1
 ";
 
-/// Ships `s`: its ids join the window's list, its endpoints the window's set, and a last
-/// shipment marks the instance as done with the window, all or nothing.
+/// Ships the window's part of `s`: its endpoints join the window's set, and a last shipment
+/// marks the instance as done with the window, all or nothing.
 pub fn ship(con: &mut dyn ConnectionLike, keys: &Keys, s: &Shipment<'_>) -> Result<Shipped> {
     let w = s.window_start;
     let script = redis::Script::new(SHIP);
     let mut call = script.prepare_invoke();
-    call.key(keys.ids(w))
-        .key(keys.endpoints(w))
+    call.key(keys.endpoints(w))
         .key(keys.shipped(w))
         .key(keys.done(w))
         .key(keys.frozen(w))
         .arg(s.ttl_ms)
         .arg(if s.last { "1" } else { "0" })
-        .arg(s.instance)
-        .arg(s.ids);
+        .arg(s.instance);
     for endpoint in s.endpoints {
         call.arg(endpoint);
     }
@@ -162,8 +150,7 @@ pub fn ship(con: &mut dyn ConnectionLike, keys: &Keys, s: &Shipment<'_>) -> Resu
         1 => Ok(Shipped::Stored),
         0 => Ok(Shipped::TooLate),
         -1 => Err(malformed(keys.done(w), "is not a count")),
-        -2 => Err(malformed(keys.ids(w), "is not a list")),
-        -3 => Err(malformed(keys.endpoints(w), "is not a set")),
+        -2 => Err(malformed(keys.endpoints(w), "is not a set")),
         _ => Err(malformed(keys.shipped(w), "is not a set")),
     }
 }
@@ -272,51 +259,57 @@ pub fn release(
     Ok(())
 }
 
-/// While `instance` holds the lease and the window is not done: the length of the list
-/// (first, so that a list of another type fails before anything is written), then the
-/// `frozen` mark. -1 when `instance` does not lead the window.
+/// While `instance` holds the lease and the window is not done: the `frozen` mark. -1 when
+/// `instance` does not lead the window.
 const FREEZE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then
   return -1
 end
-local n = redis.call('LLEN', KEYS[4])
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-return n
+return 1
 ";
 
-/// The leader's step before its final read: from here on every shipment of the window is
-/// refused ([`Shipped::TooLate`]), so the list holds exactly the shipments the leader will
-/// read. Returns how many there are, or `None` when `instance` no longer leads the window.
-/// Freezing again (a successor, or a retry) is harmless: the list no longer changes.
+/// The leader's step before its count: from here on the window's endpoints and last-shipment
+/// marks no longer change (every such shipment is refused, [`Shipped::TooLate`]); the leader
+/// then freezes each partition ([`crate::cluster::parts::freeze`]). False when `instance` no
+/// longer leads the window. Freezing again (a successor, or a retry) is harmless.
 pub fn freeze(
     con: &mut dyn ConnectionLike,
     keys: &Keys,
     window_start: u64,
     instance: &str,
     ttl_ms: u64,
-) -> Result<Option<u64>> {
+) -> Result<bool> {
     let n: i64 = redis::Script::new(FREEZE)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
         .key(keys.frozen(window_start))
-        .key(keys.ids(window_start))
         .arg(instance)
         .arg(ttl_ms)
         .invoke(con)?;
-    Ok(u64::try_from(n).ok())
+    Ok(n == 1)
 }
 
-/// Marks the window reported while `instance` holds the lease, and drops its ids. The list
-/// holds only what the leader read: it was frozen before the read (see [`freeze`]).
+/// Whether the window's leader has frozen it: the instances that hold it may count its
+/// partitions.
+pub fn is_frozen(con: &mut dyn ConnectionLike, keys: &Keys, window_start: u64) -> Result<bool> {
+    Ok(redis::cmd("EXISTS")
+        .arg(keys.frozen(window_start))
+        .query::<i64>(con)?
+        == 1)
+}
+
+/// Marks the window reported while `instance` holds the lease, and drops its endpoints (the
+/// partitions' lists went as each was counted).
 const MARK_DONE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[3], KEYS[4])
 if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[6], ARGV[2], 'PX', ARGV[3])
-  redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[4])
+  redis.call('SET', KEYS[5], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[4])
 end
 return 1
 ";
@@ -366,7 +359,6 @@ pub fn mark_done_with_record(
     let marked: i64 = redis::Script::new(MARK_DONE)
         .key(keys.lease(window_start))
         .key(keys.done(window_start))
-        .key(keys.ids(window_start))
         .key(keys.endpoints(window_start))
         .key(keys.frozen(window_start))
         .key(keys.record(window_start))
@@ -492,104 +484,13 @@ pub fn restore_done(
     Ok(set.is_some())
 }
 
-/// How many shipments the window's list holds, checked against
-/// [`MAX_SHIPMENTS_PER_WINDOW`] (for reads that do not freeze the window: tests and tools).
-pub fn shipments(con: &mut dyn ConnectionLike, keys: &Keys, window_start: u64) -> Result<u64> {
-    let n: u64 = redis::cmd("LLEN").arg(keys.ids(window_start)).query(con)?;
-    check_shipments(keys, window_start, n)
-}
-
-/// `n` if a list of `n` shipments may be read.
-pub fn check_shipments(keys: &Keys, window_start: u64, n: u64) -> Result<u64> {
-    if n > MAX_SHIPMENTS_PER_WINDOW {
-        return Err(malformed(
-            keys.ids(window_start),
-            "holds more shipments than MAX_SHIPMENTS_PER_WINDOW",
-        ));
-    }
-    Ok(n)
-}
-
-/// One element of a window's list, as [`fetch`] hands it out.
+/// One element of a partition's list, as [`crate::cluster::parts::fetch`] hands it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blob<'a> {
     /// A shipment's bytes, at most [`MAX_SHIPMENT_BYTES`]: still to be decoded.
     Shipment(&'a [u8]),
     /// Something longer than [`MAX_SHIPMENT_BYTES`] (this many bytes), not read.
     Oversized(u64),
-}
-
-/// A page of the list: at most `FETCH_PAGE` elements and, past the first, at most
-/// `FETCH_PAGE_BYTES`; an element longer than `MAX_SHIPMENT_BYTES` is replaced by its
-/// length, so it never crosses the network. One `LRANGE` per element rather than one for the
-/// page: the script copies only the elements it returns (one `LRANGE` of 8 shipments of 6 MB
-/// copied 48 MB into Lua to return 12 MB, and made reading 10 x 1M random 64-bit ids take
-/// 0.8 s instead of 0.2 s). Not `LINDEX`: the Redis users that deployments give verve
-/// (docs/cluster.md) may run `LRANGE` and not `LINDEX`.
-const FETCH: &str = r"
-local key, first, last = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-local max, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
-local out, bytes = {}, 0
-for i = first, last do
-  local blob = redis.call('LRANGE', key, i, i)[1]
-  if not blob then
-    break
-  end
-  local n = #blob
-  if n > max then
-    out[#out + 1] = n
-  else
-    if #out > 0 and bytes + n > budget then
-      break
-    end
-    out[#out + 1] = blob
-    bytes = bytes + n
-  end
-end
-return out
-";
-
-/// Calls `each` with the first `count` shipments of the window's list (from [`freeze`] or
-/// [`shipments`]), a page at a time, and `between` with the connection after each page: a
-/// long read can renew the lease and heartbeat on the way. `between` returning false stops
-/// the read (false). A list that turns out shorter (a successor marked the window done and
-/// deleted it) ends the read early; the leader's renewal before it reports then fails.
-pub fn fetch(
-    con: &mut dyn ConnectionLike,
-    keys: &Keys,
-    window_start: u64,
-    count: u64,
-    each: &mut dyn FnMut(Blob<'_>),
-    between: &mut dyn FnMut(&mut dyn ConnectionLike) -> Result<bool>,
-) -> Result<bool> {
-    let key = keys.ids(window_start);
-    let script = redis::Script::new(FETCH);
-    let mut at = 0u64;
-    while at < count {
-        let last = (at + FETCH_PAGE).min(count) - 1;
-        let page: Vec<Value> = script
-            .key(&key)
-            .arg(at)
-            .arg(last)
-            .arg(MAX_SHIPMENT_BYTES)
-            .arg(FETCH_PAGE_BYTES)
-            .invoke(con)?;
-        if page.is_empty() {
-            return Ok(true);
-        }
-        for element in &page {
-            match element {
-                Value::BulkString(bytes) => each(Blob::Shipment(bytes)),
-                Value::Int(n) => each(Blob::Oversized(u64::try_from(*n).unwrap_or(0))),
-                _ => return Err(malformed(key, "holds a reply that is not a shipment")),
-            }
-        }
-        at += page.len() as u64;
-        if at < count && !between(con)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Whether `instance` made its last shipment of the window.
