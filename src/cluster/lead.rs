@@ -338,13 +338,13 @@ impl Node {
                 .redis_errors
                 .fetch_add(skipped.total(), Relaxed);
             log::error!(
-                "window {}: skipped {} shipments in {} that are not id sets and {} longer \
-                 than {} bytes (is another program writing under --redis-prefix {}?)",
+                "window {}: skipped {} shipments in Redis that are not id sets and {} longer \
+                 than {} bytes, in {} (is another program writing under --redis-prefix {}?)",
                 rfc3339_secs(start),
                 skipped.unreadable,
-                part.ids,
                 skipped.oversized,
                 store::MAX_SHIPMENT_BYTES,
+                part.ids,
                 keys.prefix()
             );
         }

@@ -20,7 +20,7 @@
 //!   in one phase.
 //! - [`node`]: the thread itself, its tick and its connection, and the
 //!   [`node::ClusterSink`] through which the collector hands it sealed windows.
-//! - `ship`: cutting a window into shipments; shipping the open window and the sealed ones.
+//! - [`ship`]: cutting a window into shipments; shipping the open window and the sealed ones.
 //! - `lead`: leading a window: the lease, readiness, the leader's report, the `done` mark.
 //! - `handoff`: Kafka records handed over between instances ([`node::RecordHandoff`]).
 //! - `done_marks`: the windows known reported, whose `done` marks go back after a connect.
@@ -92,5 +92,5 @@ pub mod node;
 pub mod parts;
 pub mod presence;
 pub mod settings;
-mod ship;
+pub mod ship;
 pub mod store;
