@@ -21,8 +21,11 @@ use common::redis_servers::{Redis, RedisCluster};
 use common::{
     encode, rfc3339_secs, temp_dir, wait_until, window_now, CountLine, Receiver, Reply, Server,
 };
+use verve::cluster::conn::Target;
 use verve::cluster::merge::union_of_shipments;
+use verve::cluster::parts;
 use verve::cluster::store::Keys;
+use verve::ids::partition::PARTITIONS;
 
 const INTERVAL: u64 = 3;
 const PREFIX: &str = "verve";
@@ -248,6 +251,17 @@ fn three_instances_count_each_id_once(redis_url: &str) {
         "one count line in the whole cluster: {lines:?}"
     );
     assert_eq!(lines[0].1.unique_count, expected, "{lines:?}");
+    // Every partition held some of the ids and was counted, and their counts add up.
+    let target = Target::parse(redis_url).unwrap();
+    let mut redis = verve::cluster::conn::connect(&target).unwrap();
+    let keys = Keys::new(PREFIX);
+    let parts: Vec<_> = (0..PARTITIONS).map(|p| keys.partition(w, p)).collect();
+    let counts = parts::counts(redis.con(), &parts).unwrap();
+    assert!(
+        counts.iter().all(|c| c.is_some_and(|c| c > 0)),
+        "{counts:?}"
+    );
+    assert_eq!(counts.iter().flatten().sum::<u64>(), expected, "{counts:?}");
     // One call in total, with the global count.
     let calls = receiver.wait_for_requests(1);
     assert_eq!(calls.len(), 1, "{calls:?}");

@@ -169,7 +169,13 @@ impl Drop for OpenOnDrop<'_> {
 }
 
 /// One gate per test that needs one (tests run in parallel), each with its counter.
-static GATES: [Gate; 4] = [Gate::new(), Gate::new(), Gate::new(), Gate::new()];
+static GATES: [Gate; 5] = [
+    Gate::new(),
+    Gate::new(),
+    Gate::new(),
+    Gate::new(),
+    Gate::new(),
+];
 
 fn gated<const N: usize>(sets: &[IdSet]) -> u64 {
     GATES[N].count(sets)
@@ -1428,4 +1434,98 @@ fn a_record_not_acknowledged_when_its_leader_dies_is_produced_by_another_instanc
     assert!(ka.produced().is_empty());
     drop(b);
     drop(a);
+}
+
+#[test]
+fn a_partition_counter_cut_off_mid_count_is_replaced_and_its_late_count_never_added() {
+    // Instance a helps count a window another instance (b, played by the test) leads. While
+    // a counts one partition it is cut off from Redis: its partition lease runs out, b takes
+    // that partition over and counts it, and the window's count is exact. When a is back,
+    // its count of that partition is not recorded: each partition is added once.
+    let redis = Redis::start();
+    let pa = Proxy::start(&redis);
+    let prefix = "takeover";
+    let keys = Keys::new(prefix);
+    let w = window_at(18);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let gate = &GATES[4];
+    let options = Options {
+        url: Some(pa.url.clone()),
+        counter: gated::<4>,
+        ..Options::default()
+    };
+    let mut a = Instance::start_with(&redis, prefix, "a", windows.start_ms(w) + 1_000, options);
+    let mut con = redis.connect();
+    // b leads the window: a only helps count it.
+    assert_eq!(
+        store::lead(&mut con, &keys, start, "b", 600_000).unwrap(),
+        Lead::Leading
+    );
+    let ids = 0..400i64;
+    a.record(w, ids.clone(), None);
+    let _open = gate.shut();
+    a.seal(w);
+    wait_until("a's last shipment", || {
+        store::has_shipped(&mut con, &keys, start, "a")
+            .unwrap()
+            .then_some(())
+    });
+    let parts: Vec<_> = (0..PARTITIONS).map(|p| keys.partition(start, p)).collect();
+    for part in &parts {
+        assert!(
+            parts::shipments(&mut con, part).unwrap() > 0,
+            "{}",
+            part.ids
+        );
+    }
+    assert!(store::freeze(&mut con, &keys, start, "b", 600_000).unwrap());
+    for part in &parts {
+        parts::freeze(&mut con, part, 600_000).unwrap();
+    }
+    // a sees the window frozen, wins a partition and counts it: held at the gate.
+    gate.wait_for_a_count();
+    let held = parts
+        .iter()
+        .position(|part| {
+            redis::cmd("GET")
+                .arg(&part.lease)
+                .query::<Option<String>>(&mut con)
+                .unwrap()
+                .as_deref()
+                == Some("a")
+        })
+        .expect("a holds the lease of the partition it counts");
+    pa.switch().cut();
+    // b counts every partition: the one a held once its lease ran out.
+    let mut total = 0;
+    for (p, part) in parts.iter().enumerate() {
+        let n = wait_until("the partition's lease free for b", || {
+            match parts::lead(&mut con, part, "b", 600_000).unwrap() {
+                parts::Lead::Counting(n) => Some(n),
+                parts::Lead::Held => None,
+                other => panic!("partition {p}: {other:?}"),
+            }
+        });
+        let (count, _) = count_partition_with(&mut con, part, n, &mut |_| Ok(true), count_union)
+            .unwrap()
+            .unwrap();
+        assert!(parts::counted(&mut con, part, "b", count, 600_000).unwrap());
+        total += count;
+    }
+    assert_eq!(total, ids.end as u64);
+    let recorded = |con: &mut redis::Connection| parts::counts(con, &parts).unwrap();
+    let before = recorded(&mut con);
+    assert!(before.iter().all(Option::is_some));
+    // a comes back, its count finishes: not recorded, and the partition's count stands.
+    pa.switch().restore();
+    gate.open();
+    wait_until("a back on Redis", || {
+        live_now(&mut con, &keys, "a").then_some(())
+    });
+    assert!(store::mark_done(&mut con, &keys, start, "b", total, 600_000).unwrap());
+    wait_until("a past the window", || past(&a, start).then_some(()));
+    assert_eq!(recorded(&mut con), before, "partition {held} recorded once");
+    assert!(a.reports.is_empty(), "{:?}", a.reports.try_recv());
+    assert_eq!(knows_reported(&a, start), Some(total));
 }
