@@ -28,12 +28,16 @@
 //!
 //! The request path never touches Redis: workers record into their shards as in single
 //! mode, and the cluster thread drains the open window's new ids every second and ships them
-//! (the id set's compact serialization, a few bytes per id), then ships the rest once the
-//! window is sealed. One instance leads each window (a lease taken with `SET NX PX`), waits
-//! until every live instance has shipped it or `--cluster-grace` has passed, freezes it (from
-//! then on Redis refuses shipments of it), unions the shipments, writes the one count line,
-//! calls each endpoint once and marks the window done. The count runs on a helper thread
-//! while the cluster thread keeps the lease and the heartbeat fresh ([`merge`]).
+//! (the id set's compact serialization, a few bytes per id, cut into the window's
+//! [partitions](crate::ids::partition), each to a list of its own), then ships the rest once
+//! the window is sealed. One instance leads each window (a lease taken with `SET NX PX`),
+//! waits until every live instance has shipped it or `--cluster-grace` has passed, and
+//! freezes it and its partitions (from then on Redis refuses shipments of them). Every
+//! instance that holds the window then counts the partitions whose leases it wins ([`parts`]),
+//! so the work spreads over the cluster; the leader adds the partitions' counts, writes the
+//! one count line, calls each endpoint once and marks the window done. A count runs on a
+//! helper thread while the cluster thread keeps its leases and the heartbeat fresh
+//! ([`merge`]).
 //!
 //! **A window leaves an instance's memory** only once the cluster has recorded it as
 //! reported (its `done` mark, seen by this instance or written by it), or once this instance
@@ -52,7 +56,11 @@
 //!   shipment (at most [`node::SHIP_EVERY`]) are lost. Leaders stop waiting for it once its
 //!   heartbeat is [`node::LIVE_TTL`] old, or at the grace.
 //! - The leader killed: its lease expires after [`node::LEASE`] and another instance takes
-//!   the window over, re-reads every shipment and reports it.
+//!   the window over, freezes it again (harmless), adds the partitions' counts and reports
+//!   it.
+//! - An instance killed while it counts a partition: its partition lease expires after
+//!   [`node::LEASE`] and another instance counts that partition; a count is recorded once,
+//!   by the lease holder, so one that finishes late is not added.
 //! - Redis lost by every instance between the freeze and the mark: each keeps the window, and
 //!   once Redis is back and the grace has passed, the leader (or a successor) reports it.
 //! - Redis restarted empty right after a report: the instances that know the window was
