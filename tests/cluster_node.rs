@@ -1526,6 +1526,7 @@ fn a_partition_counter_cut_off_mid_count_is_replaced_and_its_late_count_never_ad
     assert!(store::mark_done(&mut con, &keys, start, "b", total, 600_000).unwrap());
     wait_until("a past the window", || past(&a, start).then_some(()));
     assert_eq!(recorded(&mut con), before, "partition {held} recorded once");
+    assert_eq!(a.metrics.cluster_partitions_counted.load(Relaxed), 0);
     assert!(a.reports.is_empty(), "{:?}", a.reports.try_recv());
     assert_eq!(knows_reported(&a, start), Some(total));
 }

@@ -224,6 +224,7 @@ pub(super) const SAMPLES: [&str; 34] = [
     "verve_cluster_shipped_bytes_total",
     "verve_cluster_local_windows_total",
     "verve_cluster_late_windows_total",
+    "verve_cluster_partitions_counted_total",
     "verve_late_ids_total",
     "verve_open_connections",
     "verve_max_connections",
