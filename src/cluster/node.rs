@@ -29,8 +29,8 @@
 //! [`WINDOW_RETRY_EVERY`], and after [`WINDOW_TRIES`] failures the window is reported by this
 //! instance alone (`scope=local`) while later windows go on. Only an outage (Redis
 //! unreachable, loading, refusing this user, ...) makes every window wait. Trouble with the
-//! deployment's shared keys (`P:live`, `P:interval`, `P:layout`) is logged and counted but stops no
-//! window: without heartbeats the leader waits for the grace.
+//! deployment's shared keys (`P:live`, `P:interval`, `P:layout`) is logged and counted but
+//! stops no window: without heartbeats the leader waits for the grace.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -223,8 +223,8 @@ pub(crate) struct Node {
     pub(crate) left: bool,
     /// The last window whose late shipment was warned about (once per window).
     pub(crate) late_warned: Option<u64>,
-    /// Trouble with `P:live`, `P:interval` or `P:layout` was logged; cleared by the next heartbeat that
-    /// works, so that each bout is logged once.
+    /// Trouble with `P:live`, `P:interval` or `P:layout` was logged; cleared by the next
+    /// heartbeat that works, so that each bout is logged once.
     pub(crate) shared_key_warned: bool,
 }
 
@@ -356,8 +356,9 @@ impl Node {
         Ok(())
     }
 
-    /// Trouble with a key the whole deployment shares (`P:live`, `P:interval`, `P:layout`): counted, and
-    /// logged once per bout; no window waits for it (an outage is returned instead).
+    /// Trouble with a key the whole deployment shares (`P:live`, `P:interval`, `P:layout`):
+    /// counted, and logged once per bout; no window waits for it (an outage is returned
+    /// instead).
     pub(crate) fn shared_key_failed(&mut self, doing: &str, e: store::Error) -> anyhow::Result<()> {
         let why = match Failure::from(e) {
             Failure::Outage(e) => return Err(e),
@@ -433,7 +434,9 @@ impl Node {
     /// `--interval` (the claims may have expired during an outage, and instances of another
     /// layout or interval taken the prefix). The layout is claimed before the heartbeat, so
     /// that an instance of this layout is never in the live set while `P:layout` is missing
-    /// (see [`presence::layout_in_use`]), and none joins the live set of another layout's.
+    /// (see [`presence::layout_in_use`]), and never in the live set of instances that stored
+    /// another layout there. The release before layouts is told by `P:interval` alone, after
+    /// the heartbeat, as another interval is.
     fn heartbeat(&mut self) -> anyhow::Result<()> {
         let Some(redis) = self.redis.as_mut() else {
             return Ok(());
