@@ -473,3 +473,23 @@ fn a_running_instance_keeps_off_redis_while_the_release_before_layouts_holds_the
         (interval.as_deref() == Some("3 layout 2/16")).then_some(())
     });
 }
+
+#[test]
+fn a_live_set_of_another_type_is_not_taken_for_instances() {
+    // Only a user without `TIME` falls back to the live set's existence: anything else that
+    // fails reading it is said as it is.
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve");
+    put(&mut con, &["SET", &keys.live(), "not a sorted set"]);
+    match check(&redis.url) {
+        Err(Problem::Unusable(e)) => {
+            let why = conn::describe(&e);
+            assert!(
+                why.contains("reading the prefix's key layout") && why.contains("WRONGTYPE"),
+                "{why}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

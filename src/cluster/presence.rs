@@ -240,7 +240,7 @@ pub fn layout_in_use(
         Ok(live) => live.is_none_or(|names| !names.is_empty()),
         // A Redis user without `TIME` (see [`HEARTBEAT`]): the live set expires
         // `live_ttl_ms` after the last heartbeat, so that it is there says as much.
-        Err(Error::Redis(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) => {
+        Err(Error::Redis(e)) if lacks_time(&e) => {
             redis::cmd("EXISTS").arg(keys.live()).query(con)?
         }
         Err(e) => return Err(e),
@@ -255,6 +255,12 @@ pub fn layout_in_use(
     let interval: Option<Vec<u8>> = redis::cmd("GET").arg(keys.interval()).query(con)?;
     let old_interval = interval.is_some_and(|v| parse_count(&v).is_some());
     Ok((live || old_interval).then(|| LAYOUT_1.to_owned()))
+}
+
+/// The error [`LIVE`] returns when the Redis user may not run `TIME`.
+fn lacks_time(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+        && e.to_string().contains("verve needs TIME")
 }
 
 #[cfg(test)]
