@@ -21,7 +21,7 @@
 //! | `P:v2:{wS.p.x}:lease` | string | the instance counting the partition, with an expiry |
 //! | `P:v2:{wS.p.x}:count` | string | the partition's count, once counted |
 //! | `P:live` | sorted set | instance -> Redis's time (`TIME`, ms) at its last heartbeat |
-//! | `P:interval` | string | the deployment's `--interval`, refreshed by every heartbeat |
+//! | `P:interval` | string | the deployment's `--interval` and layout (`60 layout 2/16`), refreshed by every heartbeat |
 //! | `P:layout` | string | the deployment's key layout ([`LAYOUT`]), refreshed by every heartbeat |
 //!
 //! `{...}` is a Redis Cluster hash tag: the keys of one window (and those of one partition of

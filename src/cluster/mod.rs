@@ -4,7 +4,8 @@
 //! The Redis side, from the bottom up:
 //! - [`keys`]: what is kept where in Redis: the key layout.
 //! - [`error`]: what an operation on those keys can fail with.
-//! - [`presence`]: the deployment's shared keys: heartbeats, the live set, the interval.
+//! - [`presence`]: the deployment's shared keys: heartbeats, the live set, the interval and
+//!   the key layout the prefix is claimed for.
 //! - [`conn`]: connecting (one server, or a Redis Cluster found through it) and the
 //!   start-up check.
 //! - [`store`]: the Redis side of a window as a whole: endpoints, last-shipment marks, the
@@ -72,7 +73,8 @@
 //!   read within bounds, checked, and charged to their window alone, which is logged and
 //!   then reported with `scope=local` if it cannot be used; foreign endpoints are checked as
 //!   a client's would be and never called unless they pass. An instance with another
-//!   `--interval` under the same prefix is refused at start-up.
+//!   `--interval` or another key layout (an earlier or later release) under the same prefix
+//!   is refused at start-up.
 //!
 //! **Duplicates that remain possible.** The leader renews its lease (checking it still holds
 //! it and the window is not done), writes the count line and queues the calls, then marks
