@@ -1240,3 +1240,38 @@ fn done(w: u64, count: u64) -> store::DoneMark<'static> {
         ttl_ms: TTL,
     }
 }
+/// Bytes Redis has sent its clients so far (`INFO stats`).
+fn net_output(con: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_net_output_bytes in INFO stats")
+}
+
+#[test]
+fn a_count_of_any_length_is_refused_after_a_bounded_read() {
+    // What Redis holds is untrusted: a partition's count key holding 32 MiB (another
+    // program under the prefix) must be refused without crossing the network whole.
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    let all = partitions(&keys, 60);
+    let _: i64 = redis::cmd("SETRANGE")
+        .arg(&all[3].count)
+        .arg((32 << 20) - 1)
+        .arg("7")
+        .query(&mut con)
+        .unwrap();
+    for (what, read) in [("lead", 0), ("counts", 1)] {
+        let before = net_output(&mut con);
+        let key = if read == 0 {
+            malformed_key(parts::lead(&mut con, &all[3], "a", TTL))
+        } else {
+            malformed_key(parts::counts(&mut con, &all))
+        };
+        assert_eq!(key, all[3].count, "{what}");
+        let sent = net_output(&mut con) - before;
+        assert!(sent < 1 << 20, "{what}: {sent} bytes read for one count");
+    }
+}

@@ -119,9 +119,10 @@ impl Keys {
         self.window(window_start, "record-owner")
     }
 
-    /// Every key of the window, as a `SCAN`/`KEYS` pattern: for messages.
+    /// Every key of the window and of its partitions, as a `SCAN`/`KEYS` pattern: for
+    /// messages.
     pub fn window_keys(&self, window_start: u64) -> String {
-        self.window(window_start, "*")
+        format!("{}:v2:{{w{window_start}[.}}]*", self.prefix)
     }
 
     pub fn live(&self) -> String {
