@@ -198,7 +198,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-pub(super) const SAMPLES: [&str; 34] = [
+pub(super) const SAMPLES: [&str; 35] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",

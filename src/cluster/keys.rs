@@ -191,8 +191,7 @@ mod tests {
     #[test]
     fn slots_are_redis_clusters() {
         // Values given in the Redis Cluster specification and by `CLUSTER KEYSLOT`.
-        assert_eq!(slot("123456789"), 0x31C3 % 16384);
+        assert_eq!(slot("123456789"), 0x31C3);
         assert_eq!(slot("foo"), 12182);
-        assert_eq!(slot("user1000"), 3443);
     }
 }

@@ -16,7 +16,7 @@
 //! mid-count stops renewing its lease, and another instance takes the partition over.
 //!
 //! What Redis holds is untrusted, as in [`crate::cluster::store`]: every read is bounded, a key
-//! of another type is an [`Error::Malformed`] naming it, and the count of a partition is
+//! of another type is an [`Error::Malformed`](crate::cluster::error::Error::Malformed) naming it, and the count of a partition is
 //! parsed like a `done` mark.
 
 use redis::{ConnectionLike, Value};
