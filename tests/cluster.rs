@@ -852,7 +852,7 @@ fn a_partition_counter_stopped_mid_count_is_replaced_and_its_late_count_never_ad
                 .find(|c| c.window_start == w)
         });
         assert_eq!(line.unique_count, expected);
-        let recorded = parts::counts(&mut con, &[heavy.clone()]).unwrap();
+        let recorded = parts::counts(&mut con, std::slice::from_ref(&heavy)).unwrap();
         assert_eq!(recorded, [Some(3_000_000 + in_heavy)]);
         // The stopped instance resumes and finishes its count: not recorded, no line.
         servers[index].signal(libc::SIGCONT);
