@@ -23,7 +23,9 @@
 //! The figure is **`sum_ms`**, from the freeze to the sum (the freeze included). Also: every
 //! partition's time (`total_ms` of `count_partition_with`, of which `count_ms` in the counter
 //! function, `count_union` of the decoded shipments: `fetch_ms` = the rest, the reads and the
-//! decoding), which counter counted it, and per counter its partitions, busy time, CPU time
+//! decoding) and CPU time (`count_cpu_ms`: the counter function's thread; `read_cpu_ms`: the
+//! counter's own thread, which reads and decodes), which counter counted it, and per counter
+//! its partitions, busy time, CPU time
 //! (`getrusage`: helper threads included) and peak resident memory (`VmHWM` of
 //! `/proc/self/status` after its last count), beside the largest partition's bytes. The count
 //! must equal the generator's truth (every id generated, sorted and deduplicated, before the
@@ -320,6 +322,15 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// The CPU time the calling thread used so far.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: a timespec is plain integers, for which all zeroes is a value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime fills the struct it is given and touches nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 fn partition_keys(o: &Options, window_start: u64) -> Vec<PartitionKeys> {
     let keys = Keys::new(&o.prefix);
     (0..PARTITIONS)
@@ -348,10 +359,13 @@ static COUNT_NS: AtomicU64 = AtomicU64::new(0);
 static COUNT_SETS: AtomicU64 = AtomicU64::new(0);
 static COUNT_HEAP: AtomicU64 = AtomicU64::new(0);
 
+static COUNT_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
 fn timed_count_union(sets: &[IdSet]) -> u64 {
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), thread_cpu_time());
     let n = count_union(sets);
     COUNT_NS.store(t0.elapsed().as_nanos() as u64, Relaxed);
+    COUNT_CPU_NS.store((thread_cpu_time() - cpu0).as_nanos() as u64, Relaxed);
     COUNT_SETS.store(sets.len() as u64, Relaxed);
     COUNT_HEAP.store(sets.iter().map(|s| s.heap_bytes() as u64).sum(), Relaxed);
     n
@@ -393,7 +407,7 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                 Lead::Open => open = true,
                 Lead::Counting(n) => {
                     let started = t0.elapsed();
-                    let t = Instant::now();
+                    let (t, main_cpu0) = (Instant::now(), thread_cpu_time());
                     let mut renewed = Instant::now();
                     let mut between = |c: &mut dyn redis::ConnectionLike| {
                         if renewed.elapsed() < Duration::from_secs(1) {
@@ -404,7 +418,7 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                     };
                     let counted =
                         count_partition_with(con, keys, n, &mut between, timed_count_union)?;
-                    let total = t.elapsed();
+                    let (total, main_cpu) = (t.elapsed(), thread_cpu_time() - main_cpu0);
                     let Some((count, skipped)) = counted else {
                         bail!("partition {p}: lost its lease while counting");
                     };
@@ -415,13 +429,16 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                     );
                     let took = t.elapsed();
                     let count_ms = COUNT_NS.load(Relaxed) as f64 / 1e6;
+                    let count_cpu_ms = COUNT_CPU_NS.load(Relaxed) as f64 / 1e6;
                     println!(
                         "PART p={p} counter={name} shipments={n} count={count} \
                          start_ms={:.2} total_ms={:.2} fetch_ms={:.2} count_ms={count_ms:.2} \
-                         recorded_ms={:.2} decoded_sets={} decoded_heap={}",
+                         count_cpu_ms={count_cpu_ms:.2} read_cpu_ms={:.2} recorded_ms={:.2} \
+                         decoded_sets={} decoded_heap={}",
                         ms(started),
                         ms(total),
                         ms(total) - count_ms,
+                        ms(main_cpu),
                         ms(took),
                         COUNT_SETS.load(Relaxed),
                         COUNT_HEAP.load(Relaxed),
@@ -775,7 +792,8 @@ fn run(
     };
     println!(
         "RESULT {head} count={sum} freeze_ms={:.2} counted_ms={:.2} sum_ms={sum_ms:.2} \
-         part_total_ms={} part_fetch_ms={} part_count_ms={} part_sum_ms={:.0} \
+         part_total_ms={} part_fetch_ms={} part_count_ms={} part_count_cpu_ms={} \
+         part_read_cpu_ms={} part_sum_ms={:.0} \
          counter_partitions={} counter_busy_ms={} counter_cpu_ms={} cpu_total_ms={:.0} \
          vmhwm_max_kb={hwm:.0} rss_ready_kb={rss_ready:.0} hwm_per_partition_bytes={:.2} \
          hwm_growth_per_partition_bytes={:.2}",
@@ -784,6 +802,8 @@ fn run(
         stats(&of("total_ms")),
         stats(&of("fetch_ms")),
         stats(&of("count_ms")),
+        stats(&of("count_cpu_ms")),
+        stats(&of("read_cpu_ms")),
         of("total_ms").iter().sum::<f64>(),
         split("partitions"),
         split("busy_ms"),
