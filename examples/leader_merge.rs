@@ -1,56 +1,92 @@
-//! What the leader of a window does in cluster mode, timed: N instances (default 10) each
+//! A window's count in cluster mode, timed, at scale: N simulated instances (default 10) each
 //! hold M ids (default 1 million, random over 0..2^32, or with `--dist random-i64` over the
-//! whole i64 range), ship them the way `src/cluster/ship.rs` does (`merge::serialize`: the id
-//! set's compact format), and the leader unions every shipment:
+//! whole i64 range) and ship them in K deltas (default 60: one a second of a 60 s window) the
+//! way `src/cluster/ship.rs` does: each delta cut into its 16 partitions
+//! (`verve::ids::partition::split`), each partition's values serialized in parts of at most
+//! `store::MAX_SHIPMENT_BYTES` and stored with `parts::ship` in that partition's list
+//! (`Keys::partition(window_start, p).ids`: one slot of its own on Redis Cluster). Then the
+//! count as the cluster does it, timed:
 //!
-//! - **memory**: what `verve::cluster::merge::count_of_shipments` does with the blobs, without
-//!   Redis: `IdSet::deserialize` of each, then `verve::ids::count_union` of them all (a k-way
-//!   merge that counts); decoding and counting are timed apart.
-//! - **union**: the same, but building the union with `verve::ids::Union` (pairwise merges of
-//!   sets of similar size), as the leader did before it only counted: the naive alternative.
-//! - **redis** (only with `REDIS_URL` set, e.g. `redis://127.0.0.1:6379`): the blobs are
-//!   `RPUSH`ed to `Keys::new(prefix).ids(window_start)` (the window's list of shipments, see
-//!   `src/cluster/store.rs`), then the whole `count_of_shipments` runs against that Redis on
-//!   a connection made by `verve::cluster::conn::connect` (verve's own timeouts). Also timed:
-//!   the `RPUSH`es, and `store::fetch` alone (the `LRANGE` pages, no decoding). The key is
-//!   under a prefix of its own (`verve-leader-merge-<pid>`, or `--prefix`), expires after
-//!   10 minutes and is deleted at the end.
+//! 1. the parent freezes every partition (`parts::freeze`, as the window's leader does);
+//! 2. C counter processes (`--counters C`, default 2: this example started again in its
+//!    counter mode, real processes, each with its own connection from
+//!    `verve::cluster::conn::connect`), started and connected before the freeze and told to go
+//!    right after it, loop over the partitions, each from its own first partition (counter
+//!    `i` starts at partition `16 i / C`, spread evenly: a verve instance starts at a hash of
+//!    its name): `parts::lead` (the partition's lease) -> `merge::count_partition_with` (the
+//!    partition's list read page by page, decoded, counted; its lease renewed every second
+//!    meanwhile) -> `parts::counted`, until every partition is counted or held by another
+//!    counter;
+//! 3. once every counter is done, the parent reads `parts::counts` and adds them: the sum is
+//!    the window's count, which the leader's count line would carry at once.
 //!
-//! Each phase is run RUNS times (default 5) on the same blobs; the figures are the median,
-//! min and max. Dropping the decoded sets or the union (as the leader does once it has the
-//! count) is timed apart (`release_ms`) and not in `total_ms`.
+//! The figure is **`sum_ms`**, from the freeze to the sum (the freeze included). Also: every
+//! partition's time (`total_ms` of `count_partition_with`, of which `count_ms` in the counter
+//! function, `count_union` of the decoded shipments: `fetch_ms` = the rest, the reads and the
+//! decoding) and CPU time (`count_cpu_ms`: the counter function's thread; `read_cpu_ms`: the
+//! counter's own thread, which reads and decodes), which counter counted it, and per counter
+//! its partitions, busy time, CPU time
+//! (`getrusage`: helper threads included) and peak resident memory (`VmHWM` of
+//! `/proc/self/status` after its last count), beside the largest partition's bytes. The count
+//! must equal the generator's truth (every id generated, sorted and deduplicated, before the
+//! freeze and not timed), or the example fails.
+//!
+//! Redis (`REDIS_URL`, required): one server (`redis://127.0.0.1:6379`) or the comma-separated
+//! nodes of a Redis Cluster; list every master: the example asks each node for the slots it
+//! serves (`CLUSTER NODES`) and its `used_memory` (`INFO memory`) before and after the
+//! shipping, and prints each node's share of the window's bytes (`NODE` lines) and the bytes
+//! shipped per distinct id. Keys are under a prefix of their own
+//! (`verve-leader-merge-<pid>`, or `--prefix`), expire after 10 minutes, and are deleted at
+//! the end of each run.
+//!
+//! The generator streams: each instance's ids are generated, cut into deltas and shipped
+//! before the next instance's are generated; only the truth (8 bytes per id) is kept. The
+//! shipping is not timed (`ship_ms` is shown): it goes one script call per shipment.
 //!
 //! ```sh
-//! cargo run --release --example leader_merge                       # 10 x 1M random u32 ids, no overlap, 5 runs
-//! cargo run --release --example leader_merge -- --dist random-i64  # 10 x 1M random i64 ids
-//! cargo run --release --example leader_merge -- --instances 10 --ids 1000000 --overlap 0.5 --runs 5
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example leader_merge
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example leader_merge -- --dist random-i64
+//! REDIS_URL=redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002 \
+//!   cargo run --release --example leader_merge -- --dist random-i64 --instances 100 --counters 8
 //! ```
 //!
-//! `--overlap F` (0 to 1): `F * M` of every instance's ids come from one shared stream, so
-//! all instances hold them (as when a load balancer spreads one client's repeated ids over
-//! the instances); the rest come from a stream of the instance's own.
+//! Flags:
 //!
-//! `--push-only` (with `REDIS_URL`): appends the blobs to the window's list of shipments of
-//! `--prefix` and `--window-start` and leaves them there (10 minutes), without timing
-//! anything: to make a running verve instance lead a window of that size.
+//! - `--instances N` (10), `--ids M` (1000000), `--dist random-u32|random-i64` (random-u32).
+//! - `--shipments K` (60): each instance ships its ids in K deltas, each without the ids of the
+//!   deltas before it, as verve ships the open window once a second.
+//! - `--overlap F` (0 to 1, default 0): `F * M` of every instance's ids come from one shared
+//!   stream, so all instances hold them (as when a load balancer spreads one client's
+//!   repeated ids over the instances); the rest come from a stream of the instance's own.
+//! - `--counters C` (2): counter processes.
+//! - `--runs R` (1): the whole thing R times, each on the next window (`--window-start` plus
+//!   60 s per run), generated and shipped again (a count frees what it counted).
+//! - `--prefix P`, `--window-start S` (1800000000): where the window's keys are.
+//! - `--push-only`: ships the window's partitions and leaves them there (10 minutes), without
+//!   freezing or counting them: to make a running verve instance under `--redis-prefix P`
+//!   count a window of that size (its own shipments carry the window's endpoints and marks).
+//! - `--counter NAME --start-at P`: the counter mode the parent starts its counters in (not
+//!   for use by hand).
 //!
-//! `--shipments K` (default 1): each instance ships its ids in K parts instead of one, each
-//! part without the ids of the parts before it, as verve's deltas (one per second: K = 60 for
-//! a 60 s window). The list then holds N x K blobs in the order the instances would push them
-//! together (every instance's first part, then every second part, ...).
-//!
-//! Prints one `SHIPMENT` line per instance, a `RESULT` line per run and mode, and one
-//! `SUMMARY` line per mode (`perf/cluster.sh` parses them); timings `median,min,max` in ms.
+//! Prints one `SHIPMENT` line per instance, `NODE` lines, one `PART` line per partition and
+//! `COUNTER` line per counter (from the counters), a `RESULT` line per run and one `SUMMARY`
+//! line (`perf/cluster_scale.sh` parses them); timings over the runs as `median,min,max` in
+//! ms.
 
-use std::hint::black_box;
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, ensure, Context};
 use verve::cluster::conn::{self, Target};
-use verve::cluster::merge::{count_of_shipments, serialize};
-use verve::cluster::store::{self, Keys};
-use verve::ids::{count_union, IdBuffer, IdSet, Union};
+use verve::cluster::keys::{self, Keys, PartitionKeys};
+use verve::cluster::merge::count_partition_with;
+use verve::cluster::parts::{self, Lead};
+use verve::cluster::settings::LEASE;
+use verve::cluster::store::{Shipped, MAX_SHIPMENT_BYTES};
+use verve::ids::partition::{self, PARTITIONS};
+use verve::ids::{count_union, IdBuffer, IdSet};
 
 #[path = "support/rng.rs"]
 mod rng;
@@ -60,16 +96,22 @@ use rng::Rng;
 mod dist;
 use dist::Dist;
 
+/// How long every key of the example lives (and the counts, the freezes).
+const TTL_MS: u64 = 600_000;
+
 struct Options {
     dist: Dist,
     instances: usize,
     ids: u64,
     overlap: f64,
     shipments: u64,
+    counters: usize,
     runs: usize,
     prefix: String,
     window_start: u64,
     push_only: bool,
+    counter: Option<String>,
+    start_at: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -78,11 +120,14 @@ fn parse_args() -> Result<Options, String> {
         instances: 10,
         ids: 1_000_000,
         overlap: 0.0,
-        shipments: 1,
-        runs: 5,
+        shipments: 60,
+        counters: 2,
+        runs: 1,
         prefix: format!("verve-leader-merge-{}", std::process::id()),
         window_start: 1_800_000_000,
         push_only: false,
+        counter: None,
+        start_at: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -102,14 +147,19 @@ fn parse_args() -> Result<Options, String> {
             "--ids" => o.ids = value.parse().map_err(|_| bad())?,
             "--overlap" => o.overlap = value.parse().map_err(|_| bad())?,
             "--shipments" => o.shipments = value.parse().map_err(|_| bad())?,
+            "--counters" => o.counters = value.parse().map_err(|_| bad())?,
             "--runs" => o.runs = value.parse().map_err(|_| bad())?,
             "--prefix" => o.prefix = value,
             "--window-start" => o.window_start = value.parse().map_err(|_| bad())?,
+            "--counter" => o.counter = Some(value),
+            "--start-at" => o.start_at = value.parse().map_err(|_| bad())?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    if o.instances == 0 || o.runs == 0 || o.ids == 0 || o.shipments == 0 {
-        return Err("--instances, --ids, --shipments and --runs must be at least 1".into());
+    if o.instances == 0 || o.runs == 0 || o.ids == 0 || o.shipments == 0 || o.counters == 0 {
+        return Err(
+            "--instances, --ids, --shipments, --counters and --runs must be at least 1".into(),
+        );
     }
     if o.shipments > o.ids {
         return Err("--shipments must be at most --ids".into());
@@ -117,8 +167,46 @@ fn parse_args() -> Result<Options, String> {
     if !(0.0..=1.0).contains(&o.overlap) {
         return Err("--overlap must be between 0 and 1".into());
     }
+    if o.start_at >= PARTITIONS {
+        return Err(format!("--start-at must be below {PARTITIONS}"));
+    }
     Ok(o)
 }
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("leader_merge: {e}");
+            eprintln!(
+                "usage: REDIS_URL=redis://... leader_merge [--instances N] [--ids M] \
+                 [--dist random-u32|random-i64] [--shipments K] [--overlap F] [--counters C] \
+                 [--runs R] [--prefix P] [--window-start S] [--push-only]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = match std::env::var("REDIS_URL") {
+        Err(_) => Err(anyhow::anyhow!(
+            "REDIS_URL is not set (one redis-server, or every master of a Redis Cluster, \
+             comma-separated)"
+        )),
+        Ok(url) => match &o.counter {
+            Some(name) => counter(&o, &url, name),
+            None => leader(&o, &url),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let who = o.counter.as_deref().unwrap_or("leader");
+            eprintln!("leader_merge ({who}): {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// --- the generator ---------------------------------------------------------------------------
 
 /// A stream's generator: distinct, well-mixed seeds, the first outputs thrown away.
 fn stream(n: u64) -> Rng {
@@ -164,12 +252,33 @@ fn instance_ids(
     (all, parts)
 }
 
+/// The shipments that carry `ids`, one partition's values at a time, as verve cuts them
+/// (`partition_shipments` of `src/cluster/ship.rs`, a private module): each partition's
+/// values in parts of at most `max_bytes`, nothing for an empty partition.
+fn partition_shipments(ids: &IdSet, max_bytes: usize) -> Vec<(usize, Vec<u8>)> {
+    partition::split(ids)
+        .iter()
+        .enumerate()
+        .filter(|(_, part)| !part.is_empty())
+        .flat_map(|(p, part)| {
+            part.serialize_parts(max_bytes)
+                .into_iter()
+                .map(move |bytes| (p, bytes))
+        })
+        .collect()
+}
+
+// --- small helpers ---------------------------------------------------------------------------
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// `median,min,max` of `xs` (not empty), in ms with 2 decimals.
+/// `median,min,max` of `xs`, in ms with 2 decimals (`-` for none).
 fn stats(xs: &[f64]) -> String {
+    if xs.is_empty() {
+        return "-".into();
+    }
     let mut xs = xs.to_vec();
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
@@ -181,271 +290,563 @@ fn stats(xs: &[f64]) -> String {
     format!("{median:.2},{:.2},{:.2}", xs[0], xs[n - 1])
 }
 
-/// The leader's merge without Redis: (count, what to drop, time decoding, time merging, total).
-/// `build` false counts as `count_of_shipments` does; true builds the union with [`Union`].
-fn merge_in_memory(
-    blobs: &[Vec<u8>],
-    build: bool,
-) -> (u64, Vec<IdSet>, Duration, Duration, Duration) {
-    let (mut de, mut un) = (Duration::ZERO, Duration::ZERO);
-    let started = Instant::now();
-    let mut union = Union::default();
-    let mut sets = Vec::new();
-    for blob in blobs {
-        let t0 = Instant::now();
-        let set = IdSet::deserialize(black_box(&blob[..])).expect("readable blob");
-        let t1 = Instant::now();
-        if build {
-            union.add(set);
-        } else {
-            sets.push(set);
-        }
-        de += t1 - t0;
-        un += t1.elapsed();
-    }
-    let t0 = Instant::now();
-    let count = if build {
-        let union = union.into_set();
-        let count = union.len();
-        sets.push(union);
-        count
-    } else {
-        count_union(&sets)
-    };
-    un += t0.elapsed();
-    (count, sets, de, un, started.elapsed())
+/// The value of `key=` in a `KEY=value ...` line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
-fn main() -> ExitCode {
-    let o = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("leader_merge: {e}");
-            eprintln!(
-                "usage: leader_merge [--instances N] [--ids M] [--overlap F] [--shipments K] \
-                 [--runs R] [--dist random-u32|random-i64] [--prefix P] [--window-start S] \
-                 [--push-only]   \
-                 (REDIS_URL=redis://... adds the Redis runs)"
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let shared = (o.ids as f64 * o.overlap).round() as u64;
+fn num(line: &str, key: &str) -> f64 {
+    field(line, key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
 
-    // The instances' shipments.
-    let mut per_instance = Vec::with_capacity(o.instances);
-    let mut sets = Vec::with_capacity(o.instances);
-    let (mut total_bytes, mut total_ids) = (0u64, 0u64);
-    let mut serialize_ms = Vec::new();
+/// A `kB` figure of `/proc/self/status` (`VmHWM`, `VmRSS`).
+fn status_kb(what: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(what)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The CPU time this process used so far, user and system, every thread.
+fn cpu_time() -> Duration {
+    // SAFETY: a rusage is plain integers, for which all zeroes is a value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given and touches nothing else.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The CPU time the calling thread used so far.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: a timespec is plain integers, for which all zeroes is a value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime fills the struct it is given and touches nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn partition_keys(o: &Options, window_start: u64) -> Vec<PartitionKeys> {
+    let keys = Keys::new(&o.prefix);
+    (0..PARTITIONS)
+        .map(|p| keys.partition(window_start, p))
+        .collect()
+}
+
+fn delete(con: &mut dyn redis::ConnectionLike, parts: &[PartitionKeys]) -> anyhow::Result<()> {
+    for k in parts {
+        redis::cmd("DEL")
+            .arg(&k.ids)
+            .arg(&k.frozen)
+            .arg(&k.lease)
+            .arg(&k.count)
+            .query::<()>(con)?;
+    }
+    Ok(())
+}
+
+// --- the counter -----------------------------------------------------------------------------
+
+/// How long the last `count_union` of this process took (ns): the counter function runs on
+/// `count_partition_with`'s helper thread, and a plain `fn` is what it takes.
+static COUNT_NS: AtomicU64 = AtomicU64::new(0);
+/// How many shipments it counted, and the heap they took decoded.
+static COUNT_SETS: AtomicU64 = AtomicU64::new(0);
+static COUNT_HEAP: AtomicU64 = AtomicU64::new(0);
+
+static COUNT_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+fn timed_count_union(sets: &[IdSet]) -> u64 {
+    let (t0, cpu0) = (Instant::now(), thread_cpu_time());
+    let n = count_union(sets);
+    COUNT_NS.store(t0.elapsed().as_nanos() as u64, Relaxed);
+    COUNT_CPU_NS.store((thread_cpu_time() - cpu0).as_nanos() as u64, Relaxed);
+    COUNT_SETS.store(sets.len() as u64, Relaxed);
+    COUNT_HEAP.store(sets.iter().map(|s| s.heap_bytes() as u64).sum(), Relaxed);
+    n
+}
+
+/// The counter mode: connects, says `READY`, waits for `go` on stdin, counts every partition
+/// it wins, says `DONE` and then its figures (`COUNTER`).
+fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
+    let target = Target::parse(url).map_err(anyhow::Error::msg)?;
+    let mut redis = conn::connect(&target)?;
+    let con = redis.con();
+    let parts = partition_keys(o, o.window_start);
+    let lease_ms = LEASE.as_millis() as u64;
+    // Every node answers before the clock starts (a cluster connection connects lazily).
+    for k in &parts {
+        redis::cmd("EXISTS").arg(&k.ids).query::<i64>(con)?;
+    }
+    let rss_ready = status_kb("VmRSS");
+    println!("READY name={name} rss_kb={rss_ready}");
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go)?;
+    ensure!(go.trim() == "go", "expected go on stdin, got {go:?}");
+
+    let (t0, cpu0) = (Instant::now(), cpu_time());
+    let mut done = [false; PARTITIONS];
+    let (mut counted_parts, mut busy) = (0, Duration::ZERO);
+    loop {
+        let mut open = false;
+        for i in 0..PARTITIONS {
+            let p = (o.start_at + i) % PARTITIONS;
+            if done[p] {
+                continue;
+            }
+            let keys = &parts[p];
+            match parts::lead(con, keys, name, lease_ms)? {
+                Lead::Counted(_) => done[p] = true,
+                // Another counter has it: its holder counts it.
+                Lead::Held => done[p] = true,
+                Lead::Open => open = true,
+                Lead::Counting(n) => {
+                    let started = t0.elapsed();
+                    let (t, main_cpu0) = (Instant::now(), thread_cpu_time());
+                    let mut renewed = Instant::now();
+                    let mut between = |c: &mut dyn redis::ConnectionLike| {
+                        if renewed.elapsed() < Duration::from_secs(1) {
+                            return Ok(true);
+                        }
+                        renewed = Instant::now();
+                        parts::renew(c, keys, name, lease_ms)
+                    };
+                    let counted =
+                        count_partition_with(con, keys, n, &mut between, timed_count_union)?;
+                    let (total, main_cpu) = (t.elapsed(), thread_cpu_time() - main_cpu0);
+                    let Some((count, skipped)) = counted else {
+                        bail!("partition {p}: lost its lease while counting");
+                    };
+                    ensure!(skipped.total() == 0, "partition {p}: skipped {skipped:?}");
+                    ensure!(
+                        parts::counted(con, keys, name, count, TTL_MS)?,
+                        "partition {p}: the count was not recorded (lease lost)"
+                    );
+                    let took = t.elapsed();
+                    let count_ms = COUNT_NS.load(Relaxed) as f64 / 1e6;
+                    let count_cpu_ms = COUNT_CPU_NS.load(Relaxed) as f64 / 1e6;
+                    println!(
+                        "PART p={p} counter={name} shipments={n} count={count} \
+                         start_ms={:.2} total_ms={:.2} fetch_ms={:.2} count_ms={count_ms:.2} \
+                         count_cpu_ms={count_cpu_ms:.2} read_cpu_ms={:.2} recorded_ms={:.2} \
+                         decoded_sets={} decoded_heap={}",
+                        ms(started),
+                        ms(total),
+                        ms(total) - count_ms,
+                        ms(main_cpu),
+                        ms(took),
+                        COUNT_SETS.load(Relaxed),
+                        COUNT_HEAP.load(Relaxed),
+                    );
+                    busy += took;
+                    counted_parts += 1;
+                    done[p] = true;
+                }
+            }
+        }
+        if !open {
+            break;
+        }
+        // Not frozen: cannot happen once the parent said go, but a counter waits as verve's do.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (wall, cpu) = (t0.elapsed(), cpu_time() - cpu0);
+    println!("DONE name={name}");
+    println!(
+        "COUNTER name={name} partitions={counted_parts} busy_ms={:.2} wall_ms={:.2} \
+         cpu_ms={:.2} vmhwm_kb={} rss_ready_kb={rss_ready}",
+        ms(busy),
+        ms(wall),
+        ms(cpu),
+        status_kb("VmHWM"),
+    );
+    Ok(())
+}
+
+// --- the leader ------------------------------------------------------------------------------
+
+/// A counter process, its stdin (for `go`) and its lines, read by a thread of their own.
+struct Counter {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+/// A node's `host:port` and the ranges of slots it serves.
+type Node = (String, Vec<(u16, u16)>);
+
+/// The nodes of the deployment (`REDIS_URL`'s), with the slots each serves (none for a
+/// single server: it holds every key).
+fn nodes(url: &str) -> anyhow::Result<Vec<Node>> {
+    let mut out = Vec::new();
+    for u in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let client = redis::Client::open(u)?;
+        let mut con = client.get_connection()?;
+        let addr = client.get_connection_info().addr().to_string();
+        let mut ranges = Vec::new();
+        if let Ok(text) = redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut con) {
+            let me = text
+                .lines()
+                .find(|l| {
+                    l.split_whitespace()
+                        .nth(2)
+                        .is_some_and(|f| f.contains("myself"))
+                })
+                .context("CLUSTER NODES has no line for the node itself")?;
+            for range in me.split_whitespace().skip(8) {
+                if range.starts_with('[') {
+                    continue;
+                }
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                ranges.push((a.parse()?, b.parse()?));
+            }
+        }
+        out.push((addr, ranges));
+    }
+    Ok(out)
+}
+
+/// Every node's `used_memory`, in the order of [`nodes`].
+fn used_memory(url: &str) -> anyhow::Result<Vec<u64>> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            let mut con = redis::Client::open(u)?.get_connection()?;
+            let info: String = redis::cmd("INFO").arg("memory").query(&mut con)?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("INFO memory without used_memory")
+        })
+        .collect()
+}
+
+/// What the shipping of one window left: per partition, its shipments and bytes.
+struct Shipping {
+    shipments: [u64; PARTITIONS],
+    bytes: [u64; PARTITIONS],
+    expected: u64,
+    ids_total: u64,
+}
+
+/// Generates every instance's ids and ships them, instance by instance; the truth on the way.
+fn generate_and_ship(
+    o: &Options,
+    con: &mut dyn redis::ConnectionLike,
+    parts: &[PartitionKeys],
+) -> anyhow::Result<Shipping> {
+    let shared = (o.ids as f64 * o.overlap).round() as u64;
+    let mut s = Shipping {
+        shipments: [0; PARTITIONS],
+        bytes: [0; PARTITIONS],
+        expected: 0,
+        ids_total: 0,
+    };
+    let mut truth: Vec<u64> = Vec::with_capacity(o.instances * o.ids as usize);
     for k in 0..o.instances {
-        let (set, parts) = instance_ids(o.dist, k, o.ids, shared, o.shipments);
         let t0 = Instant::now();
-        let mine: Vec<Vec<u8>> = parts.iter().map(serialize).collect();
-        let took = t0.elapsed();
-        let bytes: u64 = mine.iter().map(|b| b.len() as u64).sum();
+        let (set, deltas) = instance_ids(o.dist, k, o.ids, shared, o.shipments);
+        let generated = t0.elapsed();
+        let (mut cut, mut ship) = (Duration::ZERO, Duration::ZERO);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for delta in &deltas {
+            let t = Instant::now();
+            let shipments = partition_shipments(delta, MAX_SHIPMENT_BYTES);
+            cut += t.elapsed();
+            let t = Instant::now();
+            for (p, blob) in shipments {
+                let stored = parts::ship(con, &parts[p], &blob, TTL_MS)?;
+                ensure!(
+                    stored == Shipped::Stored,
+                    "partition {p} refused a shipment"
+                );
+                s.shipments[p] += 1;
+                s.bytes[p] += blob.len() as u64;
+                n += 1;
+                bytes += blob.len() as u64;
+            }
+            ship += t.elapsed();
+        }
         println!(
-            "SHIPMENT instance={k} ids={} distinct={} shipments={} bytes={bytes} \
-             bytes_per_id={:.3} serialize_ms={:.2}",
+            "SHIPMENT instance={k} ids={} distinct={} deltas={} shipments={n} bytes={bytes} \
+             bytes_per_id={:.3} generate_ms={:.0} cut_ms={:.0} ship_ms={:.0}",
             o.ids,
             set.len(),
-            o.shipments,
+            deltas.len(),
             bytes as f64 / set.len().max(1) as f64,
-            ms(took)
+            ms(generated),
+            ms(cut),
+            ms(ship)
         );
-        serialize_ms.push(ms(took));
-        total_bytes += bytes;
-        total_ids += set.len();
-        per_instance.push(mine.into_iter());
-        sets.push(set);
+        s.ids_total += set.len();
+        truth.extend(set.keys());
     }
-    // In the list as the instances would ship them together: every instance's first part,
-    // then every instance's second part, ...
-    let mut blobs = Vec::new();
-    for _ in 0..o.shipments {
-        blobs.extend(per_instance.iter_mut().filter_map(Iterator::next));
-    }
-    // The exact answer, from the sets themselves (not timed).
-    let expected = IdSet::union_all(sets).len();
+    truth.sort_unstable();
+    truth.dedup();
+    s.expected = truth.len() as u64;
+    Ok(s)
+}
 
+/// Prints each node's share of the window's bytes (`NODE` lines); returns the largest share.
+fn node_shares(
+    url: &str,
+    window_start: u64,
+    shipping: &Shipping,
+    before: &[u64],
+) -> anyhow::Result<f64> {
+    let nodes = nodes(url)?;
+    let after = used_memory(url)?;
+    let total: u64 = shipping.bytes.iter().sum();
+    let mut max_share = 0f64;
+    for (i, (addr, ranges)) in nodes.iter().enumerate() {
+        let mine: Vec<usize> = (0..PARTITIONS)
+            .filter(|&p| {
+                let slot = keys::slot(&keys::partition_tag(window_start, p));
+                ranges.is_empty() || ranges.iter().any(|&(a, b)| (a..=b).contains(&slot))
+            })
+            .collect();
+        let bytes: u64 = mine.iter().map(|&p| shipping.bytes[p]).sum();
+        let share = bytes as f64 / total.max(1) as f64;
+        max_share = max_share.max(share);
+        println!(
+            "NODE node={addr} partitions={} bytes={bytes} share={share:.3} \
+             used_memory_before={} used_memory_after={} used_memory_growth={}",
+            mine.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            before[i],
+            after[i],
+            after[i] as i64 - before[i] as i64
+        );
+    }
+    Ok(max_share)
+}
+
+/// Starts the counters and waits until each is connected and says `READY`.
+fn start_counters(
+    o: &Options,
+    window_start: u64,
+    tx: &mpsc::Sender<(usize, Option<String>)>,
+    rx: &mpsc::Receiver<(usize, Option<String>)>,
+) -> anyhow::Result<Vec<Counter>> {
+    let exe = std::env::current_exe()?;
+    let mut counters = Vec::new();
+    for i in 0..o.counters {
+        let mut child = Command::new(&exe)
+            .args(["--counter", &format!("counter-{i}")])
+            .args(["--start-at", &(i * PARTITIONS / o.counters).to_string()])
+            .args(["--prefix", &o.prefix])
+            .args(["--window-start", &window_start.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a counter")?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((i, Some(line))).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send((i, None));
+        });
+        counters.push(Counter { child, stdin });
+    }
+    let mut ready = 0;
+    while ready < o.counters {
+        match rx.recv_timeout(Duration::from_secs(30))? {
+            (_, Some(line)) if line.starts_with("READY") => ready += 1,
+            (_, Some(line)) => println!("{line}"),
+            (i, None) => bail!("counter-{i} exited before it was ready"),
+        }
+    }
+    Ok(counters)
+}
+
+/// One run: generate and ship, freeze, count, add. Returns the `RESULT` line's figures.
+fn run(
+    o: &Options,
+    url: &str,
+    con: &mut dyn redis::ConnectionLike,
+    number: usize,
+) -> anyhow::Result<f64> {
+    let window_start = o.window_start + 60 * (number as u64 - 1);
+    let parts = partition_keys(o, window_start);
+    delete(con, &parts)?;
+    let mem_before = used_memory(url)?;
+    let t_ship = Instant::now();
+    let shipping = generate_and_ship(o, con, &parts)?;
+    let ship_s = t_ship.elapsed().as_secs_f64();
+    let total_bytes: u64 = shipping.bytes.iter().sum();
+    let max_share = node_shares(url, window_start, &shipping, &mem_before)?;
+    let per_id = total_bytes as f64 / shipping.ids_total.max(1) as f64;
+    let max_part_bytes = *shipping.bytes.iter().max().unwrap_or(&0);
     let head = format!(
-        "dist={} instances={} ids={} overlap={} shipments={} runs={} distinct={expected}",
+        "run={number} dist={} instances={} ids={} overlap={} shipments={} counters={} \
+         distinct={} bytes_total={total_bytes} bytes_per_id={per_id:.3} max_node_share={max_share:.3} \
+         max_partition_bytes={max_part_bytes} generate_and_ship_s={ship_s:.1}",
         o.dist.name(),
         o.instances,
         o.ids,
         o.overlap,
         o.shipments,
-        o.runs
+        o.counters,
+        shipping.expected,
     );
-    let shipment = format!(
-        "bytes_per_instance={:.0} bytes_total={total_bytes} bytes_per_id={:.3} serialize_ms={}",
-        total_bytes as f64 / o.instances as f64,
-        total_bytes as f64 / total_ids.max(1) as f64,
-        stats(&serialize_ms)
-    );
-
     if o.push_only {
-        return match push_only(&o, &blobs) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("leader_merge: --push-only: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        println!(
+            "PUSHED prefix={} window_start={window_start} {head}",
+            o.prefix
+        );
+        return Ok(0.0);
     }
 
-    // (a) In memory: the leader's count, then the union built, the naive alternative.
-    for (mode, build) in [("memory", false), ("union", true)] {
-        let (mut de, mut un, mut total, mut release) = (vec![], vec![], vec![], vec![]);
-        for run in 1..=o.runs {
-            let (count, sets, d, u, t) = merge_in_memory(&blobs, build);
-            let t0 = Instant::now();
-            drop(sets);
-            let r = t0.elapsed();
-            if count != expected {
-                eprintln!(
-                    "leader_merge: {mode} run {run}: {count} distinct ids, expected {expected}"
-                );
-                return ExitCode::FAILURE;
-            }
-            println!(
-                "RESULT mode={mode} run={run} {head} deserialize_ms={:.2} union_ms={:.2} \
-                 total_ms={:.2} release_ms={:.2}",
-                ms(d),
-                ms(u),
-                ms(t),
-                ms(r)
-            );
-            de.push(ms(d));
-            un.push(ms(u));
-            total.push(ms(t));
-            release.push(ms(r));
-        }
-        println!(
-            "SUMMARY mode={mode} {head} {shipment} deserialize_ms={} union_ms={} total_ms={} \
-             release_ms={}",
-            stats(&de),
-            stats(&un),
-            stats(&total),
-            stats(&release)
+    let (tx, rx) = mpsc::channel();
+    let mut counters = start_counters(o, window_start, &tx, &rx)?;
+    drop(tx);
+
+    // The clock: from the freeze to the sum.
+    let t0 = Instant::now();
+    for (p, keys) in parts.iter().enumerate() {
+        let n = parts::freeze(con, keys, TTL_MS)?;
+        ensure!(
+            n == shipping.shipments[p],
+            "partition {p}: {n} shipments in Redis, {} shipped",
+            shipping.shipments[p]
         );
     }
-
-    // (b) Through Redis.
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        println!("SKIPPED mode=redis (REDIS_URL is not set)");
-        return ExitCode::SUCCESS;
-    };
-    match through_redis(&o, &url, &blobs, expected, &head, &shipment) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("leader_merge: Redis {url}: {e:#}");
-            ExitCode::FAILURE
+    let frozen = t0.elapsed();
+    for c in &mut counters {
+        c.stdin.write_all(b"go\n")?;
+        c.stdin.flush()?;
+    }
+    let mut lines = Vec::new();
+    let mut done = vec![false; o.counters];
+    while !done.iter().all(|&d| d) {
+        match rx.recv_timeout(Duration::from_secs(600))? {
+            (i, Some(line)) if line.starts_with("DONE") => done[i] = true,
+            (_, Some(line)) => lines.push(line),
+            (i, None) if !done[i] => bail!("counter-{i} exited before it was done"),
+            (_, None) => {}
         }
     }
-}
+    let all_done = t0.elapsed();
+    let counts = parts::counts(con, &parts)?;
+    let Some(counts) = counts.into_iter().collect::<Option<Vec<u64>>>() else {
+        bail!("every counter is done but a partition has no count");
+    };
+    let sum: u64 = counts.iter().sum();
+    let sum_ms = ms(t0.elapsed());
 
-/// `--push-only`: appends the blobs to the window's list in `REDIS_URL` and leaves them
-/// there (10 minutes), for a running verve's leader to merge.
-fn push_only(o: &Options, blobs: &[Vec<u8>]) -> anyhow::Result<()> {
-    let url = std::env::var("REDIS_URL").map_err(|_| anyhow::anyhow!("REDIS_URL is not set"))?;
-    let target = Target::parse(&url).map_err(anyhow::Error::msg)?;
-    let mut redis = conn::connect(&target)?;
-    let con = redis.con();
-    let key = Keys::new(&o.prefix).ids(o.window_start);
-    let t0 = Instant::now();
-    for blob in blobs {
-        redis::cmd("RPUSH")
-            .arg(&key)
-            .arg(&blob[..])
-            .query::<i64>(con)?;
+    // The counters' last lines, and their exit.
+    while let Ok((_, line)) = rx.recv() {
+        lines.extend(line);
     }
-    redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(600_000)
-        .query::<()>(con)?;
-    println!(
-        "PUSHED key={key} blobs={} ms={:.2}",
-        blobs.len(),
-        ms(t0.elapsed())
+    for (i, mut c) in counters.into_iter().enumerate() {
+        drop(c.stdin);
+        let status = c.child.wait()?;
+        ensure!(status.success(), "counter-{i}: {status}");
+    }
+    delete(con, &parts)?;
+    for line in &lines {
+        println!("{line}");
+    }
+    ensure!(
+        sum == shipping.expected,
+        "run {number}: the partitions' counts add up to {sum}, expected {}",
+        shipping.expected
     );
-    Ok(())
+
+    let part_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("PART ")).collect();
+    let counter_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("COUNTER ")).collect();
+    let of = |key: &str| part_lines.iter().map(|l| num(l, key)).collect::<Vec<_>>();
+    let cpu: Vec<f64> = counter_lines.iter().map(|l| num(l, "cpu_ms")).collect();
+    let hwm = counter_lines
+        .iter()
+        .map(|l| num(l, "vmhwm_kb"))
+        .fold(0f64, f64::max);
+    let rss_ready = counter_lines
+        .iter()
+        .map(|l| num(l, "rss_ready_kb"))
+        .fold(0f64, f64::max);
+    // What counting added to a counter's resident memory, at its peak.
+    let growth = counter_lines
+        .iter()
+        .map(|l| num(l, "vmhwm_kb") - num(l, "rss_ready_kb"))
+        .fold(0f64, f64::max);
+    let split = |key: &str| {
+        counter_lines
+            .iter()
+            .map(|l| format!("{:.0}", num(l, key)))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    println!(
+        "RESULT {head} count={sum} freeze_ms={:.2} counted_ms={:.2} sum_ms={sum_ms:.2} \
+         part_total_ms={} part_fetch_ms={} part_count_ms={} part_count_cpu_ms={} \
+         part_read_cpu_ms={} part_sum_ms={:.0} \
+         counter_partitions={} counter_busy_ms={} counter_cpu_ms={} cpu_total_ms={:.0} \
+         vmhwm_max_kb={hwm:.0} rss_ready_kb={rss_ready:.0} hwm_per_partition_bytes={:.2} \
+         hwm_growth_per_partition_bytes={:.2}",
+        ms(frozen),
+        ms(all_done),
+        stats(&of("total_ms")),
+        stats(&of("fetch_ms")),
+        stats(&of("count_ms")),
+        stats(&of("count_cpu_ms")),
+        stats(&of("read_cpu_ms")),
+        of("total_ms").iter().sum::<f64>(),
+        split("partitions"),
+        split("busy_ms"),
+        split("cpu_ms"),
+        cpu.iter().sum::<f64>(),
+        hwm * 1024.0 / max_part_bytes.max(1) as f64,
+        growth * 1024.0 / max_part_bytes.max(1) as f64,
+    );
+    Ok(sum_ms)
 }
 
-fn through_redis(
-    o: &Options,
-    url: &str,
-    blobs: &[Vec<u8>],
-    expected: u64,
-    head: &str,
-    shipment: &str,
-) -> anyhow::Result<()> {
+fn leader(o: &Options, url: &str) -> anyhow::Result<()> {
     let target = Target::parse(url).map_err(anyhow::Error::msg)?;
     let mut redis = conn::connect(&target)?;
-    let con = redis.con();
-    let keys = Keys::new(&o.prefix);
-    let key = keys.ids(o.window_start);
-    redis::cmd("DEL").arg(&key).query::<()>(con)?;
-    let t0 = Instant::now();
-    for blob in blobs {
-        redis::cmd("RPUSH")
-            .arg(&key)
-            .arg(&blob[..])
-            .query::<i64>(con)?;
-    }
-    let push = t0.elapsed();
-    redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(600_000)
-        .query::<()>(con)?;
-
-    let result = (|| -> anyhow::Result<()> {
-        let (mut fetch, mut total) = (vec![], vec![]);
-        for run in 1..=o.runs {
-            // The LRANGE pages alone: what the transfer costs.
-            let mut fetched = 0usize;
-            let t0 = Instant::now();
-            let n = store::shipments(con, &keys, o.window_start)?;
-            store::fetch(
-                con,
-                &keys,
-                o.window_start,
-                n,
-                &mut |b| {
-                    if let store::Blob::Shipment(bytes) = black_box(b) {
-                        fetched += bytes.len()
-                    }
-                },
-                &mut |_| Ok(true),
-            )?;
-            let f = t0.elapsed();
-            let t1 = Instant::now();
-            let (count, skipped) = count_of_shipments(con, &keys, o.window_start)?;
-            let unreadable = skipped.total();
-            let t = t1.elapsed();
-            anyhow::ensure!(
-                unreadable == 0 && count == expected,
-                "run {run}: count_of_shipments gave {count} ids ({unreadable} unreadable), \
-                 expected {expected}"
-            );
-            println!(
-                "RESULT mode=redis run={run} {head} fetch_bytes={fetched} fetch_ms={:.2} \
-                 total_ms={:.2}",
-                ms(f),
-                ms(t)
-            );
-            fetch.push(ms(f));
-            total.push(ms(t));
+    println!(
+        "# leader_merge: {} instances x {} {} ids, {} deltas each, {} counters, Redis {} ({})",
+        o.instances,
+        o.ids,
+        o.dist.name(),
+        o.shipments,
+        o.counters,
+        target.display(),
+        if redis.is_cluster() {
+            "Redis Cluster"
+        } else {
+            "one server"
         }
+    );
+    let mut sums = Vec::new();
+    for number in 1..=o.runs {
+        sums.push(run(o, url, redis.con(), number)?);
+    }
+    if !o.push_only {
         println!(
-            "SUMMARY mode=redis {head} {shipment} rpush_all_ms={:.2} fetch_ms={} total_ms={}",
-            ms(push),
-            stats(&fetch),
-            stats(&total)
+            "SUMMARY dist={} instances={} ids={} shipments={} counters={} runs={} sum_ms={}",
+            o.dist.name(),
+            o.instances,
+            o.ids,
+            o.shipments,
+            o.counters,
+            o.runs,
+            stats(&sums)
         );
-        Ok(())
-    })();
-    let deleted = redis::cmd("DEL").arg(&key).query::<()>(con);
-    result?;
-    deleted?;
+    }
     Ok(())
 }

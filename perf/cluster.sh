@@ -16,12 +16,13 @@
 #      bytes per distinct id, for the deltas shipped each second and for the last shipment at
 #      the close; beside it, the size of one shipment of as many random ids
 #      (examples/leader_merge.rs with one instance).
-#   c. the leader's merge: examples/leader_merge.rs, MERGE_INSTANCES x MERGE_IDS ids (random
+#   c. the cluster's count: examples/leader_merge.rs, MERGE_INSTANCES x MERGE_IDS ids (random
 #      over 0..2^32, or MERGE_DIST=random-i64: over the whole i64 range), for each
 #      case of MERGE_CASES (OVERLAP:SHIPMENTS: the share of ids all instances hold, and how
 #      many deltas each instance ships them in: 1 = all at once, 60 = one a second for a 60 s
-#      window, as verve does), in memory and through this script's redis-server; MERGE_RUNS
-#      runs with one shipment per instance, MERGE_DELTA_RUNS with more.
+#      window, as verve does), shipped per partition to this script's redis-server, frozen and
+#      counted by 2 counter processes; MERGE_RUNS runs with one shipment per instance,
+#      MERGE_DELTA_RUNS with more. perf/cluster_scale.sh sets it beside the old single leader.
 #
 #   perf/cluster.sh                          # about 4 minutes plus the build
 #   ROUNDS=3 DURATION=5 PARTS="a" perf/cluster.sh
@@ -281,10 +282,10 @@ if part b; then
     s2=$(metric "$TMP/b2.metrics" verve_cluster_shipments_total)
     y2=$(metric "$TMP/b2.metrics" verve_cluster_shipped_bytes_total)
     # One shipment of as many random ids at once, for comparison.
-    echo "\$ $MERGE_BIN --instances 1 --ids $distinct --runs 1" >>"$RAW"
-    "$MERGE_BIN" --instances 1 --ids "$distinct" --runs 1 >"$TMP/one.txt"
+    echo "\$ REDIS_URL=$REDIS_URL $MERGE_BIN --instances 1 --ids $distinct --shipments 1 --counters 1" >>"$RAW"
+    REDIS_URL=$REDIS_URL "$MERGE_BIN" --instances 1 --ids "$distinct" --shipments 1 --counters 1 >"$TMP/one.txt"
     cat "$TMP/one.txt" >>"$RAW"
-    one=$(sed -n 's/^SUMMARY mode=memory.* bytes_per_id=\([0-9.]*\).*/\1/p' "$TMP/one.txt")
+    one=$(sed -n 's/^RESULT.* bytes_per_id=\([0-9.]*\).*/\1/p' "$TMP/one.txt")
     {
       echo
       echo "### b. Bytes shipped for one ${bi} s window ($ws), one instance, wrk for $((bi - 2)) s"
@@ -294,7 +295,7 @@ if part b; then
       echo "| deltas during the window (every second) | $((s1 - s0)) | $((y1 - y0)) | $(bpi $((y1 - y0))) |"
       echo "| from 0.2 s before the boundary to the count line (the last shipment, at the close) | $((s2 - s1)) | $((y2 - y1)) | $(bpi $((y2 - y1))) |"
       echo "| **whole window** | $((s2 - s0)) | $((y2 - y0)) | **$(bpi $((y2 - y0)))** |"
-      echo "| for comparison: the same number of random u32 ids serialized at once (leader_merge) | 1 | | $one |"
+      echo "| for comparison: the same number of random u32 ids shipped at once, cut into the 16 partitions (leader_merge) | 16 | | $one |"
       echo
       echo "distinct ids in the window: $distinct; count line \`${count_line#* INFO }\`," \
         "written $(count_lines "$logf" "$bi" | awk -v w="$ws" '$1 == w {print $3}') ms after the window closed"
@@ -314,29 +315,29 @@ if part c; then
     runs=$MERGE_RUNS
     ((k == 1)) || runs=$MERGE_DELTA_RUNS
     echo "part c: leader_merge ${MERGE_INSTANCES} x $MERGE_IDS, overlap $ov, $k shipment(s) each ..." >&2
+    args=(--dist "$MERGE_DIST" --instances "$MERGE_INSTANCES" --ids "$MERGE_IDS" --overlap "$ov"
+      --shipments "$k" --runs "$runs" --counters 2)
     {
       echo "=== part c: $(date -u +%FT%TZ), other CPU busy: $(other_busy)"
-      echo "\$ REDIS_URL=$REDIS_URL $MERGE_BIN --dist $MERGE_DIST --instances $MERGE_INSTANCES --ids $MERGE_IDS --overlap $ov --shipments $k --runs $runs"
+      echo "\$ REDIS_URL=$REDIS_URL $MERGE_BIN ${args[*]}"
     } >>"$RAW"
     out=$TMP/merge-$ov-$k.txt
-    if ! REDIS_URL=$REDIS_URL "$MERGE_BIN" --dist "$MERGE_DIST" --instances "$MERGE_INSTANCES" --ids "$MERGE_IDS" \
-      --overlap "$ov" --shipments "$k" --runs "$runs" >"$out"; then
+    if ! REDIS_URL=$REDIS_URL "$MERGE_BIN" "${args[@]}" >"$out"; then
       cat "$out" >>"$RAW"
       fail "part c: leader_merge failed (case $case)"
       continue
     fi
     cat "$out" >>"$RAW"
-    mem=$(grep '^SUMMARY mode=memory' "$out")
-    uni=$(grep '^SUMMARY mode=union' "$out")
-    red=$(grep '^SUMMARY mode=redis' "$out" || true)
-    MROWS+=("| $ov | $k | $runs | $(field distinct "$mem") | $(field bytes_per_instance "$mem") | $(field bytes_per_id "$mem") | $(mm "$(field deserialize_ms "$mem")") | $(mm "$(field union_ms "$mem")") | **$(mm "$(field total_ms "$mem")")** | $(mm "$(field total_ms "$uni")") | **$(mm "$(field total_ms "$red")")** | $(mm "$(field fetch_ms "$red")") | $(field rpush_all_ms "$red") |")
+    sum=$(grep '^SUMMARY' "$out")
+    res=$(grep '^RESULT' "$out" | tail -1)
+    MROWS+=("| $ov | $k | $runs | $(field distinct "$res") | $(field bytes_per_id "$res") | **$(mm "$(field sum_ms "$sum")")** | $(field part_total_ms "$res") | $(field part_fetch_ms "$res") | $(field part_count_ms "$res") | $(field counter_partitions "$res") |")
   done
   {
     echo
-    echo "### c. The leader's merge: ${MERGE_INSTANCES} instances x $MERGE_IDS $MERGE_DIST ids (ms: median / min)"
+    echo "### c. The cluster's count: ${MERGE_INSTANCES} instances x $MERGE_IDS $MERGE_DIST ids, 16 partitions, 2 counter processes"
     echo
-    echo "| overlap | shipments per instance | runs | distinct | bytes per instance | bytes/id | deserialize | \`count_union\` | **in memory, total** | building the union instead (\`Union\`), total | **count_of_shipments via Redis** | of which the fetch alone | RPUSH of all blobs |"
-    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| overlap | shipments per instance | runs | distinct | bytes/id | **freeze to sum** (ms, median / min) | per partition, last run (ms, median,min,max) | of which fetch + decode | of which \`count_union\` | partitions per counter |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     printf '%s\n' "${MROWS[@]}"
   } | tee -a "$RAW"
 fi
