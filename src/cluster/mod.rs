@@ -11,6 +11,8 @@
 //!   reads, each an atomic command or script.
 //! - [`merge`]: the leader's merge, the union of every shipment of a window, and the
 //!   shipments' encoding.
+//! - [`tally`]: counting one partition's shipments, streaming, exact, in memory bounded by
+//!   its distinct values and charged to `--max-memory`.
 //!
 //! The cluster thread:
 //! - [`settings`]: what it is told, and the periods it keeps.
@@ -91,3 +93,4 @@ pub mod presence;
 pub mod settings;
 mod ship;
 pub mod store;
+pub mod tally;
