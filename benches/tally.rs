@@ -13,7 +13,9 @@
 //!
 //! Memory is not criterion's job: the bench prints (stderr) once at start the peak heap of one
 //! partition's tally, counted by a global allocator that only counts while told to, beside
-//! the bytes of that partition's shipments.
+//! the bytes of that partition's shipments. It also prints the thread CPU time (the least of
+//! 5 runs) of the whole count and of the 16 tallies, which a machine shared with other work
+//! skews less than criterion's wall-clock time.
 //!
 //! Run: `cargo bench --bench tally` (about 2 min); results with their dates and conditions in
 //! `perf/RESULTS.md`.
@@ -199,6 +201,46 @@ fn print_memory(s: &Shipments) {
     eprintln!();
 }
 
+/// This thread's CPU time.
+fn cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant Linux knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The least CPU time of 5 runs of `run`.
+fn least_cpu<T>(mut run: impl FnMut() -> T) -> Duration {
+    (0..5)
+        .map(|_| {
+            let started = cpu();
+            black_box(run());
+            cpu() - started
+        })
+        .min()
+        .expect("5 runs")
+}
+
+/// Whole against partitioned, in CPU time, once, on stderr.
+fn print_cpu(s: &Shipments) {
+    let whole = least_cpu(|| count_union(&decoded(&s.whole)));
+    let tallies = least_cpu(|| s.partitions.iter().map(|p| tally(p)).sum::<u64>());
+    let heaps = least_cpu(|| {
+        s.partitions
+            .iter()
+            .map(|p| count_union(&decoded(p)))
+            .sum::<u64>()
+    });
+    eprintln!(
+        "thread CPU time, least of 5: whole, deserialize + count_union {whole:?}; 16 partitions, Tally {tallies:?} ({:.2}x faster); 16 partitions, deserialize + count_union {heaps:?}",
+        whole.as_secs_f64() / tallies.as_secs_f64()
+    );
+    eprintln!();
+}
+
 fn group<'c>(c: &'c mut Criterion, name: &str, elements: u64) -> BenchmarkGroup<'c, WallTime> {
     let mut g = c.benchmark_group(name);
     g.sampling_mode(SamplingMode::Flat);
@@ -278,6 +320,7 @@ fn crafted_shipment(c: &mut Criterion) {
 fn all(c: &mut Criterion) {
     let s = shipments();
     print_memory(&s);
+    print_cpu(&s);
     partition_tally(c, &s);
     crafted_shipment(c);
 }
