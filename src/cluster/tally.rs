@@ -38,9 +38,9 @@ use crate::ids::{DecodeError, IdSet, DENSEST_IDS_PER_BYTE};
 /// Values the flat buffer holds before it is sorted into a run: 2 MiB, and as much again for
 /// the sort's scratch (both grown as needed, so a small partition takes little). Large
 /// enough that a partition of a window of 10 x 1M random ids (625K values) is two runs and
-/// the buffer, whose count then merges three streams; a quarter of the buffer was measured
-/// 60% slower (more runs to merge), and the peak memory of that partition's tally is 1.6x
-/// its shipments' bytes (`benches/tally.rs`).
+/// the buffer, whose count then merges three streams: half the buffer was measured 15-35%
+/// slower (five streams), a quarter 2.5x slower (eight runs: a merge before the count). The
+/// peak heap of that partition's tally is 1.8x its shipments' bytes (`benches/tally.rs`).
 #[cfg(not(test))]
 pub const BUFFER_VALUES: usize = 1 << 18;
 /// Small in unit tests, so that a few thousand values go through every stage.
@@ -369,15 +369,16 @@ impl Wide {
             return None;
         }
         let mut highs = Vec::with_capacity(stretches);
-        let mut lows = Vec::with_capacity(len * 6 + 2);
+        let mut lows = vec![0u8; len * 6 + 2];
         for (i, &v) in values.iter().enumerate() {
             let high = (v >> 48) as u16;
             if highs.last().is_none_or(|&(h, _)| h != high) {
                 highs.push((high, i as u32));
             }
-            lows.extend_from_slice(&v.to_le_bytes()[..6]);
+            // All 8 bytes in one store: the next value's overwrites the top 2 (the last
+            // value's land in the padding, read back masked off).
+            lows[i * 6..i * 6 + 8].copy_from_slice(&v.to_le_bytes());
         }
-        lows.extend_from_slice(&[0, 0]);
         Some(Wide { lows, highs, len })
     }
 
@@ -713,6 +714,10 @@ fn finish_pausing_with(
     count: fn(&Tally) -> u64,
 ) -> store::Result<Option<u64>> {
     tally.seal();
+    if tally.runs.is_empty() {
+        // Nothing to merge: the count is the buffer's length.
+        return Ok(Some(count(&tally)));
+    }
     let tally = &tally;
     let (tx, rx) = bounded(1);
     std::thread::scope(|scope| {
@@ -1090,7 +1095,7 @@ mod tests {
             tally.add(&shipment(&values));
             tally
         };
-        // Two runs, so the count runs on the helper thread.
+        // A run (too many values for the buffer), so the count runs on the helper thread.
         BETWEEN.store(0, SeqCst);
         let mut calls = 0;
         let counted = finish_pausing_with(
