@@ -5,11 +5,11 @@
 //! Shipments come one at a time, straight from Redis, and are untrusted. A small scattered
 //! one (a per-second delta of random ids: about a thousand values in a few kilobytes) is
 //! decoded straight into a flat buffer of values, without building a set; a full buffer is
-//! radix-sorted, cleared of repeats and kept as a *run*: 6 bytes a value ([`Wide`]: written
+//! radix-sorted, cleared of repeats and kept as a *run*: 6 bytes a value (`Wide`: written
 //! with a copy, read with a load, where a set packs and unpacks each gap bit by bit), or a
 //! packed set when its values spread over the whole 64 bits. A dense or large shipment is
 //! decoded into a set of its own, a run already (dense values stay compact: a block per 4096
-//! consecutive values). Runs are grouped in size tiers: [`FAN`] runs of one tier are merged
+//! consecutive values). Runs are grouped in size tiers: `FAN` runs of one tier are merged
 //! into a set of the next, so repeats across runs are dropped as the runs grow, a value is
 //! re-packed once per tier it climbs, and a tally of a few buffers' worth merges nothing
 //! before its count. The count is one k-way merge of the runs and the sorted buffer that
