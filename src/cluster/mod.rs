@@ -14,6 +14,8 @@
 //!   of the instances counting them, and their counts.
 //! - [`merge`]: the leader's merge, the union of every shipment of a window, and the
 //!   shipments' encoding.
+//! - [`tally`]: counting one partition's shipments, streaming, exact, in memory bounded by
+//!   its distinct values and charged to `--max-memory`.
 //!
 //! The cluster thread:
 //! - [`settings`]: what it is told, and the periods it keeps.
@@ -104,3 +106,4 @@ pub mod presence;
 pub mod settings;
 pub mod ship;
 pub mod store;
+pub mod tally;
