@@ -81,12 +81,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use verve::cluster::conn::{self, Target};
 use verve::cluster::keys::{self, Keys, PartitionKeys};
-use verve::cluster::merge::count_partition_with;
+use verve::cluster::merge::{count_partition_with, Read};
 use verve::cluster::parts::{self, Lead};
 use verve::cluster::settings::LEASE;
 use verve::cluster::store::{Shipped, MAX_SHIPMENT_BYTES};
+use verve::cluster::tally::Tally;
 use verve::ids::partition::{self, PARTITIONS};
-use verve::ids::{count_union, IdBuffer, IdSet};
+use verve::ids::{IdBuffer, IdSet};
 
 #[path = "support/rng.rs"]
 mod rng;
@@ -361,13 +362,13 @@ static COUNT_HEAP: AtomicU64 = AtomicU64::new(0);
 
 static COUNT_CPU_NS: AtomicU64 = AtomicU64::new(0);
 
-fn timed_count_union(sets: &[IdSet]) -> u64 {
+fn timed_count(tally: &Tally) -> u64 {
     let (t0, cpu0) = (Instant::now(), thread_cpu_time());
-    let n = count_union(sets);
+    let n = tally.count();
     COUNT_NS.store(t0.elapsed().as_nanos() as u64, Relaxed);
     COUNT_CPU_NS.store((thread_cpu_time() - cpu0).as_nanos() as u64, Relaxed);
-    COUNT_SETS.store(sets.len() as u64, Relaxed);
-    COUNT_HEAP.store(sets.iter().map(|s| s.heap_bytes() as u64).sum(), Relaxed);
+    COUNT_SETS.store(0, Relaxed);
+    COUNT_HEAP.store(tally.heap_bytes(), Relaxed);
     n
 }
 
@@ -389,6 +390,7 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
     std::io::stdin().lock().read_line(&mut go)?;
     ensure!(go.trim() == "go", "expected go on stdin, got {go:?}");
 
+    let memory = verve::budget::IdMemory::unlimited();
     let (t0, cpu0) = (Instant::now(), cpu_time());
     let mut done = [false; PARTITIONS];
     let (mut counted_parts, mut busy) = (0, Duration::ZERO);
@@ -416,8 +418,12 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                         renewed = Instant::now();
                         parts::renew(c, keys, name, lease_ms)
                     };
-                    let counted =
-                        count_partition_with(con, keys, n, &mut between, timed_count_union)?;
+                    let read = Read {
+                        keys,
+                        shipments: n,
+                        memory: &memory,
+                    };
+                    let counted = count_partition_with(con, &read, &mut between, timed_count)?;
                     let (total, main_cpu) = (t.elapsed(), thread_cpu_time() - main_cpu0);
                     let Some((count, skipped)) = counted else {
                         bail!("partition {p}: lost its lease while counting");

@@ -16,9 +16,9 @@ use verve::cluster::conn::Target;
 use verve::cluster::node::{ClusterSink, Extras, Settings, Shared, LIVE_TTL};
 use verve::cluster::parts;
 use verve::cluster::store::Keys;
+use verve::cluster::tally::Tally;
 use verve::endpoints::EndpointPolicy;
 use verve::ids::partition::PARTITIONS;
-use verve::ids::{count_union, IdSet};
 use verve::metrics::Metrics;
 use verve::report::{Reporter, WindowReport};
 use verve::shards::Shards;
@@ -34,9 +34,9 @@ impl Reporter for Recorder {
 
 /// Each partition's count lasts 450 ms: less than a heartbeat period apart, more than the
 /// heartbeat's time to live for the 16 together.
-fn slow(sets: &[IdSet]) -> u64 {
+fn slow(tally: &Tally) -> u64 {
     std::thread::sleep(Duration::from_millis(450));
-    count_union(sets)
+    tally.count()
 }
 
 fn redis_ms(con: &mut redis::Connection) -> u64 {

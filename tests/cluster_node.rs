@@ -13,17 +13,19 @@ use std::time::{Duration, Instant};
 use common::redis_servers::{Cut, Proxy, Redis};
 use common::wait_until;
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use verve::budget::IdMemory;
 use verve::clock::{rfc3339_secs, ManualClock, Windows};
 use verve::cluster::conn::Target;
-use verve::cluster::merge::{count_partition_with, Counter};
+use verve::cluster::merge::{count_partition_with, Counter, Read};
 use verve::cluster::node::{
     ClusterSink, Extras, RecordHandoff, Settings, Shared, LEASE, LIVE_TTL, WINDOW_TRIES,
 };
 use verve::cluster::parts;
 use verve::cluster::store::{self, Keys, Lead};
+use verve::cluster::tally::Tally;
 use verve::endpoints::EndpointPolicy;
 use verve::ids::partition::PARTITIONS;
-use verve::ids::{count_union, IdSet};
+use verve::ids::IdSet;
 use verve::metrics::Metrics;
 use verve::report::{Reporter, Scope, WindowReport};
 use verve::shards::Shards;
@@ -145,7 +147,7 @@ impl Gate {
         }
     }
 
-    fn count(&self, sets: &[IdSet]) -> u64 {
+    fn count(&self, tally: &Tally) -> u64 {
         let mut state = self.state.lock().unwrap();
         if state.shut {
             state.arrived += 1;
@@ -155,7 +157,7 @@ impl Gate {
             }
         }
         drop(state);
-        count_union(sets)
+        tally.count()
     }
 }
 
@@ -177,8 +179,8 @@ static GATES: [Gate; 5] = [
     Gate::new(),
 ];
 
-fn gated<const N: usize>(sets: &[IdSet]) -> u64 {
-    GATES[N].count(sets)
+fn gated<const N: usize>(tally: &Tally) -> u64 {
+    GATES[N].count(tally)
 }
 
 /// How an [`Instance`] is started, beyond its name and clock.
@@ -198,7 +200,7 @@ impl Default for Options {
         Options {
             url: None,
             grace: GRACE,
-            counter: count_union,
+            counter: Tally::count,
             cut_after_report: None,
             kafka: None,
         }
@@ -412,6 +414,16 @@ fn reports_so_far(instances: &[&Instance]) -> Vec<(usize, WindowReport)> {
     all
 }
 
+/// A partition's read of `n` shipments, with no memory budget.
+fn read(keys: &verve::cluster::keys::PartitionKeys, n: u64) -> Read<'_> {
+    static UNLIMITED: std::sync::OnceLock<Arc<IdMemory>> = std::sync::OnceLock::new();
+    Read {
+        keys,
+        shipments: n,
+        memory: UNLIMITED.get_or_init(IdMemory::unlimited),
+    }
+}
+
 /// How many shipments the partitions of the window starting at `start` hold.
 fn shipments(con: &mut redis::Connection, keys: &Keys, start: u64) -> u64 {
     (0..PARTITIONS)
@@ -428,7 +440,7 @@ fn freeze_and_count(con: &mut redis::Connection, keys: &Keys, start: u64, leader
         .map(|p| {
             let part = keys.partition(start, p);
             let n = parts::freeze(con, &part, 600_000).unwrap();
-            count_partition_with(con, &part, n, &mut |_| Ok(true), count_union)
+            count_partition_with(con, &read(&part, n), &mut |_| Ok(true), Tally::count)
                 .unwrap()
                 .unwrap()
                 .0
@@ -1507,9 +1519,10 @@ fn a_partition_counter_cut_off_mid_count_is_replaced_and_its_late_count_never_ad
                 other => panic!("partition {p}: {other:?}"),
             }
         });
-        let (count, _) = count_partition_with(&mut con, part, n, &mut |_| Ok(true), count_union)
-            .unwrap()
-            .unwrap();
+        let (count, _) =
+            count_partition_with(&mut con, &read(part, n), &mut |_| Ok(true), Tally::count)
+                .unwrap()
+                .unwrap();
         assert!(parts::counted(&mut con, part, "b", count, 600_000).unwrap());
         total += count;
     }

@@ -12,13 +12,15 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::redis_servers::{Redis, RedisCluster};
+use verve::budget::IdMemory;
 use verve::cluster::conn;
 use verve::cluster::keys::{self, PartitionKeys};
 use verve::cluster::merge::{self, count_of_shipments, union_of_shipments, Skipped};
 use verve::cluster::parts::{self, Lead as Part};
 use verve::cluster::store::{self, Interval, Keys, Lead, RecordClaim, Shipment, Shipped};
+use verve::cluster::tally::Tally;
 use verve::ids::partition::{self, PARTITIONS};
-use verve::ids::{count_union, IdSet};
+use verve::ids::IdSet;
 
 const TTL: u64 = 60_000;
 
@@ -116,9 +118,10 @@ fn count_partition(con: &mut dyn redis::ConnectionLike, k: &PartitionKeys, insta
     let Part::Counting(n) = parts::lead(con, k, instance, TTL).unwrap() else {
         panic!("{instance} does not count {}", k.ids)
     };
-    let (count, skipped) = merge::count_partition_with(con, k, n, &mut |_| Ok(true), count_union)
-        .unwrap()
-        .expect("never stopped");
+    let (count, skipped) =
+        merge::count_partition_with(con, &read(k, n), &mut |_| Ok(true), Tally::count)
+            .unwrap()
+            .expect("never stopped");
     assert_eq!(skipped.total(), 0);
     assert!(parts::counted(con, k, instance, count, TTL).unwrap());
     count
@@ -307,14 +310,16 @@ fn many_shipments_of_a_partition_are_read_page_by_page() {
         pauses += 1;
         Ok(true)
     };
-    let (n, skipped) = merge::count_partition_with(&mut con, &k, 600, &mut between, count_union)
-        .unwrap()
-        .unwrap();
+    let (n, skipped) =
+        merge::count_partition_with(&mut con, &read(&k, 600), &mut between, Tally::count)
+            .unwrap()
+            .unwrap();
     assert_eq!((n, skipped), (599 * 50 + 100, Skipped::default()));
     assert!(pauses >= 2, "a turn after each page but the last: {pauses}");
     // A turn that says stop (the lease is lost) ends the read: no count.
     let stopped =
-        merge::count_partition_with(&mut con, &k, 600, &mut |_| Ok(false), count_union).unwrap();
+        merge::count_partition_with(&mut con, &read(&k, 600), &mut |_| Ok(false), Tally::count)
+            .unwrap();
     assert_eq!(stopped, None);
     // A page also ends at 4 MiB of shipments: four shipments of well over 1 MiB take at
     // least two pages.
@@ -333,7 +338,7 @@ fn many_shipments_of_a_partition_are_read_page_by_page() {
         pauses += 1;
         Ok(true)
     };
-    let (n, _) = merge::count_partition_with(&mut con, &big, 4, &mut between, count_union)
+    let (n, _) = merge::count_partition_with(&mut con, &read(&big, 4), &mut between, Tally::count)
         .unwrap()
         .unwrap();
     assert_eq!(n, all.len() as u64);
@@ -1108,7 +1113,8 @@ fn keys_verve_did_not_write_are_refused_and_nothing_is_half_written() {
         skipped,
         Skipped {
             oversized: 1,
-            unreadable: 1
+            unreadable: 1,
+            too_large: 0
         }
     );
     // A list longer than verve ever writes is not read, whoever asks.
@@ -1273,5 +1279,15 @@ fn a_count_of_any_length_is_refused_after_a_bounded_read() {
         assert_eq!(key, all[3].count, "{what}");
         let sent = net_output(&mut con) - before;
         assert!(sent < 1 << 20, "{what}: {sent} bytes read for one count");
+    }
+}
+
+/// A partition's read of `n` shipments, with no memory budget.
+fn read(keys: &PartitionKeys, n: u64) -> merge::Read<'_> {
+    static UNLIMITED: std::sync::OnceLock<std::sync::Arc<IdMemory>> = std::sync::OnceLock::new();
+    merge::Read {
+        keys,
+        shipments: n,
+        memory: UNLIMITED.get_or_init(IdMemory::unlimited),
     }
 }

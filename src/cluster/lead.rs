@@ -12,7 +12,7 @@ use crate::clock::rfc3339_secs;
 use crate::cluster::conn;
 use crate::cluster::failure::outage_only;
 use crate::cluster::keys::{Keys, PartitionKeys};
-use crate::cluster::merge::count_partition_with;
+use crate::cluster::merge::{count_partition_with, Read};
 use crate::cluster::node::Node;
 use crate::cluster::parts;
 use crate::cluster::settings::{HEARTBEAT_EVERY, LEASE, LIVE_TTL, SHIP_EVERY};
@@ -328,8 +328,12 @@ impl Node {
             window: leading.then_some(start),
             part,
         };
-        let read =
-            count_partition_with(con, part, n, &mut |con| duties.between(con), self.counter)?;
+        let read = Read {
+            keys: part,
+            shipments: n,
+            memory: self.shards.memory(),
+        };
+        let read = count_partition_with(con, &read, &mut |con| duties.between(con), self.counter)?;
         let Some((count, skipped)) = read else {
             return Ok(()); // lost the lease meanwhile: another instance counts it
         };
@@ -344,11 +348,13 @@ impl Node {
                 .fetch_add(skipped.total(), Relaxed);
             log::error!(
                 "window {}: skipped {} shipments in Redis that are not id sets and {} longer \
-                 than {} bytes, in {} (is another program writing under --redis-prefix {}?)",
+                 than {} bytes, and refused {} whose ids would not fit --max-memory, in {} \
+                 (is another program writing under --redis-prefix {}?)",
                 rfc3339_secs(start),
                 skipped.unreadable,
                 skipped.oversized,
                 store::MAX_SHIPMENT_BYTES,
+                skipped.too_large,
                 part.ids,
                 keys.prefix()
             );

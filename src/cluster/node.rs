@@ -49,8 +49,8 @@ use crate::cluster::keys::LAYOUT;
 use crate::cluster::merge::Counter;
 use crate::cluster::presence::{self, Layout};
 use crate::cluster::store::{self, Interval};
+use crate::cluster::tally::Tally;
 use crate::health::Health;
-use crate::ids::count_union;
 use crate::metrics::Metrics;
 use crate::report::{count_log, Reporter, Scope};
 use crate::shards::Shards;
@@ -74,8 +74,8 @@ pub struct Shared {
 /// What [`ClusterSink::start`] takes beyond what it needs in every setting: each has a
 /// default ([`Extras::default`]).
 pub struct Extras {
-    /// How the leader counts a window's shipments: [`count_union`], or in tests a count
-    /// that lasts as long as the test wants.
+    /// How a partition's tally is counted: [`Tally::count`], or in tests a count that
+    /// lasts as long as the test wants.
     pub counter: Counter,
     /// The Kafka producer's side of record hand-overs, when `--kafka-brokers` is set.
     pub records: Option<Box<dyn RecordHandoff>>,
@@ -87,7 +87,7 @@ pub struct Extras {
 impl Default for Extras {
     fn default() -> Extras {
         Extras {
-            counter: count_union,
+            counter: Tally::count,
             records: None,
             status: None,
         }
@@ -189,7 +189,7 @@ impl WindowSink for ClusterSink {
 /// leading in `cluster/lead.rs`.
 pub(crate) struct Node {
     pub(crate) settings: Settings,
-    /// How the leader counts a window's shipments ([`count_union`] but in tests).
+    /// How a partition's tally is counted ([`Tally::count`] but in tests).
     pub(crate) counter: Counter,
     /// See [`RecordHandoff`]; `None` without Kafka.
     pub(crate) records: Option<Records>,
@@ -288,6 +288,10 @@ impl Node {
                 self.generation += 1;
                 self.connected_at_ms = self.clock.now_ms();
                 self.next_heartbeat = Instant::now();
+                // What was drained since the last shipment that Redis stored is shipped at
+                // once, with everything Redis may have lost: a hard crash then loses no
+                // more than usual.
+                self.next_drain = Instant::now();
                 // Redis may have restarted empty: everything held goes again, whole, and
                 // the windows known to be reported get their `done` marks back first.
                 self.backlog.reconnected();

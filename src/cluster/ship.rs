@@ -121,54 +121,77 @@ pub(crate) struct OpenWindow<'a> {
 }
 
 impl OpenWindow<'_> {
-    /// Drains the open window's new ids from the shards and ships them. `Err` is an outage.
+    /// Drains the open window's new ids from the shards and ships them; and first those of
+    /// the window before it, while the collector has not sealed it yet (the settling delay
+    /// after a boundary). Right after a reconnect that window's ids since its last shipment
+    /// would otherwise reach Redis only with its seal, and a hard crash before the seal
+    /// would lose more than a second of them. `Err` is an outage.
     pub fn ship(&mut self, con: &mut dyn redis::ConnectionLike) -> store::Result<()> {
         // The open window: the clock's, or a later one still open if the clock stepped back.
         let window = self
             .shards
             .open_window(self.settings.windows.index_of(self.clock.now_ms()));
-        let everything = *self.shipped != Some((window, self.generation));
-        let Some(drained) = self.shards.drain(window, everything) else {
+        // Every drain made on this connection took the window before too, while it was open
+        // or unsealed: only its new ids need go.
+        let here = self.shipped.is_some_and(|(_, g)| g == self.generation);
+        if window > 0 && !self.drain_and_ship(con, window - 1, !here)? {
             return Ok(());
+        }
+        let everything = *self.shipped != Some((window, self.generation));
+        if self.drain_and_ship(con, window, everything)? {
+            *self.shipped = Some((window, self.generation));
+        }
+        Ok(())
+    }
+
+    /// Drains `window` (with `everything`: all its ids so far) and ships what it gives. False
+    /// when the shipment failed on the window's keys: the next drain and the window's last
+    /// shipment carry everything again. `Ok(true)` also when the window is sealed already
+    /// (nothing to drain).
+    fn drain_and_ship(
+        &mut self,
+        con: &mut dyn redis::ConnectionLike,
+        window: u64,
+        everything: bool,
+    ) -> store::Result<bool> {
+        let Some(drained) = self.shards.drain(window, everything) else {
+            return Ok(true);
         };
-        if !drained.ids.is_empty() || !drained.endpoints.is_empty() {
-            let start = self.settings.windows.start_secs(window);
-            let load = Load {
-                window_start: start,
-                ids: &drained.ids,
-                endpoints: &drained.endpoints,
-                last: false,
-            };
-            let shipped = ship_window(con, self.settings, self.metrics, load);
-            match shipped {
-                Ok(Shipped::Stored) => {}
-                Ok(Shipped::TooLate) => {
-                    if *self.late_warned != Some(start) {
-                        *self.late_warned = Some(start);
-                        late(self.metrics, start, drained.ids.len());
-                    }
+        if drained.ids.is_empty() && drained.endpoints.is_empty() {
+            return Ok(true);
+        }
+        let start = self.settings.windows.start_secs(window);
+        let load = Load {
+            window_start: start,
+            ids: &drained.ids,
+            endpoints: &drained.endpoints,
+            last: false,
+        };
+        match ship_window(con, self.settings, self.metrics, load) {
+            Ok(Shipped::Stored) => Ok(true),
+            Ok(Shipped::TooLate) => {
+                if *self.late_warned != Some(start) {
+                    *self.late_warned = Some(start);
+                    late(self.metrics, start, drained.ids.len());
                 }
-                Err(store::Error::Redis(e)) if conn::is_outage(&e) => return Err(e.into()),
-                Err(e) => {
-                    // The drained ids are not shipped: the next drain and the window's last
-                    // shipment carry everything again.
-                    *self.shipped = None;
-                    self.metrics.redis_errors.fetch_add(1, Relaxed);
-                    if *self.drain_warned != Some(window) {
-                        *self.drain_warned = Some(window);
-                        log::warn!(
-                            "window {}: shipping the open window's ids failed ({}); the \
-                             window's last shipment tries again with all of them",
-                            rfc3339_secs(start),
-                            sanitize(&e.to_string())
-                        );
-                    }
-                    return Ok(());
+                Ok(true)
+            }
+            Err(store::Error::Redis(e)) if conn::is_outage(&e) => Err(e.into()),
+            Err(e) => {
+                *self.shipped = None;
+                self.metrics.redis_errors.fetch_add(1, Relaxed);
+                if *self.drain_warned != Some(window) {
+                    *self.drain_warned = Some(window);
+                    log::warn!(
+                        "window {}: shipping the open window's ids failed ({}); the \
+                         window's last shipment tries again with all of them",
+                        rfc3339_secs(start),
+                        sanitize(&e.to_string())
+                    );
                 }
+                Ok(false)
             }
         }
-        *self.shipped = Some((window, self.generation));
-        Ok(())
     }
 }
 
