@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{lock, Shards};
 use crate::budget::Charge;
 use crate::endpoints::{canonicalize, Admit};
-use crate::ids::{Builder, IdSet};
+use crate::ids::{IdSet, Levels};
 
 /// What the collector gets when it seals a window.
 #[derive(Debug, Default)]
@@ -71,7 +71,9 @@ pub(super) struct Merged {
     recent_reserved: u64,
     /// Endpoints an [`Shards::unsaved`] handed out already.
     saved_endpoints: HashSet<String>,
-    pub(super) ids: IdSet,
+    /// The merged ids, in disjoint levels so that an absorb costs what it adds, not what
+    /// the window holds (see [`Levels`]); one set again at the seal.
+    pub(super) ids: Levels,
     /// Cluster mode, from the first drain on: the ids merged since the last drain.
     unshipped: Option<IdSet>,
     /// Endpoints a drain handed out already.
@@ -110,7 +112,7 @@ impl Shards {
         {
             let mut merged = lock(&self.merged);
             let m = merged.windows.entry(window).or_default();
-            m.ids = IdSet::union(mem::take(&mut m.ids), ids, None);
+            m.ids.insert_set(ids);
             self.settle(m, 0);
         }
         endpoints
@@ -133,19 +135,13 @@ impl Shards {
         m.charged = bytes;
     }
 
-    /// Merges `runs` into `m`; in cluster mode after the first drain, also into the
-    /// unshipped ids.
+    /// Merges `runs` into `m`; in cluster mode after the first drain, the ids the window
+    /// did not hold yet also into the unshipped ids.
     fn merge(&self, m: &mut Merged, runs: Vec<IdSet>, reserved: u64) {
         let (runs, reserved) = m.with_recent(runs, reserved);
-        let recent = IdSet::union_all(runs);
-        let ids = mem::take(&mut m.ids);
-        match m.unshipped.take() {
-            None => m.ids = IdSet::union(ids, recent, None),
-            Some(unshipped) => {
-                let mut fresh = Builder::default();
-                m.ids = IdSet::union(ids, recent, Some(&mut fresh));
-                m.unshipped = Some(IdSet::union(unshipped, fresh.into_set(), None));
-            }
+        let fresh = m.ids.absorb(runs);
+        if let Some(unshipped) = m.unshipped.take() {
+            m.unshipped = Some(IdSet::union(unshipped, fresh, None));
         }
         self.settle(m, reserved);
     }
@@ -225,12 +221,17 @@ impl Shards {
             runs = vec![last];
         }
         self.merge(&mut m, runs, reserved);
+        // One set again: the reporters, the cluster backlog and `scope=local` read it whole.
+        sealed.ids = mem::take(&mut m.ids).into_set();
+        sealed.unshipped = m.unshipped.take();
+        let bytes =
+            sealed.ids.heap_bytes() + sealed.unshipped.as_ref().map_or(0, IdSet::heap_bytes);
+        self.memory.charge(bytes as u64);
+        self.memory.release(m.charged);
         // After every shard is sealed no request can add an endpoint to this window: a
         // request admits its endpoint while it holds its shard's lock.
         sealed.endpoints = self.table.take(window);
-        sealed.charge = Charge::new(&self.memory, mem::take(&mut m.charged));
-        sealed.ids = m.ids;
-        sealed.unshipped = m.unshipped;
+        sealed.charge = Charge::new(&self.memory, bytes as u64);
         sealed
     }
 
@@ -269,15 +270,22 @@ impl Shards {
     /// Every id of each window not sealed that the state file holds, serialized (the merged
     /// set and the saved ids not merged yet), with the window: what a rewrite of the file
     /// needs. Ids the shards still buffer are not saved yet, and not included.
+    ///
+    /// Merges in progress between the levels of a window are finished first, so that each
+    /// level is written as one set: this rewrites the whole window anyway.
     pub fn saved_sets(&self) -> Vec<(u64, Vec<Vec<u8>>)> {
-        let merged = lock(&self.merged);
+        let mut merged = lock(&self.merged);
+        let sealed_upto = merged.sealed_upto;
         merged
             .windows
-            .iter()
-            .filter(|(w, _)| merged.sealed_upto.is_none_or(|s| **w > s))
+            .iter_mut()
+            .filter(|(w, _)| sealed_upto.is_none_or(|s| **w > s))
             .map(|(&w, m)| {
-                let sets = [&m.ids]
-                    .into_iter()
+                m.ids.settle();
+                self.settle(m, 0);
+                let sets = m
+                    .ids
+                    .sets()
                     .chain(&m.recent)
                     .filter(|set| !set.is_empty())
                     .map(|set| {
@@ -302,7 +310,7 @@ impl Shards {
         let ids = match m.unshipped.replace(IdSet::new()) {
             Some(unshipped) if !everything => unshipped,
             // The first drain hands out everything so far.
-            _ => m.ids.clone(),
+            _ => m.ids.to_set(),
         };
         self.settle(m, 0);
         let mut endpoints = Vec::new();

@@ -1,0 +1,785 @@
+//! The open window's ids as a few disjoint levels of growing size, so that merging a second's
+//! new ids costs in proportion to those ids, not to the window.
+//!
+//! **Why.** Merging new ids into one [`IdSet`] re-packs every block a new id falls into: once
+//! the set has more blocks than an absorb has ids, each new id re-packs a whole block (about
+//! 150 random 64-bit ids), and the block vector is rebuilt besides. A daily window of 100M
+//! ids would spend most of every second merging.
+//!
+//! **How.** Like the levels of an LSM tree. Level 0 takes each absorb's new ids at once (it
+//! is small: [`Shape::first`] ids, about half a second of a busy collector's work at most);
+//! level `i` holds up to `first * growth^i` ids. A level over its size is merged into the
+//! next one, and that merge is cut into steps: each absorb advances every merge in progress
+//! by a bounded amount of work ([`Merge::step`]), in proportion to the new ids (each new id
+//! pays for `merge size / incoming size` keys, so a merge ends before the level above it can
+//! fill up again, and never in one piece). A merge walks its two inputs in key order, moves
+//! the blocks the other input does not reach whole, and frees each input block as soon as
+//! it is consumed, so a merge in progress holds each id once. While it runs, its level is
+//! the merged part plus what is left of both inputs.
+//!
+//! **Exact.** The levels are disjoint: an absorb first drops the ids some level already
+//! holds (a merge-walk over each level's blocks that skips whole blocks and decodes only
+//! those a new id falls into, [`retain_absent`]), then adds only the truly new ones. So the
+//! distinct count is the sum of the levels' lengths, and the ids an absorb returns are
+//! exactly those the window did not hold (what a cluster drain ships).
+//!
+//! **Bytes.** Ids in a smaller level sit further apart, so their gaps take more bits; with
+//! `growth` 8 most ids are in the largest level and the levels cost a few percent more than
+//! one set (`perf/RESULTS.md`). The seal merges the levels into one set
+//! ([`Levels::into_set`]), freeing each input block as it goes.
+
+use std::fmt;
+use std::mem;
+
+use super::pack::Block;
+use super::set::{Builder, IdSet};
+use super::to_key;
+
+/// Most ids level 0 holds before it is merged into level 1: the cost of merging an absorb's
+/// new ids into it (up to about twice this many keys re-packed while level 1 is busy) stays
+/// a few ms, and level 1 starts at a size whose merges are cheap.
+pub const FIRST_LEVEL_IDS: u64 = 1 << 19;
+
+/// Each level holds this many times the ids of the one above it. Larger: fewer levels, so
+/// fewer to check new ids against and fewer bits lost to the sparser small levels, but each
+/// id is re-packed more often (about `GROWTH` times per level, on average half of it).
+pub const GROWTH: u64 = 8;
+
+/// Keys a merge in progress advances by at each absorb besides what the new ids pay for, so
+/// that merges end when traffic stops: about a ms of work.
+pub const MIN_STEP_KEYS: u64 = 1 << 16;
+
+/// How large the levels are and how fast merges advance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Most ids of level 0.
+    pub first: u64,
+    /// Each level's size over the one above it (at least 2).
+    pub growth: u64,
+    /// Keys a merge advances by at each absorb, new ids or not (at least 1).
+    pub min_step: u64,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            first: FIRST_LEVEL_IDS,
+            growth: GROWTH,
+            min_step: MIN_STEP_KEYS,
+        }
+    }
+}
+
+impl Shape {
+    /// Most ids level `level` holds before it is merged into the next.
+    fn capacity(&self, level: usize) -> u64 {
+        let growth = self.growth.max(2);
+        let power = growth.saturating_pow(u32::try_from(level).unwrap_or(u32::MAX));
+        self.first.max(1).saturating_mul(power)
+    }
+}
+
+/// The distinct ids of one window, in disjoint levels (see the module doc).
+#[derive(Default)]
+pub struct Levels {
+    /// Level 0 first; level 0 is never a merge in progress.
+    levels: Vec<Level>,
+    /// Ids in all levels: as they are disjoint, the distinct count.
+    len: u64,
+    shape: Shape,
+}
+
+impl fmt::Debug for Levels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lens: Vec<u64> = self.levels.iter().map(Level::len).collect();
+        write!(f, "Levels({} ids: {lens:?})", self.len)
+    }
+}
+
+/// One level: a set, or a merge in progress of the level above into this one.
+enum Level {
+    Set(IdSet),
+    Merging(Box<Merge>),
+}
+
+impl Level {
+    fn len(&self) -> u64 {
+        match self {
+            Level::Set(set) => set.len(),
+            Level::Merging(merge) => merge.len,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Level::Set(set) => set.heap_bytes(),
+            Level::Merging(merge) => mem::size_of::<Merge>() + merge.heap_bytes(),
+        }
+    }
+
+    /// Drops from `keys` (ascending) those the level holds.
+    fn retain_absent(&self, keys: &mut Vec<u64>) {
+        match self {
+            Level::Set(set) => retain_absent(&set.blocks, keys),
+            Level::Merging(merge) => {
+                retain_absent(&merge.out.built().blocks, keys);
+                retain_absent(merge.upper.remaining(), keys);
+                retain_absent(merge.lower.remaining(), keys);
+            }
+        }
+    }
+
+    /// The level as one set, finishing its merge if one is in progress.
+    fn into_set(self) -> IdSet {
+        match self {
+            Level::Set(set) => set,
+            Level::Merging(mut merge) => {
+                merge.step(u64::MAX);
+                merge.into_set()
+            }
+        }
+    }
+}
+
+impl Levels {
+    pub fn new() -> Levels {
+        Levels::default()
+    }
+
+    /// Levels of another shape (tests use small ones, to see many levels and merges).
+    pub fn with_shape(shape: Shape) -> Levels {
+        Levels {
+            shape,
+            ..Levels::default()
+        }
+    }
+
+    /// The number of distinct ids.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many levels there are (some possibly empty, or merges in progress).
+    pub fn depth(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// How many merges are in progress.
+    pub fn merging(&self) -> usize {
+        let merging = |l: &&Level| matches!(l, Level::Merging(_));
+        self.levels.iter().filter(merging).count()
+    }
+
+    /// Heap bytes the levels hold, merges in progress included (their output so far, what
+    /// is left of their inputs, their buffers): what the memory budget charges.
+    pub fn heap_bytes(&self) -> usize {
+        let levels = self.levels.capacity() * mem::size_of::<Level>();
+        levels + self.levels.iter().map(Level::heap_bytes).sum::<usize>()
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        let mut keys = vec![to_key(id)];
+        for level in &self.levels {
+            level.retain_absent(&mut keys);
+        }
+        keys.is_empty()
+    }
+
+    /// Adds the ids of `sets` and returns those the levels did not hold yet. Costs in
+    /// proportion to the ids of `sets` (sorting them, checking them against each level,
+    /// merging them into level 0 and paying for a step of each merge in progress), not
+    /// to the ids held.
+    pub fn absorb(&mut self, sets: Vec<IdSet>) -> IdSet {
+        let total = sets.iter().map(IdSet::len).sum::<u64>();
+        let mut keys = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        for set in sets {
+            keys.extend(set.keys());
+        }
+        // Each set's keys are a sorted run, which a stable sort merges rather than sorts.
+        keys.sort();
+        keys.dedup();
+        self.absorb_keys(keys)
+    }
+
+    /// [`Levels::absorb`] of keys that ascend strictly.
+    fn absorb_keys(&mut self, mut keys: Vec<u64>) -> IdSet {
+        // Level 0 is checked by the union below, which re-packs it anyway.
+        for level in self.levels.iter().skip(1) {
+            level.retain_absent(&mut keys);
+        }
+        let batch = IdSet::from_sorted_keys(&keys);
+        drop(keys);
+        let fresh = match self.levels.first_mut() {
+            Some(Level::Set(first)) => {
+                let mut fresh = Builder::default();
+                *first = IdSet::union(mem::take(first), batch, Some(&mut fresh));
+                fresh.into_set()
+            }
+            // Level 0 is never a merge: merges land on the level below their input.
+            Some(Level::Merging(_)) => unreachable_level(),
+            None => {
+                self.levels.push(Level::Set(batch.clone()));
+                batch
+            }
+        };
+        self.len += fresh.len();
+        self.schedule();
+        self.advance(fresh.len());
+        self.schedule();
+        fresh
+    }
+
+    /// Adds every id of `set` (a window put back after a restart): placed whole when the
+    /// levels are empty, otherwise absorbed.
+    pub fn insert_set(&mut self, set: IdSet) {
+        if !self.is_empty() {
+            self.absorb(vec![set]);
+            return;
+        }
+        self.len = set.len();
+        self.levels = vec![Level::Set(set)];
+        self.schedule();
+    }
+
+    /// Starts a merge for each level over its size whose next level is not merging already;
+    /// a level over its size above an empty one moves down whole instead.
+    fn schedule(&mut self) {
+        let mut i = 0;
+        while i < self.levels.len() {
+            let over = matches!(&self.levels[i], Level::Set(s) if s.len() > self.shape.capacity(i));
+            if over {
+                if i + 1 == self.levels.len() {
+                    self.levels.push(Level::Set(IdSet::new()));
+                }
+                match &mut self.levels[i + 1] {
+                    Level::Set(next) if next.is_empty() => self.levels.swap(i, i + 1),
+                    Level::Set(next) => {
+                        let lower = mem::take(next);
+                        let upper = match &mut self.levels[i] {
+                            Level::Set(set) => mem::take(set),
+                            Level::Merging(_) => unreachable_level(),
+                        };
+                        self.levels[i + 1] = Level::Merging(Box::new(Merge::new(upper, lower)));
+                    }
+                    // It waits: the merge below ends before this level is much over its size.
+                    Level::Merging(_) => {}
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Advances each merge in progress: by what `fresh` new ids pay for, plus the minimum
+    /// step.
+    fn advance(&mut self, fresh: u64) {
+        let min_step = self.shape.min_step.max(1);
+        for level in &mut self.levels {
+            let Level::Merging(merge) = level else {
+                continue;
+            };
+            let per_id = merge.len.div_ceil(merge.incoming.max(1));
+            let budget = min_step.saturating_add(fresh.saturating_mul(per_id));
+            if merge.step(budget) {
+                let done = mem::replace(level, Level::Set(IdSet::new()));
+                *level = Level::Set(done.into_set());
+            }
+        }
+    }
+
+    /// Finishes every merge in progress (before the levels are written out whole).
+    pub fn settle(&mut self) {
+        for level in &mut self.levels {
+            if let Level::Merging(_) = level {
+                let merge = mem::replace(level, Level::Set(IdSet::new()));
+                *level = Level::Set(merge.into_set());
+            }
+        }
+    }
+
+    /// The levels' sets, not empty, once [`Levels::settle`]d (a merge in progress is left
+    /// out: settle first).
+    pub fn sets(&self) -> impl Iterator<Item = &IdSet> + '_ {
+        self.levels.iter().filter_map(|level| match level {
+            Level::Set(set) if !set.is_empty() => Some(set),
+            _ => None,
+        })
+    }
+
+    /// Every id, as one set, keeping the levels (merges in progress are finished first).
+    pub fn to_set(&mut self) -> IdSet {
+        self.settle();
+        IdSet::union_all(self.sets().cloned())
+    }
+
+    /// Every id, as one set: the levels are merged from the smallest up, each input block
+    /// freed once consumed, so this holds about the ids' bytes once, not twice.
+    pub fn into_set(self) -> IdSet {
+        let mut all = IdSet::new();
+        for level in self.levels {
+            let set = level.into_set();
+            all = match (all.is_empty(), set.is_empty()) {
+                (true, _) => set,
+                (false, true) => all,
+                (false, false) => {
+                    let mut merge = Merge::new(all, set);
+                    merge.step(u64::MAX);
+                    merge.into_set()
+                }
+            };
+        }
+        all
+    }
+}
+
+/// What a match on a level that cannot be a merge in progress (level 0, or a level over its
+/// size) does in that arm.
+#[cold]
+fn unreachable_level() -> IdSet {
+    debug_assert!(false, "a merge in progress where a set must be");
+    IdSet::new()
+}
+
+/// A merge of two disjoint sets in key order, done in steps: input blocks the other input
+/// does not reach are moved whole, the others decoded and their keys re-packed; each input
+/// block is freed once consumed.
+struct Merge {
+    /// The level above's ids (the smaller input) and this level's.
+    upper: Side,
+    lower: Side,
+    /// The merged keys so far (closed into whole blocks after each step).
+    out: Builder,
+    /// Ids in both inputs (they are disjoint): the level's length throughout.
+    len: u64,
+    /// Ids the upper input came with: each new id pays for `len / incoming` keys of work.
+    incoming: u64,
+}
+
+impl Merge {
+    fn new(upper: IdSet, lower: IdSet) -> Merge {
+        let blocks = upper.blocks.len() + lower.blocks.len();
+        Merge {
+            len: upper.len() + lower.len(),
+            incoming: upper.len(),
+            upper: Side::new(upper),
+            lower: Side::new(lower),
+            out: Builder::with_blocks(blocks),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.out.heap_bytes() + self.upper.heap_bytes() + self.lower.heap_bytes()
+    }
+
+    /// Merges about `budget` keys (a block moved whole counts 1); true once both inputs are
+    /// consumed.
+    fn step(&mut self, budget: u64) -> bool {
+        let Merge {
+            upper, lower, out, ..
+        } = self;
+        let mut work = 0u64;
+        while work < budget {
+            let (side, limit) = match (upper.head(), lower.head()) {
+                (None, None) => break,
+                (Some(_), None) => (&mut *upper, None),
+                (None, Some(_)) => (&mut *lower, None),
+                (Some(x), Some(y)) if x < y => (&mut *upper, Some(y)),
+                (Some(x), Some(_)) => (&mut *lower, Some(x)),
+            };
+            work += side.emit_below(limit, out);
+        }
+        // Whole blocks only between steps: new ids are checked against them.
+        out.seal();
+        upper.head().is_none() && lower.head().is_none()
+    }
+
+    fn into_set(self) -> IdSet {
+        debug_assert!(self.upper.head().is_none() && self.lower.head().is_none());
+        self.out.into_set()
+    }
+}
+
+/// One input of a [`Merge`], consumed in order.
+struct Side {
+    /// Blocks before `at` are consumed and freed (empty placeholders); `words` and `len`
+    /// count only what is left.
+    set: IdSet,
+    at: usize,
+    /// The keys of block `at` once it is touched (empty while it may still move whole).
+    keys: Vec<u64>,
+    /// The next of `keys` to merge.
+    pos: usize,
+}
+
+impl Side {
+    fn new(set: IdSet) -> Side {
+        Side {
+            set,
+            at: 0,
+            keys: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// The smallest key not merged yet.
+    fn head(&self) -> Option<u64> {
+        match self.keys.get(self.pos) {
+            Some(&key) => Some(key),
+            None => self.set.blocks.get(self.at).map(|b| b.first),
+        }
+    }
+
+    /// The blocks not consumed yet: the touched one whole (its merged keys are in the
+    /// output too, which is harmless for membership).
+    fn remaining(&self) -> &[Block] {
+        &self.set.blocks[self.at.min(self.set.blocks.len())..]
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.set.heap_bytes() + self.keys.capacity() * 8
+    }
+
+    /// Hands `out` what this side has below `limit` in block `at` (the whole block, moved,
+    /// if it is untouched and ends below `limit`); returns the work done.
+    fn emit_below(&mut self, limit: Option<u64>, out: &mut Builder) -> u64 {
+        if self.keys.is_empty() {
+            let block = &self.set.blocks[self.at];
+            if limit.is_none_or(|l| block.last < l) {
+                let block = self.take_block();
+                out.push_block(block);
+                return 1;
+            }
+            self.keys.extend(block.keys());
+            self.pos = 0;
+        }
+        let start = self.pos;
+        while let Some(&key) = self.keys.get(self.pos) {
+            if limit.is_some_and(|l| key >= l) {
+                break;
+            }
+            out.push(key);
+            self.pos += 1;
+        }
+        if self.pos == self.keys.len() {
+            drop(self.take_block());
+            self.keys.clear();
+            self.pos = 0;
+        }
+        (self.pos.saturating_sub(start) as u64).max(1)
+    }
+
+    /// Takes block `at` out, leaving an empty placeholder (its gaps are freed with it).
+    fn take_block(&mut self) -> Block {
+        let spent = Block {
+            first: 0,
+            last: 0,
+            len: 0,
+            width: 0,
+            gaps: Box::default(),
+        };
+        let block = mem::replace(&mut self.set.blocks[self.at], spent);
+        self.set.words -= block.gaps.len();
+        self.set.len -= u64::from(block.len);
+        self.at += 1;
+        block
+    }
+}
+
+/// Drops from `keys` (ascending) those `blocks` (ascending, disjoint) hold: a merge-walk
+/// that skips the blocks no key falls in (galloping over them) and decodes a block only
+/// as far as the keys that fall in it, once for all of them.
+pub(super) fn retain_absent(blocks: &[Block], keys: &mut Vec<u64>) {
+    if blocks.is_empty() || keys.is_empty() {
+        return;
+    }
+    let mut at = 0;
+    // The block being decoded, and its index.
+    let mut scan: Option<(usize, Scan<'_>)> = None;
+    keys.retain(|&key| {
+        at = seek(blocks, at, key);
+        let Some(block) = blocks.get(at) else {
+            return true;
+        };
+        if key < block.first {
+            return true;
+        }
+        if scan.as_ref().is_none_or(|s| s.0 != at) {
+            scan = Some((at, Scan::new(block)));
+        }
+        scan.as_mut().is_none_or(|(_, scan)| !scan.reach(key))
+    });
+}
+
+/// One block decoded forward, only as far as asked: a cursor over its packed gaps.
+struct Scan<'a> {
+    gaps: &'a [u64],
+    width: usize,
+    mask: u64,
+    /// Gaps not read yet.
+    left: u32,
+    /// Where the next gap starts, in bits.
+    bit: usize,
+    /// The key reached.
+    key: u64,
+}
+
+impl Scan<'_> {
+    fn new(block: &Block) -> Scan<'_> {
+        let width = usize::from(block.width);
+        Scan {
+            gaps: &block.gaps,
+            width,
+            mask: if width >= 64 {
+                u64::MAX
+            } else {
+                (1 << width) - 1
+            },
+            left: block.len.saturating_sub(1),
+            bit: 0,
+            key: block.first,
+        }
+    }
+
+    /// Moves to the first key of the block at or above `target` (its last key at most);
+    /// true if that is `target`.
+    #[inline]
+    fn reach(&mut self, target: u64) -> bool {
+        if self.width == 0 {
+            // Consecutive keys: no gap to read.
+            if target > self.key {
+                let step = (target - self.key).min(u64::from(self.left));
+                self.key += step;
+                self.left -= step as u32;
+            }
+            return self.key == target;
+        }
+        // In locals, so that the loop keeps them in registers.
+        let (gaps, width, mask) = (self.gaps, self.width, self.mask);
+        let (mut key, mut bit, mut left) = (self.key, self.bit, self.left);
+        while key < target && left > 0 {
+            let (at, off) = (bit / 64, bit % 64);
+            let mut gap = gaps[at] >> off;
+            if off + width > 64 {
+                gap |= gaps[at + 1] << (64 - off);
+            }
+            key += (gap & mask) + 1;
+            bit += width;
+            left -= 1;
+        }
+        (self.key, self.bit, self.left) = (key, bit, left);
+        key == target
+    }
+}
+
+/// The first block from `from` on whose last key is at least `key` (`blocks.len()` if
+/// none), galloping: the keys looked up ascend, so the answer is usually near `from`.
+fn seek(blocks: &[Block], from: usize, key: u64) -> usize {
+    let n = blocks.len();
+    if from >= n || blocks[from].last >= key {
+        return from;
+    }
+    // Every block before `lo` ends below `key`; block `hi`, if any, does not.
+    let (mut lo, mut hi, mut step) = (from + 1, from + 1, 1);
+    while hi < n && blocks[hi].last < key {
+        lo = hi + 1;
+        hi = lo + step;
+        step *= 2;
+    }
+    let hi = hi.min(n);
+    lo + blocks[lo..hi].partition_point(|b| b.last < key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::from_key;
+    use crate::ids::testing::stream;
+    use std::collections::BTreeSet;
+
+    fn small() -> Shape {
+        Shape {
+            first: 300,
+            growth: 4,
+            min_step: 50,
+        }
+    }
+
+    /// Absorbs `batches` one by one, checking each absorb's new ids and the count against
+    /// a `BTreeSet`, and the whole set every few absorbs; returns the most levels and
+    /// merges in progress seen.
+    fn against_reference(levels: &mut Levels, batches: &[Vec<i64>]) -> (usize, usize) {
+        let mut reference = BTreeSet::new();
+        let (mut depth, mut merging) = (0, 0);
+        for (round, batch) in batches.iter().enumerate() {
+            let expected: BTreeSet<i64> = batch
+                .iter()
+                .copied()
+                .filter(|id| !reference.contains(id))
+                .collect();
+            // Each batch in two runs, as shards hand them over, overlapping.
+            let cut = (batch.len() / 2 + 1).min(batch.len());
+            let runs = vec![
+                IdSet::from_ids(batch[..cut].iter().copied()),
+                IdSet::from_ids(batch[cut.saturating_sub(2)..].iter().copied()),
+            ];
+            let fresh = levels.absorb(runs);
+            assert_eq!(
+                fresh.iter().collect::<Vec<_>>(),
+                expected.iter().copied().collect::<Vec<_>>(),
+                "round {round}: the new ids, each once"
+            );
+            reference.extend(expected);
+            assert_eq!(levels.len(), reference.len() as u64, "round {round}");
+            let held: u64 = levels.levels.iter().map(Level::len).sum();
+            assert_eq!(held, levels.len(), "round {round}: the levels are disjoint");
+            depth = depth.max(levels.depth());
+            merging = merging.max(levels.merging());
+            if round % 7 == 3 {
+                let probe = batch[0];
+                assert!(levels.contains(probe));
+                assert_eq!(levels.contains(probe ^ 1), reference.contains(&(probe ^ 1)));
+                let whole = levels.to_set();
+                assert!(whole.iter().eq(reference.iter().copied()), "round {round}");
+            }
+        }
+        (depth, merging)
+    }
+
+    #[test]
+    fn random_ids_count_exactly_across_many_absorbs_and_levels() {
+        let mut levels = Levels::with_shape(small());
+        let mut ids = stream(17).map(|k| k as i64);
+        let mut seen: Vec<i64> = Vec::new();
+        let batches: Vec<Vec<i64>> = (0..120)
+            .map(|round| {
+                let mut batch: Vec<i64> = ids.by_ref().take(97 + round % 50).collect();
+                // Some ids again: from earlier batches, and repeats within the batch.
+                batch.extend(seen.iter().step_by(13).take(40).copied());
+                batch.extend(batch.clone().iter().take(5));
+                seen.extend(&batch);
+                batch
+            })
+            .collect();
+        let (depth, merging) = against_reference(&mut levels, &batches);
+        assert!(depth >= 4, "{depth} levels");
+        assert!(merging >= 1, "merges in progress across absorbs");
+        let all: BTreeSet<i64> = seen.into_iter().collect();
+        let len = levels.len();
+        let sealed = levels.into_set();
+        assert_eq!(sealed.len(), len);
+        assert!(
+            sealed.iter().eq(all.iter().copied()),
+            "the seal is the union"
+        );
+    }
+
+    #[test]
+    fn dense_ids_count_exactly_across_many_absorbs_and_levels() {
+        let mut levels = Levels::with_shape(small());
+        // Overlapping runs of consecutive ids, around zero (keys either side of 2^63) and
+        // at the ends of the range, plus every third id of a wide stretch.
+        let batches: Vec<Vec<i64>> = (0..90i64)
+            .map(|round| {
+                let start = round * 150 - 4000;
+                let mut batch: Vec<i64> = (start..start + 300).collect();
+                batch.extend((0..60).map(|i| (round * 60 + i) * 3));
+                batch.push(if round % 2 == 0 { i64::MIN } else { i64::MAX });
+                batch
+            })
+            .collect();
+        let (depth, _) = against_reference(&mut levels, &batches);
+        assert!(depth >= 3, "{depth} levels");
+        let reference: BTreeSet<i64> = batches.iter().flatten().copied().collect();
+        assert!(levels.into_set().iter().eq(reference.iter().copied()));
+    }
+
+    #[test]
+    fn a_merge_advances_by_steps_and_its_bytes_are_what_it_holds() {
+        let shape = Shape {
+            first: 1000,
+            growth: 4,
+            min_step: 1,
+        };
+        let mut levels = Levels::with_shape(shape);
+        let mut ids = stream(5).map(|k| k as i64);
+        // Fill past level 0 until a merge starts, then absorb one id at a time: each
+        // absorb advances the merge by a bounded step, so it takes many absorbs.
+        let mut absorbs_merging = 0;
+        for _ in 0..5000 {
+            let batch: Vec<i64> = ids
+                .by_ref()
+                .take(if absorbs_merging > 0 { 1 } else { 250 })
+                .collect();
+            levels.absorb(vec![IdSet::from_ids(batch)]);
+            if levels.merging() > 0 {
+                absorbs_merging += 1;
+                let bytes = levels.heap_bytes();
+                let packed = IdSet::union_all(vec![levels_clone(&levels)]).heap_bytes();
+                assert!(
+                    bytes >= packed / 2,
+                    "{bytes} heap bytes for {packed} packed"
+                );
+            } else if absorbs_merging > 0 {
+                break;
+            }
+        }
+        assert!(
+            absorbs_merging > 3,
+            "the merge took {absorbs_merging} absorbs"
+        );
+        assert_eq!(levels.merging(), 0, "and it ended");
+    }
+
+    /// The ids of `levels` as one set, without finishing a merge in progress.
+    fn levels_clone(levels: &Levels) -> IdSet {
+        let mut keys = Vec::new();
+        for level in &levels.levels {
+            match level {
+                Level::Set(set) => keys.extend(set.keys()),
+                Level::Merging(m) => {
+                    keys.extend(m.out.built().keys());
+                    for side in [&m.upper, &m.lower] {
+                        keys.extend(side.remaining().iter().flat_map(Block::keys));
+                    }
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len() as u64, levels.len());
+        IdSet::from_sorted_keys(&keys)
+    }
+
+    #[test]
+    fn a_restored_set_is_placed_whole_or_absorbed() {
+        let mut levels = Levels::with_shape(small());
+        let big = IdSet::from_ids(stream(9).take(5000).map(|k| k as i64));
+        levels.insert_set(big.clone());
+        assert_eq!(levels.len(), 5000);
+        assert!(levels.depth() >= 3, "moved down whole: {levels:?}");
+        assert_eq!(levels.merging(), 0);
+        let more = IdSet::from_ids(big.iter().step_by(2).chain([1, 2, 3]));
+        levels.insert_set(more);
+        assert_eq!(levels.len(), 5003);
+        let keys: Vec<u64> = levels.into_set().keys().collect();
+        assert_eq!(keys.len(), 5003);
+        assert!(keys.windows(2).all(|p| p[0] < p[1]));
+        assert_eq!(from_key(keys[0]), big.iter().next().unwrap().min(1));
+    }
+
+    #[test]
+    fn seek_finds_the_first_block_reaching_the_key() {
+        let keys: Vec<u64> = (0..20_000).map(|k| k * 1000).collect();
+        let set = IdSet::from_sorted_keys(&keys);
+        let blocks = &set.blocks;
+        for from in [0, 1, 5, blocks.len() / 2] {
+            for key in [0, 999, 1000, 5_000_000, 12_345_678, 19_999_000, 20_000_000] {
+                let expected = from + blocks[from..].partition_point(|b| b.last < key);
+                assert_eq!(seek(blocks, from, key), expected, "from {from} key {key}");
+            }
+        }
+    }
+}
