@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{lock, Shards};
 use crate::budget::Charge;
 use crate::endpoints::{canonicalize, Admit};
-use crate::ids::{IdSet, Levels};
+use crate::ids::{IdSet, Levels, Shape};
 
 /// What the collector gets when it seals a window.
 #[derive(Debug, Default)]
@@ -101,6 +101,19 @@ pub(super) struct MergedWindows {
     pub(super) windows: BTreeMap<u64, Merged>,
     /// Windows up to this one are sealed: absorbing or draining them does nothing.
     pub(super) sealed_upto: Option<u64>,
+    /// The shape of each window's levels (tests use small ones).
+    pub(super) shape: Shape,
+}
+
+impl MergedWindows {
+    /// The merged ids of `window`, created empty if there are none yet.
+    fn window(&mut self, window: u64) -> &mut Merged {
+        let shape = self.shape;
+        self.windows.entry(window).or_insert_with(|| Merged {
+            ids: Levels::with_shape(shape),
+            ..Merged::default()
+        })
+    }
 }
 
 impl Shards {
@@ -111,7 +124,7 @@ impl Shards {
     pub fn restore(&self, window: u64, ids: IdSet, endpoints: &[String]) -> Vec<String> {
         {
             let mut merged = lock(&self.merged);
-            let m = merged.windows.entry(window).or_default();
+            let m = merged.window(window);
             m.ids.insert_set(ids);
             self.settle(m, 0);
         }
@@ -170,7 +183,7 @@ impl Shards {
             refused += mem::take(&mut s.refused);
         }
         self.memory.count_refused(refused);
-        let m = merged.windows.entry(window).or_default();
+        let m = merged.window(window);
         self.merge(m, runs, reserved);
         Some(Absorbed {
             unique: m.ids.len(),
@@ -250,7 +263,7 @@ impl Shards {
         for shard in self.shards.iter() {
             reserved += lock(shard).take_runs(window, &mut runs);
         }
-        let m = merged.windows.entry(window).or_default();
+        let m = merged.window(window);
         let mut unsaved = Unsaved::default();
         let recent = IdSet::union_all(runs);
         if !recent.is_empty() {
@@ -373,6 +386,64 @@ mod tests {
         // A window no drain touched has no unshipped part: all of it is unshipped.
         s.record(0, 9, 1, None).unwrap();
         assert_eq!(s.seal(9).unshipped, None);
+    }
+
+    /// Shards whose windows keep their ids in small levels, so that a test sees many levels
+    /// and merges in progress.
+    fn small_levels(n: usize) -> Shards {
+        let s = Shards::new(n, EndpointPolicy::default(), 10);
+        lock(&s.merged).shape = crate::ids::Shape {
+            first: 200,
+            growth: 3,
+            min_step: 20,
+        };
+        s
+    }
+
+    #[test]
+    fn across_many_absorbs_and_levels_counts_are_exact_and_drains_hand_out_each_id_once() {
+        use std::collections::BTreeSet;
+        let s = small_levels(3);
+        let mut recorded = BTreeSet::new();
+        let mut shipped = BTreeSet::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..150u64 {
+            for i in 0..(40 + round % 60) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Random ids over the whole range, dense ones, and repeats of both.
+                let id = match i % 4 {
+                    0 => x as i64,
+                    1 => (x % 5000) as i64 - 2500,
+                    _ => *recorded.iter().nth((x % 97) as usize).unwrap_or(&7),
+                };
+                s.record((i % 3) as usize, 2, id, None).unwrap();
+                recorded.insert(id);
+            }
+            if round % 3 == 0 {
+                let drained = s.drain(2, false).unwrap();
+                for id in drained.ids.iter() {
+                    assert!(shipped.insert(id), "round {round}: {id} handed out twice");
+                }
+                assert_eq!(
+                    shipped, recorded,
+                    "round {round}: a drain hands out every new id"
+                );
+            } else {
+                assert_eq!(unique(&s, 2), recorded.len() as u64, "round {round}");
+            }
+        }
+        let depth = lock(&s.merged).windows[&2].ids.depth();
+        assert!(depth >= 4, "{depth} levels");
+        let sealed = s.seal(2);
+        assert!(
+            sealed.ids.iter().eq(recorded.iter().copied()),
+            "the seal is the union"
+        );
+        let unshipped: Vec<i64> = sealed.unshipped.unwrap().iter().collect();
+        let expected: Vec<i64> = recorded.difference(&shipped).copied().collect();
+        assert_eq!(unshipped, expected);
     }
 
     #[test]
