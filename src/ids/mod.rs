@@ -12,11 +12,13 @@
 //! Blocks are immutable once built: sets grow by merging ([`IdSet::union`], [`Union`]),
 //! which walks both sides in order and moves the blocks the other side does not touch. The
 //! request path never merges: it appends to an [`IdBuffer`], whose sorted runs the collector
-//! merges into the window's set off the request path.
+//! merges into the open window's [`Levels`] off the request path: disjoint sets of growing
+//! size, merged into one another in bounded steps, so that a merge costs in proportion to
+//! the new ids and not to the window; the window becomes one set when it is sealed.
 //!
-//! Files: `pack.rs` the bit-packed blocks, `set.rs` the set and its algebra, `codec.rs` the
-//! compact wire format, `buffer.rs` the request path's buffer, `bytes.rs` the reader of
-//! untrusted bytes that the codec and the state file share.
+//! Files: `pack.rs` the bit-packed blocks, `set.rs` the set and its algebra, `levels.rs` the
+//! open window's levels, `codec.rs` the compact wire format, `buffer.rs` the request path's
+//! buffer, `bytes.rs` the reader of untrusted bytes that the codec and the state file share.
 
 mod buffer;
 pub(crate) mod bytes;
