@@ -66,12 +66,12 @@ fn window(c: &mut Criterion) {
         let mut ids = Ids(0x9e37_79b9_7f4a_7c15);
         let mut levels = Levels::new();
         for _ in 0..n / SECOND {
-            levels.absorb(ids.second());
+            levels.absorb(ids.second(), None);
         }
         g.bench_function(format!("Levels::absorb/window of {n}"), |b| {
             b.iter_custom(|iters| {
                 timed(iters, &mut ids, |runs| {
-                    black_box(levels.absorb(runs));
+                    black_box(levels.absorb(runs, None));
                 })
             })
         });

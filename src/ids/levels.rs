@@ -20,7 +20,7 @@
 //! **Exact.** The levels are disjoint: an absorb first drops the ids some level already
 //! holds (a merge-walk over each level's blocks that skips whole blocks and decodes only
 //! those a new id falls into, [`retain_absent`]), then adds only the truly new ones. So the
-//! distinct count is the sum of the levels' lengths, and the ids an absorb returns are
+//! distinct count is the sum of the levels' lengths, and the ids an absorb reports are
 //! exactly those the window did not hold (what a cluster drain ships).
 //!
 //! **Bytes.** Ids in a smaller level sit further apart, so their gaps take more bits; with
@@ -189,55 +189,63 @@ impl Levels {
         keys.is_empty()
     }
 
-    /// Adds the ids of `sets` and returns those the levels did not hold yet. Costs in
-    /// proportion to the ids of `sets` (sorting them, checking them against each level,
-    /// merging them into level 0 and paying for a step of each merge in progress), not
-    /// to the ids held.
-    pub fn absorb(&mut self, sets: Vec<IdSet>) -> IdSet {
+    /// Adds the ids of `sets` and returns how many the levels did not hold yet; with
+    /// `fresh`, also adds those to it (what a cluster shipment has not carried yet). Costs
+    /// in proportion to the ids of `sets` (sorting them, checking them against each level,
+    /// merging them into level 0 and paying for a step of each merge in progress), not to
+    /// the ids held.
+    pub fn absorb(&mut self, sets: Vec<IdSet>, fresh: Option<&mut Builder>) -> u64 {
         let total = sets.iter().map(IdSet::len).sum::<u64>();
         let mut keys = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
         for set in sets {
             keys.extend(set.keys());
         }
-        // Each set's keys are a sorted run, which a stable sort merges rather than sorts.
-        keys.sort();
+        // In place: a stable sort's scratch would be as large again, and at a small window
+        // what an absorb holds for a moment is a good part of the bytes per id.
+        keys.sort_unstable();
         keys.dedup();
-        self.absorb_keys(keys)
+        self.absorb_keys(keys, fresh)
     }
 
     /// [`Levels::absorb`] of keys that ascend strictly.
-    fn absorb_keys(&mut self, mut keys: Vec<u64>) -> IdSet {
+    fn absorb_keys(&mut self, mut keys: Vec<u64>, fresh: Option<&mut Builder>) -> u64 {
         // Level 0 is checked by the union below, which re-packs it anyway.
         for level in self.levels.iter().skip(1) {
             level.retain_absent(&mut keys);
         }
         let batch = IdSet::from_sorted_keys(&keys);
         drop(keys);
-        let fresh = match self.levels.first_mut() {
+        let added = match self.levels.first_mut() {
             Some(Level::Set(first)) => {
-                let mut fresh = Builder::default();
-                *first = IdSet::union(mem::take(first), batch, Some(&mut fresh));
-                fresh.into_set()
+                let before = first.len();
+                *first = IdSet::union(mem::take(first), batch, fresh);
+                first.len() - before
             }
             // Level 0 is never a merge: merges land on the level below their input.
-            Some(Level::Merging(_)) => unreachable_level(),
+            Some(Level::Merging(_)) => unreachable_level().len(),
             None => {
-                self.levels.push(Level::Set(batch.clone()));
-                batch
+                if let Some(fresh) = fresh {
+                    for block in &batch.blocks {
+                        fresh.push_block(block.clone());
+                    }
+                }
+                let added = batch.len();
+                self.levels.push(Level::Set(batch));
+                added
             }
         };
-        self.len += fresh.len();
+        self.len += added;
         self.schedule();
-        self.advance(fresh.len());
+        self.advance(added);
         self.schedule();
-        fresh
+        added
     }
 
     /// Adds every id of `set` (a window put back after a restart): placed whole when the
     /// levels are empty, otherwise absorbed.
     pub fn insert_set(&mut self, set: IdSet) {
         if !self.is_empty() {
-            self.absorb(vec![set]);
+            self.absorb(vec![set], None);
             return;
         }
         self.len = set.len();
@@ -452,23 +460,21 @@ impl Side {
                 out.push_block(block);
                 return 1;
             }
-            self.keys.extend(block.keys());
+            block.decode_into(&mut self.keys);
             self.pos = 0;
         }
-        let start = self.pos;
-        while let Some(&key) = self.keys.get(self.pos) {
-            if limit.is_some_and(|l| key >= l) {
-                break;
-            }
+        let rest = &self.keys[self.pos..];
+        let count = limit.map_or(rest.len(), |l| rest.partition_point(|&k| k < l));
+        for &key in &rest[..count] {
             out.push(key);
-            self.pos += 1;
         }
+        self.pos += count;
         if self.pos == self.keys.len() {
             drop(self.take_block());
             self.keys.clear();
             self.pos = 0;
         }
-        (self.pos.saturating_sub(start) as u64).max(1)
+        (count as u64).max(1)
     }
 
     /// Takes block `at` out, leaving an empty placeholder (its gaps are freed with it).
@@ -746,7 +752,10 @@ mod tests {
                 IdSet::from_ids(batch[..cut].iter().copied()),
                 IdSet::from_ids(batch[cut.saturating_sub(2)..].iter().copied()),
             ];
-            let fresh = levels.absorb(runs);
+            let mut fresh = Builder::default();
+            let added = levels.absorb(runs, Some(&mut fresh));
+            let fresh = fresh.into_set();
+            assert_eq!(added, fresh.len(), "round {round}");
             assert_eq!(
                 fresh.iter().collect::<Vec<_>>(),
                 expected.iter().copied().collect::<Vec<_>>(),
@@ -834,7 +843,7 @@ mod tests {
                 .by_ref()
                 .take(if absorbs_merging > 0 { 1 } else { 250 })
                 .collect();
-            levels.absorb(vec![IdSet::from_ids(batch)]);
+            levels.absorb(vec![IdSet::from_ids(batch)], None);
             if levels.merging() > 0 {
                 absorbs_merging += 1;
                 let bytes = levels.heap_bytes();

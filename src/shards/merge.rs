@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{lock, Shards};
 use crate::budget::Charge;
 use crate::endpoints::{canonicalize, Admit};
-use crate::ids::{IdSet, Levels, Shape};
+use crate::ids::{Builder, IdSet, Levels, Shape};
 
 /// What the collector gets when it seals a window.
 #[derive(Debug, Default)]
@@ -152,9 +152,15 @@ impl Shards {
     /// did not hold yet also into the unshipped ids.
     fn merge(&self, m: &mut Merged, runs: Vec<IdSet>, reserved: u64) {
         let (runs, reserved) = m.with_recent(runs, reserved);
-        let fresh = m.ids.absorb(runs);
-        if let Some(unshipped) = m.unshipped.take() {
-            m.unshipped = Some(IdSet::union(unshipped, fresh, None));
+        match m.unshipped.take() {
+            None => {
+                m.ids.absorb(runs, None);
+            }
+            Some(unshipped) => {
+                let mut fresh = Builder::default();
+                m.ids.absorb(runs, Some(&mut fresh));
+                m.unshipped = Some(IdSet::union(unshipped, fresh.into_set(), None));
+            }
         }
         self.settle(m, reserved);
     }
