@@ -43,7 +43,16 @@ pub const FIRST_LEVEL_IDS: u64 = 1 << 19;
 /// Each level holds this many times the ids of the one above it. Larger: fewer levels, so
 /// fewer to check new ids against and fewer bits lost to the sparser small levels, but each
 /// id is re-packed more often (about `GROWTH` times per level, on average half of it).
-pub const GROWTH: u64 = 8;
+pub const GROWTH: u64 = 5;
+
+/// Levels at most: the last one has no size limit and takes the level above it whole when
+/// that one is full. Every level a new id is checked against costs a fetch of the block the
+/// id falls in, once the level has more blocks than an absorb has ids (about 15M random
+/// 64-bit ids): a last level without limit keeps a window of 100M ids to two such levels at
+/// most (the one above it stays under `FIRST_LEVEL_IDS * GROWTH^2`, 12.5M), where unbounded
+/// growth would make three. The price is that merging into the last level re-packs it once
+/// per 12.5M new ids: 8 times per new id at 100M, which the step pays for.
+pub const LEVELS: usize = 4;
 
 /// Keys a merge in progress advances by at each absorb besides what the new ids pay for, so
 /// that merges end when traffic stops: about a ms of work.
@@ -58,6 +67,8 @@ pub struct Shape {
     pub growth: u64,
     /// Keys a merge advances by at each absorb, new ids or not (at least 1).
     pub min_step: u64,
+    /// Levels at most (at least 2): the last one has no size limit.
+    pub levels: usize,
 }
 
 impl Default for Shape {
@@ -66,6 +77,7 @@ impl Default for Shape {
             first: FIRST_LEVEL_IDS,
             growth: GROWTH,
             min_step: MIN_STEP_KEYS,
+            levels: LEVELS,
         }
     }
 }
@@ -73,6 +85,9 @@ impl Default for Shape {
 impl Shape {
     /// Most ids level `level` holds before it is merged into the next.
     fn capacity(&self, level: usize) -> u64 {
+        if level + 1 >= self.levels.max(2) {
+            return u64::MAX;
+        }
         let growth = self.growth.max(2);
         let power = growth.saturating_pow(u32::try_from(level).unwrap_or(u32::MAX));
         self.first.max(1).saturating_mul(power)
@@ -731,6 +746,7 @@ mod tests {
             first: 300,
             growth: 4,
             min_step: 50,
+            levels: 16,
         }
     }
 
@@ -832,6 +848,7 @@ mod tests {
             first: 1000,
             growth: 4,
             min_step: 1,
+            levels: 16,
         };
         let mut levels = Levels::with_shape(shape);
         let mut ids = stream(5).map(|k| k as i64);
@@ -881,6 +898,22 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len() as u64, levels.len());
         IdSet::from_sorted_keys(&keys)
+    }
+
+    #[test]
+    fn the_last_level_takes_everything_past_the_others() {
+        let shape = Shape {
+            levels: 3,
+            ..small()
+        };
+        let mut levels = Levels::with_shape(shape);
+        let mut ids = stream(23).map(|k| k as i64);
+        let batches: Vec<Vec<i64>> = (0..60).map(|_| ids.by_ref().take(200).collect()).collect();
+        let (depth, merging) = against_reference(&mut levels, &batches);
+        assert_eq!((depth, levels.len()), (3, 12_000));
+        assert!(merging >= 1);
+        let last = levels.levels[2].len();
+        assert!(last > shape.capacity(1) * 2, "{levels:?}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use buffer::{IdBuffer, BATCH};
 pub use codec::{
     DecodeError, DENSEST_IDS_PER_BYTE, MAX_BLOCK_BYTES, MAX_DECODED_IDS, MAX_SEGMENT_BYTES,
 };
-pub use levels::{Levels, Shape, FIRST_LEVEL_IDS, GROWTH, MIN_STEP_KEYS};
+pub use levels::{Levels, Shape, FIRST_LEVEL_IDS, GROWTH, LEVELS, MIN_STEP_KEYS};
 pub use pack::{BLOCK_BITS, BLOCK_KEYS};
 pub use set::{count_union, Builder, IdSet, Union};
 

@@ -402,6 +402,7 @@ mod tests {
             first: 200,
             growth: 3,
             min_step: 20,
+            levels: 16,
         };
         s
     }
