@@ -7,26 +7,38 @@
 //! ids would spend most of every second merging.
 //!
 //! **How.** Like the levels of an LSM tree. Level 0 takes each absorb's new ids at once (it
-//! is small: [`Shape::first`] ids, about half a second of a busy collector's work at most);
-//! level `i` holds up to `first * growth^i` ids. A level over its size is merged into the
-//! next one, and that merge is cut into steps: each absorb advances every merge in progress
-//! by a bounded amount of work ([`Merge::step`]), in proportion to the new ids (each new id
-//! pays for `merge size / incoming size` keys, so a merge ends before the level above it can
-//! fill up again, and never in one piece). A merge walks its two inputs in key order, moves
-//! the blocks the other input does not reach whole, and frees each input block as soon as
-//! it is consumed, so a merge in progress holds each id once. While it runs, its level is
-//! the merged part plus what is left of both inputs.
+//! is small: [`FIRST_LEVEL_IDS`]); level `i` holds up to `first * growth^i` ids, and the last
+//! of [`LEVELS`] has no limit. A level over its size is merged into the next one, and that
+//! merge is cut into steps: each absorb advances every merge in progress by a bounded amount
+//! of work ([`Merge::step`]) in proportion to the new ids (each new id pays for `merge size /
+//! incoming size` keys, so a merge ends before the level above it can fill up again, and
+//! never in one piece). A merge walks its two inputs in key order, moves the blocks the other
+//! input does not reach whole, and frees each input block as soon as it is consumed, so a
+//! merge in progress holds each id once. While it runs, its level is the merged part plus
+//! what is left of both inputs. Rejected: a resumable merge of the new ids into one set
+//! (still one block re-packed per new id, 150 keys of work each: 15M keys a second at 100K
+//! ids a second), and blocks updated in place with a small unpacked buffer each (8 bytes per
+//! buffered id, more than the 6 an id may take).
 //!
 //! **Exact.** The levels are disjoint: an absorb first drops the ids some level already
 //! holds (a merge-walk over each level's blocks that skips whole blocks and decodes only
-//! those a new id falls into, [`retain_absent`]), then adds only the truly new ones. So the
-//! distinct count is the sum of the levels' lengths, and the ids an absorb reports are
-//! exactly those the window did not hold (what a cluster drain ships).
+//! those a new id falls into, from the nearer end, [`retain_absent`]), then adds only the
+//! truly new ones. So the distinct count is the sum of the levels' lengths, and the ids an
+//! absorb reports are exactly those the window did not hold (what a cluster drain ships).
 //!
-//! **Bytes.** Ids in a smaller level sit further apart, so their gaps take more bits; with
-//! `growth` 8 most ids are in the largest level and the levels cost a few percent more than
-//! one set (`perf/RESULTS.md`). The seal merges the levels into one set
-//! ([`Levels::into_set`]), freeing each input block as it goes.
+//! **What an absorb costs.** Sorting the new ids; checking them against each level, which
+//! for a level with more blocks than new ids (about 15M random 64-bit ids) is a fetch and a
+//! quarter block's decode per id, and for a smaller level at most the level's size; merging
+//! them into level 0; and the merge steps (about `growth + 1` keys per new id per level, and
+//! `window / 12.5M` for the last one). Up to 100M ids that is bounded by about two large
+//! levels' checks and 2M keys of merging a second, whatever the window holds; past that the
+//! last level's merges grow with the window (raise [`LEVELS`] for larger windows).
+//! `perf/RESULTS.md` has the measurements, `benches/window.rs` the comparison with one set.
+//!
+//! **Bytes.** Ids in a smaller level sit further apart, so their gaps take more bits; most
+//! ids are in the largest level and the levels cost about as much as one set
+//! (`perf/RESULTS.md`). The seal merges the levels into one set ([`Levels::into_set`]),
+//! freeing each input block as it goes.
 
 use std::fmt;
 use std::mem;
@@ -47,11 +59,11 @@ pub const GROWTH: u64 = 5;
 
 /// Levels at most: the last one has no size limit and takes the level above it whole when
 /// that one is full. Every level a new id is checked against costs a fetch of the block the
-/// id falls in, once the level has more blocks than an absorb has ids (about 15M random
-/// 64-bit ids): a last level without limit keeps a window of 100M ids to two such levels at
-/// most (the one above it stays under `FIRST_LEVEL_IDS * GROWTH^2`, 12.5M), where unbounded
-/// growth would make three. The price is that merging into the last level re-packs it once
-/// per 12.5M new ids: 8 times per new id at 100M, which the step pays for.
+/// id falls in once the level has more blocks than an absorb has ids (about 15M random
+/// 64-bit ids): a last level without limit keeps a window of 100M ids to one such level and
+/// one of at most 12.5M (`FIRST_LEVEL_IDS * GROWTH^2`), where levels growing without end
+/// would make two or three large ones. The price is that merging into the last level
+/// re-packs it once per 12.5M new ids: 8 keys per new id at 100M, which the steps pay for.
 pub const LEVELS: usize = 4;
 
 /// Keys a merge in progress advances by at each absorb besides what the new ids pay for, so
