@@ -26,7 +26,7 @@
 //! truly new ones. So the distinct count is the sum of the levels' lengths, and the ids an
 //! absorb reports are exactly those the window did not hold (what a cluster drain ships).
 //!
-//! **What an absorb costs.** Sorting the new ids; checking them against each level, which
+//! **What an absorb costs.** Uniting the new ids' sorted runs; checking them against each level, which
 //! for a level with more blocks than new ids (about 15M random 64-bit ids) is a fetch and a
 //! quarter block's decode per id, and for a smaller level at most the level's size; merging
 //! them into level 0; and the merge steps (about `growth + 1` keys per new id per level, and
@@ -43,9 +43,13 @@
 use std::fmt;
 use std::mem;
 
-use super::pack::Block;
+use super::pack::{Block, BLOCK_KEYS};
 use super::set::{Builder, IdSet};
 use super::to_key;
+
+/// Keys checked against the levels at a time (a few more: whole blocks are decoded): an
+/// 8 KiB buffer.
+const CHECK_CHUNK: usize = 1024;
 
 /// Most ids level 0 holds before it is merged into level 1: the cost of merging an absorb's
 /// new ids into it (up to about twice this many keys re-packed while level 1 is busy) stays
@@ -218,30 +222,47 @@ impl Levels {
 
     /// Adds the ids of `sets` and returns how many the levels did not hold yet; with
     /// `fresh`, also adds those to it (what a cluster shipment has not carried yet). Costs
-    /// in proportion to the ids of `sets` (sorting them, checking them against each level,
+    /// in proportion to the ids of `sets` (uniting them, checking them against each level,
     /// merging them into level 0 and paying for a step of each merge in progress), not to
     /// the ids held.
     pub fn absorb(&mut self, sets: Vec<IdSet>, fresh: Option<&mut Builder>) -> u64 {
-        let total = sets.iter().map(IdSet::len).sum::<u64>();
-        let mut keys = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-        for set in sets {
-            keys.extend(set.keys());
-        }
-        // In place: a stable sort's scratch would be as large again, and at a small window
-        // what an absorb holds for a moment is a good part of the bytes per id.
-        keys.sort_unstable();
-        keys.dedup();
-        self.absorb_keys(keys, fresh)
+        // Packed, not as a vector of keys: at a small window, or with dense ids, 8 bytes per
+        // new id held for a moment would be a good part of the bytes per id.
+        let batch = IdSet::union_all(sets);
+        let batch = if self.levels.len() > 1 {
+            self.absent(batch)
+        } else {
+            batch
+        };
+        self.add(batch, fresh)
     }
 
-    /// [`Levels::absorb`] of keys that ascend strictly.
-    fn absorb_keys(&mut self, mut keys: Vec<u64>, fresh: Option<&mut Builder>) -> u64 {
-        // Level 0 is checked by the union below, which re-packs it anyway.
-        for level in self.levels.iter().skip(1) {
-            level.retain_absent(&mut keys);
+    /// The ids of `batch` that no level but level 0 holds (level 0 is checked by the union
+    /// that adds them to it, which re-packs it anyway), a chunk of keys at a time; each
+    /// block of `batch` is freed once decoded, so the two are not held whole at once.
+    fn absent(&self, batch: IdSet) -> IdSet {
+        let mut absent = Builder::default();
+        let mut chunk = Vec::with_capacity(CHECK_CHUNK + BLOCK_KEYS);
+        let mut blocks = batch.blocks.into_iter().peekable();
+        while blocks.peek().is_some() {
+            chunk.clear();
+            while chunk.len() < CHECK_CHUNK {
+                let Some(block) = blocks.next() else { break };
+                block.decode_into(&mut chunk);
+            }
+            for level in self.levels.iter().skip(1) {
+                level.retain_absent(&mut chunk);
+            }
+            for &key in &chunk {
+                absent.push(key);
+            }
         }
-        let batch = IdSet::from_sorted_keys(&keys);
-        drop(keys);
+        absent.into_set()
+    }
+
+    /// Adds `batch`, which no level but level 0 holds any of, to level 0; returns how many
+    /// ids were new.
+    fn add(&mut self, batch: IdSet, fresh: Option<&mut Builder>) -> u64 {
         let added = match self.levels.first_mut() {
             Some(Level::Set(first)) => {
                 let before = first.len();
