@@ -17,15 +17,18 @@
 //! the new ids and not to the window; the window becomes one set when it is sealed.
 //!
 //! Files: `pack.rs` the bit-packed blocks, `set.rs` the set and its algebra, `levels.rs` the
-//! open window's levels, `codec.rs` the compact wire format, `buffer.rs` the request path's
-//! buffer, `bytes.rs` the reader of untrusted bytes that the codec and the state file share.
+//! open window's levels (`stepped.rs` their merges, `absent.rs` the check of new ids against
+//! them), `codec.rs` the compact wire format, `buffer.rs` the request path's buffer,
+//! `bytes.rs` the reader of untrusted bytes that the codec and the state file share.
 
+mod absent;
 mod buffer;
 pub(crate) mod bytes;
 mod codec;
 mod levels;
 mod pack;
 mod set;
+mod stepped;
 
 pub use buffer::{IdBuffer, BATCH};
 pub use codec::{
