@@ -211,6 +211,10 @@ impl Shards {
                 self.memory.release(old.charged);
             }
         }
+        // The window is out of the map and marked sealed (an absorb, drain or save of it now
+        // does nothing): making its levels one set, which takes time in proportion to the
+        // window, need not hold up the cluster thread's drains of the next one.
+        drop(merged);
         let mut slots = Vec::new();
         let mut refused = 0;
         for shard in self.shards.iter() {
