@@ -30,7 +30,7 @@
 //! for a level with more blocks than new ids (about 15M random 64-bit ids) is a fetch and a
 //! quarter block's decode per id, and for a smaller level at most the level's size; merging
 //! them into level 0; and the merge steps (about `growth + 1` keys per new id per level, and
-//! `window / 12.5M` for the last one). Up to 100M ids that is bounded by about two large
+//! `window / 16M` for the last one). Up to 100M ids that is bounded by about two large
 //! levels' checks and 2M keys of merging a second, whatever the window holds; past that the
 //! last level's merges grow with the window (raise [`LEVELS`] for larger windows).
 //! `perf/RESULTS.md` has the measurements, `benches/window.rs` the comparison with one set.
@@ -53,23 +53,24 @@ use super::to_key;
 /// 8 KiB buffer.
 const CHECK_CHUNK: usize = 1024;
 
-/// Most ids level 0 holds before it is merged into level 1: the cost of merging an absorb's
-/// new ids into it (up to about twice this many keys re-packed while level 1 is busy) stays
-/// a few ms, and level 1 starts at a size whose merges are cheap.
-pub const FIRST_LEVEL_IDS: u64 = 1 << 19;
+/// Most ids level 0 holds before it is merged into level 1. A window of up to a million ids
+/// stays one set, as before the levels: no merge between levels, nothing for the seal to
+/// merge, and the same bytes per id. Merging an absorb's new ids into it re-packs up to
+/// about twice this many keys (while level 1 is busy): about 10 ms.
+pub const FIRST_LEVEL_IDS: u64 = 1 << 20;
 
 /// Each level holds this many times the ids of the one above it. Larger: fewer levels, so
 /// fewer to check new ids against and fewer bits lost to the sparser small levels, but each
 /// id is re-packed more often (about `GROWTH` times per level, on average half of it).
-pub const GROWTH: u64 = 5;
+pub const GROWTH: u64 = 4;
 
 /// Levels at most: the last one has no size limit and takes the level above it whole when
 /// that one is full. Every level a new id is checked against costs a fetch of the block the
 /// id falls in once the level has more blocks than an absorb has ids (about 15M random
 /// 64-bit ids): a last level without limit keeps a window of 100M ids to one such level and
-/// one of at most 12.5M (`FIRST_LEVEL_IDS * GROWTH^2`), where levels growing without end
+/// one of at most 16M (`FIRST_LEVEL_IDS * GROWTH^2`), where levels growing without end
 /// would make two or three large ones. The price is that merging into the last level
-/// re-packs it once per 12.5M new ids: 8 keys per new id at 100M, which the steps pay for.
+/// re-packs it once per 16M new ids: 7 keys per new id at 100M, which the steps pay for.
 pub const LEVELS: usize = 4;
 
 /// Keys a merge in progress advances by at each absorb besides what the new ids pay for, so
