@@ -26,13 +26,15 @@
 //! truly new ones. So the distinct count is the sum of the levels' lengths, and the ids an
 //! absorb reports are exactly those the window did not hold (what a cluster drain ships).
 //!
-//! **What an absorb costs.** Uniting the new ids' sorted runs; checking them against each level, which
-//! for a level with more blocks than new ids (about 15M random 64-bit ids) is a fetch and a
-//! quarter block's decode per id, and for a smaller level at most the level's size; merging
-//! them into level 0; and the merge steps (about `growth + 1` keys per new id per level, and
-//! `window / 16M` for the last one). Up to 100M ids that is bounded by about two large
-//! levels' checks and 2M keys of merging a second, whatever the window holds; past that the
-//! last level's merges grow with the window (raise [`LEVELS`] for larger windows).
+//! **What an absorb costs.** Uniting the new ids' sorted runs; checking them against each
+//! level, which for a level with more blocks than new ids (about 15M random 64-bit ids) is a
+//! fetch and a quarter block's decode per id, and for a smaller level at most the level's
+//! size; merging them into level 0; and the merge steps (about `growth + 1` keys per new id
+//! per level, and `window / 16M` for the last one). Up to 100M ids that is bounded by about
+//! two large levels' checks and 2M keys of merging a second, whatever the window holds; past
+//! that the last level's merges grow with the window (raise [`LEVELS`] for larger windows).
+//! The check waits on memory for every id in a large level: at 100M ids it is most of the
+//! absorb's time (`perf/RESULTS.md`).
 //! `perf/RESULTS.md` has the measurements, `benches/window.rs` the comparison with one set.
 //!
 //! **Bytes.** Ids in a smaller level sit further apart, so their gaps take more bits; most
