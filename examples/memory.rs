@@ -19,7 +19,11 @@
 //!   seal, and generating the ids, a few ns), divided by the ids recorded (not the distinct
 //!   ones); `insert_secs` is the same time in seconds; `absorb_ns_per_id` is the absorbs'
 //!   share of it (the collector's work, off the request path), `last_absorb_ms` the last
-//!   absorb (100 000 ids into the largest set), `seal_ms` the seal alone.
+//!   absorb (100 000 ids into the largest window), `max_absorb_ms` the slowest absorb of the
+//!   run (what the collector's once-a-second merge must stay under whatever the window holds),
+//!   `max_absorb_cpu_ms` the most CPU time of this thread one absorb took (the same
+//!   without the wait for a core on a busy machine), `p99_absorb_cpu_ms` the 99th percentile
+//!   of those, `seal_ms` the seal alone (which builds the window's one set).
 //!
 //! ```sh
 //! cargo run --release --example memory                          # all four, 10M each, markdown table
@@ -124,6 +128,28 @@ mod rng;
 mod dist;
 use dist::Dist;
 
+/// CPU time of the calling thread: what an absorb costs whatever else the machine runs
+/// (its wall time grows with the load of a shared machine).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The `q`-quantile of `times` (0 when there are none).
+fn percentile(mut times: Vec<Duration>, q: f64) -> Duration {
+    times.sort_unstable();
+    let at = ((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1));
+    times.get(at).copied().unwrap_or_default()
+}
+
 /// Records between two absorbs: a second of requests at 100k req/s.
 const ABSORB_EVERY: u64 = 100_000;
 
@@ -140,9 +166,14 @@ struct Held {
     budget_peak: u64,
     serialized: u64,
     seal: Duration,
-    /// All absorbs, and the last one (into the largest set).
+    /// All absorbs, the last one (into the largest window) and the slowest.
     absorb: Duration,
     last_absorb: Duration,
+    max_absorb: Duration,
+    /// The most CPU time of the collector's thread one absorb took.
+    max_absorb_cpu: Duration,
+    /// The 99th percentile of the absorbs' CPU times (the tenth slowest of 1000).
+    p99_absorb_cpu: Duration,
     /// Keeps the measured structure alive until the RSS is read.
     keep: Option<Box<dyn std::any::Any>>,
 }
@@ -154,6 +185,8 @@ fn through_shards(ids: dist::Ids) -> Result<Held, String> {
     let window = 1;
     let mut budget_peak = 0;
     let (mut absorb, mut last_absorb) = (Duration::ZERO, Duration::ZERO);
+    let (mut max_absorb, mut max_absorb_cpu) = (Duration::ZERO, Duration::ZERO);
+    let mut absorb_cpus = Vec::new();
     for (i, id) in ids.enumerate() {
         let recorded = shards.record(0, window, black_box(id), None);
         if recorded != Ok(Recorded::Counted) {
@@ -161,10 +194,14 @@ fn through_shards(ids: dist::Ids) -> Result<Held, String> {
         }
         if (i as u64 + 1).is_multiple_of(ABSORB_EVERY) {
             budget_peak = budget_peak.max(memory.used());
-            let t0 = Instant::now();
+            let (t0, cpu0) = (Instant::now(), thread_cpu());
             shards.absorb(window).ok_or("the window is sealed")?;
             last_absorb = t0.elapsed();
+            let cpu = thread_cpu().saturating_sub(cpu0);
+            max_absorb_cpu = max_absorb_cpu.max(cpu);
+            absorb_cpus.push(cpu);
             absorb += last_absorb;
+            max_absorb = max_absorb.max(last_absorb);
         }
     }
     budget_peak = budget_peak.max(memory.used());
@@ -187,6 +224,9 @@ fn through_shards(ids: dist::Ids) -> Result<Held, String> {
         seal,
         absorb,
         last_absorb,
+        max_absorb,
+        max_absorb_cpu,
+        p99_absorb_cpu: percentile(absorb_cpus, 0.99),
         keep: Some(Box::new((sealed, shards))),
     })
 }
@@ -276,7 +316,8 @@ fn measure(dist: Dist, n: u64, set: &str) -> Result<(), String> {
          heap_peak_bytes={peak} accounted_bytes={} budget_peak_bytes={} serialized_bytes={} \
          rss_per_id={:.2} heap_per_id={:.2} peak_per_id={:.2} accounted_per_id={:.2} \
          budget_peak_per_id={:.2} serialized_per_id={:.2} insert_secs={secs:.3} \
-         ns_per_id={:.1} absorb_ns_per_id={:.1} last_absorb_ms={:.2} seal_ms={:.2}",
+         ns_per_id={:.1} absorb_ns_per_id={:.1} last_absorb_ms={:.2} max_absorb_ms={:.2} \
+         max_absorb_cpu_ms={:.2} p99_absorb_cpu_ms={:.2} seal_ms={:.2}",
         dist.name(),
         held.accounted,
         held.budget_peak,
@@ -290,6 +331,9 @@ fn measure(dist: Dist, n: u64, set: &str) -> Result<(), String> {
         secs * 1e9 / n as f64,
         held.absorb.as_secs_f64() * 1e9 / n as f64,
         held.last_absorb.as_secs_f64() * 1e3,
+        held.max_absorb.as_secs_f64() * 1e3,
+        held.max_absorb_cpu.as_secs_f64() * 1e3,
+        held.p99_absorb_cpu.as_secs_f64() * 1e3,
         held.seal.as_secs_f64() * 1e3,
     );
     drop(black_box(held.keep));
@@ -334,12 +378,12 @@ fn all(n: u64, set: &str) -> Result<(), String> {
     println!();
     println!(
         "| ids ({n} recorded, {set}) | distinct | RSS B/id | live heap B/id | peak heap B/id \
-         | heap_bytes() B/id | serialized B/id | ns/id |"
+         | heap_bytes() B/id | serialized B/id | ns/id | last absorb ms | max absorb ms | seal ms |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (what, line) in rows {
         println!(
-            "| {what} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {what} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             field(&line, "distinct"),
             field(&line, "rss_per_id"),
             field(&line, "heap_per_id"),
@@ -347,6 +391,9 @@ fn all(n: u64, set: &str) -> Result<(), String> {
             field(&line, "accounted_per_id"),
             field(&line, "serialized_per_id"),
             field(&line, "ns_per_id"),
+            field(&line, "last_absorb_ms"),
+            field(&line, "max_absorb_ms"),
+            field(&line, "seal_ms"),
         );
     }
     Ok(())

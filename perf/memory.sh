@@ -133,12 +133,12 @@ done
   echo
   echo "### After: through Shards (1 shard, an absorb every 100 000 records, then the seal), median of $REPEAT"
   echo
-  echo "| ids | window | distinct | RSS B/id | live heap B/id | peak heap B/id | \`heap_bytes()\` B/id | RSS / \`heap_bytes()\` | budget peak B/id | serialized B/id | ns/id (record + absorb) | of which absorbs | so the request path | last absorb ms | seal ms |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| ids | window | distinct | RSS B/id | live heap B/id | peak heap B/id | \`heap_bytes()\` B/id | RSS / \`heap_bytes()\` | budget peak B/id | serialized B/id | ns/id (record + absorb) | of which absorbs | so the request path | last absorb ms | max absorb ms | seal ms |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for d in $DISTS; do
     for n in $SIZES; do
       v() { val verve "$d" "$n" "$1"; }
-      echo "| $d | $n | $(v distinct) | $(v rss_per_id) | $(v heap_per_id) | $(v peak_per_id) | $(v accounted_per_id) | $(ratio "$(v rss_bytes)" "$(v accounted_bytes)" 2) | $(v budget_peak_per_id) | $(v serialized_per_id) | $(v ns_per_id) | $(v absorb_ns_per_id) | $(minus "$(v ns_per_id)" "$(v absorb_ns_per_id)") | $(v last_absorb_ms) | $(v seal_ms) |"
+      echo "| $d | $n | $(v distinct) | $(v rss_per_id) | $(v heap_per_id) | $(v peak_per_id) | $(v accounted_per_id) | $(ratio "$(v rss_bytes)" "$(v accounted_bytes)" 2) | $(v budget_peak_per_id) | $(v serialized_per_id) | $(v ns_per_id) | $(v absorb_ns_per_id) | $(minus "$(v ns_per_id)" "$(v absorb_ns_per_id)") | $(v last_absorb_ms) | $(v max_absorb_ms) | $(v seal_ms) |"
     done
   done
   if [[ -n $BEFORE ]] || [[ $DISTS == *snowflake* ]]; then

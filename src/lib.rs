@@ -20,9 +20,9 @@
 //! - [`query`]: parsing and validating the accept API's query string.
 //! - [`cluster`]: cluster mode: shipping windows to Redis, leading them, the backlog.
 //! - [`clock`]: the clock (real or test-driven) and window arithmetic.
-//! - [`ids`]: the exact id set of a window (sorted blocks of bit-packed gaps), its wire
-//!   format, the buffer the request path records into, and the reader of untrusted bytes
-//!   that the state file shares.
+//! - [`ids`]: the exact id set of a window (sorted blocks of bit-packed gaps), the open
+//!   window's levels of such sets, its wire format, the buffer the request path records
+//!   into, and the reader of untrusted bytes that the state file shares.
 //! - [`budget`]: `--max-memory`, the budget the id sets are held to.
 //! - [`shards`]: per-worker id shards, sealed per window; why they are sound under may.
 //! - [`endpoints`]: which callback URLs are allowed; the per-window endpoint table; how a call

@@ -12,23 +12,31 @@
 //! Blocks are immutable once built: sets grow by merging ([`IdSet::union`], [`Union`]),
 //! which walks both sides in order and moves the blocks the other side does not touch. The
 //! request path never merges: it appends to an [`IdBuffer`], whose sorted runs the collector
-//! merges into the window's set off the request path.
+//! merges into the open window's [`Levels`] off the request path: disjoint sets of growing
+//! size, merged into one another in bounded steps, so that a merge costs in proportion to
+//! the new ids and not to the window; the window becomes one set when it is sealed.
 //!
-//! Files: `pack.rs` the bit-packed blocks, `set.rs` the set and its algebra, `codec.rs` the
-//! compact wire format, `partition.rs` the fixed cut of ids into disjoint partitions, `buffer.rs` the request path's buffer, `bytes.rs` the reader of
-//! untrusted bytes that the codec and the state file share.
+//! Files: `pack.rs` the bit-packed blocks, `set.rs` the set and its algebra, `levels.rs` the
+//! open window's levels (`stepped.rs` their merges, `absent.rs` the check of new ids against
+//! them), `codec/` the compact wire format, `partition.rs` the fixed cut of ids into disjoint
+//! partitions, `buffer.rs` the request path's buffer, `bytes.rs` the reader of untrusted
+//! bytes that the codec and the state file share.
 
+mod absent;
 mod buffer;
 pub(crate) mod bytes;
 mod codec;
+mod levels;
 mod pack;
 pub mod partition;
 mod set;
+mod stepped;
 
 pub use buffer::{IdBuffer, BATCH};
 pub use codec::{
     DecodeError, DENSEST_IDS_PER_BYTE, MAX_BLOCK_BYTES, MAX_DECODED_IDS, MAX_SEGMENT_BYTES,
 };
+pub use levels::{Levels, Shape, FIRST_LEVEL_IDS, GROWTH, LEVELS, MIN_STEP_KEYS};
 pub use pack::{BLOCK_BITS, BLOCK_KEYS};
 pub use set::{count_union, Builder, IdSet, Union};
 

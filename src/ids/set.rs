@@ -385,7 +385,9 @@ impl Builder {
         self.set.heap_bytes() + self.gaps.capacity() * 8
     }
 
-    fn seal(&mut self) {
+    /// Closes the open block, if any: what was pushed so far becomes whole blocks of
+    /// [`Builder::built`]. The next key opens a new block.
+    pub(super) fn seal(&mut self) {
         if self.open {
             self.set.push_block(Block {
                 first: self.first,
@@ -413,6 +415,11 @@ impl Builder {
         }
         self.seal();
         self.set.push_block(block);
+    }
+
+    /// The blocks built so far, without the open block ([`Builder::seal`] closes it).
+    pub(super) fn built(&self) -> &IdSet {
+        &self.set
     }
 
     /// The set built.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{lock, Shards};
 use crate::budget::Charge;
 use crate::endpoints::{canonicalize, Admit};
-use crate::ids::{Builder, IdSet};
+use crate::ids::{Builder, IdSet, Levels, Shape};
 
 /// What the collector gets when it seals a window.
 #[derive(Debug, Default)]
@@ -71,7 +71,9 @@ pub(super) struct Merged {
     recent_reserved: u64,
     /// Endpoints an [`Shards::unsaved`] handed out already.
     saved_endpoints: HashSet<String>,
-    pub(super) ids: IdSet,
+    /// The merged ids, in disjoint levels so that an absorb costs what it adds, not what
+    /// the window holds (see [`Levels`]); one set again at the seal.
+    pub(super) ids: Levels,
     /// Cluster mode, from the first drain on: the ids merged since the last drain.
     unshipped: Option<IdSet>,
     /// Endpoints a drain handed out already.
@@ -99,6 +101,19 @@ pub(super) struct MergedWindows {
     pub(super) windows: BTreeMap<u64, Merged>,
     /// Windows up to this one are sealed: absorbing or draining them does nothing.
     pub(super) sealed_upto: Option<u64>,
+    /// The shape of each window's levels (tests use small ones).
+    pub(super) shape: Shape,
+}
+
+impl MergedWindows {
+    /// The merged ids of `window`, created empty if there are none yet.
+    fn window(&mut self, window: u64) -> &mut Merged {
+        let shape = self.shape;
+        self.windows.entry(window).or_insert_with(|| Merged {
+            ids: Levels::with_shape(shape),
+            ..Merged::default()
+        })
+    }
 }
 
 impl Shards {
@@ -109,8 +124,8 @@ impl Shards {
     pub fn restore(&self, window: u64, ids: IdSet, endpoints: &[String]) -> Vec<String> {
         {
             let mut merged = lock(&self.merged);
-            let m = merged.windows.entry(window).or_default();
-            m.ids = IdSet::union(mem::take(&mut m.ids), ids, None);
+            let m = merged.window(window);
+            m.ids.insert_set(ids);
             self.settle(m, 0);
         }
         endpoints
@@ -133,17 +148,17 @@ impl Shards {
         m.charged = bytes;
     }
 
-    /// Merges `runs` into `m`; in cluster mode after the first drain, also into the
-    /// unshipped ids.
+    /// Merges `runs` into `m`; in cluster mode after the first drain, the ids the window
+    /// did not hold yet also into the unshipped ids.
     fn merge(&self, m: &mut Merged, runs: Vec<IdSet>, reserved: u64) {
         let (runs, reserved) = m.with_recent(runs, reserved);
-        let recent = IdSet::union_all(runs);
-        let ids = mem::take(&mut m.ids);
         match m.unshipped.take() {
-            None => m.ids = IdSet::union(ids, recent, None),
+            None => {
+                m.ids.absorb(runs, None);
+            }
             Some(unshipped) => {
                 let mut fresh = Builder::default();
-                m.ids = IdSet::union(ids, recent, Some(&mut fresh));
+                m.ids.absorb(runs, Some(&mut fresh));
                 m.unshipped = Some(IdSet::union(unshipped, fresh.into_set(), None));
             }
         }
@@ -174,7 +189,7 @@ impl Shards {
             refused += mem::take(&mut s.refused);
         }
         self.memory.count_refused(refused);
-        let m = merged.windows.entry(window).or_default();
+        let m = merged.window(window);
         self.merge(m, runs, reserved);
         Some(Absorbed {
             unique: m.ids.len(),
@@ -196,6 +211,10 @@ impl Shards {
                 self.memory.release(old.charged);
             }
         }
+        // The window is out of the map and marked sealed (an absorb, drain or save of it now
+        // does nothing): making its levels one set, which takes time in proportion to the
+        // window, need not hold up the cluster thread's drains of the next one.
+        drop(merged);
         let mut slots = Vec::new();
         let mut refused = 0;
         for shard in self.shards.iter() {
@@ -225,12 +244,17 @@ impl Shards {
             runs = vec![last];
         }
         self.merge(&mut m, runs, reserved);
+        // One set again: the reporters, the cluster backlog and `scope=local` read it whole.
+        sealed.ids = mem::take(&mut m.ids).into_set();
+        sealed.unshipped = m.unshipped.take();
+        let bytes =
+            sealed.ids.heap_bytes() + sealed.unshipped.as_ref().map_or(0, IdSet::heap_bytes);
+        self.memory.charge(bytes as u64);
+        self.memory.release(m.charged);
         // After every shard is sealed no request can add an endpoint to this window: a
         // request admits its endpoint while it holds its shard's lock.
         sealed.endpoints = self.table.take(window);
-        sealed.charge = Charge::new(&self.memory, mem::take(&mut m.charged));
-        sealed.ids = m.ids;
-        sealed.unshipped = m.unshipped;
+        sealed.charge = Charge::new(&self.memory, bytes as u64);
         sealed
     }
 
@@ -249,7 +273,7 @@ impl Shards {
         for shard in self.shards.iter() {
             reserved += lock(shard).take_runs(window, &mut runs);
         }
-        let m = merged.windows.entry(window).or_default();
+        let m = merged.window(window);
         let mut unsaved = Unsaved::default();
         let recent = IdSet::union_all(runs);
         if !recent.is_empty() {
@@ -269,15 +293,22 @@ impl Shards {
     /// Every id of each window not sealed that the state file holds, serialized (the merged
     /// set and the saved ids not merged yet), with the window: what a rewrite of the file
     /// needs. Ids the shards still buffer are not saved yet, and not included.
+    ///
+    /// Merges in progress between the levels of a window are finished first, so that each
+    /// level is written as one set: this rewrites the whole window anyway.
     pub fn saved_sets(&self) -> Vec<(u64, Vec<Vec<u8>>)> {
-        let merged = lock(&self.merged);
+        let mut merged = lock(&self.merged);
+        let sealed_upto = merged.sealed_upto;
         merged
             .windows
-            .iter()
-            .filter(|(w, _)| merged.sealed_upto.is_none_or(|s| **w > s))
+            .iter_mut()
+            .filter(|(w, _)| sealed_upto.is_none_or(|s| **w > s))
             .map(|(&w, m)| {
-                let sets = [&m.ids]
-                    .into_iter()
+                m.ids.settle();
+                self.settle(m, 0);
+                let sets = m
+                    .ids
+                    .sets()
                     .chain(&m.recent)
                     .filter(|set| !set.is_empty())
                     .map(|set| {
@@ -302,7 +333,7 @@ impl Shards {
         let ids = match m.unshipped.replace(IdSet::new()) {
             Some(unshipped) if !everything => unshipped,
             // The first drain hands out everything so far.
-            _ => m.ids.clone(),
+            _ => m.ids.to_set(),
         };
         self.settle(m, 0);
         let mut endpoints = Vec::new();
@@ -365,6 +396,65 @@ mod tests {
         // A window no drain touched has no unshipped part: all of it is unshipped.
         s.record(0, 9, 1, None).unwrap();
         assert_eq!(s.seal(9).unshipped, None);
+    }
+
+    /// Shards whose windows keep their ids in small levels, so that a test sees many levels
+    /// and merges in progress.
+    fn small_levels(n: usize) -> Shards {
+        let s = Shards::new(n, EndpointPolicy::default(), 10);
+        lock(&s.merged).shape = crate::ids::Shape {
+            first: 200,
+            growth: 3,
+            min_step: 20,
+            levels: 16,
+        };
+        s
+    }
+
+    #[test]
+    fn across_many_absorbs_and_levels_counts_are_exact_and_drains_hand_out_each_id_once() {
+        use std::collections::BTreeSet;
+        let s = small_levels(3);
+        let mut recorded = BTreeSet::new();
+        let mut shipped = BTreeSet::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..150u64 {
+            for i in 0..(40 + round % 60) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Random ids over the whole range, dense ones, and repeats of both.
+                let id = match i % 4 {
+                    0 => x as i64,
+                    1 => (x % 5000) as i64 - 2500,
+                    _ => *recorded.iter().nth((x % 97) as usize).unwrap_or(&7),
+                };
+                s.record((i % 3) as usize, 2, id, None).unwrap();
+                recorded.insert(id);
+            }
+            if round % 3 == 0 {
+                let drained = s.drain(2, false).unwrap();
+                for id in drained.ids.iter() {
+                    assert!(shipped.insert(id), "round {round}: {id} handed out twice");
+                }
+                assert_eq!(
+                    shipped, recorded,
+                    "round {round}: a drain hands out every new id"
+                );
+            } else {
+                assert_eq!(unique(&s, 2), recorded.len() as u64, "round {round}");
+            }
+        }
+        let depth = lock(&s.merged).windows[&2].ids.depth();
+        assert!(depth >= 4, "{depth} levels");
+        let sealed = s.seal(2);
+        assert!(
+            sealed.ids.iter().eq(recorded.iter().copied()),
+            "the seal is the union"
+        );
+        let unshipped: Vec<i64> = sealed.unshipped.unwrap().iter().collect();
+        let expected: Vec<i64> = recorded.difference(&shipped).copied().collect();
+        assert_eq!(unshipped, expected);
     }
 
     #[test]

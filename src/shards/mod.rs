@@ -14,10 +14,13 @@
 //!
 //! **Merged off the request path.** A shard only buffers ids ([`IdBuffer`](crate::ids::IdBuffer): appends, and a
 //! sort and pack per batch). The collector takes what the shards buffered at least once a
-//! second ([`Shards::absorb`]) and merges it into the window's set, which only the collector
-//! and the cluster thread touch. So the request path never waits on a merge, the
-//! `verve_window_unique_ids` gauge is the merged set's length (a scrape reads an atomic),
-//! and sealing a window merges at most the last second's ids.
+//! second ([`Shards::absorb`]) and merges it into the window's levels
+//! ([`Levels`](crate::ids::Levels)), which only the collector and the cluster thread touch.
+//! An absorb costs in proportion to the ids it adds, not to the window: the levels are
+//! disjoint sets merged into one another in bounded steps. So the request path never waits
+//! on a merge, the `verve_window_unique_ids` gauge is the exact number of distinct ids merged
+//! (a scrape reads an atomic), and sealing a window merges at most the last second's ids,
+//! then makes the levels one set.
 //!
 //! **Exact windows.** The connection reads the clock when a read returns and passes the
 //! window index in; a shard holds one slot per window it has seen, so a request that read the
