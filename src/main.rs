@@ -15,7 +15,9 @@ use signal_hook::iterator::Signals;
 
 use verve::clock::SystemClock;
 use verve::cluster::conn::{self, Problem};
+use verve::cluster::keys::LAYOUT;
 use verve::cluster::node::Settings;
+use verve::cluster::presence::LAYOUT_1;
 use verve::config::Config;
 use verve::report::kafka::OptionError;
 use verve::server::{self, Server};
@@ -213,6 +215,23 @@ fn check_redis(cluster: &Settings) -> Result<(), Failure> {
                 target.display(),
                 key_ttl.as_secs()
             )))
+        }
+        Err(Problem::OtherLayout(theirs)) => {
+            let which = if theirs == LAYOUT_1 {
+                " (an earlier verve, which does not store its layout)"
+            } else {
+                ""
+            };
+            return Err(Failure::Config(format!(
+                "--redis-prefix {}: the instances already using it on --redis {} keep their \
+                 keys in layout {theirs}{which}, this one in layout {LAYOUT}, and neither would \
+                 read what the other ships; give each layout its own --redis-prefix, or start \
+                 this one once the others have stopped (Redis forgets them {} s after the last \
+                 of them stops)",
+                keys.prefix(),
+                target.display(),
+                key_ttl.as_secs()
+            )));
         }
     }
     Ok(())

@@ -21,8 +21,12 @@ use common::redis_servers::{Redis, RedisCluster};
 use common::{
     encode, rfc3339_secs, temp_dir, wait_until, window_now, CountLine, Receiver, Reply, Server,
 };
+use verve::cluster::conn::Target;
 use verve::cluster::merge::union_of_shipments;
+use verve::cluster::parts;
 use verve::cluster::store::Keys;
+use verve::ids::partition::{partition_of, PARTITIONS};
+use verve::ids::to_key;
 
 const INTERVAL: u64 = 3;
 const PREFIX: &str = "verve";
@@ -248,6 +252,17 @@ fn three_instances_count_each_id_once(redis_url: &str) {
         "one count line in the whole cluster: {lines:?}"
     );
     assert_eq!(lines[0].1.unique_count, expected, "{lines:?}");
+    // Every partition held some of the ids and was counted, and their counts add up.
+    let target = Target::parse(redis_url).unwrap();
+    let mut redis = verve::cluster::conn::connect(&target).unwrap();
+    let keys = Keys::new(PREFIX);
+    let parts: Vec<_> = (0..PARTITIONS).map(|p| keys.partition(w, p)).collect();
+    let counts = parts::counts(redis.con(), &parts).unwrap();
+    assert!(
+        counts.iter().all(|c| c.is_some_and(|c| c > 0)),
+        "{counts:?}"
+    );
+    assert_eq!(counts.iter().flatten().sum::<u64>(), expected, "{counts:?}");
     // One call in total, with the global count.
     let calls = receiver.wait_for_requests(1);
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -742,4 +757,117 @@ fn leader_gone_before_the_broker_acknowledged(signal: i32) {
         );
     }
     drop(killed);
+}
+
+/// `n` distinct random values of a partition (below 2^60), cut into shipments of `per`
+/// values each: what an instance that took many ids would have shipped to one partition.
+fn partition_load(n: usize, per: usize) -> Vec<Vec<u8>> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut values: Vec<u64> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x >> 4
+        })
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(values.len(), n, "distinct values");
+    let shipments = n.div_ceil(per);
+    let mut chunks: Vec<Vec<u64>> = (0..shipments).map(|_| Vec::new()).collect();
+    for (i, v) in values.into_iter().enumerate() {
+        chunks[i % shipments].push(v);
+    }
+    chunks
+        .iter()
+        .map(|chunk| verve::cluster::merge::serialize(&verve::ids::IdSet::from_sorted_keys(chunk)))
+        .collect()
+}
+
+#[test]
+fn a_partition_counter_stopped_mid_count_is_replaced_and_its_late_count_never_added() {
+    // One partition of the window holds 3M ids besides what the instances took (shipped by
+    // an instance that has gone since), so its count takes a while: the instance that wins
+    // it is stopped (SIGSTOP) while it counts. Another instance takes the partition over once
+    // the lease runs out, and the window gets one count line, exact. The stopped instance,
+    // resumed, finishes its count: it is not recorded, and it writes no line.
+    let redis = Redis::start();
+    let servers = instances(&redis.url, 3, &["--cluster-grace", "2"]);
+    let mut con = redis.connect();
+    let keys = Keys::new(PREFIX);
+    const HEAVY: usize = 5;
+    let load = partition_load(3_000_000, 2_000);
+    // Three tries: the stop must land while the heavy partition is counted.
+    for attempt in 0..3i64 {
+        let (w, base) = in_one_window(|again| {
+            let base = 17_000_000 * (attempt * 10 + again as i64 + 1);
+            for (i, s) in servers.iter().enumerate() {
+                let i = i as i64;
+                send(s, base + i * 100..base + i * 100 + 300, None);
+            }
+            let heavy = keys.partition(window_now(INTERVAL), HEAVY);
+            redis::cmd("RPUSH")
+                .arg(&heavy.ids)
+                .arg(&load)
+                .query::<u64>(&mut con)
+                .unwrap();
+            base
+        });
+        let sent = base..base + 500;
+        let in_heavy = sent
+            .clone()
+            .filter(|&id| partition_of(to_key(id)).0 == HEAVY)
+            .count() as u64;
+        let expected = 500 + 3_000_000;
+        let heavy = keys.partition(w, HEAVY);
+        let counter: String = wait_until("an instance counting the heavy partition", || {
+            redis::cmd("GET")
+                .arg(&heavy.lease)
+                .query::<Option<String>>(&mut con)
+                .unwrap()
+        });
+        let index = servers
+            .iter()
+            .position(|s| {
+                s.stderr().contains(&format!("instance {counter},"))
+                    || s.log().contains(&format!("instance {counter},"))
+            })
+            .expect("the counter is one of the instances");
+        servers[index].signal(libc::SIGSTOP);
+        let counted: Option<String> = redis::cmd("GET").arg(&heavy.count).query(&mut con).unwrap();
+        if counted.is_some() {
+            eprintln!("the partition was counted before its counter could be stopped; again");
+            servers[index].signal(libc::SIGCONT);
+            continue;
+        }
+        let others: Vec<&Server> = (0..servers.len())
+            .filter(|&i| i != index)
+            .map(|i| &servers[i])
+            .collect();
+        let line = wait_until("the window's count line", || {
+            others
+                .iter()
+                .flat_map(|s| s.count_lines())
+                .find(|c| c.window_start == w)
+        });
+        assert_eq!(line.unique_count, expected);
+        let recorded = parts::counts(&mut con, std::slice::from_ref(&heavy)).unwrap();
+        assert_eq!(recorded, [Some(3_000_000 + in_heavy)]);
+        // The stopped instance resumes and finishes its count: not recorded, no line.
+        servers[index].signal(libc::SIGCONT);
+        let stopped = &servers[index];
+        wait_until("the resumed instance to list the window", || {
+            let body = stopped.get("/api/verve/windows").body;
+            let body = String::from_utf8_lossy(&body).into_owned();
+            body.contains(&format!("\"{}\"", rfc3339_secs(w)))
+                .then_some(())
+        });
+        assert_eq!(parts::counts(&mut con, &[heavy]).unwrap(), recorded);
+        let lines = reported(&servers, w);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].1.unique_count, expected);
+        return;
+    }
+    panic!("the heavy partition was counted before its counter could be stopped, 3 times");
 }

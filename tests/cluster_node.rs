@@ -15,12 +15,14 @@ use common::wait_until;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use verve::clock::{rfc3339_secs, ManualClock, Windows};
 use verve::cluster::conn::Target;
-use verve::cluster::merge::{count_of_shipments_pausing, Counter};
+use verve::cluster::merge::{count_partition_with, Counter};
 use verve::cluster::node::{
     ClusterSink, Extras, RecordHandoff, Settings, Shared, LEASE, LIVE_TTL, WINDOW_TRIES,
 };
+use verve::cluster::parts;
 use verve::cluster::store::{self, Keys, Lead};
 use verve::endpoints::EndpointPolicy;
+use verve::ids::partition::PARTITIONS;
 use verve::ids::{count_union, IdSet};
 use verve::metrics::Metrics;
 use verve::report::{Reporter, Scope, WindowReport};
@@ -167,7 +169,13 @@ impl Drop for OpenOnDrop<'_> {
 }
 
 /// One gate per test that needs one (tests run in parallel), each with its counter.
-static GATES: [Gate; 4] = [Gate::new(), Gate::new(), Gate::new(), Gate::new()];
+static GATES: [Gate; 5] = [
+    Gate::new(),
+    Gate::new(),
+    Gate::new(),
+    Gate::new(),
+    Gate::new(),
+];
 
 fn gated<const N: usize>(sets: &[IdSet]) -> u64 {
     GATES[N].count(sets)
@@ -404,6 +412,30 @@ fn reports_so_far(instances: &[&Instance]) -> Vec<(usize, WindowReport)> {
     all
 }
 
+/// How many shipments the partitions of the window starting at `start` hold.
+fn shipments(con: &mut redis::Connection, keys: &Keys, start: u64) -> u64 {
+    (0..PARTITIONS)
+        .map(|p| parts::shipments(con, &keys.partition(start, p)).unwrap())
+        .sum()
+}
+
+/// What the window's leader `leader` (holding its lease) does before it reports: freezes
+/// the window and its partitions, and counts each partition (this test's own count, not
+/// recorded in Redis).
+fn freeze_and_count(con: &mut redis::Connection, keys: &Keys, start: u64, leader: &str) -> u64 {
+    assert!(store::freeze(con, keys, start, leader, 600_000).unwrap());
+    (0..PARTITIONS)
+        .map(|p| {
+            let part = keys.partition(start, p);
+            let n = parts::freeze(con, &part, 600_000).unwrap();
+            count_partition_with(con, &part, n, &mut |_| Ok(true), count_union)
+                .unwrap()
+                .unwrap()
+                .0
+        })
+        .sum()
+}
+
 /// A window index whose start is `hours` hours after a fixed instant: each test its own, so
 /// that the window names in the shared log capture differ.
 fn window_at(hours: u64) -> u64 {
@@ -422,7 +454,7 @@ fn a_last_shipment_after_the_leaders_read_is_reported_locally_not_lost() {
     // Its drain during the window reaches Redis in time...
     let mut leader = redis.connect();
     wait_until("b's first shipment in Redis", || {
-        (store::shipments(&mut leader, &keys, start).unwrap() > 0).then_some(())
+        (shipments(&mut leader, &keys, start) > 0).then_some(())
     });
     // ... then the leader of the window (played by the test) freezes and reads it, while
     // b takes more ids in the same window and ships them later.
@@ -430,12 +462,7 @@ fn a_last_shipment_after_the_leaders_read_is_reported_locally_not_lost() {
         store::lead(&mut leader, &keys, start, "a", 60_000).unwrap(),
         Lead::Leading
     );
-    let n = store::freeze(&mut leader, &keys, start, "a", 60_000)
-        .unwrap()
-        .unwrap();
-    let (union, _) = count_of_shipments_pausing(&mut leader, &keys, start, n, &mut |_| Ok(true))
-        .unwrap()
-        .unwrap();
+    let union = freeze_and_count(&mut leader, &keys, start, "a");
     assert_eq!(union, 10);
     b.record(w, 11..16, None);
     b.seal(w);
@@ -545,7 +572,7 @@ fn put(con: &mut redis::Connection, args: &[&str]) {
 fn a_window_list_of_another_type_costs_that_window_only() {
     let i = garbage_costs_only_its_window(
         2,
-        |con, keys, w| put(con, &["HSET", &keys.ids(w), "f", "v"]),
+        |con, keys, w| put(con, &["HSET", &keys.partition(w, 0).ids, "f", "v"]),
         Expect::Local,
         Some(&format!(
             "is not a list); try {WINDOW_TRIES} of {WINDOW_TRIES}"
@@ -591,7 +618,7 @@ fn an_oversized_shipment_is_skipped_unread_and_the_window_counted() {
         |con, keys, w| {
             let huge = vec![0u8; store::MAX_SHIPMENT_BYTES + 1];
             redis::cmd("RPUSH")
-                .arg(keys.ids(w))
+                .arg(keys.partition(w, 3).ids)
                 .arg(huge)
                 .query::<i64>(con)
                 .unwrap();
@@ -606,7 +633,7 @@ fn a_shipment_that_is_not_an_id_set_is_skipped_and_the_window_counted() {
     garbage_costs_only_its_window(
         7,
         |con, keys, w| {
-            put(con, &["RPUSH", &keys.ids(w), "garbage!"]);
+            put(con, &["RPUSH", &keys.partition(w, 3).ids, "garbage!"]);
             // A roaring treemap, not the compact format verve ships: skipped unread.
             let mut tree = roaring::RoaringTreemap::new();
             tree.insert_range(0..1 << 24);
@@ -614,7 +641,7 @@ fn a_shipment_that_is_not_an_id_set_is_skipped_and_the_window_counted() {
             let mut bytes = Vec::new();
             tree.serialize_into(&mut bytes).unwrap();
             redis::cmd("RPUSH")
-                .arg(keys.ids(w))
+                .arg(keys.partition(w, 3).ids)
                 .arg(bytes)
                 .query::<i64>(con)
                 .unwrap();
@@ -694,10 +721,10 @@ fn an_instance_keeps_off_a_prefix_claimed_for_another_interval_until_it_is_free(
     wait_until("the conflict to be logged", || {
         (!logged(&[conflict]).is_empty()).then_some(())
     });
-    assert_eq!(store::shipments(&mut con, &keys, start).unwrap(), 0);
+    assert_eq!(shipments(&mut con, &keys, start), 0);
     put(&mut con, &["DEL", &keys.interval()]);
     wait_until("the window shipped", || {
-        (store::shipments(&mut con, &keys, start).unwrap() > 0).then_some(())
+        (shipments(&mut con, &keys, start) > 0).then_some(())
     });
     // A leader trusts the live set a grace period after it is back.
     i.clock.advance(GRACE + Duration::from_secs(1));
@@ -727,7 +754,7 @@ fn fill(redis: &Redis, keys: &Keys, w: u64, a: &Instance, b: &Instance) -> u64 {
     a.record(w, 0..10, None);
     b.record(w, 5..20, None);
     wait_until("both instances' first drains in Redis", || {
-        (store::shipments(&mut con, keys, start).unwrap() >= 2).then_some(())
+        (shipments(&mut con, keys, start) >= 2).then_some(())
     });
     a.record(w, 20..25, None);
     b.record(w, 25..30, None);
@@ -953,7 +980,7 @@ fn a_count_longer_than_the_lease_keeps_the_lease_and_the_heartbeat() {
     let busy = if leader == "a" { &a } else { &b };
     busy.record(w + 1, 1_000..1_010, None);
     wait_until("the leader's open window shipped during the count", || {
-        (store::shipments(&mut con, &keys, next).unwrap() > 0).then_some(())
+        (shipments(&mut con, &keys, next) > 0).then_some(())
     });
     // Longer than the lease and the heartbeats' time to live.
     let held = Instant::now();
@@ -1007,7 +1034,7 @@ fn the_last_instance_reports_every_window_it_holds_at_shutdown() {
     let mut con = redis.connect();
     a.record(w, 0..10, None);
     wait_until("a's first drain in Redis", || {
-        (store::shipments(&mut con, &keys, start).unwrap() >= 1).then_some(())
+        (shipments(&mut con, &keys, start) >= 1).then_some(())
     });
     a.record(w, 10..15, None);
     a.record(w + 1, 100..107, None);
@@ -1164,11 +1191,17 @@ fn a_last_shipment_stored_whose_answer_was_lost_is_not_reported_again_alone() {
     let mut b = Instance::start(&redis, prefix, "b", windows.start_ms(w) + 1_000);
     b.record(w, 0..10, None);
     let mut leader = redis.connect();
-    let ids = verve::cluster::merge::serialize(&IdSet::from_ids(0..10));
+    let ids = IdSet::from_ids(0..10);
+    for (p, bytes) in verve::cluster::ship::partition_shipments(&ids, store::MAX_SHIPMENT_BYTES) {
+        let part = keys.partition(start, p);
+        assert_eq!(
+            parts::ship(&mut leader, &part, &bytes, 600_000).unwrap(),
+            store::Shipped::Stored
+        );
+    }
     let shipment = store::Shipment {
         window_start: start,
         instance: "b",
-        ids: &ids,
         endpoints: &[],
         last: true,
         ttl_ms: 600_000,
@@ -1181,14 +1214,10 @@ fn a_last_shipment_stored_whose_answer_was_lost_is_not_reported_again_alone() {
         store::lead(&mut leader, &keys, start, "a", 60_000).unwrap(),
         Lead::Leading
     );
-    let n = store::freeze(&mut leader, &keys, start, "a", 600_000)
-        .unwrap()
-        .unwrap();
+    assert!(store::freeze(&mut leader, &keys, start, "a", 600_000).unwrap());
     // Its last shipment again: refused (frozen, or done by the time it arrives).
+    let count = freeze_and_count(&mut leader, &keys, start, "a");
     b.close(w);
-    let (count, _) = count_of_shipments_pausing(&mut leader, &keys, start, n, &mut |_| Ok(true))
-        .unwrap()
-        .unwrap();
     assert_eq!(count, 10);
     assert!(store::mark_done(&mut leader, &keys, start, "a", count, 600_000).unwrap());
     wait_until("b past the window", || past(&b, start).then_some(()));
@@ -1405,4 +1434,99 @@ fn a_record_not_acknowledged_when_its_leader_dies_is_produced_by_another_instanc
     assert!(ka.produced().is_empty());
     drop(b);
     drop(a);
+}
+
+#[test]
+fn a_partition_counter_cut_off_mid_count_is_replaced_and_its_late_count_never_added() {
+    // Instance a helps count a window another instance (b, played by the test) leads. While
+    // a counts one partition it is cut off from Redis: its partition lease runs out, b takes
+    // that partition over and counts it, and the window's count is exact. When a is back,
+    // its count of that partition is not recorded: each partition is added once.
+    let redis = Redis::start();
+    let pa = Proxy::start(&redis);
+    let prefix = "takeover";
+    let keys = Keys::new(prefix);
+    let w = window_at(18);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let gate = &GATES[4];
+    let options = Options {
+        url: Some(pa.url.clone()),
+        counter: gated::<4>,
+        ..Options::default()
+    };
+    let mut a = Instance::start_with(&redis, prefix, "a", windows.start_ms(w) + 1_000, options);
+    let mut con = redis.connect();
+    // b leads the window: a only helps count it.
+    assert_eq!(
+        store::lead(&mut con, &keys, start, "b", 600_000).unwrap(),
+        Lead::Leading
+    );
+    let ids = 0..400i64;
+    a.record(w, ids.clone(), None);
+    let _open = gate.shut();
+    a.seal(w);
+    wait_until("a's last shipment", || {
+        store::has_shipped(&mut con, &keys, start, "a")
+            .unwrap()
+            .then_some(())
+    });
+    let parts: Vec<_> = (0..PARTITIONS).map(|p| keys.partition(start, p)).collect();
+    for part in &parts {
+        assert!(
+            parts::shipments(&mut con, part).unwrap() > 0,
+            "{}",
+            part.ids
+        );
+    }
+    assert!(store::freeze(&mut con, &keys, start, "b", 600_000).unwrap());
+    for part in &parts {
+        parts::freeze(&mut con, part, 600_000).unwrap();
+    }
+    // a sees the window frozen, wins a partition and counts it: held at the gate.
+    gate.wait_for_a_count();
+    let held = parts
+        .iter()
+        .position(|part| {
+            redis::cmd("GET")
+                .arg(&part.lease)
+                .query::<Option<String>>(&mut con)
+                .unwrap()
+                .as_deref()
+                == Some("a")
+        })
+        .expect("a holds the lease of the partition it counts");
+    pa.switch().cut();
+    // b counts every partition: the one a held once its lease ran out.
+    let mut total = 0;
+    for (p, part) in parts.iter().enumerate() {
+        let n = wait_until("the partition's lease free for b", || {
+            match parts::lead(&mut con, part, "b", 600_000).unwrap() {
+                parts::Lead::Counting(n) => Some(n),
+                parts::Lead::Held => None,
+                other => panic!("partition {p}: {other:?}"),
+            }
+        });
+        let (count, _) = count_partition_with(&mut con, part, n, &mut |_| Ok(true), count_union)
+            .unwrap()
+            .unwrap();
+        assert!(parts::counted(&mut con, part, "b", count, 600_000).unwrap());
+        total += count;
+    }
+    assert_eq!(total, ids.end as u64);
+    let recorded = |con: &mut redis::Connection| parts::counts(con, &parts).unwrap();
+    let before = recorded(&mut con);
+    assert!(before.iter().all(Option::is_some));
+    // a comes back, its count finishes: not recorded, and the partition's count stands.
+    pa.switch().restore();
+    gate.open();
+    wait_until("a back on Redis", || {
+        live_now(&mut con, &keys, "a").then_some(())
+    });
+    assert!(store::mark_done(&mut con, &keys, start, "b", total, 600_000).unwrap());
+    wait_until("a past the window", || past(&a, start).then_some(()));
+    assert_eq!(recorded(&mut con), before, "partition {held} recorded once");
+    assert_eq!(a.metrics.cluster_partitions_counted.load(Relaxed), 0);
+    assert!(a.reports.is_empty(), "{:?}", a.reports.try_recv());
+    assert_eq!(knows_reported(&a, start), Some(total));
 }

@@ -9,7 +9,9 @@ use redis::{ConnectionLike, ErrorKind, RedisError, ServerErrorKind};
 
 use crate::cluster::error::Error;
 use crate::cluster::keys::Keys;
-use crate::cluster::presence::{claim_interval, Interval};
+use crate::cluster::keys::LAYOUT;
+use crate::cluster::presence::{claim_interval, claim_layout, layout_in_use, Interval, Layout};
+use crate::cluster::settings::LIVE_TTL;
 
 /// Longest wait to connect to one node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -168,6 +170,10 @@ pub enum Problem {
     /// The instances already using `--redis-prefix` count with this other `--interval`: a
     /// configuration error.
     OtherInterval(u64),
+    /// The instances already using `--redis-prefix` keep their keys in this other key layout
+    /// (see [`LAYOUT`]; [`crate::cluster::presence::LAYOUT_1`] for a release that did not store
+    /// its layout): a configuration error, or an upgrade that needs its own prefix.
+    OtherLayout(String),
 }
 
 /// The error and its causes on one line, each part once (a `RedisError` prints the
@@ -236,8 +242,9 @@ pub fn is_outage(e: &RedisError) -> bool {
 }
 
 /// The start-up check: connects, runs a write and a script the way shipping will, and
-/// claims the prefix for this `--interval` (see [`claim_interval`]; `key_ttl_ms` is how
-/// long the claim outlives the last instance).
+/// claims the prefix for this key layout and this `--interval` (see [`layout_in_use`],
+/// [`claim_interval`], [`claim_layout`]; `key_ttl_ms` is how long the claim outlives the
+/// last instance).
 pub fn check(
     target: &Target,
     keys: &Keys,
@@ -267,15 +274,29 @@ pub fn check(
     if let Err(e) = probe {
         return Err(classify(e));
     }
-    match claim_interval(redis.con(), keys, interval_secs, key_ttl_ms) {
-        Ok(Interval::Same) => Ok(kind),
-        Ok(Interval::Other(theirs)) => Err(Problem::OtherInterval(theirs)),
-        Err(Error::Redis(e)) => Err(classify(
-            anyhow::Error::new(e).context("claiming the prefix for the interval"),
-        )),
-        Err(e) => Err(Problem::Unusable(
+    let store_error = |e: Error, doing: &'static str| match e {
+        Error::Redis(e) => classify(anyhow::Error::new(e).context(doing)),
+        e => Problem::Unusable(
             anyhow::Error::new(e).context("something other than verve writes under the prefix"),
-        )),
+        ),
+    };
+    // Read before any claim: a refused instance leaves no mark of its layout behind.
+    let live_ms = LIVE_TTL.as_millis() as u64;
+    match layout_in_use(redis.con(), keys, live_ms) {
+        Ok(Some(theirs)) if theirs != LAYOUT => return Err(Problem::OtherLayout(theirs)),
+        Ok(_) => {}
+        Err(e) => return Err(store_error(e, "reading the prefix's key layout")),
+    }
+    match claim_interval(redis.con(), keys, interval_secs, key_ttl_ms) {
+        Ok(Interval::Same) => {}
+        Ok(Interval::Other(theirs)) => return Err(Problem::OtherInterval(theirs)),
+        Ok(Interval::OtherLayout { layout, .. }) => return Err(Problem::OtherLayout(layout)),
+        Err(e) => return Err(store_error(e, "claiming the prefix for the interval")),
+    }
+    match claim_layout(redis.con(), keys, key_ttl_ms) {
+        Ok(Layout::Same) => Ok(kind),
+        Ok(Layout::Other(theirs)) => Err(Problem::OtherLayout(theirs)),
+        Err(e) => Err(store_error(e, "claiming the prefix for the key layout")),
     }
 }
 

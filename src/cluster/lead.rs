@@ -321,7 +321,7 @@ impl Node {
                 drain_warned: &mut self.drain_warned,
             },
             next_drain: &mut self.next_drain,
-            last: Instant::now(),
+            next_turn: &mut self.next_heartbeat,
             left: self.left,
             keys,
             instance,
@@ -333,22 +333,31 @@ impl Node {
         let Some((count, skipped)) = read else {
             return Ok(()); // lost the lease meanwhile: another instance counts it
         };
+        // A count shorter than a turn of the duties gives them none: one now, if due, so
+        // that counting many partitions in a row never starves them.
+        if !duties.between(con)? {
+            return Ok(());
+        }
         if skipped.total() > 0 {
             self.metrics
                 .redis_errors
                 .fetch_add(skipped.total(), Relaxed);
             log::error!(
-                "window {}: skipped {} shipments in {} that are not id sets and {} longer \
-                 than {} bytes (is another program writing under --redis-prefix {}?)",
+                "window {}: skipped {} shipments in Redis that are not id sets and {} longer \
+                 than {} bytes, in {} (is another program writing under --redis-prefix {}?)",
                 rfc3339_secs(start),
                 skipped.unreadable,
-                part.ids,
                 skipped.oversized,
                 store::MAX_SHIPMENT_BYTES,
+                part.ids,
                 keys.prefix()
             );
         }
-        parts::counted(con, part, instance, count, ttl_ms)?;
+        if parts::counted(con, part, instance, count, ttl_ms)? {
+            self.metrics
+                .cluster_partitions_counted
+                .fetch_add(1, Relaxed);
+        }
         Ok(())
     }
 
@@ -436,8 +445,10 @@ fn name_hash(name: &str) -> usize {
 struct Duties<'a> {
     open: OpenWindow<'a>,
     next_drain: &'a mut Instant,
-    /// The last turn that did anything.
-    last: Instant,
+    /// When the next turn is due: the node's heartbeat schedule, kept across the counts of
+    /// every partition (and window) of a tick, so that counting partition after partition
+    /// never goes longer than a heartbeat period without the duties.
+    next_turn: &'a mut Instant,
     /// Stopping, and off the live set: no heartbeat, no shipping.
     left: bool,
     keys: &'a Keys,
@@ -451,10 +462,11 @@ impl Duties<'_> {
     /// Every [`HEARTBEAT_EVERY`]: the heartbeat, the open window's shipping when due, and
     /// the leases. False when the partition's lease is lost: the count stops.
     fn between(&mut self, con: &mut dyn redis::ConnectionLike) -> store::Result<bool> {
-        if self.last.elapsed() < HEARTBEAT_EVERY {
+        let now = Instant::now();
+        if now < *self.next_turn {
             return Ok(true);
         }
-        self.last = Instant::now();
+        *self.next_turn = now + HEARTBEAT_EVERY;
         let lease_ms = LEASE.as_millis() as u64;
         // A heartbeat that fails on the shared key must not cost this window.
         if !self.left {
@@ -466,8 +478,8 @@ impl Duties<'_> {
                     return Err(e.into());
                 }
             }
-            if self.last >= *self.next_drain {
-                *self.next_drain = self.last + SHIP_EVERY;
+            if now >= *self.next_drain {
+                *self.next_drain = now + SHIP_EVERY;
                 self.open.ship(con)?;
             }
         }

@@ -101,9 +101,8 @@ fn count_pausing(
     con: &mut dyn redis::ConnectionLike,
     between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> store::Result<bool>,
 ) -> store::Result<Option<u64>> {
-    if sets.len() < 2 {
-        // Nothing to merge: the count is a length.
-        return Ok(Some(counter(sets)));
+    if sets.is_empty() {
+        return Ok(Some(0));
     }
     let (tx, rx) = bounded(1);
     std::thread::scope(|scope| {

@@ -4,7 +4,8 @@
 //! The Redis side, from the bottom up:
 //! - [`keys`]: what is kept where in Redis: the key layout.
 //! - [`error`]: what an operation on those keys can fail with.
-//! - [`presence`]: the deployment's shared keys: heartbeats, the live set, the interval.
+//! - [`presence`]: the deployment's shared keys: heartbeats, the live set, the interval and
+//!   the key layout the prefix is claimed for.
 //! - [`conn`]: connecting (one server, or a Redis Cluster found through it) and the
 //!   start-up check.
 //! - [`store`]: the Redis side of a window as a whole: endpoints, last-shipment marks, the
@@ -13,6 +14,8 @@
 //!   of the instances counting them, and their counts.
 //! - [`merge`]: the leader's merge, the union of every shipment of a window, and the
 //!   shipments' encoding.
+//! - [`tally`]: counting one partition's shipments, streaming, exact, in memory bounded by
+//!   its distinct values and charged to `--max-memory`.
 //!
 //! The cluster thread:
 //! - [`settings`]: what it is told, and the periods it keeps.
@@ -20,7 +23,7 @@
 //!   in one phase.
 //! - [`node`]: the thread itself, its tick and its connection, and the
 //!   [`node::ClusterSink`] through which the collector hands it sealed windows.
-//! - `ship`: cutting a window into shipments; shipping the open window and the sealed ones.
+//! - [`ship`]: cutting a window into shipments; shipping the open window and the sealed ones.
 //! - `lead`: leading a window: the lease, readiness, the leader's report, the `done` mark.
 //! - `handoff`: Kafka records handed over between instances ([`node::RecordHandoff`]).
 //! - `done_marks`: the windows known reported, whose `done` marks go back after a connect.
@@ -28,12 +31,16 @@
 //!
 //! The request path never touches Redis: workers record into their shards as in single
 //! mode, and the cluster thread drains the open window's new ids every second and ships them
-//! (the id set's compact serialization, a few bytes per id), then ships the rest once the
-//! window is sealed. One instance leads each window (a lease taken with `SET NX PX`), waits
-//! until every live instance has shipped it or `--cluster-grace` has passed, freezes it (from
-//! then on Redis refuses shipments of it), unions the shipments, writes the one count line,
-//! calls each endpoint once and marks the window done. The count runs on a helper thread
-//! while the cluster thread keeps the lease and the heartbeat fresh ([`merge`]).
+//! (the id set's compact serialization, a few bytes per id, cut into the window's
+//! [partitions](crate::ids::partition), each to a list of its own), then ships the rest once
+//! the window is sealed. One instance leads each window (a lease taken with `SET NX PX`),
+//! waits until every live instance has shipped it or `--cluster-grace` has passed, and
+//! freezes it and its partitions (from then on Redis refuses shipments of them). Every
+//! instance that holds the window then counts the partitions whose leases it wins ([`parts`]),
+//! so the work spreads over the cluster; the leader adds the partitions' counts, writes the
+//! one count line, calls each endpoint once and marks the window done. A count runs on a
+//! helper thread while the cluster thread keeps its leases and the heartbeat fresh
+//! ([`merge`]).
 //!
 //! **A window leaves an instance's memory** only once the cluster has recorded it as
 //! reported (its `done` mark, seen by this instance or written by it), or once this instance
@@ -52,7 +59,11 @@
 //!   shipment (at most [`node::SHIP_EVERY`]) are lost. Leaders stop waiting for it once its
 //!   heartbeat is [`node::LIVE_TTL`] old, or at the grace.
 //! - The leader killed: its lease expires after [`node::LEASE`] and another instance takes
-//!   the window over, re-reads every shipment and reports it.
+//!   the window over, freezes it again (harmless), adds the partitions' counts and reports
+//!   it.
+//! - An instance killed while it counts a partition: its partition lease expires after
+//!   [`node::LEASE`] and another instance counts that partition; a count is recorded once,
+//!   by the lease holder, so one that finishes late is not added.
 //! - Redis lost by every instance between the freeze and the mark: each keeps the window, and
 //!   once Redis is back and the grace has passed, the leader (or a successor) reports it.
 //! - Redis restarted empty right after a report: the instances that know the window was
@@ -64,7 +75,8 @@
 //!   read within bounds, checked, and charged to their window alone, which is logged and
 //!   then reported with `scope=local` if it cannot be used; foreign endpoints are checked as
 //!   a client's would be and never called unless they pass. An instance with another
-//!   `--interval` under the same prefix is refused at start-up.
+//!   `--interval` or another key layout (an earlier or later release) under the same prefix
+//!   is refused at start-up.
 //!
 //! **Duplicates that remain possible.** The leader renews its lease (checking it still holds
 //! it and the window is not done), writes the count line and queues the calls, then marks
@@ -92,5 +104,6 @@ pub mod node;
 pub mod parts;
 pub mod presence;
 pub mod settings;
-mod ship;
+pub mod ship;
 pub mod store;
+pub mod tally;

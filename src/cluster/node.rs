@@ -7,7 +7,7 @@
 //! 1. reconnects if Redis was lost (every [`RECONNECT_EVERY`]); a new connection re-ships
 //!    every window it still holds in full, since Redis may have restarted empty;
 //! 2. heartbeats every [`HEARTBEAT_EVERY`], and checks that the prefix is still claimed for
-//!    this `--interval`;
+//!    this key layout and this `--interval`;
 //! 3. every [`SHIP_EVERY`], drains the open window's new ids from the shards and ships them,
 //!    which bounds what a hard crash loses to that interval;
 //! 4. ships the last part of each sealed window, oldest first;
@@ -29,8 +29,8 @@
 //! [`WINDOW_RETRY_EVERY`], and after [`WINDOW_TRIES`] failures the window is reported by this
 //! instance alone (`scope=local`) while later windows go on. Only an outage (Redis
 //! unreachable, loading, refusing this user, ...) makes every window wait. Trouble with the
-//! deployment's shared keys (`P:live`, `P:interval`) is logged and counted but stops no
-//! window: without heartbeats the leader waits for the grace.
+//! deployment's shared keys (`P:live`, `P:interval`, `P:layout`) is logged and counted but
+//! stops no window: without heartbeats the leader waits for the grace.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -45,7 +45,9 @@ use crate::cluster::conn::{self, Redis};
 use crate::cluster::done_marks::DoneMarks;
 use crate::cluster::failure::Failure;
 use crate::cluster::handoff::Records;
+use crate::cluster::keys::LAYOUT;
 use crate::cluster::merge::Counter;
+use crate::cluster::presence::{self, Layout};
 use crate::cluster::store::{self, Interval};
 use crate::health::Health;
 use crate::ids::count_union;
@@ -221,8 +223,8 @@ pub(crate) struct Node {
     pub(crate) left: bool,
     /// The last window whose late shipment was warned about (once per window).
     pub(crate) late_warned: Option<u64>,
-    /// Trouble with `P:live` or `P:interval` was logged; cleared by the next heartbeat that
-    /// works, so that each bout is logged once.
+    /// Trouble with `P:live`, `P:interval` or `P:layout` was logged; cleared by the next
+    /// heartbeat that works, so that each bout is logged once.
     pub(crate) shared_key_warned: bool,
 }
 
@@ -354,8 +356,9 @@ impl Node {
         Ok(())
     }
 
-    /// Trouble with a key the whole deployment shares (`P:live`, `P:interval`): counted, and
-    /// logged once per bout; no window waits for it (an outage is returned instead).
+    /// Trouble with a key the whole deployment shares (`P:live`, `P:interval`, `P:layout`):
+    /// counted, and logged once per bout; no window waits for it (an outage is returned
+    /// instead).
     pub(crate) fn shared_key_failed(&mut self, doing: &str, e: store::Error) -> anyhow::Result<()> {
         let why = match Failure::from(e) {
             Failure::Outage(e) => return Err(e),
@@ -399,7 +402,7 @@ impl Node {
 
     /// Says that an outage is over, once the first heartbeat went through rather than at the
     /// connect: a Redis that takes connections but cannot be used (the prefix claimed for
-    /// another interval) is still one outage, logged once.
+    /// another interval or key layout) is still one outage, logged once.
     fn outage_over(&mut self) {
         if let Some(since) = self.outage_since.take() {
             log::info!(
@@ -427,24 +430,36 @@ impl Node {
         Ok(())
     }
 
-    /// Heartbeats, and checks that the prefix is still claimed for this `--interval` (it
-    /// may have expired during an outage, and instances with another interval taken it).
+    /// Heartbeats, and checks that the prefix is still claimed for this key layout and this
+    /// `--interval` (the claims may have expired during an outage, and instances of another
+    /// layout or interval taken the prefix). The layout is claimed before the heartbeat, so
+    /// that an instance of this layout is never in the live set while `P:layout` is missing
+    /// (see [`presence::layout_in_use`]), and never in the live set of instances that stored
+    /// another layout there. The release before layouts is told by `P:interval` alone, after
+    /// the heartbeat, as another interval is.
     fn heartbeat(&mut self) -> anyhow::Result<()> {
         let Some(redis) = self.redis.as_mut() else {
             return Ok(());
         };
         let con = redis.con();
         let keys = &self.settings.keys;
+        let key_ttl = self.settings.key_ttl().as_millis() as u64;
+        let layout = presence::claim_layout(con, keys, key_ttl);
+        if let Ok(Layout::Other(theirs)) = &layout {
+            return Err(anyhow::anyhow!(
+                "instances of key layout {theirs} now use --redis-prefix {}; this one (layout \
+                 {LAYOUT}) keeps off Redis until they are gone",
+                keys.prefix()
+            ));
+        }
         let ttl = LIVE_TTL.as_millis() as u64;
         let beat = store::heartbeat(con, keys, &self.settings.instance, ttl);
         let interval = self.settings.windows.length().as_secs();
-        let claim = store::claim_interval(
-            con,
-            keys,
-            interval,
-            self.settings.key_ttl().as_millis() as u64,
-        );
-        let fine = beat.is_ok() && claim.is_ok();
+        let claim = store::claim_interval(con, keys, interval, key_ttl);
+        let fine = layout.is_ok() && beat.is_ok() && claim.is_ok();
+        if let Err(e) = layout {
+            self.shared_key_failed("checking the key layout stored in Redis", e)?;
+        }
         if let Err(e) = beat {
             self.shared_key_failed("the heartbeat", e)?;
         }
@@ -454,6 +469,17 @@ impl Node {
                 return Err(anyhow::anyhow!(
                     "instances with --interval {theirs} now use --redis-prefix {}; this one \
                      (--interval {interval}) keeps off Redis until they are gone",
+                    self.settings.keys.prefix()
+                ))
+            }
+            Ok(Interval::OtherLayout {
+                layout,
+                interval: theirs,
+            }) => {
+                return Err(anyhow::anyhow!(
+                    "instances of key layout {layout} with --interval {theirs} now use \
+                     --redis-prefix {}; this one (layout {LAYOUT}, --interval {interval}) keeps \
+                     off Redis until they are gone",
                     self.settings.keys.prefix()
                 ))
             }

@@ -16,7 +16,7 @@
 //! mid-count stops renewing its lease, and another instance takes the partition over.
 //!
 //! What Redis holds is untrusted, as in [`crate::cluster::store`]: every read is bounded, a key
-//! of another type is an [`Error::Malformed`] naming it, and the count of a partition is
+//! of another type is an [`Error::Malformed`](crate::cluster::error::Error::Malformed) naming it, and the count of a partition is
 //! parsed like a `done` mark.
 
 use redis::{ConnectionLike, Value};
@@ -229,12 +229,23 @@ pub fn release(con: &mut dyn ConnectionLike, keys: &PartitionKeys, instance: &st
     Ok(())
 }
 
+/// A partition's count, cut to 21 bytes (enough to tell a count from something else), so
+/// that a value of any length costs a bounded reply; nil when there is none.
+const COUNT: &str = r"
+local c = redis.call('GET', KEYS[1])
+if c then
+  return string.sub(c, 1, 21)
+end
+return false
+";
+
 /// The recorded count of each partition (`None`: not counted yet), in partition order.
 pub fn counts(con: &mut dyn ConnectionLike, parts: &[PartitionKeys]) -> Result<Vec<Option<u64>>> {
+    let script = redis::Script::new(COUNT);
     parts
         .iter()
         .map(|keys| {
-            let raw: Option<Vec<u8>> = redis::cmd("GET").arg(&keys.count).query(con)?;
+            let raw: Option<Vec<u8>> = script.key(&keys.count).invoke(con)?;
             raw.map(|c| {
                 parse_count(&c).ok_or_else(|| malformed(keys.count.clone(), "is not a count"))
             })

@@ -25,8 +25,8 @@ pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 /// How long a window's keys live: long enough that a window shipped late from a full
 /// backlog still finds its `done` mark (and is refused rather than reported twice). The
-/// claim on the prefix (`P:interval`) lives as long after the last heartbeat, so that no
-/// instance with another interval starts while those keys are there.
+/// claims on the prefix (`P:interval`, `P:layout`) live as long after the last heartbeat, so
+/// that no instance with another interval or key layout starts while those keys are there.
 pub fn key_ttl(window: Duration, backlog: usize, grace: Duration) -> Duration {
     window * (backlog as u32 + 3) + grace + Duration::from_secs(60)
 }

@@ -108,7 +108,7 @@ pub fn ship_window(
 /// What shipping the open window takes, borrowed from the cluster thread's state field by field: the
 /// leader's long read and count ship it too, so that a hard crash of the leader still loses
 /// at most [`SHIP_EVERY`](crate::cluster::settings::SHIP_EVERY) of ids.
-pub struct OpenWindow<'a> {
+pub(crate) struct OpenWindow<'a> {
     pub settings: &'a Settings,
     pub shards: &'a Shards,
     pub clock: &'a dyn Clock,

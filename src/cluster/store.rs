@@ -85,8 +85,8 @@ pub struct Shipment<'a> {
 pub enum Shipped {
     Stored,
     /// The window's leader had frozen the window (or one of its partitions) for its count,
-    /// or reported it: the shipment was not stored, and its ids are not in the cluster's
-    /// count.
+    /// or reported it: this shipment was not stored (the parts of the same load shipped
+    /// before it may have been), and its instance reports its ids alone (`scope=local`).
     TooLate,
 }
 

@@ -118,84 +118,242 @@ impl IdSet {
     /// under the id bound while taking far more memory, and building them costs time in
     /// proportion; this stops that work at the memory the bound stands for.
     pub fn deserialize_bounded(bytes: &[u8], max_ids: u64) -> Result<IdSet, DecodeError> {
-        if bytes.is_empty() {
-            return Ok(IdSet::new());
-        }
-        if !bytes.starts_with(MAGIC) {
-            return Err(DecodeError::Magic);
-        }
-        let mut r = Reader::new(bytes);
-        r.take(MAGIC.len())?;
-        let version = r.take(4)?;
-        if version != [FORMAT_VERSION, 0, 0, 0] {
-            return Err(DecodeError::Version(version[0]));
-        }
-        let len = r.u64()?;
-        if len > max_ids {
-            return Err(DecodeError::TooMany(len));
-        }
-        let segments = r.u32()? as usize;
-        if segments > r.len() / (SEGMENT_KIND_BYTES + DENSE_HEADER_BYTES) {
-            return Err(DecodeError::Truncated);
-        }
         let max_heap = (max_ids / DENSEST_IDS_PER_BYTE).saturating_add(HEAP_SLACK_BYTES);
-        let mut out = Builder::with_blocks(segments);
-        // The last key read, and how many ids the segments hold so far (never above `len`).
-        let mut previous: Option<u64> = None;
-        let mut seen: u64 = 0;
-        for _ in 0..segments {
-            match r.u8()? {
-                KIND_PACKED => {
-                    let block = read_block(&mut r)?;
-                    if previous.is_some_and(|p| block.first <= p) {
-                        return Err(DecodeError::Order);
-                    }
-                    seen += u64::from(block.len);
-                    if seen > len {
-                        return Err(DecodeError::Count);
-                    }
-                    previous = Some(block.last);
-                    out.push_block(block);
-                }
-                KIND_DENSE => {
-                    let high = u64::from(r.u32()?);
-                    let size = r.u32()? as usize;
-                    let bitmap = roaring::RoaringBitmap::deserialize_from(r.take(size)?)
-                        .map_err(|_| DecodeError::Roaring)?;
-                    let (Some(min), Some(max)) = (bitmap.min(), bitmap.max()) else {
-                        return Err(DecodeError::Block);
-                    };
-                    if previous.is_some_and(|p| (high << 32 | u64::from(min)) <= p) {
-                        return Err(DecodeError::Order);
-                    }
-                    seen += bitmap.len();
-                    if seen > len {
-                        return Err(DecodeError::Count);
-                    }
-                    previous = Some(high << 32 | u64::from(max));
-                    let mut runs = bitmap.iter();
-                    while let Some(run) = runs.next_range() {
-                        out.push_run(
-                            high << 32 | u64::from(*run.start()),
-                            high << 32 | u64::from(*run.end()),
-                        );
-                        if out.heap_bytes() as u64 > max_heap {
-                            return Err(DecodeError::TooLarge(max_heap));
-                        }
-                    }
-                }
-                kind => return Err(DecodeError::Kind(kind)),
-            }
-        }
-        if !r.is_empty() {
-            return Err(DecodeError::Trailing(r.len()));
-        }
-        let set = out.into_set();
-        if set.len != len {
-            return Err(DecodeError::Count);
-        }
-        Ok(set)
+        let mut sink = SetSink {
+            out: Builder::default(),
+            max_heap,
+        };
+        decode(bytes, max_ids, &mut sink)?;
+        Ok(sink.out.into_set())
     }
+
+    /// The number of ids a set in the compact format says it holds, read from its header
+    /// alone (nothing else is checked: the rest may still be refused by
+    /// [`IdSet::deserialize_bounded`]); 0 for empty bytes. What a reader can tell before it
+    /// expands anything.
+    pub fn declared_len(bytes: &[u8]) -> Result<u64, DecodeError> {
+        if bytes.is_empty() {
+            return Ok(0);
+        }
+        let mut r = header(bytes)?;
+        Ok(r.u64()?)
+    }
+
+    /// Appends the keys of a set in the compact format to `out`, ascending, checked as
+    /// [`IdSet::deserialize_bounded`] checks them, and returns how many: for a reader that
+    /// only counts keys and wants them in a flat buffer, without building a set. A set of
+    /// more than `max_ids` ids is refused before anything is appended; on any error `out`
+    /// is left as it was.
+    pub fn deserialize_keys_into(
+        bytes: &[u8],
+        max_ids: u64,
+        out: &mut Vec<u64>,
+    ) -> Result<u64, DecodeError> {
+        let before = out.len();
+        let mut sink = KeySink { out };
+        let decoded = decode(bytes, max_ids, &mut sink);
+        if decoded.is_err() {
+            out.truncate(before);
+        }
+        decoded
+    }
+}
+
+/// Where [`decode`] puts what it reads.
+trait Sink {
+    /// The capacity for the segments to come, as read from the header.
+    fn reserve(&mut self, segments: usize, len: u64);
+    /// Reads one block (after its kind byte) and, if its keys are all above `previous`
+    /// (the last key before it), takes it; returns its last key and number of keys.
+    fn block(
+        &mut self,
+        r: &mut Reader<'_>,
+        previous: Option<u64>,
+    ) -> Result<(u64, u32), DecodeError>;
+    /// Keys `first..=last`, above every key before.
+    fn run(&mut self, first: u64, last: u64) -> Result<(), DecodeError>;
+}
+
+/// Builds the set ([`IdSet::deserialize_bounded`]).
+struct SetSink {
+    out: Builder,
+    /// Most heap the set may take while it is built.
+    max_heap: u64,
+}
+
+impl Sink for SetSink {
+    fn reserve(&mut self, segments: usize, _: u64) {
+        self.out = Builder::with_blocks(segments);
+    }
+
+    fn block(
+        &mut self,
+        r: &mut Reader<'_>,
+        previous: Option<u64>,
+    ) -> Result<(u64, u32), DecodeError> {
+        let block = read_block(r)?;
+        if previous.is_some_and(|p| block.first <= p) {
+            return Err(DecodeError::Order);
+        }
+        let span = (block.last, block.len);
+        self.out.push_block(block);
+        Ok(span)
+    }
+
+    fn run(&mut self, first: u64, last: u64) -> Result<(), DecodeError> {
+        self.out.push_run(first, last);
+        if self.out.heap_bytes() as u64 > self.max_heap {
+            return Err(DecodeError::TooLarge(self.max_heap));
+        }
+        Ok(())
+    }
+}
+
+/// Appends the keys to a vector ([`IdSet::deserialize_keys_into`]).
+struct KeySink<'a> {
+    out: &'a mut Vec<u64>,
+}
+
+impl Sink for KeySink<'_> {
+    fn reserve(&mut self, _: usize, len: u64) {
+        // `len` is at most the caller's bound, checked before this is called.
+        self.out.reserve(len as usize);
+    }
+
+    /// The block's keys appended as its gaps are unpacked, in one pass over its words,
+    /// without building it.
+    fn block(
+        &mut self,
+        r: &mut Reader<'_>,
+        previous: Option<u64>,
+    ) -> Result<(u64, u32), DecodeError> {
+        let (first, count, width) = read_block_header(r)?;
+        if previous.is_some_and(|p| first <= p) {
+            return Err(DecodeError::Order);
+        }
+        let packed = r.take(words_for(count as usize - 1, width) * 8)?;
+        if width == 0 {
+            // Consecutive keys: `count` is at most `BLOCK_KEYS`.
+            let last = first
+                .checked_add(u64::from(count) - 1)
+                .ok_or(DecodeError::Order)?;
+            self.out.extend(first..=last);
+            return Ok((last, count));
+        }
+        let w = u32::from(width);
+        let mask = u64::MAX >> (64 - w);
+        let word = |i: usize| -> u64 {
+            packed
+                .get(i * 8..i * 8 + 8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        self.out.push(first);
+        let (mut key, mut at, mut bit) = (first, 0usize, 0u32);
+        let mut current = word(0);
+        for _ in 1..count {
+            let mut gap = current >> bit;
+            if bit + w > 64 {
+                gap |= word(at + 1) << (64 - bit);
+            }
+            bit += w;
+            if bit >= 64 {
+                bit -= 64;
+                at += 1;
+                current = word(at);
+            }
+            key = key
+                .checked_add(gap & mask)
+                .and_then(|k| k.checked_add(1))
+                .ok_or(DecodeError::Order)?;
+            self.out.push(key);
+        }
+        Ok((key, count))
+    }
+
+    fn run(&mut self, first: u64, last: u64) -> Result<(), DecodeError> {
+        // At most the declared count: checked before the segment's runs are walked.
+        self.out.extend(first..=last);
+        Ok(())
+    }
+}
+
+/// Checks the magic and the version; the reader is left at the id count.
+fn header(bytes: &[u8]) -> Result<Reader<'_>, DecodeError> {
+    if !bytes.starts_with(MAGIC) {
+        return Err(DecodeError::Magic);
+    }
+    let mut r = Reader::new(bytes);
+    r.take(MAGIC.len())?;
+    let version = r.take(4)?;
+    if version != [FORMAT_VERSION, 0, 0, 0] {
+        return Err(DecodeError::Version(version[0]));
+    }
+    Ok(r)
+}
+
+/// Reads a set in the compact format into `sink` (see [`IdSet::deserialize_bounded`] for
+/// the checks) and returns its number of ids.
+fn decode(bytes: &[u8], max_ids: u64, sink: &mut impl Sink) -> Result<u64, DecodeError> {
+    if bytes.is_empty() {
+        return Ok(0);
+    }
+    let mut r = header(bytes)?;
+    let len = r.u64()?;
+    if len > max_ids {
+        return Err(DecodeError::TooMany(len));
+    }
+    let segments = r.u32()? as usize;
+    if segments > r.len() / (SEGMENT_KIND_BYTES + DENSE_HEADER_BYTES) {
+        return Err(DecodeError::Truncated);
+    }
+    sink.reserve(segments, len);
+    // The last key read, and how many ids the segments hold so far (never above `len`).
+    let mut previous: Option<u64> = None;
+    let mut seen: u64 = 0;
+    for _ in 0..segments {
+        match r.u8()? {
+            KIND_PACKED => {
+                let (last, count) = sink.block(&mut r, previous)?;
+                seen += u64::from(count);
+                if seen > len {
+                    return Err(DecodeError::Count);
+                }
+                previous = Some(last);
+            }
+            KIND_DENSE => {
+                let high = u64::from(r.u32()?);
+                let size = r.u32()? as usize;
+                let bitmap = roaring::RoaringBitmap::deserialize_from(r.take(size)?)
+                    .map_err(|_| DecodeError::Roaring)?;
+                let (Some(min), Some(max)) = (bitmap.min(), bitmap.max()) else {
+                    return Err(DecodeError::Block);
+                };
+                if previous.is_some_and(|p| (high << 32 | u64::from(min)) <= p) {
+                    return Err(DecodeError::Order);
+                }
+                seen += bitmap.len();
+                if seen > len {
+                    return Err(DecodeError::Count);
+                }
+                previous = Some(high << 32 | u64::from(max));
+                let mut runs = bitmap.iter();
+                while let Some(run) = runs.next_range() {
+                    sink.run(
+                        high << 32 | u64::from(*run.start()),
+                        high << 32 | u64::from(*run.end()),
+                    )?;
+                }
+            }
+            kind => return Err(DecodeError::Kind(kind)),
+        }
+    }
+    if !r.is_empty() {
+        return Err(DecodeError::Trailing(r.len()));
+    }
+    if seen != len {
+        return Err(DecodeError::Count);
+    }
+    Ok(len)
 }
 
 /// Writes `segments`, which hold `len` keys, in the compact format
@@ -228,14 +386,21 @@ fn write_segments(segments: &[Segment<'_>], len: u64, out: &mut Vec<u8>) {
     }
 }
 
-/// One block of the compact format (after its kind byte), checked.
-fn read_block(r: &mut Reader<'_>) -> Result<Block, DecodeError> {
+/// One block's header (after its kind byte), checked: its first key, number of keys and
+/// gap width.
+fn read_block_header(r: &mut Reader<'_>) -> Result<(u64, u32, u8), DecodeError> {
     let first = r.u64()?;
     let count = r.u32()?;
     let width = r.u8()?;
     if count == 0 || count as usize > BLOCK_KEYS || width > 64 {
         return Err(DecodeError::Block);
     }
+    Ok((first, count, width))
+}
+
+/// One block of the compact format (after its kind byte), checked.
+fn read_block(r: &mut Reader<'_>) -> Result<Block, DecodeError> {
+    let (first, count, width) = read_block_header(r)?;
     let packed = r.take(words_for(count as usize - 1, width) * 8)?;
     let gaps: Box<[u64]> = packed
         .chunks_exact(8)
@@ -576,6 +741,101 @@ mod tests {
             .map(|low| crate::ids::from_key(7 << 32 | u64::from(low)));
         assert_eq!(set, IdSet::from_ids(ids));
         assert!(set.blocks.iter().all(|b| b.len as usize <= BLOCK_KEYS));
+    }
+
+    #[test]
+    fn runs_that_end_at_the_last_key_decode_to_their_ids() {
+        // Keys up to u64::MAX (the id i64::MAX): counting on past the last key would wrap.
+        for ranges in [
+            vec![u32::MAX - 5..=u32::MAX],
+            vec![0..=0, u32::MAX..=u32::MAX],
+            vec![u32::MAX - 10_000..=u32::MAX],
+        ] {
+            let bytes = dense(u32::MAX, &ranges);
+            let set = IdSet::deserialize(&bytes).unwrap();
+            let keys: Vec<u64> = ranges
+                .iter()
+                .flat_map(|r| r.clone())
+                .map(|low| u64::from(u32::MAX) << 32 | u64::from(low))
+                .collect();
+            assert_eq!(set.keys().collect::<Vec<_>>(), keys);
+            let mut flat = Vec::new();
+            assert_eq!(
+                IdSet::deserialize_keys_into(&bytes, u64::MAX, &mut flat),
+                Ok(keys.len() as u64)
+            );
+            assert_eq!(flat, keys);
+        }
+        assert!(IdSet::from_ids([i64::MAX - 1, i64::MAX]).contains(i64::MAX));
+    }
+
+    #[test]
+    fn declared_len_reads_the_header_alone() {
+        let mut bytes = Vec::new();
+        IdSet::from_ids(0..1000).serialize_into(&mut bytes);
+        assert_eq!(IdSet::declared_len(&bytes), Ok(1000));
+        assert_eq!(
+            IdSet::declared_len(&bytes[..16]),
+            Ok(1000),
+            "the rest is not read"
+        );
+        assert_eq!(IdSet::declared_len(&[]), Ok(0));
+        assert_eq!(IdSet::declared_len(b"garbage!"), Err(DecodeError::Magic));
+        assert_eq!(
+            IdSet::declared_len(&bytes[..10]),
+            Err(DecodeError::Truncated)
+        );
+        let mut version = bytes.clone();
+        version[4] = 3;
+        assert_eq!(IdSet::declared_len(&version), Err(DecodeError::Version(3)));
+    }
+
+    #[test]
+    fn keys_decode_into_a_buffer_as_the_set_holds_them_or_not_at_all() {
+        let sets = [
+            IdSet::from_ids([i64::MIN, -5, 0, 7, u32::MAX as i64, 1 << 40, i64::MAX]),
+            IdSet::from_ids(stream(77).take(20_000).map(|k| k as i64)),
+            IdSet::from_ids((0..50_000).chain(stream(3).take(500).map(|k| k as i64))),
+            IdSet::from_ids(stream(9).take(5000).map(|k| (k >> 40) as i64)),
+        ];
+        for set in sets {
+            let mut bytes = Vec::new();
+            set.serialize_into(&mut bytes);
+            let mut out = vec![42];
+            assert_eq!(
+                IdSet::deserialize_keys_into(&bytes, set.len(), &mut out),
+                Ok(set.len())
+            );
+            assert_eq!(out[0], 42);
+            assert!(out[1..].iter().copied().eq(set.keys()));
+            // Over the bound, or cut anywhere: nothing is appended.
+            let mut out = vec![42];
+            assert_eq!(
+                IdSet::deserialize_keys_into(&bytes, set.len() - 1, &mut out),
+                Err(DecodeError::TooMany(set.len()))
+            );
+            for cut in [bytes.len() - 1, bytes.len() / 2, 30] {
+                assert!(IdSet::deserialize_keys_into(&bytes[..cut], u64::MAX, &mut out).is_err());
+                assert_eq!(out, [42]);
+            }
+        }
+        // A gap that would wrap past u64::MAX.
+        let mut wrap = Vec::new();
+        wrap.extend_from_slice(MAGIC);
+        wrap.extend_from_slice(&[FORMAT_VERSION, 0, 0, 0]);
+        wrap.extend_from_slice(&2u64.to_le_bytes());
+        wrap.extend_from_slice(&1u32.to_le_bytes());
+        wrap.push(KIND_PACKED);
+        wrap.extend_from_slice(&(u64::MAX - 1).to_le_bytes());
+        wrap.extend_from_slice(&2u32.to_le_bytes());
+        wrap.push(64);
+        wrap.extend_from_slice(&5u64.to_le_bytes());
+        let mut out = Vec::new();
+        assert_eq!(
+            IdSet::deserialize_keys_into(&wrap, 10, &mut out),
+            Err(DecodeError::Order)
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -349,19 +349,20 @@ impl Builder {
         }
         // The run's first key may open a block or leave a gap; the rest follow with gap 0,
         // added as many at a time as the open block takes (its width is unchanged by them).
+        // Counted as keys left after the last one added, so that `last` may be `u64::MAX`.
         self.push(key);
-        let mut next = key + 1;
-        while next <= last {
+        let mut left = last - key;
+        while left > 0 {
             let room = self.zero_gaps_room();
             if room == 0 {
-                self.push(next);
-                next += 1;
+                self.push(self.last + 1);
+                left -= 1;
                 continue;
             }
-            let take = room.min(last - next + 1);
+            let take = room.min(left);
             self.gaps.resize(self.gaps.len() + take as usize, 0);
-            self.last = next + take - 1;
-            next += take;
+            self.last += take;
+            left -= take;
         }
     }
 
