@@ -58,6 +58,12 @@
 //!   stream, so all instances hold them (as when a load balancer spreads one client's
 //!   repeated ids over the instances); the rest come from a stream of the instance's own.
 //! - `--counters C` (2): counter processes.
+//! - `--count union|tally` (union): how a counter counts a partition. `union` is
+//!   `merge::count_partition_with` (every shipment decoded, then one k-way `count_union`),
+//!   what the cluster runs; `tally` streams the partition's pages (`parts::fetch`) into
+//!   `cluster::tally::Tally` and counts with `Tally::finish` (its memory budget unbounded
+//!   here), the streaming count that is to replace it. In a `tally` run `count_ms` is
+//!   `Tally::finish` and `fetch_ms` includes adding the shipments to the tally.
 //! - `--runs R` (1): the whole thing R times, each on the next window (`--window-start` plus
 //!   60 s per run), generated and shipped again (a count frees what it counted).
 //! - `--prefix P`, `--window-start S` (1800000000): where the window's keys are.
@@ -79,12 +85,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use verve::budget::IdMemory;
 use verve::cluster::conn::{self, Target};
 use verve::cluster::keys::{self, Keys, PartitionKeys};
-use verve::cluster::merge::count_partition_with;
+use verve::cluster::merge::{count_partition_with, Skipped};
 use verve::cluster::parts::{self, Lead};
 use verve::cluster::settings::LEASE;
 use verve::cluster::store::{Shipped, MAX_SHIPMENT_BYTES};
+use verve::cluster::tally::Tally;
 use verve::ids::partition::{self, PARTITIONS};
 use verve::ids::{count_union, IdBuffer, IdSet};
 
@@ -112,6 +120,7 @@ struct Options {
     push_only: bool,
     counter: Option<String>,
     start_at: usize,
+    tally: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -128,6 +137,7 @@ fn parse_args() -> Result<Options, String> {
         push_only: false,
         counter: None,
         start_at: 0,
+        tally: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -153,6 +163,13 @@ fn parse_args() -> Result<Options, String> {
             "--window-start" => o.window_start = value.parse().map_err(|_| bad())?,
             "--counter" => o.counter = Some(value),
             "--start-at" => o.start_at = value.parse().map_err(|_| bad())?,
+            "--count" => {
+                o.tally = match value.as_str() {
+                    "union" => false,
+                    "tally" => true,
+                    _ => return Err(bad()),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -371,6 +388,31 @@ fn timed_count_union(sets: &[IdSet]) -> u64 {
     n
 }
 
+/// `--count tally`: the partition's shipments read page by page into a streaming
+/// [`Tally`] (`add_blob`), then `Tally::finish` on this thread, timed as the counter
+/// function is; the memory budget is unbounded here. `None` if `between` said stop.
+fn count_tally(
+    con: &mut dyn redis::ConnectionLike,
+    keys: &PartitionKeys,
+    n: u64,
+    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> verve::cluster::store::Result<bool>,
+) -> anyhow::Result<Option<(u64, Skipped)>> {
+    let mut tally = Tally::new(IdMemory::new(u64::MAX / 4));
+    let whole = parts::fetch(con, keys, n, &mut |blob| tally.add_blob(blob), between)?;
+    let skipped = tally.skipped();
+    let (t0, cpu0) = (Instant::now(), thread_cpu_time());
+    let count = tally.finish();
+    COUNT_NS.store(t0.elapsed().as_nanos() as u64, Relaxed);
+    COUNT_CPU_NS.store((thread_cpu_time() - cpu0).as_nanos() as u64, Relaxed);
+    COUNT_SETS.store(n, Relaxed);
+    COUNT_HEAP.store(0, Relaxed);
+    let skipped = Skipped {
+        oversized: skipped.oversized,
+        unreadable: skipped.unreadable + skipped.too_large,
+    };
+    Ok(whole.then_some((count, skipped)))
+}
+
 /// The counter mode: connects, says `READY`, waits for `go` on stdin, counts every partition
 /// it wins, says `DONE` and then its figures (`COUNTER`).
 fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
@@ -416,8 +458,11 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                         renewed = Instant::now();
                         parts::renew(c, keys, name, lease_ms)
                     };
-                    let counted =
-                        count_partition_with(con, keys, n, &mut between, timed_count_union)?;
+                    let counted = if o.tally {
+                        count_tally(con, keys, n, &mut between)?
+                    } else {
+                        count_partition_with(con, keys, n, &mut between, timed_count_union)?
+                    };
                     let (total, main_cpu) = (t.elapsed(), thread_cpu_time() - main_cpu0);
                     let Some((count, skipped)) = counted else {
                         bail!("partition {p}: lost its lease while counting");
@@ -430,6 +475,8 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                     let took = t.elapsed();
                     let count_ms = COUNT_NS.load(Relaxed) as f64 / 1e6;
                     let count_cpu_ms = COUNT_CPU_NS.load(Relaxed) as f64 / 1e6;
+                    // A tally's count runs on this thread.
+                    let read_cpu_ms = ms(main_cpu) - if o.tally { count_cpu_ms } else { 0.0 };
                     println!(
                         "PART p={p} counter={name} shipments={n} count={count} \
                          start_ms={:.2} total_ms={:.2} fetch_ms={:.2} count_ms={count_ms:.2} \
@@ -438,7 +485,7 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                         ms(started),
                         ms(total),
                         ms(total) - count_ms,
-                        ms(main_cpu),
+                        read_cpu_ms,
                         ms(took),
                         COUNT_SETS.load(Relaxed),
                         COUNT_HEAP.load(Relaxed),
@@ -643,6 +690,7 @@ fn start_counters(
             .args(["--start-at", &(i * PARTITIONS / o.counters).to_string()])
             .args(["--prefix", &o.prefix])
             .args(["--window-start", &window_start.to_string()])
+            .args(["--count", if o.tally { "tally" } else { "union" }])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -691,9 +739,10 @@ fn run(
     let per_id = total_bytes as f64 / shipping.ids_total.max(1) as f64;
     let max_part_bytes = *shipping.bytes.iter().max().unwrap_or(&0);
     let head = format!(
-        "run={number} dist={} instances={} ids={} overlap={} shipments={} counters={} \
+        "run={number} count_with={} dist={} instances={} ids={} overlap={} shipments={} counters={} \
          distinct={} bytes_total={total_bytes} bytes_per_id={per_id:.3} max_node_share={max_share:.3} \
          max_partition_bytes={max_part_bytes} generate_and_ship_s={ship_s:.1}",
+        if o.tally { "tally" } else { "union" },
         o.dist.name(),
         o.instances,
         o.ids,
@@ -838,7 +887,9 @@ fn leader(o: &Options, url: &str) -> anyhow::Result<()> {
     }
     if !o.push_only {
         println!(
-            "SUMMARY dist={} instances={} ids={} shipments={} counters={} runs={} sum_ms={}",
+            "SUMMARY count_with={} dist={} instances={} ids={} shipments={} counters={} runs={} \
+             sum_ms={}",
+            if o.tally { "tally" } else { "union" },
             o.dist.name(),
             o.instances,
             o.ids,

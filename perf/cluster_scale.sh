@@ -19,7 +19,9 @@
 #   ROUNDS=5 PARTS="a" perf/cluster_scale.sh
 #   OLD_BIN=/path/to/old/leader_merge perf/cluster_scale.sh
 #
-# Environment: ROUNDS (3), INSTANCES (10), IDS (1000000), SHIPMENTS (60), COUNTERS (2),
+# Environment: COUNT (union: the counters count with merge::count_partition_with, what the
+# cluster runs; tally: with the streaming cluster::tally::Tally, leader_merge --count tally),
+# ROUNDS (3), INSTANCES (10), IDS (1000000), SHIPMENTS (60), COUNTERS (2),
 # BIG_INSTANCES (100), BIG_COUNTERS (8), BIG_RUNS (1), PARTS ("a b c"), CLUSTER_PORT (a free
 # one: the nodes take it and the next two, and the same + 10000), OLD_REV (e5d461f: main before
 # partitions), OLD_BIN (the old example's binary; without it the script exports OLD_REV to
@@ -44,6 +46,8 @@ BIG_COUNTERS=${BIG_COUNTERS:-8}
 BIG_RUNS=${BIG_RUNS:-1}
 PARTS=${PARTS:-a b c}
 OLD_REV=${OLD_REV:-e5d461f}
+COUNT=${COUNT:-union}
+[[ $COUNT =~ ^(union|tally)$ ]] || die "COUNT must be union or tally, not '$COUNT'"
 for v in ROUNDS INSTANCES IDS SHIPMENTS COUNTERS BIG_INSTANCES BIG_COUNTERS BIG_RUNS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
@@ -71,7 +75,7 @@ trap 'exit 130' INT TERM
 
 cd "$ROOT"
 {
-  echo "# perf/cluster_scale.sh $STAMP: PARTS='$PARTS' ROUNDS=$ROUNDS ${INSTANCES}x$IDS" \
+  echo "# perf/cluster_scale.sh $STAMP: COUNT=$COUNT PARTS='$PARTS' ROUNDS=$ROUNDS ${INSTANCES}x$IDS" \
     "SHIPMENTS=$SHIPMENTS COUNTERS=$COUNTERS BIG=${BIG_INSTANCES}x$IDS BIG_COUNTERS=$BIG_COUNTERS" \
     "BIG_RUNS=$BIG_RUNS OLD_REV=$OLD_REV"
   machine_line
@@ -96,7 +100,7 @@ fi
 [[ -x $OLD_BIN ]] || die "$OLD_BIN not found"
 log "# new: $NEW_BIN; old ($OLD_REV): $OLD_BIN"
 
-NEW_ARGS=(--dist random-i64 --instances "$INSTANCES" --ids "$IDS" --shipments "$SHIPMENTS")
+NEW_ARGS=(--count "$COUNT" --dist random-i64 --instances "$INSTANCES" --ids "$IDS" --shipments "$SHIPMENTS")
 OLD_ARGS=(--dist random-i64 --instances "$INSTANCES" --ids "$IDS" --shipments "$SHIPMENTS" --runs 1)
 
 # run_new URL OUT ARGS...: the new example, its output in OUT and $RAW; fails the check if it
@@ -159,7 +163,7 @@ alternate() {
   done
   {
     echo
-    echo "| round | first | old: one leader, \`count_of_shipments\` (ms) | new: freeze to sum, $COUNTERS counters (ms) | old / new |"
+    echo "| round | first | old: one leader, \`count_of_shipments\` (ms) | new: freeze to sum, $COUNTERS counters, $COUNT (ms) | old / new |"
     echo "| ---: | --- | ---: | ---: | ---: |"
     printf '%s\n' "${rows[@]}"
     echo
@@ -235,7 +239,7 @@ if part c; then
   } | tee -a "$RAW"
   out=$TMP/new-c.txt
   echo "part c: ${BIG_INSTANCES} x $IDS ..." >&2
-  if run_new "$CLUSTER_URL" "$out" --dist random-i64 --instances "$BIG_INSTANCES" --ids "$IDS" \
+  if run_new "$CLUSTER_URL" "$out" --count "$COUNT" --dist random-i64 --instances "$BIG_INSTANCES" --ids "$IDS" \
     --shipments "$SHIPMENTS" --counters "$BIG_COUNTERS" --runs "$BIG_RUNS"; then
     res=$(grep '^RESULT' "$out" | tail -1)
     cpu=$(field cpu_total_ms "$res")
