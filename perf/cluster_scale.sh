@@ -179,7 +179,7 @@ details() {
     echo
     echo "new run in detail (\`$(basename "$1")\`): sum $(field sum_ms "$res") ms (freeze $(field freeze_ms "$res") ms);" \
       "per partition (median,min,max ms) total $(field part_total_ms "$res"), fetch+decode $(field part_fetch_ms "$res")," \
-      "count_union $(field part_count_ms "$res"); partitions per counter $(field counter_partitions "$res")," \
+      "count (\`count_union\` or \`Tally::finish\`) $(field part_count_ms "$res"); partitions per counter $(field counter_partitions "$res")," \
       "busy ms $(field counter_busy_ms "$res"), CPU ms $(field counter_cpu_ms "$res") (total $(field cpu_total_ms "$res"));" \
       "bytes shipped per id $(field bytes_per_id "$res") (goal <= 7), largest node share $(field max_node_share "$res") (goal <= 0.5);" \
       "counter peak RSS $(field vmhwm_max_kb "$res") kB (at READY $(field rss_ready_kb "$res") kB), largest partition" \
