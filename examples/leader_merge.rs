@@ -58,6 +58,13 @@
 //!   stream, so all instances hold them (as when a load balancer spreads one client's
 //!   repeated ids over the instances); the rest come from a stream of the instance's own.
 //! - `--counters C` (2): counter processes.
+//! - `--count union|tally` (tally): how a counter counts a partition. `tally` is
+//!   `merge::count_partition_with`, what the cluster runs: the partition's pages
+//!   (`parts::fetch`) streamed into a `cluster::tally::Tally` (its memory budget unbounded
+//!   here), counted on a helper thread; `count_ms` is the count of the sealed tally and
+//!   `fetch_ms` includes adding the shipments to it. `union` is what a partition's count did
+//!   before the tally, kept to compare: every shipment decoded and held, then one k-way
+//!   `count_union`.
 //! - `--runs R` (1): the whole thing R times, each on the next window (`--window-start` plus
 //!   60 s per run), generated and shipped again (a count frees what it counted).
 //! - `--prefix P`, `--window-start S` (1800000000): where the window's keys are.
@@ -81,7 +88,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use verve::cluster::conn::{self, Target};
 use verve::cluster::keys::{self, Keys, PartitionKeys};
-use verve::cluster::merge::{count_partition_with, Read};
+use verve::cluster::merge::{count_partition_with, Read, Skipped};
 use verve::cluster::parts::{self, Lead};
 use verve::cluster::settings::LEASE;
 use verve::cluster::store::{Shipped, MAX_SHIPMENT_BYTES};
@@ -113,6 +120,7 @@ struct Options {
     push_only: bool,
     counter: Option<String>,
     start_at: usize,
+    tally: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -129,6 +137,7 @@ fn parse_args() -> Result<Options, String> {
         push_only: false,
         counter: None,
         start_at: 0,
+        tally: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -154,6 +163,13 @@ fn parse_args() -> Result<Options, String> {
             "--window-start" => o.window_start = value.parse().map_err(|_| bad())?,
             "--counter" => o.counter = Some(value),
             "--start-at" => o.start_at = value.parse().map_err(|_| bad())?,
+            "--count" => {
+                o.tally = match value.as_str() {
+                    "union" => false,
+                    "tally" => true,
+                    _ => return Err(bad()),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -372,6 +388,39 @@ fn timed_count(tally: &Tally) -> u64 {
     n
 }
 
+/// `--count union`: what a partition's count did before the streaming tally: every
+/// shipment read and decoded (all held at once), then one k-way `count_union` of them, timed
+/// as the counter function is. `None` if `between` said stop.
+fn count_union_of(
+    con: &mut dyn redis::ConnectionLike,
+    keys: &PartitionKeys,
+    n: u64,
+    between: &mut dyn FnMut(&mut dyn redis::ConnectionLike) -> verve::cluster::store::Result<bool>,
+) -> anyhow::Result<Option<(u64, Skipped)>> {
+    let mut sets = Vec::new();
+    let mut skipped = Skipped::default();
+    let whole = parts::fetch(
+        con,
+        keys,
+        n,
+        &mut |blob| match blob {
+            verve::cluster::store::Blob::Shipment(bytes) => match IdSet::deserialize(bytes) {
+                Ok(set) => sets.push(set),
+                Err(_) => skipped.unreadable += 1,
+            },
+            verve::cluster::store::Blob::Oversized(_) => skipped.oversized += 1,
+        },
+        between,
+    )?;
+    let (t0, cpu0) = (Instant::now(), thread_cpu_time());
+    let count = verve::ids::count_union(&sets);
+    COUNT_NS.store(t0.elapsed().as_nanos() as u64, Relaxed);
+    COUNT_CPU_NS.store((thread_cpu_time() - cpu0).as_nanos() as u64, Relaxed);
+    COUNT_SETS.store(sets.len() as u64, Relaxed);
+    COUNT_HEAP.store(sets.iter().map(|s| s.heap_bytes() as u64).sum(), Relaxed);
+    Ok(whole.then_some((count, skipped)))
+}
+
 /// The counter mode: connects, says `READY`, waits for `go` on stdin, counts every partition
 /// it wins, says `DONE` and then its figures (`COUNTER`).
 fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
@@ -418,12 +467,16 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                         renewed = Instant::now();
                         parts::renew(c, keys, name, lease_ms)
                     };
-                    let read = Read {
-                        keys,
-                        shipments: n,
-                        memory: &memory,
+                    let counted = if o.tally {
+                        let read = Read {
+                            keys,
+                            shipments: n,
+                            memory: &memory,
+                        };
+                        count_partition_with(con, &read, &mut between, timed_count)?
+                    } else {
+                        count_union_of(con, keys, n, &mut between)?
                     };
-                    let counted = count_partition_with(con, &read, &mut between, timed_count)?;
                     let (total, main_cpu) = (t.elapsed(), thread_cpu_time() - main_cpu0);
                     let Some((count, skipped)) = counted else {
                         bail!("partition {p}: lost its lease while counting");
@@ -436,6 +489,8 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                     let took = t.elapsed();
                     let count_ms = COUNT_NS.load(Relaxed) as f64 / 1e6;
                     let count_cpu_ms = COUNT_CPU_NS.load(Relaxed) as f64 / 1e6;
+                    // A tally's count runs on this thread.
+                    let read_cpu_ms = ms(main_cpu) - if o.tally { count_cpu_ms } else { 0.0 };
                     println!(
                         "PART p={p} counter={name} shipments={n} count={count} \
                          start_ms={:.2} total_ms={:.2} fetch_ms={:.2} count_ms={count_ms:.2} \
@@ -444,7 +499,7 @@ fn counter(o: &Options, url: &str, name: &str) -> anyhow::Result<()> {
                         ms(started),
                         ms(total),
                         ms(total) - count_ms,
-                        ms(main_cpu),
+                        read_cpu_ms,
                         ms(took),
                         COUNT_SETS.load(Relaxed),
                         COUNT_HEAP.load(Relaxed),
@@ -649,6 +704,7 @@ fn start_counters(
             .args(["--start-at", &(i * PARTITIONS / o.counters).to_string()])
             .args(["--prefix", &o.prefix])
             .args(["--window-start", &window_start.to_string()])
+            .args(["--count", if o.tally { "tally" } else { "union" }])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -697,9 +753,10 @@ fn run(
     let per_id = total_bytes as f64 / shipping.ids_total.max(1) as f64;
     let max_part_bytes = *shipping.bytes.iter().max().unwrap_or(&0);
     let head = format!(
-        "run={number} dist={} instances={} ids={} overlap={} shipments={} counters={} \
+        "run={number} count_with={} dist={} instances={} ids={} overlap={} shipments={} counters={} \
          distinct={} bytes_total={total_bytes} bytes_per_id={per_id:.3} max_node_share={max_share:.3} \
          max_partition_bytes={max_part_bytes} generate_and_ship_s={ship_s:.1}",
+        if o.tally { "tally" } else { "union" },
         o.dist.name(),
         o.instances,
         o.ids,
@@ -844,7 +901,9 @@ fn leader(o: &Options, url: &str) -> anyhow::Result<()> {
     }
     if !o.push_only {
         println!(
-            "SUMMARY dist={} instances={} ids={} shipments={} counters={} runs={} sum_ms={}",
+            "SUMMARY count_with={} dist={} instances={} ids={} shipments={} counters={} runs={} \
+             sum_ms={}",
+            if o.tally { "tally" } else { "union" },
             o.dist.name(),
             o.instances,
             o.ids,

@@ -19,7 +19,10 @@
 #   ROUNDS=5 PARTS="a" perf/cluster_scale.sh
 #   OLD_BIN=/path/to/old/leader_merge perf/cluster_scale.sh
 #
-# Environment: ROUNDS (3), INSTANCES (10), IDS (1000000), SHIPMENTS (60), COUNTERS (2),
+# Environment: COUNT (tally: the counters count with merge::count_partition_with, what the
+# cluster runs, a streaming cluster::tally::Tally; union: every shipment decoded, then one
+# k-way count_union, what a partition's count did before the tally),
+# ROUNDS (3), INSTANCES (10), IDS (1000000), SHIPMENTS (60), COUNTERS (2),
 # BIG_INSTANCES (100), BIG_COUNTERS (8), BIG_RUNS (1), PARTS ("a b c"), CLUSTER_PORT (a free
 # one: the nodes take it and the next two, and the same + 10000), OLD_REV (e5d461f: main before
 # partitions), OLD_BIN (the old example's binary; without it the script exports OLD_REV to
@@ -44,6 +47,8 @@ BIG_COUNTERS=${BIG_COUNTERS:-8}
 BIG_RUNS=${BIG_RUNS:-1}
 PARTS=${PARTS:-a b c}
 OLD_REV=${OLD_REV:-e5d461f}
+COUNT=${COUNT:-tally}
+[[ $COUNT =~ ^(union|tally)$ ]] || die "COUNT must be union or tally, not '$COUNT'"
 for v in ROUNDS INSTANCES IDS SHIPMENTS COUNTERS BIG_INSTANCES BIG_COUNTERS BIG_RUNS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
@@ -71,7 +76,7 @@ trap 'exit 130' INT TERM
 
 cd "$ROOT"
 {
-  echo "# perf/cluster_scale.sh $STAMP: PARTS='$PARTS' ROUNDS=$ROUNDS ${INSTANCES}x$IDS" \
+  echo "# perf/cluster_scale.sh $STAMP: COUNT=$COUNT PARTS='$PARTS' ROUNDS=$ROUNDS ${INSTANCES}x$IDS" \
     "SHIPMENTS=$SHIPMENTS COUNTERS=$COUNTERS BIG=${BIG_INSTANCES}x$IDS BIG_COUNTERS=$BIG_COUNTERS" \
     "BIG_RUNS=$BIG_RUNS OLD_REV=$OLD_REV"
   machine_line
@@ -96,7 +101,7 @@ fi
 [[ -x $OLD_BIN ]] || die "$OLD_BIN not found"
 log "# new: $NEW_BIN; old ($OLD_REV): $OLD_BIN"
 
-NEW_ARGS=(--dist random-i64 --instances "$INSTANCES" --ids "$IDS" --shipments "$SHIPMENTS")
+NEW_ARGS=(--count "$COUNT" --dist random-i64 --instances "$INSTANCES" --ids "$IDS" --shipments "$SHIPMENTS")
 OLD_ARGS=(--dist random-i64 --instances "$INSTANCES" --ids "$IDS" --shipments "$SHIPMENTS" --runs 1)
 
 # run_new URL OUT ARGS...: the new example, its output in OUT and $RAW; fails the check if it
@@ -159,7 +164,7 @@ alternate() {
   done
   {
     echo
-    echo "| round | first | old: one leader, \`count_of_shipments\` (ms) | new: freeze to sum, $COUNTERS counters (ms) | old / new |"
+    echo "| round | first | old: one leader, \`count_of_shipments\` (ms) | new: freeze to sum, $COUNTERS counters, $COUNT (ms) | old / new |"
     echo "| ---: | --- | ---: | ---: | ---: |"
     printf '%s\n' "${rows[@]}"
     echo
@@ -175,7 +180,7 @@ details() {
     echo
     echo "new run in detail (\`$(basename "$1")\`): sum $(field sum_ms "$res") ms (freeze $(field freeze_ms "$res") ms);" \
       "per partition (median,min,max ms) total $(field part_total_ms "$res"), fetch+decode $(field part_fetch_ms "$res")," \
-      "count_union $(field part_count_ms "$res"); partitions per counter $(field counter_partitions "$res")," \
+      "count (\`count_union\` or \`Tally::finish\`) $(field part_count_ms "$res"); partitions per counter $(field counter_partitions "$res")," \
       "busy ms $(field counter_busy_ms "$res"), CPU ms $(field counter_cpu_ms "$res") (total $(field cpu_total_ms "$res"));" \
       "bytes shipped per id $(field bytes_per_id "$res") (goal <= 7), largest node share $(field max_node_share "$res") (goal <= 0.5);" \
       "counter peak RSS $(field vmhwm_max_kb "$res") kB (at READY $(field rss_ready_kb "$res") kB), largest partition" \
@@ -235,7 +240,7 @@ if part c; then
   } | tee -a "$RAW"
   out=$TMP/new-c.txt
   echo "part c: ${BIG_INSTANCES} x $IDS ..." >&2
-  if run_new "$CLUSTER_URL" "$out" --dist random-i64 --instances "$BIG_INSTANCES" --ids "$IDS" \
+  if run_new "$CLUSTER_URL" "$out" --count "$COUNT" --dist random-i64 --instances "$BIG_INSTANCES" --ids "$IDS" \
     --shipments "$SHIPMENTS" --counters "$BIG_COUNTERS" --runs "$BIG_RUNS"; then
     res=$(grep '^RESULT' "$out" | tail -1)
     cpu=$(field cpu_total_ms "$res")
