@@ -120,7 +120,7 @@ impl Tally {
         }
     }
 
-    /// Adds what [`store::fetch`] read: a shipment's bytes ([`Tally::add`]), or the length
+    /// Adds what [`parts::fetch`](crate::cluster::parts::fetch) read: a shipment's bytes ([`Tally::add`]), or the length
     /// of one too long to have been read.
     pub fn add_blob(&mut self, blob: Blob<'_>) {
         match blob {
