@@ -93,7 +93,7 @@ use verve::cluster::parts::{self, Lead};
 use verve::cluster::settings::LEASE;
 use verve::cluster::store::{Shipped, MAX_SHIPMENT_BYTES};
 use verve::cluster::tally::Tally;
-use verve::ids::partition::{self, PARTITIONS};
+use verve::ids::partition::PARTITIONS;
 use verve::ids::{IdBuffer, IdSet};
 
 #[path = "support/rng.rs"]
@@ -267,22 +267,6 @@ fn instance_ids(
         parts.push(delta);
     }
     (all, parts)
-}
-
-/// The shipments that carry `ids`, one partition's values at a time, as verve cuts them
-/// (`partition_shipments` of `src/cluster/ship.rs`, a private module): each partition's
-/// values in parts of at most `max_bytes`, nothing for an empty partition.
-fn partition_shipments(ids: &IdSet, max_bytes: usize) -> Vec<(usize, Vec<u8>)> {
-    partition::split(ids)
-        .iter()
-        .enumerate()
-        .filter(|(_, part)| !part.is_empty())
-        .flat_map(|(p, part)| {
-            part.serialize_parts(max_bytes)
-                .into_iter()
-                .map(move |bytes| (p, bytes))
-        })
-        .collect()
 }
 
 // --- small helpers ---------------------------------------------------------------------------
@@ -617,7 +601,7 @@ fn generate_and_ship(
         let (mut n, mut bytes) = (0u64, 0u64);
         for delta in &deltas {
             let t = Instant::now();
-            let shipments = partition_shipments(delta, MAX_SHIPMENT_BYTES);
+            let shipments = verve::cluster::ship::partition_shipments(delta, MAX_SHIPMENT_BYTES);
             cut += t.elapsed();
             let t = Instant::now();
             for (p, blob) in shipments {
