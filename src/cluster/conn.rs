@@ -10,8 +10,9 @@ use redis::{ConnectionLike, ErrorKind, RedisError, ServerErrorKind};
 use crate::cluster::error::Error;
 use crate::cluster::keys::Keys;
 use crate::cluster::keys::LAYOUT;
-use crate::cluster::presence::{claim_interval, claim_layout, layout_in_use, Interval, Layout};
-use crate::cluster::settings::LIVE_TTL;
+use crate::cluster::presence::{
+    claim_interval, claim_layout, layout_in_use, Interval, Layout, LIVE_TTL,
+};
 
 /// Longest wait to connect to one node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

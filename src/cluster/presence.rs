@@ -8,6 +8,12 @@ use redis::{ConnectionLike, ErrorKind, ServerErrorKind};
 use crate::cluster::error::{malformed, Error, Result};
 use crate::cluster::keys::{parse_count, Keys, LAYOUT};
 
+/// An instance silent for this long is not waited for. Well above the heartbeat period
+/// ([`crate::cluster::settings::HEARTBEAT_EVERY`]), so that a slow Redis reply (up to
+/// [`crate::cluster::conn::IO_TIMEOUT`]) or a long merge does not make a working instance
+/// look dead.
+pub const LIVE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The most live instances read. More instances than any deployment verve is made for; a
 /// longer live set is not trusted to be complete, and the leader waits for the grace
 /// instead.

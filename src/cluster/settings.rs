@@ -15,10 +15,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// `ok` is in Redis within a second, as docs/failures.md promises (*Cluster mode*).
 pub const SHIP_EVERY: Duration = Duration::from_millis(800);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
-/// An instance silent for this long is not waited for. Well above the heartbeat period,
-/// so that a slow Redis reply (up to [`crate::cluster::conn::IO_TIMEOUT`]) or a long merge does not make a
-/// working instance look dead.
-pub const LIVE_TTL: Duration = Duration::from_secs(5);
+pub use crate::cluster::presence::LIVE_TTL;
 /// A leader that stops renewing its lease (it died, or hangs) is replaced after this long.
 pub const LEASE: Duration = Duration::from_secs(5);
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
