@@ -16,7 +16,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use verve::budget::IdMemory;
 use verve::clock::{rfc3339_secs, ManualClock, Windows};
 use verve::cluster::conn::Target;
-use verve::cluster::merge::{count_partition_with, Counter, Read};
+use verve::cluster::merge::{count_partition_with, union_of_shipments, Counter, Read};
 use verve::cluster::node::{
     ClusterSink, Extras, RecordHandoff, Settings, Shared, LEASE, LIVE_TTL, WINDOW_TRIES,
 };
@@ -1542,4 +1542,46 @@ fn a_partition_counter_cut_off_mid_count_is_replaced_and_its_late_count_never_ad
     assert_eq!(a.metrics.cluster_partitions_counted.load(Relaxed), 0);
     assert!(a.reports.is_empty(), "{:?}", a.reports.try_recv());
     assert_eq!(knows_reported(&a, start), Some(total));
+}
+
+#[test]
+fn after_a_reconnect_the_window_closed_but_not_sealed_yet_is_shipped_at_once() {
+    // The window has just closed; the collector seals it a moment later (the settling
+    // delay). Redis came back meanwhile: the ids the window took since its last shipment go
+    // out at once, not with the seal, so a hard crash before the seal loses no more than
+    // the usual second.
+    let redis = Redis::start();
+    let pa = Proxy::start(&redis);
+    let prefix = "unsealed";
+    let keys = Keys::new(prefix);
+    let w = window_at(19);
+    let windows = Windows::new(INTERVAL_SECS);
+    let start = windows.start_secs(w);
+    let options = Options {
+        url: Some(pa.url.clone()),
+        ..Options::default()
+    };
+    let a = Instance::start_with(&redis, prefix, "a", windows.start_ms(w) + 1_000, options);
+    let mut con = redis.connect();
+    a.record(w, 0..10, None);
+    wait_until("the open window's first ids in Redis", || {
+        (shipments(&mut con, &keys, start) > 0).then_some(())
+    });
+    let errors = a.metrics.redis_errors.load(Relaxed);
+    pa.switch().cut();
+    wait_until("a to lose Redis", || {
+        (a.metrics.redis_errors.load(Relaxed) > errors).then_some(())
+    });
+    a.record(w, 10..20, None);
+    // The window closes; it is not sealed.
+    a.clock.set(windows.end_ms(w) + 1);
+    pa.switch().restore();
+    let union = wait_until("the window's ids since the cut in Redis", || {
+        let (union, _) = union_of_shipments(&mut con, &keys, start).unwrap();
+        (union.len() == 20).then_some(union)
+    });
+    assert_eq!(
+        union.iter().collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
 }
