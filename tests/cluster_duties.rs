@@ -68,7 +68,7 @@ fn a_leader_counting_partition_after_partition_keeps_heartbeating() {
     let shared = Shared {
         shards: shards.clone(),
         clock: clock.clone(),
-        metrics,
+        metrics: metrics.clone(),
     };
     let extras = Extras {
         counter: slow,
@@ -125,6 +125,13 @@ fn a_leader_counting_partition_after_partition_keeps_heartbeating() {
     };
     println!("oldest heartbeat while counting: {oldest} ms; gone from the live set: {gone}");
     assert_eq!(report.unique_count, 4_000);
+    // Alone, it counted all 16 partitions itself.
+    assert_eq!(
+        metrics
+            .cluster_partitions_counted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        PARTITIONS as u64
+    );
     assert!(!gone, "the leader fell off the live set while it counted");
     assert!(
         oldest < LIVE_TTL.as_millis() as u64,
