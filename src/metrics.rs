@@ -89,6 +89,8 @@ pub struct Metrics {
     pub cluster_late_windows: AtomicU64,
     /// Cluster mode: partitions of windows this instance counted (its share of the work).
     pub cluster_partitions_counted: AtomicU64,
+    /// Windows this instance took up because no instance holding them was left.
+    pub cluster_adopted_windows: AtomicU64,
     /// Distinct ids so far in the open window: set by the collector after each merge (about
     /// once a second), so a scrape reads it and never touches the shards.
     pub window_unique_ids: AtomicU64,
@@ -128,6 +130,7 @@ impl Metrics {
             cluster_local_windows: AtomicU64::new(0),
             cluster_late_windows: AtomicU64::new(0),
             cluster_partitions_counted: AtomicU64::new(0),
+            cluster_adopted_windows: AtomicU64::new(0),
             window_unique_ids: AtomicU64::new(0),
             last_window_unique_ids: AtomicU64::new(0),
             memory,
@@ -185,6 +188,7 @@ impl Metrics {
             cluster_local_windows: self.cluster_local_windows.load(Relaxed),
             cluster_late_windows: self.cluster_late_windows.load(Relaxed),
             cluster_partitions_counted: self.cluster_partitions_counted.load(Relaxed),
+            cluster_adopted_windows: self.cluster_adopted_windows.load(Relaxed),
             late_ids: self.late_ids.load(Relaxed),
             max_connections: self.max_connections.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
@@ -280,6 +284,7 @@ pub struct Snapshot {
     pub cluster_local_windows: u64,
     pub cluster_late_windows: u64,
     pub cluster_partitions_counted: u64,
+    pub cluster_adopted_windows: u64,
     pub late_ids: u64,
     pub max_connections: u64,
     pub accept_errors: u64,
@@ -417,6 +422,11 @@ impl Snapshot {
             "verve_cluster_partitions_counted_total",
             "Partitions of windows this instance counted for the cluster (cluster mode).",
             self.cluster_partitions_counted,
+        );
+        page.counter(
+            "verve_cluster_adopted_windows_total",
+            "Windows this instance took up because every instance holding them was gone (cluster mode).",
+            self.cluster_adopted_windows,
         );
         page.counter(
             "verve_late_ids_total",

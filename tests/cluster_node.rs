@@ -21,6 +21,7 @@ use verve::cluster::node::{
     ClusterSink, Extras, RecordHandoff, Settings, Shared, LEASE, LIVE_TTL, WINDOW_TRIES,
 };
 use verve::cluster::parts;
+use verve::cluster::ship::{ship_window, Load};
 use verve::cluster::store::{self, Keys, Lead};
 use verve::cluster::tally::Tally;
 use verve::endpoints::EndpointPolicy;
@@ -1584,4 +1585,151 @@ fn after_a_reconnect_the_window_closed_but_not_sealed_yet_is_shipped_at_once() {
         union.iter().collect::<Vec<_>>(),
         (0..20).collect::<Vec<_>>()
     );
+}
+
+/// What instance `name` does with window `start` before it is killed: ships all of `ids`
+/// and `endpoints` as its last shipment, registered, as `cluster::ship` does.
+fn ship_and_die(
+    redis: &Redis,
+    prefix: &str,
+    name: &str,
+    start: u64,
+    ids: std::ops::Range<i64>,
+    endpoints: &[String],
+) {
+    let settings = Settings {
+        target: Target::parse(&redis.url).unwrap(),
+        keys: Keys::new(prefix),
+        instance: name.to_string(),
+        grace: GRACE,
+        backlog: 10,
+        windows: Windows::new(INTERVAL_SECS),
+    };
+    let ids = IdSet::from_ids(ids);
+    let load = Load {
+        window_start: start,
+        ids: &ids,
+        endpoints,
+        last: true,
+        register: true,
+    };
+    let mut con = redis.connect();
+    let shipped = ship_window(&mut con, &settings, &Metrics::new(1), load).unwrap();
+    assert_eq!(shipped, store::Shipped::Stored);
+}
+
+/// Whether window `start` is in the registry of windows not reported yet.
+fn registered(con: &mut redis::Connection, keys: &Keys, start: u64) -> bool {
+    redis::cmd("ZSCORE")
+        .arg(keys.windows())
+        .arg(start)
+        .query::<Option<u64>>(con)
+        .unwrap()
+        .is_some()
+}
+
+/// A clock time at which windows up to `last` are due for adoption: past their end, the
+/// grace and a lease.
+fn orphans_due(windows: &Windows, last: u64) -> u64 {
+    windows.end_ms(last) + (GRACE + LEASE).as_millis() as u64 + 1
+}
+
+#[test]
+fn a_window_whose_holders_are_all_gone_is_reported_by_an_instance_that_held_none_of_it() {
+    let redis = Redis::start();
+    let prefix = "orphans";
+    let keys = Keys::new(prefix);
+    let windows = Windows::new(INTERVAL_SECS);
+    let w = window_at(40);
+    let (first, second) = (windows.start_secs(w), windows.start_secs(w + 1));
+    let endpoint = "http://good.test/orphan".to_string();
+    // Window w's only holder, a, shipped it whole and was killed before it led it. So was
+    // w + 1's, b, which then restarts under its name, holding nothing of it (no state file
+    // in cluster mode): a stopping instance would have left w + 1 to it.
+    ship_and_die(&redis, prefix, "a", first, 0..1_000, &[endpoint.clone()]);
+    ship_and_die(&redis, prefix, "b", second, 500..2_000, &[]);
+    let b = Instance::start(&redis, prefix, "b", orphans_due(&windows, w + 1));
+    // It trusts nothing for a grace period after it connects, as a leader does.
+    b.clock.advance(GRACE);
+    let mut reports = vec![b.next_report(), b.next_report()];
+    reports.sort_by_key(|r| r.window_start);
+    let seen: Vec<_> = reports
+        .iter()
+        .map(|r| (r.window_start, r.unique_count, r.scope))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (first, 1_000, Scope::Global),
+            (second, 1_500, Scope::Global)
+        ]
+    );
+    assert_eq!(reports[0].endpoints, [endpoint]);
+    let mut con = redis.connect();
+    assert_eq!(done_of(&mut con, &keys, first), Some(1_000));
+    assert_eq!(done_of(&mut con, &keys, second), Some(1_500));
+    assert!(!registered(&mut con, &keys, first) && !registered(&mut con, &keys, second));
+    assert_eq!(b.metrics.cluster_adopted_windows.load(Relaxed), 2);
+    for start in [first, second] {
+        let when = rfc3339_secs(start);
+        assert_eq!(
+            logged(&[&when, "this instance takes it up"]).len(),
+            1,
+            "{when}"
+        );
+    }
+}
+
+#[test]
+fn registered_windows_reported_already_or_gone_from_redis_are_forgotten_without_a_line() {
+    let redis = Redis::start();
+    let prefix = "orphans-settled";
+    let keys = Keys::new(prefix);
+    let windows = Windows::new(INTERVAL_SECS);
+    let w = window_at(41);
+    let (first, second) = (windows.start_secs(w), windows.start_secs(w + 1));
+    let mut con = redis.connect();
+    // w was reported (its `done` mark is there) but is still registered: the leader's
+    // settle did not reach Redis. w + 1 is registered with nothing else: Redis lost the
+    // rest (killed before its append-only file had it).
+    ship_and_die(&redis, prefix, "a", first, 0..10, &[]);
+    put(&mut con, &["SET", &keys.done(first), "10"]);
+    verve::cluster::orphans::register(&mut con, &keys, second, 600_000).unwrap();
+    let b = Instance::start(&redis, prefix, "b", orphans_due(&windows, w + 1));
+    b.clock.advance(GRACE);
+    wait_until("both windows forgotten", || {
+        (!registered(&mut con, &keys, first) && !registered(&mut con, &keys, second)).then_some(())
+    });
+    // Forgotten, not taken up: nothing of them is left for this instance to report.
+    assert!(b.reports.try_recv().is_err());
+    assert_eq!(b.metrics.cluster_adopted_windows.load(Relaxed), 0);
+    assert_eq!(done_of(&mut con, &keys, second), None);
+}
+
+#[test]
+fn a_window_a_live_holder_leads_is_not_taken_up() {
+    let redis = Redis::start();
+    let prefix = "orphans-led";
+    let keys = Keys::new(prefix);
+    let windows = Windows::new(INTERVAL_SECS);
+    let w = window_at(42);
+    let (first, second) = (windows.start_secs(w), windows.start_secs(w + 1));
+    let mut con = redis.connect();
+    // a holds and leads w (slowly: its lease is taken, its report not written yet); w + 1's
+    // holder is gone, so b takes w + 1 up in the same round as it looks at w.
+    ship_and_die(&redis, prefix, "a", first, 0..10, &[]);
+    assert_eq!(
+        store::lead(&mut con, &keys, first, "a", 600_000).unwrap(),
+        Lead::Leading
+    );
+    ship_and_die(&redis, prefix, "a", second, 0..20, &[]);
+    let b = Instance::start(&redis, prefix, "b", orphans_due(&windows, w + 1));
+    b.clock.advance(GRACE);
+    let report = b.next_report();
+    assert_eq!((report.window_start, report.unique_count), (second, 20));
+    // w is a's to report: b did not take it up, and it stays registered for a.
+    assert_eq!(b.metrics.cluster_adopted_windows.load(Relaxed), 1);
+    assert_eq!(leader_of(&mut con, &keys, first).as_deref(), Some("a"));
+    assert!(registered(&mut con, &keys, first));
+    assert_eq!(done_of(&mut con, &keys, first), None);
 }

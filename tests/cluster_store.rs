@@ -1291,3 +1291,91 @@ fn read(keys: &PartitionKeys, n: u64) -> merge::Read<'_> {
         memory: UNLIMITED.get_or_init(IdMemory::unlimited),
     }
 }
+
+#[test]
+fn the_registry_of_windows_not_reported_gives_those_due_and_forgets_expired_ones() {
+    use verve::cluster::orphans;
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    for w in [60, 120, 180, 240, 120] {
+        orphans::register(&mut con, &keys, w, TTL).unwrap();
+    }
+    // Registered once each, however often; the key lives as long as a window's keys.
+    let n: u64 = redis::cmd("ZCARD")
+        .arg(keys.windows())
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 4);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.windows())
+        .query(&mut con)
+        .unwrap();
+    assert!(ttl > 0 && ttl <= TTL as i64, "{ttl}");
+    // Due: from `oldest` to `latest`, oldest first, at most `max`.
+    assert_eq!(
+        orphans::due(&mut con, &keys, 60, 180, 16).unwrap(),
+        [60, 120, 180]
+    );
+    assert_eq!(
+        orphans::due(&mut con, &keys, 60, 240, 2).unwrap(),
+        [60, 120]
+    );
+    // Settled: reported, not due any more.
+    orphans::settle(&mut con, &keys, 120).unwrap();
+    assert_eq!(
+        orphans::due(&mut con, &keys, 60, 240, 16).unwrap(),
+        [60, 180, 240]
+    );
+    // Those before `oldest` have expired keys: forgotten for good.
+    assert_eq!(orphans::due(&mut con, &keys, 180, 180, 16).unwrap(), [180]);
+    assert_eq!(
+        orphans::due(&mut con, &keys, 0, 1_000, 16).unwrap(),
+        [180, 240]
+    );
+    // What another program put there is skipped, not taken for a window.
+    let _: i64 = redis::cmd("ZADD")
+        .arg(keys.windows())
+        .arg(200)
+        .arg("not a window")
+        .arg(210)
+        .arg("9".repeat(64))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        orphans::due(&mut con, &keys, 0, 1_000, 16).unwrap(),
+        [180, 240]
+    );
+}
+
+#[test]
+fn a_window_with_nothing_in_redis_has_nothing_to_report() {
+    use verve::cluster::orphans::has_anything;
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let keys = Keys::new("verve-test");
+    assert!(!has_anything(&mut con, &keys, 60).unwrap());
+    // Any of what a report is made from: the ids, a last-shipment mark, or an endpoint
+    // (each shipped alone), or a partition's count (its list freed once counted).
+    assert_eq!(
+        ship(&mut con, &keys, 120, "a", &[7], &[], false),
+        Shipped::Stored
+    );
+    assert_eq!(
+        ship(&mut con, &keys, 180, "a", &[], &[], true),
+        Shipped::Stored
+    );
+    let endpoint = ["http://e.test/".to_string()];
+    assert_eq!(
+        ship(&mut con, &keys, 240, "a", &[], &endpoint, false),
+        Shipped::Stored
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&keys.partition(300, 9).count)
+        .arg(5)
+        .query(&mut con)
+        .unwrap();
+    for w in [120, 180, 240, 300] {
+        assert!(has_anything(&mut con, &keys, w).unwrap(), "{w}");
+    }
+}

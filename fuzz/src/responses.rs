@@ -198,7 +198,7 @@ impl Page {
 }
 
 /// The samples every page has, in order.
-pub(super) const SAMPLES: [&str; 35] = [
+pub(super) const SAMPLES: [&str; 36] = [
     "verve_requests_total{outcome=\"ok\"}",
     "verve_requests_total{outcome=\"bad_request\"}",
     "verve_requests_total{outcome=\"unavailable\"}",
@@ -225,6 +225,7 @@ pub(super) const SAMPLES: [&str; 35] = [
     "verve_cluster_local_windows_total",
     "verve_cluster_late_windows_total",
     "verve_cluster_partitions_counted_total",
+    "verve_cluster_adopted_windows_total",
     "verve_late_ids_total",
     "verve_open_connections",
     "verve_max_connections",

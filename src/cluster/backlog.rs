@@ -63,6 +63,10 @@ pub struct Held {
     pub endpoints: Vec<String>,
     phase: Phase,
     trouble: Option<Trouble>,
+    /// Taken up from the cluster's registry (see [`crate::cluster::orphans`]): this instance
+    /// holds none of the window's ids, so it has nothing to ship, and never reports the
+    /// window alone.
+    adopted: bool,
     /// The `--max-memory` bytes `ids` and `unsent` hold, given back when the window goes.
     _charge: Charge,
 }
@@ -81,8 +85,30 @@ impl Held {
                 stored_before: false,
             },
             trouble: None,
+            adopted: false,
             _charge: sealed.charge,
         }
+    }
+
+    /// A window whose holders are all gone, taken up to be led from what Redis holds: no ids
+    /// or endpoints of this instance, nothing to ship (see [`crate::cluster::orphans`]).
+    pub fn adopt(window_start: u64, end_ms: u64) -> Held {
+        Held {
+            window_start,
+            end_ms,
+            ids: IdSet::new(),
+            unsent: Some(IdSet::new()),
+            endpoints: Vec::new(),
+            phase: Phase::Shipped,
+            trouble: None,
+            adopted: true,
+            _charge: Charge::default(),
+        }
+    }
+
+    /// See [`Held::adopt`].
+    pub fn is_adopted(&self) -> bool {
+        self.adopted
     }
 
     pub fn phase(&self) -> Phase {
@@ -138,8 +164,11 @@ impl Held {
     }
 
     /// A new connection: Redis may have restarted empty, so the window is shipped again,
-    /// whole.
+    /// whole (an adopted window has nothing to ship).
     pub fn reconnected(&mut self) {
+        if self.adopted {
+            return;
+        }
         self.unsent = None;
         self.phase = match self.phase {
             Phase::Shipped => Phase::Unshipped {

@@ -42,6 +42,11 @@ impl DoneMarks {
         });
     }
 
+    /// Whether the window is known reported.
+    pub fn knows(&self, window_start: u64) -> bool {
+        self.known.iter().any(|k| k.window_start == window_start)
+    }
+
     /// Writes the `done` mark of each remembered window whose keys would still live, where
     /// it is missing (`now_ms` by the instance's clock). Done on every connect, before any
     /// shipment: the others trust nothing for a grace period after they connect (see the

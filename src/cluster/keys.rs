@@ -20,6 +20,7 @@
 //! | `P:v2:{wS.p.x}:frozen` | string | the partition's list no longer changes: later shipments of it are refused |
 //! | `P:v2:{wS.p.x}:lease` | string | the instance counting the partition, with an expiry |
 //! | `P:v2:{wS.p.x}:count` | string | the partition's count, once counted |
+//! | `P:v2:windows` | sorted set | window start -> window start: the windows shipped and not reported yet, so that any instance can find one whose holders are all gone |
 //! | `P:live` | sorted set | instance -> Redis's time (`TIME`, ms) at its last heartbeat |
 //! | `P:interval` | string | the deployment's `--interval` and layout (`60 layout 2/16`), refreshed by every heartbeat |
 //! | `P:layout` | string | the deployment's key layout ([`LAYOUT`]), refreshed by every heartbeat |
@@ -123,6 +124,11 @@ impl Keys {
     /// messages.
     pub fn window_keys(&self, window_start: u64) -> String {
         format!("{}:v2:{{w{window_start}[.}}]*", self.prefix)
+    }
+
+    /// The windows shipped and not reported yet (see [`crate::cluster::orphans`]).
+    pub fn windows(&self) -> String {
+        format!("{}:v2:windows", self.prefix)
     }
 
     pub fn live(&self) -> String {

@@ -9,11 +9,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use crate::clock::rfc3339_secs;
+use crate::cluster::backlog::Held;
 use crate::cluster::conn;
 use crate::cluster::failure::outage_only;
 use crate::cluster::keys::{Keys, PartitionKeys};
 use crate::cluster::merge::{count_partition_with, Read};
 use crate::cluster::node::Node;
+use crate::cluster::orphans;
 use crate::cluster::parts;
 use crate::cluster::settings::{HEARTBEAT_EVERY, LEASE, LIVE_TTL, SHIP_EVERY};
 use crate::cluster::ship::OpenWindow;
@@ -54,6 +56,13 @@ impl Node {
                     // `/api/verve/windows` lists it too.
                     if let Some(status) = &self.status {
                         status.record(start, count);
+                    }
+                    // Taken up as an orphan: whoever reported it may not have unregistered it
+                    // (Redis lost that).
+                    if self.backlog.get(start).is_some_and(Held::is_adopted) {
+                        if let Err(e) = orphans::settle(redis.con(), &self.settings.keys, start) {
+                            outage_only(e)?;
+                        }
                     }
                     self.done_marks.remember(start, end_ms, count);
                     if let Some(records) = self.records.as_mut() {
@@ -434,6 +443,17 @@ impl Node {
             records.own(start, end_ms);
         }
         self.drop_window(start);
+        // Reported: no instance need take it up. A failure leaves it registered, and whoever
+        // looks at it next finds it reported.
+        if let Some(redis) = self.redis.as_mut() {
+            match orphans::settle(redis.con(), &self.settings.keys, start) {
+                Err(store::Error::Redis(e)) if conn::is_outage(&e) => return Err(e.into()),
+                Err(_) => {
+                    self.metrics.redis_errors.fetch_add(1, Relaxed);
+                }
+                Ok(()) => {}
+            }
+        }
         Ok(true)
     }
 }

@@ -27,6 +27,8 @@
 //! - `lead`: leading a window: the lease, readiness, the leader's report, the `done` mark.
 //! - `handoff`: Kafka records handed over between instances ([`node::RecordHandoff`]).
 //! - `done_marks`: the windows known reported, whose `done` marks go back after a connect.
+//! - `orphans`: the registry of windows not reported yet, and the adoption of those whose
+//!   holders are all gone.
 //! - `failure`: an outage, or trouble with one window's keys.
 //!
 //! The request path never touches Redis: workers record into their shards as in single
@@ -101,6 +103,7 @@ pub mod keys;
 mod lead;
 pub mod merge;
 pub mod node;
+pub mod orphans;
 pub mod parts;
 pub mod presence;
 pub mod settings;

@@ -47,6 +47,7 @@ use crate::cluster::failure::Failure;
 use crate::cluster::handoff::Records;
 use crate::cluster::keys::LAYOUT;
 use crate::cluster::merge::Counter;
+use crate::cluster::orphans::Orphans;
 use crate::cluster::presence::{self, Layout};
 use crate::cluster::store::{self, Interval};
 use crate::cluster::tally::Tally;
@@ -146,6 +147,7 @@ impl ClusterSink {
             left: false,
             late_warned: None,
             shared_key_warned: false,
+            orphans: Orphans::default(),
         };
         let guard = health.guard("verve-cluster");
         let thread = std::thread::Builder::new()
@@ -226,6 +228,8 @@ pub(crate) struct Node {
     /// Trouble with `P:live`, `P:interval` or `P:layout` was logged; cleared by the next
     /// heartbeat that works, so that each bout is logged once.
     pub(crate) shared_key_warned: bool,
+    /// Looking for windows whose holders are all gone (see [`crate::cluster::orphans`]).
+    pub(crate) orphans: Orphans,
 }
 
 impl Node {
@@ -400,6 +404,8 @@ impl Node {
         }
         if stopping {
             self.leave_once_shipped()?;
+        } else {
+            self.adopt_orphans()?;
         }
         self.lead(stopping)
     }
@@ -510,6 +516,9 @@ impl Node {
             };
             let trouble = held.given_up().map(|t| t.why.clone()).unwrap_or_default();
             let reported = held.reported();
+            if held.is_adopted() {
+                self.orphans.given_up(start);
+            }
             if let Some(redis) = self.redis.as_mut() {
                 // Best effort: the lease expires on its own otherwise.
                 let _ = store::release(
@@ -581,6 +590,12 @@ impl Node {
 
     fn report_held_alone(&mut self, held: Held, why: &str) {
         let window = rfc3339_secs(held.window_start);
+        if held.is_adopted() && held.reported().is_none() {
+            // None of its ids are this instance's: a line of its own would say 0. It stays
+            // registered in Redis, so a holder, or another instance, can still report it.
+            log::error!("window {window}: {why}; this instance, which took it up, lets it go");
+            return;
+        }
         let report = match held.alone() {
             Ok(report) => report,
             Err(count) => {
@@ -646,7 +661,7 @@ impl Node {
             }
             log::warn!(
                 "window {} is in Redis but no instance is left to report it; the next instance \
-                 of this cluster will not see it",
+                 of this cluster to start takes it up, if its keys have not expired by then",
                 rfc3339_secs(held.window_start)
             );
         }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::clock::{rfc3339_secs, Clock};
 use crate::cluster::conn;
 use crate::cluster::node::Node;
+use crate::cluster::orphans;
 use crate::cluster::parts;
 use crate::cluster::settings::Settings;
 use crate::cluster::store::{self, Shipment, Shipped};
@@ -57,6 +58,9 @@ pub struct Load<'a> {
     pub endpoints: &'a [String],
     /// The instance's last shipment of the window: marks it done once stored.
     pub last: bool,
+    /// Registers the window as not reported yet first (see [`crate::cluster::orphans`]):
+    /// with the first shipment of it on a connection, and with the last.
+    pub register: bool,
 }
 
 /// Ships a [`Load`]: each partition's ids to its list, then the endpoints and, with `last`,
@@ -70,6 +74,17 @@ pub fn ship_window(
     load: Load<'_>,
 ) -> store::Result<Shipped> {
     let ttl_ms = settings.key_ttl().as_millis() as u64;
+    // Before any of its ids, so that no shipment is in Redis unregistered. A registry that
+    // is not verve's costs only the adoption of orphaned windows, which says so.
+    if load.register {
+        match orphans::register(con, &settings.keys, load.window_start, ttl_ms) {
+            Err(store::Error::Redis(e)) if conn::is_outage(&e) => return Err(e.into()),
+            Err(_) => {
+                metrics.redis_errors.fetch_add(1, Relaxed);
+            }
+            Ok(()) => {}
+        }
+    }
     for (p, bytes) in partition_shipments(load.ids, store::MAX_SHIPMENT_BYTES) {
         let keys = settings.keys.partition(load.window_start, p);
         let shipped = parts::ship(con, &keys, &bytes, ttl_ms)?;
@@ -166,6 +181,7 @@ impl OpenWindow<'_> {
             ids: &drained.ids,
             endpoints: &drained.endpoints,
             last: false,
+            register: everything,
         };
         match ship_window(con, self.settings, self.metrics, load) {
             Ok(Shipped::Stored) => Ok(true),
@@ -214,6 +230,7 @@ impl Node {
                 ids: held.to_ship(),
                 endpoints: &held.endpoints,
                 last: true,
+                register: true,
             };
             let shipped = ship_window(redis.con(), &self.settings, &self.metrics, load);
             // Refused, but a last shipment of this instance is in Redis already: one whose
