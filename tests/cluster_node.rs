@@ -1646,12 +1646,19 @@ fn a_window_whose_holders_are_all_gone_is_reported_by_an_instance_that_held_none
     // Window w's only holder, a, shipped it whole and was killed before it led it. So was
     // w + 1's, b, which then restarts under its name, holding nothing of it (no state file
     // in cluster mode): a stopping instance would have left w + 1 to it.
-    ship_and_die(&redis, prefix, "a", first, 0..1_000, &[endpoint.clone()]);
+    ship_and_die(
+        &redis,
+        prefix,
+        "a",
+        first,
+        0..1_000,
+        std::slice::from_ref(&endpoint),
+    );
     ship_and_die(&redis, prefix, "b", second, 500..2_000, &[]);
     let b = Instance::start(&redis, prefix, "b", orphans_due(&windows, w + 1));
     // It trusts nothing for a grace period after it connects, as a leader does.
     b.clock.advance(GRACE);
-    let mut reports = vec![b.next_report(), b.next_report()];
+    let mut reports = [b.next_report(), b.next_report()];
     reports.sort_by_key(|r| r.window_start);
     let seen: Vec<_> = reports
         .iter()
