@@ -194,6 +194,8 @@ struct Options {
     cut_after_report: Option<Cut>,
     /// Its Kafka producer, as far as record hand-overs go.
     kafka: Option<FakeKafka>,
+    /// How long it keeps the windows it handed over when it stops.
+    linger: Duration,
 }
 
 impl Default for Options {
@@ -204,6 +206,7 @@ impl Default for Options {
             counter: Tally::count,
             cut_after_report: None,
             kafka: None,
+            linger: Extras::default().linger,
         }
     }
 }
@@ -256,6 +259,7 @@ impl Instance {
             counter: options.counter,
             records: options.kafka.map(|k| Box::new(k) as Box<dyn RecordHandoff>),
             status: Some(status.clone()),
+            linger: options.linger,
         };
         let shared = Shared {
             shards: shards.clone(),
@@ -1739,4 +1743,52 @@ fn a_window_a_live_holder_leads_is_not_taken_up() {
     assert_eq!(leader_of(&mut con, &keys, first).as_deref(), Some("a"));
     assert!(registered(&mut con, &keys, first));
     assert_eq!(done_of(&mut con, &keys, first), None);
+}
+
+#[test]
+fn a_stopping_instance_ships_what_it_handed_over_again_when_redis_loses_it() {
+    // A deploy: a stops inside window w and leaves the window to b. Redis then crashes and
+    // comes back without the last writes (here: empty; `appendfsync everysec` loses up to
+    // a second or two of them). a, which still keeps what it handed over, ships it again:
+    // b's count has a's ids.
+    let mut redis = Redis::start();
+    let prefix = "linger";
+    let keys = Keys::new(prefix);
+    let w = window_at(43);
+    let start = Windows::new(INTERVAL_SECS).start_secs(w);
+    let stop_within = Duration::from_secs(10);
+    let a_options = Options {
+        linger: stop_within,
+        ..Options::default()
+    };
+    let (mut a, mut b) = pair(&redis, prefix, w, a_options, Options::default());
+    // 0..10 and 20..25 from a, 5..20 and 25..30 from b: ten ids are a's alone.
+    let expected = fill(&redis, &keys, w, &a, &b);
+    // Stopped inside the window, a seals it (as the collector does at shutdown) and leaves
+    // it to b.
+    a.seal_now(w);
+    let stopping = std::thread::spawn(move || {
+        a.sink.finish(Instant::now() + stop_within);
+        a
+    });
+    let when = rfc3339_secs(start);
+    wait_until("a to hand the window over", || {
+        (!logged(&[&when, "is left to 1 other live instances"]).is_empty()).then_some(())
+    });
+    redis.stop();
+    redis.restart();
+    let mut con = redis.connect();
+    wait_until("a's last shipment again in Redis", || {
+        store::has_shipped(&mut con, &keys, start, "a")
+            .unwrap()
+            .then_some(())
+    });
+    b.close(w);
+    let report = b.next_report();
+    assert_eq!(
+        (report.window_start, report.unique_count, report.scope),
+        (start, expected, Scope::Global)
+    );
+    let a = stopping.join().unwrap();
+    assert!(a.reports.try_recv().is_err(), "a reported the window too");
 }

@@ -145,7 +145,7 @@ impl Node {
             rfc3339_secs(start),
             others.len()
         );
-        self.drop_window(start);
+        self.handed_over(start);
         Ok(true)
     }
 

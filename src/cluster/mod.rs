@@ -29,6 +29,8 @@
 //! - `done_marks`: the windows known reported, whose `done` marks go back after a connect.
 //! - `orphans`: the registry of windows not reported yet, and the adoption of those whose
 //!   holders are all gone.
+//! - `linger`: a stopping instance keeps the windows it handed over until Redis has them on
+//!   disk, and ships them again if Redis went away meanwhile.
 //! - `failure`: an outage, or trouble with one window's keys.
 //!
 //! The request path never touches Redis: workers record into their shards as in single
@@ -101,6 +103,7 @@ mod failure;
 mod handoff;
 pub mod keys;
 mod lead;
+mod linger;
 pub mod merge;
 pub mod node;
 pub mod orphans;

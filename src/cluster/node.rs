@@ -46,6 +46,7 @@ use crate::cluster::done_marks::DoneMarks;
 use crate::cluster::failure::Failure;
 use crate::cluster::handoff::Records;
 use crate::cluster::keys::LAYOUT;
+use crate::cluster::linger::{Lingering, LINGER};
 use crate::cluster::merge::Counter;
 use crate::cluster::orphans::Orphans;
 use crate::cluster::presence::{self, Layout};
@@ -83,6 +84,9 @@ pub struct Extras {
     /// The status page this instance serves: the windows the cluster reported join its
     /// history, and it shows the link to Redis (`None`: no page, in tests).
     pub status: Option<Arc<Status>>,
+    /// How long a stopping instance keeps the windows it handed over: [`LINGER`], or in
+    /// tests long enough to fail Redis meanwhile.
+    pub linger: Duration,
 }
 
 impl Default for Extras {
@@ -91,6 +95,7 @@ impl Default for Extras {
             counter: Tally::count,
             records: None,
             status: None,
+            linger: LINGER,
         }
     }
 }
@@ -148,6 +153,7 @@ impl ClusterSink {
             late_warned: None,
             shared_key_warned: false,
             orphans: Orphans::default(),
+            lingering: Lingering::new(extras.linger),
         };
         let guard = health.guard("verve-cluster");
         let thread = std::thread::Builder::new()
@@ -230,6 +236,8 @@ pub(crate) struct Node {
     pub(crate) shared_key_warned: bool,
     /// Looking for windows whose holders are all gone (see [`crate::cluster::orphans`]).
     pub(crate) orphans: Orphans,
+    /// Shutdown: the windows handed over, kept until Redis has them on disk.
+    pub(crate) lingering: Lingering,
 }
 
 impl Node {
@@ -285,7 +293,7 @@ impl Node {
         self.publish_backlog();
     }
 
-    fn connect(&mut self) {
+    pub(crate) fn connect(&mut self) {
         match conn::connect(&self.settings.target) {
             Ok(redis) => {
                 self.redis = Some(redis);
@@ -321,7 +329,7 @@ impl Node {
 
     /// A failed Redis operation: drops the connection, to connect again later. Logged once
     /// per outage.
-    fn drop_connection(&mut self, e: anyhow::Error) {
+    pub(crate) fn drop_connection(&mut self, e: anyhow::Error) {
         self.metrics.redis_errors.fetch_add(1, Relaxed);
         self.redis_link(false);
         self.redis = None;
@@ -647,6 +655,7 @@ impl Node {
                 let _ = store::leave(redis.con(), &self.settings.keys, &self.settings.instance);
             }
         }
+        self.linger(deadline);
         while let Some(start) = self.backlog.oldest(|h| !h.is_shipped()) {
             self.report_alone(start, "Redis was unavailable at shutdown");
         }
