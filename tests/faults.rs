@@ -24,7 +24,7 @@ mod run;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use check::{check, edf, CountLine, Event, Fault, Outcome, Phase, Run, Sent};
+use check::{check, edf, CountLine, Event, Fault, Outcome, Phase, Run, Sent, REDIS_LOSS_MS};
 
 // --- the checker on synthetic runs ------------------------------------------------------------
 
@@ -133,6 +133,36 @@ fn an_id_answered_right_before_its_instance_was_killed_may_be_lost() {
         ..r.events[0].clone()
     };
     r.events[0].t_ms = W0 + 400;
+    assert_eq!(check(&r).lost, 1);
+}
+
+#[test]
+fn an_id_redis_may_have_lost_with_its_instance_killed_before_it_shipped_again_may_be_lost() {
+    let mut r = clean();
+    r.lines[0].count = 14;
+    // Redis SIGKILLed 2 s after i1 answered its ids (it may have lost their shipment), i1
+    // SIGKILLed 1.5 s later, before it connected again: those ids are not owed...
+    let answered = W0 + 503;
+    event(&mut r, Fault::RedisKill, None, answered + 2_000);
+    event(&mut r, Fault::Kill, Some(0), answered + 3_500);
+    let rep = check(&r);
+    assert!(rep.passed(), "{:?}", rep.violations);
+    assert_eq!((rep.exposed_to_redis_loss, rep.lost), (10, 0));
+    // ... but they are once i1 had connected again (and shipped them) before its kill,
+    r.reconnects.push((0, answered + 2_600));
+    assert_eq!(check(&r).lost, 1);
+    // ... and when Redis's crash came too long after the answer (Redis has synced them),
+    r.reconnects.clear();
+    r.events[0].t_ms = answered + REDIS_LOSS_MS + 1;
+    assert_eq!(check(&r).lost, 1);
+    // ... or before the answer.
+    r.events[0].t_ms = answered - 100;
+    assert_eq!(check(&r).lost, 1);
+    r.events[0].t_ms = answered + 2_000;
+    // A kill of i2 instead excuses i2's twelve ids, within the 3 s too, and not i1's ten.
+    r.events[1].target = Some(1);
+    assert_eq!(check(&r).exposed_to_redis_loss, 12);
+    r.lines[0].count = 9;
     assert_eq!(check(&r).lost, 1);
 }
 

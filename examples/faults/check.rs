@@ -16,7 +16,10 @@
 //! upstream timeout reaches a second instance while the first still holds the request).
 //!
 //! **The bounds.** `lower`: every id answered `ok` by an instance that was not SIGKILLed
-//! within [`Run::protect_ms`] after the answer must be counted in one window of its interval.
+//! within [`Run::protect_ms`] after the answer must be counted in one window of its interval;
+//! but for one answered within [`REDIS_LOSS_MS`] before a Redis SIGKILL by an instance that
+//! was itself SIGKILLed before it connected again and shipped what it holds (Redis may have
+//! lost the id's shipment, and no process is left that holds it).
 //! `upper`: every unit of count must be an id sent (once per instance it reached) whose
 //! interval holds that window. Both are matchings between ids and the windows' counts; with
 //! intervals on a line, earliest-deadline-first ([`edf`]) finds a maximum one, so
@@ -167,7 +170,18 @@ pub struct Run {
     pub load_end_ms: u64,
     /// When the last instance had stopped: the latest an unanswered request can be read.
     pub run_end_ms: u64,
+    /// (instance, time) of each `Redis ... is back` line: the instance has just connected
+    /// again after an outage and ships everything it holds again.
+    pub reconnects: Vec<(usize, u64)>,
 }
+
+/// How long before a Redis SIGKILL an id may have been answered and still be lost with
+/// Redis's unsynced writes: `appendfsync everysec` loses up to 2 s of writes, and an id is
+/// shipped within a second of its answer.
+pub const REDIS_LOSS_MS: u64 = 3_000;
+/// How long after its `Redis ... is back` line an instance may still be shipping again what
+/// it holds.
+pub const RESHIP_MS: u64 = 500;
 
 /// One window's figures, for `windows.tsv`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +218,10 @@ pub struct Report {
     pub no_answer: u64,
     /// Answered `ok` by an instance SIGKILLed within `protect_ms`: allowed to be lost.
     pub unprotected: u64,
+    /// Answered `ok` within [`REDIS_LOSS_MS`] before a Redis SIGKILL by an instance that
+    /// was SIGKILLed itself before it could ship again: Redis may have lost the id and no
+    /// process holds it any more. Allowed to be lost.
+    pub exposed_to_redis_loss: u64,
     /// Sent to more than one instance (nginx retried).
     pub retried: u64,
     pub lost: u64,
@@ -254,8 +272,15 @@ impl Report {
         let _ = writeln!(
             s,
             "ids sent: {} (ok {}, failed {}, not answered {}; ok from an instance SIGKILLed \
-             right after: {}; sent to two instances or more: {})",
-            self.sent, self.ok, self.failed, self.no_answer, self.unprotected, self.retried
+             right after: {}; ok right before a Redis SIGKILL from an instance SIGKILLed \
+             before it shipped again: {}; sent to two instances or more: {})",
+            self.sent,
+            self.ok,
+            self.failed,
+            self.no_answer,
+            self.unprotected,
+            self.exposed_to_redis_loss,
+            self.retried
         );
         let _ = writeln!(s, "ids lost: {} (goal 0)", self.lost);
         if !self.lost_with_allowance.is_empty() {
@@ -430,6 +455,27 @@ pub fn check(run: &Run) -> Report {
         }
     }
     let any_in = |list: &[u64], from: u64, to: u64| list.iter().any(|&t| t >= from && t <= to);
+    let redis_kills: Vec<u64> = run
+        .events
+        .iter()
+        .filter(|e| e.phase == Phase::Begin && e.fault == Fault::RedisKill)
+        .map(|e| e.t_ms)
+        .collect();
+    // Whether instance `i` was SIGKILLed after Redis was, before it had shipped again.
+    let killed_before_reshipping = |i: usize, redis_kill: u64| {
+        let back = run
+            .reconnects
+            .iter()
+            .filter(|&&(j, t)| j == i && t >= redis_kill)
+            .map(|&(_, t)| t + RESHIP_MS)
+            .min()
+            .unwrap_or(u64::MAX);
+        any_in(
+            kills.get(i).map_or(&[][..], Vec::as_slice),
+            redis_kill,
+            back,
+        )
+    };
     // When each instance was not running: from a SIGKILL or SIGTERM to serving again.
     let mut down: Vec<Vec<(u64, u64)>> = vec![Vec::new(); run.instances.len()];
     for (k, e) in run.events.iter().enumerate() {
@@ -476,8 +522,18 @@ pub fn check(run: &Run) -> Report {
                         s.end_ms + run.protect_ms,
                     )
                 });
+                let exposed = !killed
+                    && s.answered_by.is_some_and(|i| {
+                        redis_kills.iter().any(|&r| {
+                            s.end_ms <= r + run.slack_ms
+                                && r <= s.end_ms + REDIS_LOSS_MS
+                                && killed_before_reshipping(i, r)
+                        })
+                    });
                 if killed {
                     rep.unprotected += 1;
+                } else if exposed {
+                    rep.exposed_to_redis_loss += 1;
                 } else {
                     *owed.entry(answered).or_default() += 1;
                 }
@@ -780,6 +836,10 @@ pub fn read_log(run: &mut Run, instance: usize, text: &str) {
             match parse_count_line(instance, line) {
                 Some(c) => run.lines.push(c),
                 None => run.bad_lines.push((instance, line.to_string())),
+            }
+        } else if line.contains(" Redis ") && line.contains(" is back after ") {
+            if let Some(t) = line.split_whitespace().next().and_then(parse_ms) {
+                run.reconnects.push((instance, t));
             }
         } else if line.contains(" WARN ") {
             // Past the line's own timestamp: `window 2026-11-21T23:50:00Z: ...`.
