@@ -148,7 +148,13 @@ fn an_id_redis_may_have_lost_with_its_instance_killed_before_it_shipped_again_ma
     let rep = check(&r);
     assert!(rep.passed(), "{:?}", rep.violations);
     assert_eq!((rep.exposed_to_redis_loss, rep.lost), (10, 0));
+    // ... nor when i1 was killed first, 1.5 s after the answer (its last shipments are in
+    // the second or two that Redis had not synced when it was killed),
+    r.events[1].t_ms = answered + 1_500;
+    let rep = check(&r);
+    assert_eq!((rep.exposed_to_redis_loss, rep.lost), (10, 0));
     // ... but they are once i1 had connected again (and shipped them) before its kill,
+    r.events[1].t_ms = answered + 3_500;
     r.reconnects.push((0, answered + 2_600));
     assert_eq!(check(&r).lost, 1);
     // ... and when Redis's crash came too long after the answer (Redis has synced them),

@@ -18,8 +18,9 @@
 //! **The bounds.** `lower`: every id answered `ok` by an instance that was not SIGKILLed
 //! within [`Run::protect_ms`] after the answer must be counted in one window of its interval;
 //! but for one answered within [`REDIS_LOSS_MS`] before a Redis SIGKILL by an instance that
-//! was itself SIGKILLed before it connected again and shipped what it holds (Redis may have
-//! lost the id's shipment, and no process is left that holds it).
+//! was itself SIGKILLed after the answer and before it connected again and shipped what it
+//! holds, before or after Redis's kill (Redis may have lost the id's shipment, and no
+//! process is left that holds it).
 //! `upper`: every unit of count must be an id sent (once per instance it reached) whose
 //! interval holds that window. Both are matchings between ids and the windows' counts; with
 //! intervals on a line, earliest-deadline-first ([`edf`]) finds a maximum one, so
@@ -219,8 +220,8 @@ pub struct Report {
     /// Answered `ok` by an instance SIGKILLed within `protect_ms`: allowed to be lost.
     pub unprotected: u64,
     /// Answered `ok` within [`REDIS_LOSS_MS`] before a Redis SIGKILL by an instance that
-    /// was SIGKILLed itself before it could ship again: Redis may have lost the id and no
-    /// process holds it any more. Allowed to be lost.
+    /// was SIGKILLed itself, after the answer and before it could ship again: Redis may have
+    /// lost the id and no process holds it any more. Allowed to be lost.
     pub exposed_to_redis_loss: u64,
     /// Sent to more than one instance (nginx retried).
     pub retried: u64,
@@ -273,7 +274,7 @@ impl Report {
             s,
             "ids sent: {} (ok {}, failed {}, not answered {}; ok from an instance SIGKILLed \
              right after: {}; ok right before a Redis SIGKILL from an instance SIGKILLed \
-             before it shipped again: {}; sent to two instances or more: {})",
+             before it could ship again: {}; sent to two instances or more: {})",
             self.sent,
             self.ok,
             self.failed,
@@ -461,8 +462,9 @@ pub fn check(run: &Run) -> Report {
         .filter(|e| e.phase == Phase::Begin && e.fault == Fault::RedisKill)
         .map(|e| e.t_ms)
         .collect();
-    // Whether instance `i` was SIGKILLed after Redis was, before it had shipped again.
-    let killed_before_reshipping = |i: usize, redis_kill: u64| {
+    // Whether instance `i` was SIGKILLed from `from` on, before it had shipped again what it
+    // holds after Redis's SIGKILL at `redis_kill` (before that kill, too: then it never did).
+    let killed_before_reshipping = |i: usize, from: u64, redis_kill: u64| {
         let back = run
             .reconnects
             .iter()
@@ -470,11 +472,7 @@ pub fn check(run: &Run) -> Report {
             .map(|&(_, t)| t + RESHIP_MS)
             .min()
             .unwrap_or(u64::MAX);
-        any_in(
-            kills.get(i).map_or(&[][..], Vec::as_slice),
-            redis_kill,
-            back,
-        )
+        any_in(kills.get(i).map_or(&[][..], Vec::as_slice), from, back)
     };
     // When each instance was not running: from a SIGKILL or SIGTERM to serving again.
     let mut down: Vec<Vec<(u64, u64)>> = vec![Vec::new(); run.instances.len()];
@@ -527,7 +525,7 @@ pub fn check(run: &Run) -> Report {
                         redis_kills.iter().any(|&r| {
                             s.end_ms <= r + run.slack_ms
                                 && r <= s.end_ms + REDIS_LOSS_MS
-                                && killed_before_reshipping(i, r)
+                                && killed_before_reshipping(i, s.end_ms, r)
                         })
                     });
                 if killed {

@@ -320,6 +320,51 @@ impl Backlog {
     }
 }
 
+/// The windows a stopping instance left to the others, kept until they are on Redis's disk
+/// (see `cluster/linger.rs`).
+pub struct Lingering {
+    windows: Vec<Held>,
+    /// When the last of them was shipped (again).
+    shipped_at: Option<Instant>,
+    /// How long they are kept after that: `LINGER`, or in tests long enough to fail Redis
+    /// meanwhile.
+    linger: Duration,
+}
+
+impl Lingering {
+    pub fn new(linger: Duration) -> Lingering {
+        Lingering {
+            windows: Vec::new(),
+            shipped_at: None,
+            linger,
+        }
+    }
+
+    /// Keeps `held`, handed over (and so shipped) at `now`.
+    pub fn push(&mut self, held: Held, now: Instant) {
+        self.windows.push(held);
+        self.shipped_at = Some(now);
+    }
+
+    pub fn windows(&self) -> &[Held] {
+        &self.windows
+    }
+
+    /// When the last window was handed over; `None`: none was.
+    pub fn shipped_at(&self) -> Option<Instant> {
+        self.shipped_at
+    }
+
+    pub fn linger(&self) -> Duration {
+        self.linger
+    }
+
+    /// Lets them go: the ids and their budget bytes are freed.
+    pub fn clear(&mut self) {
+        self.windows.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,21 +1,21 @@
-//! A graceful stop's last duty: the windows it left to the other instances must be on
-//! Redis's disk before their ids leave this process.
+//! A graceful stop's last duty: the windows it left to the other instances must be on Redis's
+//! disk before their ids leave this process.
 //!
-//! Redis answers a write once it is in memory; with `appendfsync everysec` (the usual
-//! setting) it is on disk within about a second, two when the disk lags. A stopping instance
-//! that exits right after its last shipments leaves those ids in Redis's memory alone: a
-//! Redis crash in the next second or two loses them, and no process holds them any more
-//! (the instances it left the windows to hold none of their ids). So it keeps the windows
-//! it handed over for [`LINGER`] after its last shipment, within the shutdown budget, and
-//! watches its connection: if Redis went away meanwhile (a crash closes every connection),
-//! it connects again, puts back the `done` marks it knows, ships every one of those windows
-//! again, whole, and waits [`LINGER`] anew. Leaders trust nothing for `--cluster-grace`
-//! after their own reconnect, which leaves it the time.
+//! Redis answers a write once it is in memory; with `appendfsync everysec` (the usual setting)
+//! it is on disk within about a second, two when the disk lags. A stopping instance that exits
+//! right after its last shipments leaves those ids in Redis's memory alone: a Redis crash in
+//! the next second or two loses them, and no process holds them any more (the instances it left
+//! the windows to hold none of their ids). So it keeps the windows it handed over for
+//! [`LINGER`](crate::cluster::settings::LINGER) after its last shipment, within the shutdown
+//! budget, and watches its connection: if Redis went away meanwhile (a crash closes every
+//! connection), it connects again, puts back the `done` marks it knows, ships every one of
+//! those windows again, whole, and waits [`LINGER`](crate::cluster::settings::LINGER) anew.
+//! Leaders trust nothing for `--cluster-grace` after their own reconnect, which leaves it the
+//! time.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::clock::rfc3339_secs;
-use crate::cluster::backlog::Held;
 use crate::cluster::conn;
 use crate::cluster::node::Node;
 use crate::cluster::settings::TICK;
@@ -23,46 +23,23 @@ use crate::cluster::ship::{ship_window, Load};
 use crate::cluster::store;
 use crate::logging::sanitize;
 
-/// How long a stopping instance keeps what it shipped last: Redis's `appendfsync everysec`
-/// writes to disk at least this often, a lagging disk included.
-pub const LINGER: Duration = Duration::from_secs(2);
-
-/// The windows a stopping instance left to the others, until they are on Redis's disk.
-pub struct Lingering {
-    windows: Vec<Held>,
-    /// When the last of them was shipped (again).
-    shipped_at: Option<Instant>,
-    /// [`LINGER`] but in tests.
-    linger: Duration,
-}
-
-impl Lingering {
-    pub fn new(linger: Duration) -> Lingering {
-        Lingering {
-            windows: Vec::new(),
-            shipped_at: None,
-            linger,
-        }
-    }
-}
-
 impl Node {
     /// Shutdown: window `start`, handed over to the other instances, leaves the backlog but
     /// stays in memory until [`Node::linger`] is over.
     pub(crate) fn handed_over(&mut self, start: u64) {
         if let Some(held) = self.backlog.remove(start) {
             if !held.is_adopted() {
-                self.lingering.windows.push(held);
-                self.lingering.shipped_at = Some(Instant::now());
+                self.lingering.push(held, Instant::now());
             }
         }
     }
 
-    /// Shutdown, last: keeps the windows handed over for [`LINGER`] after their last
-    /// shipment, and, if Redis went away meanwhile, until they are shipped again (then
-    /// [`LINGER`] anew); never past `deadline`.
+    /// Shutdown, last: keeps the windows handed over for
+    /// [`LINGER`](crate::cluster::settings::LINGER) after their last shipment, and, if Redis
+    /// went away meanwhile, until they are shipped again (then that long anew); never past
+    /// `deadline`.
     pub(crate) fn linger(&mut self, deadline: Instant) {
-        let Some(mut shipped_at) = self.lingering.shipped_at else {
+        let Some(mut shipped_at) = self.lingering.shipped_at() else {
             return;
         };
         let mut lost = false;
@@ -71,7 +48,7 @@ impl Node {
             let until = if lost {
                 deadline
             } else {
-                (shipped_at + self.lingering.linger).min(deadline)
+                (shipped_at + self.lingering.linger()).min(deadline)
             };
             if now >= until {
                 break;
@@ -107,10 +84,10 @@ impl Node {
                 "Redis went away while this instance stopped and it could not ship the {} \
                  windows it handed over again before its shutdown deadline: their ids are \
                  lost if Redis lost them",
-                self.lingering.windows.len()
+                self.lingering.windows().len()
             );
         }
-        self.lingering.windows.clear();
+        self.lingering.clear();
     }
 
     /// Ships every window handed over again, whole: true when all of them were (stored, or
@@ -120,7 +97,7 @@ impl Node {
             return false;
         };
         let mut outage = None;
-        for held in &self.lingering.windows {
+        for held in self.lingering.windows() {
             let load = Load {
                 window_start: held.window_start,
                 ids: &held.ids,

@@ -27,8 +27,8 @@
 //! - `lead`: leading a window: the lease, readiness, the leader's report, the `done` mark.
 //! - `handoff`: Kafka records handed over between instances ([`node::RecordHandoff`]).
 //! - `done_marks`: the windows known reported, whose `done` marks go back after a connect.
-//! - `orphans`: the registry of windows not reported yet, and the adoption of those whose
-//!   holders are all gone.
+//! - `orphans`: the registry of windows not reported yet, for the adoption of those whose
+//!   holders are all gone; `adopt`: the adoption itself.
 //! - `linger`: a stopping instance keeps the windows it handed over until Redis has them on
 //!   disk, and ships them again if Redis went away meanwhile.
 //! - `failure`: an outage, or trouble with one window's keys.
@@ -95,6 +95,7 @@
 //! reported possible instead, and a repeat is preferred to a gap (docs/failures.md,
 //! *Cluster mode*).
 
+mod adopt;
 pub mod backlog;
 pub mod conn;
 mod done_marks;

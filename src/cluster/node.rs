@@ -40,13 +40,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::clock::{rfc3339_secs, Clock};
-use crate::cluster::backlog::{Backlog, Held, Phase};
+use crate::cluster::backlog::{Backlog, Held, Lingering, Phase};
 use crate::cluster::conn::{self, Redis};
 use crate::cluster::done_marks::DoneMarks;
 use crate::cluster::failure::Failure;
 use crate::cluster::handoff::Records;
 use crate::cluster::keys::LAYOUT;
-use crate::cluster::linger::{Lingering, LINGER};
 use crate::cluster::merge::Counter;
 use crate::cluster::orphans::Orphans;
 use crate::cluster::presence::{self, Layout};
@@ -62,7 +61,7 @@ use crate::status::Status;
 pub use crate::cluster::backlog::{WINDOW_RETRY_EVERY, WINDOW_TRIES};
 pub use crate::cluster::handoff::RecordHandoff;
 pub use crate::cluster::settings::{
-    key_ttl, Settings, HEARTBEAT_EVERY, LEASE, LIVE_TTL, RECONNECT_EVERY, SHIP_EVERY, TICK,
+    key_ttl, Settings, HEARTBEAT_EVERY, LEASE, LINGER, LIVE_TTL, RECONNECT_EVERY, SHIP_EVERY, TICK,
 };
 
 /// What the cluster thread shares with the rest of the process.

@@ -19,6 +19,10 @@ pub use crate::cluster::presence::LIVE_TTL;
 /// A leader that stops renewing its lease (it died, or hangs) is replaced after this long.
 pub const LEASE: Duration = Duration::from_secs(5);
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+/// How long a stopping instance keeps the windows it handed over after it shipped them last
+/// (see `cluster/linger.rs`): Redis's `appendfsync everysec` writes to disk at least this
+/// often, a lagging disk included.
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// How long a window's keys live: long enough that a window shipped late from a full
 /// backlog still finds its `done` mark (and is refused rather than reported twice). The
