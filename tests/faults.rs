@@ -136,39 +136,89 @@ fn an_id_answered_right_before_its_instance_was_killed_may_be_lost() {
     assert_eq!(check(&r).lost, 1);
 }
 
+/// A fault on Redis from `at` to `at + ms`: its begin and end events.
+fn redis_fault(run: &mut Run, fault: Fault, at: u64, ms: u64) {
+    event(run, fault, None, at);
+    run.events.push(Event {
+        t_ms: at + ms,
+        fault,
+        phase: Phase::End,
+        target: None,
+        detail: String::new(),
+    });
+}
+
 #[test]
 fn an_id_redis_may_have_lost_with_its_instance_killed_before_it_shipped_again_may_be_lost() {
     let mut r = clean();
     r.lines[0].count = 14;
-    // Redis SIGKILLed 2 s after i1 answered its ids (it may have lost their shipment), i1
-    // SIGKILLed 1.5 s later, before it connected again: those ids are not owed...
+    // Redis SIGKILLed 2 s after i1 answered its ids (it may have lost their shipment) and
+    // started again at once, i1 SIGKILLed 1.5 s later, before it connected again: those
+    // ids are not owed...
     let answered = W0 + 503;
-    event(&mut r, Fault::RedisKill, None, answered + 2_000);
+    redis_fault(&mut r, Fault::RedisKill, answered + 2_000, 50);
     event(&mut r, Fault::Kill, Some(0), answered + 3_500);
     let rep = check(&r);
     assert!(rep.passed(), "{:?}", rep.violations);
     assert_eq!((rep.exposed_to_redis_loss, rep.lost), (10, 0));
     // ... nor when i1 was killed first, 1.5 s after the answer (its last shipments are in
     // the second or two that Redis had not synced when it was killed),
-    r.events[1].t_ms = answered + 1_500;
+    r.events[2].t_ms = answered + 1_500;
     let rep = check(&r);
     assert_eq!((rep.exposed_to_redis_loss, rep.lost), (10, 0));
     // ... but they are once i1 had connected again (and shipped them) before its kill,
-    r.events[1].t_ms = answered + 3_500;
-    r.reconnects.push((0, answered + 2_600));
+    r.events[2].t_ms = answered + 3_700;
+    r.redis_link.push((0, answered + 2_600, true));
     assert_eq!(check(&r).lost, 1);
     // ... and when Redis's crash came too long after the answer (Redis has synced them),
-    r.reconnects.clear();
+    r.redis_link.clear();
     r.events[0].t_ms = answered + REDIS_LOSS_MS + 1;
+    r.events[1].t_ms = answered + REDIS_LOSS_MS + 51;
     assert_eq!(check(&r).lost, 1);
-    // ... or before the answer.
-    r.events[0].t_ms = answered - 100;
+    // ... or well before the answer.
+    r.events[0].t_ms = answered - 2_000;
+    r.events[1].t_ms = answered - 1_950;
     assert_eq!(check(&r).lost, 1);
     r.events[0].t_ms = answered + 2_000;
+    r.events[1].t_ms = answered + 2_050;
     // A kill of i2 instead excuses i2's twelve ids, within the 3 s too, and not i1's ten.
-    r.events[1].target = Some(1);
-    assert_eq!(check(&r).exposed_to_redis_loss, 12);
+    // (Those answered right before the crash could not even be shipped before it.)
+    r.events[2].target = Some(1);
+    let rep = check(&r);
+    assert_eq!(rep.exposed_to_redis_loss + rep.unshippable, 12);
     r.lines[0].count = 9;
+    assert_eq!(check(&r).lost, 1);
+}
+
+#[test]
+fn an_id_its_instance_could_not_ship_before_it_was_killed_may_be_lost() {
+    let mut r = clean();
+    r.lines[0].count = 14;
+    let answered = W0 + 503;
+    // Redis frozen from 0.5 s after i1 answered its ids (before i1's next shipment) for 3 s,
+    // and i1 SIGKILLed 1.5 s after Redis thawed: i1 never had a second with Redis to ship
+    // them in, so they are not owed...
+    redis_fault(&mut r, Fault::RedisPause, answered + 500, 3_000);
+    event(&mut r, Fault::Kill, Some(0), answered + 3_500 + 800);
+    let rep = check(&r);
+    assert!(rep.passed(), "{:?}", rep.violations);
+    assert_eq!((rep.unshippable, rep.lost), (10, 0));
+    // ... but they are if it was killed more than a second after it could ship again,
+    r.events[2].t_ms = answered + 3_500 + 1_000 + 1_001;
+    assert_eq!(check(&r).lost, 1);
+    // ... or if Redis froze only once it had had a whole second to ship them.
+    r.events[0].t_ms = answered + 1_100;
+    r.events[1].t_ms = answered + 4_100;
+    r.events[2].t_ms = answered + 4_000;
+    assert_eq!(check(&r).lost, 1);
+    // Its own log saying Redis is unavailable to it (a link of its own cut) counts too,
+    // until it says Redis is back.
+    r.events.truncate(0);
+    event(&mut r, Fault::Kill, Some(0), answered + 2_500);
+    r.redis_link.push((0, answered + 200, false));
+    let rep = check(&r);
+    assert_eq!((rep.unshippable, rep.lost), (10, 0));
+    r.redis_link.push((0, answered + 400, true));
     assert_eq!(check(&r).lost, 1);
 }
 

@@ -171,18 +171,18 @@ pub struct Run {
     pub load_end_ms: u64,
     /// When the last instance had stopped: the latest an unanswered request can be read.
     pub run_end_ms: u64,
-    /// (instance, time) of each `Redis ... is back` line: the instance has just connected
-    /// again after an outage and ships everything it holds again.
-    pub reconnects: Vec<(usize, u64)>,
+    /// (instance, time, up) of each line saying the instance lost Redis (`is unavailable`,
+    /// up false) or has it back (`is back`, up true: it ships everything it holds again).
+    pub redis_link: Vec<(usize, u64, bool)>,
 }
 
 /// How long before a Redis SIGKILL an id may have been answered and still be lost with
 /// Redis's unsynced writes: `appendfsync everysec` loses up to 2 s of writes, and an id is
 /// shipped within a second of its answer.
 pub const REDIS_LOSS_MS: u64 = 3_000;
-/// How long after its `Redis ... is back` line an instance may still be shipping again what
-/// it holds.
-pub const RESHIP_MS: u64 = 500;
+/// How long after its `Redis ... is back` line (or after a Redis fault ended) an instance
+/// may still be shipping again what it holds.
+pub const RESHIP_MS: u64 = 1_000;
 
 /// One window's figures, for `windows.tsv`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +219,10 @@ pub struct Report {
     pub no_answer: u64,
     /// Answered `ok` by an instance SIGKILLed within `protect_ms`: allowed to be lost.
     pub unprotected: u64,
+    /// Answered `ok` by an instance SIGKILLed before it could ship the id: Redis was
+    /// unavailable to it from less than `protect_ms` after the answer until the kill.
+    /// Allowed to be lost.
+    pub unshippable: u64,
     /// Answered `ok` within [`REDIS_LOSS_MS`] before a Redis SIGKILL by an instance that
     /// was SIGKILLed itself, after the answer and before it could ship again: Redis may have
     /// lost the id and no process holds it any more. Allowed to be lost.
@@ -273,13 +277,15 @@ impl Report {
         let _ = writeln!(
             s,
             "ids sent: {} (ok {}, failed {}, not answered {}; ok from an instance SIGKILLed \
-             right after: {}; ok right before a Redis SIGKILL from an instance SIGKILLed \
-             before it could ship again: {}; sent to two instances or more: {})",
+             before it could ship them: {} right after the answer, {} while Redis was \
+             unavailable to it, {} in what a Redis SIGKILL lost; sent to two instances or \
+             more: {})",
             self.sent,
             self.ok,
             self.failed,
             self.no_answer,
             self.unprotected,
+            self.unshippable,
             self.exposed_to_redis_loss,
             self.retried
         );
@@ -435,6 +441,137 @@ pub fn edf(items: &BTreeMap<(u64, u64), u64>, capacity: &BTreeMap<u64, u64>) -> 
     out
 }
 
+/// Why an id answered `ok` may be lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Excuse {
+    /// Its instance was SIGKILLed within `protect_ms` after the answer.
+    KilledRightAfter,
+    /// Its instance was SIGKILLed before it could ship it: Redis was unavailable to it from
+    /// less than `protect_ms` after the answer until the kill.
+    KilledBeforeItCouldShip,
+    /// It was answered within [`REDIS_LOSS_MS`] before a Redis SIGKILL, and its instance was
+    /// SIGKILLed after the answer and before it could ship again after that crash.
+    RedisLostIt,
+}
+
+/// When each instance could ship what it answered, as far as the run shows: never while
+/// Redis was stalled, frozen or restarting, nor while the instance's own log says Redis is
+/// unavailable to it, until a moment after it says Redis is back.
+struct Shipping {
+    kills: Vec<Vec<u64>>,
+    /// Per instance, the intervals in which it could not ship, sorted by start.
+    dark: Vec<Vec<(u64, u64)>>,
+    redis_kills: Vec<u64>,
+    /// Per instance, its `is back` lines.
+    backs: Vec<Vec<u64>>,
+}
+
+impl Shipping {
+    fn new(run: &Run, kills: &[Vec<u64>]) -> Shipping {
+        let n = run.instances.len();
+        let mut dark: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
+        let mut backs: Vec<Vec<u64>> = vec![Vec::new(); n];
+        let mut redis_kills = Vec::new();
+        for (k, e) in run.events.iter().enumerate() {
+            let redis_fault = matches!(
+                e.fault,
+                Fault::RedisPause | Fault::RedisSleep | Fault::RedisKill | Fault::RedisRestart
+            );
+            if e.phase != Phase::Begin || !redis_fault {
+                continue;
+            }
+            if e.fault == Fault::RedisKill {
+                redis_kills.push(e.t_ms);
+            }
+            let end = run.events[k + 1..]
+                .iter()
+                .find(|x| x.phase == Phase::End && x.fault == e.fault && x.target.is_none())
+                .map_or(u64::MAX, |x| x.t_ms);
+            for d in &mut dark {
+                d.push((e.t_ms, end.saturating_add(RESHIP_MS)));
+            }
+        }
+        // An instance's own outage: from its `is unavailable` line to its `is back` line, or
+        // to its next SIGKILL or stop (its process ended; the next one starts afresh).
+        let mut link = run.redis_link.clone();
+        link.sort_by_key(|&(i, t, _)| (i, t));
+        let mut lost_at: Vec<Option<u64>> = vec![None; n];
+        let ends = |i: usize, from: u64| {
+            run.events
+                .iter()
+                .filter(|e| e.phase == Phase::Begin && e.target == Some(i))
+                .filter(|e| matches!(e.fault, Fault::Kill | Fault::Deploy) && e.t_ms >= from)
+                .map(|e| e.t_ms)
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        for (i, t, up) in link.into_iter().filter(|&(i, _, _)| i < n) {
+            if up {
+                backs[i].push(t);
+            }
+            match (up, lost_at[i]) {
+                (false, None) => lost_at[i] = Some(t),
+                (true, Some(from)) if t <= ends(i, from) => {
+                    dark[i].push((from, t + RESHIP_MS));
+                    lost_at[i] = None;
+                }
+                (true, Some(from)) => {
+                    dark[i].push((from, ends(i, from)));
+                    lost_at[i] = None;
+                }
+                _ => {}
+            }
+        }
+        for (i, from) in lost_at.iter().enumerate() {
+            if let Some(from) = *from {
+                dark[i].push((from, ends(i, from)));
+            }
+        }
+        dark.iter_mut().for_each(|d| d.sort_unstable());
+        Shipping {
+            kills: kills.to_vec(),
+            dark,
+            redis_kills,
+            backs,
+        }
+    }
+
+    /// Why an id that instance `i` answered `ok` at `t` may be lost; `None`: it is owed.
+    fn excuse(&self, run: &Run, i: usize, t: u64) -> Option<Excuse> {
+        let kills = self.kills.get(i).map_or(&[][..], Vec::as_slice);
+        let from = t.saturating_sub(run.slack_ms);
+        let killed_by = |to: u64| kills.iter().any(|&k| k >= from && k <= to);
+        if killed_by(t + run.protect_ms) {
+            return Some(Excuse::KilledRightAfter);
+        }
+        // The id is shipped within `protect_ms` of the later of its answer and the end of
+        // every stretch without Redis that began before that.
+        let mut ready = t;
+        let dark = self.dark.get(i).map_or(&[][..], Vec::as_slice);
+        while let Some(&(_, end)) = dark
+            .iter()
+            .find(|&&(a, b)| a <= ready + run.protect_ms && b > ready)
+        {
+            ready = end;
+        }
+        if ready > t && killed_by(ready.saturating_add(run.protect_ms)) {
+            return Some(Excuse::KilledBeforeItCouldShip);
+        }
+        let backs = self.backs.get(i).map_or(&[][..], Vec::as_slice);
+        let lost_with_redis = self.redis_kills.iter().any(|&r| {
+            // Shipped again once back after the crash; before that, a kill loses it.
+            let back = backs
+                .iter()
+                .filter(|&&b| b >= r)
+                .map(|&b| b + RESHIP_MS)
+                .min()
+                .unwrap_or(u64::MAX);
+            t <= r + run.slack_ms && r <= t + REDIS_LOSS_MS && killed_by(back)
+        });
+        lost_with_redis.then_some(Excuse::RedisLostIt)
+    }
+}
+
 /// Checks a run. Pure: everything it needs is in `run`.
 pub fn check(run: &Run) -> Report {
     let iv = run.interval_ms.max(1);
@@ -456,24 +593,7 @@ pub fn check(run: &Run) -> Report {
         }
     }
     let any_in = |list: &[u64], from: u64, to: u64| list.iter().any(|&t| t >= from && t <= to);
-    let redis_kills: Vec<u64> = run
-        .events
-        .iter()
-        .filter(|e| e.phase == Phase::Begin && e.fault == Fault::RedisKill)
-        .map(|e| e.t_ms)
-        .collect();
-    // Whether instance `i` was SIGKILLed from `from` on, before it had shipped again what it
-    // holds after Redis's SIGKILL at `redis_kill` (before that kill, too: then it never did).
-    let killed_before_reshipping = |i: usize, from: u64, redis_kill: u64| {
-        let back = run
-            .reconnects
-            .iter()
-            .filter(|&&(j, t)| j == i && t >= redis_kill)
-            .map(|&(_, t)| t + RESHIP_MS)
-            .min()
-            .unwrap_or(u64::MAX);
-        any_in(kills.get(i).map_or(&[][..], Vec::as_slice), from, back)
-    };
+    let shipping = Shipping::new(run, &kills);
     // When each instance was not running: from a SIGKILL or SIGTERM to serving again.
     let mut down: Vec<Vec<(u64, u64)>> = vec![Vec::new(); run.instances.len()];
     for (k, e) in run.events.iter().enumerate() {
@@ -513,27 +633,14 @@ pub fn check(run: &Run) -> Report {
                 if s.deliveries > 1 {
                     *allowed.entry(later).or_default() += u64::from(s.deliveries - 1);
                 }
-                let killed = s.answered_by.is_some_and(|i| {
-                    any_in(
-                        kills.get(i).map_or(&[][..], Vec::as_slice),
-                        s.end_ms.saturating_sub(run.slack_ms),
-                        s.end_ms + run.protect_ms,
-                    )
-                });
-                let exposed = !killed
-                    && s.answered_by.is_some_and(|i| {
-                        redis_kills.iter().any(|&r| {
-                            s.end_ms <= r + run.slack_ms
-                                && r <= s.end_ms + REDIS_LOSS_MS
-                                && killed_before_reshipping(i, s.end_ms, r)
-                        })
-                    });
-                if killed {
-                    rep.unprotected += 1;
-                } else if exposed {
-                    rep.exposed_to_redis_loss += 1;
-                } else {
-                    *owed.entry(answered).or_default() += 1;
+                match s
+                    .answered_by
+                    .and_then(|i| shipping.excuse(run, i, s.end_ms))
+                {
+                    Some(Excuse::KilledRightAfter) => rep.unprotected += 1,
+                    Some(Excuse::KilledBeforeItCouldShip) => rep.unshippable += 1,
+                    Some(Excuse::RedisLostIt) => rep.exposed_to_redis_loss += 1,
+                    None => *owed.entry(answered).or_default() += 1,
                 }
             }
             Outcome::Failed | Outcome::NoAnswer => {
@@ -837,9 +944,14 @@ pub fn read_log(run: &mut Run, instance: usize, text: &str) {
             }
         } else if line.contains(" Redis ") && line.contains(" is back after ") {
             if let Some(t) = line.split_whitespace().next().and_then(parse_ms) {
-                run.reconnects.push((instance, t));
+                run.redis_link.push((instance, t, true));
             }
         } else if line.contains(" WARN ") {
+            if line.contains(" Redis ") && line.contains(" is unavailable ") {
+                if let Some(t) = line.split_whitespace().next().and_then(parse_ms) {
+                    run.redis_link.push((instance, t, false));
+                }
+            }
             // Past the line's own timestamp: `window 2026-11-21T23:50:00Z: ...`.
             for t in line.split_whitespace().skip(1) {
                 let t = t.trim_matches(|c: char| !c.is_ascii_alphanumeric());
