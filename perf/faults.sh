@@ -23,9 +23,10 @@
 # Then it stops everything gracefully and checks every window of the load: one count line
 # across the instances (or scope=local lines: a warning), no second line but the documented
 # one (same count, its first writer killed or stopped right after writing it), and
-# lower <= count <= upper (lower: the ids answered ok by an instance not SIGKILLed within
-# PROTECT_MS after; upper: the ids sent; each id may belong to any window between its send
-# and its answer). Prints the windows checked, the faults by kind, the ids lost, the
+# lower <= count <= upper (lower: the ids answered ok by an instance not SIGKILLed before it
+# could ship them: within PROTECT_MS after the answer, or in cluster mode while Redis was
+# unavailable to it or around a Redis SIGKILL, see perf/README.md; upper: the ids sent; each
+# id may belong to any window between its send and its answer). Prints the windows checked, the faults by kind, the ids lost, the
 # duplicate lines and every violation.
 #
 #   perf/faults.sh                                  # 10 min per mode, both modes (~22 min)

@@ -492,14 +492,15 @@ impl Shipping {
             }
         }
         // An instance's own outage: from its `is unavailable` line to its `is back` line, or
-        // to its next SIGKILL or stop (its process ended; the next one starts afresh).
+        // to its next SIGKILL or stop, or the end of the one under way (its process ended;
+        // the next one starts afresh).
         let mut link = run.redis_link.clone();
         link.sort_by_key(|&(i, t, _)| (i, t));
         let mut lost_at: Vec<Option<u64>> = vec![None; n];
         let ends = |i: usize, from: u64| {
             run.events
                 .iter()
-                .filter(|e| e.phase == Phase::Begin && e.target == Some(i))
+                .filter(|e| e.target == Some(i))
                 .filter(|e| matches!(e.fault, Fault::Kill | Fault::Deploy) && e.t_ms >= from)
                 .map(|e| e.t_ms)
                 .min()

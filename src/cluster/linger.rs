@@ -62,6 +62,7 @@ impl Node {
                 // Puts the known `done` marks back too (see `Node::connect`).
                 self.connect();
                 if self.redis.is_some() && self.ship_lingering() {
+                    self.outage_over();
                     (shipped_at, lost) = (Instant::now(), false);
                     // And what it still holds, which the connect marked to go again.
                     if let Err(e) = self.ship_sealed_windows(shipped_at) {

@@ -417,10 +417,11 @@ impl Node {
         self.lead(stopping)
     }
 
-    /// Says that an outage is over, once the first heartbeat went through rather than at the
-    /// connect: a Redis that takes connections but cannot be used (the prefix claimed for
-    /// another interval or key layout) is still one outage, logged once.
-    fn outage_over(&mut self) {
+    /// Says that an outage is over, once the first heartbeat went through (stopping: once
+    /// what it handed over is shipped again) rather than at the connect: a Redis that takes
+    /// connections but cannot be used (the prefix claimed for another interval or key
+    /// layout) is still one outage, logged once.
+    pub(crate) fn outage_over(&mut self) {
         if let Some(since) = self.outage_since.take() {
             log::info!(
                 "Redis {} is back after {:.1} s; shipping {} held windows",
