@@ -1792,3 +1792,37 @@ fn a_stopping_instance_ships_what_it_handed_over_again_when_redis_loses_it() {
     let a = stopping.join().unwrap();
     assert!(a.reports.try_recv().is_err(), "a reported the window too");
 }
+
+#[test]
+fn a_window_taken_up_whose_keys_keep_failing_is_let_go_without_a_line_of_its_own() {
+    // The adopter holds none of the window's ids: once its keys have failed every try, it
+    // must not report "its own ids" (none) with scope=local, as a holder would; it lets the
+    // window go.
+    let redis = Redis::start();
+    let prefix = "orphans-broken";
+    let keys = Keys::new(prefix);
+    let windows = Windows::new(INTERVAL_SECS);
+    let w = window_at(44);
+    let start = windows.start_secs(w);
+    let mut con = redis.connect();
+    ship_and_die(&redis, prefix, "a", start, 0..10, &[]);
+    // Its endpoint set replaced by a string: the report's read of it fails.
+    put(&mut con, &["SET", &keys.endpoints(start), "not a set"]);
+    let b = Instance::start(&redis, prefix, "b", orphans_due(&windows, w));
+    b.clock.advance(GRACE);
+    let when = rfc3339_secs(start);
+    wait_until("the window given up after its tries", || {
+        let alone = logged(&[&when, "alone"]);
+        let let_go = logged(&[&when, "which took it up, lets it go"]);
+        (!alone.is_empty() || !let_go.is_empty()).then_some(())
+    });
+    assert!(
+        logged(&[&when, "alone"]).is_empty(),
+        "{:?}",
+        logged(&[&when])
+    );
+    assert!(!logged(&[&when, &format!("try {WINDOW_TRIES} of")]).is_empty());
+    assert!(b.reports.try_recv().is_err());
+    assert_eq!(b.metrics.cluster_local_windows.load(Relaxed), 0);
+    assert_eq!(b.metrics.cluster_adopted_windows.load(Relaxed), 1);
+}
